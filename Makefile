@@ -1,0 +1,49 @@
+# fleetwatch. `make demo` and `make test` install what they need on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DURATION ?= 60
+PYTEST_ARGS ?=
+
+.PHONY: demo test unit lint stack-up stack-down stack-status bench clean venv
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+stack-up:
+	scripts/stack.sh up
+
+stack-down:
+	scripts/stack.sh down
+
+stack-status:
+	scripts/stack.sh status
+
+## The main job: simulator + pipeline against the local stack, live progress, then a summary.
+demo: venv stack-up
+	mkdir -p .fleetwatch
+	$(BIN)/fleetwatch demo --config fleetwatch.example.toml --duration $(DURATION)
+
+## Unit tests and integration tests against the real servers of the local stack.
+test: venv stack-up
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: venv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+bench: venv stack-up
+	$(BIN)/python -m bench.run
+
+clean:
+	scripts/stack.sh down || true
+	rm -rf .stack .fleetwatch $(VENV)

@@ -1,0 +1,1 @@
+"""Sources of data: one package per collector (``mqtt/``, later ``logs/``)."""

@@ -1,0 +1,245 @@
+"""Payload decoders for MQTT messages, chosen per subscription (``format``).
+
+- ``number``: a bare value, as ESPHome and Home Assistant state topics publish (``21.5``).
+- ``json``: an object of numeric fields, nested objects flattened by path with ``_`` (Telegraf's
+  convention), booleans as 0/1, strings ignored. Covers Tasmota ``tele/<dev>/SENSOR`` and Zigbee2MQTT.
+  An optional timestamp field (epoch s/ms/us/ns or RFC 3339) gives the event time.
+- ``influx_line``: InfluxDB line protocol, one point per line, with its own measurement and tags.
+
+Each decoder raises ``PayloadError(reason, detail)`` for input that must go to the dead letters.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+
+class PayloadError(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class Sample(NamedTuple):
+    metric: str
+    value: float
+    ts_ns: int | None = None
+    # Only line protocol carries these.
+    measurement: str | None = None
+    tags: dict[str, str] | None = None
+
+
+def to_text(payload: bytes) -> str:
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PayloadError("invalid_utf8", f"payload is not valid UTF-8: {exc}") from None
+
+
+def decode_number(payload: bytes) -> float:
+    try:
+        value = float(payload)
+    except ValueError:
+        text = to_text(payload)  # invalid UTF-8 is its own reason
+        raise PayloadError("not_a_number", f"payload {text[:80]!r} is not a number") from None
+    if not math.isfinite(value):
+        raise PayloadError("non_finite", f"value {value} is not finite")
+    return value
+
+
+# --- timestamps -----------------------------------------------------------------------------------
+
+_UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+
+
+def timestamp_ns(value: Any, unit: str) -> int:
+    """Event time in ns from an epoch number (``unit`` s/ms/us/ns, or ``auto`` by magnitude) or an
+    RFC 3339 string. A string without a zone is taken as UTC (Tasmota sends local time without one; set
+    the device to UTC)."""
+    if isinstance(value, bool):
+        raise PayloadError("bad_timestamp", f"timestamp {value!r} is a boolean")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise PayloadError("bad_timestamp", f"timestamp {value!r} is not finite")
+        if unit in ("auto", "rfc3339"):
+            magnitude = abs(value)
+            # Seconds until year 5138, then ms, us, ns.
+            unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
+        if isinstance(value, int):
+            return value * _UNIT_NS[unit]
+        return round(value * _UNIT_NS[unit])
+    if isinstance(value, str):
+        text = value.strip()
+        if unit not in ("auto", "rfc3339"):
+            try:
+                return timestamp_ns(float(text) if "." in text else int(text), unit)
+            except ValueError:
+                raise PayloadError("bad_timestamp", f"timestamp {value!r} is not a number") from None
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            try:
+                return timestamp_ns(float(text) if "." in text else int(text), "auto")
+            except ValueError:
+                raise PayloadError("bad_timestamp", f"timestamp {value!r} is neither RFC 3339 nor epoch") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+    raise PayloadError("bad_timestamp", f"timestamp {value!r} is neither a number nor a string")
+
+
+# --- JSON -----------------------------------------------------------------------------------------
+
+
+def _flatten(obj: dict[str, Any], prefix: str, skip: frozenset[str], out: list[Sample]) -> None:
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if name in skip:
+            continue
+        if isinstance(value, bool):
+            out.append(Sample(name, 1.0 if value else 0.0))
+        elif isinstance(value, int | float):
+            if not math.isfinite(value):
+                raise PayloadError("non_finite", f"field {name!r} is {value}")
+            out.append(Sample(name, float(value)))
+        elif isinstance(value, dict):
+            _flatten(value, f"{name}_", skip, out)
+        # Strings, lists and nulls are not readings (Tasmota's "TempUnit", Zigbee2MQTT's "update").
+
+
+def decode_json(
+    payload: bytes, timestamp_field: str | None, timestamp_unit: str, skip: frozenset[str], metric: str | None
+) -> list[Sample]:
+    try:
+        doc = json.loads(payload)
+    except UnicodeDecodeError as exc:
+        raise PayloadError("invalid_utf8", f"payload is not valid UTF-8: {exc}") from None
+    except ValueError as exc:
+        raise PayloadError("undecodable", f"not JSON: {exc}") from None
+    if isinstance(doc, bool) or not isinstance(doc, dict | int | float):
+        if isinstance(doc, str):
+            # Home Assistant publishes some states as JSON strings: "21.5".
+            return [Sample(metric or "value", decode_number(doc.encode()))]
+        raise PayloadError("not_a_number", f"JSON {type(doc).__name__} is not a reading")
+    if not isinstance(doc, dict):
+        value = float(doc)
+        if not math.isfinite(value):
+            raise PayloadError("non_finite", f"value {value} is not finite")
+        return [Sample(metric or "value", value)]
+    ts: int | None = None
+    if timestamp_field is not None:
+        raw_ts = doc.get(timestamp_field)
+        if raw_ts is None:
+            raise PayloadError("bad_timestamp", f"timestamp field {timestamp_field!r} is missing")
+        ts = timestamp_ns(raw_ts, timestamp_unit)
+    samples: list[Sample] = []
+    _flatten(doc, "", skip | {timestamp_field} if timestamp_field else skip, samples)
+    if not samples:
+        raise PayloadError("no_numeric_fields", "JSON object has no numeric fields")
+    if ts is not None:
+        samples = [s._replace(ts_ns=ts) for s in samples]
+    return samples
+
+
+# --- line protocol --------------------------------------------------------------------------------
+
+
+def _split_unescaped(text: str, sep: str) -> list[str]:
+    """Split on ``sep`` outside backslash escapes and double-quoted strings."""
+    parts: list[str] = []
+    current: list[str] = []
+    escaped = quoted = False
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            current.append(ch)
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+            current.append(ch)
+        elif ch == sep and not quoted:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    return parts
+
+
+def _unescape(text: str) -> str:
+    out: list[str] = []
+    escaped = False
+    for ch in text:
+        if escaped or ch != "\\":
+            out.append(ch)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
+
+
+def _line_value(raw: str, field: str) -> float | None:
+    if raw in ("t", "T", "true", "True", "TRUE"):
+        return 1.0
+    if raw in ("f", "F", "false", "False", "FALSE"):
+        return 0.0
+    if raw.startswith('"'):
+        return None  # string fields are not readings
+    try:
+        value = float(raw[:-1]) if raw[-1:] in ("i", "u") else float(raw)
+    except ValueError:
+        raise PayloadError("undecodable", f"field {field!r} has no valid value ({raw!r})") from None
+    if not math.isfinite(value):
+        raise PayloadError("non_finite", f"field {field!r} is {value}")
+    return value
+
+
+def decode_line_protocol(payload: bytes) -> list[Sample]:
+    text = to_text(payload)
+    samples: list[Sample] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        sections = [s for s in _split_unescaped(line, " ") if s != ""]
+        if len(sections) not in (2, 3):
+            raise PayloadError("undecodable", f"line protocol needs 'measurement[,tags] fields [ts]': {line[:80]!r}")
+        head = _split_unescaped(sections[0], ",")
+        measurement = _unescape(head[0])
+        if not measurement:
+            raise PayloadError("undecodable", f"line protocol without a measurement: {line[:80]!r}")
+        tags: dict[str, str] = {}
+        for item in head[1:]:
+            key, sep, value = item.partition("=")
+            if not sep or not key or not value:
+                raise PayloadError("undecodable", f"bad tag {item!r}")
+            tags[_unescape(key)] = _unescape(value)
+        ts: int | None = None
+        if len(sections) == 3:
+            try:
+                ts = int(sections[2])
+            except ValueError:
+                raise PayloadError(
+                    "bad_timestamp", f"line protocol timestamp {sections[2]!r} is not an integer"
+                ) from None
+        found = False
+        for item in _split_unescaped(sections[1], ","):
+            key, sep, raw = item.partition("=")
+            if not sep or not key or not raw:
+                raise PayloadError("undecodable", f"bad field {item!r}")
+            found = True
+            number = _line_value(raw, key)
+            if number is not None:
+                samples.append(Sample(_unescape(key), number, ts, measurement, tags))
+        if not found:
+            raise PayloadError("undecodable", "line protocol point without fields")
+    if not samples:
+        raise PayloadError("no_numeric_fields", "line protocol payload has no numeric fields")
+    return samples

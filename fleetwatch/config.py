@@ -1,0 +1,395 @@
+"""fleetwatch's configuration: one TOML file, validated whole at start.
+
+Every section is a typed model with defaults. Unknown keys are errors (a typo must not silently fall back
+to a default), and every error names the dotted key and what was expected::
+
+    mqtt.subscriptions[0].qos: expected 0, 1 or 2 (got 3)
+
+Secrets are ``SecretStr`` so they never print. Each can be given inline, from a file (``*_file``), or from
+an environment variable, which wins: see ``SECRET_ENV``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
+_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse ``"10s"``, ``"1m30s"``, ``"250ms"``, ``"7d"`` or a number of seconds.
+
+    >>> parse_duration("1m30s")
+    datetime.timedelta(seconds=90)
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '10s', '1m' or '250ms'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("expected a duration >= 0")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        pos, total = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+            pos = match.end()
+        if text and pos == len(text):
+            return timedelta(seconds=total)
+    raise ValueError(f"expected a duration such as '10s', '1m' or '250ms' (got {value!r})")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret_file(path: Path | None, key: str) -> SecretStr | None:
+    if path is None:
+        return None
+    try:
+        return SecretStr(path.read_text(encoding="utf-8").strip())
+    except OSError as exc:
+        raise ValueError(f"{key}: cannot read secret file {path}: {exc.strerror}") from exc
+
+
+# ------------------------------------------------------------------------------------------- MQTT
+
+
+class TLSConfig(Section):
+    """TLS towards a broker or server. Off unless ``enabled``."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+    @model_validator(mode="after")
+    def _client_cert_pair(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+
+TopicFormat = Literal["number", "json", "influx_line"]
+TimestampUnit = Literal["auto", "s", "ms", "us", "ns", "rfc3339"]
+
+
+class SubscriptionConfig(Section):
+    """One MQTT topic filter, how to read its topic levels and how to decode its payloads."""
+
+    topic: str = Field(min_length=1)
+    qos: int = 1
+    # Topic levels to tags, Telegraf topic_parsing style: "sensors/{site}/{device}/{metric}".
+    # "+" skips a level, "#" (last) swallows the rest. {metric} names the reading's metric; without it the
+    # metric comes from the payload's field names (json, influx_line) or from `metric`.
+    template: str | None = None
+    format: TopicFormat = "number"
+    # For format = "number" without {metric} in the template.
+    metric: str | None = None
+    # Readings go to this InfluxDB measurement (raw) and <measurement>_agg (windows).
+    measurement: str = "readings"
+    # json: the field holding the event time, and its unit ("auto" guesses s/ms/us/ns by magnitude).
+    timestamp_field: str | None = None
+    timestamp_unit: TimestampUnit = "auto"
+    # json: fields that are not readings (beyond the timestamp field).
+    ignore_fields: list[str] = Field(default_factory=list)
+    # Also write every reading raw, not only the window aggregates.
+    write_raw: bool = False
+
+    @field_validator("qos")
+    @classmethod
+    def _qos(cls, qos: int) -> int:
+        if qos not in (0, 1, 2):
+            raise ValueError(f"expected 0, 1 or 2 (got {qos})")
+        return qos
+
+    @field_validator("topic")
+    @classmethod
+    def _topic_filter(cls, topic: str) -> str:
+        levels = topic.split("/")
+        for i, level in enumerate(levels):
+            if "#" in level and (level != "#" or i != len(levels) - 1):
+                raise ValueError(f"'#' must be a whole last level of the filter (got {topic!r})")
+            if "+" in level and level != "+":
+                raise ValueError(f"'+' must be a whole level of the filter (got {topic!r})")
+        return topic
+
+    @model_validator(mode="after")
+    def _template_fits(self) -> SubscriptionConfig:
+        if self.template is not None:
+            from collectors.mqtt.topics import TopicTemplate
+
+            TopicTemplate.parse(self.template)  # raises ValueError naming the problem
+        if (
+            self.format == "number"
+            and self.metric is None
+            and (self.template is None or "{metric}" not in self.template)
+        ):
+            raise ValueError("format 'number' needs {metric} in template or a metric name")
+        return self
+
+
+class MQTTConfig(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    # Worker i connects as "<client_id>-<i>": stable across restarts, so the broker keeps its session.
+    client_id: str = Field(default="fleetwatch", min_length=1, max_length=20)
+    # Persistent session: the broker queues QoS >= 1 messages while fleetwatch is away.
+    persistent_session: bool = True
+    # MQTT 5 session expiry for persistent sessions.
+    session_expiry: Duration = timedelta(days=1)
+    keepalive: Duration = timedelta(seconds=30)
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    tls: TLSConfig = TLSConfig()
+    reconnect_min_delay: Duration = timedelta(seconds=0.5)
+    reconnect_max_delay: Duration = timedelta(seconds=30)
+    # Payloads above this go to the dead letters instead of being decoded.
+    max_payload_bytes: int = Field(default=65536, ge=1)
+    # With several workers, the subscriptions are shared ($share/<group>/<filter>) so the broker splits
+    # the stream between them. Also used with one worker so its session name is stable when scaling.
+    shared_group: str | None = "fleetwatch"
+    subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _checks(self) -> MQTTConfig:
+        if self.reconnect_min_delay > self.reconnect_max_delay:
+            raise ValueError("reconnect_min_delay must not exceed reconnect_max_delay")
+        return self
+
+    def resolved_password(self) -> SecretStr | None:
+        return _read_secret_file(self.password_file, "mqtt.password_file") or self.password
+
+
+# ------------------------------------------------------------------------------------------- flow
+
+
+class SlidingWindowConfig(Section):
+    length: Duration
+    offset: Duration
+
+    @model_validator(mode="after")
+    def _offset(self) -> SlidingWindowConfig:
+        if self.offset <= timedelta(0) or self.offset > self.length:
+            raise ValueError("offset must be > 0 and <= length")
+        if (self.length.total_seconds() / self.offset.total_seconds()) % 1:
+            raise ValueError("length must be a whole multiple of offset")
+        return self
+
+
+class WindowsConfig(Section):
+    """Event-time windows over every series."""
+
+    tumbling: list[Duration] = Field(default_factory=lambda: [timedelta(seconds=10), timedelta(minutes=1)])
+    sliding: list[SlidingWindowConfig] = Field(default_factory=list)
+    # A window stays open this long after its end (in event time) for out-of-order readings.
+    allowed_lateness: Duration = timedelta(seconds=5)
+    # Readings stamped further in the future than this (vs. receive time) are dead letters.
+    max_future_skew: Duration = timedelta(minutes=5)
+    # Readings older than this (vs. receive time) are dead letters; 0 accepts any age (history replay).
+    max_age: Duration = timedelta(days=30)
+    quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.95, 0.99])
+
+    @field_validator("tumbling")
+    @classmethod
+    def _positive(cls, lengths: list[timedelta]) -> list[timedelta]:
+        for length in lengths:
+            if length <= timedelta(0):
+                raise ValueError("window lengths must be > 0")
+            if (length.total_seconds() * 1000) % 1:
+                raise ValueError("window lengths must be whole milliseconds")
+        return lengths
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, qs: list[float]) -> list[float]:
+        for q in qs:
+            if not 0.0 < q < 1.0:
+                raise ValueError(f"quantiles must be between 0 and 1 exclusive (got {q})")
+        return qs
+
+
+class RecoveryConfig(Section):
+    """Bytewax recovery: open windows and positions survive a restart."""
+
+    enabled: bool = True
+    dir: Path = Path(".fleetwatch/recovery")
+    # How long superseded snapshots are kept (Bytewax backup_interval); 0 for a local disk.
+    backup_interval: Duration = timedelta(0)
+
+
+class FlowConfig(Section):
+    # Bytewax epoch length: state snapshots and MQTT acknowledgements happen once per epoch.
+    epoch_interval: Duration = timedelta(seconds=1)
+    workers: int = Field(default=1, ge=1, le=64)
+    # The pipeline's own health is written this often.
+    health_interval: Duration = timedelta(seconds=10)
+
+
+# ------------------------------------------------------------------------------------------- stores
+
+
+class InfluxDBConfig(Section):
+    enabled: bool = True
+    api: Literal["v1", "v2"] = "v1"
+    url: str = "http://127.0.0.1:8086"
+    # v1
+    database: str = "fleetwatch"
+    retention_policy: str | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    create_database: bool = True
+    # v2
+    org: str = "fleetwatch"
+    bucket: str = "fleetwatch"
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    # both
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    flush_interval: Duration = timedelta(milliseconds=250)
+    gzip: bool = True
+    timeout: Duration = timedelta(seconds=10)
+    retry_max_delay: Duration = timedelta(seconds=30)
+    # Points held in memory while InfluxDB is slow or down; beyond it the flow waits (backpressure).
+    buffer_max_points: int = Field(default=200_000, ge=1)
+    verify_tls: bool = True
+    ca_file: Path | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL (got {url!r})")
+        return url.rstrip("/")
+
+    def resolved_password(self) -> SecretStr | None:
+        return _read_secret_file(self.password_file, "influxdb.password_file") or self.password
+
+    def resolved_token(self) -> SecretStr | None:
+        return _read_secret_file(self.token_file, "influxdb.token_file") or self.token
+
+
+class DeadLetterConfig(Section):
+    # Until the logs pipeline stores dead letters in Elasticsearch, they go to this durable JSON-lines file.
+    path: Path = Path(".fleetwatch/dead-letters.jsonl")
+
+
+class SimulatorConfig(Section):
+    devices: int = Field(default=50, ge=1)
+    sites: int = Field(default=3, ge=1)
+    metrics: list[str] = Field(default_factory=lambda: ["temperature", "humidity", "pressure"])
+    interval: Duration = timedelta(seconds=1)
+    topic_prefix: str = "sensors"
+    qos: int = Field(default=1, ge=0, le=2)
+    # Share of messages that are deliberately broken (dead-letter demo).
+    bad_ratio: float = Field(default=0.002, ge=0.0, le=1.0)
+    seed: int = 42
+
+
+class Config(Section):
+    mqtt: MQTTConfig = MQTTConfig()
+    windows: WindowsConfig = WindowsConfig()
+    flow: FlowConfig = FlowConfig()
+    recovery: RecoveryConfig = RecoveryConfig()
+    influxdb: InfluxDBConfig = InfluxDBConfig()
+    dead_letters: DeadLetterConfig = DeadLetterConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+
+
+# Environment variables that override secrets (and the hosts most often changed per machine).
+SECRET_ENV: dict[str, tuple[str, str]] = {
+    "FLEETWATCH_MQTT_USERNAME": ("mqtt", "username"),
+    "FLEETWATCH_MQTT_PASSWORD": ("mqtt", "password"),
+    "FLEETWATCH_INFLUXDB_USERNAME": ("influxdb", "username"),
+    "FLEETWATCH_INFLUXDB_PASSWORD": ("influxdb", "password"),
+    "FLEETWATCH_INFLUXDB_TOKEN": ("influxdb", "token"),
+}
+
+
+class ConfigError(Exception):
+    """The configuration is invalid. ``problems`` holds one ``key: expectation`` line per error."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: invalid configuration\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    key = ""
+    for part in loc:
+        if isinstance(part, int):
+            key += f"[{part}]"
+        else:
+            key += f".{part}" if key else str(part)
+    return key or "(top level)"
+
+
+def _describe(error: Any) -> str:
+    key = _dotted(tuple(p for p in error["loc"] if not str(p).startswith("function-")))
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{key}: unknown key"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if kind not in ("value_error", "assertion_error") and "input" in error:
+        message += f" (got {error['input']!r})"
+    return f"{key}: {message}"
+
+
+def from_dict(data: dict[str, Any], source: str = "config", env: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed config; secrets from ``env`` (default: the process environment) win."""
+    if env is None:
+        env = os.environ
+    merged: dict[str, Any] = {
+        section: dict(value) if isinstance(value, dict) else value for section, value in data.items()
+    }
+    for var, (section, key) in SECRET_ENV.items():
+        if env.get(var):
+            target = merged.setdefault(section, {})
+            if isinstance(target, dict):
+                target[key] = env[var]
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+
+
+def load(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML file; raise ``ConfigError`` naming every bad key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), ["file not found"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
+    return from_dict(data, str(path), env)

@@ -1,0 +1,98 @@
+"""The record model that flows from collector to sink.
+
+A ``Reading`` is one numeric sample of one series. Its ``series`` is the series key in InfluxDB line-protocol
+form, ``<measurement>,<tag>=<value>,...`` with the tags sorted and escaped and ``metric`` among them, so the
+key is also the prefix of the line that stores it: the sink never re-escapes tags on the hot path.
+
+A ``DeadLetter`` is input that could not become a record: it keeps the reason, where it came from and the raw
+bytes, so nothing bad vanishes.
+
+Both are named tuples: the hot path creates one per message, and a tuple is the cheapest object that still
+has names.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import NamedTuple
+
+
+class Reading(NamedTuple):
+    measurement: str
+    # "<measurement>,device=d1,metric=temperature,site=s1": tags sorted, line-protocol escaped.
+    series: str
+    value: float
+    # Event time, nanoseconds since the Unix epoch (UTC).
+    ts_ns: int
+
+
+class DeadLetter(NamedTuple):
+    # Short machine-readable reason, e.g. "oversized", "not_a_number", "timestamp_out_of_range".
+    reason: str
+    # Where it came from: "mqtt:<topic>", "influxdb:<measurement>", "file:<path>".
+    source: str
+    raw: bytes
+    received_ns: int
+    # Human-readable detail (the parser's message, the server's answer).
+    detail: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "reason": self.reason,
+                "source": self.source,
+                "received_ns": self.received_ns,
+                "detail": self.detail,
+                # The raw bytes exactly, and a readable preview for people.
+                "raw_base64": base64.b64encode(self.raw).decode("ascii"),
+                "raw_preview": self.raw[:512].decode("utf-8", errors="replace"),
+            },
+            ensure_ascii=False,
+        )
+
+
+_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
+
+
+def escape_tag(text: str) -> str:
+    """Escape a tag key or value for line protocol."""
+    return text.translate(_TAG_ESCAPES)
+
+
+def escape_measurement(text: str) -> str:
+    return text.translate(_MEASUREMENT_ESCAPES)
+
+
+def series_key(measurement: str, tags: dict[str, str]) -> str:
+    """The canonical series key: escaped measurement, then tags sorted by key; empty values are dropped
+    because line protocol cannot carry them.
+
+    >>> series_key("readings", {"site": "s 1", "device": "d1", "metric": "temp"})
+    'readings,device=d1,metric=temp,site=s\\\\ 1'
+    """
+    parts = [escape_measurement(measurement)]
+    for key in sorted(tags):
+        value = tags[key]
+        if value:
+            parts.append(f"{escape_tag(key)}={escape_tag(value)}")
+    return ",".join(parts)
+
+
+def parse_series(series: str) -> tuple[str, dict[str, str]]:
+    """Split a series key back into measurement and tags (alerts and tests need the tags)."""
+    parts: list[list[str]] = [[]]  # measurement, then alternating tag keys and values
+    escaped = False
+    for ch in series:
+        if escaped:
+            parts[-1].append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "," or (ch == "=" and len(parts) % 2 == 0):
+            parts.append([])
+        else:
+            parts[-1].append(ch)
+    words = ["".join(p) for p in parts]
+    return words[0], dict(zip(words[1::2], words[2::2], strict=True))

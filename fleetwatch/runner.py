@@ -1,0 +1,107 @@
+"""Running the dataflow: workers, cluster processes, Bytewax recovery, progress and a clean stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+
+from bytewax.errors import BytewaxRuntimeError
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+
+from fleetwatch.config import Config
+from flows import health
+from flows.pipeline import FlowOptions, build_flow
+from flows.sinks.influxdb import flush_all_writers
+
+log = logging.getLogger(__name__)
+
+
+def prepare_recovery(cfg: Config, partitions: int) -> RecoveryConfig | None:
+    """Create the recovery partitions on first use; reuse them after."""
+    if not cfg.recovery.enabled:
+        return None
+    directory = cfg.recovery.dir
+    directory.mkdir(parents=True, exist_ok=True)
+    if not any(directory.glob("part-*.sqlite3")):
+        init_db_dir(directory, partitions)
+    return RecoveryConfig(str(directory), backup_interval=cfg.recovery.backup_interval)
+
+
+def _status_writer(path: Path, stop: threading.Event, interval: float = 1.0) -> None:
+    while not stop.wait(interval):
+        status = asdict(health.totals())
+        status["time"] = time.time()
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(status))
+        os.replace(tmp, path)
+
+
+def run_pipeline(
+    cfg: Config,
+    *,
+    workers: int,
+    process_id: int | None = None,
+    addresses: list[str] | None = None,
+    status_file: Path | None = None,
+    duration: float | None = None,
+) -> None:
+    """Run until interrupted (SIGINT/SIGTERM) or ``duration`` seconds; then flush the sinks."""
+    processes = len(addresses) if addresses else 1
+    total_workers = workers * processes
+    recovery = prepare_recovery(cfg, max(1, total_workers))
+    flow = build_flow(cfg, FlowOptions(total_workers=total_workers, recovery=recovery is not None))
+
+    # SIGTERM stops like Ctrl-C, so that sinks are flushed on `docker stop` too.
+    def _interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
+    stop = threading.Event()
+    if status_file is not None:
+        status_file.parent.mkdir(parents=True, exist_ok=True)
+        threading.Thread(target=_status_writer, args=(status_file, stop), daemon=True).start()
+    if duration is not None:
+        timer = threading.Timer(duration, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.daemon = True
+        timer.start()
+    log.info(
+        "fleetwatch: %d worker(s) x %d process(es), recovery %s",
+        workers,
+        processes,
+        "in " + str(cfg.recovery.dir) if recovery else "off",
+    )
+    try:
+        cli_main(
+            flow,
+            workers_per_process=workers,
+            process_id=process_id,
+            addresses=addresses,
+            epoch_interval=cfg.flow.epoch_interval if cfg.flow.epoch_interval > timedelta(0) else None,
+            recovery_config=recovery,
+        )
+    except KeyboardInterrupt:
+        log.info("fleetwatch: stopping")
+    except BytewaxRuntimeError as err:
+        # Bytewax turns Ctrl-C into this error; anything else is a real failure.
+        if "signal received" not in str(err):
+            raise
+        log.info("fleetwatch: stopping")
+    finally:
+        flushed = flush_all_writers(timeout=30.0)
+        if not flushed:
+            log.error("fleetwatch: some points could not be written before exit")
+        stop.set()
+        if status_file is not None:
+            status = asdict(health.totals())
+            status["time"] = time.time()
+            status["stopped"] = True
+            status_file.write_text(json.dumps(status))

@@ -1,0 +1,2 @@
+"""The Bytewax dataflow: its operators (``windows``, ``health``), sinks (``sinks/``) and wiring
+(``pipeline``)."""

@@ -1,0 +1,82 @@
+"""The pipeline's own health: counters per Bytewax worker, written to InfluxDB as ``fleetwatch_health``.
+
+Each Bytewax worker runs its whole dataflow on one thread, so counters are kept per thread: operators
+add to their worker's counters without locks, and the worker's InfluxDB sink partition writes them.
+Totals across workers are kept too, for ``fleetwatch run``'s progress line and the demo summary.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field, fields
+
+
+@dataclass
+class Counters:
+    messages_in: int = 0
+    readings: int = 0
+    parse_errors: int = 0
+    dead_letters: int = 0
+    late_readings: int = 0
+    windows_closed: int = 0
+    points_written: int = 0
+    sink_retries: int = 0
+    # Gauges
+    sink_queue_depth: int = 0
+    # Wall time minus the newest event time processed, in seconds: how far behind live the flow is.
+    lag_seconds: float = 0.0
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+
+    def add_dead(self, reasons: list[str]) -> None:
+        for reason in reasons:
+            self.dead_letters_by_reason[reason] = self.dead_letters_by_reason.get(reason, 0) + 1
+        self.dead_letters += len(reasons)
+
+    def line_fields(self) -> str:
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool | dict):
+                continue
+            parts.append(f"{f.name}={value}i" if isinstance(value, int) else f"{f.name}={value!r}")
+        return ",".join(parts)
+
+
+_local = threading.local()
+_all: list[Counters] = []
+_lock = threading.Lock()
+
+
+def counters() -> Counters:
+    """This worker thread's counters."""
+    mine: Counters | None = getattr(_local, "counters", None)
+    if mine is None:
+        mine = _local.counters = Counters()
+        with _lock:
+            _all.append(mine)
+    return mine
+
+
+def totals() -> Counters:
+    """Sum over all workers of this process (gauges summed too)."""
+    total = Counters()
+    with _lock:
+        snapshot = list(_all)
+    for c in snapshot:
+        for f in fields(Counters):
+            if f.name == "dead_letters_by_reason":
+                for reason, n in c.dead_letters_by_reason.items():
+                    total.dead_letters_by_reason[reason] = total.dead_letters_by_reason.get(reason, 0) + n
+            elif f.name == "lag_seconds":
+                total.lag_seconds = max(total.lag_seconds, c.lag_seconds)
+            else:
+                setattr(total, f.name, getattr(total, f.name) + getattr(c, f.name))
+    return total
+
+
+def reset() -> None:
+    """Forget all counters (tests that run several flows in one process)."""
+    with _lock:
+        _all.clear()
+    if hasattr(_local, "counters"):
+        del _local.counters

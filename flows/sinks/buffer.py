@@ -1,0 +1,92 @@
+"""A bounded buffer between the dataflow and a sink's writer thread, with backpressure and never a drop.
+
+When the store is slow or down, the buffer fills. Past the high-water mark, ``saturated()`` turns true and
+the MQTT source stops reading (the broker queues for fleetwatch's persistent session, TCP flow control
+does the rest). If the buffer still fills up, ``put`` blocks the worker until the writer makes room.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+
+_buffers: list[BoundedBuffer] = []
+_registry_lock = threading.Lock()
+
+
+def saturated() -> bool:
+    """True while any sink buffer of this process is above its high-water mark."""
+    return any(b.above_high_water() for b in _buffers)
+
+
+class BoundedBuffer:
+    def __init__(self, capacity: int, high_water: float = 0.8) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._high = max(1, int(capacity * high_water))
+        self._items: deque[str] = deque()
+        self._cond = threading.Condition()
+        # Wall time at which the oldest waiting item was put (lag of the sink).
+        self._oldest_put: float | None = None
+        with _registry_lock:
+            _buffers.append(self)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def above_high_water(self) -> bool:
+        return len(self._items) >= self._high
+
+    def oldest_age(self) -> float:
+        oldest = self._oldest_put
+        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
+
+    def put(self, items: Sequence[str]) -> None:
+        """Add items; blocks while the buffer is full. Items larger than the buffer go in part by part."""
+        pos = 0
+        with self._cond:
+            while pos < len(items):
+                room = self.capacity - len(self._items)
+                if room <= 0:
+                    self._cond.wait(0.1)
+                    continue
+                chunk = items[pos : pos + room]
+                if not self._items:
+                    self._oldest_put = time.monotonic()
+                self._items.extend(chunk)
+                pos += len(chunk)
+                self._cond.notify_all()
+
+    def take(self, max_items: int, wait: float) -> list[str]:
+        """Up to ``max_items``; waits up to ``wait`` seconds for the batch to fill (time-based flush)."""
+        deadline = time.monotonic() + wait
+        with self._cond:
+            while len(self._items) < max_items:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            count = min(max_items, len(self._items))
+            popleft = self._items.popleft
+            out = [popleft() for _ in range(count)]
+            self._oldest_put = time.monotonic() if self._items else None
+            self._cond.notify_all()
+            return out
+
+    def wait_empty(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._items:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def close(self) -> None:
+        with _registry_lock:
+            if self in _buffers:
+                _buffers.remove(self)

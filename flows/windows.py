@@ -1,0 +1,319 @@
+"""Event-time windows over every series, as one Bytewax stateful operator per shard of series.
+
+Why not one ``fold_window`` per series: that costs a Python call per reading per operator and wakes the
+runtime per series and window; at fleet rates the per-item overhead is the bottleneck. Here a shard's logic
+receives whole lists of readings and keeps, per series:
+
+- its own event clock, as Bytewax's ``EventClock`` does per key: the watermark is the newest event time seen
+  for the series minus the allowed lateness, advanced by wall time while no newer reading arrives (so
+  windows close when a device goes quiet);
+- its open windows, each holding the values it has seen (quantiles are exact).
+
+A window closes when the series' watermark passes its end; it is then emitted once as an ``Aggregate``.
+
+**Late policy.** A reading whose window (for some window length) has already closed is *late* for that
+length: it is counted per window length and the reading is emitted raw in ``WindowResult.late``, so the
+pipeline stores it in the ``<measurement>_late`` measurement. It is still added to the windows it belongs to
+that are open (a longer window may still be open). Nothing is dropped silently.
+
+Statistics are computed at close from the stored values with order-independent arithmetic (``math.fsum``,
+sorting, ties broken by value), so any arrival order (1 worker or many) gives bit-identical aggregates.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import pickle
+import time
+from array import array
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from bytewax.operators import StatefulBatchLogic
+
+from fleetwatch.record import Reading
+
+_NO_TIME = -(2**63)
+# Series without open windows are forgotten after an hour of silence; checked once a minute.
+_FORGET_NS = 3600 * 1_000_000_000
+_SWEEP_EVERY_NS = 60 * 1_000_000_000
+
+
+class WindowSpec(NamedTuple):
+    """A window length. Tumbling when ``step_ns == length_ns``, sliding otherwise."""
+
+    label: str
+    length_ns: int
+    step_ns: int
+
+    @classmethod
+    def tumbling(cls, length: timedelta) -> WindowSpec:
+        ns = _ns(length)
+        return cls(duration_label(length), ns, ns)
+
+    @classmethod
+    def sliding(cls, length: timedelta, step: timedelta) -> WindowSpec:
+        return cls(f"{duration_label(length)}/{duration_label(step)}", _ns(length), _ns(step))
+
+    def starts(self, ts: int) -> Iterable[int]:
+        """Starts of the windows holding event time ``ts`` (aligned to the Unix epoch)."""
+        start = ts - ts % self.step_ns
+        while start > ts - self.length_ns:
+            yield start
+            start -= self.step_ns
+
+
+def _ns(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def duration_label(delta: timedelta) -> str:
+    """``10s``, ``1m``, ``1h30m``, ``250ms``: the window tag value in InfluxDB."""
+    ms = _ns(delta) // 1_000_000
+    if ms % 1000:
+        return f"{ms}ms"
+    seconds = ms // 1000
+    out = ""
+    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out += f"{seconds // size}{unit}"
+            seconds %= size
+    return out or "0s"
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate:
+    measurement: str
+    series: str
+    window: str
+    start_ns: int
+    end_ns: int
+    count: int
+    min: float
+    max: float
+    mean: float
+    sum: float
+    first: float
+    last: float
+    # Sample standard deviation; None for a single value (as InfluxQL's STDDEV()).
+    stddev: float | None
+    # (q, value) pairs, exact, linear interpolation between closest ranks.
+    quantiles: tuple[tuple[float, float], ...]
+
+
+class WindowResult(NamedTuple):
+    aggregates: list[Aggregate]
+    late: list[Reading]
+    # Late readings per window label.
+    late_counts: dict[str, int]
+
+
+def quantile(ordered: Sequence[float], q: float) -> float:
+    """Exact quantile of sorted values, linear interpolation (the default of numpy and InfluxQL's
+    percentile is nearest rank; linear is smoother for small windows).
+
+    >>> quantile([1.0, 2.0, 3.0, 4.0], 0.5)
+    2.5
+    """
+    pos = (len(ordered) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo])
+
+
+class _Window:
+    __slots__ = ("first_ts", "first_v", "last_ts", "last_v", "values")
+
+    def __init__(self) -> None:
+        self.values = array("d")
+        self.first_ts = self.last_ts = _NO_TIME
+        self.first_v = self.last_v = 0.0
+
+    def add(self, value: float, ts: int) -> None:
+        self.values.append(value)
+        if self.first_ts == _NO_TIME or ts < self.first_ts or (ts == self.first_ts and value < self.first_v):
+            self.first_ts, self.first_v = ts, value
+        if ts > self.last_ts or (ts == self.last_ts and value > self.last_v):
+            self.last_ts, self.last_v = ts, value
+
+    def __getstate__(self) -> tuple[int, float, int, float, bytes]:
+        return (self.first_ts, self.first_v, self.last_ts, self.last_v, self.values.tobytes())
+
+    def __setstate__(self, state: tuple[int, float, int, float, bytes]) -> None:
+        self.first_ts, self.first_v, self.last_ts, self.last_v, raw = state
+        self.values = array("d")
+        self.values.frombytes(raw)
+
+
+class _Series:
+    __slots__ = ("max_ts", "measurement", "sys_at_max", "windows")
+
+    def __init__(self, measurement: str) -> None:
+        self.measurement = measurement
+        self.max_ts = _NO_TIME
+        self.sys_at_max = 0
+        # (spec index, window start) -> window
+        self.windows: dict[tuple[int, int], _Window] = {}
+
+    def __getstate__(self) -> tuple[str, int, int, dict[tuple[int, int], _Window]]:
+        return (self.measurement, self.max_ts, self.sys_at_max, self.windows)
+
+    def __setstate__(self, state: tuple[str, int, int, dict[tuple[int, int], _Window]]) -> None:
+        self.measurement, self.max_ts, self.sys_at_max, self.windows = state
+
+
+class WindowState(NamedTuple):
+    series: dict[str, _Series]
+    # (deadline in wall-time ns, series, spec index, start): when the window closes if no newer data
+    # arrives; re-checked on pop because newer data can only bring it forward.
+    deadlines: list[tuple[int, str, int, int]]
+
+
+class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
+    """Windows of one shard of series. State snapshots are pickled bytes (immutable, as Bytewax asks)."""
+
+    def __init__(
+        self,
+        specs: Sequence[WindowSpec],
+        allowed_lateness: timedelta,
+        quantiles: Sequence[float],
+        resume: bytes | None = None,
+        clock: object = None,
+    ) -> None:
+        self.specs = tuple(specs)
+        self.lateness_ns = _ns(allowed_lateness)
+        self.quantiles = tuple(quantiles)
+        # Tests drive windows with a clock they move by hand: any callable returning wall-time ns.
+        self._now = clock if callable(clock) else time.time_ns
+        self.state: WindowState = pickle.loads(resume) if resume is not None else WindowState({}, [])
+        self._last_sweep = self._now()
+
+    # -- Bytewax callbacks
+
+    def on_batch(self, values: list[list[Reading]]) -> tuple[Iterable[WindowResult], bool]:
+        now = self._now()
+        series_map = self.state.series
+        deadlines = self.state.deadlines
+        lateness = self.lateness_ns
+        specs = self.specs
+        late: list[Reading] = []
+        late_counts: dict[str, int] = {}
+        advanced: set[str] = set()
+        for readings in values:
+            for reading in readings:
+                key = reading.series
+                ts = reading.ts_ns
+                series = series_map.get(key)
+                if series is None:
+                    series = series_map[key] = _Series(reading.measurement)
+                if ts > series.max_ts:
+                    series.max_ts = ts
+                    series.sys_at_max = now
+                    advanced.add(key)
+                watermark = series.max_ts + (now - series.sys_at_max) - lateness
+                windows = series.windows
+                is_late = False
+                for index, spec in enumerate(specs):
+                    for start in spec.starts(ts):
+                        end = start + spec.length_ns
+                        if end <= watermark:
+                            if not is_late:
+                                late_counts[spec.label] = late_counts.get(spec.label, 0) + 1
+                            is_late = True
+                            continue
+                        window = windows.get((index, start))
+                        if window is None:
+                            window = windows[(index, start)] = _Window()
+                            deadline = series.sys_at_max + (end + lateness - series.max_ts)
+                            heapq.heappush(deadlines, (deadline, key, index, start))
+                        window.add(reading.value, ts)
+                if is_late:
+                    late.append(reading)
+        aggregates: list[Aggregate] = []
+        for key in advanced:
+            self._close_due(key, series_map[key], now, aggregates)
+        self._pop_deadlines(now, aggregates)
+        if aggregates or late:
+            return [WindowResult(aggregates, late, late_counts)], StatefulBatchLogic.RETAIN
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[WindowResult], bool]:
+        aggregates: list[Aggregate] = []
+        self._pop_deadlines(self._now(), aggregates)
+        if aggregates:
+            return [WindowResult(aggregates, [], {})], StatefulBatchLogic.RETAIN
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[WindowResult], bool]:
+        # Finite input (tests, replays) ended: every open window is final.
+        aggregates: list[Aggregate] = []
+        for key, series in self.state.series.items():
+            for index, start in sorted(series.windows):
+                aggregates.append(self._aggregate(key, series, index, start, series.windows[(index, start)]))
+            series.windows.clear()
+        self.state.deadlines.clear()
+        return ([WindowResult(aggregates, [], {})] if aggregates else []), StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self.state.deadlines:
+            return None
+        return datetime.fromtimestamp(self.state.deadlines[0][0] / 1e9, tz=UTC)
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    # -- closing
+
+    def _close_due(self, key: str, series: _Series, now: int, out: list[Aggregate]) -> None:
+        watermark = series.max_ts + (now - series.sys_at_max) - self.lateness_ns
+        windows = series.windows
+        for index, start in [w for w in windows if w[1] + self.specs[w[0]].length_ns <= watermark]:
+            out.append(self._aggregate(key, series, index, start, windows.pop((index, start))))
+
+    def _pop_deadlines(self, now: int, out: list[Aggregate]) -> None:
+        deadlines = self.state.deadlines
+        series_map = self.state.series
+        while deadlines and deadlines[0][0] <= now:
+            _, key, index, start = heapq.heappop(deadlines)
+            series = series_map.get(key)
+            if series is None or (index, start) not in series.windows:
+                continue  # closed earlier by event time
+            end = start + self.specs[index].length_ns
+            due = series.sys_at_max + (end + self.lateness_ns - series.max_ts)
+            if due <= now:
+                out.append(self._aggregate(key, series, index, start, series.windows.pop((index, start))))
+            else:
+                heapq.heappush(deadlines, (due, key, index, start))
+        # A quiet series keeps its clock for a while, so that a straggler is still recognised as late
+        # (instead of reopening a window that was already written); then it is forgotten.
+        if now - self._last_sweep > _SWEEP_EVERY_NS:
+            self._last_sweep = now
+            for key in [k for k, s in series_map.items() if not s.windows and now - s.sys_at_max > _FORGET_NS]:
+                del series_map[key]
+
+    def _aggregate(self, key: str, series: _Series, index: int, start: int, window: _Window) -> Aggregate:
+        spec = self.specs[index]
+        ordered = sorted(window.values)
+        count = len(ordered)
+        total = math.fsum(ordered)
+        mean = total / count
+        stddev = math.sqrt(math.fsum((v - mean) ** 2 for v in ordered) / (count - 1)) if count > 1 else None
+        return Aggregate(
+            series.measurement,
+            key,
+            spec.label,
+            start,
+            start + spec.length_ns,
+            count,
+            ordered[0],
+            ordered[-1],
+            mean,
+            total,
+            window.first_v,
+            window.last_v,
+            stddev,
+            tuple((q, quantile(ordered, q)) for q in self.quantiles),
+        )

@@ -1,0 +1,76 @@
+"""Shared fixtures. Integration tests talk to the real servers of the local stack (`make stack-up`); each
+test gets unique topics, databases, measurements and indices, and removes them afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import urllib3
+
+REPO = Path(__file__).resolve().parent.parent
+STACK_DIR = Path(os.environ.get("FLEETWATCH_STACK_DIR", REPO / ".stack"))
+MQTT_HOST, MQTT_PORT, MQTT_AUTH_PORT = "127.0.0.1", 1883, 1884
+INFLUX_URL = "http://127.0.0.1:8086"
+VM_URL = "http://127.0.0.1:8428"
+ES_URL = "http://127.0.0.1:9200"
+
+http = urllib3.PoolManager()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def unique() -> str:
+    return f"fwt{uuid.uuid4().hex[:10]}"
+
+
+def mqtt_password(user: str) -> str:
+    return (STACK_DIR / "secrets" / f"mqtt-{user}.password").read_text().strip()
+
+
+def influxql(db: str, query: str, method: str = "GET") -> dict:
+    resp = http.request(method, f"{INFLUX_URL}/query", fields={"db": db, "q": query})
+    assert resp.status == 200, resp.data
+    result = json.loads(resp.data)["results"][0]
+    assert "error" not in result, result
+    return result
+
+
+def influx_rows(db: str, query: str) -> list[dict]:
+    """Rows of the first series as dicts (column -> value)."""
+    result = influxql(db, query)
+    rows = []
+    for series in result.get("series", []):
+        for values in series["values"]:
+            row = dict(zip(series["columns"], values, strict=True))
+            row.update(series.get("tags", {}))
+            rows.append(row)
+    return rows
+
+
+@pytest.fixture
+def influx_db(unique: str) -> Iterator[str]:
+    influxql("", f'CREATE DATABASE "{unique}"', "POST")
+    yield unique
+    influxql("", f'DROP DATABASE "{unique}"', "POST")
+
+
+@pytest.fixture
+def es_index(unique: str) -> Iterator[str]:
+    yield unique
+    http.request("DELETE", f"{ES_URL}/{unique}*")
+
+
+@pytest.fixture
+def vm_measurement(unique: str) -> Iterator[str]:
+    yield unique
+    http.request("POST", f"{VM_URL}/api/v1/admin/tsdb/delete_series", fields={"match[]": f'{{__name__=~"{unique}.*"}}'})
