@@ -1,6 +1,6 @@
 """The pipeline's own health: counters per Bytewax worker, written to InfluxDB as ``fleetwatch_health``.
 
-Each Bytewax worker runs its whole dataflow on one thread, so counters are kept per thread: operators
+Each Bytewax worker runs its whole dataflow on one OS thread, so counters are kept per thread: operators
 add to their worker's counters without locks, and the worker's InfluxDB sink partition writes them.
 Totals across workers are kept too, for ``fleetwatch run``'s progress line and the demo summary.
 """
@@ -42,18 +42,18 @@ class Counters:
         return ",".join(parts)
 
 
-_local = threading.local()
-_all: list[Counters] = []
+# Keyed by OS thread id, not threading.local: Bytewax's worker threads are Rust threads, and the Python
+# thread state (with its thread-locals) that they get is created anew each time they take the GIL.
+_by_thread: dict[int, Counters] = {}
 _lock = threading.Lock()
 
 
 def counters() -> Counters:
     """This worker thread's counters."""
-    mine: Counters | None = getattr(_local, "counters", None)
+    mine = _by_thread.get(threading.get_ident())
     if mine is None:
-        mine = _local.counters = Counters()
         with _lock:
-            _all.append(mine)
+            mine = _by_thread.setdefault(threading.get_ident(), Counters())
     return mine
 
 
@@ -61,7 +61,7 @@ def totals() -> Counters:
     """Sum over all workers of this process (gauges summed too)."""
     total = Counters()
     with _lock:
-        snapshot = list(_all)
+        snapshot = list(_by_thread.values())
     for c in snapshot:
         for f in fields(Counters):
             if f.name == "dead_letters_by_reason":
@@ -77,6 +77,4 @@ def totals() -> Counters:
 def reset() -> None:
     """Forget all counters (tests that run several flows in one process)."""
     with _lock:
-        _all.clear()
-    if hasattr(_local, "counters"):
-        del _local.counters
+        _by_thread.clear()

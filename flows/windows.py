@@ -28,8 +28,8 @@ import pickle
 import time
 from array import array
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
 from bytewax.operators import StatefulBatchLogic

@@ -315,7 +315,7 @@ class _InfluxPartition(StatelessSinkPartition[list[str]]):
         writer = sink.writer_factory(sink.cfg)
         self._thread = InfluxWriterThread(sink.cfg, writer, sink.on_rejected, f"influx-writer-{worker_index}")
         self._health_every = sink.health_interval
-        self._next_health = time.monotonic() + self._health_every
+        self._next_health = time.monotonic()  # first batch reports at once
         self._health_series = f"fleetwatch_health,worker={worker_index}{sink.health_tags}"
 
     def write_batch(self, items: list[list[str]]) -> None:

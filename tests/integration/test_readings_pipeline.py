@@ -1,0 +1,290 @@
+"""The readings pipeline end to end: real Mosquitto -> `fleetwatch run` (Bytewax) -> real InfluxDB 1.x."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import INFLUX_URL, MQTT_HOST, MQTT_PORT, REPO, influx_rows, influxql
+
+S = 1_000_000_000
+# Event times are history (a replay): windows close on event time, not on the test's wall clock.
+T0 = 1_767_225_600 * S  # 2026-01-01T00:00:00Z
+
+
+def write_config(path: Path, unique: str, db: str, **extra: str) -> Path:
+    recovery = extra.pop("recovery", "true")
+    path.write_text(f"""
+[mqtt]
+host = "{MQTT_HOST}"
+port = {MQTT_PORT}
+client_id = "{unique}"
+shared_group = "{unique}"
+max_payload_bytes = 1000
+
+[[mqtt.subscriptions]]
+topic = "fwtest/{unique}/+/+"
+qos = 1
+template = "fwtest/+/{{device}}/{{metric}}"
+format = "json"
+timestamp_field = "ts"
+timestamp_unit = "ms"
+
+[windows]
+tumbling = ["10s", "1m"]
+allowed_lateness = "2s"
+max_age = "0s"
+
+[flow]
+epoch_interval = "500ms"
+health_interval = "1s"
+
+[recovery]
+enabled = {recovery}
+dir = "{path.parent / "recovery"}"
+
+[influxdb]
+url = "{INFLUX_URL}"
+database = "{db}"
+flush_interval = "100ms"
+
+[dead_letters]
+path = "{path.parent / "dead.jsonl"}"
+""")
+    return path
+
+
+class Pipeline:
+    def __init__(self, config: Path, workers: int = 1) -> None:
+        self.status = config.parent / f"status-{time.monotonic_ns()}.json"
+        self.log = open(config.parent / "pipeline.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fleetwatch",
+                "run",
+                "--config",
+                str(config),
+                "--workers",
+                str(workers),
+                "--status-file",
+                str(self.status),
+            ],
+            cwd=REPO,
+            stdout=self.log,
+            stderr=self.log,
+        )
+        # Subscribed (the broker holds messages for the session from then on) once progress is reported.
+        deadline = time.monotonic() + 30
+        while not self.status.exists():
+            assert self.proc.poll() is None, "pipeline exited at start"
+            assert time.monotonic() < deadline, "pipeline did not start"
+            time.sleep(0.1)
+        time.sleep(1.0)
+
+    def counters(self) -> dict:
+        try:
+            return json.loads(self.status.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait_for(self, key: str, value: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.counters().get(key, 0) < value:
+            assert time.monotonic() < deadline, f"{key} stayed at {self.counters().get(key)} < {value}"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(60)
+        self.log.close()
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+
+class Publisher:
+    def __init__(self) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2)
+        self.client.max_queued_messages_set(0)
+        self.client.connect(MQTT_HOST, MQTT_PORT)
+        self.client.loop_start()
+        self.infos: list[paho.MQTTMessageInfo] = []
+
+    def send(self, topic: str, payload: bytes) -> None:
+        self.infos.append(self.client.publish(topic, payload, qos=1))
+
+    def flush(self) -> None:
+        for info in self.infos:
+            info.wait_for_publish(30)
+        self.infos.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def reading(unique: str, device: str, at_s: float, value: float) -> tuple[str, bytes]:
+    ms = (T0 + int(at_s * S)) // 1_000_000
+    return f"fwtest/{unique}/{device}/temp", json.dumps({"ts": ms, "v": value}).encode()
+
+
+def stream(unique: str) -> list[list[tuple[str, bytes]]]:
+    """Phases published with pauses between them.
+
+    Event times are history replayed at full speed, and with two workers the broker splits one topic
+    between two connections, so readings of a series can be reordered by a whole batch. Each phase spans
+    one 10 s window, so reordering inside a phase never crosses a closed window; what is late is late
+    whatever the worker.
+    """
+    chunks: list[list[tuple[str, bytes]]] = [[], [], []]
+    for device in ("d1", "d2", "d3"):
+        for i in range(60):  # 0 .. 29.5 s, in order except each 10th pair swapped (out of order, in time)
+            at = i * 0.5 if i % 10 != 4 else (i + 1) * 0.5
+            at = (i - 1) * 0.5 if i % 10 == 5 else at
+            chunks[int(at // 10)].append(reading(unique, device, at, round(math.sin(i) * 10 + i, 3)))
+    late = [reading(unique, "d1", 3.0, 1000.0), reading(unique, "d2", 12.0, -1000.0)]
+    # Event time jumps ahead: every window up to 1 min + lateness closes.
+    closer = [reading(unique, d, 200.0, 0.0) for d in ("d1", "d2", "d3")]
+    return [*chunks, late, closer]
+
+
+def expected_10s(unique: str) -> dict[tuple[str, int], tuple[int, float, float, float]]:
+    """(device, window start s) -> (count, min, max, sum) of the main phase."""
+    out: dict[tuple[str, int], list[float]] = {}
+    for topic, payload in [m for chunk in stream(unique)[:3] for m in chunk]:
+        doc = json.loads(payload)
+        start = ((doc["ts"] * 1_000_000 - T0) // S) // 10 * 10
+        out.setdefault((topic.split("/")[2], start), []).append(doc["v"])
+    return {k: (len(v), min(v), max(v), math.fsum(v)) for k, v in out.items()}
+
+
+def aggregates(db: str) -> list[dict]:
+    return influx_rows(db, 'SELECT * FROM "readings_agg" GROUP BY "device", "window"')
+
+
+def run_stream(tmp_path: Path, unique: str, db: str, workers: int) -> list[dict]:
+    config = write_config(tmp_path / "fleetwatch.toml", unique, db)
+    pipeline = Pipeline(config, workers)
+    pub = Publisher()
+    phases = stream(unique)
+    total = 0
+    for phase in phases:
+        for topic, payload in phase:
+            pub.send(topic, payload)
+        pub.flush()
+        total += len(phase)
+        pipeline.wait_for("messages_in", total)
+        time.sleep(1.5)  # more than an epoch: the next phase is seen after this one
+    pub.send(f"fwtest/{unique}/d1/temp", b"not json")
+    pub.send(f"fwtest/{unique}/d1/temp", b'{"ts": 1, "v": NaN}')
+    pub.send(f"fwtest/{unique}/d1/temp", b"x" * 2000)
+    pub.close()
+    pipeline.wait_for("dead_letters", 3)
+    deadline = time.monotonic() + 20
+    while len(aggregates(db)) < 9 + 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    pipeline.stop()
+    return aggregates(db)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_exact_aggregates_late_readings_and_dead_letters(
+    tmp_path: Path, unique: str, influx_db: str, workers: int
+) -> None:
+    rows = run_stream(tmp_path, unique, influx_db, workers)
+    by_key = {(r["device"], r["window"], (int(_ns(r["time"])) - T0) // S): r for r in rows}
+    expected = expected_10s(unique)
+    got_10s = {
+        (d, start): (r["count"], r["min"], r["max"], r["sum"])
+        for (d, w, start), r in by_key.items()
+        if w == "10s" and start < 100
+    }
+    # The late readings are not in their closed 10 s windows...
+    assert {k: (c, mn, mx, round(sm, 9)) for k, (c, mn, mx, sm) in got_10s.items()} == {
+        k: (c, mn, mx, round(sm, 9)) for k, (c, mn, mx, sm) in expected.items()
+    }
+    # ...but in the 1 min window, still open when they came: 60 + 1 for d1 and d2.
+    minute = {d: by_key[(d, "1m", 0)]["count"] for d in ("d1", "d2", "d3")}
+    assert minute == {"d1": 61, "d2": 61, "d3": 60}
+    assert by_key[("d1", "1m", 0)]["max"] == 1000.0 and by_key[("d2", "1m", 0)]["min"] == -1000.0
+    late = influx_rows(influx_db, 'SELECT "value" FROM "readings_late" GROUP BY "device"')
+    assert sorted((r["device"], r["value"]) for r in late) == [("d1", 1000.0), ("d2", -1000.0)]
+    dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert sorted(d["reason"] for d in dead) == ["non_finite", "oversized", "undecodable"]
+    health = influx_rows(influx_db, 'SELECT last("messages_in") FROM "fleetwatch_health" GROUP BY "worker"')
+    assert len(health) == workers and sum(r["last"] for r in health) > 0
+
+
+def test_one_and_two_workers_give_identical_aggregates(tmp_path: Path, unique: str) -> None:
+    results = []
+    for workers in (1, 2):
+        run_dir = tmp_path / f"w{workers}"
+        run_dir.mkdir()
+        db = f"{unique}w{workers}"
+        influxql("", f'CREATE DATABASE "{db}"', "POST")
+        try:
+            # The same topics (same unique name) so that series keys are equal.
+            rows = run_stream(run_dir, unique, db, workers)
+        finally:
+            influxql("", f'DROP DATABASE "{db}"', "POST")
+        results.append(sorted(json.dumps(r, sort_keys=True) for r in rows))
+    assert len(results[0]) >= 12
+    assert results[0] == results[1]
+
+
+def _ns(rfc3339: str) -> int:
+    from collectors.mqtt.payloads import timestamp_ns
+
+    return timestamp_ns(rfc3339, "rfc3339")
+
+
+def test_restart_mid_stream_at_qos1_loses_no_reading(tmp_path: Path, unique: str, influx_db: str) -> None:
+    """Kill -9 mid-stream; keep publishing while the pipeline is down; restart. The persistent session
+    holds what was published meanwhile, recovery restores the open windows, and unacked messages are
+    redelivered: every reading is counted exactly once."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    pub = Publisher()
+    pipeline = Pipeline(config)
+    n = 3000
+    for i in range(n // 2):
+        pub.send(*reading(unique, f"d{i % 5}", i * 0.01, 1.0))
+    pub.flush()
+    pipeline.wait_for("messages_in", 500)
+    pipeline.kill()
+    for i in range(n // 2, n):
+        pub.send(*reading(unique, f"d{i % 5}", i * 0.01, 1.0))
+    pub.flush()
+    pipeline = Pipeline(config)
+    time.sleep(2)
+    for d in range(5):
+        pub.send(*reading(unique, f"d{d}", 500.0, 0.0))
+    pub.close()
+    deadline = time.monotonic() + 30
+    total = 0.0
+    while time.monotonic() < deadline:
+        rows = influx_rows(
+            influx_db, f'SELECT sum("count") FROM "readings_agg" WHERE "window" = \'10s\' AND time < {T0 + 100 * S}'
+        )
+        total = rows[0]["sum"] if rows else 0
+        if total >= n:
+            break
+        time.sleep(0.3)
+    pipeline.stop()
+    assert total == n
+    if os.environ.get("FLEETWATCH_TEST_DEBUG"):
+        print((tmp_path / "pipeline.log").read_text())

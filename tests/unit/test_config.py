@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from fleetwatch import config
+from tests.conftest import REPO
+
+
+def test_the_example_config_is_valid_and_matches_the_defaults_it_documents() -> None:
+    cfg = config.load(REPO / "fleetwatch.example.toml", env={})
+    assert cfg.mqtt.subscriptions[0].template == "sensors/{site}/{device}/{metric}"
+    assert cfg.windows.tumbling == [timedelta(seconds=10), timedelta(minutes=1)]
+    assert cfg.influxdb.flush_interval == timedelta(milliseconds=250)
+    assert cfg.flow.epoch_interval == config.FlowConfig().epoch_interval
+
+
+def test_errors_name_every_bad_key_and_what_was_expected(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        '[mqtt]\nport = "abc"\n[[mqtt.subscriptions]]\ntopic = "a/#/b"\nqos = 3\n'
+        '[windows]\ntumbling = ["10x"]\nallowed_latenes = "5s"\n'
+    )
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path, env={})
+    problems = err.value.problems
+    assert any(p.startswith("mqtt.port:") and "valid integer" in p for p in problems)
+    assert "mqtt.subscriptions[0].qos: expected 0, 1 or 2 (got 3)" in problems
+    assert any(p.startswith("mqtt.subscriptions[0].topic:") and "'#'" in p for p in problems)
+    assert any(p.startswith("windows.tumbling[0]:") and "duration" in p for p in problems)
+    assert "windows.allowed_latenes: unknown key" in problems
+
+
+@pytest.mark.parametrize(
+    "toml,key",
+    [
+        ('[[mqtt.subscriptions]]\ntopic = "s/+"\nformat = "number"\n', "mqtt.subscriptions[0]"),
+        ('[[mqtt.subscriptions]]\ntopic = "s/+"\ntemplate = "s/{a}/{a}"\nmetric = "x"\n', "mqtt.subscriptions[0]"),
+        ('[windows]\nsliding = [{ length = "1m", offset = "7s" }]\n', "windows.sliding[0]"),
+        ("[windows]\nquantiles = [1.5]\n", "windows.quantiles"),
+        ('[influxdb]\nurl = "localhost:8086"\n', "influxdb.url"),
+        ('[influxdb]\napi = "v3"\n', "influxdb.api"),
+        ('[mqtt.tls]\ncert_file = "c.pem"\n', "mqtt.tls"),
+        ("not toml = = =", "not valid TOML"),
+    ],
+)
+def test_rejects_broken_values(tmp_path: Path, toml: str, key: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(toml)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path, env={})
+    assert any(p.startswith(key) or key in p for p in err.value.problems), err.value.problems
+
+
+def test_secrets_come_from_the_environment_and_never_print(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[mqtt]\nusername = "fw"\npassword = "in-file"\n')
+    cfg = config.load(path, env={"FLEETWATCH_MQTT_PASSWORD": "from-env", "FLEETWATCH_INFLUXDB_TOKEN": "tok"})
+    assert cfg.mqtt.resolved_password() is not None
+    assert cfg.mqtt.resolved_password().get_secret_value() == "from-env"  # type: ignore[union-attr]
+    assert cfg.influxdb.resolved_token().get_secret_value() == "tok"  # type: ignore[union-attr]
+    assert "from-env" not in repr(cfg) and "tok'" not in repr(cfg)
+
+
+def test_secrets_come_from_files(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    cfg = config.from_dict({"influxdb": {"password_file": str(secret)}}, env={})
+    assert cfg.influxdb.resolved_password().get_secret_value() == "s3cret"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text,seconds", [("10s", 10), ("1m30s", 90), ("250ms", 0.25), ("7d", 604800), (5, 5)])
+def test_durations(text: str | int, seconds: float) -> None:
+    assert config.parse_duration(text).total_seconds() == seconds
+
+
+def test_check_config_command_rejects_a_broken_file_and_names_the_key(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fleetwatch.cli import app
+
+    path = tmp_path / "bad.toml"
+    path.write_text("[influxdb]\nbatch_size = 0\n")
+    result = CliRunner().invoke(app, ["check-config", str(path)])
+    assert result.exit_code == 2
+    assert "influxdb.batch_size" in result.output
+    ok = CliRunner().invoke(app, ["check-config", str(REPO / "fleetwatch.example.toml")])
+    assert ok.exit_code == 0, ok.output

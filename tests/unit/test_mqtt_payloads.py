@@ -1,0 +1,199 @@
+"""collectors/mqtt: topic templates, payload decoders and the batch parser."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from collectors.mqtt.parse import MessageBatch, MQTTParser
+from collectors.mqtt.payloads import (
+    PayloadError,
+    decode_json,
+    decode_line_protocol,
+    decode_number,
+    timestamp_ns,
+)
+from collectors.mqtt.topics import TopicTemplate, topic_matches
+from fleetwatch.config import from_dict
+from fleetwatch.record import parse_series
+
+T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
+
+
+def test_template_levels_become_tags() -> None:
+    t = TopicTemplate.parse("sensors/{site}/+/{device}/{metric}")
+    assert t.tags("sensors/lyon/rack1/d7/temp") == {"site": "lyon", "device": "d7", "metric": "temp"}
+    assert t.tags("sensors/lyon/rack1/d7") is None  # too short
+    assert t.tags("other/lyon/rack1/d7/temp") is None  # literal differs
+    assert TopicTemplate.parse("tele/{device}/#").tags("tele/plug/SENSOR/extra") == {"device": "plug"}
+
+
+@pytest.mark.parametrize("bad", ["a/{x}/{x}", "a/#/b", "a/{x/b", "a/x+/b"])
+def test_bad_templates_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError):
+        TopicTemplate.parse(bad)
+
+
+def test_topic_filter_matching() -> None:
+    assert topic_matches("sensors/+/+/+", "sensors/a/b/c")
+    assert not topic_matches("sensors/+/+/+", "sensors/a/b")
+    assert topic_matches("sensors/#", "sensors/a/b/c")
+    assert not topic_matches("#", "$SYS/broker/load")
+
+
+def test_number_payloads() -> None:
+    assert decode_number(b" 21.5\n") == 21.5
+    for payload, reason in [
+        (b"abc", "not_a_number"),
+        (b"NaN", "non_finite"),
+        (b"-inf", "non_finite"),
+        (b"\xff\xfe", "invalid_utf8"),
+        (b"", "not_a_number"),
+    ]:
+        with pytest.raises(PayloadError) as err:
+            decode_number(payload)
+        assert err.value.reason == reason
+
+
+def test_tasmota_sensor_payload() -> None:
+    payload = b'{"Time":"2026-01-01T00:00:10","AM2301":{"Temperature":21.3,"Humidity":45.1},"TempUnit":"C"}'
+    samples = decode_json(payload, "Time", "rfc3339", frozenset(), None)
+    assert {(s.metric, s.value) for s in samples} == {("AM2301_Temperature", 21.3), ("AM2301_Humidity", 45.1)}
+    assert {s.ts_ns for s in samples} == {T0 + 10 * 10**9}
+
+
+def test_zigbee2mqtt_payload() -> None:
+    payload = (
+        b'{"battery":97,"humidity":48.2,"linkquality":120,"temperature":22.5,"voltage":3000,'
+        b'"occupancy":true,"update":{"state":"idle"},"update_available":null}'
+    )
+    samples = decode_json(payload, None, "auto", frozenset({"update"}), None)
+    assert {s.metric: s.value for s in samples} == {
+        "battery": 97.0,
+        "humidity": 48.2,
+        "linkquality": 120.0,
+        "temperature": 22.5,
+        "voltage": 3000.0,
+        "occupancy": 1.0,
+    }
+    assert all(s.ts_ns is None for s in samples)
+
+
+@pytest.mark.parametrize(
+    "value,unit,expected",
+    [
+        (1_767_225_600, "auto", T0),
+        (1_767_225_600_000, "auto", T0),
+        (1_767_225_600_000_000_000, "auto", T0),
+        (1_767_225_600.5, "s", T0 + 500_000_000),
+        ("2026-01-01T00:00:00Z", "rfc3339", T0),
+        ("2026-01-01T01:00:00+01:00", "auto", T0),
+        ("1767225600000", "ms", T0),
+    ],
+)
+def test_timestamps(value: object, unit: str, expected: int) -> None:
+    assert timestamp_ns(value, unit) == expected
+
+
+def test_line_protocol() -> None:
+    payload = b'weather,station=a\\ b temp=21.5,hum=40i,ok=t,note="x y" 1767225600000000000\nweather temp=1'
+    samples = decode_line_protocol(payload)
+    assert [(s.measurement, s.tags, s.metric, s.value, s.ts_ns) for s in samples] == [
+        ("weather", {"station": "a b"}, "temp", 21.5, T0),
+        ("weather", {"station": "a b"}, "hum", 40.0, T0),
+        ("weather", {"station": "a b"}, "ok", 1.0, T0),
+        ("weather", {}, "temp", 1.0, None),
+    ]
+    for bad, reason in [
+        (b"weather", "undecodable"),
+        (b"w v=abc", "undecodable"),
+        (b"w v=1 notatime", "bad_timestamp"),
+        (b'w s="only strings"', "no_numeric_fields"),
+    ]:
+        with pytest.raises(PayloadError) as err:
+            decode_line_protocol(bad)
+        assert err.value.reason == reason
+
+
+def _parser(**windows: object) -> MQTTParser:
+    cfg = from_dict(
+        {
+            "mqtt": {
+                "max_payload_bytes": 100,
+                "subscriptions": [
+                    {"topic": "sensors/+/+/+", "template": "sensors/{site}/{device}/{metric}", "write_raw": True},
+                    {
+                        "topic": "tele/+/SENSOR",
+                        "template": "tele/{device}/#",
+                        "format": "json",
+                        "timestamp_field": "Time",
+                        "measurement": "tasmota",
+                    },
+                    {"topic": "lp/#", "format": "influx_line", "template": "lp/{site}/#"},
+                ],
+            },
+            "windows": windows,
+        },
+        env={},
+    )
+    return MQTTParser(cfg.mqtt, cfg.windows)
+
+
+def test_parser_turns_a_batch_into_readings_and_dead_letters() -> None:
+    now = T0 + 3600 * 10**9
+    parser = _parser(max_age="0s", max_future_skew="100000d")
+    batch = MessageBatch(
+        now,
+        [
+            ("sensors/s1/d1/temp", b"21.5"),
+            ("tele/plug/SENSOR", b'{"Time":"2026-01-01T00:00:10Z","ENERGY":{"Power":12}}'),
+            ("lp/s2/x", b"cpu,host=h load=0.5 1767225600000000000"),
+            ("sensors/s1/d1/temp", b"oops"),
+            ("sensors/s1/d1/temp", b"1e999"),
+            ("sensors/s1/d1/temp", b"\xc3\x28"),
+            ("sensors/s1/d1/temp", b"1" * 101),
+            ("sensors/s1/d1", b"1"),
+            ("tele/plug/SENSOR", b'{"Time":"yesterday","x":1}'),
+            ("tele/plug/SENSOR", b'{"x":1'),
+        ],
+    )
+    parsed = parser.parse(batch)
+    got = [(parse_series(r.series), r.value, r.ts_ns) for r in parsed.readings]
+    assert got == [
+        (("readings", {"device": "d1", "metric": "temp", "site": "s1"}), 21.5, now),
+        (("tasmota", {"device": "plug", "metric": "ENERGY_Power"}), 12.0, T0 + 10 * 10**9),
+        (("cpu", {"host": "h", "metric": "load", "site": "s2"}), 0.5, T0),
+    ]
+    assert parsed.raw == parsed.readings[:1]
+    assert [d.reason for d in parsed.dead_letters] == [
+        "not_a_number",
+        "non_finite",
+        "invalid_utf8",
+        "oversized",
+        "topic_mismatch",
+        "bad_timestamp",
+        "undecodable",
+    ]
+    assert all(d.source.startswith("mqtt:") and d.raw for d in parsed.dead_letters)
+    assert parsed.dead_letters[3].raw == b"1" * 101
+
+
+def test_parser_dead_letters_timestamps_outside_the_skew() -> None:
+    parser = _parser(max_age="1h", max_future_skew="1m")
+    now = T0
+    old = b'{"Time":"2025-12-31T22:00:00Z","v":1}'
+    future = b'{"Time":"2026-01-01T00:02:00Z","v":1}'
+    fine = b'{"Time":"2025-12-31T23:30:00Z","v":1}'
+    import time as time_mod
+
+    real = time_mod.time_ns
+    time_mod.time_ns = lambda: now  # the parser reads wall time once per batch
+    try:
+        parsed = parser.parse(
+            MessageBatch(now, [("tele/a/SENSOR", old), ("tele/a/SENSOR", future), ("tele/a/SENSOR", fine)])
+        )
+    finally:
+        time_mod.time_ns = real
+    assert [d.reason for d in parsed.dead_letters] == ["timestamp_out_of_range"] * 2
+    assert len(parsed.readings) == 1 and not math.isnan(parsed.readings[0].value)

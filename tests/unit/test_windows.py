@@ -1,0 +1,161 @@
+"""flows/windows: event-time windows, driven by a clock moved by hand."""
+
+from __future__ import annotations
+
+import pickle
+from datetime import timedelta
+
+from fleetwatch.record import Reading
+from flows import schema
+from flows.windows import Aggregate, WindowLogic, WindowSpec, duration_label, quantile
+
+S = 1_000_000_000
+T0 = 1_767_225_600 * S  # 2026-01-01T00:00:00Z, a multiple of every window length used here
+
+
+class Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def reading(value: float, at_s: float, series: str = "readings,device=d1,metric=t") -> Reading:
+    return Reading("readings", series, value, T0 + int(at_s * S))
+
+
+def collect(logic: WindowLogic, batch: list[Reading]) -> tuple[list[Aggregate], list[Reading], dict[str, int]]:
+    out, _ = logic.on_batch([batch])
+    aggs: list[Aggregate] = []
+    late: list[Reading] = []
+    counts: dict[str, int] = {}
+    for result in out:
+        aggs += result.aggregates
+        late += result.late
+        counts.update(result.late_counts)
+    return aggs, late, counts
+
+
+def test_tumbling_window_with_out_of_order_and_late_readings() -> None:
+    clock = Clock(T0)
+    logic = WindowLogic([WindowSpec.tumbling(timedelta(seconds=10))], timedelta(seconds=2), [0.5, 0.95], clock=clock)
+    # Out of order inside the lateness: 3 arrives after 4 and still counts.
+    aggs, late, _ = collect(logic, [reading(1, 1), reading(4, 4), reading(3, 3), reading(2, 9.5)])
+    assert aggs == [] and late == []
+    # 12.5 s: the watermark (12.5 - 2) passes the end of [0, 10).
+    aggs, late, _ = collect(logic, [reading(10, 12.5)])
+    assert aggs == [
+        Aggregate(
+            "readings",
+            "readings,device=d1,metric=t",
+            "10s",
+            T0,
+            T0 + 10 * S,
+            4,
+            1.0,
+            4.0,
+            2.5,
+            10.0,
+            1.0,
+            2.0,
+            1.2909944487358056,
+            ((0.5, 2.5), (0.95, 3.8499999999999996)),
+        )
+    ]
+    # A reading for [0, 10) now is late: counted, returned raw, not aggregated.
+    aggs, late, counts = collect(logic, [reading(99, 8)])
+    assert aggs == [] and late == [reading(99, 8)] and counts == {"10s": 1}
+
+
+def test_windows_close_on_wall_time_when_a_series_goes_quiet() -> None:
+    clock = Clock(T0)
+    logic = WindowLogic([WindowSpec.tumbling(timedelta(seconds=10))], timedelta(seconds=2), [0.5], clock=clock)
+    collect(logic, [reading(5, 9)])
+    # Due when the watermark (event time + elapsed wall time - lateness) passes 10 s: wall time + 3 s.
+    assert logic.notify_at() is not None
+    assert int(logic.notify_at().timestamp() * S) == T0 + 3 * S  # type: ignore[union-attr]
+    clock.now = T0 + 2 * S
+    assert logic.on_notify()[0] == []
+    clock.now = T0 + 3 * S
+    (result,), _ = logic.on_notify()  # type: ignore[misc]
+    assert [(a.count, a.mean, a.stddev) for a in result.aggregates] == [(1, 5.0, None)]
+
+
+def test_several_lengths_and_sliding_windows_at_once() -> None:
+    clock = Clock(T0)
+    specs = [
+        WindowSpec.tumbling(timedelta(seconds=10)),
+        WindowSpec.sliding(timedelta(seconds=20), timedelta(seconds=10)),
+    ]
+    logic = WindowLogic(specs, timedelta(0), [0.5], clock=clock)
+    # The reading at 11 s closes the windows ending at 10 s; the one at 40 s closes the rest.
+    first, _, _ = collect(logic, [reading(v, v) for v in (1, 5, 11, 15)])
+    assert sorted((a.window, (a.start_ns - T0) // S) for a in first) == [("10s", 0), ("20s/10s", -10)]
+    second, _, _ = collect(logic, [reading(100, 40)])
+    aggs = first + second
+    got = sorted((a.window, (a.start_ns - T0) // S, a.count, a.sum) for a in aggs)
+    assert got == [
+        ("10s", 0, 2, 6.0),
+        ("10s", 10, 2, 26.0),
+        ("20s/10s", -10, 2, 6.0),
+        ("20s/10s", 0, 4, 32.0),
+        ("20s/10s", 10, 2, 26.0),
+    ]
+
+
+def test_results_do_not_depend_on_arrival_order() -> None:
+    values = [(0.1 * i, i * 0.37 % 9.9) for i in range(1, 200)]
+    results = []
+    for order in (values, list(reversed(values))):
+        logic = WindowLogic(
+            [WindowSpec.tumbling(timedelta(seconds=10))], timedelta(seconds=60), [0.5, 0.99], clock=Clock(T0)
+        )
+        collect(logic, [reading(v, t) for v, t in order])
+        (result,), _ = logic.on_eof()  # type: ignore[misc]
+        results.append(result.aggregates)
+    assert results[0] == results[1]
+
+
+def test_state_survives_a_snapshot_and_restore() -> None:
+    clock = Clock(T0)
+    spec = [WindowSpec.tumbling(timedelta(seconds=10))]
+    logic = WindowLogic(spec, timedelta(seconds=1), [0.5], clock=clock)
+    collect(logic, [reading(1, 1), reading(2, 2)])
+    snapshot = logic.snapshot()
+    assert isinstance(pickle.loads(snapshot), tuple)
+    restored = WindowLogic(spec, timedelta(seconds=1), [0.5], resume=snapshot, clock=clock)
+    aggs, _, _ = collect(restored, [reading(3, 3), reading(0, 20)])
+    assert [(a.count, a.sum, a.first, a.last) for a in aggs] == [(3, 6.0, 1.0, 3.0)]
+
+
+def test_quantiles_and_labels() -> None:
+    assert quantile([5.0], 0.99) == 5.0
+    assert quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) == 4.8
+    assert duration_label(timedelta(seconds=90)) == "1m30s"
+    assert duration_label(timedelta(milliseconds=250)) == "250ms"
+    assert schema.quantile_field(0.999) == "p99_9"
+
+
+def test_aggregate_line_protocol() -> None:
+    agg = Aggregate(
+        "readings",
+        "readings,device=d\\ 1,metric=t",
+        "10s",
+        T0,
+        T0 + 10 * S,
+        2,
+        1.0,
+        3.0,
+        2.0,
+        4.0,
+        1.0,
+        3.0,
+        1.4142135623730951,
+        ((0.5, 2.0),),
+    )
+    assert schema.aggregate_line(agg) == (
+        "readings_agg,device=d\\ 1,metric=t,window=10s count=2i,min=1.0,max=3.0,mean=2.0,sum=4.0,first=1.0,"
+        f"last=3.0,stddev=1.4142135623730951,p50=2.0 {T0}"
+    )
+    assert schema.late_line(reading(1.5, 0)) == f"readings_late,device=d1,metric=t value=1.5 {T0}"
