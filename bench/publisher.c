@@ -3,8 +3,8 @@
  *   publisher HOST PORT QOS RATE SECONDS DEVICES PREFIX EVENT_START_MS
  *
  * Publishes RATE msg/s for SECONDS over DEVICES topics PREFIX/site<d%10>/dev<d>/temp, round robin, with
- * JSON payloads {"ts":<ms>,"v":<value>}. Event time starts at EVENT_START_MS (0 = wall time) and advances
- * 1 ms per message per device round, so a replay of history runs as fast as live data. Waits until every
+ * JSON payloads {"ts":<ms>,"v":<value>}. EVENT_START_MS 0 stamps the wall clock (live data); otherwise
+ * event time starts there and advances 1 ms per device round (a replay of history, as fast as it goes). Waits until every
  * QoS 1 message is acknowledged by the broker, then prints "published=<n> seconds=<s>".
  */
 #include <mosquitto.h>
@@ -30,14 +30,13 @@ int main(int argc, char **argv) {
   int devices = atoi(argv[6]);
   const char *prefix = argv[7];
   long long event_start = atoll(argv[8]);
-  if (event_start == 0) {
-    struct timespec ts; clock_gettime(CLOCK_REALTIME, &ts);
-    event_start = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-  }
+  int live = event_start == 0; /* live: event time is the wall clock at publish */
   mosquitto_lib_init();
   struct mosquitto *m = mosquitto_new(NULL, true, NULL);
-  mosquitto_int_option(m, MOSQ_OPT_SEND_MAXIMUM, 65535);
-  mosquitto_max_inflight_messages_set(m, 0);
+  /* A bounded in-flight window: libmosquitto finds each PUBACK by walking its in-flight list, so an
+   * unbounded window (hundreds of thousands of QoS 1 messages) makes the publisher itself quadratic. */
+  mosquitto_int_option(m, MOSQ_OPT_SEND_MAXIMUM, 1000);
+  mosquitto_max_inflight_messages_set(m, 1000);
   mosquitto_publish_callback_set(m, on_publish);
   if (mosquitto_connect(m, host, port, 60) != MOSQ_ERR_SUCCESS) { fprintf(stderr, "connect failed\n"); return 1; }
   mosquitto_loop_start(m);
@@ -57,6 +56,10 @@ int main(int argc, char **argv) {
     }
     int d = (int)(i % devices);
     long long ts = event_start + (i / devices);
+    if (live) {
+      struct timespec w; clock_gettime(CLOCK_REALTIME, &w);
+      ts = (long long)w.tv_sec * 1000 + w.tv_nsec / 1000000;
+    }
     int len = snprintf(payload, sizeof payload, "{\"ts\":%lld,\"v\":%d.%d}", ts, (int)(i % 97), (int)(i % 10));
     int rc;
     while ((rc = mosquitto_publish(m, NULL, topics[d], len, payload, qos, false)) == MOSQ_ERR_OVERSIZE_PACKET) {}

@@ -182,7 +182,7 @@ def main() -> None:
     machine = (f"{os.cpu_count()} cores, {platform.machine()}, {_memory_gb():.0f} GiB, "
                f"Python {platform.python_version()}, Linux {platform.release()}")
     rows = []
-    for qos in (0, 1):
+    for qos in [int(q) for q in os.environ.get("BENCH_QOS", "0,1").split(",")]:
         limit = broker_limit(qos)
         print(f"QoS {qos}: mosquitto_sub drains {limit:,.0f} msg/s", flush=True)
         best = 0
