@@ -179,8 +179,10 @@ def _memory_gb() -> float:
 def main() -> None:
     build_publisher()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = (f"{os.cpu_count()} cores, {platform.machine()}, {_memory_gb():.0f} GiB, "
-               f"Python {platform.python_version()}, Linux {platform.release()}")
+    machine = (
+        f"{os.cpu_count()} cores, {platform.machine()}, {_memory_gb():.0f} GiB, "
+        f"Python {platform.python_version()}, Linux {platform.release()}"
+    )
     rows = []
     for qos in [int(q) for q in os.environ.get("BENCH_QOS", "0,1").split(",")]:
         limit = broker_limit(qos)

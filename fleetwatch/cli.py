@@ -62,7 +62,9 @@ def run(
         str | None, typer.Option("--addresses", "-a", help="Cluster: host:port of every process, comma-separated.")
     ] = None,
     duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
-    status_file: Annotated[Path | None, typer.Option(help="Write progress counters here every second.")] = None,
+    status_file: Annotated[
+        Path | None, typer.Option(help="Write progress counters here (JSON, 4 times a second).")
+    ] = None,
     verbose: bool = False,
 ) -> None:
     """Run the pipeline: MQTT -> windows -> InfluxDB (Ctrl-C stops and flushes)."""

@@ -36,7 +36,7 @@ def prepare_recovery(cfg: Config, partitions: int) -> RecoveryConfig | None:
     return RecoveryConfig(str(directory), backup_interval=cfg.recovery.backup_interval)
 
 
-def _status_writer(path: Path, stop: threading.Event, interval: float = 1.0) -> None:
+def _status_writer(path: Path, stop: threading.Event, interval: float = 0.25) -> None:
     while not stop.wait(interval):
         status = asdict(health.totals())
         status["time"] = time.time()

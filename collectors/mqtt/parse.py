@@ -7,6 +7,8 @@ the topic belongs to, its tags, its series key) is cached per topic, so a messag
 
 from __future__ import annotations
 
+import json
+import json.scanner
 import math
 import time
 from dataclasses import dataclass
@@ -22,6 +24,8 @@ from collectors.mqtt.payloads import (
 from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import MQTTConfig, SubscriptionConfig, WindowsConfig
 from fleetwatch.record import DeadLetter, Reading, series_key
+
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 # Topics seen are cached; fleets have many, but not unbounded, topics. Past this the cache starts over.
 _TOPIC_CACHE_LIMIT = 1_000_000
@@ -54,6 +58,14 @@ class _TopicInfo:
     write_raw: bool
     # Series keys by metric name, for formats with several fields.
     by_metric: dict[str, str]
+    # The metric named by the template or the subscription (bare JSON values).
+    metric: str | None = None
+    # JSON fields that are not readings: ignore_fields and the timestamp field.
+    skip: frozenset[str] = frozenset()
+    # JSON fast path: format json, and the timestamp field with a fixed epoch unit (ns per unit) if any.
+    flat_json: bool = False
+    ts_field: str | None = None
+    ts_scale: int = 0
 
 
 class MQTTParser:
@@ -86,7 +98,21 @@ class MQTTParser:
                 if not metric:
                     return f"no metric for topic {topic!r}"
                 series = series_key(sub.measurement, {**tags, "metric": metric})
-            return _TopicInfo(sub, sub.measurement, tags, series, sub.write_raw, {})
+            skip = frozenset(sub.ignore_fields) | ({sub.timestamp_field} if sub.timestamp_field else set())
+            scale = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}.get(sub.timestamp_unit, 0)
+            return _TopicInfo(
+                sub,
+                sub.measurement,
+                tags,
+                series,
+                sub.write_raw,
+                {},
+                metric,
+                skip,
+                flat_json=sub.format == "json",
+                ts_field=sub.timestamp_field,
+                ts_scale=scale,
+            )
         return f"topic {topic!r} matches no subscription"
 
     def _info(self, topic: str) -> _TopicInfo | str:
@@ -151,6 +177,42 @@ class MQTTParser:
                     if info.write_raw:
                         raw.append(reading)
                     continue
+            if info.flat_json:
+                # A flat JSON object of numbers (the common device payload), inline; anything else
+                # (nesting, booleans, strings, errors) takes the general decoder below.
+                try:
+                    text = payload.decode()
+                    doc, end = _scan_json(text, 0)  # the C scanner, without json.loads' Python layers
+                    if end != len(text):
+                        doc = None  # trailing data or whitespace: let the general decoder judge
+                except (ValueError, StopIteration):
+                    doc = None
+                ts = received_ns
+                if type(doc) is dict and info.ts_field is not None:
+                    raw_ts = doc.get(info.ts_field)
+                    # Only integer epochs in a fixed unit here; the general decoder handles the rest.
+                    if type(raw_ts) is int and info.ts_scale:
+                        ts = raw_ts * info.ts_scale
+                    else:
+                        doc = None
+                if type(doc) is dict and oldest_ok <= ts <= newest_ok:
+                    by_metric = info.by_metric
+                    found: list[Reading] = []
+                    for key, value in doc.items():
+                        kind = type(value)
+                        if (kind is float or kind is int) and key not in info.skip:
+                            if value - value != 0:
+                                break
+                            series = by_metric.get(key) or self._series(info, Sample(key, 0.0))
+                            found.append(Reading(info.measurement, series, float(value), ts))
+                        elif kind is not str and value is not None and key not in info.skip:
+                            break  # nested, boolean or list: general decoder
+                    else:
+                        if found:
+                            readings.extend(found)
+                            if info.write_raw:
+                                raw.extend(found)
+                            continue
             try:
                 samples = self._decode(info, payload)
             except PayloadError as err:
@@ -186,11 +248,5 @@ class MQTTParser:
         if sub.format == "number":
             return [Sample("", decode_number(payload))]  # only reached for bad payloads: raises
         if sub.format == "json":
-            return decode_json(
-                payload,
-                sub.timestamp_field,
-                sub.timestamp_unit,
-                frozenset(sub.ignore_fields),
-                info.tags.get("metric") or sub.metric,
-            )
+            return decode_json(payload, sub.timestamp_field, sub.timestamp_unit, info.skip, info.metric)
         return decode_line_protocol(payload)

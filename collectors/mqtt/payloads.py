@@ -96,41 +96,35 @@ def timestamp_ns(value: Any, unit: str) -> int:
 # --- JSON -----------------------------------------------------------------------------------------
 
 
-def _flatten(obj: dict[str, Any], prefix: str, skip: frozenset[str], out: list[Sample]) -> None:
+def _flatten(obj: dict[str, Any], prefix: str, skip: frozenset[str], ts: int | None, out: list[Sample]) -> None:
     for key, value in obj.items():
-        name = f"{prefix}{key}"
+        name = f"{prefix}{key}" if prefix else key
         if name in skip:
             continue
-        if isinstance(value, bool):
-            out.append(Sample(name, 1.0 if value else 0.0))
-        elif isinstance(value, int | float):
-            if not math.isfinite(value):
+        kind = type(value)
+        if kind is float or kind is int:
+            if value - value != 0:  # inf or nan (json.loads accepts Infinity and NaN)
                 raise PayloadError("non_finite", f"field {name!r} is {value}")
-            out.append(Sample(name, float(value)))
-        elif isinstance(value, dict):
-            _flatten(value, f"{name}_", skip, out)
+            out.append(Sample(name, float(value), ts))
+        elif kind is bool:
+            out.append(Sample(name, 1.0 if value else 0.0, ts))
+        elif kind is dict:
+            _flatten(value, f"{name}_", skip, ts, out)
         # Strings, lists and nulls are not readings (Tasmota's "TempUnit", Zigbee2MQTT's "update").
 
 
 def decode_json(
     payload: bytes, timestamp_field: str | None, timestamp_unit: str, skip: frozenset[str], metric: str | None
 ) -> list[Sample]:
+    """``skip`` must include ``timestamp_field``."""
     try:
         doc = json.loads(payload)
     except UnicodeDecodeError as exc:
         raise PayloadError("invalid_utf8", f"payload is not valid UTF-8: {exc}") from None
     except ValueError as exc:
         raise PayloadError("undecodable", f"not JSON: {exc}") from None
-    if isinstance(doc, bool) or not isinstance(doc, dict | int | float):
-        if isinstance(doc, str):
-            # Home Assistant publishes some states as JSON strings: "21.5".
-            return [Sample(metric or "value", decode_number(doc.encode()))]
-        raise PayloadError("not_a_number", f"JSON {type(doc).__name__} is not a reading")
-    if not isinstance(doc, dict):
-        value = float(doc)
-        if not math.isfinite(value):
-            raise PayloadError("non_finite", f"value {value} is not finite")
-        return [Sample(metric or "value", value)]
+    if type(doc) is not dict:
+        return [_bare_json_value(doc, metric)]
     ts: int | None = None
     if timestamp_field is not None:
         raw_ts = doc.get(timestamp_field)
@@ -138,12 +132,22 @@ def decode_json(
             raise PayloadError("bad_timestamp", f"timestamp field {timestamp_field!r} is missing")
         ts = timestamp_ns(raw_ts, timestamp_unit)
     samples: list[Sample] = []
-    _flatten(doc, "", skip | {timestamp_field} if timestamp_field else skip, samples)
+    _flatten(doc, "", skip, ts, samples)
     if not samples:
         raise PayloadError("no_numeric_fields", "JSON object has no numeric fields")
-    if ts is not None:
-        samples = [s._replace(ts_ns=ts) for s in samples]
     return samples
+
+
+def _bare_json_value(doc: Any, metric: str | None) -> Sample:
+    if isinstance(doc, str):
+        # Home Assistant publishes some states as JSON strings: "21.5".
+        return Sample(metric or "value", decode_number(doc.encode()))
+    if isinstance(doc, bool) or not isinstance(doc, int | float):
+        raise PayloadError("not_a_number", f"JSON {type(doc).__name__} is not a reading")
+    value = float(doc)
+    if not math.isfinite(value):
+        raise PayloadError("non_finite", f"value {value} is not finite")
+    return Sample(metric or "value", value)
 
 
 # --- line protocol --------------------------------------------------------------------------------

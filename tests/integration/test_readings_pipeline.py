@@ -22,19 +22,19 @@ S = 1_000_000_000
 T0 = 1_767_225_600 * S  # 2026-01-01T00:00:00Z
 
 
-def write_config(path: Path, unique: str, db: str, **extra: str) -> Path:
-    recovery = extra.pop("recovery", "true")
+def write_config(path: Path, unique: str, db: str, protocol: str = "3.1.1", qos: int = 1) -> Path:
     path.write_text(f"""
 [mqtt]
 host = "{MQTT_HOST}"
 port = {MQTT_PORT}
+protocol = "{protocol}"
 client_id = "{unique}"
 shared_group = "{unique}"
 max_payload_bytes = 1000
 
 [[mqtt.subscriptions]]
 topic = "fwtest/{unique}/+/+"
-qos = 1
+qos = {qos}
 template = "fwtest/+/{{device}}/{{metric}}"
 format = "json"
 timestamp_field = "ts"
@@ -50,7 +50,6 @@ epoch_interval = "500ms"
 health_interval = "1s"
 
 [recovery]
-enabled = {recovery}
 dir = "{path.parent / "recovery"}"
 
 [influxdb]
@@ -117,7 +116,8 @@ class Pipeline:
 
 
 class Publisher:
-    def __init__(self) -> None:
+    def __init__(self, qos: int = 1) -> None:
+        self.qos = qos
         self.client = paho.Client(CallbackAPIVersion.VERSION2)
         self.client.max_queued_messages_set(0)
         self.client.connect(MQTT_HOST, MQTT_PORT)
@@ -125,7 +125,7 @@ class Publisher:
         self.infos: list[paho.MQTTMessageInfo] = []
 
     def send(self, topic: str, payload: bytes) -> None:
-        self.infos.append(self.client.publish(topic, payload, qos=1))
+        self.infos.append(self.client.publish(topic, payload, qos=self.qos))
 
     def flush(self) -> None:
         for info in self.infos:
@@ -288,3 +288,32 @@ def test_restart_mid_stream_at_qos1_loses_no_reading(tmp_path: Path, unique: str
     assert total == n
     if os.environ.get("FLEETWATCH_TEST_DEBUG"):
         print((tmp_path / "pipeline.log").read_text())
+
+
+@pytest.mark.parametrize("protocol,qos", [("5", 1), ("5", 2), ("3.1.1", 2), ("3.1.1", 0)])
+def test_mqtt5_and_every_qos_reach_the_aggregates(
+    tmp_path: Path, unique: str, influx_db: str, protocol: str, qos: int
+) -> None:
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db, protocol=protocol, qos=qos)
+    pipeline = Pipeline(config)
+    pub = Publisher(qos)
+    n = 2000
+    for i in range(n):
+        pub.send(*reading(unique, f"d{i % 4}", i * 0.01, float(i % 10)))
+    pub.flush()
+    pipeline.wait_for("messages_in", n)
+    for d in range(4):
+        pub.send(*reading(unique, f"d{d}", 500.0, 0.0))
+    pub.close()
+    deadline = time.monotonic() + 20
+    rows: list[dict] = []
+    while time.monotonic() < deadline:
+        rows = influx_rows(
+            influx_db,
+            f'SELECT sum("count"), sum("sum") FROM "readings_agg" WHERE "window" = \'10s\' AND time < {T0 + 100 * S}',
+        )
+        if rows and rows[0]["sum"] >= n:
+            break
+        time.sleep(0.2)
+    pipeline.stop()
+    assert (rows[0]["sum"], rows[0]["sum_1"]) == (n, float(sum(i % 10 for i in range(n))))
