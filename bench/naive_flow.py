@@ -48,13 +48,16 @@ class PahoPartition(StatelessSourcePartition[tuple[str, bytes]]):
         self.client = client
 
     def next_batch(self) -> list[tuple[str, bytes]]:
+        # What the paho thread has queued, one item per message (up to 1,000 per call).
         global received
+        items: list[tuple[str, bytes]] = []
         try:
-            item = self.q.get_nowait()
+            while len(items) < 1000:
+                items.append(self.q.get_nowait())
         except queue.Empty:
-            return []
-        received += 1
-        return [item]
+            pass
+        received += len(items)
+        return items
 
 
 class PahoSource(DynamicSource[tuple[str, bytes]]):

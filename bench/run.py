@@ -1,10 +1,17 @@
-"""`make bench`: readings throughput against the local stack, with the broker's own limit as reference.
+"""`make bench`: readings throughput, loss, latency and memory against the local stack, with references.
 
-For each QoS: `mosquitto_sub` draining the stream (the broker's limit here), then `fleetwatch run` at rising
-publish rates. The load comes from bench/publisher.c (libmosquitto), a separate process. A rate is
-*sustained* when the pipeline has received everything within 2 s of the publisher's end (the backlog did
-not grow). Loss is readings published against readings counted in the 10 s aggregates in InfluxDB.
-Results are appended to bench/results/ and printed as a Markdown table for BENCHMARKS.md.
+For each QoS, in the same run, on the same stream and the same InfluxDB:
+
+- `mosquitto_sub` draining the stream: the broker's limit on this machine;
+- `fleetwatch run` at rising publish rates (live event times), then the best rate again as a history replay;
+- the naive per-message Bytewax flow (bench/naive_flow.py) at rising rates;
+- Node-RED 5 (bench/nodered/) at rising rates, when BENCH_NODERED is not 0.
+
+The load comes from bench/publisher.c (libmosquitto), a separate process. A rate is *sustained* when the
+pipeline has received everything within 2 s of the publisher's end (the backlog did not grow). *Lost* is
+readings published minus readings counted in the 10 s aggregates in InfluxDB. *Latency* is window end to
+point visible in InfluxDB, from polling the aggregate count per window every 100 ms. Each JSON result
+line is printed and the whole run lands in bench/results/.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import urllib3
@@ -28,45 +37,36 @@ RESULTS = REPO / "bench" / "results"
 PUBLISHER = BUILD / "publisher"
 http = urllib3.PoolManager()
 
+S = 1_000_000_000
 DEVICES = int(os.environ.get("BENCH_DEVICES", "1000"))
-SECONDS = float(os.environ.get("BENCH_SECONDS", "15"))
-RATES = [int(r) for r in os.environ.get("BENCH_RATES", "10000,20000,30000,40000,60000").split(",")]
+SECONDS = float(os.environ.get("BENCH_SECONDS", "20"))
+RATES = [int(r) for r in os.environ.get("BENCH_RATES", "20000,40000,60000,80000").split(",")]
+NAIVE_RATES = [int(r) for r in os.environ.get("BENCH_NAIVE_RATES", "5000,10000,20000,30000").split(",")]
+NODERED_RATES = [int(r) for r in os.environ.get("BENCH_NODERED_RATES", "10000,20000,30000,40000,60000").split(",")]
+QOS_LEVELS = [int(q) for q in os.environ.get("BENCH_QOS", "0,1").split(",")]
+HISTORY_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: days in the past
 
 
 def build_publisher() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     if not Path("/usr/include/mosquitto.h").exists():
         subprocess.run(["apt-get", "install", "-y", "-qq", "libmosquitto-dev"], check=True)
-    subprocess.run(["gcc", "-O2", "-o", str(PUBLISHER), str(REPO / "bench" / "publisher.c"), "-lmosquitto"], check=True)
+    subprocess.run(["gcc", "-O2", "-o", str(PUBLISHER), str(REPO / "bench" / "publisher.c"), "-lmosquitto"],
+                   check=True)
 
 
-def publish(qos: int, rate: float, seconds: float, prefix: str, event_start_ms: int = 0) -> float:
-    out = subprocess.run(
-        [
-            str(PUBLISHER),
-            "127.0.0.1",
-            "1883",
-            str(qos),
-            str(rate),
-            str(seconds),
-            str(DEVICES),
-            prefix,
-            str(event_start_ms),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
+def publish(qos: int, rate: float, seconds: float, prefix: str, event_start_ms: int = 0,
+            devices: int = DEVICES) -> float:
+    out = subprocess.run([str(PUBLISHER), "127.0.0.1", "1883", str(qos), str(rate), str(seconds), str(devices),
+                          prefix, str(event_start_ms)], check=True, capture_output=True, text=True).stdout
     return float(out.split("seconds=")[1].split()[0])
 
 
 def broker_limit(qos: int) -> float:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     n = 400_000
-    sub = subprocess.Popen(
-        ["mosquitto_sub", "-h", "127.0.0.1", "-t", f"{prefix}/#", "-q", str(qos), "-C", str(n)],
-        stdout=subprocess.DEVNULL,
-    )
+    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-t", f"{prefix}/#", "-q", str(qos), "-C", str(n)],
+                           stdout=subprocess.DEVNULL)
     time.sleep(0.5)
     start = time.monotonic()
     publish(qos, 10_000_000, n / 10_000_000, prefix)
@@ -75,17 +75,48 @@ def broker_limit(qos: int) -> float:
 
 
 def influxql(db: str, q: str) -> list:
-    resp = http.request(
-        "POST" if q.startswith(("CREATE", "DROP")) else "GET", "http://127.0.0.1:8086/query", fields={"db": db, "q": q}
-    )
+    resp = http.request("POST" if q.startswith(("CREATE", "DROP")) else "GET", "http://127.0.0.1:8086/query",
+                        fields={"db": db, "q": q, "epoch": "ns"})
     result = json.loads(resp.data)["results"][0]
     return result.get("series", [])
 
 
-def run_fleetwatch(qos: int, rate: int, history: bool = False) -> dict:
-    unique = f"bench{uuid.uuid4().hex[:8]}"
-    tmp = Path(tempfile.mkdtemp(prefix="fwbench"))
-    influxql("", f'CREATE DATABASE "{unique}"')
+class VisibilityPoller:
+    """Polls the per-window aggregate count; each increase is that many points becoming visible then."""
+
+    def __init__(self, db: str, since_ns: int) -> None:
+        self.db = db
+        self.since_ns = since_ns
+        self.seen: dict[int, int] = {}
+        self.latencies: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.1):
+            now = time.time_ns()
+            rows = influxql(self.db, f'SELECT count("count") FROM "readings_agg" WHERE time >= {self.since_ns} '
+                                     "AND \"window\" = '10s' GROUP BY time(10s)")
+            for start, count in rows[0]["values"] if rows else []:
+                if not count:
+                    continue
+                before = self.seen.get(start, 0)
+                if count > before:
+                    self.latencies += [(now - (start + 10 * S)) / S] * (count - before)
+                    self.seen[start] = count
+
+    def result(self) -> dict:
+        self.stop.set()
+        self.thread.join()
+        lat = sorted(self.latencies)
+        if not lat:
+            return {}
+        return {"latency_p50_s": lat[len(lat) // 2], "latency_p99_s": lat[int(len(lat) * 0.99)],
+                "latency_points": len(lat)}
+
+
+def bench_config(tmp: Path, unique: str, qos: int, windows: str = '["10s"]') -> Path:
     config = tmp / "bench.toml"
     config.write_text(f"""
 [mqtt]
@@ -99,74 +130,133 @@ format = "json"
 timestamp_field = "ts"
 timestamp_unit = "ms"
 [windows]
-tumbling = ["10s"]
+tumbling = {windows}
 allowed_lateness = "2s"
 max_age = "0s"
 [recovery]
-dir = "{tmp / "recovery"}"
+dir = "{tmp / 'recovery'}"
 [influxdb]
 database = "{unique}"
 [dead_letters]
-path = "{tmp / "dead.jsonl"}"
+path = "{tmp / 'dead.jsonl'}"
 """)
+    return config
+
+
+Launcher = Callable[[Path, Path, str, int], subprocess.Popen[bytes]]
+
+
+def launch_fleetwatch(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "fleetwatch", "run", "-c", str(config), "--status-file",
+                             str(status)], stderr=open(config.parent / "pipeline.log", "w"), cwd=REPO)  # noqa: SIM115
+
+
+def launch_naive(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "bench.naive_flow", str(config), str(status)],
+                            stderr=open(config.parent / "pipeline.log", "w"), cwd=REPO)  # noqa: SIM115
+
+
+def launch_nodered(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["bash", str(REPO / "bench" / "nodered" / "run.sh"), f"{unique}/+/+/+", str(qos),
+                             unique, str(status), unique],
+                            stdout=subprocess.DEVNULL, stderr=open(config.parent / "pipeline.log", "w"),  # noqa: SIM115
+                            start_new_session=True)
+
+
+def _messages_in(status: Path) -> int:
+    try:
+        return int(json.loads(status.read_text()).get("messages_in", 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """VmHWM of the process and its children (Node-RED runs under a shell)."""
+    total = 0
+    try:
+        pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
+                                                       text=True).stdout.split()]
+    except OSError:
+        pids = [pid]
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total = max(total, int(line.split()[1]))
+        except OSError:
+            pass
+    return total / 1024
+
+
+def run_pipeline(name: str, launch: Launcher, qos: int, rate: int, history: bool = False,
+                 devices: int = DEVICES, windows: str = '["10s"]') -> dict:
+    unique = f"bench{uuid.uuid4().hex[:8]}"
+    tmp = Path(tempfile.mkdtemp(prefix="fwbench"))
+    influxql("", f'CREATE DATABASE "{unique}"')
+    config = bench_config(tmp, unique, qos, windows)
     status = tmp / "status.json"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetwatch", "run", "-c", str(config), "--status-file", str(status)],
-        stderr=open(tmp / "pipeline.log", "w"),  # noqa: SIM115 - lives as long as the process
-        cwd=REPO,
-    )
+    proc = launch(config, status, unique, qos)
+    deadline = time.monotonic() + 120
     while not status.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not start; see {tmp / 'pipeline.log'}")
         time.sleep(0.1)
-    time.sleep(1)
-    event_start = 1_767_225_600_000 if history else 0  # 2026-01-01: days in the past
+    time.sleep(2)
+    event_start = HISTORY_START_MS if history else 0
+    poller = None if history else VisibilityPoller(unique, time.time_ns() - 10 * S)
     publish_start = time.monotonic()
-    sent_seconds = publish(qos, rate, SECONDS, unique, event_start)
+    sent_seconds = publish(qos, rate, SECONDS, unique, event_start, devices)
     published = int(rate * SECONDS)
-    received_at_end = json.loads(status.read_text()).get("messages_in", 0)
+    received_at_end = _messages_in(status)
     drained_in = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if json.loads(status.read_text()).get("messages_in", 0) >= published:
+        if _messages_in(status) >= published:
             drained_in = time.monotonic() - publish_start - sent_seconds
             break
-        time.sleep(0.1)
-    # Close the last windows: live ones close on wall time; history needs event time to move on.
-    if history:
-        publish(qos, 1000, DEVICES / 1000, unique, event_start + 10_000_000)
+        time.sleep(0.05)
+    if history:  # event time must move on to close the last replayed windows
+        publish(qos, 1000, devices / 1000, unique, event_start + 10_000_000, devices)
     counted = 0.0
-    settle = time.monotonic() + 30
+    settle = time.monotonic() + 40
+    window_filter = "WHERE \"window\" = '10s'"
+    if history:
+        window_filter += f" AND time < {(event_start + 5_000_000) * 10**6}"
     while time.monotonic() < settle:
-        rows = influxql(
-            unique,
-            f'SELECT sum("count") FROM "readings_agg" WHERE time < {(event_start + 5_000_000) * 10**6}'
-            if history
-            else 'SELECT sum("count") FROM "readings_agg"',
-        )
+        rows = influxql(unique, f'SELECT sum("count") FROM "readings_agg" {window_filter}')
         counted = rows[0]["values"][0][1] if rows else 0
         if counted >= published:
             break
         time.sleep(0.5)
-    rss_kb = 0
-    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            rss_kb = int(line.split()[1])
-    proc.send_signal(signal.SIGINT)
-    proc.wait(60)
+    latency = poller.result() if poller else {}
+    rss = _peak_rss_mb(proc.pid)
+    os.killpg(proc.pid, signal.SIGINT) if name == "node-red" else proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     influxql("", f'DROP DATABASE "{unique}"')
     sustained = drained_in is not None and drained_in <= 2.0 and sent_seconds <= SECONDS * 1.05
-    return {
-        "qos": qos,
-        "rate": rate,
-        "history": history,
-        "published": published,
-        "publish_seconds": sent_seconds,
-        "received_at_publish_end": received_at_end,
-        "drained_after_s": drained_in,
-        "sustained": sustained,
-        "counted_in_aggregates": counted,
-        "lost": published - counted,
-        "peak_rss_mb": rss_kb / 1024,
-    }
+    return {"pipeline": name, "qos": qos, "rate": rate, "history": history, "devices": devices,
+            "published": published, "publish_seconds": round(sent_seconds, 2),
+            "received_at_publish_end": received_at_end,
+            "drained_after_s": None if drained_in is None else round(drained_in, 2), "sustained": sustained,
+            "counted_in_aggregates": counted, "lost": published - counted, "peak_rss_mb": round(rss, 1),
+            **{k: round(v, 3) if isinstance(v, float) else v for k, v in latency.items()}}
+
+
+def climb(name: str, launch: Launcher, qos: int, rates: list[int], rows: list[dict]) -> int:
+    """Rising rates until one is not sustained or loses data; the best sustained rate."""
+    best = 0
+    for rate in rates:
+        result = run_pipeline(name, launch, qos, rate)
+        print(json.dumps(result), flush=True)
+        rows.append(result)
+        if result["sustained"] and result["lost"] == 0:
+            best = rate
+        else:
+            break
+    return best
 
 
 def _memory_gb() -> float:
@@ -179,29 +269,32 @@ def _memory_gb() -> float:
 def main() -> None:
     build_publisher()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = (
-        f"{os.cpu_count()} cores, {platform.machine()}, {_memory_gb():.0f} GiB, "
-        f"Python {platform.python_version()}, Linux {platform.release()}"
-    )
-    rows = []
-    for qos in [int(q) for q in os.environ.get("BENCH_QOS", "0,1").split(",")]:
+    machine = (f"{os.cpu_count()} cores, {platform.machine()}, {_memory_gb():.0f} GiB, "
+               f"Python {platform.python_version()}, Linux {platform.release()}")
+    print(f"machine: {machine}", flush=True)
+    rows: list[dict] = []
+    summary = []
+    pipelines: list[tuple[str, Launcher, list[int]]] = [("fleetwatch", launch_fleetwatch, RATES),
+                                                       ("naive", launch_naive, NAIVE_RATES)]
+    if os.environ.get("BENCH_NODERED", "1") != "0":
+        pipelines.append(("node-red", launch_nodered, NODERED_RATES))
+    for qos in QOS_LEVELS:
         limit = broker_limit(qos)
-        print(f"QoS {qos}: mosquitto_sub drains {limit:,.0f} msg/s", flush=True)
-        best = 0
-        for rate in RATES:
-            result = run_fleetwatch(qos, rate)
-            print(json.dumps(result), flush=True)
-            rows.append(result)
-            if result["sustained"] and result["lost"] == 0:
-                best = rate
-            else:
-                break
-        history = run_fleetwatch(qos, best or RATES[0], history=True)
+        print(json.dumps({"reference": "mosquitto_sub", "qos": qos, "msg_per_s": round(limit)}), flush=True)
+        best = {name: climb(name, launch, qos, rates, rows) for name, launch, rates in pipelines}
+        history = run_pipeline("fleetwatch", launch_fleetwatch, qos, best["fleetwatch"] or RATES[0], history=True)
         print(json.dumps(history), flush=True)
         rows.append(history)
-        rows.append({"qos": qos, "broker_limit": limit, "best_sustained": best})
-    (RESULTS / f"readings-{int(time.time())}.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    print(f"\nmachine: {machine}")
+        summary.append({"qos": qos, "mosquitto_sub": round(limit), **{f"best_{k}": v for k, v in best.items()}})
+        print(json.dumps(summary[-1]), flush=True)
+    if os.environ.get("BENCH_RSS", "1") != "0":
+        # 10,000 devices x 10 metrics = 100,000 series, with the default 10 s and 1 min windows.
+        rss = run_pipeline("fleetwatch", launch_fleetwatch, 0, 20_000, devices=100_000, windows='["10s", "1m"]')
+        print(json.dumps(rss), flush=True)
+        rows.append(rss)
+    out = RESULTS / f"readings-{int(time.time())}.json"
+    out.write_text(json.dumps({"machine": machine, "rows": rows, "summary": summary}, indent=1))
+    print(f"results: {out}")
 
 
 if __name__ == "__main__":
