@@ -51,22 +51,38 @@ def build_publisher() -> None:
     BUILD.mkdir(parents=True, exist_ok=True)
     if not Path("/usr/include/mosquitto.h").exists():
         subprocess.run(["apt-get", "install", "-y", "-qq", "libmosquitto-dev"], check=True)
-    subprocess.run(["gcc", "-O2", "-o", str(PUBLISHER), str(REPO / "bench" / "publisher.c"), "-lmosquitto"],
-                   check=True)
+    subprocess.run(["gcc", "-O2", "-o", str(PUBLISHER), str(REPO / "bench" / "publisher.c"), "-lmosquitto"], check=True)
 
 
-def publish(qos: int, rate: float, seconds: float, prefix: str, event_start_ms: int = 0,
-            devices: int = DEVICES) -> float:
-    out = subprocess.run([str(PUBLISHER), "127.0.0.1", "1883", str(qos), str(rate), str(seconds), str(devices),
-                          prefix, str(event_start_ms)], check=True, capture_output=True, text=True).stdout
+def publish(
+    qos: int, rate: float, seconds: float, prefix: str, event_start_ms: int = 0, devices: int = DEVICES
+) -> float:
+    out = subprocess.run(
+        [
+            str(PUBLISHER),
+            "127.0.0.1",
+            "1883",
+            str(qos),
+            str(rate),
+            str(seconds),
+            str(devices),
+            prefix,
+            str(event_start_ms),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return float(out.split("seconds=")[1].split()[0])
 
 
 def broker_limit(qos: int) -> float:
     prefix = f"bench{uuid.uuid4().hex[:6]}"
     n = 400_000
-    sub = subprocess.Popen(["mosquitto_sub", "-h", "127.0.0.1", "-t", f"{prefix}/#", "-q", str(qos), "-C", str(n)],
-                           stdout=subprocess.DEVNULL)
+    sub = subprocess.Popen(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-t", f"{prefix}/#", "-q", str(qos), "-C", str(n)],
+        stdout=subprocess.DEVNULL,
+    )
     time.sleep(0.5)
     start = time.monotonic()
     publish(qos, 10_000_000, n / 10_000_000, prefix)
@@ -75,8 +91,11 @@ def broker_limit(qos: int) -> float:
 
 
 def influxql(db: str, q: str) -> list:
-    resp = http.request("POST" if q.startswith(("CREATE", "DROP")) else "GET", "http://127.0.0.1:8086/query",
-                        fields={"db": db, "q": q, "epoch": "ns"})
+    resp = http.request(
+        "POST" if q.startswith(("CREATE", "DROP")) else "GET",
+        "http://127.0.0.1:8086/query",
+        fields={"db": db, "q": q, "epoch": "ns"},
+    )
     result = json.loads(resp.data)["results"][0]
     return result.get("series", [])
 
@@ -96,8 +115,11 @@ class VisibilityPoller:
     def _run(self) -> None:
         while not self.stop.wait(0.1):
             now = time.time_ns()
-            rows = influxql(self.db, f'SELECT count("count") FROM "readings_agg" WHERE time >= {self.since_ns} '
-                                     "AND \"window\" = '10s' GROUP BY time(10s)")
+            rows = influxql(
+                self.db,
+                f'SELECT count("count") FROM "readings_agg" WHERE time >= {self.since_ns} '
+                "AND \"window\" = '10s' GROUP BY time(10s)",
+            )
             for start, count in rows[0]["values"] if rows else []:
                 if not count:
                     continue
@@ -112,8 +134,11 @@ class VisibilityPoller:
         lat = sorted(self.latencies)
         if not lat:
             return {}
-        return {"latency_p50_s": lat[len(lat) // 2], "latency_p99_s": lat[int(len(lat) * 0.99)],
-                "latency_points": len(lat)}
+        return {
+            "latency_p50_s": lat[len(lat) // 2],
+            "latency_p99_s": lat[int(len(lat) * 0.99)],
+            "latency_points": len(lat),
+        }
 
 
 def bench_config(tmp: Path, unique: str, qos: int, windows: str = '["10s"]') -> Path:
@@ -134,11 +159,11 @@ tumbling = {windows}
 allowed_lateness = "2s"
 max_age = "0s"
 [recovery]
-dir = "{tmp / 'recovery'}"
+dir = "{tmp / "recovery"}"
 [influxdb]
 database = "{unique}"
 [dead_letters]
-path = "{tmp / 'dead.jsonl'}"
+path = "{tmp / "dead.jsonl"}"
 """)
     return config
 
@@ -147,20 +172,28 @@ Launcher = Callable[[Path, Path, str, int], subprocess.Popen[bytes]]
 
 
 def launch_fleetwatch(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "fleetwatch", "run", "-c", str(config), "--status-file",
-                             str(status)], stderr=open(config.parent / "pipeline.log", "w"), cwd=REPO)  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "fleetwatch", "run", "-c", str(config), "--status-file", str(status)],
+        stderr=open(config.parent / "pipeline.log", "w"),
+        cwd=REPO,
+    )  # noqa: SIM115
 
 
 def launch_naive(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "bench.naive_flow", str(config), str(status)],
-                            stderr=open(config.parent / "pipeline.log", "w"), cwd=REPO)  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "bench.naive_flow", str(config), str(status)],
+        stderr=open(config.parent / "pipeline.log", "w"),
+        cwd=REPO,
+    )  # noqa: SIM115
 
 
 def launch_nodered(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["bash", str(REPO / "bench" / "nodered" / "run.sh"), f"{unique}/+/+/+", str(qos),
-                             unique, str(status), unique],
-                            stdout=subprocess.DEVNULL, stderr=open(config.parent / "pipeline.log", "w"),  # noqa: SIM115
-                            start_new_session=True)
+    return subprocess.Popen(
+        ["bash", str(REPO / "bench" / "nodered" / "run.sh"), f"{unique}/+/+/+", str(qos), unique, str(status), unique],
+        stdout=subprocess.DEVNULL,
+        stderr=open(config.parent / "pipeline.log", "w"),  # noqa: SIM115
+        start_new_session=True,
+    )
 
 
 def _messages_in(status: Path) -> int:
@@ -174,8 +207,9 @@ def _peak_rss_mb(pid: int) -> float:
     """VmHWM of the process and its children (Node-RED runs under a shell)."""
     total = 0
     try:
-        pids = [pid] + [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
-                                                       text=True).stdout.split()]
+        pids = [pid] + [
+            int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        ]
     except OSError:
         pids = [pid]
     for p in pids:
@@ -188,8 +222,15 @@ def _peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def run_pipeline(name: str, launch: Launcher, qos: int, rate: int, history: bool = False,
-                 devices: int = DEVICES, windows: str = '["10s"]') -> dict:
+def run_pipeline(
+    name: str,
+    launch: Launcher,
+    qos: int,
+    rate: int,
+    history: bool = False,
+    devices: int = DEVICES,
+    windows: str = '["10s"]',
+) -> dict:
     unique = f"bench{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="fwbench"))
     influxql("", f'CREATE DATABASE "{unique}"')
@@ -237,12 +278,22 @@ def run_pipeline(name: str, launch: Launcher, qos: int, rate: int, history: bool
         proc.kill()
     influxql("", f'DROP DATABASE "{unique}"')
     sustained = drained_in is not None and drained_in <= 2.0 and sent_seconds <= SECONDS * 1.05
-    return {"pipeline": name, "qos": qos, "rate": rate, "history": history, "devices": devices,
-            "published": published, "publish_seconds": round(sent_seconds, 2),
-            "received_at_publish_end": received_at_end,
-            "drained_after_s": None if drained_in is None else round(drained_in, 2), "sustained": sustained,
-            "counted_in_aggregates": counted, "lost": published - counted, "peak_rss_mb": round(rss, 1),
-            **{k: round(v, 3) if isinstance(v, float) else v for k, v in latency.items()}}
+    return {
+        "pipeline": name,
+        "qos": qos,
+        "rate": rate,
+        "history": history,
+        "devices": devices,
+        "published": published,
+        "publish_seconds": round(sent_seconds, 2),
+        "received_at_publish_end": received_at_end,
+        "drained_after_s": None if drained_in is None else round(drained_in, 2),
+        "sustained": sustained,
+        "counted_in_aggregates": counted,
+        "lost": published - counted,
+        "peak_rss_mb": round(rss, 1),
+        **{k: round(v, 3) if isinstance(v, float) else v for k, v in latency.items()},
+    }
 
 
 def climb(name: str, launch: Launcher, qos: int, rates: list[int], rows: list[dict]) -> int:
@@ -269,13 +320,17 @@ def _memory_gb() -> float:
 def main() -> None:
     build_publisher()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    machine = (f"{os.cpu_count()} cores, {platform.machine()}, {_memory_gb():.0f} GiB, "
-               f"Python {platform.python_version()}, Linux {platform.release()}")
+    machine = (
+        f"{os.cpu_count()} cores, {platform.machine()}, {_memory_gb():.0f} GiB, "
+        f"Python {platform.python_version()}, Linux {platform.release()}"
+    )
     print(f"machine: {machine}", flush=True)
     rows: list[dict] = []
     summary = []
-    pipelines: list[tuple[str, Launcher, list[int]]] = [("fleetwatch", launch_fleetwatch, RATES),
-                                                       ("naive", launch_naive, NAIVE_RATES)]
+    pipelines: list[tuple[str, Launcher, list[int]]] = [
+        ("fleetwatch", launch_fleetwatch, RATES),
+        ("naive", launch_naive, NAIVE_RATES),
+    ]
     if os.environ.get("BENCH_NODERED", "1") != "0":
         pipelines.append(("node-red", launch_nodered, NODERED_RATES))
     for qos in QOS_LEVELS:

@@ -94,6 +94,24 @@ install_elasticsearch() {
 
 # --- start -------------------------------------------------------------------------------------------
 
+make_tls() { # a throwaway CA, a server certificate for 127.0.0.1/localhost and a client certificate
+  local dir="$1"
+  [ -s "$dir/client.crt" ] && return 0
+  mkdir -p "$dir"
+  command -v openssl >/dev/null || apt_install openssl
+  (
+    cd "$dir"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=fleetwatch test CA" \
+      -keyout ca.key -out ca.crt
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.crt
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=fleetwatch-client" -keyout client.key -out client.csr
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -out client.crt
+  ) >"$LOG_DIR/tls.log" 2>&1 || { tail -20 "$LOG_DIR/tls.log"; die "mosquitto: generating test certificates failed"; }
+}
+
 start_mosquitto() {
   mkdir -p "$STACK_DIR/mosquitto/data" "$SECRETS_DIR"
   local user
@@ -105,6 +123,7 @@ start_mosquitto() {
   for user in fleetwatch device; do
     mosquitto_passwd -b "$STACK_DIR/mosquitto/passwd" "$user" "$(cat "$SECRETS_DIR/mqtt-$user.password")"
   done
+  make_tls "$STACK_DIR/mosquitto/tls"
   render "$REPO_DIR/provisioning/mosquitto/mosquitto.conf" "$STACK_DIR/mosquitto/mosquitto.conf"
   if [ "$(id -u)" -eq 0 ]; then
     # Started as root, mosquitto drops to its own user; let that user own its files.

@@ -252,7 +252,11 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, None]):
                 clean_start=not cfg.persistent_session if cfg.protocol == "5" else paho.MQTT_CLEAN_START_FIRST_ONLY,
                 properties=props,
             )
-            self._client.socket().setblocking(False)  # type: ignore[union-attr]
+            sock = self._client.socket()
+            if sock is None:
+                raise ConnectionError("no socket after connect")
+            # paho leaves the socket blocking with a keepalive-long timeout; next_batch must never block.
+            sock.setblocking(False)
         except (OSError, ValueError) as exc:
             self._schedule_retry(exc)
 
