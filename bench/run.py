@@ -176,7 +176,7 @@ def launch_fleetwatch(config: Path, status: Path, unique: str, qos: int) -> subp
         [sys.executable, "-m", "fleetwatch", "run", "-c", str(config), "--status-file", str(status)],
         stderr=open(config.parent / "pipeline.log", "w"),
         cwd=REPO,
-    )  # noqa: SIM115
+    )
 
 
 def launch_naive(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
@@ -184,14 +184,14 @@ def launch_naive(config: Path, status: Path, unique: str, qos: int) -> subproces
         [sys.executable, "-m", "bench.naive_flow", str(config), str(status)],
         stderr=open(config.parent / "pipeline.log", "w"),
         cwd=REPO,
-    )  # noqa: SIM115
+    )
 
 
 def launch_nodered(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["bash", str(REPO / "bench" / "nodered" / "run.sh"), f"{unique}/+/+/+", str(qos), unique, str(status), unique],
         stdout=subprocess.DEVNULL,
-        stderr=open(config.parent / "pipeline.log", "w"),  # noqa: SIM115
+        stderr=open(config.parent / "pipeline.log", "w"),
         start_new_session=True,
     )
 
