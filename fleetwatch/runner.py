@@ -25,14 +25,22 @@ from flows.sinks.influxdb import flush_all_writers
 log = logging.getLogger(__name__)
 
 
-def prepare_recovery(cfg: Config, partitions: int) -> RecoveryConfig | None:
-    """Create the recovery partitions on first use; reuse them after."""
+def prepare_recovery(cfg: Config, partitions: int, process_id: int | None = None) -> RecoveryConfig | None:
+    """Create the recovery partitions on first use (process 0 of a cluster does it); reuse them after."""
     if not cfg.recovery.enabled:
         return None
     directory = cfg.recovery.dir
     directory.mkdir(parents=True, exist_ok=True)
     if not any(directory.glob("part-*.sqlite3")):
-        init_db_dir(directory, partitions)
+        if process_id in (None, 0):
+            init_db_dir(directory, partitions)
+        else:
+            deadline = time.monotonic() + 60
+            while len(list(directory.glob("part-*.sqlite3"))) < partitions:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"recovery partitions in {directory} were not created by process 0")
+                time.sleep(0.1)
+            time.sleep(0.5)  # let process 0 finish writing the partitions' schema
     return RecoveryConfig(str(directory), backup_interval=cfg.recovery.backup_interval)
 
 
@@ -57,7 +65,7 @@ def run_pipeline(
     """Run until interrupted (SIGINT/SIGTERM) or ``duration`` seconds; then flush the sinks."""
     processes = len(addresses) if addresses else 1
     total_workers = workers * processes
-    recovery = prepare_recovery(cfg, max(1, total_workers))
+    recovery = prepare_recovery(cfg, max(1, total_workers), process_id)
     flow = build_flow(cfg, FlowOptions(total_workers=total_workers, recovery=recovery is not None))
 
     # SIGTERM stops like Ctrl-C, so that sinks are flushed on `docker stop` too.

@@ -64,7 +64,8 @@ path = "{path.parent / "dead.jsonl"}"
 
 
 class Pipeline:
-    def __init__(self, config: Path, workers: int = 1) -> None:
+    def __init__(self, config: Path, workers: int = 1, cluster: list[str] | None = None) -> None:
+        """``cluster``: extra arguments (``-i``, ``-a``) for one process of a multi-process cluster."""
         self.status = config.parent / f"status-{time.monotonic_ns()}.json"
         self.log = open(config.parent / "pipeline.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -79,6 +80,7 @@ class Pipeline:
                 str(workers),
                 "--status-file",
                 str(self.status),
+                *(cluster or []),
             ],
             cwd=REPO,
             stdout=self.log,
@@ -177,9 +179,47 @@ def aggregates(db: str) -> list[dict]:
     return influx_rows(db, 'SELECT * FROM "readings_agg" GROUP BY "device", "window"')
 
 
-def run_stream(tmp_path: Path, unique: str, db: str, workers: int) -> list[dict]:
+class Cluster:
+    """Two `fleetwatch run` processes of one Bytewax cluster, one worker each."""
+
+    def __init__(self, config: Path) -> None:
+        import socket
+
+        ports = []
+        for _ in range(2):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                ports.append(s.getsockname()[1])
+        addresses = ",".join(f"127.0.0.1:{p}" for p in ports)
+        self.procs: list[Pipeline] = []
+        for i in range(2):
+            self.procs.append(Pipeline(config, 1, ["--process-id", str(i), "--addresses", addresses]))
+
+    def counters(self) -> dict:
+        total: dict = {}
+        for p in self.procs:
+            for key, value in p.counters().items():
+                if isinstance(value, int):
+                    total[key] = total.get(key, 0) + value
+        return total
+
+    def wait_for(self, key: str, value: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.counters().get(key, 0) < value:
+            assert time.monotonic() < deadline, f"{key} stayed at {self.counters().get(key)} < {value}"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.proc.send_signal(signal.SIGINT)
+        for p in self.procs:
+            p.proc.wait(60)
+            p.log.close()
+
+
+def run_stream(tmp_path: Path, unique: str, db: str, workers: int, cluster: bool = False) -> list[dict]:
     config = write_config(tmp_path / "fleetwatch.toml", unique, db)
-    pipeline = Pipeline(config, workers)
+    pipeline: Pipeline | Cluster = Cluster(config) if cluster else Pipeline(config, workers)
     pub = Publisher()
     phases = stream(unique)
     total = 0
@@ -230,21 +270,21 @@ def test_exact_aggregates_late_readings_and_dead_letters(
     assert len(health) == workers and sum(r["last"] for r in health) > 0
 
 
-def test_one_and_two_workers_give_identical_aggregates(tmp_path: Path, unique: str) -> None:
+def test_one_worker_two_workers_and_two_processes_give_identical_aggregates(tmp_path: Path, unique: str) -> None:
     results = []
-    for workers in (1, 2):
-        run_dir = tmp_path / f"w{workers}"
+    for mode, workers, cluster in (("w1", 1, False), ("w2", 2, False), ("p2", 1, True)):
+        run_dir = tmp_path / mode
         run_dir.mkdir()
-        db = f"{unique}w{workers}"
+        db = f"{unique}{mode}"
         influxql("", f'CREATE DATABASE "{db}"', "POST")
         try:
             # The same topics (same unique name) so that series keys are equal.
-            rows = run_stream(run_dir, unique, db, workers)
+            rows = run_stream(run_dir, unique, db, workers, cluster)
         finally:
             influxql("", f'DROP DATABASE "{db}"', "POST")
         results.append(sorted(json.dumps(r, sort_keys=True) for r in rows))
     assert len(results[0]) >= 12
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
 
 
 def _ns(rfc3339: str) -> int:
@@ -366,3 +406,86 @@ def test_influxdb_outage_of_30s_under_load_loses_nothing(tmp_path: Path, unique:
     assert total == sent
     assert peak_rss_kb < 250_000
     assert not (tmp_path / "dead.jsonl").exists()
+
+
+def test_real_device_formats_through_the_broker(tmp_path: Path, unique: str, influx_db: str) -> None:
+    """ESPHome/Home Assistant bare values, Tasmota SENSOR JSON, Zigbee2MQTT JSON and line protocol, each
+    on its own subscription, published to the real broker and read back raw from InfluxDB."""
+    config = tmp_path / "fleetwatch.toml"
+    config.write_text(f"""
+[mqtt]
+client_id = "{unique}"
+shared_group = "{unique}"
+[[mqtt.subscriptions]]
+topic = "{unique}/esphome/+/sensor/+/state"
+template = "+/esphome/{{device}}/sensor/{{metric}}/state"
+format = "number"
+measurement = "home"
+write_raw = true
+[[mqtt.subscriptions]]
+topic = "{unique}/tele/+/SENSOR"
+template = "+/tele/{{device}}/#"
+format = "json"
+timestamp_field = "Time"
+timestamp_unit = "rfc3339"
+measurement = "tasmota"
+write_raw = true
+[[mqtt.subscriptions]]
+topic = "{unique}/zigbee2mqtt/+"
+template = "+/zigbee2mqtt/{{device}}"
+format = "json"
+ignore_fields = ["update"]
+measurement = "zigbee"
+write_raw = true
+[[mqtt.subscriptions]]
+topic = "{unique}/lp/#"
+template = "+/lp/{{site}}/#"
+format = "influx_line"
+write_raw = true
+[windows]
+max_age = "0s"
+[recovery]
+dir = "{tmp_path / "recovery"}"
+[influxdb]
+database = "{influx_db}"
+flush_interval = "100ms"
+[dead_letters]
+path = "{tmp_path / "dead.jsonl"}"
+""")
+    pipeline = Pipeline(config)
+    pub = Publisher()
+    pub.send(f"{unique}/esphome/kitchen/sensor/temperature/state", b"21.5")
+    pub.send(
+        f"{unique}/tele/plug1/SENSOR",
+        b'{"Time":"2026-01-01T00:00:10","ENERGY":{"Power":12,"Voltage":231},"AM2301":{"Temperature":19.2}}',
+    )
+    pub.send(
+        f"{unique}/zigbee2mqtt/hall",
+        b'{"temperature":20.1,"humidity":48,"battery":97,"linkquality":120,"occupancy":true,"update":{"state":"idle"}}',
+    )
+    pub.send(f"{unique}/lp/lyon/x", b"weather,station=roof temp=5.5,hum=80i 1767225600000000000")
+    pub.close()
+    pipeline.wait_for("readings", 10)
+    time.sleep(1.0)
+    pipeline.stop()
+
+    def raw(measurement: str) -> set[tuple]:
+        rows = influx_rows(influx_db, f'SELECT * FROM "{measurement}"')
+        return {tuple(sorted((k, v) for k, v in r.items() if k != "time" and v is not None)) for r in rows}
+
+    assert raw("home") == {(("device", "kitchen"), ("metric", "temperature"), ("value", 21.5))}
+    assert raw("tasmota") == {
+        (("device", "plug1"), ("metric", "ENERGY_Power"), ("value", 12)),
+        (("device", "plug1"), ("metric", "ENERGY_Voltage"), ("value", 231)),
+        (("device", "plug1"), ("metric", "AM2301_Temperature"), ("value", 19.2)),
+    }
+    tasmota_times = {r["time"] for r in influx_rows(influx_db, 'SELECT * FROM "tasmota"')}
+    assert tasmota_times == {"2026-01-01T00:00:10Z"}
+    assert raw("zigbee") == {
+        (("device", "hall"), ("metric", m), ("value", v))
+        for m, v in [("temperature", 20.1), ("humidity", 48), ("battery", 97), ("linkquality", 120), ("occupancy", 1)]
+    }
+    assert raw("weather") == {
+        (("metric", "temp"), ("site", "lyon"), ("station", "roof"), ("value", 5.5)),
+        (("metric", "hum"), ("site", "lyon"), ("station", "roof"), ("value", 80)),
+    }
