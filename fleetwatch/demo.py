@@ -164,7 +164,7 @@ def _summary(
         readings = _scalar(cfg, f'SELECT sum("count") FROM "readings_agg" WHERE "window"=\'{label}\' AND {since}')
         table.add_row(
             f"InfluxDB {db}",
-            f"readings_agg window={label}: points (readings in them)",
+            f"readings_agg window={label}: points (readings in them; open windows not yet written)",
             f"{points:,.0f} ({readings:,.0f})",
         )
     late = _scalar(cfg, f'SELECT count("value") FROM "readings_late" WHERE {since}')

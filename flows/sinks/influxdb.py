@@ -19,6 +19,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -195,9 +196,16 @@ class InfluxWriterThread:
     and the benchmark use it directly)."""
 
     def __init__(
-        self, cfg: InfluxDBConfig, writer: LineWriter, on_rejected: DeadLetterCallback, name: str = "influx-writer"
+        self,
+        cfg: InfluxDBConfig,
+        writer: LineWriter,
+        on_rejected: DeadLetterCallback,
+        name: str = "influx-writer",
+        health_report: HealthReport | None = None,
     ) -> None:
         self.cfg = cfg
+        self._health = health_report
+        self._next_health = time.monotonic()
         self.buffer = BoundedBuffer(cfg.buffer_max_points)
         self._writer = writer
         self._on_rejected = on_rejected
@@ -234,10 +242,16 @@ class InfluxWriterThread:
         wait = self.cfg.flush_interval.total_seconds()
         while not (self._stop.is_set() and not len(self.buffer)):
             lines = self.buffer.take(self.cfg.batch_size, wait)
+            # Health goes out on its own clock, also while no data flows.
+            if self._health is not None and time.monotonic() >= self._next_health:
+                self._next_health = time.monotonic() + self._health.interval
+                lines.append(self._health.line(self))
             if not lines:
                 self._idle.set()
                 continue
             self._write_with_retry(lines)
+            if self._health is not None:
+                self._health.update(self)
             if not len(self.buffer):
                 self._idle.set()
 
@@ -258,6 +272,8 @@ class InfluxWriterThread:
                     )
                     return
                 self.retries += 1
+                if self._health is not None:
+                    self._health.update(self)
                 pause = min(max_delay, err.retry_after if err.retry_after is not None else delay)
                 if self.retries == 1 or self.retries % 20 == 0:
                     log.warning(
@@ -310,25 +326,39 @@ class InfluxDBSink(DynamicSink[list[str]]):
         return _InfluxPartition(self, worker_index)
 
 
+@dataclass
+class HealthReport:
+    """A worker's health point, written by its sink's writer thread every ``interval`` seconds."""
+
+    counters: health.Counters
+    series: str
+    interval: float
+
+    def update(self, writer: InfluxWriterThread) -> None:
+        """Copy the sink's own gauges into the worker's counters."""
+        stats = self.counters
+        stats.sink_queue_depth = len(writer.buffer)
+        stats.points_written = writer.written
+        stats.sink_retries = writer.retries
+
+    def line(self, writer: InfluxWriterThread) -> str:
+        self.update(writer)
+        return f"{self.series} {self.counters.line_fields()} {time.time_ns()}"
+
+
 class _InfluxPartition(StatelessSinkPartition[list[str]]):
     def __init__(self, sink: InfluxDBSink, worker_index: int) -> None:
-        writer = sink.writer_factory(sink.cfg)
-        self._thread = InfluxWriterThread(sink.cfg, writer, sink.on_rejected, f"influx-writer-{worker_index}")
-        self._health_every = sink.health_interval
-        self._next_health = time.monotonic()  # first batch reports at once
-        self._health_series = f"fleetwatch_health,worker={worker_index}{sink.health_tags}"
+        # Built on the worker's thread: these are the counters its operators add to.
+        report = HealthReport(
+            health.counters(), f"fleetwatch_health,worker={worker_index}{sink.health_tags}", sink.health_interval
+        )
+        self._thread = InfluxWriterThread(
+            sink.cfg, sink.writer_factory(sink.cfg), sink.on_rejected, f"influx-writer-{worker_index}", report
+        )
 
     def write_batch(self, items: list[list[str]]) -> None:
-        stats = health.counters()
         for lines in items:
             self._thread.put(lines)
-        stats.sink_queue_depth = len(self._thread.buffer)
-        stats.points_written = self._thread.written
-        stats.sink_retries = self._thread.retries
-        now = time.monotonic()
-        if now >= self._next_health:
-            self._next_health = now + self._health_every
-            self._thread.put([f"{self._health_series} {stats.line_fields()} {time.time_ns()}"])
 
     def close(self) -> None:
         self._thread.close()

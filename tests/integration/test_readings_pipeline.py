@@ -489,3 +489,12 @@ path = "{tmp_path / "dead.jsonl"}"
         (("metric", "temp"), ("site", "lyon"), ("station", "roof"), ("value", 5.5)),
         (("metric", "hum"), ("site", "lyon"), ("station", "roof"), ("value", 80)),
     }
+
+
+def test_health_is_written_while_no_data_flows(tmp_path: Path, unique: str, influx_db: str) -> None:
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    pipeline = Pipeline(config)
+    time.sleep(3.5)
+    pipeline.stop()
+    rows = influx_rows(influx_db, 'SELECT count("messages_in") FROM "fleetwatch_health"')
+    assert rows and rows[0]["count"] >= 2
