@@ -73,8 +73,3 @@ def totals() -> Counters:
                 setattr(total, f.name, getattr(total, f.name) + getattr(c, f.name))
     return total
 
-
-def reset() -> None:
-    """Forget all counters (tests that run several flows in one process)."""
-    with _lock:
-        _by_thread.clear()

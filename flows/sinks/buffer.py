@@ -29,8 +29,6 @@ class BoundedBuffer:
         self._high = max(1, int(capacity * high_water))
         self._items: deque[str] = deque()
         self._cond = threading.Condition()
-        # Wall time at which the oldest waiting item was put (lag of the sink).
-        self._oldest_put: float | None = None
         with _registry_lock:
             _buffers.append(self)
 
@@ -39,10 +37,6 @@ class BoundedBuffer:
 
     def above_high_water(self) -> bool:
         return len(self._items) >= self._high
-
-    def oldest_age(self) -> float:
-        oldest = self._oldest_put
-        return 0.0 if oldest is None else max(0.0, time.monotonic() - oldest)
 
     def put(self, items: Sequence[str]) -> None:
         """Add items; blocks while the buffer is full. Items larger than the buffer go in part by part."""
@@ -54,8 +48,6 @@ class BoundedBuffer:
                     self._cond.wait(0.1)
                     continue
                 chunk = items[pos : pos + room]
-                if not self._items:
-                    self._oldest_put = time.monotonic()
                 self._items.extend(chunk)
                 pos += len(chunk)
                 self._cond.notify_all()
@@ -72,19 +64,8 @@ class BoundedBuffer:
             count = min(max_items, len(self._items))
             popleft = self._items.popleft
             out = [popleft() for _ in range(count)]
-            self._oldest_put = time.monotonic() if self._items else None
             self._cond.notify_all()
             return out
-
-    def wait_empty(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._items:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(remaining)
-            return True
 
     def close(self) -> None:
         with _registry_lock:
