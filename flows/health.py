@@ -72,4 +72,3 @@ def totals() -> Counters:
             else:
                 setattr(total, f.name, getattr(total, f.name) + getattr(c, f.name))
     return total
-
