@@ -118,8 +118,7 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
 
     windowed = op.stateful_batch("windows", keyed, build_windows)
 
-    def to_lines(keyed_result: tuple[str, WindowResult]) -> list[str] | None:
-        result = keyed_result[1]
+    def to_lines(result: WindowResult) -> list[str] | None:
         stats = health.counters()
         stats.windows_closed += len(result.aggregates)
         stats.late_readings += len(result.late)
@@ -127,8 +126,11 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
         lines += [schema.late_line(r) for r in result.late]
         return lines or None
 
-    window_lines = op.filter_map("window_lines", windowed, to_lines)
-    raw_lines = op.filter_map("raw_lines", parsed, lambda p: [schema.raw_line(r) for r in p.raw] or None)
+    # Lines stay keyed (by shard; raw readings by "raw") so the stateful InfluxDB sink can partition them.
+    window_lines = op.filter_map_value("window_lines", windowed, to_lines)
+    raw_lines = op.filter_map(
+        "raw_lines", parsed, lambda p: ("raw", [schema.raw_line(r) for r in p.raw]) if p.raw else None
+    )
     all_lines = op.merge("influx_lines", window_lines, raw_lines)
     if cfg.influxdb.enabled:
         op.output(
@@ -139,6 +141,7 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
                 dead_store.write,
                 options.writer_factory,
                 health_interval=cfg.flow.health_interval.total_seconds(),
+                partitions=options.total_workers,
             ),
         )
     return flow

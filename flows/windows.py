@@ -6,7 +6,8 @@ receives whole lists of readings and keeps, per series:
 
 - its own event clock, as Bytewax's ``EventClock`` does per key: the watermark is the newest event time seen
   for the series minus the allowed lateness, advanced by wall time while no newer reading arrives (so
-  windows close when a device goes quiet);
+  windows close when a device goes quiet); time the flow spent stalled on a store does not count
+  (``flows.clock``);
 - its open windows, each holding the values it has seen (quantiles are exact).
 
 A window closes when the series' watermark passes its end; it is then emitted once as an ``Aggregate``.
@@ -25,7 +26,6 @@ from __future__ import annotations
 import heapq
 import math
 import pickle
-import time
 from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,6 +35,7 @@ from typing import NamedTuple
 from bytewax.operators import StatefulBatchLogic
 
 from fleetwatch.record import Reading
+from flows import clock as pipeline_clock
 
 _NO_TIME = -(2**63)
 # Series without open windows are forgotten after an hour of silence; checked once a minute.
@@ -187,7 +188,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
         self.lateness_ns = _ns(allowed_lateness)
         self.quantiles = tuple(quantiles)
         # Tests drive windows with a clock they move by hand: any callable returning wall-time ns.
-        self._now = clock if callable(clock) else time.time_ns
+        self._now = clock if callable(clock) else pipeline_clock.now_ns
         self.state: WindowState = pickle.loads(resume) if resume is not None else WindowState({}, [])
         self._last_sweep = self._now()
 

@@ -33,6 +33,12 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int] | None:
     return None
 
 
+def packet_complete(buf: bytes, pos: int) -> bool:
+    """Whether a whole packet starts at ``pos``."""
+    header = _varint(buf, pos + 1, len(buf)) if pos < len(buf) else None
+    return header is not None and header[1] + header[0] <= len(buf)
+
+
 def read_publishes(
     buf: bytes,
     pos: int,

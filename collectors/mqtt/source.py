@@ -39,13 +39,15 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from collectors.mqtt.frames import LIMIT, OTHER_PACKET, read_publishes
+from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, packet_complete, read_publishes
 from collectors.mqtt.parse import MessageBatch
 from fleetwatch.config import MQTTConfig
 
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 256 * 1024
+# After a restart or reconnect, redeliveries of already-counted messages arrive first; look this long.
+_DEDUP_WINDOW = 30.0
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 3.1.1 and 5)
 
 
@@ -87,12 +89,21 @@ class _BufferedClient(paho.Client):
             self._loop_rc_handle(rc)
         return self.socket() is not None
 
-    def fw_read(self, messages: list[tuple[str, bytes]], acks: list[tuple[int, int]], limit: int) -> None:
-        """Read what the socket has, up to ``limit`` messages, without blocking."""
+    def fw_read(
+        self, messages: list[tuple[str, bytes]], acks: list[tuple[int, int]], limit: int, fast: bool = True
+    ) -> None:
+        """Read what the socket has, up to ``limit`` messages, without blocking. With ``fast`` off every
+        packet goes through paho (and ``on_message``), as redeliveries must while they are deduplicated."""
         got = len(messages)
         while True:
             try:
-                pos, status = read_publishes(self._fw_buf, self._fw_pos, self._fw_v5, messages, acks, limit)
+                if fast:
+                    pos, status = read_publishes(self._fw_buf, self._fw_pos, self._fw_v5, messages, acks, limit)
+                elif len(messages) >= limit:
+                    pos, status = self._fw_pos, LIMIT
+                else:
+                    complete = packet_complete(self._fw_buf, self._fw_pos)
+                    pos, status = self._fw_pos, OTHER_PACKET if complete else NEED_DATA
             except ValueError as exc:
                 log.error("MQTT %s: malformed packet from the broker (%s); reconnecting", self._client_id, exc)
                 self.fw_reset_buffer()
@@ -142,7 +153,7 @@ def subscription_filter(topic: str, shared_group: str | None) -> str:
     return f"$share/{shared_group}/{topic}" if shared_group else topic
 
 
-class MQTTSource(FixedPartitionedSource[MessageBatch, None]):
+class MQTTSource(FixedPartitionedSource[MessageBatch, list[int]]):
     """One partition per connection; run as many partitions as workers so each worker reads.
 
     ``saturated`` is polled before each read (sink backpressure); ``ack_on_snapshot`` is true when Bytewax
@@ -167,18 +178,33 @@ class MQTTSource(FixedPartitionedSource[MessageBatch, None]):
     def list_parts(self) -> list[str]:
         return [f"mqtt-{i}" for i in range(self.partitions)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> MQTTPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: list[int] | None) -> MQTTPartition:
         index = int(for_part.rsplit("-", 1)[1])
-        return MQTTPartition(self, f"{self.cfg.client_id}-{index}")
+        return MQTTPartition(self, f"{self.cfg.client_id}-{index}", resume_state or [])
 
 
-class MQTTPartition(StatefulSourcePartition[MessageBatch, None]):
-    def __init__(self, source: MQTTSource, client_id: str) -> None:
+class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
+    """Acknowledgement protocol (with recovery on), so that every QoS 1 message counts exactly once:
+
+    - ``snapshot()`` of epoch N acknowledges the messages of epoch N-1, not N: by then epoch N-1's state
+      and output are committed (the InfluxDB sink flushes before an epoch can commit). Acking epoch N
+      itself would lose it if the process died between the ack and the commit.
+    - The snapshot holds the packet ids of epoch N (counted in the state, not yet acked). After a restart
+      from that snapshot, the broker redelivers them (same packet id, DUP set); they are acked and
+      dropped instead of being counted again. The same applies after a broker disconnect.
+    """
+
+    def __init__(self, source: MQTTSource, client_id: str, resume_mids: list[int]) -> None:
         self._src = source
         self._cfg = cfg = source.cfg
         self.client_id = client_id
         self._messages: list[tuple[str, bytes]] = []
         self._unacked: list[tuple[int, int]] = []
+        # Acks of the last snapshotted epoch, sent at the next snapshot.
+        self._epoch_acks: list[tuple[int, int]] = []
+        # Packet ids already counted whose redelivery must be dropped, and until when to look for them.
+        self._redelivered: set[int] = set(resume_mids)
+        self._dedup_until = time.monotonic() + _DEDUP_WINDOW if resume_mids else 0.0
         self._connected = False
         self._backoff = cfg.reconnect_min_delay.total_seconds()
         self._next_attempt = 0.0
@@ -239,11 +265,21 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, None]):
         if self._connected:
             log.warning("MQTT %s: disconnected (%s); reconnecting", self.client_id, reason)
         self._connected = False
-        # Packet ids belong to the connection: the broker redelivers what was not acked.
+        # Packet ids belong to the session: the broker redelivers what was not acked, with the same ids.
+        # Those already counted are dropped on arrival (and acked then).
+        counted = [mid for mid, qos in self._unacked + self._epoch_acks if qos == 1]
+        self._redelivered.update(counted)
+        if counted:
+            self._dedup_until = time.monotonic() + _DEDUP_WINDOW
         self._unacked.clear()
+        self._epoch_acks.clear()
         self._client.fw_reset_buffer()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
+        if msg.dup and msg.qos == 1 and msg.mid in self._redelivered:
+            self._redelivered.discard(msg.mid)
+            self._unacked.append((msg.mid, msg.qos))
+            return
         self._messages.append((msg.topic, msg.payload))
         if msg.qos:
             self._unacked.append((msg.mid, msg.qos))
@@ -287,11 +323,11 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, None]):
         self._next_attempt = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self._cfg.reconnect_max_delay.total_seconds())
 
-    def _ack(self) -> None:
-        if not self._unacked:
+    def _ack(self, acks: list[tuple[int, int]]) -> None:
+        if not acks or self._client.socket() is None:
             return
-        self._client.fw_ack(self._unacked)
-        self._unacked.clear()
+        self._client.fw_ack(acks)
+        acks.clear()
         self._client.loop_write()
 
     # -- Bytewax
@@ -304,14 +340,16 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, None]):
             self._idle = True
             return []
         if not self._src.ack_on_snapshot:
-            self._ack()
+            self._ack(self._unacked)
         if self._src.saturated():
             client.loop_misc()
             client.loop_write()
             self._idle = True
             return []
         messages = self._messages
-        client.fw_read(messages, self._unacked, self._src.max_batch)
+        if self._redelivered and time.monotonic() > self._dedup_until:
+            self._redelivered.clear()
+        client.fw_read(messages, self._unacked, self._src.max_batch, fast=not self._redelivered)
         if client.socket() is not None:
             client.loop_write()
             client.loop_misc()
@@ -328,12 +366,15 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, None]):
             return datetime.now(UTC) + timedelta(milliseconds=2)
         return None
 
-    def snapshot(self) -> None:
-        # Everything emitted so far is part of the epoch being snapshotted: safe to acknowledge.
-        if self._src.ack_on_snapshot:
-            self._ack()
-        return None
+    def snapshot(self) -> list[int]:
+        if not self._src.ack_on_snapshot:
+            return []
+        self._ack(self._epoch_acks)  # the previous epoch: committed by now
+        self._epoch_acks = self._unacked
+        self._unacked = []
+        return [mid for mid, qos in self._epoch_acks if qos == 1]
 
     def close(self) -> None:
-        self._ack()
+        self._ack(self._epoch_acks)
+        self._ack(self._unacked)
         self._client.disconnect()

@@ -29,6 +29,8 @@ class BoundedBuffer:
         self._high = max(1, int(capacity * high_water))
         self._items: deque[str] = deque()
         self._cond = threading.Condition()
+        # Set by request_flush(): the current take() returns what there is without waiting for a full batch.
+        self._flush_requested = False
         with _registry_lock:
             _buffers.append(self)
 
@@ -56,7 +58,7 @@ class BoundedBuffer:
         """Up to ``max_items``; waits up to ``wait`` seconds for the batch to fill (time-based flush)."""
         deadline = time.monotonic() + wait
         with self._cond:
-            while len(self._items) < max_items:
+            while len(self._items) < max_items and not self._flush_requested:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -64,8 +66,15 @@ class BoundedBuffer:
             count = min(max_items, len(self._items))
             popleft = self._items.popleft
             out = [popleft() for _ in range(count)]
+            if not self._items:
+                self._flush_requested = False
             self._cond.notify_all()
             return out
+
+    def request_flush(self) -> None:
+        with self._cond:
+            self._flush_requested = True
+            self._cond.notify_all()
 
     def close(self) -> None:
         with _registry_lock:

@@ -24,15 +24,17 @@ from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import urllib3
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from fleetwatch.config import InfluxDBConfig
 from fleetwatch.record import DeadLetter
-from flows import health
+from flows import clock, health
 from flows.sinks.buffer import BoundedBuffer
 
 log = logging.getLogger(__name__)
 
+# A flush at the end of an epoch longer than this is a stall (the store is slow or down), not work.
+_STALL_NS = 500_000_000
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -233,6 +235,9 @@ class InfluxWriterThread:
             except WriteError as err:
                 if not err.retryable:
                     raise
+                self.retries += 1
+                if self._health is not None:
+                    self._health.update(self)
                 log.warning("InfluxDB not ready (%s); retrying in %.1fs", err, delay)
                 time.sleep(delay)
                 delay = min(self.cfg.retry_max_delay.total_seconds(), delay * 2)
@@ -287,7 +292,8 @@ class InfluxWriterThread:
                 delay = min(max_delay, delay * 2)
 
     def flush(self, timeout: float = 60.0) -> bool:
-        """Wait until everything put so far is written."""
+        """Wait until everything put so far is written (without waiting for the flush interval)."""
+        self.buffer.request_flush()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._idle.wait(0.05) and not len(self.buffer):
@@ -305,8 +311,14 @@ class InfluxWriterThread:
         self._writer.close()
 
 
-class InfluxDBSink(DynamicSink[list[str]]):
-    """Bytewax sink of line-protocol batches (``list[str]``), one writer per worker."""
+class InfluxDBSink(FixedPartitionedSink[list[str], None]):
+    """Bytewax sink of keyed line-protocol batches ``(key, list[str])``, one partition (and writer) per
+    worker.
+
+    A stateful sink because of its ``snapshot()``: Bytewax calls it when the epoch closes, and it returns
+    only once everything the epoch produced is written. So a committed epoch never has output that is
+    still only in memory: a window closed and forgotten by the window state is already in InfluxDB.
+    """
 
     def __init__(
         self,
@@ -315,15 +327,23 @@ class InfluxDBSink(DynamicSink[list[str]]):
         writer_factory: Callable[[InfluxDBConfig], LineWriter] = make_writer,
         health_interval: float = 10.0,
         health_tags: str = "",
+        partitions: int = 1,
     ) -> None:
         self.cfg = cfg
         self.on_rejected = on_rejected
         self.writer_factory = writer_factory
         self.health_interval = health_interval
         self.health_tags = health_tags
+        self.partitions = partitions
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _InfluxPartition:
-        return _InfluxPartition(self, worker_index)
+    def list_parts(self) -> list[str]:
+        return [f"influxdb-{i}" for i in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        return zlib.crc32(item_key.encode())
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _InfluxPartition:
+        return _InfluxPartition(self, int(for_part.rsplit("-", 1)[1]))
 
 
 @dataclass
@@ -346,19 +366,30 @@ class HealthReport:
         return f"{self.series} {self.counters.line_fields()} {time.time_ns()}"
 
 
-class _InfluxPartition(StatelessSinkPartition[list[str]]):
-    def __init__(self, sink: InfluxDBSink, worker_index: int) -> None:
+class _InfluxPartition(StatefulSinkPartition[list[str], None]):
+    def __init__(self, sink: InfluxDBSink, index: int) -> None:
         # Built on the worker's thread: these are the counters its operators add to.
         report = HealthReport(
-            health.counters(), f"fleetwatch_health,worker={worker_index}{sink.health_tags}", sink.health_interval
+            health.counters(), f"fleetwatch_health,worker={index}{sink.health_tags}", sink.health_interval
         )
         self._thread = InfluxWriterThread(
-            sink.cfg, sink.writer_factory(sink.cfg), sink.on_rejected, f"influx-writer-{worker_index}", report
+            sink.cfg, sink.writer_factory(sink.cfg), sink.on_rejected, f"influx-writer-{index}", report
         )
 
     def write_batch(self, items: list[list[str]]) -> None:
         for lines in items:
             self._thread.put(lines)
+
+    def snapshot(self) -> None:
+        # Everything of the closing epoch is written before the epoch can be committed. While InfluxDB is
+        # down this waits (the flow stalls, the broker queues); it does not give up.
+        started = time.monotonic_ns()
+        while not self._thread.flush(60.0):
+            log.warning("epoch waits for %d points to reach InfluxDB", len(self._thread.buffer))
+        waited = time.monotonic_ns() - started
+        if waited > _STALL_NS:
+            clock.add_stall(waited)
+        return None
 
     def close(self) -> None:
         self._thread.close()
