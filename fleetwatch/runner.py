@@ -20,7 +20,8 @@ from bytewax.run import cli_main
 from fleetwatch.config import Config
 from flows import health
 from flows.pipeline import FlowOptions, build_flow
-from flows.sinks.influxdb import flush_all_writers
+from flows.sinks.dead_letters import DeadLetterFile
+from flows.sinks.influxdb import InfluxWriterThread, flush_all_writers, make_writer
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,14 @@ def run_pipeline(
 
     signal.signal(signal.SIGTERM, _interrupt)
     stop = threading.Event()
+    health_writer = None
+    if cfg.influxdb.enabled:
+        health_sink = InfluxWriterThread(
+            cfg.influxdb, make_writer(cfg.influxdb), DeadLetterFile(cfg.dead_letters.path).write, "health-writer"
+        )
+        tags = f",process={process_id}" if process_id is not None else ""
+        health_writer = health.HealthWriter(health_sink.put, cfg.flow.health_interval.total_seconds(), tags)
+        health_writer.start()
     if status_file is not None:
         status_file.parent.mkdir(parents=True, exist_ok=True)
         threading.Thread(target=_status_writer, args=(status_file, stop), daemon=True).start()
@@ -104,6 +113,8 @@ def run_pipeline(
             raise
         log.info("fleetwatch: stopping")
     finally:
+        if health_writer is not None:
+            health_writer.stop()
         flushed = flush_all_writers(timeout=30.0)
         if not flushed:
             log.error("fleetwatch: some points could not be written before exit")

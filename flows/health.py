@@ -1,4 +1,5 @@
-"""The pipeline's own health: counters per Bytewax worker, written to InfluxDB as ``fleetwatch_health``.
+"""The pipeline's own health: counters per Bytewax worker, written to InfluxDB as ``fleetwatch_health``
+every ``flow.health_interval`` by ``HealthWriter``, also while no data flows.
 
 Each Bytewax worker runs its whole dataflow on one OS thread, so counters are kept per thread: operators
 add to their worker's counters without locks, and the worker's InfluxDB sink partition writes them.
@@ -8,6 +9,8 @@ Totals across workers are kept too, for ``fleetwatch run``'s progress line and t
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 
@@ -72,3 +75,36 @@ def totals() -> Counters:
             else:
                 setattr(total, f.name, getattr(total, f.name) + getattr(c, f.name))
     return total
+
+
+def per_worker() -> list[Counters]:
+    """Each worker thread's counters, in the order the workers started."""
+    with _lock:
+        return list(_by_thread.values())
+
+
+class HealthWriter:
+    """Writes one ``fleetwatch_health`` point per worker thread every ``interval`` seconds."""
+
+    def __init__(self, put: Callable[[list[str]], None], interval: float, tags: str = "") -> None:
+        self._put = put
+        self._interval = interval
+        self._tags = tags
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fleetwatch-health", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def lines(self) -> list[str]:
+        now = time.time_ns()
+        return [f"fleetwatch_health,worker={i}{self._tags} {c.line_fields()} {now}" for i, c in enumerate(per_worker())]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            lines = self.lines()
+            if lines:
+                self._put(lines)
+
+    def stop(self) -> None:
+        self._stop.set()

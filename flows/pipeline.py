@@ -140,7 +140,6 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
                 cfg.influxdb,
                 dead_store.write,
                 options.writer_factory,
-                health_interval=cfg.flow.health_interval.total_seconds(),
                 partitions=options.total_workers,
             ),
         )

@@ -42,6 +42,7 @@ from paho.mqtt.properties import Properties
 from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, packet_complete, read_publishes
 from collectors.mqtt.parse import MessageBatch
 from fleetwatch.config import MQTTConfig
+from flows import health
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +198,9 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
     def __init__(self, source: MQTTSource, client_id: str, resume_mids: list[int]) -> None:
         self._src = source
         self._cfg = cfg = source.cfg
+        # Register this worker's health counters now (on its thread), so health is reported from the
+        # start, before any message.
+        health.counters()
         self.client_id = client_id
         self._messages: list[tuple[str, bytes]] = []
         self._unacked: list[tuple[int, int]] = []

@@ -207,7 +207,6 @@ class InfluxWriterThread:
     ) -> None:
         self.cfg = cfg
         self._health = health_report
-        self._next_health = time.monotonic()
         self.buffer = BoundedBuffer(cfg.buffer_max_points)
         self._writer = writer
         self._on_rejected = on_rejected
@@ -247,10 +246,6 @@ class InfluxWriterThread:
         wait = self.cfg.flush_interval.total_seconds()
         while not (self._stop.is_set() and not len(self.buffer)):
             lines = self.buffer.take(self.cfg.batch_size, wait)
-            # Health goes out on its own clock, also while no data flows.
-            if self._health is not None and time.monotonic() >= self._next_health:
-                self._next_health = time.monotonic() + self._health.interval
-                lines.append(self._health.line(self))
             if not lines:
                 self._idle.set()
                 continue
@@ -325,15 +320,11 @@ class InfluxDBSink(FixedPartitionedSink[list[str], None]):
         cfg: InfluxDBConfig,
         on_rejected: DeadLetterCallback,
         writer_factory: Callable[[InfluxDBConfig], LineWriter] = make_writer,
-        health_interval: float = 10.0,
-        health_tags: str = "",
         partitions: int = 1,
     ) -> None:
         self.cfg = cfg
         self.on_rejected = on_rejected
         self.writer_factory = writer_factory
-        self.health_interval = health_interval
-        self.health_tags = health_tags
         self.partitions = partitions
 
     def list_parts(self) -> list[str]:
@@ -348,30 +339,22 @@ class InfluxDBSink(FixedPartitionedSink[list[str], None]):
 
 @dataclass
 class HealthReport:
-    """A worker's health point, written by its sink's writer thread every ``interval`` seconds."""
+    """Where a sink's writer keeps the gauges of the worker that owns it (queue depth, points written,
+    retries); ``flows.health`` writes them out with the worker's other counters."""
 
     counters: health.Counters
-    series: str
-    interval: float
 
     def update(self, writer: InfluxWriterThread) -> None:
-        """Copy the sink's own gauges into the worker's counters."""
         stats = self.counters
         stats.sink_queue_depth = len(writer.buffer)
         stats.points_written = writer.written
         stats.sink_retries = writer.retries
 
-    def line(self, writer: InfluxWriterThread) -> str:
-        self.update(writer)
-        return f"{self.series} {self.counters.line_fields()} {time.time_ns()}"
-
 
 class _InfluxPartition(StatefulSinkPartition[list[str], None]):
     def __init__(self, sink: InfluxDBSink, index: int) -> None:
         # Built on the worker's thread: these are the counters its operators add to.
-        report = HealthReport(
-            health.counters(), f"fleetwatch_health,worker={index}{sink.health_tags}", sink.health_interval
-        )
+        report = HealthReport(health.counters())
         self._thread = InfluxWriterThread(
             sink.cfg, sink.writer_factory(sink.cfg), sink.on_rejected, f"influx-writer-{index}", report
         )
