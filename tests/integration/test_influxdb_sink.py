@@ -21,9 +21,9 @@ def test_v2_writer_lands_points_in_victoriametrics(vm_measurement: str) -> None:
     writer = InfluxWriterThread(cfg, V2Writer(cfg), rejected.extend)
     ts = (int(time.time()) - 60) * 1_000_000_000
     writer.put([f"{vm_measurement},device=d{i % 4} count={i}i,mean={i}.5 {ts + i * 1_000_000_000}" for i in range(40)])
-    assert writer.flush(10)
+    assert writer.flush(30)
     writer.close()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # VictoriaMetrics makes new samples searchable within seconds
     points = 0
     while time.monotonic() < deadline and points < 80:
         resp = http.request(

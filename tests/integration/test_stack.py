@@ -160,7 +160,7 @@ def test_victoriametrics_accepts_influxdb_client_v2_writes(vm_measurement: str) 
         )
     # VictoriaMetrics stores field f of measurement m as the metric m_f. It caches the (empty) answer of a
     # search per time range, so each poll asks with a new end.
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30  # VictoriaMetrics makes new samples searchable within seconds
     series: list[dict] = []
     while time.monotonic() < deadline:
         resp = http.request(
