@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,3 +75,14 @@ def es_index(unique: str) -> Iterator[str]:
 def vm_measurement(unique: str) -> Iterator[str]:
     yield unique
     http.request("POST", f"{VM_URL}/api/v1/admin/tsdb/delete_series", fields={"match[]": f'{{__name__=~"{unique}.*"}}'})
+
+
+def vm_export(measurement: str) -> list[dict]:
+    """Series VictoriaMetrics holds for an InfluxDB measurement (field f of measurement m is metric m_f).
+    Each call asks with a new time range: VictoriaMetrics caches the (empty) answer of a search per range."""
+    resp = http.request(
+        "GET",
+        f"{VM_URL}/api/v1/export",
+        fields={"match[]": f'{{__name__=~"{measurement}_.*"}}', "start": "0", "end": str(int(time.time()) + 3600)},
+    )
+    return [json.loads(line) for line in resp.data.decode().splitlines() if line]

@@ -3,14 +3,13 @@ v1 write path that survives InfluxDB being stopped and started again."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 
 from fleetwatch.config import InfluxDBConfig
 from fleetwatch.record import DeadLetter
 from flows.sinks.influxdb import InfluxWriterThread, V1Writer, V2Writer
-from tests.conftest import INFLUX_URL, REPO, VM_URL, http, influx_rows
+from tests.conftest import INFLUX_URL, REPO, VM_URL, influx_rows, vm_export
 
 T0 = 1_767_225_600 * 1_000_000_000
 
@@ -26,16 +25,7 @@ def test_v2_writer_lands_points_in_victoriametrics(vm_measurement: str) -> None:
     deadline = time.monotonic() + 30  # VictoriaMetrics makes new samples searchable within seconds
     points = 0
     while time.monotonic() < deadline and points < 80:
-        resp = http.request(
-            "GET",
-            f"{VM_URL}/api/v1/export",
-            fields={
-                "match[]": f'{{__name__=~"{vm_measurement}_.*"}}',
-                "start": "0",
-                "end": str(int(time.time()) + 3600),
-            },
-        )  # a new range per poll: VM caches answers
-        points = sum(len(json.loads(line)["values"]) for line in resp.data.decode().splitlines() if line)
+        points = sum(len(series["values"]) for series in vm_export(vm_measurement))
         time.sleep(0.2)
     assert points == 80  # 40 points x 2 fields
     assert rejected == [] and writer.written == 40

@@ -63,7 +63,20 @@ path = "{path.parent / "dead.jsonl"}"
     return path
 
 
-class Pipeline:
+class Counted:
+    """Waiting on the progress counters that `fleetwatch run --status-file` writes."""
+
+    def counters(self) -> dict:
+        raise NotImplementedError
+
+    def wait_for(self, key: str, value: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.counters().get(key, 0) < value:
+            assert time.monotonic() < deadline, f"{key} stayed at {self.counters().get(key)} < {value}"
+            time.sleep(0.1)
+
+
+class Pipeline(Counted):
     def __init__(self, config: Path, workers: int = 1, cluster: list[str] | None = None) -> None:
         """``cluster``: extra arguments (``-i``, ``-a``) for one process of a multi-process cluster."""
         self.status = config.parent / f"status-{time.monotonic_ns()}.json"
@@ -99,12 +112,6 @@ class Pipeline:
             return json.loads(self.status.read_text())
         except (OSError, ValueError):
             return {}
-
-    def wait_for(self, key: str, value: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.counters().get(key, 0) < value:
-            assert time.monotonic() < deadline, f"{key} stayed at {self.counters().get(key)} < {value}"
-            time.sleep(0.1)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)
@@ -179,7 +186,7 @@ def aggregates(db: str) -> list[dict]:
     return influx_rows(db, 'SELECT * FROM "readings_agg" GROUP BY "device", "window"')
 
 
-class Cluster:
+class Cluster(Counted):
     """Two `fleetwatch run` processes of one Bytewax cluster, one worker each."""
 
     def __init__(self, config: Path) -> None:
@@ -202,12 +209,6 @@ class Cluster:
                 if isinstance(value, int):
                     total[key] = total.get(key, 0) + value
         return total
-
-    def wait_for(self, key: str, value: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.counters().get(key, 0) < value:
-            assert time.monotonic() < deadline, f"{key} stayed at {self.counters().get(key)} < {value}"
-            time.sleep(0.1)
 
     def stop(self) -> None:
         for p in self.procs:

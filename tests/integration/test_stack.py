@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 
@@ -23,6 +22,7 @@ from tests.conftest import (
     http,
     influx_rows,
     mqtt_password,
+    vm_export,
 )
 
 
@@ -158,24 +158,11 @@ def test_victoriametrics_accepts_influxdb_client_v2_writes(vm_measurement: str) 
                 f"{vm_measurement},device=d2 value=2.5,count=4i {ts}",
             ],
         )
-    # VictoriaMetrics stores field f of measurement m as the metric m_f. It caches the (empty) answer of a
-    # search per time range, so each poll asks with a new end.
     deadline = time.monotonic() + 30  # VictoriaMetrics makes new samples searchable within seconds
-    series: list[dict] = []
-    while time.monotonic() < deadline:
-        resp = http.request(
-            "GET",
-            f"{VM_URL}/api/v1/export",
-            fields={
-                "match[]": f'{{__name__=~"{vm_measurement}_.*"}}',
-                "start": "0",
-                "end": str(int(time.time()) + 3600),
-            },
-        )
-        series = [json.loads(line) for line in resp.data.decode().splitlines() if line]
-        if len(series) == 4:
-            break
+    series = vm_export(vm_measurement)
+    while len(series) < 4 and time.monotonic() < deadline:
         time.sleep(0.2)
+        series = vm_export(vm_measurement)
     got = sorted((s["metric"]["__name__"], s["metric"]["device"], s["values"][0], s["timestamps"][0]) for s in series)
     ms = ts // 1_000_000
     assert got == [
