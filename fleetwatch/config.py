@@ -298,8 +298,189 @@ class InfluxDBConfig(Section):
         return _read_secret_file(self.token_file, "influxdb.token_file") or self.token
 
 
+class ElasticsearchConfig(Section):
+    """Logs, log rates, dead letters (and, later, alert history) go to Elasticsearch 8.x."""
+
+    enabled: bool = True
+    hosts: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:9200"], min_length=1)
+    # Auth: an API key (base64 "id:key" as Kibana shows it), or username and password.
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    verify_tls: bool = True
+    # Index names start with this: <prefix>-logs, <prefix>-log-rates, <prefix>-dead-letters.
+    index_prefix: str = Field(default="fleetwatch", pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    # "auto" uses data streams when the server has the data-streams module, else daily indices
+    # (<prefix>-logs-YYYY.MM.DD by event time).
+    index_mode: Literal["auto", "data_stream", "daily"] = "auto"
+    number_of_replicas: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=2000, ge=1, le=50_000)
+    flush_interval: Duration = timedelta(milliseconds=250)
+    timeout: Duration = timedelta(seconds=30)
+    retry_max_delay: Duration = timedelta(seconds=30)
+    # Documents held in memory while Elasticsearch is slow or down; beyond it the flow waits.
+    buffer_max_docs: int = Field(default=50_000, ge=1)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not host.startswith(("http://", "https://")):
+                raise ValueError(f"expected http:// or https:// URLs (got {host!r})")
+        return [h.rstrip("/") for h in hosts]
+
+    @model_validator(mode="after")
+    def _one_auth(self) -> ElasticsearchConfig:
+        if (self.api_key or self.api_key_file) and self.username:
+            raise ValueError("give either api_key or username/password, not both")
+        return self
+
+    def resolved_api_key(self) -> SecretStr | None:
+        return _read_secret_file(self.api_key_file, "elasticsearch.api_key_file") or self.api_key
+
+    def resolved_password(self) -> SecretStr | None:
+        return _read_secret_file(self.password_file, "elasticsearch.password_file") or self.password
+
+    def index(self, kind: str) -> str:
+        return f"{self.index_prefix}-{kind}"
+
+
+# ------------------------------------------------------------------------------------------- logs
+
+LogParserName = Literal["none", "json", "logfmt", "regex", "common", "combined", "syslog"]
+_INPUT_NAME = r"^[A-Za-z0-9_.-]+$"
+
+
+class ParserConfig(Section):
+    """How the lines of one input become fields. ``common``/``combined`` are the Apache/nginx access-log
+    formats; ``syslog`` reads RFC 5424 and RFC 3164."""
+
+    kind: LogParserName = "none"
+    # regex: a Python pattern with named groups; "timestamp", "level", "message", "service" and "host" are
+    # mapped to ECS fields, other groups are kept under the input's field namespace.
+    pattern: str | None = None
+    # Where the timestamp is and how it is written, for json/logfmt/regex (RFC 3339 and epoch numbers
+    # are recognised without a format); a strptime format otherwise.
+    timestamp_field: str = "timestamp"
+    timestamp_format: str | None = None
+    # Timezone for timestamps written without one (syslog RFC 3164, many access logs): an IANA name.
+    timezone: str = "UTC"
+    level_field: str = "level"
+    message_field: str = "message"
+
+    @model_validator(mode="after")
+    def _pattern(self) -> ParserConfig:
+        if self.kind == "regex":
+            if not self.pattern:
+                raise ValueError("kind 'regex' needs a pattern")
+            try:
+                compiled = re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+            if not compiled.groupindex:
+                raise ValueError("pattern needs at least one named group, e.g. (?P<level>\\w+)")
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"timezone: expected an IANA name such as 'Europe/Berlin' (got {self.timezone!r})"
+            ) from None
+        return self
+
+
+class MultilineConfig(Section):
+    # A line matching this starts a new event; other lines belong to the event before (stack traces).
+    start_pattern: str
+    # A pending event is emitted after this long without a new line.
+    flush_timeout: Duration = timedelta(seconds=1)
+
+    @field_validator("start_pattern")
+    @classmethod
+    def _regex(cls, pattern: str) -> str:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        return pattern
+
+
+class FileInputConfig(Section):
+    """Files tailed by glob; offsets are Bytewax state, so a restart resumes exactly."""
+
+    name: str = Field(pattern=_INPUT_NAME)
+    paths: list[str] = Field(min_length=1)
+    # Where to start in a file seen for the first time: "start" or "end". Files that appear while running
+    # are always read from the start.
+    read_from: Literal["start", "end"] = "start"
+    parser: ParserConfig = ParserConfig()
+    multiline: MultilineConfig | None = None
+    # ECS service.name and event.dataset unless a parsed field says otherwise.
+    service: str | None = None
+    dataset: str | None = None
+    # Longer events are cut to this size and flagged "truncated".
+    max_event_bytes: int = Field(default=65536, ge=256)
+    poll_interval: Duration = timedelta(milliseconds=100)
+
+    @field_validator("paths")
+    @classmethod
+    def _absolute(cls, paths: list[str]) -> list[str]:
+        for path in paths:
+            if not path.startswith("/"):
+                raise ValueError(f"expected absolute paths or globs (got {path!r})")
+        return paths
+
+
+class SyslogInputConfig(Section):
+    """A syslog receiver: UDP datagrams, or TCP with RFC 6587 octet counting or newline framing (detected
+    per message)."""
+
+    name: str = Field(pattern=_INPUT_NAME)
+    protocol: Literal["udp", "tcp"] = "udp"
+    listen: str = "127.0.0.1:5514"
+    parser: ParserConfig = ParserConfig(kind="syslog")
+    service: str | None = None
+    dataset: str | None = None
+    max_event_bytes: int = Field(default=65536, ge=256)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, listen: str) -> str:
+        host, sep, port = listen.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port (got {listen!r})")
+        return listen
+
+
+class LogsConfig(Section):
+    files: list[FileInputConfig] = Field(default_factory=list)
+    syslog: list[SyslogInputConfig] = Field(default_factory=list)
+    # Log-rate windows (event time): counts by service and level, and the error rate.
+    rate_window: Duration = timedelta(minutes=1)
+    allowed_lateness: Duration = timedelta(seconds=5)
+    # Events stamped further in the future than this are stored with the receive time instead, and tagged.
+    max_future_skew: Duration = timedelta(minutes=5)
+    # The host.name of file events (syslog messages carry their own).
+    host_name: str | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> LogsConfig:
+        names = [i.name for i in self.files] + [i.name for i in self.syslog]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"input names must be unique (repeated: {', '.join(duplicates)})")
+        if self.rate_window <= timedelta(0):
+            raise ValueError("rate_window must be > 0")
+        return self
+
+
 class DeadLetterConfig(Section):
-    # Until the logs pipeline stores dead letters in Elasticsearch, they go to this durable JSON-lines file.
+    # Dead letters go to the Elasticsearch dead-letter index when Elasticsearch is enabled; this durable
+    # JSON-lines file holds them otherwise, and while Elasticsearch refuses them.
     path: Path = Path(".fleetwatch/dead-letters.jsonl")
 
 
@@ -321,6 +502,8 @@ class Config(Section):
     flow: FlowConfig = FlowConfig()
     recovery: RecoveryConfig = RecoveryConfig()
     influxdb: InfluxDBConfig = InfluxDBConfig()
+    elasticsearch: ElasticsearchConfig = ElasticsearchConfig()
+    logs: LogsConfig = LogsConfig()
     dead_letters: DeadLetterConfig = DeadLetterConfig()
     simulator: SimulatorConfig = SimulatorConfig()
 
@@ -332,6 +515,9 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
     "FLEETWATCH_INFLUXDB_USERNAME": ("influxdb", "username"),
     "FLEETWATCH_INFLUXDB_PASSWORD": ("influxdb", "password"),
     "FLEETWATCH_INFLUXDB_TOKEN": ("influxdb", "token"),
+    "FLEETWATCH_ELASTICSEARCH_USERNAME": ("elasticsearch", "username"),
+    "FLEETWATCH_ELASTICSEARCH_PASSWORD": ("elasticsearch", "password"),
+    "FLEETWATCH_ELASTICSEARCH_API_KEY": ("elasticsearch", "api_key"),
 }
 
 

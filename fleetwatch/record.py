@@ -96,3 +96,33 @@ def parse_series(series: str) -> tuple[str, dict[str, str]]:
             parts[-1].append(ch)
     words = ["".join(p) for p in parts]
     return words[0], dict(zip(words[1::2], words[2::2], strict=True))
+
+
+class LogLine(NamedTuple):
+    """One log event as a collector read it, before parsing: a line, a grouped multiline event, or one
+    syslog message."""
+
+    # Decoded text (invalid UTF-8 replaced), multiline events joined with "\n", at most max_event_bytes.
+    text: str
+    # The configured input it came from ([[logs.files]] or [[logs.syslog]] name): selects the parser.
+    input_name: str
+    # "file:<path>" or "syslog:<udp|tcp>:<peer address>".
+    source: str
+    # Deterministic document id: the same event read again (a replay after restart) gets the same id.
+    doc_id: str
+    received_ns: int
+    # "truncated", "invalid_utf8", "multiline".
+    flags: tuple[str, ...] = ()
+
+
+class LogEvent(NamedTuple):
+    """A parsed log event: an Elastic Common Schema document plus the fields the log-rate windows need."""
+
+    doc_id: str
+    # Event time (the parsed timestamp, else the receive time), nanoseconds since the Unix epoch (UTC).
+    ts_ns: int
+    # Normalised: trace, debug, info, notice, warn, error, critical, alert, emergency ("" if unknown).
+    level: str
+    service: str
+    # The ECS document as indexed: "@timestamp", "message", "log.level", "service.name", ...
+    doc: dict[str, object]
