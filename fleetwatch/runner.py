@@ -21,7 +21,8 @@ from fleetwatch.config import Config
 from flows import health
 from flows.pipeline import FlowOptions, build_flow
 from flows.sinks.dead_letters import DeadLetterFile
-from flows.sinks.influxdb import InfluxWriterThread, flush_all_writers, make_writer
+from flows.sinks.influxdb import InfluxWriterThread, make_writer
+from flows.sinks.writer import flush_all_writers
 
 log = logging.getLogger(__name__)
 

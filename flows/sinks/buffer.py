@@ -11,8 +11,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
 
-_buffers: list[BoundedBuffer] = []
+T = TypeVar("T")
+
+_buffers: list[BoundedBuffer[Any]] = []
 _registry_lock = threading.Lock()
 
 
@@ -21,13 +24,13 @@ def saturated() -> bool:
     return any(b.above_high_water() for b in _buffers)
 
 
-class BoundedBuffer:
+class BoundedBuffer(Generic[T]):
     def __init__(self, capacity: int, high_water: float = 0.8) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
         self._high = max(1, int(capacity * high_water))
-        self._items: deque[str] = deque()
+        self._items: deque[T] = deque()
         self._cond = threading.Condition()
         # Set by request_flush(): the current take() returns what there is without waiting for a full batch.
         self._flush_requested = False
@@ -40,7 +43,7 @@ class BoundedBuffer:
     def above_high_water(self) -> bool:
         return len(self._items) >= self._high
 
-    def put(self, items: Sequence[str]) -> None:
+    def put(self, items: Sequence[T]) -> None:
         """Add items; blocks while the buffer is full. Items larger than the buffer go in part by part."""
         pos = 0
         with self._cond:
@@ -54,7 +57,7 @@ class BoundedBuffer:
                 pos += len(chunk)
                 self._cond.notify_all()
 
-    def take(self, max_items: int, wait: float) -> list[str]:
+    def take(self, max_items: int, wait: float) -> list[T]:
         """Up to ``max_items``; waits up to ``wait`` seconds for the batch to fill (time-based flush)."""
         deadline = time.monotonic() + wait
         with self._cond:

@@ -1,12 +1,11 @@
 """InfluxDB sink: line protocol over the v1 ``/write`` API (InfluxDB 1.x) or the v2 API (influxdb-client;
 InfluxDB 2.x, 3.x, 1.8+ and compatible servers).
 
-Lifecycle: each Bytewax worker gets a partition that owns a bounded buffer and one writer thread.
-``write_batch`` only enqueues (it blocks only when the buffer is full: backpressure, never a drop). The
-writer flushes when ``batch_size`` lines are waiting or ``flush_interval`` has passed, gzip'd, and retries
-retryable failures (429, 5xx, connection errors) with capped exponential backoff, forever: a store outage
-stalls the pipeline, it does not lose data. Points the server refuses (400: a field type conflict, a bad
-line) go to the dead letters with the server's answer.
+Lifecycle: each Bytewax worker gets a partition that owns a writer thread (``flows.sinks.writer``) with a
+bounded buffer. ``write_batch`` only enqueues. The writer sends gzip'd batches of ``batch_size`` lines or
+what arrived within ``flush_interval``, and retries retryable failures (429, 5xx, connection errors) with
+capped exponential backoff, forever: a store outage stalls the pipeline, it does not lose data. Points the
+server refuses (400: a field type conflict, a bad line) go to the dead letters with the server's answer.
 
 Writes are idempotent: points carry deterministic timestamps and tags (a window's start, a reading's event
 time), so a batch written twice after a restart lands on the same points.
@@ -15,7 +14,6 @@ time), so a batch written twice after a restart lands on the same points.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -28,13 +26,11 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from fleetwatch.config import InfluxDBConfig
 from fleetwatch.record import DeadLetter
-from flows import clock, health
-from flows.sinks.buffer import BoundedBuffer
+from flows import health
+from flows.sinks.writer import BatchWriterThread, RetryableError, flush_for_epoch
 
 log = logging.getLogger(__name__)
 
-# A flush at the end of an epoch longer than this is a stall (the store is slow or down), not work.
-_STALL_NS = 500_000_000
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
@@ -181,21 +177,10 @@ def make_writer(cfg: InfluxDBConfig) -> LineWriter:
 
 DeadLetterCallback = Callable[[list[DeadLetter]], None]
 
-_writers: list[InfluxWriterThread] = []
-_writers_lock = threading.Lock()
 
-
-def flush_all_writers(timeout: float) -> bool:
-    """Flush every writer of this process: on a stop, Bytewax does not close sinks, so the runner does."""
-    with _writers_lock:
-        writers = list(_writers)
-    deadline = time.monotonic() + timeout
-    return all(w.flush(max(0.0, deadline - time.monotonic())) for w in writers)
-
-
-class InfluxWriterThread:
-    """Owns a buffer and drains it into a LineWriter. Usable outside Bytewax (the simulator's references
-    and the benchmark use it directly)."""
+class InfluxWriterThread(BatchWriterThread[str]):
+    """Drains line protocol into a LineWriter. Usable outside Bytewax (the health writer and the
+    benchmark's references use it directly)."""
 
     def __init__(
         self,
@@ -205,104 +190,40 @@ class InfluxWriterThread:
         name: str = "influx-writer",
         health_report: HealthReport | None = None,
     ) -> None:
+        super().__init__(
+            name,
+            cfg.buffer_max_points,
+            cfg.batch_size,
+            cfg.flush_interval.total_seconds(),
+            cfg.retry_max_delay.total_seconds(),
+            health_report.update if health_report is not None else None,
+        )
         self.cfg = cfg
-        self._health = health_report
-        self.buffer = BoundedBuffer(cfg.buffer_max_points)
         self._writer = writer
         self._on_rejected = on_rejected
-        self._stop = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
-        self.retries = 0
-        self.written = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-        with _writers_lock:
-            _writers.append(self)
+        self.start()
 
-    def put(self, lines: list[str]) -> None:
-        if lines:
-            self._idle.clear()
-            self.buffer.put(lines)
+    def prepare(self) -> None:
+        try:
+            self._writer.prepare()
+        except WriteError as err:
+            if err.retryable:
+                raise RetryableError(str(err), err.retry_after) from err
+            raise
 
-    def _prepare(self) -> None:
-        delay = 0.1
-        while not self._stop.is_set():
-            try:
-                self._writer.prepare()
-                return
-            except WriteError as err:
-                if not err.retryable:
-                    raise
-                self.retries += 1
-                if self._health is not None:
-                    self._health.update(self)
-                log.warning("InfluxDB not ready (%s); retrying in %.1fs", err, delay)
-                time.sleep(delay)
-                delay = min(self.cfg.retry_max_delay.total_seconds(), delay * 2)
+    def deliver(self, batch: list[str]) -> None:
+        body = "\n".join(batch)
+        try:
+            self._writer.write(body)
+        except WriteError as err:
+            if err.retryable:
+                raise RetryableError(str(err), err.retry_after) from err
+            log.error("InfluxDB refused a batch of %d points: %s", len(batch), err)
+            self._on_rejected([DeadLetter("influxdb_rejected", "influxdb", body.encode(), time.time_ns(), str(err))])
+            return
+        self.written += len(batch)
 
-    def _run(self) -> None:
-        self._prepare()
-        wait = self.cfg.flush_interval.total_seconds()
-        while not (self._stop.is_set() and not len(self.buffer)):
-            lines = self.buffer.take(self.cfg.batch_size, wait)
-            if not lines:
-                self._idle.set()
-                continue
-            self._write_with_retry(lines)
-            if self._health is not None:
-                self._health.update(self)
-            if not len(self.buffer):
-                self._idle.set()
-
-    def _write_with_retry(self, lines: list[str]) -> None:
-        body = "\n".join(lines)
-        delay = 0.1
-        max_delay = self.cfg.retry_max_delay.total_seconds()
-        while True:
-            try:
-                self._writer.write(body)
-                self.written += len(lines)
-                return
-            except WriteError as err:
-                if not err.retryable:
-                    log.error("InfluxDB refused a batch of %d points: %s", len(lines), err)
-                    self._on_rejected(
-                        [DeadLetter("influxdb_rejected", "influxdb", body.encode(), time.time_ns(), str(err))]
-                    )
-                    return
-                self.retries += 1
-                if self._health is not None:
-                    self._health.update(self)
-                pause = min(max_delay, err.retry_after if err.retry_after is not None else delay)
-                if self.retries == 1 or self.retries % 20 == 0:
-                    log.warning(
-                        "InfluxDB write failed (%s); retry %d in %.1fs, %d points waiting",
-                        err,
-                        self.retries,
-                        pause,
-                        len(self.buffer) + len(lines),
-                    )
-                time.sleep(pause)
-                delay = min(max_delay, delay * 2)
-
-    def flush(self, timeout: float = 60.0) -> bool:
-        """Wait until everything put so far is written (without waiting for the flush interval)."""
-        self.buffer.request_flush()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._idle.wait(0.05) and not len(self.buffer):
-                return True
-        return False
-
-    def close(self, timeout: float = 60.0) -> None:
-        self.flush(timeout)
-        self._stop.set()
-        self._thread.join(timeout)
-        with _writers_lock:
-            if self in _writers:
-                _writers.remove(self)
-        self.buffer.close()
+    def close_target(self) -> None:
         self._writer.close()
 
 
@@ -344,7 +265,7 @@ class HealthReport:
 
     counters: health.Counters
 
-    def update(self, writer: InfluxWriterThread) -> None:
+    def update(self, writer: BatchWriterThread[str]) -> None:
         stats = self.counters
         stats.sink_queue_depth = len(writer.buffer)
         stats.points_written = writer.written
@@ -364,14 +285,7 @@ class _InfluxPartition(StatefulSinkPartition[list[str], None]):
             self._thread.put(lines)
 
     def snapshot(self) -> None:
-        # Everything of the closing epoch is written before the epoch can be committed. While InfluxDB is
-        # down this waits (the flow stalls, the broker queues); it does not give up.
-        started = time.monotonic_ns()
-        while not self._thread.flush(60.0):
-            log.warning("epoch waits for %d points to reach InfluxDB", len(self._thread.buffer))
-        waited = time.monotonic_ns() - started
-        if waited > _STALL_NS:
-            clock.add_stall(waited)
+        flush_for_epoch(self._thread)
         return None
 
     def close(self) -> None:
