@@ -429,10 +429,9 @@ class FileInputConfig(Section):
     @field_validator("paths")
     @classmethod
     def _absolute(cls, paths: list[str]) -> list[str]:
-        for path in paths:
-            if not path.startswith("/"):
-                raise ValueError(f"expected absolute paths or globs (got {path!r})")
-        return paths
+        # Relative globs are taken from the working directory at start, and kept absolute from then on
+        # (offsets in the recovery state are per file).
+        return [os.path.abspath(os.path.expanduser(p)) for p in paths]
 
 
 class SyslogInputConfig(Section):
@@ -494,6 +493,12 @@ class SimulatorConfig(Section):
     # Share of messages that are deliberately broken (dead-letter demo).
     bad_ratio: float = Field(default=0.002, ge=0.0, le=1.0)
     seed: int = 42
+    # Service logs for the logs pipeline: JSON lines written to <log_dir>/<service>.log, plus syslog
+    # messages sent to the first [[logs.syslog]] input. Every burst_every, one service throws errors.
+    log_dir: Path = Path(".fleetwatch/demo-logs")
+    log_services: list[str] = Field(default_factory=lambda: ["checkout", "billing", "search"])
+    log_lines_per_second: float = Field(default=30.0, ge=0.0)
+    log_burst_every: Duration = timedelta(seconds=20)
 
 
 class Config(Section):

@@ -18,8 +18,30 @@ from rich.live import Live
 from rich.table import Table
 
 from fleetwatch.config import Config
-from fleetwatch.simulator import SimulatorStats, run_simulator
+from fleetwatch.simulator import LogSimulatorStats, SimulatorStats, run_log_simulator, run_simulator
 from flows.windows import duration_label
+
+
+def es_request(cfg: Config, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One request to the configured Elasticsearch; {} when it fails (the summary shows zeros then)."""
+    from flows.sinks.elasticsearch import make_client
+
+    try:
+        with make_client(cfg.elasticsearch) as es:
+            resp = es.perform_request(
+                method, path, body=body, headers={"accept": "application/json", "content-type": "application/json"}
+            )
+            return dict(resp.body)
+    except Exception:
+        return {}
+
+
+def _es_count(cfg: Config, kind: str, since_ms: int) -> int:
+    index = f"{cfg.elasticsearch.index_prefix}-{kind}*"
+    body = {"query": {"range": {"@timestamp": {"gte": since_ms, "format": "epoch_millis"}}}}
+    return int(
+        es_request(cfg, "POST", f"/{index}/_count?ignore_unavailable=true&allow_no_indices=true", body).get("count", 0)
+    )
 
 
 def influxql(cfg: Config, query: str) -> list[dict[str, Any]]:
@@ -50,7 +72,12 @@ def _read_status(path: Path) -> dict[str, Any]:
 
 
 def _progress_table(
-    elapsed: float, duration: float, sim: SimulatorStats, status: dict[str, Any], aggregated: float
+    elapsed: float,
+    duration: float,
+    sim: SimulatorStats,
+    logs: LogSimulatorStats,
+    status: dict[str, Any],
+    aggregated: float,
 ) -> Table:
     table = Table(title=f"fleetwatch demo: {elapsed:4.0f}s / {duration:.0f}s", show_header=True)
     table.add_column("stage")
@@ -64,6 +91,13 @@ def _progress_table(
     table.add_row("points written to InfluxDB", f"{status.get('points_written', 0):,}")
     table.add_row("readings in 10s aggregates (InfluxDB)", f"{aggregated:,.0f}")
     table.add_row("sink queue depth", f"{status.get('sink_queue_depth', 0):,}")
+    table.add_row("log lines written (syslog messages sent)", f"{logs.lines:,} ({logs.syslog:,})")
+    table.add_row(
+        "log events parsed (parse failures)",
+        f"{status.get('log_events', 0):,} ({status.get('log_parse_failures', 0):,})",
+    )
+    table.add_row("documents indexed in Elasticsearch", f"{status.get('docs_indexed', 0):,}")
+    table.add_row("Elasticsearch queue depth", f"{status.get('es_queue_depth', 0):,}")
     return table
 
 
@@ -89,9 +123,26 @@ def run_demo(config_path: Path, cfg: Config, duration: float, console: Console) 
         except BaseException as exc:
             sim_error.append(exc)
 
+    log_stats = LogSimulatorStats()
+
+    def write_logs() -> None:
+        try:
+            target = None
+            if cfg.logs.syslog:
+                host, _, port = cfg.logs.syslog[0].listen.rpartition(":")
+                target = (host, int(port)) if cfg.logs.syslog[0].protocol == "udp" else None
+            run_log_simulator(
+                cfg.simulator, target, duration, on_progress=lambda s: log_stats.__dict__.update(s.__dict__)
+            )
+        except BaseException as exc:
+            sim_error.append(exc)
+
     sim_thread = threading.Thread(target=simulate_into_stats, daemon=True)
+    log_thread = threading.Thread(target=write_logs, daemon=True)
     time.sleep(2.0)  # the pipeline subscribes before the first reading is published
     sim_thread.start()
+    if cfg.logs.files or cfg.logs.syslog:
+        log_thread.start()
     start = time.monotonic()
     window_filter = f"\"window\"='10s' AND time >= {started_ns - 60_000_000_000}"
     interrupted = False
@@ -101,7 +152,12 @@ def run_demo(config_path: Path, cfg: Config, duration: float, console: Console) 
                 aggregated = _scalar(cfg, f'SELECT sum("count") FROM "readings_agg" WHERE {window_filter}')
                 live.update(
                     _progress_table(
-                        time.monotonic() - start, duration, sim_stats, _read_status(status_file), aggregated
+                        time.monotonic() - start,
+                        duration,
+                        sim_stats,
+                        log_stats,
+                        _read_status(status_file),
+                        aggregated,
                     )
                 )
                 time.sleep(1.0)
@@ -114,7 +170,12 @@ def run_demo(config_path: Path, cfg: Config, duration: float, console: Console) 
                 aggregated = _scalar(cfg, f'SELECT sum("count") FROM "readings_agg" WHERE {window_filter}')
                 live.update(
                     _progress_table(
-                        time.monotonic() - start, duration, sim_stats, _read_status(status_file), aggregated
+                        time.monotonic() - start,
+                        duration,
+                        sim_stats,
+                        log_stats,
+                        _read_status(status_file),
+                        aggregated,
                     )
                 )
                 time.sleep(1.0)
@@ -132,7 +193,7 @@ def run_demo(config_path: Path, cfg: Config, duration: float, console: Console) 
     if pipeline.returncode not in (0, -signal.SIGINT, 130) and not interrupted:
         console.print(f"[red]pipeline exited with {pipeline.returncode}[/red]; see .fleetwatch/demo-pipeline.log")
         return 1
-    _summary(cfg, console, started_ns, sim_stats, _read_status(status_file), dead_offset)
+    _summary(cfg, console, started_ns, sim_stats, log_stats, _read_status(status_file), dead_offset)
     return 0
 
 
@@ -147,8 +208,27 @@ def _dead_letter_reasons(path: Path, offset: int) -> Counter[str]:
     return reasons
 
 
+def _es_dead_letter_reasons(cfg: Config, since_ms: int) -> Counter[str]:
+    index = f"{cfg.elasticsearch.index_prefix}-dead-letters*"
+    body = {
+        "size": 0,
+        "query": {"range": {"@timestamp": {"gte": since_ms, "format": "epoch_millis"}}},
+        "aggs": {"reasons": {"terms": {"field": "reason", "size": 50}}},
+    }
+    es_request(cfg, "POST", f"/{index}/_refresh?ignore_unavailable=true&allow_no_indices=true")
+    result = es_request(cfg, "POST", f"/{index}/_search?ignore_unavailable=true&allow_no_indices=true", body)
+    buckets = result.get("aggregations", {}).get("reasons", {}).get("buckets", [])
+    return Counter({b["key"]: int(b["doc_count"]) for b in buckets})
+
+
 def _summary(
-    cfg: Config, console: Console, started_ns: int, sim: SimulatorStats, status: dict[str, Any], dead_offset: int
+    cfg: Config,
+    console: Console,
+    started_ns: int,
+    sim: SimulatorStats,
+    logs: LogSimulatorStats,
+    status: dict[str, Any],
+    dead_offset: int,
 ) -> None:
     since = f"time >= {started_ns - 60_000_000_000}"
     table = Table(title="What landed where", show_header=True)
@@ -171,11 +251,21 @@ def _summary(
     table.add_row(f"InfluxDB {db}", "readings_late (late readings, raw)", f"{late:,.0f}")
     health_points = _scalar(cfg, f'SELECT count("messages_in") FROM "fleetwatch_health" WHERE {since}')
     table.add_row(f"InfluxDB {db}", "fleetwatch_health points", f"{health_points:,.0f}")
-    reasons = _dead_letter_reasons(cfg.dead_letters.path, dead_offset)
-    table.add_row(
-        f"dead letters {cfg.dead_letters.path}",
-        ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "-",
-        f"{sum(reasons.values()):,}",
-    )
+    since_ms = started_ns // 1_000_000 - 60_000
+    if cfg.logs.files or cfg.logs.syslog:
+        rates = _scalar(cfg, f'SELECT count("count") FROM "log_rates" WHERE {since}')
+        table.add_row("files / syslog", "log lines written (syslog messages sent)", f"{logs.lines:,} ({logs.syslog:,})")
+        table.add_row(f"InfluxDB {db}", "log_rates points (service x window)", f"{rates:,.0f}")
+    if cfg.elasticsearch.enabled:
+        es = ", ".join(cfg.elasticsearch.hosts)
+        es_request(cfg, "POST", f"/{cfg.elasticsearch.index_prefix}-*/_refresh?ignore_unavailable=true")
+        table.add_row(f"Elasticsearch {es}", "log documents", f"{_es_count(cfg, 'logs', since_ms):,}")
+        table.add_row(f"Elasticsearch {es}", "log-rate documents", f"{_es_count(cfg, 'log-rates', since_ms):,}")
+        reasons = _es_dead_letter_reasons(cfg, since_ms)
+        where = f"Elasticsearch {cfg.elasticsearch.index_prefix}-dead-letters"
+    else:
+        reasons = _dead_letter_reasons(cfg.dead_letters.path, dead_offset)
+        where = f"dead letters {cfg.dead_letters.path}"
+    table.add_row(where, ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "-", f"{sum(reasons.values()):,}")
     table.add_row("alerts", "threshold alerting is not built yet", "0")
     console.print(table)

@@ -126,3 +126,22 @@ class LogEvent(NamedTuple):
     service: str
     # The ECS document as indexed: "@timestamp", "message", "log.level", "service.name", ...
     doc: dict[str, object]
+
+
+class LogRate(NamedTuple):
+    """Log events of one service in one event-time window, by normalised level."""
+
+    service: str
+    window_start_ns: int
+    window_ns: int
+    # Level -> events; "" counts events without a recognised level.
+    by_level: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_level.values())
+
+    @property
+    def errors(self) -> int:
+        """error and worse."""
+        return sum(self.by_level.get(level, 0) for level in ("error", "critical", "alert", "emergency"))

@@ -1,17 +1,24 @@
-"""Device simulator: a fleet of sensors publishing readings over MQTT, with a share of broken payloads.
+"""Simulators for the demo and the tests.
 
-Topics are ``<prefix>/<site>/<device>/<metric>`` with a bare number payload (as ESPHome and Home Assistant
-publish). Values follow a smooth daily-ish curve plus noise, deterministic for a seed.
+Devices: a fleet of sensors publishing readings over MQTT, with a share of broken payloads. Topics are
+``<prefix>/<site>/<device>/<metric>`` with a bare number payload (as ESPHome and Home Assistant publish).
+Values follow a smooth daily-ish curve plus noise, deterministic for a seed.
+
+Services: JSON-lines logs in a directory, one file per service, with a level mix and periodic error
+bursts, and RFC 3164 syslog messages over UDP.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
+import socket
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -86,4 +93,80 @@ def run_simulator(
             time.sleep(0.05)
         client.disconnect()
         client.loop_stop()
+    return stats
+
+
+@dataclass
+class LogSimulatorStats:
+    lines: int = 0
+    errors: int = 0
+    syslog: int = 0
+
+
+_LOG_MESSAGES = {
+    "info": ["request served", "cache hit", "user signed in", "order created", "payment authorised"],
+    "warn": ["slow upstream", "retrying request", "cache miss storm"],
+    "error": ["upstream timed out", "database connection refused", "payment declined by gateway"],
+}
+
+
+def run_log_simulator(
+    sim: SimulatorConfig,
+    syslog_target: tuple[str, int] | None,
+    duration: float,
+    on_progress: Callable[[LogSimulatorStats], None] | None = None,
+) -> LogSimulatorStats:
+    """Write service logs for ``duration`` seconds; every ``log_burst_every`` one service logs errors only,
+    for a fifth of the period."""
+    rng = random.Random(sim.seed + 1)
+    sim.log_dir.mkdir(parents=True, exist_ok=True)
+    files = {svc: open(sim.log_dir / f"{svc}.log", "a", encoding="utf-8") for svc in sim.log_services}  # noqa: SIM115
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM) if syslog_target else None
+    stats = LogSimulatorStats()
+    burst_every = max(1.0, sim.log_burst_every.total_seconds())
+    tick_s = 0.1
+    per_tick = sim.log_lines_per_second * tick_s
+    start = time.monotonic()
+    owed = 0.0
+    try:
+        while time.monotonic() - start < duration:
+            elapsed = time.monotonic() - start
+            cycle = int(elapsed // burst_every)
+            bursting = (
+                sim.log_services[cycle % len(sim.log_services)] if elapsed % burst_every < burst_every / 5 else ""
+            )
+            owed += per_tick
+            while owed >= 1:
+                owed -= 1
+                service = rng.choice(sim.log_services)
+                roll = rng.random()
+                level = "error" if service == bursting or roll < 0.02 else "warn" if roll < 0.1 else "info"
+                now = datetime.now(UTC)
+                line = {
+                    "timestamp": now.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                    "level": level,
+                    "service": service,
+                    "message": rng.choice(_LOG_MESSAGES[level]),
+                    "duration_ms": round(rng.expovariate(1 / 40), 1),
+                    "request_id": f"{rng.getrandbits(48):012x}",
+                }
+                files[service].write(json.dumps(line) + "\n")
+                stats.lines += 1
+                stats.errors += level == "error"
+                if udp is not None and syslog_target is not None and rng.random() < 0.1:
+                    severity = {"info": 6, "warn": 4, "error": 3}[level]
+                    stamp = f"{now:%b} {now.day:2d} {now:%H:%M:%S}"  # RFC 3164 pads the day with a space
+                    message = f"<{8 + severity}>{stamp} gateway-1 {service}[{100 + len(service)}]: {line['message']}"
+                    udp.sendto(message.encode(), syslog_target)
+                    stats.syslog += 1
+            for fh in files.values():
+                fh.flush()
+            if on_progress:
+                on_progress(stats)
+            time.sleep(tick_s)
+    finally:
+        for fh in files.values():
+            fh.close()
+        if udp is not None:
+            udp.close()
     return stats

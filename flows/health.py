@@ -24,8 +24,17 @@ class Counters:
     windows_closed: int = 0
     points_written: int = 0
     sink_retries: int = 0
+    # Logs and Elasticsearch.
+    log_events: int = 0
+    log_parse_failures: int = 0
+    late_log_events: int = 0
+    docs_indexed: int = 0
+    es_duplicates: int = 0
+    es_rejected: int = 0
+    es_retries: int = 0
     # Gauges
     sink_queue_depth: int = 0
+    es_queue_depth: int = 0
     # Wall time minus the newest event time processed, in seconds: how far behind live the flow is.
     lag_seconds: float = 0.0
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)

@@ -1,32 +1,49 @@
-"""The readings dataflow, wired:
+"""The dataflow, wired. Readings:
 
     MQTT source ──► parse ──┬─► readings ──► shard ──► windows ──┬─► aggregates ─┐
       (batches)             │                                    └─► late ───────┼─► InfluxDB sink
                             ├─► raw readings (write_raw) ─────────────────────────┘
-                            └─► dead letters ──► dead-letter store
+                            └─► dead letters ─────────────────────────────────────────► dead-letter store
 
-Every stream item is a batch (a list), never a single reading: per-item overhead is paid per batch.
+Logs:
+
+    file tail ───┐
+                 ├─► parse ──► log events ──┬──────────────────────────────────────────► Elasticsearch sink
+    syslog ──────┘                          └─► by service ──► rate windows ──┬─► log rates ─► Elasticsearch
+                                                                             └─► log rates ─► InfluxDB sink
+
+The dead-letter store is the Elasticsearch dead-letter index (through the same sink, so dead letters are
+stored before their epoch commits), or the local dead-letter file when Elasticsearch is disabled.
+
+Every stream item is a batch (a list), never a single record: per-item overhead is paid per batch.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 
+from collectors.logs.parsers import LogParser
+from collectors.logs.tail import FileTailSource
 from collectors.mqtt.parse import MessageBatch, MQTTParser, ParsedBatch
 from collectors.mqtt.source import MQTTSource
-from fleetwatch.config import Config
-from fleetwatch.record import Reading
+from collectors.syslog.source import SyslogSource
+from fleetwatch.config import Config, FileInputConfig, SyslogInputConfig
+from fleetwatch.record import DeadLetter, LogEvent, LogLine, Reading
 from flows import health, schema
+from flows.log_rates import LogRateLogic
 from flows.sinks.buffer import saturated
 from flows.sinks.dead_letters import DeadLetterFile, DeadLetterSink
+from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Record
 from flows.sinks.influxdb import InfluxDBSink, LineWriter, make_writer
 from flows.windows import WindowLogic, WindowResult, WindowSpec
 
@@ -82,6 +99,47 @@ class FlowOptions:
 def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
     options = options or FlowOptions()
     flow = Dataflow("fleetwatch")
+    dead_file = DeadLetterFile(Path(cfg.dead_letters.path))
+    influx_streams: list[Stream[tuple[str, list[str]]]] = []
+    es_streams: list[Stream[tuple[str, list[Record]]]] = []
+    dead_streams: list[Stream[list[DeadLetter]]] = []
+
+    if cfg.mqtt.subscriptions or options.source is not None:
+        lines, dead = _readings(flow, cfg, options)
+        influx_streams.append(lines)
+        dead_streams.append(dead)
+    if cfg.logs.files or cfg.logs.syslog:
+        rate_lines, records = _logs(flow, cfg, options)
+        influx_streams.append(rate_lines)
+        es_streams.append(records)
+
+    # What a store refuses later (InfluxDB answers 400) is a dead letter too; it reaches the dead-letter
+    # store from the writer thread, outside the dataflow.
+    on_rejected: Callable[[list[DeadLetter]], None] = dead_file.write
+    if cfg.elasticsearch.enabled:
+        dead_letter_writer = ElasticWriterThread(cfg.elasticsearch, dead_file.write, "es-dead-letters")
+        on_rejected = lambda letters: dead_letter_writer.put(list[Record](letters))  # noqa: E731
+        for i, dead in enumerate(dead_streams):
+            es_streams.append(op.map(f"dead_letters_{i}", dead, lambda d: ("dead", list[Record](d))))
+        if es_streams:
+            records = es_streams[0] if len(es_streams) == 1 else op.merge("es_records", *es_streams)
+            sink = ElasticsearchSink(cfg.elasticsearch, dead_file.write, partitions=options.total_workers)
+            op.output("elasticsearch", records, sink)
+    else:
+        for i, dead in enumerate(dead_streams):
+            op.output(f"dead_letter_file_{i}", dead, DeadLetterSink(dead_file))
+
+    if cfg.influxdb.enabled and influx_streams:
+        lines = influx_streams[0] if len(influx_streams) == 1 else op.merge("influx_lines", *influx_streams)
+        influx = InfluxDBSink(cfg.influxdb, on_rejected, options.writer_factory, partitions=options.total_workers)
+        op.output("influxdb", lines, influx)
+    return flow
+
+
+def _readings(
+    flow: Dataflow, cfg: Config, options: FlowOptions
+) -> tuple[Stream[tuple[str, list[str]]], Stream[list[DeadLetter]]]:
+    """MQTT readings to keyed InfluxDB lines, and their dead letters."""
     parser = MQTTParser(cfg.mqtt, cfg.windows)
     source = options.source or MQTTSource(
         cfg.mqtt, options.total_workers, ack_on_snapshot=options.recovery, saturated=saturated
@@ -101,10 +159,7 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
         return parsed
 
     parsed = op.map("parse", batches, parse)
-
-    dead_store = DeadLetterFile(Path(cfg.dead_letters.path))
     dead = op.filter_map("dead_letters", parsed, lambda p: p.dead_letters or None)
-    op.output("dead_letter_store", dead, DeadLetterSink(dead_store))
 
     # More shards than workers keeps the load even; one shard when there is one worker.
     sharder = Sharder(1 if options.total_workers == 1 else options.total_workers * 8)
@@ -131,16 +186,52 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
     raw_lines = op.filter_map(
         "raw_lines", parsed, lambda p: ("raw", [schema.raw_line(r) for r in p.raw]) if p.raw else None
     )
-    all_lines = op.merge("influx_lines", window_lines, raw_lines)
-    if cfg.influxdb.enabled:
-        op.output(
-            "influxdb",
-            all_lines,
-            InfluxDBSink(
-                cfg.influxdb,
-                dead_store.write,
-                options.writer_factory,
-                partitions=options.total_workers,
-            ),
-        )
-    return flow
+    return op.merge("reading_lines", window_lines, raw_lines), dead
+
+
+def _logs(
+    flow: Dataflow, cfg: Config, options: FlowOptions
+) -> tuple[Stream[tuple[str, list[str]]], Stream[tuple[str, list[Record]]]]:
+    """Log files and syslog to Elasticsearch documents, and log rates to InfluxDB lines."""
+    host_name = cfg.logs.host_name or socket.gethostname()
+    skew_ns = int(cfg.logs.max_future_skew.total_seconds() * 1e9)
+    inputs_cfg: list[FileInputConfig | SyslogInputConfig] = [*cfg.logs.files, *cfg.logs.syslog]
+    parsers = {i.name: LogParser(i, host_name, skew_ns) for i in inputs_cfg}
+    inputs: list[Stream[list[LogLine]]] = []
+    if cfg.logs.files:
+        inputs.append(op.input("log_files", flow, FileTailSource(cfg.logs.files, host_name, saturated=saturated)))
+    if cfg.logs.syslog:
+        inputs.append(op.input("syslog", flow, SyslogSource(cfg.logs.syslog)))
+    lines = inputs[0] if len(inputs) == 1 else op.merge("log_lines", *inputs)
+
+    def parse(batch: list[LogLine]) -> list[LogEvent] | None:
+        events = [parsers[line.input_name].parse(line) for line in batch]
+        stats = health.counters()
+        stats.log_events += len(events)
+        failures = 0
+        for event in events:
+            tags = event.doc.get("tags")
+            if isinstance(tags, list) and "parse_failure" in tags:
+                failures += 1
+        if failures:
+            stats.log_parse_failures += failures
+        return events or None
+
+    events = op.filter_map("parse_logs", lines, parse)
+
+    def by_service(batch: list[LogEvent]) -> list[tuple[str, list[LogEvent]]]:
+        parts: dict[str, list[LogEvent]] = {}
+        for event in batch:
+            parts.setdefault(event.service, []).append(event)
+        return list(parts.items())
+
+    def build_rates(resume: Any) -> LogRateLogic:
+        return LogRateLogic(cfg.logs.rate_window, cfg.logs.allowed_lateness, resume, clock=options.window_clock)
+
+    rates = op.stateful_batch("log_rates", op.flat_map("by_service", events, by_service), build_rates)
+    rate_lines = op.map_value("log_rate_lines", rates, lambda batch: [schema.log_rate_line(r) for r in batch])
+
+    # A batch's documents go to one Elasticsearch partition, picked by its first id: spread, no per-item cost.
+    docs = op.map("log_docs", events, lambda batch: (batch[0].doc_id[:4], list[Record](batch)))
+    rate_docs = op.map("log_rate_docs", rates, lambda kv: (kv[0], list[Record](kv[1])))
+    return rate_lines, op.merge("log_records", docs, rate_docs)

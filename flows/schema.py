@@ -8,7 +8,13 @@
 - ``<m>_late`` (late readings, raw): tags as raw readings; field ``value``; time = event time.
 - ``fleetwatch_health`` (the pipeline's own health): tag ``worker``; fields ``messages_in``, ``readings``,
   ``parse_errors``, ``dead_letters``, ``late_readings``, ``windows_closed``, ``points_written``,
-  ``sink_retries``, ``sink_queue_depth``, ``lag_seconds``; time = write time.
+  ``sink_retries``, ``sink_queue_depth``, ``lag_seconds``, ``log_events``, ``log_parse_failures``,
+  ``late_log_events``, ``docs_indexed``, ``es_duplicates``, ``es_rejected``, ``es_retries``,
+  ``es_queue_depth``; time = write time.
+
+- ``log_rates`` (log events per event-time window): tags ``service``, ``window``; fields ``count``,
+  ``errors`` (error and worse), ``error_rate`` (errors / count), and one integer field per level seen
+  (``info``, ``warn``, ``error``, ..., ``unknown``); time = window start.
 
 ``<m>`` is the subscription's ``measurement`` (default ``readings``). ``window`` is the window length
 (``10s``, ``1m``; sliding windows ``1m/10s``).
@@ -16,8 +22,10 @@
 
 from __future__ import annotations
 
-from fleetwatch.record import Reading
-from flows.windows import Aggregate
+from datetime import timedelta
+
+from fleetwatch.record import LogRate, Reading, escape_tag
+from flows.windows import Aggregate, duration_label
 
 
 def _measurement_end(series: str) -> int:
@@ -63,3 +71,13 @@ def raw_line(reading: Reading) -> str:
 
 def late_line(reading: Reading) -> str:
     return f"{_renamed(reading.series, '_late')} value={_float(reading.value)} {reading.ts_ns}"
+
+
+def log_rate_line(rate: LogRate) -> str:
+    """``log_rates,service=<s>,window=<w> count=..i,errors=..i,error_rate=..,<level>=..i <window start>``:
+    a field per level seen, so Grafana can stack them (``unknown`` for events without a level)."""
+    total = rate.total
+    fields = [f"count={total}i", f"errors={rate.errors}i", f"error_rate={rate.errors / total if total else 0.0!r}"]
+    fields += [f"{level or 'unknown'}={n}i" for level, n in sorted(rate.by_level.items())]
+    window = duration_label(timedelta(microseconds=rate.window_ns // 1000))
+    return f"log_rates,service={escape_tag(rate.service)},window={window} {','.join(fields)} {rate.window_start_ns}"

@@ -67,8 +67,32 @@ def influx_db(unique: str) -> Iterator[str]:
 
 @pytest.fixture
 def es_index(unique: str) -> Iterator[str]:
+    """A unique index prefix; its indices and fleetwatch's templates for it are removed afterwards."""
     yield unique
     http.request("DELETE", f"{ES_URL}/{unique}*")
+    http.request("DELETE", f"{ES_URL}/_index_template/{unique}-*")
+
+
+def es_docs(index: str, query: dict | None = None, fields: list[str] | None = None) -> list[dict]:
+    """Every document (``_source`` plus ``_id``) of an index pattern, after a refresh; scrolls past 10,000."""
+    http.request("POST", f"{ES_URL}/{index}/_refresh")
+    body: dict = {"size": 5_000, "query": query or {"match_all": {}}, "sort": ["_doc"]}
+    if fields is not None:
+        body["_source"] = fields
+    docs: list[dict] = []
+    resp = _es_json("POST", f"/{index}/_search?scroll=1m&ignore_unavailable=true&allow_no_indices=true", body)
+    while resp["hits"]["hits"]:
+        docs += [{**hit["_source"], "_id": hit["_id"]} for hit in resp["hits"]["hits"]]
+        resp = _es_json("POST", "/_search/scroll", {"scroll": "1m", "scroll_id": resp["_scroll_id"]})
+    if "_scroll_id" in resp:
+        _es_json("DELETE", "/_search/scroll", {"scroll_id": resp["_scroll_id"]})
+    return docs
+
+
+def _es_json(method: str, path: str, body: dict) -> dict:
+    resp = http.request(method, f"{ES_URL}{path}", body=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert resp.status == 200, resp.data
+    return dict(json.loads(resp.data))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import INFLUX_URL, MQTT_HOST, MQTT_PORT, REPO, influx_rows, influxql
+from tests.conftest import INFLUX_URL, MQTT_HOST, MQTT_PORT, REPO, es_docs, influx_rows, influxql
+from tests.integration.harness import Counted, Pipeline
 
 S = 1_000_000_000
 # Event times are history (a replay): windows close on event time, not on the test's wall clock.
@@ -57,71 +57,13 @@ url = "{INFLUX_URL}"
 database = "{db}"
 flush_interval = "100ms"
 
+[elasticsearch]
+index_prefix = "{unique}"
+
 [dead_letters]
 path = "{path.parent / "dead.jsonl"}"
 """)
     return path
-
-
-class Counted:
-    """Waiting on the progress counters that `fleetwatch run --status-file` writes."""
-
-    def counters(self) -> dict:
-        raise NotImplementedError
-
-    def wait_for(self, key: str, value: int, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.counters().get(key, 0) < value:
-            assert time.monotonic() < deadline, f"{key} stayed at {self.counters().get(key)} < {value}"
-            time.sleep(0.1)
-
-
-class Pipeline(Counted):
-    def __init__(self, config: Path, workers: int = 1, cluster: list[str] | None = None) -> None:
-        """``cluster``: extra arguments (``-i``, ``-a``) for one process of a multi-process cluster."""
-        self.status = config.parent / f"status-{time.monotonic_ns()}.json"
-        self.log = open(config.parent / "pipeline.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "fleetwatch",
-                "run",
-                "--config",
-                str(config),
-                "--workers",
-                str(workers),
-                "--status-file",
-                str(self.status),
-                *(cluster or []),
-            ],
-            cwd=REPO,
-            stdout=self.log,
-            stderr=self.log,
-        )
-        # Subscribed (the broker holds messages for the session from then on) once progress is reported.
-        deadline = time.monotonic() + 30
-        while not self.status.exists():
-            assert self.proc.poll() is None, "pipeline exited at start"
-            assert time.monotonic() < deadline, "pipeline did not start"
-            time.sleep(0.1)
-        time.sleep(1.0)
-
-    def counters(self) -> dict:
-        try:
-            return json.loads(self.status.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(60)
-        self.log.close()
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-        self.log.close()
 
 
 class Publisher:
@@ -245,7 +187,7 @@ def run_stream(tmp_path: Path, unique: str, db: str, workers: int, cluster: bool
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_exact_aggregates_late_readings_and_dead_letters(
-    tmp_path: Path, unique: str, influx_db: str, workers: int
+    tmp_path: Path, unique: str, influx_db: str, es_index: str, workers: int
 ) -> None:
     rows = run_stream(tmp_path, unique, influx_db, workers)
     by_key = {(r["device"], r["window"], (int(_ns(r["time"])) - T0) // S): r for r in rows}
@@ -265,8 +207,10 @@ def test_exact_aggregates_late_readings_and_dead_letters(
     assert by_key[("d1", "1m", 0)]["max"] == 1000.0 and by_key[("d2", "1m", 0)]["min"] == -1000.0
     late = influx_rows(influx_db, 'SELECT "value" FROM "readings_late" GROUP BY "device"')
     assert sorted((r["device"], r["value"]) for r in late) == [("d1", 1000.0), ("d2", -1000.0)]
-    dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    # Dead letters are in Elasticsearch's dead-letter index, with their reason, topic and raw payload.
+    dead = es_docs(f"{unique}-dead-letters*")
     assert sorted(d["reason"] for d in dead) == ["non_finite", "oversized", "undecodable"]
+    assert all(d["source"].startswith(f"mqtt:fwtest/{unique}/") and d["raw_base64"] for d in dead)
     health = influx_rows(influx_db, 'SELECT last("messages_in") FROM "fleetwatch_health" GROUP BY "worker"')
     assert len(health) == workers and sum(r["last"] for r in health) > 0
 
@@ -360,7 +304,9 @@ def test_mqtt5_and_every_qos_reach_the_aggregates(
     assert (rows[0]["sum"], rows[0]["sum_1"]) == (n, float(sum(i % 10 for i in range(n))))
 
 
-def test_influxdb_outage_of_30s_under_load_loses_nothing(tmp_path: Path, unique: str, influx_db: str) -> None:
+def test_influxdb_outage_of_30s_under_load_loses_nothing(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
     """InfluxDB is stopped for 30 s while readings keep coming. The sink retries, its small buffer fills,
     the source stops reading (the broker queues for the persistent session), and everything lands once
     InfluxDB is back. Memory stays bounded by the buffer."""
@@ -406,7 +352,7 @@ def test_influxdb_outage_of_30s_under_load_loses_nothing(tmp_path: Path, unique:
     pipeline.stop()
     assert total == sent
     assert peak_rss_kb < 250_000
-    assert not (tmp_path / "dead.jsonl").exists()
+    assert es_docs(f"{unique}-dead-letters*") == []
 
 
 def test_real_device_formats_through_the_broker(tmp_path: Path, unique: str, influx_db: str) -> None:

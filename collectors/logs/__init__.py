@@ -1,0 +1,1 @@
+"""Log collectors: file tails and syslog receivers, emitting ``fleetwatch.record.LogLine``."""

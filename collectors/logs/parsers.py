@@ -1,0 +1,759 @@
+"""Log lines to Elastic Common Schema (ECS) documents, one ``LogParser`` per input.
+
+Parser kinds (``ParserConfig.kind``): ``none`` (the line is the message), ``json`` (one object per line),
+``logfmt``, ``regex`` (named groups), ``common``/``combined`` (Apache/nginx access logs) and ``syslog``
+(RFC 5424 and RFC 3164, detected per line, with or without ``<PRI>`` so syslog files parse too).
+
+The document uses nested ECS objects::
+
+    {"@timestamp": "2026-01-01T00:00:00.000Z", "message": "...",
+     "log": {"level": "info", "file": {"path": "/var/log/app.log"}},
+     "service": {"name": "api"}, "host": {"name": "gw-1"}, "event": {"dataset": "api.log"},
+     "tags": ["multiline"], "fields": {"user": "bob"}}
+
+Decisions, and why:
+
+- **Never raises.** A line that cannot be parsed is still stored: message = the raw line, tag
+  ``parse_failure``, ``error.message`` says why; service, dataset and host are set as usual.
+- **Deterministic.** The same line gives the same document, so a replay after a restart overwrites instead
+  of duplicating. No receive-time field is written, except ``@timestamp`` itself when the line has no usable
+  timestamp (then it is the receive time), and the year of an RFC 3164 timestamp, which is inferred from it.
+- **Timestamps** become UTC: RFC 3339/ISO 8601 (no zone: ``parser.timezone``), epoch s/ms/us/ns numbers
+  (unit guessed by magnitude), ``parser.timestamp_format`` (strptime, tried first when set), access-log
+  ``10/Oct/2000:13:55:36 -0700`` and RFC 3164 ``Oct 11 22:14:15`` (year: the receive year in the
+  timezone; the previous year if that is more than a day ahead, the next one for a January stamp received
+  in late December). Unparseable: receive time, tag ``timestamp_invalid``; more than ``max_future_skew``
+  ahead: receive time, tag ``timestamp_future``. In both cases the original value is kept as
+  ``fields.<timestamp_field>`` (``fields.timestamp`` for syslog and access logs). ``@timestamp`` has
+  millisecond precision, microsecond when the time has sub-millisecond digits.
+- **Levels** are normalised by ``normalize_level``; ``log.level`` holds the normalised level. An unknown
+  level leaves ``LogEvent.level`` empty (so the rate windows count it apart) and ``log.level`` holds the
+  original, lower-cased, so nothing is lost.
+- **Mapped fields** (json, logfmt, regex): ``parser.timestamp_field``, ``parser.level_field``,
+  ``parser.message_field``, ``service``/``service.name`` and ``host``/``host.name``. Every other key goes
+  under ``fields`` as parsed (JSON types kept, nothing flattened). No message field: the raw line.
+- **service.name**: the parsed service (syslog: the app-name/tag), else the input's ``service``, else the
+  input's name. **event.dataset**: the input's ``dataset``, else ``<input service or name>.log``; it is
+  fixed per input, so the number of datasets is bounded by the configuration, not by what lines say.
+- **host.name**: the parsed host (syslog: HOSTNAME), else for syslog the peer address, else ``host_name``.
+- **Syslog**: PRI gives ``log.syslog.priority``, ``log.syslog.facility.code/name`` and
+  ``log.syslog.severity.code/name`` and the level; app-name/tag is ``process.name``, a numeric procid/pid
+  ``process.pid`` (otherwise ``fields.procid``), MSGID ``log.syslog.msgid`` (ECS 8.7+), the version
+  ``log.syslog.version``; structured data is kept as ``fields.sd`` = ``{sd_id: {param: value}}`` (a param
+  given twice becomes a list).
+- **regex** uses ``re.search``: a pattern anchored with ``^`` fails fast on lines that do not match, an
+  unanchored one is tried at every position.
+- **Hot path.** Every pattern is compiled and every constant computed in ``__init__``; the last timestamp
+  text and the formatted second are cached, since consecutive lines mostly share them.
+"""
+
+from __future__ import annotations
+
+import json
+import json.scanner
+import math
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fleetwatch.config import FileInputConfig, SyslogInputConfig
+from fleetwatch.record import LogEvent, LogLine
+
+_NS = 1_000_000_000
+_DAY_NS = 86_400 * _NS
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# datetime's range, years 1 to 9999: what ECS dates (and @timestamp formatting) can hold.
+_MIN_NS = -62_135_596_800 * _NS
+_MAX_NS = 253_402_300_799 * _NS
+
+# ------------------------------------------------------------------------------------------- levels
+
+LEVELS = ("trace", "debug", "info", "notice", "warn", "error", "critical", "alert", "emergency")
+
+_ALIASES: dict[str, tuple[str, ...]] = {
+    "trace": ("trace", "trc", "verbose", "v", "finest", "finer"),
+    "debug": ("debug", "dbg", "d", "fine", "debug1", "debug2", "debug3", "debug4", "debug5"),
+    "info": ("info", "inf", "i", "information", "informational", "log"),
+    "notice": ("notice", "ntc", "n"),
+    "warn": ("warn", "warning", "wrn", "w"),
+    "error": ("error", "err", "eror", "e", "severe"),
+    "critical": ("critical", "crit", "crt", "fatal", "ftl", "f"),
+    "alert": ("alert", "alrt", "a"),
+    "emergency": ("emergency", "emerg", "panic"),
+}
+# Syslog severities 0-7, then bunyan/pino levels.
+_LEVEL_NUMBERS: dict[int, str] = {
+    0: "emergency",
+    1: "alert",
+    2: "critical",
+    3: "error",
+    4: "warn",
+    5: "notice",
+    6: "info",
+    7: "debug",
+    10: "trace",
+    20: "debug",
+    30: "info",
+    40: "warn",
+    50: "error",
+    60: "critical",
+}
+_LEVEL_NAMES: dict[str, str] = {}
+for _level, _names in _ALIASES.items():
+    for _name in _names:
+        # The usual spellings hit on the first lookup; anything else is stripped and lower-cased first.
+        for _spelling in (_name, _name.upper(), _name.capitalize()):
+            _LEVEL_NAMES[_spelling] = _level
+for _number, _level in _LEVEL_NUMBERS.items():
+    _LEVEL_NAMES[str(_number)] = _level
+
+
+def normalize_level(value: object) -> str:
+    """One of ``LEVELS``, or "" when the value is not a known level.
+
+    Case-insensitive names and aliases (``WARNING``, ``W``, ``err``, ``fatal``, ``panic``, ...), syslog
+    severities 0-7 and bunyan/pino numbers 10-60, as numbers or digit strings.
+
+    >>> normalize_level("WARNING"), normalize_level(4), normalize_level("30"), normalize_level("loud")
+    ('warn', 'warn', 'info', '')
+    """
+    if type(value) is str:
+        level = _LEVEL_NAMES.get(value)
+        if level is None:
+            level = _LEVEL_NAMES.get(value.strip().lower(), "")
+        return level
+    if type(value) is int:  # not bool: True is no level
+        return _LEVEL_NUMBERS.get(value, "")
+    if type(value) is float and value.is_integer():
+        return _LEVEL_NUMBERS.get(int(value), "")
+    return ""
+
+
+# ------------------------------------------------------------------------------------------- syslog tables
+
+_FACILITIES = (
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "security",
+    "console",
+    "solaris-cron",
+    *(f"local{i}" for i in range(8)),
+)
+# RFC 5424 names, capitalised as ECS's example ("Error").
+_SEVERITIES = ("Emergency", "Alert", "Critical", "Error", "Warning", "Notice", "Informational", "Debug")
+_SEVERITY_LEVELS = ("emergency", "alert", "critical", "error", "warn", "notice", "info", "debug")
+
+_MONTH_ALT = "Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec"
+_MONTHS = {m: i for i, m in enumerate(_MONTH_ALT.split("|"), 1)}
+
+# RFC 5424: <PRI>VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID STRUCTURED-DATA [MSG]. An SD element is
+# "[" up to the "]" that is not inside a quoted value.
+_RFC5424 = re.compile(
+    r'<(\d{1,3})>(\d{1,2}) (\S+) (\S+) (\S+) (\S+) (\S+) (-|(?:\[(?:[^\]"]|"(?:[^"\\]|\\.)*")*\])+)(?: (.*))?\Z',
+    re.DOTALL,
+)
+_SD_ELEMENT = re.compile(r'\[([^\s\]"=]+)((?:[^\]"]|"(?:[^"\\]|\\.)*")*)\]', re.DOTALL)
+_SD_PARAM = re.compile(r'([^\s="\]]+)="((?:[^"\\]|\\.)*)"', re.DOTALL)
+_SD_UNESCAPE = re.compile(r"\\([\"\\\]])")
+# RFC 3164 as real senders write it: optional <PRI>; "Mmm dd hh:mm:ss" (day space-padded, optional year
+# and fraction) or an RFC 3339 stamp (rsyslog's file format); optional HOSTNAME; TAG[PID]: MSG.
+_BSD_TS = (
+    rf"((?:({_MONTH_ALT}) +(\d{{1,2}}) (?:(\d{{4}}) )?(\d\d):(\d\d):(\d\d)(?:\.(\d{{1,6}}))?"
+    r"|(\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|z|[+-]\d\d:?\d\d)?)))"
+)
+_RFC3164 = re.compile(
+    rf"(?:<(\d{{1,3}})>)?{_BSD_TS} (?:([^\s:\[\]]+) )?([^\s:\[\]]+)(?:\[([^\]]*)\])?: ?(.*)\Z",
+    re.DOTALL,
+)
+# Header without a tag: the rest is the message.
+_RFC3164_NO_TAG = re.compile(rf"(?:<(\d{{1,3}})>)?{_BSD_TS} (\S+) ?(.*)\Z", re.DOTALL)
+_PRI_ONLY = re.compile(r"<(\d{1,3})>(.*)\Z", re.DOTALL)
+_BSD_TS_ALONE = re.compile(_BSD_TS + r"\Z")
+
+# ------------------------------------------------------------------------------------------- other kinds
+
+_QUOTED = r'"((?:[^"\\]|\\.)*)"'
+_COMMON = re.compile(rf"(\S+) (\S+) (\S+) \[([^\]]+)\] {_QUOTED} (\d{{3}}|-) (\d+|-)")
+_COMBINED = re.compile(rf"(\S+) (\S+) (\S+) \[([^\]]+)\] {_QUOTED} (\d{{3}}|-) (\d+|-) {_QUOTED} {_QUOTED}")
+_CLF_TS = re.compile(r"(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z")
+
+# logfmt: key, key=value, key="quoted \" value"; the whole line must be such tokens.
+_LOGFMT_TOKEN = r'[^\s="]+(?:=(?:"(?:[^"\\]|\\.)*"|[^\s"]*))?'
+_LOGFMT_LINE = re.compile(rf"\s*(?:{_LOGFMT_TOKEN}(?:\s+|\Z))+")
+_LOGFMT_PAIR = re.compile(r'([^\s="]+)(?:(=)("(?:[^"\\]|\\.)*"|[^\s"]*))?')
+
+_EPOCH_TEXT = re.compile(r"-?(\d+)(?:\.(\d+))?\Z")
+
+# The JSON scanner without json.loads's wrapper; a line is one object, checked by hand.
+_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
+
+
+def _dt_ns(moment: datetime) -> int:
+    """An aware datetime to ns since the epoch, exactly (``timestamp()`` is a float)."""
+    delta = moment - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * _NS + delta.microseconds * 1_000
+
+
+def _epoch_ns(value: float) -> int | None:
+    """Epoch number to ns, unit by magnitude: seconds until year 5138, then ms, us, ns."""
+    magnitude = abs(value)  # compared to floats exactly, even for ints too large to be floats
+    scale = _NS if magnitude < 1e11 else 1_000_000 if magnitude < 1e14 else 1_000 if magnitude < 1e17 else 1
+    if type(value) is int:
+        return value * scale
+    if not math.isfinite(value):
+        return None
+    # Whole and fraction apart: 1767225600.25 * 1e9 as one float product is off by 128 ns.
+    whole = int(value)
+    return whole * scale + round((value - whole) * scale)
+
+
+def _unescape_quoted(inner: str) -> str:
+    """A logfmt or access-log quoted value without its quotes: JSON-style escapes (Go's strconv.Quote,
+    Apache's ``\\"``)."""
+    if "\\" not in inner:
+        return inner
+    try:
+        text = json.loads(f'"{inner}"')
+        if type(text) is str:
+            return text
+    except ValueError:
+        pass
+    return inner.replace('\\"', '"').replace("\\\\", "\\")
+
+
+class _Unparseable(Exception):
+    """The line is not of the input's kind; the message is the reason stored in ``error.message``."""
+
+
+_MISSING = object()
+
+# What a kind's parse method returns to ``_finish``: ts_ns (None: missing or invalid), the raw timestamp
+# (None: there was none), the raw level (None: none), message, service, host, ECS objects to add, fields.
+_Parsed = tuple[int | None, object, object, str, str | None, str | None, dict[str, Any] | None, dict[str, Any]]
+
+
+class LogParser:
+    """Parses the lines of one input. Build one per input and keep it: ``__init__`` does the expensive part.
+
+    ``host_name`` is the ``host.name`` of events that do not carry one; ``max_future_skew_ns`` is how far
+    ahead of the receive time an event time may be before the receive time replaces it.
+    """
+
+    def __init__(self, input_cfg: FileInputConfig | SyslogInputConfig, host_name: str, max_future_skew_ns: int) -> None:
+        parser = input_cfg.parser
+        self.kind = parser.kind
+        self.input_name = input_cfg.name
+        self._service = input_cfg.service or input_cfg.name
+        self._dataset = input_cfg.dataset or f"{self._service}.log"
+        self._host = host_name
+        self._skew = max_future_skew_ns
+        self._tz: ZoneInfo | None = None if parser.timezone in ("UTC", "Etc/UTC") else ZoneInfo(parser.timezone)
+        self._ts_format = parser.timestamp_format
+        self._ts_field = parser.timestamp_field
+        self._level_field = parser.level_field
+        self._msg_field = parser.message_field
+        self._pattern = re.compile(parser.pattern) if parser.kind == "regex" and parser.pattern else None
+        # Where a rejected timestamp is kept under "fields".
+        self._ts_key = "timestamp" if parser.kind in ("syslog", "common", "combined") else parser.timestamp_field
+        kinds: dict[str, Callable[[str, int], _Parsed]] = {
+            "none": self._parse_none,
+            "json": self._parse_json,
+            "logfmt": self._parse_logfmt,
+            "regex": self._parse_regex,
+            "common": self._parse_access,
+            "combined": self._parse_access,
+            "syslog": self._parse_syslog,
+        }
+        self._parse_kind = kinds[parser.kind]
+        self._access = _COMBINED if parser.kind == "combined" else _COMMON
+        # One-entry caches: consecutive lines mostly share a timestamp text and a second.
+        self._last_ts_text = ""
+        self._last_ts_ns: int | None = None
+        self._fmt_sec: int | None = None
+        self._fmt_prefix = ""
+        self._fmt_day: int | None = None
+        self._fmt_date = ""
+        self._last_source = ""
+        self._last_path: str | None = None
+        self._last_host = self._default_host("")
+        # The last RFC 3164 stamp without a year: (text, receive year) -> (ns in that year, in the year before).
+        self._bsd_key: tuple[str, int] = ("", 0)
+        self._bsd_cached: tuple[int | None, object] = (None, _MISSING)
+        # The year containing the last receive time, in the parser's timezone: [start_ns, end_ns).
+        self._year = (0, 0, 0)
+
+    # -- entry point
+
+    def parse(self, line: LogLine) -> LogEvent:
+        """The line as an ECS document. Never raises: a line that fails is stored with ``parse_failure``."""
+        try:
+            parsed = self._parse_kind(line.text, line.received_ns)
+        except _Unparseable as exc:
+            return self._failure(line, str(exc))
+        except Exception as exc:  # a bug must cost one line its fields, not stop the flow
+            return self._failure(line, f"{type(exc).__name__}: {exc}"[:200])
+        try:
+            return self._finish(line, *parsed)
+        except Exception as exc:
+            return self._failure(line, f"{type(exc).__name__}: {exc}"[:200])
+
+    def _finish(
+        self,
+        line: LogLine,
+        ts_ns: int | None,
+        ts_raw: object,
+        level_raw: object,
+        message: str,
+        service: str | None,
+        host: str | None,
+        extra: dict[str, Any] | None,
+        fields: dict[str, Any],
+    ) -> LogEvent:
+        tags = list(line.flags) if line.flags else None
+        received = line.received_ns
+        if ts_ns is None or not _MIN_NS <= ts_ns <= _MAX_NS:
+            ts_ns = received
+            if ts_raw is not None:
+                tags = [*tags, "timestamp_invalid"] if tags else ["timestamp_invalid"]
+                fields[self._ts_key] = ts_raw
+        elif ts_ns - received > self._skew:
+            ts_ns = received
+            tags = [*tags, "timestamp_future"] if tags else ["timestamp_future"]
+            fields[self._ts_key] = ts_raw
+        log: dict[str, Any] = {}
+        level = ""
+        if level_raw is not None and level_raw != "":
+            level = (_LEVEL_NAMES.get(level_raw) if type(level_raw) is str else None) or normalize_level(level_raw)
+            log["level"] = level or (level_raw if type(level_raw) is str else _dumps(level_raw)).strip().lower()
+        source = line.source
+        if source != self._last_source:
+            self._last_source = source
+            self._last_path = source[5:] if source.startswith("file:") else None
+            self._last_host = self._default_host(source)
+        if self._last_path is not None:
+            log["file"] = {"path": self._last_path}
+        if extra is not None and "log" in extra:
+            log.update(extra.pop("log"))
+        service = service or self._service
+        doc: dict[str, Any] = {"@timestamp": self._format_ts(ts_ns), "message": message}
+        if log:
+            doc["log"] = log
+        doc["service"] = {"name": service}
+        host = host or self._last_host
+        if host:
+            doc["host"] = {"name": host}
+        doc["event"] = {"dataset": self._dataset}
+        if extra:
+            doc.update(extra)
+        if tags:
+            doc["tags"] = tags
+        if fields:
+            doc["fields"] = fields
+        return LogEvent(line.doc_id, ts_ns, level, service, doc)
+
+    def _failure(self, line: LogLine, reason: str) -> LogEvent:
+        """The raw line as the message, with the reason. Plain string work: this must not fail."""
+        source = line.source
+        try:
+            timestamp = self._format_ts(line.received_ns)
+        except (OverflowError, ValueError):  # a receive time outside years 1-9999: a broken clock
+            timestamp = "1970-01-01T00:00:00.000Z"
+        doc: dict[str, Any] = {"@timestamp": timestamp, "message": line.text}
+        if source.startswith("file:"):
+            doc["log"] = {"file": {"path": source[5:]}}
+        doc["service"] = {"name": self._service}
+        host = self._default_host(source)
+        if host:
+            doc["host"] = {"name": host}
+        doc["event"] = {"dataset": self._dataset}
+        doc["tags"] = [*line.flags, "parse_failure"]
+        doc["error"] = {"message": reason}
+        return LogEvent(line.doc_id, line.received_ns, "", self._service, doc)
+
+    def _default_host(self, source: str) -> str:
+        # Syslog without a HOSTNAME: the sender's address ("syslog:<proto>:<peer>") is the best there is.
+        if source.startswith("syslog:") and source.count(":") >= 2:
+            return source.split(":", 2)[2]
+        return self._host
+
+    def _format_ts(self, ts_ns: int) -> str:
+        sec, frac = divmod(ts_ns, _NS)
+        if sec != self._fmt_sec:
+            day, rest = divmod(sec, 86_400)
+            if day != self._fmt_day:
+                date = _EPOCH + timedelta(days=day)
+                self._fmt_date = f"{date.year:04d}-{date.month:02d}-{date.day:02d}T"
+                self._fmt_day = day
+            hh, rest = divmod(rest, 3600)
+            mm, ss = divmod(rest, 60)
+            self._fmt_prefix = f"{self._fmt_date}{hh:02d}:{mm:02d}:{ss:02d}"
+            self._fmt_sec = sec
+        us = frac // 1_000
+        if us % 1_000:
+            return f"{self._fmt_prefix}.{us:06d}Z"
+        return f"{self._fmt_prefix}.{us // 1_000:03d}Z"
+
+    # -- timestamps
+
+    def timestamp_ns(self, value: object, received_ns: int) -> int | None:
+        """A timestamp field's value to ns since the epoch (UTC), or None if it is not one."""
+        if type(value) is str:
+            return self._text_ns(value, received_ns)
+        if type(value) is int or type(value) is float:  # not bool
+            return _epoch_ns(value)
+        return None
+
+    def _text_ns(self, text: str, received_ns: int) -> int | None:
+        if text == self._last_ts_text:
+            return self._last_ts_ns
+        ns = self._text_ns_uncached(text.strip(), received_ns)
+        if ns is not None and not text[:1].isalpha():  # RFC 3164 stamps depend on the receive year
+            self._last_ts_text, self._last_ts_ns = text, ns
+        return ns
+
+    def _text_ns_uncached(self, text: str, received_ns: int) -> int | None:
+        if not text:
+            return None
+        if self._ts_format is not None:
+            try:
+                moment = datetime.strptime(text, self._ts_format)  # noqa: DTZ007 - the zone is added below
+            except ValueError:
+                pass
+            else:
+                return _dt_ns(moment if moment.tzinfo else moment.replace(tzinfo=self._tz or UTC))
+        first = text[0]
+        if first.isdigit() or first == "-":
+            epoch = _EPOCH_TEXT.match(text)
+            if epoch is not None:
+                return self._epoch_text_ns(text, epoch)
+            try:
+                moment = datetime.fromisoformat(text)
+            except ValueError:
+                clf = _CLF_TS.match(text)
+                return None if clf is None else self._clf_ns(clf)
+            return _dt_ns(moment if moment.tzinfo else moment.replace(tzinfo=self._tz or UTC))
+        if first.isalpha():
+            bsd = _BSD_TS_ALONE.match(text)
+            if bsd is not None:
+                return self._bsd_ns(bsd, 2, received_ns)
+        return None
+
+    @staticmethod
+    def _epoch_text_ns(text: str, match: re.Match[str]) -> int | None:
+        whole, frac = match.group(1), match.group(2)
+        if frac is None:
+            return _epoch_ns(int(text))
+        # Exact decimal arithmetic: "1767225600.123456789" as a float would lose the nanoseconds.
+        magnitude = int(whole)
+        digits, scale = (
+            (9, _NS)
+            if magnitude < 1e11
+            else (6, 1_000_000)
+            if magnitude < 1e14
+            else (3, 1_000)
+            if magnitude < 1e17
+            else (0, 1)
+        )
+        ns = magnitude * scale + (int((frac + "000000000")[:digits]) if digits else 0)
+        return -ns if text[0] == "-" else ns
+
+    def _clf_ns(self, match: re.Match[str]) -> int | None:
+        """``10/Oct/2000:13:55:36 -0700``."""
+        day, mon, year, hh, mm, ss, sign, oh, om = match.groups()
+        month = _MONTHS.get(mon)
+        if month is None:
+            return None
+        try:
+            moment = datetime(int(year), month, int(day), int(hh), int(mm), int(ss), tzinfo=UTC)
+        except ValueError:
+            return None
+        offset = (int(oh) * 3600 + int(om) * 60) * _NS
+        return _dt_ns(moment) - (offset if sign == "+" else -offset)
+
+    def _bsd_ns(self, match: re.Match[str], first: int, received_ns: int) -> int | None:
+        """An RFC 3164 stamp: group ``first - 1`` is the whole stamp, then month, day, year, h, m, s,
+        fraction, and the RFC 3339 alternative."""
+        iso = match.group(first + 7)
+        if iso is not None:
+            return self._text_ns(iso, received_ns)
+        start, end, recv_year = self._year
+        if not start <= received_ns < end:
+            recv_year = datetime.fromtimestamp(received_ns // _NS, self._tz or UTC).year
+            start = _dt_ns(datetime(recv_year, 1, 1, tzinfo=self._tz or UTC))
+            end = _dt_ns(datetime(recv_year + 1, 1, 1, tzinfo=self._tz or UTC))
+            self._year = (start, end, recv_year)
+        key = (match.group(first - 1), recv_year)
+        if key == self._bsd_key:
+            ns, previous = self._bsd_cached
+        else:
+            ns, previous = self._bsd_in_year(match, first, recv_year), _MISSING
+            self._bsd_key, self._bsd_cached = key, (ns, previous)
+        if match.group(first + 2) is not None:  # the stamp has its year
+            return ns
+        # No year: the receive year, unless that puts the stamp more than a day ahead (a December message
+        # received in January), or it is a January stamp received in the last day of December from a
+        # sender whose clock is already in the new year.
+        if ns is None or ns - received_ns > _DAY_NS:
+            if previous is _MISSING:
+                previous = self._bsd_in_year(match, first, recv_year - 1)
+                self._bsd_cached = (ns, previous)
+            return previous  # type: ignore[return-value]
+        if end - received_ns < _DAY_NS and match.group(first) == "Jan":
+            following = self._bsd_in_year(match, first, recv_year + 1)
+            if following is not None and following - received_ns <= _DAY_NS:
+                return following
+        return ns
+
+    def _bsd_in_year(self, match: re.Match[str], first: int, default_year: int) -> int | None:
+        mon, day, year, hh, mm, ss, frac = match.group(
+            first, first + 1, first + 2, first + 3, first + 4, first + 5, first + 6
+        )
+        try:
+            moment = datetime(
+                int(year) if year else default_year,
+                _MONTHS[mon],
+                int(day),
+                int(hh),
+                int(mm),
+                int(ss),
+                int((frac + "00000")[:6]) if frac else 0,
+                tzinfo=self._tz or UTC,
+            )
+        except ValueError:  # Feb 29 of a year that has none, day 31 of a short month
+            return None
+        return _dt_ns(moment)
+
+    # -- kinds
+
+    def _parse_none(self, text: str, received_ns: int) -> _Parsed:
+        return None, None, None, text, None, None, None, {}
+
+    def _mapped(self, obj: dict[str, Any], text: str, received_ns: int) -> _Parsed:
+        """json, logfmt and regex: take the mapped keys out; the rest are the fields."""
+        ts_raw = obj.pop(self._ts_field, None)
+        level_raw = obj.pop(self._level_field, None)
+        message = obj.pop(self._msg_field, None)
+        if message is None:
+            message = text
+        elif type(message) is not str:
+            message = _dumps(message)
+        service = _take_name(obj, "service") if "service" in obj or "service.name" in obj else None
+        host = _take_name(obj, "host") if "host" in obj or "host.name" in obj else None
+        ts_ns = None if ts_raw is None else self.timestamp_ns(ts_raw, received_ns)
+        return ts_ns, ts_raw, level_raw, message, service, host, None, obj
+
+    def _parse_json(self, text: str, received_ns: int) -> _Parsed:
+        start = 0
+        if text[:1] != "{":
+            text = text.strip()
+            if text[:1] != "{":
+                raise _Unparseable("not a JSON object")
+        try:
+            obj, end = _scan_json(text, start)
+        except StopIteration:
+            raise _Unparseable("invalid JSON") from None
+        except ValueError as exc:
+            raise _Unparseable(f"invalid JSON: {exc}") from None
+        if end != len(text) and text[end:].strip():
+            raise _Unparseable(f"invalid JSON: extra data at column {end + 1}")
+        return self._mapped(obj, text, received_ns)
+
+    def _parse_logfmt(self, text: str, received_ns: int) -> _Parsed:
+        if "=" not in text or _LOGFMT_LINE.fullmatch(text) is None:
+            raise _Unparseable("not logfmt (key=value pairs)")
+        obj: dict[str, Any] = {}
+        for key, eq, value in _LOGFMT_PAIR.findall(text):
+            if not eq:
+                obj[key] = True
+            elif value[:1] == '"':
+                obj[key] = _unescape_quoted(value[1:-1])
+            else:
+                obj[key] = value
+        return self._mapped(obj, text, received_ns)
+
+    def _parse_regex(self, text: str, received_ns: int) -> _Parsed:
+        assert self._pattern is not None  # config guarantees a pattern for kind "regex"
+        match = self._pattern.search(text)
+        if match is None:
+            raise _Unparseable("line does not match the pattern")
+        obj = {k: v for k, v in match.groupdict().items() if v is not None}
+        return self._mapped(obj, text, received_ns)
+
+    def _parse_access(self, text: str, received_ns: int) -> _Parsed:
+        match = self._access.match(text)
+        if match is None:
+            raise _Unparseable(f"not a {self.kind} access log line")
+        address, _ident, user, ts_text, request, status, size = match.group(1, 2, 3, 4, 5, 6, 7)
+        ts_ns = self._text_ns(ts_text, received_ns)
+        extra: dict[str, Any] = {}
+        fields: dict[str, Any] = {}
+        http: dict[str, Any] = {}
+        url = None
+        if "\\" in request:
+            request = _unescape_quoted(request)
+        parts = request.split(" ")
+        if len(parts) == 3 and parts[2].startswith("HTTP/"):
+            http["request"] = {"method": parts[0]}
+            url = parts[1]
+            http["version"] = parts[2][5:]
+        elif len(parts) == 2:
+            http["request"] = {"method": parts[0]}
+            url = parts[1]
+        elif request and request != "-":
+            fields["request"] = request  # not "METHOD URL PROTOCOL": a scanner, TLS to a plain port
+        level = "info"
+        response: dict[str, Any] = {}
+        if status != "-":
+            code = int(status)
+            response["status_code"] = code
+            level = "error" if code >= 500 else "warn" if code >= 400 else "info"
+        if size != "-":
+            response["body"] = {"bytes": int(size)}
+        if response:
+            http["response"] = response
+        if self._access is _COMBINED:
+            referrer, agent = match.group(8, 9)
+            if referrer != "-" and referrer:
+                http.setdefault("request", {})["referrer"] = _unescape_quoted(referrer)
+            if agent != "-" and agent:
+                extra["user_agent"] = {"original": _unescape_quoted(agent)}
+        if http:
+            extra["http"] = http
+        if url is not None:
+            extra["url"] = {"original": url}
+        extra["source"] = {"address": address}
+        if user != "-":
+            extra["user"] = {"name": user}
+        return ts_ns, ts_text, level, text, None, None, extra, fields
+
+    def _parse_syslog(self, text: str, received_ns: int) -> _Parsed:
+        if text[:1] == "<":
+            match = _RFC5424.match(text)
+            if match is not None:
+                return self._syslog_5424(match, received_ns)
+        extra: dict[str, Any] = {}
+        fields: dict[str, Any] = {}
+        match = _RFC3164.match(text)
+        if match is not None:
+            pri, ts_raw, host, app, procid, message = match.group(1, 2, 11, 12, 13, 14)
+            level = self._syslog_pri(pri, extra)
+            self._syslog_process(app, procid, extra, fields)
+            return self._bsd_ns(match, 3, received_ns), ts_raw, level, message, app, host, extra, fields
+        match = _RFC3164_NO_TAG.match(text)
+        if match is not None:
+            pri, ts_raw, host, message = match.group(1, 2, 11, 12)
+            level = self._syslog_pri(pri, extra)
+            return self._bsd_ns(match, 3, received_ns), ts_raw, level, message, None, host, extra, fields
+        match = _PRI_ONLY.match(text)
+        if match is None:
+            raise _Unparseable("not a syslog message (RFC 5424 or RFC 3164)")
+        level = self._syslog_pri(match.group(1), extra)
+        return None, None, level, match.group(2), None, None, extra, fields
+
+    def _syslog_5424(self, match: re.Match[str], received_ns: int) -> _Parsed:
+        pri, version, ts_text, host, app, procid, msgid, sd, message = match.groups()
+        extra: dict[str, Any] = {}
+        fields: dict[str, Any] = {}
+        level = self._syslog_pri(pri, extra)
+        syslog = extra["log"]["syslog"]
+        syslog["version"] = version
+        if msgid != "-":
+            syslog["msgid"] = msgid
+        if ts_text == "-":
+            ts_ns, ts_raw = None, None
+        else:
+            ts_raw = ts_text
+            ts_ns = self._text_ns(ts_text, received_ns)
+        app = None if app == "-" else app
+        self._syslog_process(app, None if procid == "-" else procid, extra, fields)
+        if sd != "-":
+            fields["sd"] = _structured_data(sd)
+        if message is None:
+            message = ""
+        elif message[:1] == "\ufeff":
+            message = message[1:]
+        return ts_ns, ts_raw, level, message, app, None if host == "-" else host, extra, fields
+
+    @staticmethod
+    def _syslog_pri(pri: str | None, extra: dict[str, Any]) -> str | None:
+        if pri is None:
+            return None
+        value = int(pri)
+        if value > 191:
+            raise _Unparseable(f"syslog PRI {value} is out of range (0-191)")
+        facility, severity = value >> 3, value & 7
+        extra["log"] = {
+            "syslog": {
+                "priority": value,
+                "facility": {"code": facility, "name": _FACILITIES[facility]},
+                "severity": {"code": severity, "name": _SEVERITIES[severity]},
+            }
+        }
+        return _SEVERITY_LEVELS[severity]
+
+    @staticmethod
+    def _syslog_process(app: str | None, procid: str | None, extra: dict[str, Any], fields: dict[str, Any]) -> None:
+        process: dict[str, Any] = {}
+        if app:
+            process["name"] = app
+        if procid:
+            if procid.isdigit():
+                process["pid"] = int(procid)
+            else:
+                fields["procid"] = procid
+        if process:
+            extra["process"] = process
+
+
+def _take_name(obj: dict[str, Any], key: str) -> str | None:
+    """``key`` as a string, ``key.name``, or ``{key: {"name": ...}}``: the name, taken out of ``obj``;
+    other keys of a nested object stay in the fields."""
+    name = None
+    dotted = obj.pop(f"{key}.name", None)
+    if type(dotted) is str and dotted:
+        name = dotted
+    elif dotted is not None:
+        obj[f"{key}.name"] = dotted  # not a name: keep it as a field
+    value = obj.get(key)
+    if type(value) is str:
+        if value:
+            del obj[key]
+            name = name or value
+    elif type(value) is dict and type(value.get("name")) is str and value["name"]:
+        rest = {k: v for k, v in value.items() if k != "name"}
+        name = name or value["name"]
+        if rest:
+            obj[key] = rest
+        else:
+            del obj[key]
+    return name
+
+
+def _structured_data(sd: str) -> dict[str, dict[str, Any]]:
+    """RFC 5424 STRUCTURED-DATA: ``{sd_id: {param: value}}``, a repeated param as a list."""
+    out: dict[str, dict[str, Any]] = {}
+    for sd_id, params in _SD_ELEMENT.findall(sd):
+        element = out.setdefault(sd_id, {})
+        for name, value in _SD_PARAM.findall(params):
+            if "\\" in value:
+                value = _SD_UNESCAPE.sub(r"\1", value)
+            if name in element:
+                previous = element[name]
+                element[name] = [*previous, value] if type(previous) is list else [previous, value]
+            else:
+                element[name] = value
+    return out

@@ -1,0 +1,676 @@
+"""File tail source for Bytewax: log files followed by glob, resumed exactly from Bytewax state.
+
+Lifecycle contract:
+
+- **Partitions.** One partition per ``[[logs.files]]`` input, keyed by the input's name. Bytewax partitions
+  are fixed at start but files matching the globs come and go, so a partition owns every file its globs
+  match, and its state holds one ``FileState`` per file.
+- **Identity.** A file is its ``(st_dev, st_ino)``, not its path: a renamed file keeps its offset. Each file
+  has a fingerprint, the digest of its inode number and its first line (its first 256 bytes if longer), taken
+  once that line is complete, and checked again after a restart and whenever the file changes size: a
+  reused inode, or content replaced in place, is not read from a stranger's offset.
+- **Doc ids.** ``blake2b(f"{fingerprint}:{generation}:{event_start_offset}")``: the same event read again,
+  after a restart from an older snapshot, gets the same id, so Elasticsearch overwrites instead of
+  duplicating. The inode number is part of the fingerprint because after a ``create`` rotation the new file
+  starts at offset 0 too, and often with the same first line (a banner): without it the new file's events
+  would take the ids of the old file's.
+- **Committed offset.** ``snapshot()`` records, per file, the offset just after the last line of the last
+  event emitted whole: the start of a pending multiline event, or of a line whose newline has not arrived
+  yet. A restart re-reads from there, so nothing is lost or emitted in halves; an event emitted before the
+  snapshot is never re-read, one emitted after it is re-read with the same id.
+- **Start position.** ``read_from`` ("start" or "end") applies to files found when a partition starts
+  without state. Files that appear later, or after a restart with state, are read from the start.
+- **Rotation by rename** (logrotate ``create``). The old inode stays open and is read to its end; it is
+  forgotten once it is at EOF, at no globbed path, and quiet for ``rotate_wait`` (the writer may still be
+  finishing a line). After a restart it is found again by scanning the directory of its last known path for
+  its dev/ino (``app.log.1``), even if that name does not match the glob. The new file at the path is read
+  from the start.
+- **copytruncate.** Same inode, but smaller than what was read, or a different first line: ``generation``
+  goes up and reading restarts at 0 with a new fingerprint, so the new content gets new ids.
+- **Lines.** Split on ``\\n``, one trailing ``\\r`` stripped. A last line without its newline is *not*
+  emitted while the file may still grow, even after a timeout: writers that buffer (stdout redirected to a
+  file) flush in 4-8 KiB blocks, mid-line, minutes apart, and a timed flush would split each such line in
+  two. Fluent Bit and Fluentd wait for the newline the same way. The partial line is emitted when the file
+  is finished: forgotten after rotation or deletion, or truncated by copytruncate.
+- **Multiline.** With ``multiline``, a line matching ``start_pattern`` (``re.search``: anchor it with ``^``)
+  starts an event and other lines join the pending one with ``\\n``. The pending event is emitted when the
+  next start line arrives or after ``flush_timeout`` without new data from the file; it is flagged
+  "multiline" when it has more than one line. A late continuation line, after its event was flushed,
+  becomes an event of its own.
+- **Size limit.** An event longer than ``max_event_bytes`` is cut there (on a UTF-8 character boundary) and
+  flagged "truncated"; the rest of it is skipped. Files are read in chunks, and a line is never held in
+  memory beyond the limit, however long it is: an overlong line is emitted as soon as it passes the limit.
+- **Never raises.** Invalid UTF-8 is replaced and flagged "invalid_utf8"; files that cannot be opened or
+  read are logged (once) and retried at the next poll.
+- **Polling.** Globs and file sizes are checked every ``poll_interval`` (glob + stat, no inotify), and
+  ``next_awake`` sleeps until the next poll or multiline flush unless a batch hit its cap. A batch holds at
+  most ``MAX_BATCH_LINES`` lines and ``MAX_BATCH_BYTES`` bytes, so the worker stays responsive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from hashlib import blake2b
+
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from fleetwatch.config import FileInputConfig
+from fleetwatch.record import LogLine
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_LINES = 2000
+MAX_BATCH_BYTES = 4 * 1024 * 1024
+_CHUNK = 128 * 1024
+_FINGERPRINT_BYTES = 256
+# How far back from the end a "read_from = end" start looks for the last newline.
+_END_LOOKBACK = 64 * 1024
+# Default for rotate_wait: how long a rotated-away file at EOF is kept open for late writes.
+ROTATE_WAIT = 5.0
+
+
+@dataclass
+class FileState:
+    """The persisted position in one file."""
+
+    # Last known path: where to look first after a restart (then in that directory, by dev/ino).
+    path: str
+    dev: int
+    ino: int
+    # Hex digest of the inode number and the first line (at most 256 bytes); "" until that line is complete.
+    fingerprint: str = ""
+    # How many bytes of the head the fingerprint covers.
+    fingerprint_len: int = 0
+    # Incremented on copytruncate, so content that starts again at offset 0 gets new ids.
+    generation: int = 0
+    # Just after the last line of the last event emitted whole.
+    offset: int = 0
+
+
+@dataclass
+class TailState:
+    """A partition's snapshot: one entry per file it follows, including rotated files not yet finished."""
+
+    files: list[FileState] = field(default_factory=list)
+
+
+def doc_id(fingerprint: str, generation: int, offset: int) -> str:
+    return blake2b(f"{fingerprint}:{generation}:{offset}".encode(), digest_size=16).hexdigest()
+
+
+def _fingerprint(ino: int, head: bytes) -> str:
+    return blake2b(b"%d:" % ino + head, digest_size=16).hexdigest()
+
+
+def cut_utf8(data: bytes, limit: int) -> bytes:
+    """``data`` cut to at most ``limit`` bytes without splitting a UTF-8 character."""
+    if len(data) <= limit:
+        return data
+    cut = limit
+    # A continuation byte at the cut means its character started before: cut before that character.
+    while cut > max(0, limit - 3) and data[cut] & 0xC0 == 0x80:
+        cut -= 1
+    return data[:cut]
+
+
+class FileTailSource(FixedPartitionedSource[list[LogLine], TailState]):
+    """Tails the files of each configured input; one partition per input, each item a batch of lines.
+
+    ``host_name`` is kept for the stages after the source (LogLine carries no host); it is not part of the
+    ids. ``rotate_wait`` is how long a rotated-away file at EOF stays open for late writes.
+    """
+
+    def __init__(
+        self,
+        inputs: list[FileInputConfig],
+        host_name: str | None = None,
+        *,
+        rotate_wait: float = ROTATE_WAIT,
+        saturated: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.inputs = {cfg.name: cfg for cfg in inputs}
+        self.host_name = host_name
+        self.rotate_wait = rotate_wait
+        # Backpressure: while a sink's buffer is above its high-water mark, no more lines are read (the
+        # files are the buffer).
+        self.saturated = saturated
+
+    def list_parts(self) -> list[str]:
+        return list(self.inputs)
+
+    def build_part(self, step_id: str, for_part: str, resume_state: TailState | None) -> FileTailPartition:
+        return FileTailPartition(
+            self.inputs[for_part], resume_state, rotate_wait=self.rotate_wait, saturated=self.saturated
+        )
+
+
+class _Event:
+    """A multiline event not emitted yet."""
+
+    __slots__ = ("lines", "nbytes", "nlines", "start", "truncated")
+
+    def __init__(self, start: int, line: bytes, truncated: bool) -> None:
+        self.start = start
+        self.lines = [line]
+        self.nbytes = len(line)
+        # Lines seen, including those dropped after truncation.
+        self.nlines = 1
+        self.truncated = truncated
+
+
+class _File:
+    """A followed file: its persisted state, its open descriptor, and what was read beyond the state."""
+
+    __slots__ = (
+        "fd",
+        "globbed",
+        "line_start",
+        "partial",
+        "pending",
+        "quiet_since",
+        "read_pos",
+        "size",
+        "skipping",
+        "source",
+        "state",
+    )
+
+    def __init__(self, state: FileState, fd: int, size: int, now: float) -> None:
+        self.state = state
+        self.fd = fd
+        self.source = f"file:{state.path}"
+        self.size = size
+        # Bytes before read_pos have been read; the current line starts at line_start, and its bytes read so
+        # far are in partial (at most max_event_bytes + 1).
+        self.read_pos = state.offset
+        self.line_start = state.offset
+        self.partial = bytearray()
+        # The current line passed max_event_bytes and was handed on: drop the rest of it.
+        self.skipping = False
+        self.pending: _Event | None = None
+        # At a path one of the globs matches (else rotated away or deleted).
+        self.globbed = True
+        # Time of the last data read, or of the rotation: flush timeouts and rotate_wait count from it.
+        self.quiet_since = now
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.state.dev, self.state.ino)
+
+    def set_path(self, path: str) -> None:
+        self.state.path = path
+        self.source = f"file:{path}"
+
+    def committed(self) -> int:
+        return self.pending.start if self.pending is not None else self.line_start
+
+
+class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
+    """Follows every file matched by one input's globs. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        cfg: FileInputConfig,
+        resume_state: TailState | None,
+        *,
+        rotate_wait: float,
+        saturated: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._cfg = cfg
+        self._saturated = saturated
+        self._name = cfg.name
+        self._limit = cfg.max_event_bytes
+        self._start = re.compile(cfg.multiline.start_pattern) if cfg.multiline else None
+        self._flush_after = cfg.multiline.flush_timeout.total_seconds() if cfg.multiline else 0.0
+        # A zero poll interval would make the worker spin.
+        self._poll_every = max(cfg.poll_interval.total_seconds(), 0.005)
+        self._rotate_wait = rotate_wait
+        self._files: dict[tuple[int, int], _File] = {}
+        # Paths that failed to open or stat: logged once until they work again.
+        self._failing: set[str] = set()
+        # Files from the state that exist but cannot be opened now: kept in snapshots, retried at each poll.
+        self._parked: list[FileState] = []
+        self._out: list[LogLine] = []
+        self._now_ns = time.time_ns()
+        self._more = False
+        self._turn = 0
+        now = time.monotonic()
+        if resume_state is not None:
+            self._parked = list(resume_state.files)
+        # Scan now, not at the first next_batch: "read_from = end" means the end as of the start.
+        self._scan(now, from_end=resume_state is None and cfg.read_from == "end")
+        self._next_poll = now + self._poll_every
+
+    # -- opening files
+
+    def _open(self, path: str) -> tuple[int, os.stat_result] | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if path not in self._failing:
+                self._failing.add(path)
+                log.warning("%s: cannot open %s: %s (retrying at every poll)", self._name, path, exc.strerror)
+            return None
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            return None
+        self._failing.discard(path)
+        return fd, st
+
+    def _resume(self, entry: FileState, now: float) -> bool:
+        """Open a file of the state again; False if it exists but cannot be opened now (retry later)."""
+        key = (entry.dev, entry.ino)
+        if key in self._files:
+            return True
+        path = self._locate(entry)
+        if path is None:
+            log.warning(
+                "%s: %s (inode %d) was deleted or moved away while not running; its unread rest is lost",
+                self._name,
+                entry.path,
+                entry.ino,
+            )
+            return True
+        opened = self._open(path)
+        if opened is None:
+            return False
+        fd, st = opened
+        if (st.st_dev, st.st_ino) != key:  # replaced between the lookup and the open
+            os.close(fd)
+            return False
+        state = FileState(path, entry.dev, entry.ino, entry.fingerprint, entry.fingerprint_len, entry.generation)
+        state.offset = entry.offset
+        tf = _File(state, fd, st.st_size, now)
+        self._files[key] = tf
+        if st.st_size < entry.offset:
+            self._restart_file(tf, f"truncated to {st.st_size} bytes while not running (copytruncate?)")
+        elif entry.fingerprint and not self._same_head(tf):
+            self._restart_file(tf, "first line changed while not running (copytruncate or inode reuse)")
+        else:
+            log.info("%s: resuming %s at offset %d (generation %d)", self._name, path, entry.offset, entry.generation)
+        return True
+
+    @staticmethod
+    def _locate(entry: FileState) -> str | None:
+        """Where the file with the entry's dev/ino is now: its last known path, else a name in the same
+        directory (rotated: ``app.log.1``, whether or not a glob matches it)."""
+        try:
+            st = os.stat(entry.path)
+            if (st.st_dev, st.st_ino) == (entry.dev, entry.ino):
+                return entry.path
+        except OSError:
+            pass
+        return _find_inode(os.path.dirname(entry.path), entry.dev, entry.ino)
+
+    def _track_new(self, path: str, now: float, from_end: bool) -> None:
+        opened = self._open(path)
+        if opened is None:
+            return
+        fd, st = opened
+        key = (st.st_dev, st.st_ino)
+        if key in self._files or not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            return
+        state = FileState(path, st.st_dev, st.st_ino)
+        tf = _File(state, fd, st.st_size, now)
+        self._take_fingerprint(tf)
+        if from_end and st.st_size:
+            state.offset = tf.read_pos = tf.line_start = self._end_position(fd, st.st_size)
+        self._files[key] = tf
+        log.info("%s: opened %s (inode %d) at offset %d", self._name, path, st.st_ino, state.offset)
+
+    @staticmethod
+    def _end_position(fd: int, size: int) -> int:
+        """Just after the last newline, so a line being written now is read whole rather than as a tail
+        fragment; the end itself if the last ``_END_LOOKBACK`` bytes hold no newline."""
+        n = min(size, _END_LOOKBACK)
+        try:
+            tail = os.pread(fd, n, size - n)
+        except OSError:
+            return size
+        nl = tail.rfind(b"\n")
+        if nl >= 0:
+            return size - len(tail) + nl + 1
+        return 0 if n == size else size
+
+    # -- fingerprints and truncation
+
+    def _read_head(self, tf: _File, n: int) -> bytes | None:
+        try:
+            return os.pread(tf.fd, n, 0)
+        except OSError as exc:
+            log.warning("%s: cannot read %s: %s", self._name, tf.state.path, exc.strerror)
+            return None
+
+    def _take_fingerprint(self, tf: _File, final: bool = False) -> None:
+        """Fingerprint the first line, or the first 256 bytes of a longer one. A shorter first line still
+        being written is left for later (unless the file is ``final``): the fingerprint must not depend on
+        when it was taken, or a file fingerprinted again after a restart would get other ids."""
+        head = self._read_head(tf, _FINGERPRINT_BYTES)
+        if not head:
+            return
+        nl = head.find(b"\n")
+        if nl >= 0:
+            head = head[: nl + 1]
+        elif len(head) < _FINGERPRINT_BYTES and not final:
+            return
+        tf.state.fingerprint = _fingerprint(tf.state.ino, head)
+        tf.state.fingerprint_len = len(head)
+
+    def _same_head(self, tf: _File) -> bool:
+        head = self._read_head(tf, tf.state.fingerprint_len)
+        if head is None:
+            return True  # unreadable now: decide at a later poll rather than on an error
+        return _fingerprint(tf.state.ino, head) == tf.state.fingerprint
+
+    def _restart_file(self, tf: _File, why: str) -> None:
+        """The content was replaced in place: finish what was read, then read again from 0 as a new
+        generation with a new fingerprint, so the new content gets new ids."""
+        self._finish(tf)
+        state = tf.state
+        state.generation += 1
+        state.offset = tf.read_pos = tf.line_start = 0
+        state.fingerprint, state.fingerprint_len = "", 0
+        self._take_fingerprint(tf)
+        log.info(
+            "%s: %s %s; reading it again from the start (generation %d)",
+            self._name,
+            tf.state.path,
+            why,
+            state.generation,
+        )
+
+    # -- polling
+
+    def _scan(self, now: float, from_end: bool = False) -> None:
+        """Match the globs: open new files, notice renames and rotations, check sizes and truncation, and
+        forget rotated files that are done."""
+        if self._parked:
+            # Before the globs: a file of the state must not be taken for a new one.
+            self._parked = [entry for entry in self._parked if not self._resume(entry, now)]
+        seen: dict[tuple[int, int], str] = {}
+        for pattern in self._cfg.paths:
+            for path in sorted(glob.glob(pattern, recursive=True)):
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    continue  # gone since the glob
+                if stat.S_ISREG(st.st_mode):
+                    seen.setdefault((st.st_dev, st.st_ino), path)
+        parked = {(entry.dev, entry.ino) for entry in self._parked}
+        for key, path in seen.items():
+            tf = self._files.get(key)
+            if tf is None:
+                if key not in parked:
+                    self._track_new(path, now, from_end)
+                continue
+            if tf.state.path != path:
+                log.info("%s: %s was renamed to %s", self._name, tf.state.path, path)
+                tf.set_path(path)
+            tf.globbed = True
+        for key, tf in list(self._files.items()):
+            if tf.globbed and key not in seen:
+                tf.globbed = False
+                tf.quiet_since = now
+                self._rotated_away(tf)
+            self._check(tf, now)
+
+    def _rotated_away(self, tf: _File) -> None:
+        new_path = _find_inode(os.path.dirname(tf.state.path), tf.state.dev, tf.state.ino)
+        if new_path == tf.state.path:
+            log.info("%s: %s is not matched by the globs; reading it to its end", self._name, new_path)
+        elif new_path is not None:
+            log.info("%s: %s rotated to %s; reading it to its end", self._name, tf.state.path, new_path)
+            tf.set_path(new_path)
+        else:
+            log.info("%s: %s was deleted or moved away; reading it to its end", self._name, tf.state.path)
+
+    def _check(self, tf: _File, now: float) -> None:
+        try:
+            size = os.fstat(tf.fd).st_size
+        except OSError as exc:
+            log.warning("%s: cannot stat %s: %s", self._name, tf.state.path, exc.strerror)
+            return
+        if size < tf.read_pos:
+            self._restart_file(tf, f"was truncated to {size} bytes (copytruncate?)")
+        elif size != tf.size and tf.state.fingerprint and not self._same_head(tf):
+            # Truncated and rewritten past our position between two polls.
+            self._restart_file(tf, "has a new first line (truncated and rewritten)")
+        elif not tf.state.fingerprint and size:
+            self._take_fingerprint(tf)
+        tf.size = size
+        if not tf.globbed and tf.read_pos >= size and now - tf.quiet_since >= self._rotate_wait:
+            self._finish(tf)
+            os.close(tf.fd)
+            del self._files[tf.key]
+            log.info("%s: finished %s (rotated away, read to its end)", self._name, tf.state.path)
+
+    def _finish(self, tf: _File) -> None:
+        """The file will not grow (forgotten or truncated): emit the pending event and the partial line."""
+        if not tf.state.fingerprint:
+            self._take_fingerprint(tf, final=True)
+        if tf.partial and not tf.skipping:
+            raw = bytes(tf.partial).removesuffix(b"\r")
+            tf.partial.clear()
+            self._line(tf, cut_utf8(raw, self._limit), tf.line_start, len(raw) > self._limit)
+        if tf.pending is not None:
+            self._emit_pending(tf)
+        tf.partial.clear()
+        tf.skipping = False
+        tf.line_start = tf.read_pos
+
+    # -- reading
+
+    def _read(self, tf: _File, lines: int, nbytes: int) -> tuple[int, int]:
+        """Read what the file has, within the budget; returns the lines and bytes consumed."""
+        used_lines = used_bytes = 0
+        while used_lines < lines and used_bytes < nbytes:
+            try:
+                chunk = os.pread(tf.fd, _CHUNK, tf.read_pos)
+            except OSError as exc:
+                log.warning("%s: cannot read %s: %s", self._name, tf.state.path, exc.strerror)
+                break
+            if not chunk:
+                break
+            if not tf.state.fingerprint:
+                self._take_fingerprint(tf)
+            tf.quiet_since = time.monotonic()
+            consumed, n = self._consume(tf, chunk, lines - used_lines)
+            used_lines += n
+            used_bytes += consumed
+            if consumed < len(chunk) or len(chunk) < _CHUNK:
+                break  # line budget reached, or EOF for now
+        tf.size = max(tf.size, tf.read_pos)
+        return used_lines, used_bytes
+
+    def _consume(self, tf: _File, chunk: bytes, max_lines: int) -> tuple[int, int]:
+        """Split a chunk read at ``tf.read_pos`` into lines; returns the bytes consumed (all unless
+        ``max_lines`` was reached: the rest is read again next time) and the lines completed."""
+        limit = self._limit
+        # Single lines (no multiline) are emitted inline: this loop is the hot path.
+        single = self._start is None
+        out = self._out
+        name, source, now_ns = self._name, tf.source, self._now_ns
+        id_prefix = f"{tf.state.fingerprint}:{tf.state.generation}:"
+        base = tf.read_pos
+        pos = n = 0
+        end = len(chunk)
+        while pos < end and n < max_lines:
+            nl = chunk.find(b"\n", pos)
+            if nl < 0:
+                self._grow_partial(tf, chunk[pos:])
+                pos = end
+                break
+            if tf.skipping:
+                tf.skipping = False  # the overlong line ends here; its head was handed on already
+            else:
+                raw = chunk[pos:nl]
+                if tf.partial:
+                    raw = bytes(tf.partial) + raw
+                    tf.partial.clear()
+                if raw.endswith(b"\r"):
+                    raw = raw[:-1]
+                if len(raw) > limit:
+                    self._line(tf, cut_utf8(raw, limit), tf.line_start, True)
+                elif not single:
+                    self._line(tf, raw, tf.line_start, False)
+                else:
+                    try:
+                        text = raw.decode("utf-8")
+                        flags: tuple[str, ...] = ()
+                    except UnicodeDecodeError:
+                        text = raw.decode("utf-8", errors="replace")
+                        flags = ("invalid_utf8",)
+                    key = f"{id_prefix}{tf.line_start}".encode()
+                    out.append(LogLine(text, name, source, blake2b(key, digest_size=16).hexdigest(), now_ns, flags))
+            n += 1
+            pos = nl + 1
+            tf.line_start = base + pos
+        tf.read_pos += pos
+        return pos, n
+
+    def _grow_partial(self, tf: _File, data: bytes) -> None:
+        if tf.skipping:
+            return
+        # One byte more than the limit: it may be the "\r" of a line exactly at the limit.
+        room = self._limit + 1 - len(tf.partial)
+        if len(data) <= room:
+            tf.partial += data
+            return
+        # Too long: hand on its head now and skip the rest, rather than hold an unbounded line.
+        tf.partial += data[:room]
+        raw = cut_utf8(bytes(tf.partial), self._limit)
+        tf.partial.clear()
+        tf.skipping = True
+        self._line(tf, raw, tf.line_start, True)
+
+    def _line(self, tf: _File, raw: bytes, start: int, truncated: bool) -> None:
+        """A complete line (or the head of an overlong one), starting at byte ``start``."""
+        if self._start is None:
+            self._emit(tf, raw, start, truncated, 1)
+            return
+        pending = tf.pending
+        if pending is None or self._start.search(raw.decode("utf-8", errors="replace")):
+            if pending is not None:
+                self._emit_pending(tf)
+            tf.pending = _Event(start, raw, truncated)
+            return
+        pending.nlines += 1
+        if pending.truncated:
+            return
+        room = self._limit - pending.nbytes - 1  # the "\n" that joins the lines
+        if len(raw) > room or truncated:
+            raw = cut_utf8(raw, max(room, 0))
+            pending.truncated = True
+            if not raw:
+                return
+        pending.lines.append(raw)
+        pending.nbytes += len(raw) + 1
+
+    def _emit_pending(self, tf: _File) -> None:
+        pending = tf.pending
+        if pending is None:
+            return
+        tf.pending = None
+        raw = pending.lines[0] if len(pending.lines) == 1 else b"\n".join(pending.lines)
+        self._emit(tf, raw, pending.start, pending.truncated, pending.nlines)
+
+    def _emit(self, tf: _File, raw: bytes, start: int, truncated: bool, nlines: int) -> None:
+        flags: tuple[str, ...] = ("truncated",) if truncated else ()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", errors="replace")
+            flags += ("invalid_utf8",)
+        if nlines > 1:
+            flags += ("multiline",)
+        state = tf.state
+        self._out.append(
+            LogLine(
+                text, self._name, tf.source, doc_id(state.fingerprint, state.generation, start), self._now_ns, flags
+            )
+        )
+
+    # -- Bytewax
+
+    def next_batch(self) -> Iterable[list[LogLine]]:
+        if self._saturated():
+            self._more = False
+            return []
+        now = time.monotonic()
+        self._now_ns = time.time_ns()
+        if now >= self._next_poll:
+            self._scan(now)
+            self._next_poll = now + self._poll_every
+        lines, nbytes = MAX_BATCH_LINES, MAX_BATCH_BYTES
+        files = list(self._files.values())
+        # Start with a different file each time, so one busy file cannot starve the others.
+        self._turn = (self._turn + 1) % max(len(files), 1)
+        for tf in files[self._turn :] + files[: self._turn]:
+            if lines <= 0 or nbytes <= 0:
+                break
+            if tf.read_pos < tf.size:
+                used_lines, used_bytes = self._read(tf, lines, nbytes)
+                lines -= used_lines
+                nbytes -= used_bytes
+        self._more = lines <= 0 or nbytes <= 0
+        if self._start is not None:
+            now = time.monotonic()
+            for tf in files:
+                if tf.pending is not None and now - tf.quiet_since >= self._flush_after:
+                    self._emit_pending(tf)
+        out, self._out = self._out, []
+        return [out] if out else []
+
+    def next_awake(self) -> datetime | None:
+        if self._more:
+            return None
+        wake = self._next_poll
+        if self._start is not None:
+            for tf in self._files.values():
+                if tf.pending is not None:
+                    wake = min(wake, tf.quiet_since + self._flush_after)
+        return datetime.now(UTC) + timedelta(seconds=max(wake - time.monotonic(), 0.0))
+
+    def snapshot(self) -> TailState:
+        files = []
+        for tf in self._files.values():
+            s = tf.state
+            files.append(
+                FileState(s.path, s.dev, s.ino, s.fingerprint, s.fingerprint_len, s.generation, tf.committed())
+            )
+        files += [FileState(**vars(entry)) for entry in self._parked]
+        return TailState(files)
+
+    def close(self) -> None:
+        for tf in self._files.values():
+            with contextlib.suppress(OSError):
+                os.close(tf.fd)
+        self._files.clear()
+
+
+def _find_inode(directory: str, dev: int, ino: int) -> str | None:
+    """The path of the file with this dev/ino in ``directory``, if any."""
+    try:
+        with os.scandir(directory or ".") as entries:
+            for entry in entries:
+                try:
+                    # inode() needs no extra system call on POSIX; stat() only for the candidate.
+                    if entry.inode() == ino and entry.stat(follow_symlinks=False).st_dev == dev:
+                        return entry.path
+                except OSError:
+                    continue
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,357 @@
+"""The logs pipeline end to end: files and syslog -> `fleetwatch run` (Bytewax) -> real Elasticsearch 8.x
+(documents, log rates, dead letters) and real InfluxDB 1.x (log rates)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ES_URL, INFLUX_URL, REPO, es_docs, http, influx_rows
+from tests.integration.harness import Pipeline
+
+T0 = "2026-01-01T00:00:"  # event times in the past: log-rate windows close on event time
+
+
+def write_config(tmp_path: Path, unique: str, db: str, inputs: str, extra: str = "") -> Path:
+    path = tmp_path / "fleetwatch.toml"
+    path.write_text(f"""
+[logs]
+rate_window = "10s"
+allowed_lateness = "1s"
+host_name = "testhost"
+{inputs}
+
+[flow]
+epoch_interval = "300ms"
+health_interval = "1s"
+
+[recovery]
+dir = "{tmp_path / "recovery"}"
+
+[influxdb]
+url = "{INFLUX_URL}"
+database = "{db}"
+flush_interval = "100ms"
+
+[elasticsearch]
+hosts = ["{ES_URL}"]
+index_prefix = "{unique}"
+flush_interval = "100ms"
+{extra}
+
+[dead_letters]
+path = "{tmp_path / "dead.jsonl"}"
+""")
+    return path
+
+
+def json_line(i: int, service: str = "checkout", level: str = "info") -> str:
+    return json.dumps(
+        {
+            "timestamp": f"{T0}{i % 60:02d}.{i % 1000:03d}Z",
+            "level": level,
+            "service": service,
+            "message": f"request {i}",
+            "seq": i,
+        }
+    )
+
+
+def es_count(index: str) -> int:
+    resp = http.request("GET", f"{ES_URL}/{index}/_count?ignore_unavailable=true&allow_no_indices=true")
+    return int(json.loads(resp.data).get("count", 0)) if resp.status == 200 else 0
+
+
+def wait_for_docs(index: str, expected: int, timeout: float = 60.0) -> list[dict]:
+    """The documents of ``index`` once at least ``expected`` are searchable (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    while es_count(index) < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return es_docs(index)
+
+
+def append(path: Path, lines: list[str]) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("".join(line + "\n" for line in lines))
+
+
+@pytest.mark.parametrize("mode", ["rename", "copytruncate"])
+def test_rotation_and_a_kill_mid_file_keep_every_line_exactly_once(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str, mode: str
+) -> None:
+    """Lines keep coming while fleetwatch is killed (kill -9) mid-file and the file is rotated; in the end
+    Elasticsearch holds exactly the lines written, once each, under deterministic ids."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    app, rotated = logs / "app.log", logs / "app.log.1"  # the rotated name does not match the glob
+    inputs = f"""
+[[logs.files]]
+name = "app"
+paths = ["{logs}/*.log"]
+parser = {{ kind = "json" }}
+poll_interval = "50ms"
+"""
+    config = write_config(tmp_path, unique, influx_db, inputs)
+    written = [json_line(i) for i in range(6000)]
+    append(app, written[:2000])
+    pipeline = Pipeline(config)
+    pipeline.wait_for("log_events", 500)
+    append(app, written[2000:3000])
+    pipeline.kill()
+    if mode == "rename":
+        # logrotate `create` while fleetwatch is down: the file moves away, the service still writes a few
+        # lines to it (its open descriptor), then reopens the new file.
+        app.rename(rotated)
+        app.touch()
+        append(rotated, written[3000:3500])
+        append(app, written[3500:4000])
+        pipeline = Pipeline(config)
+    else:
+        # copytruncate copies what the file holds and truncates it in place; what fleetwatch has not read
+        # by then exists only in the copy, so fleetwatch is restarted first and catches up.
+        pipeline = Pipeline(config)
+        wait_for_docs(f"{unique}-logs*", 3000)
+        rotated.write_bytes(app.read_bytes())
+        with open(app, "r+b") as fh:
+            fh.truncate(0)
+        append(app, written[3000:3100])
+        time.sleep(0.5)
+        append(app, written[3100:4000])
+    append(app, written[4000:5000])
+    pipeline.kill()
+    pipeline = Pipeline(config)
+    append(app, written[5000:])
+    docs = wait_for_docs(f"{unique}-logs*", len(written))
+    pipeline.stop()
+    assert sorted(d["fields"]["seq"] for d in docs) == list(range(len(written)))
+    assert len({d["_id"] for d in docs}) == len(written)
+    assert {d["log"]["file"]["path"] for d in docs} <= {str(app), str(rotated)}
+    assert es_docs(f"{unique}-dead-letters*") == []
+
+
+def test_parsers_multiline_and_log_rates(tmp_path: Path, unique: str, influx_db: str, es_index: str) -> None:
+    """Every parser on its own file, malformed lines among them, a multiline stack trace, and the log
+    rates per service and level in Elasticsearch and InfluxDB."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    files = {
+        "json": [json_line(1, "api", "WARN"), json_line(2, "api", "error"), '{"broken json', json_line(3, "api", "4")],
+        "logfmt": [
+            f'ts={T0}05Z level=info service=billing msg="charged card" amount=12.5',
+            f"ts={T0}06Z level=err service=billing msg=declined",
+            'level=info msg="unterminated',
+        ],
+        "nginx": [
+            '10.0.0.1 - alice [01/Jan/2026:00:00:07 +0000] "GET /cart?id=1 HTTP/1.1" 200 512 "-" "curl/8.0"',
+            '10.0.0.2 - - [01/Jan/2026:00:00:08 +0000] "POST /pay HTTP/1.1" 503 0 "https://shop/" "Mozilla/5.0"',
+            "not an access log line",
+        ],
+        "regex": [f"{T0}09Z [ERROR] worker-3 queue full", "garbage"],
+        "java": [
+            f"{T0}01Z ERROR Unhandled exception",
+            "java.lang.IllegalStateException: boom",
+            "\tat com.shop.Cart.add(Cart.java:42)",
+            "\tat com.shop.Api.handle(Api.java:7)",
+            f"{T0}02Z INFO recovered",
+        ],
+    }
+    for name, lines in files.items():
+        append(logs / f"{name}.log", lines)
+    inputs = f"""
+[[logs.files]]
+name = "json"
+paths = ["{logs}/json.log"]
+parser = {{ kind = "json" }}
+[[logs.files]]
+name = "logfmt"
+paths = ["{logs}/logfmt.log"]
+parser = {{ kind = "logfmt", timestamp_field = "ts", message_field = "msg" }}
+[[logs.files]]
+name = "nginx"
+paths = ["{logs}/nginx.log"]
+service = "shop-nginx"
+parser = {{ kind = "combined" }}
+[[logs.files]]
+name = "regex"
+paths = ["{logs}/regex.log"]
+service = "worker"
+parser = {{ kind = "regex", pattern = '^(?P<timestamp>\\S+) \\[(?P<level>\\w+)\\] (?P<thread>\\S+) (?P<message>.*)$' }}
+[[logs.files]]
+name = "java"
+paths = ["{logs}/java.log"]
+service = "cart"
+multiline = {{ start_pattern = '^\\d{{4}}-\\d\\d-\\d\\d', flush_timeout = "300ms" }}
+parser = {{ kind = "regex", pattern = '^(?P<timestamp>\\S+) (?P<level>[A-Z]+) (?P<message>(?s:.*))$' }}
+"""
+    config = write_config(tmp_path, unique, influx_db, inputs)
+    pipeline = Pipeline(config)
+    expected_docs = 4 + 3 + 3 + 2 + 2
+    docs = wait_for_docs(f"{unique}-logs*", expected_docs)
+    # A service's 10 s window closes when its clock passes the end plus the lateness: the newest event time
+    # advanced by wall time while the service is quiet, so within ~10 s here.
+    deadline = time.monotonic() + 30
+    rates = es_docs(f"{unique}-log-rates*")
+    while not {"api", "billing"} <= {r["service"]["name"] for r in rates} and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rates = es_docs(f"{unique}-log-rates*")
+    pipeline.stop()
+    assert len(docs) == expected_docs
+    by_message = {d["message"]: d for d in docs}
+
+    api_levels = sorted(d["log"]["level"] for d in docs if d["service"]["name"] == "api")
+    assert api_levels == ["error", "warn", "warn"]
+    broken = by_message['{"broken json']
+    assert "parse_failure" in broken["tags"] and broken["service"]["name"] == "json"
+
+    charged = by_message["charged card"]
+    assert charged["@timestamp"].startswith("2026-01-01T00:00:05")
+    assert (charged["service"]["name"], charged["log"]["level"], charged["fields"]["amount"]) == (
+        "billing",
+        "info",
+        "12.5",
+    )
+    assert "parse_failure" in by_message['level=info msg="unterminated']["tags"]
+
+    get = next(d for d in docs if d["service"]["name"] == "shop-nginx" and "GET" in d["message"])
+    assert get["http"]["request"]["method"] == "GET" and get["http"]["response"]["status_code"] == 200
+    assert get["url"]["original"] == "/cart?id=1" and get["user_agent"]["original"] == "curl/8.0"
+    post = next(d for d in docs if d["service"]["name"] == "shop-nginx" and "POST" in d["message"])
+    assert post["log"]["level"] == "error"
+    assert "parse_failure" in by_message["not an access log line"]["tags"]
+
+    queue = by_message["queue full"]
+    assert (queue["log"]["level"], queue["fields"]["thread"], queue["host"]["name"]) == (
+        "error",
+        "worker-3",
+        "testhost",
+    )
+    assert "parse_failure" in by_message["garbage"]["tags"]
+
+    trace = next(d for d in docs if d["service"]["name"] == "cart" and d["log"]["level"] == "error")
+    assert trace["message"].splitlines() == [
+        "Unhandled exception",
+        "java.lang.IllegalStateException: boom",
+        "\tat com.shop.Cart.add(Cart.java:42)",
+        "\tat com.shop.Api.handle(Api.java:7)",
+    ]
+    assert "multiline" in trace["tags"]
+
+    # Log rates: per service and 10 s window, counts by level and the error rate.
+    es_rates = {(r["service"]["name"], r["@timestamp"][:19]): r for r in rates}
+    api = es_rates[("api", "2026-01-01T00:00:00")]
+    assert (api["count"], api["errors"], api["levels"]) == (3, 1, {"warn": 2, "error": 1})
+    assert api["error_rate"] == pytest.approx(1 / 3)
+    influx = influx_rows(influx_db, 'SELECT "count", "errors", "warn" FROM "log_rates" WHERE "service" = \'api\'')
+    assert [(r["count"], r["errors"], r["warn"]) for r in influx] == [(3, 1, 2)]
+    billing = es_rates[("billing", "2026-01-01T00:00:00")]
+    assert (billing["count"], billing["errors"], billing["levels"]) == (2, 1, {"info": 1, "error": 1})
+
+
+def test_syslog_over_udp_and_tcp(tmp_path: Path, unique: str, influx_db: str, es_index: str) -> None:
+    udp_port, tcp_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
+    inputs = f"""
+[[logs.syslog]]
+name = "syslog-udp"
+protocol = "udp"
+listen = "127.0.0.1:{udp_port}"
+[[logs.syslog]]
+name = "syslog-tcp"
+protocol = "tcp"
+listen = "127.0.0.1:{tcp_port}"
+"""
+    pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs))
+    rfc5424 = "<165>1 2026-01-01T00:00:03.5Z web1 nginx 42 ID47 - upstream timed out"
+    rfc3164 = "<11>Jan  1 00:00:04 db1 postgres[77]: could not connect"
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.sendto(rfc5424.encode(), ("127.0.0.1", udp_port))
+        udp.sendto(rfc3164.encode(), ("127.0.0.1", udp_port))
+    with socket.create_connection(("127.0.0.1", tcp_port)) as tcp:
+        framed = f"{len(rfc5424.encode())} {rfc5424}".encode() + (rfc3164 + "\n").encode()
+        tcp.sendall(framed)
+    docs = wait_for_docs(f"{unique}-logs*", 4, timeout=30)
+    pipeline.stop()
+    assert len(docs) == 4
+    by_host: dict[str, list[dict]] = {}
+    for d in docs:
+        by_host.setdefault(d["host"]["name"], []).append(d)
+    assert sorted(by_host) == ["db1", "web1"]
+    assert all(d["message"] == "upstream timed out" and d["service"]["name"] == "nginx" for d in by_host["web1"])
+    assert all(d["log"]["level"] == "notice" for d in by_host["web1"])
+    assert all(d["message"] == "could not connect" and d["log"]["level"] == "error" for d in by_host["db1"])
+    assert all(d["process"]["pid"] == 77 for d in by_host["db1"])
+    assert sorted(d["@timestamp"][:21] for d in by_host["web1"]) == ["2026-01-01T00:00:03.5"] * 2
+
+
+def test_mapping_conflict_ends_in_the_dead_letter_index(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    first = json.dumps({"timestamp": f"{T0}01Z", "message": "fast", "duration_ms": 12})
+    conflict = json.dumps({"timestamp": f"{T0}02Z", "message": "slow", "duration_ms": "very slow"})
+    append(logs / "app.log", [first])
+    inputs = f"""
+[[logs.files]]
+name = "app"
+paths = ["{logs}/*.log"]
+parser = {{ kind = "json" }}
+"""
+    pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs))
+    # The first document maps fields.duration_ms as a number; the second cannot be stored in that index.
+    wait_for_docs(f"{unique}-logs*", 1)
+    append(logs / "app.log", [conflict])
+    dead = wait_for_docs(f"{unique}-dead-letters*", 1)
+    pipeline.wait_for("es_rejected", 1)
+    pipeline.stop()
+    assert [d["message"] for d in es_docs(f"{unique}-logs*")] == ["fast"]
+    assert len(dead) == 1 and dead[0]["reason"] == "mapping_conflict"
+    assert dead[0]["source"].startswith(f"elasticsearch:{unique}-logs-")
+    assert "duration_ms" in dead[0]["detail"]
+    assert json.loads(dead[0]["raw"])["fields"]["duration_ms"] == "very slow"
+
+
+def test_elasticsearch_outage_of_30s_under_load_loses_nothing(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    app = logs / "app.log"
+    inputs = f"""
+[[logs.files]]
+name = "app"
+paths = ["{logs}/*.log"]
+parser = {{ kind = "json" }}
+"""
+    extra = 'buffer_max_docs = 2000\nretry_max_delay = "2s"'
+    pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs, extra))
+    stack = str(REPO / "scripts" / "stack.sh")
+    sent = 0
+    subprocess.run([stack, "down", "elasticsearch"], check=True, capture_output=True)
+    try:
+        start = time.monotonic()
+        while time.monotonic() - start < 30:
+            append(app, [json_line(sent + i) for i in range(200)])
+            sent += 200
+            time.sleep(0.1)
+        during = pipeline.counters()
+        assert during.get("es_retries", 0) > 0
+    finally:
+        subprocess.run([stack, "up", "elasticsearch"], check=True, capture_output=True)
+    append(app, [json_line(sent + i) for i in range(200)])
+    sent += 200
+    docs = wait_for_docs(f"{unique}-logs*", sent, timeout=120)
+    pipeline.stop()
+    assert sorted(d["fields"]["seq"] for d in docs) == list(range(sent))
+    assert os.path.getsize(app) > 0
+
+
+def _free_port(kind: socket.SocketKind) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

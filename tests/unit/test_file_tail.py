@@ -1,0 +1,367 @@
+"""collectors/logs/tail: real files in tmp_path, the partition driven directly as Bytewax would drive it
+(build_part, next_batch, snapshot, close, build_part from the snapshot)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import time
+import tracemalloc
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from collectors.logs.tail import MAX_BATCH_LINES, FileTailPartition, FileTailSource, TailState, doc_id
+from fleetwatch.config import FileInputConfig
+from fleetwatch.record import LogLine
+
+STACK_START = r"^\d{4}-\d{2}-\d{2} "
+
+
+def config(paths: list[Path], **kwargs: Any) -> FileInputConfig:
+    return FileInputConfig(name="app", paths=[str(p) for p in paths], poll_interval=0.01, **kwargs)
+
+
+def build(cfg: FileInputConfig, state: TailState | None = None) -> FileTailPartition:
+    source = FileTailSource([cfg], host_name="h1", rotate_wait=0.03)
+    assert source.list_parts() == ["app"]
+    return source.build_part("tail", "app", state)
+
+
+def batch(part: FileTailPartition) -> list[LogLine]:
+    out: list[LogLine] = []
+    for lines in part.next_batch():
+        out += lines
+    return out
+
+
+def drain(part: FileTailPartition, quiet: float = 0.08) -> list[LogLine]:
+    """Everything the partition emits until it has been quiet for ``quiet`` seconds, sleeping as
+    ``next_awake`` asks (a worker would)."""
+    out: list[LogLine] = []
+    last = time.monotonic()
+    deadline = last + 5
+    while time.monotonic() < deadline:
+        got = batch(part)
+        now = time.monotonic()
+        if got:
+            out += got
+            last = now
+        elif now - last >= quiet:
+            return out
+        wake = part.next_awake()
+        if wake is not None:
+            time.sleep(min(max((wake - datetime.now(UTC)).total_seconds(), 0.0), 0.02))
+    raise AssertionError("the partition never went quiet")
+
+
+def write(path: Path, data: str | bytes, mode: str = "ab") -> None:
+    with path.open(mode) as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def lines(prefix: str, start: int, stop: int) -> list[str]:
+    return [f"{prefix} {i:05d}" for i in range(start, stop)]
+
+
+def text(items: list[str]) -> str:
+    return "".join(f"{item}\n" for item in items)
+
+
+def by_id(events: list[LogLine]) -> dict[str, str]:
+    """doc_id -> text over all events; an id seen twice must carry the same text."""
+    seen: dict[str, str] = {}
+    for event in events:
+        assert seen.setdefault(event.doc_id, event.text) == event.text, event
+    return seen
+
+
+def test_reads_from_start_in_capped_batches_then_follows_the_file(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    expected = lines("line", 0, 5000)
+    # One CRLF line: the "\r" is not part of the text.
+    write(log, text(expected[:10]).replace("\n", "\r\n", 1) + text(expected[10:]))
+    part = build(config([tmp_path / "*.log"]))
+    first = batch(part)
+    assert 0 < len(first) <= MAX_BATCH_LINES
+    events = first + drain(part)
+    assert [e.text for e in events] == expected
+    assert len({e.doc_id for e in events}) == len(expected)
+    assert {(e.input_name, e.source, e.flags) for e in events} == {("app", f"file:{log}", ())}
+    # Idle: the worker is told to come back at the next poll, not to spin.
+    wake = part.next_awake()
+    assert wake is not None and wake.tzinfo is not None
+    assert 0 <= (wake - datetime.now(UTC)).total_seconds() <= 0.02
+
+    write(log, text(["appended"]))
+    assert [e.text for e in drain(part)] == ["appended"]
+    part.close()
+
+
+def test_read_from_end_skips_existing_lines_but_not_new_files(tmp_path: Path) -> None:
+    old = tmp_path / "old.log"
+    write(old, text(lines("old", 0, 10)))
+    part = build(config([tmp_path / "*.log"], read_from="end"))
+    assert drain(part) == []
+    write(old, text(["old new"]))
+    # A file that appears while running is read from its start.
+    write(tmp_path / "later.log", text(["later 1", "later 2"]))
+    events = drain(part)
+    assert sorted((e.source.rsplit("/", 1)[1], e.text) for e in events) == [
+        ("later.log", "later 1"),
+        ("later.log", "later 2"),
+        ("old.log", "old new"),
+    ]
+    state = part.snapshot()
+    part.close()
+
+    # After a restart with state, a file that appeared meanwhile is read from its start too.
+    write(tmp_path / "meanwhile.log", text(["m 1", "m 2"]))
+    write(old, text(["old after restart"]))
+    part = build(config([tmp_path / "*.log"], read_from="end"), state)
+    assert sorted(e.text for e in drain(part)) == ["m 1", "m 2", "old after restart"]
+    part.close()
+
+
+def test_rename_rotation_with_a_restart_mid_file_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    cfg = config([log])  # the glob does not match app.log.1
+    write(log, text(lines("a", 0, 3000)))
+    part = build(cfg)
+    first = batch(part)
+    state = pickle.loads(pickle.dumps(part.snapshot()))  # mid-file: one capped batch read; Bytewax pickles it
+    assert len(first) < 3000
+    write(log, text(lines("a", 3000, 3100)))
+    run1 = first + drain(part)
+    assert [e.text for e in run1] == lines("a", 0, 3100)
+    part.close()  # a crash: what was read after the snapshot is read again
+
+    # logrotate "create": rename, the writer finishes a few lines in the old file, then a new file.
+    os.rename(log, tmp_path / "app.log.1")
+    write(tmp_path / "app.log.1", text(lines("a", 3100, 3150)))
+    write(log, text(lines("a", 3150, 3300)))
+    part = build(cfg, state)
+    run2 = drain(part)
+    ids = by_id(run1 + run2)
+    assert sorted(ids.values()) == lines("a", 0, 3300)
+    assert len(ids) == 3300
+    # The replayed lines keep their ids.
+    replayed = {e.text: e.doc_id for e in run1[len(first) :]}
+    assert {e.text: e.doc_id for e in run2 if e.text in replayed} == replayed
+    assert {e.source for e in run2} == {f"file:{tmp_path}/app.log.1", f"file:{log}"}
+    # The rotated file, read to its end and quiet, is forgotten.
+    assert [(f.path, f.offset) for f in part.snapshot().files] == [(str(log), log.stat().st_size)]
+    part.close()
+
+
+def test_rotation_while_running_with_the_same_first_line_and_a_partial_last_line(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    part = build(config([log]))
+    write(log, text(["=== started ===", "one", "two"]))
+    before = drain(part)
+    write(log, "last words without newline")
+    os.rename(log, tmp_path / "app.log.1")
+    write(log, text(["=== started ===", "three"]))
+    after = drain(part)
+    # The partial last line of the rotated file is emitted once that file is finished.
+    assert sorted(e.text for e in after) == ["=== started ===", "last words without newline", "three"]
+    # Same first line, same offsets, different files: different ids.
+    assert len({e.doc_id for e in before + after}) == 6
+    assert [f.path for f in part.snapshot().files] == [str(log)]
+    part.close()
+
+
+def test_copytruncate_with_a_restart_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    cfg = config([log])
+    write(log, text(lines("b", 0, 100)))
+    part = build(cfg)
+    run1 = drain(part)
+    state = part.snapshot()
+    write(log, text(lines("b", 100, 150)))
+    run1 += drain(part)
+    shutil.copyfile(log, tmp_path / "app.log.1")
+    os.truncate(log, 0)
+    write(log, text(lines("b", 150, 170)))
+    run1 += drain(part)
+    assert [e.text for e in run1] == lines("b", 0, 170)
+    # Offset 0 again, but a new generation: the new first line does not take the old one's id.
+    assert len({e.doc_id for e in run1}) == 170
+    part.close()
+
+    part = build(cfg, state)  # the snapshot is from before the truncation
+    run2 = drain(part)
+    assert [e.text for e in run2] == lines("b", 150, 170)
+    ids = by_id(run1 + run2)
+    assert sorted(ids.values()) == lines("b", 0, 170)
+    # Truncated and rewritten past the old position between two polls: noticed by the first line.
+    with log.open("r+b") as f:
+        f.truncate(0)
+        f.write(text(lines("c", 0, 200)).encode())
+    run3 = drain(part)
+    assert [e.text for e in run3] == lines("c", 0, 200)
+    assert not {e.doc_id for e in run3} & set(ids)
+    part.close()
+
+
+def test_content_replaced_in_place_while_not_running_is_read_again(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, text(lines("old", 0, 10)))
+    part = build(config([log]))
+    old_ids = {e.doc_id for e in drain(part)}
+    state = part.snapshot()
+    part.close()
+    with log.open("r+b") as f:  # same inode, longer than the saved offset, another first line
+        f.write(text(lines("new", 0, 30)).encode())
+    part = build(config([log]), state)
+    events = drain(part)
+    assert [e.text for e in events] == lines("new", 0, 30)
+    assert not {e.doc_id for e in events} & old_ids
+    part.close()
+
+
+PYTHON_TRACE = [
+    "2024-05-01 10:00:01 ERROR request failed",
+    "Traceback (most recent call last):",
+    '  File "app.py", line 3, in <module>',
+    "    main()",
+    "ValueError: bad input",
+]
+JAVA_TRACE = [
+    "2024-05-01 10:00:02 ERROR java failure",
+    "java.lang.IllegalStateException: boom",
+    "\tat com.example.App.run(App.java:10)",
+    "\tat com.example.App.main(App.java:5)",
+    "Caused by: java.io.IOException: disk full",
+    "\t... 2 more",
+]
+
+
+def test_multiline_groups_stack_traces_and_flushes_the_last_event_after_the_timeout(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    cfg = config([log], multiline={"start_pattern": STACK_START, "flush_timeout": 0.2})
+    write(log, text(["2024-05-01 10:00:00 INFO starting", *PYTHON_TRACE, *JAVA_TRACE, "2024-05-01 10:00:03 INFO done"]))
+    part = build(cfg)
+    events = batch(part)
+    assert [(e.text, e.flags) for e in events] == [
+        ("2024-05-01 10:00:00 INFO starting", ()),
+        ("\n".join(PYTHON_TRACE), ("multiline",)),
+        ("\n".join(JAVA_TRACE), ("multiline",)),
+    ]
+    # The last event may still get continuation lines: held until the flush timeout.
+    wake = part.next_awake()
+    assert wake is not None and (wake - datetime.now(UTC)).total_seconds() <= 0.2
+    assert drain(part, quiet=0.1) == []
+    assert [(e.text, e.flags) for e in drain(part, quiet=0.3)] == [("2024-05-01 10:00:03 INFO done", ())]
+    part.close()
+
+
+def test_restart_while_a_multiline_event_is_pending_reemits_it_whole_with_the_same_id(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    cfg = config([log], multiline={"start_pattern": STACK_START, "flush_timeout": 0.2})
+    write(log, text(["2024-05-01 09:59:59 INFO before", *PYTHON_TRACE]))
+    part = build(cfg)
+    assert [e.text for e in batch(part)] == ["2024-05-01 09:59:59 INFO before"]
+    state = part.snapshot()  # the trace is pending
+    first = drain(part, quiet=0.3)
+    assert [e.text for e in first] == ["\n".join(PYTHON_TRACE)]
+    part.close()
+
+    part = build(cfg, state)
+    write(log, text(["2024-05-01 10:00:05 INFO after"]))
+    again = drain(part, quiet=0.3)
+    assert [(e.text, e.doc_id) for e in again[:1]] == [(first[0].text, first[0].doc_id)]
+    # The id is that of the event's first byte, in this file's generation.
+    (entry,) = state.files
+    assert entry.offset == len("2024-05-01 09:59:59 INFO before\n")  # the pending event's start
+    assert first[0].doc_id == doc_id(entry.fingerprint, entry.generation, entry.offset)
+    assert [e.text for e in again[1:]] == ["2024-05-01 10:00:05 INFO after"]
+    part.close()
+
+
+def test_long_events_are_truncated_on_a_character_boundary_and_the_rest_skipped(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, text(["é" * 1000, "short"]))
+    # A line still being written is cut as soon as it passes the limit; its rest never becomes an event.
+    write(log, "x" * 1000)
+    part = build(config([log], max_event_bytes=256))
+    events = drain(part)
+    assert [(len(e.text.encode()), e.flags) for e in events] == [(256, ("truncated",)), (5, ()), (256, ("truncated",))]
+    assert events[0].text == "é" * 128 and events[1].text == "short"
+    write(log, "x" * 500 + "\nnext\n")
+    assert [e.text for e in drain(part)] == ["next"]
+    part.close()
+
+
+def test_an_enormous_line_is_not_held_in_memory(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, b"y" * 20_000_000 + b"\nafter\n")
+    part = build(config([log], max_event_bytes=1024))
+    tracemalloc.start()
+    try:
+        events = drain(part)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert [(len(e.text), e.flags) for e in events] == [(1024, ("truncated",)), (5, ())]
+    assert peak < 2_000_000
+    part.close()
+
+
+def test_multiline_events_are_truncated_and_their_further_lines_dropped(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    trace = ["2024-05-01 10:00:00 ERROR big", *(f"\tat frame{i:03d}" for i in range(100)), "2024-05-01 10:00:01 next"]
+    write(log, text(trace))
+    part = build(config([log], max_event_bytes=256, multiline={"start_pattern": STACK_START, "flush_timeout": 0.1}))
+    events = drain(part, quiet=0.2)
+    assert [e.flags for e in events] == [("truncated", "multiline"), ()]
+    assert "\n".join(trace[:-1]).startswith(events[0].text) and len(events[0].text.encode()) <= 256
+    assert events[1].text == trace[-1]
+    part.close()
+
+
+def test_invalid_utf8_is_replaced_and_flagged(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, b"caf\xe9 latin-1\nfine \xc3\xa9\n")
+    part = build(config([log]))
+    assert [(e.text, e.flags) for e in drain(part)] == [("caf\ufffd latin-1", ("invalid_utf8",)), ("fine é", ())]
+    part.close()
+
+
+def test_a_partial_line_waits_for_its_newline_across_a_restart(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, "first\nsecond, half")
+    part = build(config([log]))
+    assert [e.text for e in drain(part, quiet=0.2)] == ["first"]
+    state = part.snapshot()
+    assert [f.offset for f in state.files] == [len("first\n")]
+    write(log, " written")
+    assert drain(part) == []
+    part.close()
+
+    part = build(config([log]), state)
+    write(log, " and done\n")
+    events = drain(part)
+    assert [e.text for e in events] == ["second, half written and done"]
+    assert events[0].doc_id == doc_id(state.files[0].fingerprint, 0, len("first\n"))
+    part.close()
+
+
+def test_ids_do_not_depend_on_how_the_first_line_was_written(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    write(log, text(lines("old", 0, 50)))
+    part = build(config([log]))
+    drain(part)
+    state = part.snapshot()
+    os.truncate(log, 0)  # copytruncate; the new first line arrives in two writes
+    write(log, "new fir")
+    assert drain(part) == []
+    write(log, text(["st line", "next"]))
+    run1 = drain(part)
+    assert [e.text for e in run1] == ["new first line", "next"]
+    part.close()
+
+    part = build(config([log]), state)  # from before the truncation: the new content is read again
+    assert [(e.text, e.doc_id) for e in drain(part)] == [(e.text, e.doc_id) for e in run1]
+    part.close()

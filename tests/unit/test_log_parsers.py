@@ -1,0 +1,682 @@
+"""collectors/logs/parsers: every parser kind to ECS documents, levels, timestamps, failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from collectors.logs.parsers import LEVELS, LogParser, normalize_level
+from fleetwatch.config import FileInputConfig, LogParserName, ParserConfig, SyslogInputConfig
+from fleetwatch.record import LogEvent, LogLine
+
+S = 1_000_000_000
+R = 1_767_225_600 * S  # receive time: 2026-01-01T00:00:00Z
+SKEW = 300 * S
+PATH = "/var/log/app.log"
+
+
+def file_parser(
+    kind: LogParserName = "none", *, service: str | None = None, dataset: str | None = None, **parser: Any
+) -> LogParser:
+    cfg = FileInputConfig(
+        name="app", paths=[PATH], parser=ParserConfig(kind=kind, **parser), service=service, dataset=dataset
+    )
+    return LogParser(cfg, "host-1", SKEW)
+
+
+def syslog_parser(*, service: str | None = None, **parser: Any) -> LogParser:
+    cfg = SyslogInputConfig(name="sys", parser=ParserConfig(kind="syslog", **parser), service=service)
+    return LogParser(cfg, "host-1", SKEW)
+
+
+def parse(
+    parser: LogParser,
+    text: str,
+    *,
+    source: str = f"file:{PATH}",
+    received: int = R,
+    flags: tuple[str, ...] = (),
+) -> LogEvent:
+    return parser.parse(LogLine(text, parser.input_name, source, "id-1", received, flags))
+
+
+def failed(event: LogEvent) -> bool:
+    tags = event.doc.get("tags")
+    return isinstance(tags, list) and "parse_failure" in tags
+
+
+def base(message: str, timestamp: str = "2026-01-01T00:00:00.000Z", **more: Any) -> dict[str, Any]:
+    """The document of a file line of input "app" with nothing parsed out of it."""
+    doc: dict[str, Any] = {
+        "@timestamp": timestamp,
+        "message": message,
+        "log": {"file": {"path": PATH}},
+        "service": {"name": "app"},
+        "host": {"name": "host-1"},
+        "event": {"dataset": "app.log"},
+    }
+    doc.update(more)
+    return doc
+
+
+# ------------------------------------------------------------------------------------------- none
+
+
+def test_none_keeps_the_line_as_the_message() -> None:
+    event = parse(file_parser(), "plain text line")
+    assert event == LogEvent("id-1", R, "", "app", base("plain text line"))
+
+
+def test_line_flags_become_tags() -> None:
+    event = parse(file_parser(), "a\nb", flags=("multiline", "truncated"))
+    assert event.doc["tags"] == ["multiline", "truncated"]
+    event = parse(file_parser("json"), "{oops", flags=("invalid_utf8",))
+    assert event.doc["tags"] == ["invalid_utf8", "parse_failure"]
+
+
+# ------------------------------------------------------------------------------------------- json
+
+
+def test_json_line_to_ecs() -> None:
+    text = (
+        '{"timestamp":"2025-12-31T23:59:58.250Z","level":"WARNING","message":"slow request",'
+        '"service":"api","host":"web-7","user":{"id":7},"duration_ms":812.5,"tags_":["a"],"ok":false}'
+    )
+    event = parse(file_parser("json"), text)
+    assert event == LogEvent(
+        "id-1",
+        R - 1_750_000_000,
+        "warn",
+        "api",
+        {
+            "@timestamp": "2025-12-31T23:59:58.250Z",
+            "message": "slow request",
+            "log": {"level": "warn", "file": {"path": PATH}},
+            "service": {"name": "api"},
+            "host": {"name": "web-7"},
+            "event": {"dataset": "app.log"},
+            # JSON types kept, nothing flattened.
+            "fields": {"user": {"id": 7}, "duration_ms": 812.5, "tags_": ["a"], "ok": False},
+        },
+    )
+
+
+def test_json_nested_and_dotted_service_and_host() -> None:
+    text = '{"service":{"name":"billing","version":"2.1"},"host.name":"db-1","message":"x"}'
+    event = parse(file_parser("json"), text)
+    assert (event.service, event.doc["service"], event.doc["host"]) == (
+        "billing",
+        {"name": "billing"},
+        {"name": "db-1"},
+    )
+    assert event.doc["fields"] == {"service": {"version": "2.1"}}
+    event = parse(file_parser("json"), '{"service.name":"auth","message":"x"}')
+    assert event.service == "auth" and "fields" not in event.doc
+
+
+def test_json_configured_field_names() -> None:
+    parser = file_parser("json", timestamp_field="time", level_field="lvl", message_field="msg")
+    event = parse(parser, '{"time":1767225599000,"lvl":50,"msg":"boom","timestamp":"kept"}')
+    assert (event.ts_ns, event.level, event.doc["message"]) == (R - S, "error", "boom")
+    assert event.doc["fields"] == {"timestamp": "kept"}
+
+
+def test_json_message_missing_or_not_a_string() -> None:
+    text = '{"level":"info","n":1}'
+    event = parse(file_parser("json"), text)
+    assert event.doc["message"] == text and event.doc["fields"] == {"n": 1}
+    event = parse(file_parser("json"), '{"message":{"b":1,"a":[2]}}')
+    assert event.doc["message"] == '{"a":[2],"b":1}'
+
+
+def test_json_unknown_level_keeps_the_original_lower_cased() -> None:
+    event = parse(file_parser("json"), '{"level":"LOUD","message":"x"}')
+    assert event.level == "" and event.doc["log"] == {"level": "loud", "file": {"path": PATH}}
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ('{"broken', "invalid JSON"),
+        ("[1, 2]", "not a JSON object"),
+        ('"text"', "not a JSON object"),
+        ("", "not a JSON object"),
+        ('{"a": 1} trailing', "invalid JSON: extra data"),
+        ("plain words", "not a JSON object"),
+        ('{"a": NaN', "invalid JSON"),
+    ],
+)
+def test_malformed_json_is_stored_with_parse_failure(text: str, reason: str) -> None:
+    event = parse(file_parser("json", service="svc", dataset="svc.app"), text)
+    assert event.doc["error"]["message"].startswith(reason)  # type: ignore[index]
+    assert event == LogEvent(
+        "id-1",
+        R,
+        "",
+        "svc",
+        {
+            "@timestamp": "2026-01-01T00:00:00.000Z",
+            "message": text,
+            "log": {"file": {"path": PATH}},
+            "service": {"name": "svc"},
+            "host": {"name": "host-1"},
+            "event": {"dataset": "svc.app"},
+            "tags": ["parse_failure"],
+            "error": {"message": event.doc["error"]["message"]},  # type: ignore[index]
+        },
+    )
+
+
+def test_json_with_surrounding_whitespace() -> None:
+    event = parse(file_parser("json"), '  {"message":"x"}  ')
+    assert event.doc["message"] == "x" and not failed(event)
+
+
+# ------------------------------------------------------------------------------------------- logfmt
+
+
+def test_logfmt_line() -> None:
+    parser = file_parser("logfmt", timestamp_field="ts", message_field="msg")
+    text = 'ts=2025-12-31T23:59:59Z level=err service=billing msg="card \\"declined\\"" amount=12.5 retry empty='
+    event = parse(parser, text)
+    assert event == LogEvent(
+        "id-1",
+        R - S,
+        "error",
+        "billing",
+        base(
+            'card "declined"',
+            "2025-12-31T23:59:59.000Z",
+            log={"level": "error", "file": {"path": PATH}},
+            service={"name": "billing"},
+            # logfmt values are strings; a bare key is a flag.
+            fields={"amount": "12.5", "retry": True, "empty": ""},
+        ),
+    )
+
+
+@pytest.mark.parametrize("text", ["just some words", 'level=info msg="unterminated', "", "=value", 'a="x"b'])
+def test_malformed_logfmt(text: str) -> None:
+    event = parse(file_parser("logfmt"), text)
+    assert failed(event) and event.doc["message"] == text and event.doc["service"] == {"name": "app"}
+
+
+# ------------------------------------------------------------------------------------------- regex
+
+
+def test_regex_named_groups() -> None:
+    parser = file_parser(
+        "regex",
+        service="worker",
+        pattern=r"^(?P<timestamp>\S+) \[(?P<level>\w+)\] (?P<thread>\S+)(?: (?P<opt>\d+))? (?P<message>.*)$",
+    )
+    event = parse(parser, "2025-12-31T23:59:59Z [ERROR] worker-3 queue full")
+    assert event == LogEvent(
+        "id-1",
+        R - S,
+        "error",
+        "worker",
+        base(
+            "queue full",
+            "2025-12-31T23:59:59.000Z",
+            log={"level": "error", "file": {"path": PATH}},
+            service={"name": "worker"},
+            event={"dataset": "worker.log"},
+            fields={"thread": "worker-3"},  # the group that did not take part is left out
+        ),
+    )
+    garbage = parse(parser, "garbage")
+    assert failed(garbage) and garbage.doc["error"] == {"message": "line does not match the pattern"}
+    assert garbage.service == "worker"
+
+
+# ------------------------------------------------------------------------------------------- access logs
+
+COMBINED = (
+    '127.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif?a=1 HTTP/1.0" 200 2326 '
+    '"http://www.example.com/start.html" "Mozilla/4.08 [en] (Win98; I ;Nav)"'
+)
+
+
+def test_combined_access_log() -> None:
+    event = parse(file_parser("combined", service="web"), COMBINED)
+    assert event == LogEvent(
+        "id-1",
+        971_211_336 * S,
+        "info",
+        "web",
+        {
+            "@timestamp": "2000-10-10T20:55:36.000Z",
+            "message": COMBINED,
+            "log": {"level": "info", "file": {"path": PATH}},
+            "service": {"name": "web"},
+            "host": {"name": "host-1"},
+            "event": {"dataset": "web.log"},
+            "http": {
+                "request": {"method": "GET", "referrer": "http://www.example.com/start.html"},
+                "version": "1.0",
+                "response": {"status_code": 200, "body": {"bytes": 2326}},
+            },
+            "user_agent": {"original": "Mozilla/4.08 [en] (Win98; I ;Nav)"},
+            "url": {"original": "/apache_pb.gif?a=1"},
+            "source": {"address": "127.0.0.1"},
+            "user": {"name": "frank"},
+        },
+    )
+
+
+def test_common_access_log_and_levels_from_status() -> None:
+    parser = file_parser("common")
+    line = '10.0.0.2 - - [01/Jan/2026:01:00:00 +0100] "POST /pay HTTP/1.1" {status} -'
+    levels = {status: parse(parser, line.format(status=status)) for status in (200, 302, 404, 503)}
+    assert {s: e.level for s, e in levels.items()} == {200: "info", 302: "info", 404: "warn", 503: "error"}
+    event = levels[503]
+    assert event.ts_ns == R
+    assert event.doc["http"] == {"request": {"method": "POST"}, "version": "1.1", "response": {"status_code": 503}}
+    assert event.doc["source"] == {"address": "10.0.0.2"} and "user" not in event.doc
+    # A combined line read as common: the referrer and user agent are ignored.
+    assert not failed(parse(parser, COMBINED))
+
+
+def test_access_log_odd_request_lines() -> None:
+    parser = file_parser("combined")
+    tls = '1.2.3.4 - - [01/Jan/2026:00:00:00 +0000] "\\x16\\x03\\x01" 400 150 "-" "-"'
+    event = parse(parser, tls)
+    assert event.doc["fields"] == {"request": "\\x16\\x03\\x01"} and "url" not in event.doc
+    assert "user_agent" not in event.doc and event.level == "warn"
+    quoted = '1.2.3.4 - - [01/Jan/2026:00:00:00 +0000] "GET /q?s=\\"x\\" HTTP/1.1" 200 1 "-" "a \\"b\\""'
+    event = parse(parser, quoted)
+    assert event.doc["url"] == {"original": '/q?s="x"'} and event.doc["user_agent"] == {"original": 'a "b"'}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "not an access log line",
+        '127.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.0" 200 2326',  # combined without its fields
+        '127.0.0.1 - - 10/Oct/2000:13:55:36 "GET / HTTP/1.0" 200 1 "-" "-"',
+    ],
+)
+def test_malformed_access_log(text: str) -> None:
+    event = parse(file_parser("combined"), text)
+    assert failed(event) and event.doc["error"] == {"message": "not a combined access log line"}
+
+
+def test_access_log_bad_timestamp() -> None:
+    event = parse(file_parser("common"), '1.2.3.4 - - [99/Foo/2000:13:55:36 -0700] "GET / HTTP/1.0" 200 1')
+    assert event.ts_ns == R and event.doc["tags"] == ["timestamp_invalid"]
+    assert event.doc["fields"] == {"timestamp": "99/Foo/2000:13:55:36 -0700"}
+
+
+# ------------------------------------------------------------------------------------------- syslog
+
+
+def test_rfc5424_to_ecs() -> None:
+    text = "<34>1 2025-12-31T22:14:15.003Z mymachine.example.com su - ID47 - \ufeff'su root' failed on /dev/pts/8"
+    event = parse(syslog_parser(), text, source="syslog:udp:10.0.0.9")
+    assert event == LogEvent(
+        "id-1",
+        R - (1 * 3600 + 45 * 60 + 44) * S - 997_000_000,
+        "critical",
+        "su",
+        {
+            "@timestamp": "2025-12-31T22:14:15.003Z",
+            "message": "'su root' failed on /dev/pts/8",
+            "log": {
+                "level": "critical",
+                "syslog": {
+                    "priority": 34,
+                    "facility": {"code": 4, "name": "auth"},
+                    "severity": {"code": 2, "name": "Critical"},
+                    "version": "1",
+                    "msgid": "ID47",
+                },
+            },
+            "service": {"name": "su"},
+            "host": {"name": "mymachine.example.com"},
+            "event": {"dataset": "sys.log"},
+            "process": {"name": "su"},
+        },
+    )
+
+
+def test_rfc5424_structured_data_and_procid() -> None:
+    text = (
+        '<165>1 2025-12-31T23:00:00.000001+01:00 host evntslog 8710 - [exampleSDID@32473 iut="3" '
+        'eventSource="Appl\\"ic\\]ation" eventID="1011"][examplePriority@32473 class="high" class="low"] msg'
+    )
+    event = parse(syslog_parser(), text, source="syslog:tcp:10.0.0.9")
+    assert event.ts_ns == R - 7200 * S + 1_000
+    assert event.doc["@timestamp"] == "2025-12-31T22:00:00.000001Z"
+    assert event.doc["process"] == {"name": "evntslog", "pid": 8710}
+    assert event.doc["fields"] == {
+        "sd": {
+            "exampleSDID@32473": {"iut": "3", "eventSource": 'Appl"ic]ation', "eventID": "1011"},
+            "examplePriority@32473": {"class": ["high", "low"]},
+        }
+    }
+    assert (event.level, event.doc["message"]) == ("notice", "msg")
+    assert "msgid" not in event.doc["log"]["syslog"]  # type: ignore[index]
+
+
+def test_rfc5424_all_nil() -> None:
+    event = parse(syslog_parser(service="edge"), "<14>1 - - - - - -", source="syslog:udp:10.0.0.9")
+    assert event.doc == {
+        "@timestamp": "2026-01-01T00:00:00.000Z",
+        "message": "",
+        "log": {
+            "level": "info",
+            "syslog": {
+                "priority": 14,
+                "facility": {"code": 1, "name": "user"},
+                "severity": {"code": 6, "name": "Informational"},
+                "version": "1",
+            },
+        },
+        # No app-name: the input's service; no HOSTNAME: the sender's address.
+        "service": {"name": "edge"},
+        "host": {"name": "10.0.0.9"},
+        "event": {"dataset": "edge.log"},
+    }
+    assert event.ts_ns == R and "tags" not in event.doc  # no timestamp is not an invalid one
+
+
+def test_rfc3164_to_ecs() -> None:
+    text = "<13>Dec 31 23:59:30 mymachine sshd[4242]: Accepted publickey for bob"
+    event = parse(syslog_parser(), text, source="syslog:udp:10.0.0.9")
+    assert event == LogEvent(
+        "id-1",
+        R - 30 * S,
+        "notice",
+        "sshd",
+        {
+            "@timestamp": "2025-12-31T23:59:30.000Z",
+            "message": "Accepted publickey for bob",
+            "log": {
+                "level": "notice",
+                "syslog": {
+                    "priority": 13,
+                    "facility": {"code": 1, "name": "user"},
+                    "severity": {"code": 5, "name": "Notice"},
+                },
+            },
+            "service": {"name": "sshd"},
+            "host": {"name": "mymachine"},
+            "event": {"dataset": "sys.log"},
+            "process": {"name": "sshd", "pid": 4242},
+        },
+    )
+
+
+def test_rfc3164_syslog_file_line_without_pri() -> None:
+    parser = file_parser("syslog")
+    event = parse(parser, "Dec 31 23:59:59 gw-1 kernel: [ 12.5] eth0: link up")
+    assert event == LogEvent(
+        "id-1",
+        R - S,
+        "",
+        "kernel",
+        base(
+            "[ 12.5] eth0: link up",
+            "2025-12-31T23:59:59.000Z",
+            service={"name": "kernel"},
+            host={"name": "gw-1"},
+            process={"name": "kernel"},
+        ),
+    )
+    # rsyslog's file format: an RFC 3339 stamp instead of "Mmm dd hh:mm:ss".
+    event = parse(parser, "2025-12-31T23:59:59.5+00:00 gw-1 app[x1]: hi")
+    assert (event.ts_ns, event.doc["message"], event.doc["fields"]) == (R - S // 2, "hi", {"procid": "x1"})
+
+
+def test_rfc3164_variants() -> None:
+    parser = syslog_parser()
+    peer = "syslog:udp:10.0.0.9"
+    no_host = parse(parser, "<11>Dec 31 23:59:59 postgres[77]: could not connect", source=peer)
+    assert no_host.doc["host"] == {"name": "10.0.0.9"} and no_host.service == "postgres"
+    assert no_host.level == "error"
+    no_tag = parse(parser, "<11>Jan  1 00:00:00 db1 could not connect", source=peer)
+    assert (no_tag.ts_ns, no_tag.doc["host"], no_tag.doc["message"], no_tag.service) == (
+        R,
+        {"name": "db1"},
+        "could not connect",
+        "sys",
+    )
+    pri_only = parse(parser, "<12>free text", source=peer)
+    assert (pri_only.level, pri_only.doc["message"], pri_only.ts_ns) == ("warn", "free text", R)
+    with_year = parse(parser, "<12>Dec 31 2024 23:59:59 host app: x", source=peer)
+    assert with_year.doc["@timestamp"] == "2024-12-31T23:59:59.000Z"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("garbage", "not a syslog message (RFC 5424 or RFC 3164)"),
+        ("<999>1 - - - - - -", "syslog PRI 999 is out of range (0-191)"),
+        ("<192>Oct 11 22:14:15 host app: x", "syslog PRI 192 is out of range (0-191)"),
+        ("", "not a syslog message (RFC 5424 or RFC 3164)"),
+    ],
+)
+def test_malformed_syslog(text: str, reason: str) -> None:
+    event = parse(syslog_parser(), text, source="syslog:tcp:10.0.0.9")
+    assert event.doc == {
+        "@timestamp": "2026-01-01T00:00:00.000Z",
+        "message": text,
+        "service": {"name": "sys"},
+        "host": {"name": "10.0.0.9"},
+        "event": {"dataset": "sys.log"},
+        "tags": ["parse_failure"],
+        "error": {"message": reason},
+    }
+
+
+# ------------------------------------------------------------------------------------------- levels
+
+LEVEL_TABLE = {
+    "trace": ["trace", "TRACE", "trc", "verbose", "V", 10, "10"],
+    "debug": ["debug", "Debug", "dbg", "DBG", "d", 7, "7", 20, "debug3"],
+    "info": ["info", "INFO", "information", "Informational", "I", 6, "6", 30, 30.0, " info "],
+    "notice": ["notice", "NOTICE", 5, "5"],
+    "warn": ["warn", "WARN", "warning", "Warning", "W", "wrn", 4, "4", 40],
+    "error": ["error", "ERROR", "err", "ERR", "E", 3, "3", 50, "severe"],
+    "critical": ["critical", "crit", "CRIT", "fatal", "FATAL", "F", 2, 60],
+    "alert": ["alert", "ALERT", 1],
+    "emergency": ["emergency", "emerg", "EMERG", "panic", "PANIC", 0, "0"],
+}
+
+
+@pytest.mark.parametrize(("expected", "value"), [(lvl, v) for lvl, vs in LEVEL_TABLE.items() for v in vs])
+def test_normalize_level(expected: str, value: object) -> None:
+    assert normalize_level(value) == expected
+
+
+@pytest.mark.parametrize("value", ["loud", "", None, True, 8, 35, 4.5, "warnings", [], {"level": "info"}])
+def test_unknown_levels(value: object) -> None:
+    assert normalize_level(value) == ""
+
+
+def test_levels_cover_the_model() -> None:
+    assert set(LEVEL_TABLE) == set(LEVELS)
+
+
+# ------------------------------------------------------------------------------------------- timestamps
+
+
+@pytest.mark.parametrize(
+    ("value", "expected_ns"),
+    [
+        ("2026-01-01T00:00:00Z", R),
+        ("2026-01-01T01:30:00+01:30", R),
+        ("2025-12-31T19:00:00-05:00", R),
+        ("2026-01-01 00:00:00.5", R + S // 2),  # no zone: parser.timezone (UTC here)
+        ("2026-01-01T00:00:00.123456789Z", R + 123_456_000),
+        ("2026-01-01", R),
+        (1_767_225_600, R),  # seconds
+        (1_767_225_600.25, R + S // 4),
+        (1_767_225_600_000, R),  # ms
+        (1_767_225_600_000_000, R),  # us
+        (R, R),  # ns
+        ("1767225600", R),
+        ("1767225600.123456789", R + 123_456_789),
+        ("1767225600123.5", R + 123_500_000),
+        ("01/Jan/2026:01:00:00 +0100", R),
+    ],
+)
+def test_timestamp_forms(value: object, expected_ns: int) -> None:
+    assert file_parser("json").timestamp_ns(value, R + S) == expected_ns
+
+
+@pytest.mark.parametrize(
+    "value", ["yesterday", "2026-13-01T00:00:00Z", "", True, None, [1], float("nan"), "Feb 30 10:00:00"]
+)
+def test_bad_timestamps(value: object) -> None:
+    assert file_parser("json").timestamp_ns(value, R) is None
+
+
+def test_timestamp_without_zone_uses_the_parser_timezone() -> None:
+    berlin = file_parser("json", timezone="Europe/Berlin")
+    assert berlin.timestamp_ns("2026-01-01T01:00:00", R) == R  # winter: UTC+1
+    assert berlin.timestamp_ns("2026-07-01T02:00:00", R) == berlin.timestamp_ns("2026-07-01T00:00:00Z", R)  # UTC+2
+    assert berlin.timestamp_ns("2026-01-01T00:00:00Z", R) == R  # an explicit zone wins
+    syslog = syslog_parser(timezone="America/New_York")
+    event = parse(syslog, "<14>Dec 31 19:00:00 h app: x", received=R + S)
+    assert event.ts_ns == R
+
+
+def test_timestamp_format() -> None:
+    parser = file_parser(
+        "regex", pattern=r"(?P<timestamp>\S+ \S+) (?P<message>.*)", timestamp_format="%Y/%m/%d %H:%M:%S"
+    )
+    assert parse(parser, "2026/01/01 00:00:00 hello").ts_ns == R
+    # A format with its own zone, and the automatic forms still recognised when the format does not fit.
+    zoned = file_parser("json", timestamp_format="%d.%m.%Y %H:%M %z")
+    assert zoned.timestamp_ns("01.01.2026 02:00 +0200", R) == R
+    assert zoned.timestamp_ns("2026-01-01T00:00:00Z", R) == R
+
+
+def test_rfc3164_year_inference() -> None:
+    parser = syslog_parser()
+
+    def stamp(text: str, received_ns: int) -> str:
+        return str(parse(parser, f"<14>{text} h app: x", received=received_ns).doc["@timestamp"])
+
+    # Same year.
+    assert stamp("Jun 15 12:00:00", R + 200 * 86_400 * S) == "2026-06-15T12:00:00.000Z"
+    # Dec/Jan rollover: a December stamp received just after New Year belongs to the year before.
+    assert stamp("Dec 31 23:59:50", R + 10 * S) == "2025-12-31T23:59:50.000Z"
+    # Up to a day ahead is still this year (and then subject to max_future_skew).
+    assert stamp("Jan  1 00:04:00", R) == "2026-01-01T00:04:00.000Z"
+    # A January stamp received on December 31st from a sender already in the new year: the next year.
+    assert stamp("Jan  1 00:00:10", R - 5 * S) == "2026-01-01T00:00:10.000Z"
+    # Feb 29 exists in neither 2026 nor 2025.
+    event = parse(parser, "<14>Feb 29 10:00:00 h app: x", received=R + 100 * 86_400 * S)
+    assert event.doc["tags"] == ["timestamp_invalid"] and event.doc["fields"] == {"timestamp": "Feb 29 10:00:00"}
+    # A leap year: 2028.
+    leap = R + (2 * 365 + 100) * 86_400 * S
+    assert stamp("Feb 29 10:00:00", leap) == "2028-02-29T10:00:00.000Z"
+
+
+def test_rfc3164_year_in_the_parser_timezone() -> None:
+    # 2026-01-01T00:30Z is still 2025 in New York: "Dec 31 19:00:00" is this (New York) year's.
+    parser = syslog_parser(timezone="America/New_York")
+    event = parse(parser, "<14>Dec 31 19:00:00 h app: x", received=R + 1800 * S)
+    assert event.doc["@timestamp"] == "2026-01-01T00:00:00.000Z"
+
+
+def test_future_timestamps_are_replaced_by_the_receive_time() -> None:
+    parser = file_parser("json")
+    ahead = parse(parser, '{"timestamp":"2026-01-01T00:04:59Z","message":"x"}')
+    assert ahead.ts_ns == R + 299 * S and "tags" not in ahead.doc
+    future = parse(parser, '{"timestamp":"2026-01-01T00:05:01Z","message":"x"}')
+    assert future.ts_ns == R and future.doc["@timestamp"] == "2026-01-01T00:00:00.000Z"
+    assert future.doc["tags"] == ["timestamp_future"]
+    assert future.doc["fields"] == {"timestamp": "2026-01-01T00:05:01Z"}
+    far = parse(parser, '{"timestamp":99999999999999999999999,"message":"x"}')
+    assert far.ts_ns == R and far.doc["tags"] == ["timestamp_invalid"]
+
+
+def test_invalid_timestamp_uses_the_receive_time_and_keeps_the_value() -> None:
+    event = parse(file_parser("logfmt", timestamp_field="ts"), "ts=soon message=x", flags=("truncated",))
+    assert event.ts_ns == R and event.doc["tags"] == ["truncated", "timestamp_invalid"]
+    assert event.doc["fields"] == {"ts": "soon"}
+
+
+def test_timestamp_precision() -> None:
+    parser = file_parser("json")
+    assert parse(parser, '{"timestamp":"2026-01-01T00:00:00.1234Z"}').doc["@timestamp"] == "2026-01-01T00:00:00.123400Z"
+    assert parse(parser, '{"timestamp":"1970-01-01T00:00:00Z"}').doc["@timestamp"] == "1970-01-01T00:00:00.000Z"
+    assert parse(parser, '{"timestamp":"0001-01-01T00:00:00Z"}').doc["@timestamp"] == "0001-01-01T00:00:00.000Z"
+    assert parse(parser, '{"timestamp":-1.5}').doc["@timestamp"] == "1969-12-31T23:59:58.500Z"
+
+
+# ------------------------------------------------------------------------------------------- robustness
+
+
+def test_same_line_gives_the_same_document() -> None:
+    lines: list[tuple[LogParserName, str]] = [
+        ("json", '{"timestamp":"2025-12-31T10:00:00Z","level":"info","message":"m","a":{"b":[1]}}'),
+        ("syslog", '<34>1 2025-12-31T22:14:15.003Z host su - ID47 [a b="c"] m'),
+        ("syslog", "<13>Dec 31 10:00:00 host app[1]: m"),
+        ("combined", COMBINED),
+        ("logfmt", "level=info msg=m"),
+        ("json", "{broken"),
+    ]
+    for kind, text in lines:
+        parser = file_parser(kind)
+        first = parse(parser, text)
+        parse(parser, '{"timestamp":"2020-01-01T00:00:00Z"}')  # fill the caches with something else
+        assert parse(parser, text) == first
+        assert parse(file_parser(kind), text) == first  # a fresh parser (after a restart) too
+
+
+WEIRD = [
+    "",
+    " ",
+    "\x00",
+    "{}",
+    "<>",
+    "<1>",
+    "<1>1",
+    "=",
+    '"',
+    "\\",
+    "a" * 100_000,
+    "{" * 5000,
+    "\ufffd\ufeff",
+    "[[[",
+    "1 2 3",
+]
+
+
+@pytest.mark.parametrize("kind", ["none", "json", "logfmt", "regex", "common", "combined", "syslog"])
+def test_parse_never_raises(kind: LogParserName) -> None:
+    extra = {"pattern": r"^(?P<timestamp>\S+) (?P<level>\S+)"} if kind == "regex" else {}
+    parser = file_parser(kind, **extra)
+    for text in WEIRD:
+        event = parse(parser, text)
+        assert isinstance(event, LogEvent) and event.doc["service"] == {"name": "app"}
+
+
+def test_a_parser_bug_costs_the_line_its_fields_only() -> None:
+    parser = file_parser("json")
+
+    def broken(text: str, received_ns: int) -> Any:
+        raise RuntimeError("bug")
+
+    parser._parse_kind = broken
+    event = parse(parser, '{"message":"x"}')
+    assert failed(event) and event.doc["error"] == {"message": "RuntimeError: bug"}
+
+
+def test_service_and_dataset_rules() -> None:
+    # Input service and dataset given: the dataset is fixed, a parsed service still wins.
+    parser = file_parser("json", service="shop", dataset="shop.web")
+    plain, named = parse(parser, '{"message":"x"}'), parse(parser, '{"message":"x","service":"cart"}')
+    assert (plain.service, named.service) == ("shop", "cart")
+    assert plain.doc["event"] == named.doc["event"] == {"dataset": "shop.web"}
+    # Neither: the input's name.
+    assert parse(file_parser("json"), "{}").doc["event"] == {"dataset": "app.log"}
+    # host_name empty and nothing parsed: no host object.
+    no_host = LogParser(FileInputConfig(name="x", paths=["/x"]), "", SKEW)
+    assert "host" not in parse(no_host, "m").doc
