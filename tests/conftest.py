@@ -85,7 +85,13 @@ def es_docs(index: str, query: dict | None = None, fields: list[str] | None = No
         docs += [{**hit["_source"], "_id": hit["_id"]} for hit in resp["hits"]["hits"]]
         resp = _es_json("POST", "/_search/scroll", {"scroll": "1m", "scroll_id": resp["_scroll_id"]})
     if "_scroll_id" in resp:
-        _es_json("DELETE", "/_search/scroll", {"scroll_id": resp["_scroll_id"]})
+        # 404 when the search found no index to scroll: nothing to free.
+        http.request(
+            "DELETE",
+            f"{ES_URL}/_search/scroll",
+            body=json.dumps({"scroll_id": resp["_scroll_id"]}),
+            headers={"Content-Type": "application/json"},
+        )
     return docs
 
 

@@ -44,6 +44,18 @@ def test_errors_name_every_bad_key_and_what_was_expected(tmp_path: Path) -> None
         ('[influxdb]\napi = "v3"\n', "influxdb.api"),
         ('[mqtt.tls]\ncert_file = "c.pem"\n', "mqtt.tls"),
         ("not toml = = =", "not valid TOML"),
+        ('[elasticsearch]\nhosts = ["localhost:9200"]\n', "elasticsearch.hosts"),
+        ('[elasticsearch]\napi_key = "k"\nusername = "u"\n', "elasticsearch"),
+        ('[elasticsearch]\nindex_prefix = "Fleet Watch"\n', "elasticsearch.index_prefix"),
+        ('[[logs.files]]\nname = "a"\npaths = ["/l/*.log"]\nparser = { kind = "regex" }\n', "logs.files[0].parser"),
+        (
+            '[[logs.files]]\nname = "a"\npaths = ["/l"]\nparser = { kind = "regex", pattern = "(?P<x" }\n',
+            "logs.files[0].parser",
+        ),
+        ('[[logs.files]]\nname = "a"\npaths = ["/l"]\nmultiline = { start_pattern = "[" }\n', "logs.files[0]"),
+        ('[[logs.files]]\nname = "a"\npaths = ["/l"]\n[[logs.syslog]]\nname = "a"\n', "logs"),
+        ('[[logs.syslog]]\nname = "s"\nlisten = "5514"\n', "logs.syslog[0].listen"),
+        ('[[logs.syslog]]\nname = "s"\nparser = { kind = "syslog", timezone = "Mars/Base" }\n', "logs.syslog[0]"),
     ],
 )
 def test_rejects_broken_values(tmp_path: Path, toml: str, key: str) -> None:
@@ -57,11 +69,19 @@ def test_rejects_broken_values(tmp_path: Path, toml: str, key: str) -> None:
 def test_secrets_come_from_the_environment_and_never_print(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text('[mqtt]\nusername = "fw"\npassword = "in-file"\n')
-    cfg = config.load(path, env={"FLEETWATCH_MQTT_PASSWORD": "from-env", "FLEETWATCH_INFLUXDB_TOKEN": "tok"})
+    cfg = config.load(
+        path,
+        env={
+            "FLEETWATCH_MQTT_PASSWORD": "from-env",
+            "FLEETWATCH_INFLUXDB_TOKEN": "tok",
+            "FLEETWATCH_ELASTICSEARCH_API_KEY": "es-key",
+        },
+    )
     assert cfg.mqtt.resolved_password() is not None
     assert cfg.mqtt.resolved_password().get_secret_value() == "from-env"  # type: ignore[union-attr]
     assert cfg.influxdb.resolved_token().get_secret_value() == "tok"  # type: ignore[union-attr]
-    assert "from-env" not in repr(cfg) and "tok'" not in repr(cfg)
+    assert cfg.elasticsearch.resolved_api_key().get_secret_value() == "es-key"  # type: ignore[union-attr]
+    assert "from-env" not in repr(cfg) and "tok'" not in repr(cfg) and "es-key" not in repr(cfg)
 
 
 def test_secrets_come_from_files(tmp_path: Path) -> None:
