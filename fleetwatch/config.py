@@ -318,6 +318,9 @@ class ElasticsearchConfig(Section):
     index_mode: Literal["auto", "data_stream", "daily"] = "auto"
     number_of_replicas: int = Field(default=0, ge=0)
     batch_size: int = Field(default=2000, ge=1, le=50_000)
+    # A batch is split into this many bulk requests sent at once: one request keeps one server write
+    # thread busy.
+    concurrent_requests: int = Field(default=2, ge=1, le=16)
     flush_interval: Duration = timedelta(milliseconds=250)
     timeout: Duration = timedelta(seconds=30)
     retry_max_delay: Duration = timedelta(seconds=30)

@@ -34,6 +34,8 @@ class BoundedBuffer(Generic[T]):
         self._cond = threading.Condition()
         # Set by request_flush(): the current take() returns what there is without waiting for a full batch.
         self._flush_requested = False
+        # The last batch taken, until the writer says it is stored (done()): still pending for a snapshot.
+        self._taken: list[T] = []
         with _registry_lock:
             _buffers.append(self)
 
@@ -69,10 +71,24 @@ class BoundedBuffer(Generic[T]):
             count = min(max_items, len(self._items))
             popleft = self._items.popleft
             out = [popleft() for _ in range(count)]
+            self._taken = out
             if not self._items:
                 self._flush_requested = False
             self._cond.notify_all()
             return out
+
+    def done(self) -> None:
+        """The batch last taken is stored."""
+        with self._cond:
+            self._taken = []
+
+    def pending(self, limit: int) -> list[T] | None:
+        """Everything not yet stored (the batch being written, then the queue), or None if that is more
+        than ``limit`` items."""
+        with self._cond:
+            if len(self._taken) + len(self._items) > limit:
+                return None
+            return [*self._taken, *self._items]
 
     def request_flush(self) -> None:
         with self._cond:

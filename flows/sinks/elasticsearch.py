@@ -6,7 +6,8 @@ stream ``<prefix>-<kind>`` when the server has data streams (``index_mode = "aut
 indices ``<prefix>-<kind>-YYYY.MM.DD`` picked by the record's own time, so a replay lands in the same index.
 
 Exactly once: every record carries a deterministic ``_id`` and is sent with ``op_type: create``. A document
-sent again after a restart is answered 409 and counted as a duplicate, never stored twice.
+sent again after a restart is answered 409 and counted as a duplicate, never stored twice. Documents not
+yet indexed when an epoch ends are part of the sink's snapshot, so a committed epoch loses none.
 
 Failures: documents answered 429 or 5xx, and whole requests that fail to connect, are retried with capped
 backoff until they are stored; the flow waits meanwhile (bounded buffer, backpressure). A document the server
@@ -20,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +39,7 @@ from elasticsearch.helpers import streaming_bulk
 from fleetwatch.config import ElasticsearchConfig
 from fleetwatch.record import DeadLetter, LogEvent, LogRate
 from flows import health
-from flows.sinks.writer import BatchWriterThread, RetryableError, flush_for_epoch, retry_forever
+from flows.sinks.writer import BatchWriterThread, RetryableError, pending_for_epoch, retry_forever
 
 log = logging.getLogger(__name__)
 
@@ -298,13 +301,29 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         self.layout: IndexLayout | None = None
         self.duplicates = 0
         self.rejected = 0
+        self._pool = ThreadPoolExecutor(max(1, cfg.concurrent_requests - 1), thread_name_prefix=name)
+        self._counts_lock = threading.Lock()
         self.start()
 
     def prepare(self) -> None:
         self.layout = prepare_layout(self._es, self.cfg)
 
     def deliver(self, batch: list[Record]) -> None:
-        pending = [to_action(record) for record in batch]
+        actions = [to_action(record) for record in batch]
+        parts = self.cfg.concurrent_requests
+        if parts == 1 or len(actions) < 2 * parts:
+            self._deliver_part(actions)
+            return
+        # One bulk request keeps one of the server's write threads busy; several in flight use its cores.
+        size = -(-len(actions) // parts)
+        chunks = [actions[i : i + size] for i in range(0, len(actions), size)]
+        futures = [self._pool.submit(self._deliver_part, chunk) for chunk in chunks[1:]]
+        self._deliver_part(chunks[0])
+        for future in futures:
+            future.result()
+
+    def _deliver_part(self, actions: list[_Action]) -> None:
+        pending = actions
 
         def attempt() -> None:
             nonlocal pending
@@ -349,19 +368,24 @@ class ElasticWriterThread(BatchWriterThread[Record]):
                 outcomes = [info.popitem()[1] for _ok, info in results]
             except (TransportConnectionError, ConnectionTimeout) as exc:
                 raise RetryableError(f"Elasticsearch unreachable: {exc}") from exc
+            written = duplicates = rejected = 0
             for action, item in zip(queue, outcomes, strict=True):
                 status = item.get("status", 500)
                 if not isinstance(status, int):  # "N/A": the request itself failed
                     status = 503
                 if 200 <= status < 300:
-                    self.written += 1
+                    written += 1
                 elif status == 409:
-                    self.duplicates += 1  # already stored by an earlier attempt or run: exactly once
+                    duplicates += 1  # already stored by an earlier attempt or run: exactly once
                 elif status == 429 or status >= 500:
                     retry.append(action)
                 else:
-                    self.rejected += 1
+                    rejected += 1
                     dead.extend(self._reject(action, item))
+            with self._counts_lock:
+                self.written += written
+                self.duplicates += duplicates
+                self.rejected += rejected
             queue = dead
         return retry
 
@@ -380,6 +404,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         return [to_action(letter)]
 
     def close_target(self) -> None:
+        self._pool.shutdown()
         self._es.close()
 
 
@@ -397,9 +422,16 @@ class ElasticHealthReport:
         stats.es_retries = writer.retries
 
 
-class ElasticsearchSink(FixedPartitionedSink[list[Record], None]):
+# Above this many unindexed documents, a snapshot waits for Elasticsearch instead of holding them.
+SNAPSHOT_MAX_PENDING = 10_000
+
+
+class ElasticsearchSink(FixedPartitionedSink[list[Record], list[Record]]):
     """Bytewax sink of keyed record batches ``(key, list[Record])``, one partition (and writer) per worker.
-    Stateful for its ``snapshot()``: an epoch commits only once its documents are indexed."""
+
+    Stateful, as the InfluxDB sink: a snapshot holds the documents not yet indexed, and a resumed partition
+    sends them again (the server answers 409 for those that made it). Above ``SNAPSHOT_MAX_PENDING`` the
+    snapshot waits for them to be indexed instead."""
 
     def __init__(
         self,
@@ -419,11 +451,15 @@ class ElasticsearchSink(FixedPartitionedSink[list[Record], None]):
     def part_fn(self, item_key: str) -> int:
         return zlib.crc32(item_key.encode())
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ElasticPartition:
-        return _ElasticPartition(self, for_part)
+    def build_part(self, step_id: str, for_part: str, resume_state: list[Record] | None) -> _ElasticPartition:
+        partition = _ElasticPartition(self, for_part)
+        if resume_state:
+            log.info("%s: indexing %d documents left unindexed at the last snapshot", for_part, len(resume_state))
+            partition.write_batch([resume_state])
+        return partition
 
 
-class _ElasticPartition(StatefulSinkPartition[list[Record], None]):
+class _ElasticPartition(StatefulSinkPartition[list[Record], list[Record]]):
     def __init__(self, sink: ElasticsearchSink, name: str) -> None:
         # Built on the worker's thread: these are the counters its operators add to.
         report = ElasticHealthReport(health.counters())
@@ -435,9 +471,8 @@ class _ElasticPartition(StatefulSinkPartition[list[Record], None]):
         for records in items:
             self._writer.put(records)
 
-    def snapshot(self) -> None:
-        flush_for_epoch(self._writer)
-        return None
+    def snapshot(self) -> list[Record]:
+        return pending_for_epoch(self._writer, SNAPSHOT_MAX_PENDING)
 
     def close(self) -> None:
         self._writer.close()

@@ -27,7 +27,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from fleetwatch.config import InfluxDBConfig
 from fleetwatch.record import DeadLetter
 from flows import health
-from flows.sinks.writer import BatchWriterThread, RetryableError, flush_for_epoch
+from flows.sinks.writer import BatchWriterThread, RetryableError, pending_for_epoch
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +227,15 @@ class InfluxWriterThread(BatchWriterThread[str]):
         self._writer.close()
 
 
-class InfluxDBSink(FixedPartitionedSink[list[str], None]):
+class InfluxDBSink(FixedPartitionedSink[list[str], list[str]]):
     """Bytewax sink of keyed line-protocol batches ``(key, list[str])``, one partition (and writer) per
     worker.
 
-    A stateful sink because of its ``snapshot()``: Bytewax calls it when the epoch closes, and it returns
-    only once everything the epoch produced is written. So a committed epoch never has output that is
-    still only in memory: a window closed and forgotten by the window state is already in InfluxDB.
+    Stateful, so that a committed epoch never loses output: its snapshot holds the lines not yet written
+    (usually the last few hundred milliseconds' worth), and a resumed partition writes them again. A
+    window closed and forgotten by the window state is therefore either in InfluxDB or in the snapshot.
+    When more than ``SNAPSHOT_MAX_PENDING`` lines wait (InfluxDB slow or down), the snapshot waits for
+    them to be written instead of copying them.
     """
 
     def __init__(
@@ -254,8 +256,12 @@ class InfluxDBSink(FixedPartitionedSink[list[str], None]):
     def part_fn(self, item_key: str) -> int:
         return zlib.crc32(item_key.encode())
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _InfluxPartition:
-        return _InfluxPartition(self, int(for_part.rsplit("-", 1)[1]))
+    def build_part(self, step_id: str, for_part: str, resume_state: list[str] | None) -> _InfluxPartition:
+        partition = _InfluxPartition(self, int(for_part.rsplit("-", 1)[1]))
+        if resume_state:
+            log.info("%s: writing %d lines left unwritten at the last snapshot", for_part, len(resume_state))
+            partition.write_batch([resume_state])
+        return partition
 
 
 @dataclass
@@ -272,7 +278,11 @@ class HealthReport:
         stats.sink_retries = writer.retries
 
 
-class _InfluxPartition(StatefulSinkPartition[list[str], None]):
+# Above this many unwritten lines, a snapshot waits for InfluxDB instead of holding them.
+SNAPSHOT_MAX_PENDING = 20_000
+
+
+class _InfluxPartition(StatefulSinkPartition[list[str], list[str]]):
     def __init__(self, sink: InfluxDBSink, index: int) -> None:
         # Built on the worker's thread: these are the counters its operators add to.
         report = HealthReport(health.counters())
@@ -284,9 +294,8 @@ class _InfluxPartition(StatefulSinkPartition[list[str], None]):
         for lines in items:
             self._thread.put(lines)
 
-    def snapshot(self) -> None:
-        flush_for_epoch(self._thread)
-        return None
+    def snapshot(self) -> list[str]:
+        return pending_for_epoch(self._thread, SNAPSHOT_MAX_PENDING)
 
     def close(self) -> None:
         self._thread.close()

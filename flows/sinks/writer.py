@@ -5,7 +5,8 @@ thread first prepares the target (creates the database, installs index templates
 store is unreachable, then takes up to ``batch_size`` items, or what arrived within ``flush_interval``,
 and hands them to ``deliver``, which returns only once the batch is stored or dead-lettered: a store
 outage stalls the pipeline, it does not lose data. ``flush`` waits until everything put so far is
-delivered; the Bytewax sinks call it from ``snapshot`` so a committed epoch has no output left in memory.
+delivered. The Bytewax sinks' snapshots hold what is not yet delivered (``pending_for_epoch``), or wait for
+it when that is a lot (``flush_for_epoch``), so a committed epoch never has output only in memory.
 
 Bytewax does not close sinks when a run is interrupted, so every writer registers itself and the runner
 calls ``flush_all_writers`` on the way out.
@@ -144,6 +145,7 @@ class BatchWriterThread(ABC, Generic[T]):
                 self._idle.set()
                 continue
             self._deliver_with_retry(batch)
+            self.buffer.done()
             self._progress()
             if not len(self.buffer):
                 self._idle.set()
@@ -176,6 +178,18 @@ class BatchWriterThread(ABC, Generic[T]):
                 _writers.remove(self)
         self.buffer.close()
         self.close_target()
+
+
+def pending_for_epoch(writer: BatchWriterThread[T], limit: int) -> list[T]:
+    """Called from a sink's ``snapshot``: what the epoch produced and the store does not have yet, to be
+    kept in the snapshot and written again on resume (writes are idempotent). The worker does not wait
+    for the store, so a slow write does not hold up the flow. Above ``limit`` items (the store is slow or
+    down) the snapshot would grow large; then the epoch waits until everything is stored instead."""
+    pending = writer.buffer.pending(limit)
+    if pending is None:
+        flush_for_epoch(writer)
+        return []
+    return pending
 
 
 def flush_for_epoch(writer: BatchWriterThread[Any]) -> None:
