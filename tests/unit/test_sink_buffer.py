@@ -1,0 +1,39 @@
+"""The bounded buffer between the dataflow and a sink's writer thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from flows.sinks.buffer import BoundedBuffer
+
+
+def test_pending_is_the_batch_being_written_then_the_queue_until_it_is_done() -> None:
+    buffer: BoundedBuffer[str] = BoundedBuffer(10)
+    buffer.put(["a", "b", "c"])
+    assert buffer.take(2, wait=0) == ["a", "b"]
+    buffer.put(["d"])
+    # "a" and "b" are taken but not stored yet: a snapshot must still hold them.
+    assert buffer.pending(limit=10) == ["a", "b", "c", "d"]
+    assert buffer.pending(limit=3) is None
+    buffer.done()
+    assert buffer.pending(limit=10) == ["c", "d"]
+    buffer.close()
+
+
+def test_put_blocks_while_full_and_nothing_is_dropped() -> None:
+    buffer: BoundedBuffer[int] = BoundedBuffer(4)
+    done = threading.Event()
+
+    def produce() -> None:
+        buffer.put(list(range(10)))
+        done.set()
+
+    threading.Thread(target=produce, daemon=True).start()
+    time.sleep(0.2)
+    assert not done.is_set() and len(buffer) == 4 and buffer.above_high_water()
+    taken: list[int] = []
+    while len(taken) < 10:
+        taken += buffer.take(3, wait=0.5)
+    assert done.wait(2) and taken == list(range(10))
+    buffer.close()
