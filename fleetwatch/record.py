@@ -145,3 +145,27 @@ class LogRate(NamedTuple):
     def errors(self) -> int:
         """error and worse."""
         return sum(self.by_level.get(level, 0) for level in ("error", "critical", "alert", "emergency"))
+
+
+class AlertTransition(NamedTuple):
+    """A change of state of one alert rule on one series (or a re-notification while firing)."""
+
+    rule: str
+    # The series the rule watched: a readings series key, or "log_rates,service=<name>" for log rates.
+    series: str
+    tags: dict[str, str]
+    # "pending", "firing" or "resolved" (the state entered); "ok" is where a cancelled pending goes.
+    state: str
+    # "warning" or "critical" while pending/firing; the severity that was firing when resolved.
+    severity: str
+    # The value that caused the transition, and the threshold it was compared with.
+    value: float
+    threshold: float | None
+    # Event time (ns) the current episode started (condition first true), and of this transition.
+    started_ns: int
+    at_ns: int
+    summary: str
+    # Deterministic: rule, series, state, severity and times. Notifiers skip ids already sent, so a replay
+    # after a restart does not notify twice.
+    notification_id: str
+    renotify: bool = False
