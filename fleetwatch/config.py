@@ -17,12 +17,9 @@ import tomllib
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     SecretStr,
     ValidationError,
@@ -30,51 +27,11 @@ from pydantic import (
     model_validator,
 )
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
-_DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+from fleetwatch.config_base import Duration, Section, parse_duration, read_secret_file
+from flows.alerts.rules import AlertsConfig
 
-
-def parse_duration(value: Any) -> timedelta:
-    """Parse ``"10s"``, ``"1m30s"``, ``"250ms"``, ``"7d"`` or a number of seconds.
-
-    >>> parse_duration("1m30s")
-    datetime.timedelta(seconds=90)
-    """
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as '10s', '1m' or '250ms'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("expected a duration >= 0")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        pos, total = 0, 0.0
-        for match in _DURATION_PART.finditer(text):
-            if match.start() != pos:
-                break
-            total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-            pos = match.end()
-        if text and pos == len(text):
-            return timedelta(seconds=total)
-    raise ValueError(f"expected a duration such as '10s', '1m' or '250ms' (got {value!r})")
-
-
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _read_secret_file(path: Path | None, key: str) -> SecretStr | None:
-    if path is None:
-        return None
-    try:
-        return SecretStr(path.read_text(encoding="utf-8").strip())
-    except OSError as exc:
-        raise ValueError(f"{key}: cannot read secret file {path}: {exc.strerror}") from exc
+# The base types live in config_base so that section models elsewhere can share them.
+__all__ = ["Config", "ConfigError", "Duration", "Section", "from_dict", "load", "parse_duration"]
 
 
 # ------------------------------------------------------------------------------------------- MQTT
@@ -186,7 +143,7 @@ class MQTTConfig(Section):
         return self
 
     def resolved_password(self) -> SecretStr | None:
-        return _read_secret_file(self.password_file, "mqtt.password_file") or self.password
+        return read_secret_file(self.password_file, "mqtt.password_file") or self.password
 
 
 # ------------------------------------------------------------------------------------------- flow
@@ -292,10 +249,10 @@ class InfluxDBConfig(Section):
         return url.rstrip("/")
 
     def resolved_password(self) -> SecretStr | None:
-        return _read_secret_file(self.password_file, "influxdb.password_file") or self.password
+        return read_secret_file(self.password_file, "influxdb.password_file") or self.password
 
     def resolved_token(self) -> SecretStr | None:
-        return _read_secret_file(self.token_file, "influxdb.token_file") or self.token
+        return read_secret_file(self.token_file, "influxdb.token_file") or self.token
 
 
 class ElasticsearchConfig(Section):
@@ -342,10 +299,10 @@ class ElasticsearchConfig(Section):
         return self
 
     def resolved_api_key(self) -> SecretStr | None:
-        return _read_secret_file(self.api_key_file, "elasticsearch.api_key_file") or self.api_key
+        return read_secret_file(self.api_key_file, "elasticsearch.api_key_file") or self.api_key
 
     def resolved_password(self) -> SecretStr | None:
-        return _read_secret_file(self.password_file, "elasticsearch.password_file") or self.password
+        return read_secret_file(self.password_file, "elasticsearch.password_file") or self.password
 
     def index(self, kind: str) -> str:
         return f"{self.index_prefix}-{kind}"
@@ -513,6 +470,7 @@ class Config(Section):
     elasticsearch: ElasticsearchConfig = ElasticsearchConfig()
     logs: LogsConfig = LogsConfig()
     dead_letters: DeadLetterConfig = DeadLetterConfig()
+    alerts: AlertsConfig = AlertsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
 
 
@@ -572,9 +530,44 @@ def from_dict(data: dict[str, Any], source: str = "config", env: Mapping[str, st
             if isinstance(target, dict):
                 target[key] = env[var]
     try:
-        return Config.model_validate(merged)
+        cfg = Config.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+    problems = alert_rule_problems(cfg)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def alert_rule_problems(cfg: Config) -> list[str]:
+    """Rules from ``alerts.rules_file`` are validated here too, and every rule on a window statistic must
+    name a window and a quantile the pipeline computes."""
+    from flows.alerts.rules import load_rules
+    from flows.schema import quantile_field
+    from flows.windows import duration_label
+
+    try:
+        rules = load_rules(cfg.alerts)
+    except ValueError as exc:
+        return str(exc).splitlines()
+    windows = {duration_label(t) for t in cfg.windows.tumbling}
+    windows |= {f"{duration_label(s.length)}/{duration_label(s.offset)}" for s in cfg.windows.sliding}
+    quantiles = {quantile_field(q) for q in cfg.windows.quantiles}
+    problems = []
+    for rule in rules:
+        if rule.target != "window":
+            continue
+        if rule.window not in windows:
+            problems.append(
+                f"alerts: rule {rule.name!r}: window {rule.window!r} is not computed "
+                f"(windows: {', '.join(sorted(windows)) or 'none'})"
+            )
+        if rule.stat[:1] == "p" and rule.stat[1:2].isdigit() and rule.stat not in quantiles:
+            problems.append(
+                f"alerts: rule {rule.name!r}: stat {rule.stat!r} is not computed "
+                f"(windows.quantiles gives {', '.join(sorted(quantiles)) or 'none'})"
+            )
+    return problems
 
 
 def load(path: Path | str, env: Mapping[str, str] | None = None) -> Config:

@@ -68,7 +68,9 @@ def run_pipeline(
     processes = len(addresses) if addresses else 1
     total_workers = workers * processes
     recovery = prepare_recovery(cfg, max(1, total_workers), process_id)
-    flow = build_flow(cfg, FlowOptions(total_workers=total_workers, recovery=recovery is not None))
+    flow = build_flow(
+        cfg, FlowOptions(total_workers=total_workers, recovery=recovery is not None, process_id=process_id)
+    )
 
     # SIGTERM stops like Ctrl-C, so that sinks are flushed on `docker stop` too.
     def _interrupt(signum: int, frame: FrameType | None) -> None:

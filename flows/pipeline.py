@@ -12,6 +12,13 @@ Logs:
     syslog ──────┘                          └─► by service ──► rate windows ──┬─► log rates ─► Elasticsearch
                                                                              └─► log rates ─► InfluxDB sink
 
+Alerts (when rules are configured):
+
+    readings by shard ───────┐
+    window results by shard ─┼─► observations ──► alert state machines ──┬─► notifiers (log, MQTT, webhooks)
+    log rates by service ────┘   (rules' series)                         ├─► alerts ─► InfluxDB sink
+                                                                         └─► alert history ─► Elasticsearch
+
 The dead-letter store is the Elasticsearch dead-letter index (through the same sink, so dead letters are
 stored before their epoch commits), or the local dead-letter file when Elasticsearch is disabled.
 
@@ -38,8 +45,18 @@ from collectors.mqtt.parse import MessageBatch, MQTTParser, ParsedBatch
 from collectors.mqtt.source import MQTTSource
 from collectors.syslog.source import SyslogSource
 from fleetwatch.config import Config, FileInputConfig, SyslogInputConfig
-from fleetwatch.record import DeadLetter, LogEvent, LogLine, Reading
+from fleetwatch.record import DeadLetter, LogEvent, LogLine, LogRate, Reading
 from flows import health, schema
+from flows.alerts.engine import (
+    AlertLogic,
+    Observation,
+    observations_from_aggregates,
+    observations_from_log_rates,
+    observations_from_readings,
+)
+from flows.alerts.notify import alert_line
+from flows.alerts.rules import RuleMatcher, load_rules
+from flows.alerts.sink import AlertNotifySink
 from flows.log_rates import LogRateLogic
 from flows.sinks.buffer import saturated
 from flows.sinks.dead_letters import DeadLetterFile, DeadLetterSink
@@ -94,6 +111,17 @@ class FlowOptions:
     source: Source[MessageBatch] | None = None
     window_clock: Callable[[], int] | None = None
     writer_factory: Callable[..., LineWriter] = make_writer
+    # This process's index in a cluster (alert notifications keep one journal per process).
+    process_id: int | None = None
+
+
+@dataclass
+class _AlertInputs:
+    """The streams alert rules watch: raw readings and window results by shard, log rates by service."""
+
+    readings: Stream[tuple[str, list[Reading]]] | None = None
+    windows: Stream[tuple[str, WindowResult]] | None = None
+    log_rates: Stream[tuple[str, list[LogRate]]] | None = None
 
 
 def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
@@ -103,15 +131,21 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
     influx_streams: list[Stream[tuple[str, list[str]]]] = []
     es_streams: list[Stream[tuple[str, list[Record]]]] = []
     dead_streams: list[Stream[list[DeadLetter]]] = []
+    watched = _AlertInputs()
 
     if cfg.mqtt.subscriptions or options.source is not None:
-        lines, dead = _readings(flow, cfg, options)
+        lines, dead = _readings(flow, cfg, options, watched)
         influx_streams.append(lines)
         dead_streams.append(dead)
     if cfg.logs.files or cfg.logs.syslog:
-        rate_lines, records = _logs(flow, cfg, options)
+        rate_lines, records = _logs(flow, cfg, options, watched)
         influx_streams.append(rate_lines)
         es_streams.append(records)
+    rules = load_rules(cfg.alerts)
+    if rules:
+        alert_lines, alert_records = _alerts(flow, cfg, options, watched, RuleMatcher(rules))
+        influx_streams.append(alert_lines)
+        es_streams.append(alert_records)
 
     # What a store refuses later (InfluxDB answers 400) is a dead letter too; it reaches the dead-letter
     # store from the writer thread, outside the dataflow.
@@ -137,7 +171,7 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
 
 
 def _readings(
-    flow: Dataflow, cfg: Config, options: FlowOptions
+    flow: Dataflow, cfg: Config, options: FlowOptions, watched: _AlertInputs
 ) -> tuple[Stream[tuple[str, list[str]]], Stream[list[DeadLetter]]]:
     """MQTT readings to keyed InfluxDB lines, and their dead letters."""
     parser = MQTTParser(cfg.mqtt, cfg.windows)
@@ -172,6 +206,7 @@ def _readings(
         )
 
     windowed = op.stateful_batch("windows", keyed, build_windows)
+    watched.readings, watched.windows = keyed, windowed
 
     def to_lines(result: WindowResult) -> list[str] | None:
         stats = health.counters()
@@ -190,7 +225,7 @@ def _readings(
 
 
 def _logs(
-    flow: Dataflow, cfg: Config, options: FlowOptions
+    flow: Dataflow, cfg: Config, options: FlowOptions, watched: _AlertInputs
 ) -> tuple[Stream[tuple[str, list[str]]], Stream[tuple[str, list[Record]]]]:
     """Log files and syslog to Elasticsearch documents, and log rates to InfluxDB lines."""
     host_name = cfg.logs.host_name or socket.gethostname()
@@ -229,9 +264,56 @@ def _logs(
         return LogRateLogic(cfg.logs.rate_window, cfg.logs.allowed_lateness, resume, clock=options.window_clock)
 
     rates = op.stateful_batch("log_rates", op.flat_map("by_service", events, by_service), build_rates)
+    watched.log_rates = rates
     rate_lines = op.map_value("log_rate_lines", rates, lambda batch: [schema.log_rate_line(r) for r in batch])
 
     # A batch's documents go to one Elasticsearch partition, picked by its first id: spread, no per-item cost.
     docs = op.map("log_docs", events, lambda batch: (batch[0].doc_id[:4], list[Record](batch)))
     rate_docs = op.map("log_rate_docs", rates, lambda kv: (kv[0], list[Record](kv[1])))
     return rate_lines, op.merge("log_records", docs, rate_docs)
+
+
+def _alerts(
+    flow: Dataflow, cfg: Config, options: FlowOptions, watched: _AlertInputs, matcher: RuleMatcher
+) -> tuple[Stream[tuple[str, list[str]]], Stream[tuple[str, list[Record]]]]:
+    """Alert rules on what the rules watch; transitions to the notifiers, InfluxDB and Elasticsearch."""
+    observed: list[Stream[tuple[str, list[Observation]]]] = []
+    # Readings and windows stay keyed by shard, so a series always meets the same alert state; series no
+    # rule watches are dropped here with one cached lookup.
+    if watched.readings is not None and "reading" in matcher.targets:
+        observed.append(
+            op.filter_map_value(
+                "alert_readings", watched.readings, lambda rs: observations_from_readings(rs, matcher) or None
+            )
+        )
+    if watched.windows is not None and "window" in matcher.targets:
+        observed.append(
+            op.filter_map_value(
+                "alert_windows",
+                watched.windows,
+                lambda result: observations_from_aggregates(result.aggregates, matcher) or None,
+            )
+        )
+    if watched.log_rates is not None and "log_rate" in matcher.targets:
+        observed.append(
+            op.map(
+                "alert_log_rates",
+                watched.log_rates,
+                lambda kv: ("log:" + kv[0], observations_from_log_rates(kv[1], matcher)),
+            )
+        )
+    if not observed:
+        raise ValueError("alert rules are configured, but no input they watch (readings, windows, log rates) is")
+    merged = observed[0] if len(observed) == 1 else op.merge("alert_observations", *observed)
+
+    def build_alerts(resume: bytes | None) -> AlertLogic:
+        return AlertLogic(matcher, resume, clock=options.window_clock)
+
+    transitions = op.filter_map_value(
+        "alert_transitions", op.stateful_batch("alerts", merged, build_alerts), lambda ts: ts or None
+    )
+    sink = AlertNotifySink(cfg.alerts, cfg.mqtt, options.total_workers, options.process_id)
+    op.output("alert_notifications", transitions, sink)
+    lines = op.map_value("alert_lines", transitions, lambda ts: [alert_line(t) for t in ts])
+    records = op.map_value("alert_records", transitions, lambda ts: list[Record](ts))
+    return lines, records

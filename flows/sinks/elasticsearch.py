@@ -37,18 +37,19 @@ from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 
 from fleetwatch.config import ElasticsearchConfig
-from fleetwatch.record import DeadLetter, LogEvent, LogRate
+from fleetwatch.record import AlertTransition, DeadLetter, LogEvent, LogRate
 from flows import health
+from flows.alerts.notify import alert_doc, alert_mappings
 from flows.sinks.writer import BatchWriterThread, RetryableError, pending_for_epoch, retry_forever
 
 log = logging.getLogger(__name__)
 
-Record = LogEvent | LogRate | DeadLetter
+Record = LogEvent | LogRate | DeadLetter | AlertTransition
 DeadLetterCallback = Callable[[list[DeadLetter]], None]
 
 # Kinds of documents, each with its own index (or data stream) and template.
-LOGS, LOG_RATES, DEAD_LETTERS = "logs", "log-rates", "dead-letters"
-KINDS = (LOGS, LOG_RATES, DEAD_LETTERS)
+LOGS, LOG_RATES, DEAD_LETTERS, ALERTS = "logs", "log-rates", "dead-letters", "alerts"
+KINDS = (LOGS, LOG_RATES, DEAD_LETTERS, ALERTS)
 
 
 def make_client(cfg: ElasticsearchConfig) -> Elasticsearch:
@@ -188,6 +189,8 @@ def template_mappings(kind: str) -> dict[str, Any]:
                 "raw_bytes": {"type": "long"},
             },
         }
+    if kind == ALERTS:
+        return alert_mappings()
     raise ValueError(f"unknown document kind {kind!r}")
 
 
@@ -273,6 +276,8 @@ def to_action(record: Record) -> _Action:
     if isinstance(record, LogRate):
         doc_id = f"{record.service}:{record.window_ns}:{record.window_start_ns}"
         return _Action(record, LOG_RATES, doc_id, record.window_start_ns, log_rate_doc(record))
+    if isinstance(record, AlertTransition):
+        return _Action(record, ALERTS, record.notification_id, record.at_ns, alert_doc(record))
     return _Action(record, DEAD_LETTERS, dead_letter_id(record), record.received_ns, dead_letter_doc(record))
 
 

@@ -1,0 +1,1 @@
+"""Streaming alerts: validated rule models (``rules``) and the Bytewax state machine evaluating them (``engine``)."""

@@ -1,0 +1,614 @@
+"""The alert state machine: one Bytewax stateful operator evaluating every rule on every series of its key.
+
+Input: lists of ``Observation`` (made from readings, window aggregates and log rates by the
+``observations_from_*`` helpers, which drop series and stats no rule needs). Output: lists of
+``AlertTransition``. The lead keys observations so that a series always meets the same logic (the readings' shard
+key; log rates by service); a logic holds the state of every (rule, series) pair of its key.
+
+Per (rule, series), threshold and rate-of-change rules (event time throughout)::
+
+    ok ──cond──► pending ──held for `for`──► firing ──no severity holds──► resolved (state ok)
+     ▲              │ cond false                 │ severity changes: firing again, new severity
+     └──── "ok" ────┘                            │ every `renotify` of event time: firing, renotify=True
+
+- Transitions emitted: ``pending`` (only when ``for`` > 0), ``firing``, ``resolved``, and ``ok`` when a pending
+  episode is cancelled (for history; notifiers only act on firing and resolved). A change of severity while pending
+  emits nothing: the episode fires with the severity that holds when ``for`` has elapsed.
+- ``for`` counts from the event time the condition first held (``started_ns``, any severity) and is checked as
+  observations arrive: firing happens at the first observation at least ``for`` later that still holds.
+- Severity: critical beats warning. Once firing, a severity holds while the value passes its clear threshold
+  (hysteresis, see ``flows.alerts.rules``); the warning clear applies while firing at critical too, so critical
+  de-escalates to warning rather than resolving while the value is still in the warning band.
+- Rate of change: the value is ``|Δvalue| / Δt`` (seconds of event time) or ``|Δvalue|`` (per window) between
+  consecutive observations; the first observation of a series only primes it.
+- Out of order: an observation older than the newest one seen for the (rule, series) is ignored (no state change,
+  no rate); equal times are evaluated (rate of change skips them: Δt = 0). NaN values are ignored too.
+- A firing threshold alert stays firing while its series is silent: pair it with a deadman rule.
+
+Deadman rules: a (rule, series) is known once it was seen (a series never seen cannot be missed). It fires when no
+observation has arrived for ``silent_for`` of system time (the pipeline clock, which leaves out time the flow was
+stalled on a store), checked with ``notify_at``/``on_notify``; it resolves with the next observation. Re-notifications
+follow system time as well. After a restart every deadman clock starts again from the restart, so the downtime
+itself does not raise alarms.
+
+Notification ids are deterministic (``notification_id``): every time in them is event time (a deadman's firing time
+is its last observation's event time + ``silent_for``; its k-th re-notification ``+ k * renotify``), so a replay after
+a restart produces the same ids and the notifier's journal drops what was already sent.
+
+State snapshots are pickled bytes. After a resume, firing stays firing (nothing is re-sent) and pending keeps its
+``started_ns``. States of rules no longer configured are dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import heapq
+import operator
+import pickle
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
+
+from bytewax.operators import StatefulBatchLogic
+
+from fleetwatch.record import (
+    AlertTransition,
+    LogRate,
+    Reading,
+    escape_measurement,
+    escape_tag,
+    parse_series,
+    series_key,
+)
+from flows import clock as pipeline_clock
+from flows.alerts.rules import (
+    LOG_RATE_STATS,
+    TARGETS,
+    WINDOW_STATS,
+    AlertRule,
+    RuleMatcher,
+    Threshold,
+    render_summary,
+)
+from flows.schema import quantile_field
+from flows.windows import Aggregate
+
+_NO_TIME = -(2**63)
+_OK, _PENDING, _FIRING = 0, 1, 2
+_SEVERITIES = ("", "warning", "critical")  # by rank
+_CACHE_MAX = 1_000_000
+
+
+class Observation(NamedTuple):
+    """One value a rule can look at. ``target`` is "reading", "window" or "log_rate"; ``series`` is the series key
+    (``flows.alerts.rules`` describes each target's form); ``stat_key`` the statistic ("value" for readings)."""
+
+    target: str
+    series: str
+    stat_key: str
+    value: float
+    ts_ns: int
+
+
+# ------------------------------------------------------------------------------------------- observations
+
+
+def aggregate_series(agg: Aggregate) -> str:
+    """``readings,device=d1,metric=t`` in window ``1m`` -> ``readings_agg,device=d1,metric=t,window=1m``: the
+    InfluxDB series the aggregate is stored as."""
+    prefix = escape_measurement(agg.measurement)
+    return f"{prefix}_agg{agg.series[len(prefix) :]},window={escape_tag(agg.window)}"
+
+
+def log_rate_series(service: str) -> str:
+    return series_key("log_rates", {"service": service})
+
+
+def observations_from_readings(readings: Iterable[Reading], matcher: RuleMatcher | None = None) -> list[Observation]:
+    """One observation per reading; with a matcher, only readings of series some rule watches (a dict lookup each)."""
+    if matcher is None:
+        return [Observation("reading", r.series, "value", r.value, r.ts_ns) for r in readings]
+    known = matcher.cache("reading").get
+    out: list[Observation] = []
+    for _, series, value, ts in readings:
+        rules = known(series)
+        if rules is None:
+            rules = matcher.rules_for("reading", series)
+        if rules:
+            out.append(Observation("reading", series, "value", value, ts))
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _quantile_stat(q: float) -> str:
+    return quantile_field(q)
+
+
+def _aggregate_stat(agg: Aggregate, stat: str) -> float | None:
+    if stat in _AGGREGATE_FIELDS:
+        value = getattr(agg, stat)
+        return None if value is None else float(value)
+    for q, value in agg.quantiles:
+        if _quantile_stat(q) == stat:
+            return value
+    return None  # a quantile the windows do not compute
+
+
+_AGGREGATE_FIELDS = frozenset(WINDOW_STATS[:8])  # count .. stddev
+
+
+def observations_from_aggregates(
+    aggregates: Iterable[Aggregate], matcher: RuleMatcher | None = None
+) -> list[Observation]:
+    """One observation per stat of each aggregate, at the window start (its time in InfluxDB). With a matcher,
+    only the stats that rules watching the aggregate's series need; without, every stat. A stat the window lacks
+    (stddev of one value) gives no observation."""
+    out: list[Observation] = []
+    for agg in aggregates:
+        series = aggregate_series(agg)
+        if matcher is None:
+            stats: Iterable[str] = (*WINDOW_STATS[:8], *(_quantile_stat(q) for q, _ in agg.quantiles))
+        else:
+            needed = matcher.stats_for("window", series)
+            if not needed:
+                continue
+            stats = sorted(needed)  # a stable order, so the output order is too
+        for stat in stats:
+            value = _aggregate_stat(agg, stat)
+            if value is not None:
+                out.append(Observation("window", series, stat, value, agg.start_ns))
+    return out
+
+
+def _log_rate_stat(rate: LogRate, stat: str) -> float:
+    if stat == "count":
+        return float(rate.total)
+    if stat == "errors":
+        return float(rate.errors)
+    if stat == "error_rate":
+        total = rate.total
+        return rate.errors / total if total else 0.0
+    # A level absent from the window counted zero events: that must be seen, or an error-count alert never clears.
+    return float(rate.by_level.get("" if stat == "unknown" else stat, 0))
+
+
+def observations_from_log_rates(rates: Iterable[LogRate], matcher: RuleMatcher | None = None) -> list[Observation]:
+    """Per log-rate window, one observation per figure (count, errors, error_rate, one per level), at the window
+    start; with a matcher, only the figures rules watching the service need."""
+    out: list[Observation] = []
+    for rate in rates:
+        series = log_rate_series(rate.service)
+        stats: Iterable[str] = LOG_RATE_STATS if matcher is None else sorted(matcher.stats_for("log_rate", series))
+        out += [Observation("log_rate", series, s, _log_rate_stat(rate, s), rate.window_start_ns) for s in stats]
+    return out
+
+
+# ------------------------------------------------------------------------------------------- ids and summaries
+
+
+def notification_id(
+    rule: str, series: str, state: str, severity: str, started_ns: int, at_ns: int, renotify: bool
+) -> str:
+    """Deterministic from event data: the same transition replayed after a restart gets the same id."""
+    text = "\x1f".join((rule, series, state, severity, str(started_ns), str(at_ns), "1" if renotify else "0"))
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def _show(value: Threshold) -> str:
+    return f"[{value[0]:g}, {value[1]:g}]" if isinstance(value, tuple) else f"{value:g}"
+
+
+# ------------------------------------------------------------------------------------------- compiled rules
+
+
+def _outside(value: float, band: tuple[float, float]) -> bool:
+    return value < band[0] or value > band[1]
+
+
+def _inside(value: float, band: tuple[float, float]) -> bool:
+    return band[0] <= value <= band[1]
+
+
+_TESTS: dict[str, Callable[[float, Any], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "outside": _outside,
+    "inside": _inside,
+}
+
+
+class _Level(NamedTuple):
+    severity: str
+    rank: int
+    threshold: Threshold
+    clear: Threshold
+
+
+def _reported(threshold: Threshold, value: float) -> float:
+    """The number a transition reports: a band's bound nearest the value."""
+    if isinstance(threshold, tuple):
+        low, high = threshold
+        return low if abs(value - low) <= abs(value - high) else high
+    return threshold
+
+
+def _ns(delta: timedelta | None) -> int:
+    return 0 if delta is None else delta // timedelta(microseconds=1) * 1000
+
+
+class _Rule:
+    """A rule prepared for evaluation."""
+
+    __slots__ = (
+        "deadman",
+        "deadman_rank",
+        "for_ns",
+        "levels",
+        "name",
+        "per_window",
+        "rate",
+        "renotify_ns",
+        "rule",
+        "silent_ns",
+        "stat",
+        "test",
+    )
+
+    def __init__(self, rule: AlertRule) -> None:
+        self.rule = rule
+        self.name = rule.name
+        self.stat = rule.stat
+        self.deadman = rule.kind == "deadman"
+        self.deadman_rank = 2 if rule.critical is not None else 1
+        self.rate = rule.kind == "rate_of_change"
+        self.per_window = rule.rate_per == "window"
+        self.for_ns = _ns(rule.for_)
+        self.silent_ns = _ns(rule.silent_for)
+        self.renotify_ns = _ns(rule.renotify)
+        self.test = _TESTS[rule.condition]
+        levels = []
+        if rule.critical is not None:
+            clear = rule.critical_clear if rule.critical_clear is not None else rule.critical
+            levels.append(_Level("critical", 2, rule.critical, clear))
+        if rule.warning is not None:
+            clear = rule.warning_clear if rule.warning_clear is not None else rule.warning
+            levels.append(_Level("warning", 1, rule.warning, clear))
+        self.levels = tuple(levels)
+
+    def severity(self, value: float, firing_rank: int) -> _Level | None:
+        """The level that holds: its threshold is passed, or (hysteresis) it is at or below the firing severity
+        and its clear threshold is passed."""
+        test = self.test
+        for level in self.levels:
+            if test(value, level.threshold) or (firing_rank >= level.rank and test(value, level.clear)):
+                return level
+        return None
+
+    def level(self, rank: int) -> _Level:
+        return next(level for level in self.levels if level.rank == rank)
+
+    def summary(self, state: str, severity: str, value: float, threshold: float, series: str, renotify: bool) -> str:
+        rule = self.rule
+        if rule.summary is not None:
+            fields = {**parse_series(series)[1], "rule": self.name, "severity": severity, "value": value}
+            fields |= {"threshold": threshold, "state": state, "series": series}
+            try:
+                return render_summary(rule.summary, fields)
+            except (ValueError, IndexError, KeyError, AttributeError, TypeError):
+                pass  # a tag formatted as a number, say: the default summary still says what happened
+        head = {"firing": severity.upper(), "pending": f"pending {severity}", "resolved": f"RESOLVED {severity}"}.get(
+            state, "ok"
+        )
+        if renotify:
+            head += ", still firing"
+        if self.deadman:
+            what = (
+                f"data again after {value:g}s"
+                if state == "resolved"
+                else f"no data for {value:g}s (silent_for {threshold:g}s)"
+            )
+        else:
+            stat = f"change per {rule.rate_per}" if self.rate else rule.stat
+            cond = f"{rule.condition} {_show(self.level(_SEVERITIES.index(severity)).threshold)}"
+            if state == "resolved":
+                what = f"{stat} {value:g}, cleared ({threshold:g})"
+            elif state == "ok":
+                what = f"{stat} {value:g}, no longer {cond}"
+            else:
+                what = f"{stat} {value:g} {cond}"
+        return f"[{head}] {self.name}: {what} on {series}"
+
+
+class _State:
+    """One (rule, series). Times are event-time ns except ``sys_seen`` (system time, deadman only)."""
+
+    __slots__ = (
+        "last_ts",
+        "notified_ns",
+        "phase",
+        "prev_ts",
+        "prev_value",
+        "queued_at",
+        "rank",
+        "renotified",
+        "started_ns",
+        "sys_seen",
+    )
+
+    def __init__(self) -> None:
+        self.phase = _OK
+        self.rank = 0  # severity: 1 warning, 2 critical (pending: the one holding now)
+        self.started_ns = 0
+        self.last_ts = _NO_TIME
+        self.notified_ns = 0  # the last firing notification (re-notify clock)
+        self.prev_value = 0.0  # rate of change: the previous observation
+        self.prev_ts = _NO_TIME
+        self.sys_seen = 0  # deadman: last arrival; while firing, the last notification
+        self.renotified = 0  # deadman: re-notifications of this episode
+        self.queued_at: int | None = None  # deadman: the one live deadline of this state in the heap
+
+    def __getstate__(self) -> tuple[int, int, int, int, int, float, int, int, int]:
+        return (
+            self.phase,
+            self.rank,
+            self.started_ns,
+            self.last_ts,
+            self.notified_ns,
+            self.prev_value,
+            self.prev_ts,
+            self.sys_seen,
+            self.renotified,
+        )
+
+    def __setstate__(self, state: tuple[int, int, int, int, int, float, int, int, int]) -> None:
+        (
+            self.phase,
+            self.rank,
+            self.started_ns,
+            self.last_ts,
+            self.notified_ns,
+            self.prev_value,
+            self.prev_ts,
+            self.sys_seen,
+            self.renotified,
+        ) = state
+        self.queued_at = None
+
+
+_Entry = tuple[_Rule, dict[str, _State]]
+
+
+class _Caches(dict[str, dict[str, tuple[_Entry, ...]]]):
+    def __missing__(self, target: str) -> dict[str, tuple[_Entry, ...]]:
+        raise ValueError(f"unknown alert target {target!r} (expected one of {', '.join(TARGETS)})")
+
+
+# ------------------------------------------------------------------------------------------- the logic
+
+
+class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], bytes]):
+    """Alert states of one key. ``rules`` may be a shared ``RuleMatcher`` (its series cache then serves every
+    logic of the process). ``clock``: wall-time ns for deadman rules (tests move it by hand)."""
+
+    def __init__(
+        self,
+        rules: Sequence[AlertRule] | RuleMatcher,
+        resume_state: bytes | None = None,
+        clock: Callable[[], int] | None = None,
+    ) -> None:
+        self.matcher = rules if isinstance(rules, RuleMatcher) else RuleMatcher(rules)
+        self._now = clock or pipeline_clock.now_ns
+        self._rules = {rule.name: _Rule(rule) for rule in self.matcher.rules}
+        # rule name -> series -> state
+        self.states: dict[str, dict[str, _State]] = {name: {} for name in self._rules}
+        # (due in system-time ns, rule, series), deadman rules only; stale entries are skipped on pop.
+        self._deadlines: list[tuple[int, str, str]] = []
+        self._caches = _Caches({t: {} for t in TARGETS})
+        if resume_state is not None:
+            saved: dict[str, dict[str, _State]] = pickle.loads(resume_state)["states"]
+            for name, states in saved.items():
+                if name in self._rules:
+                    self.states[name] = states
+            now = self._now()
+            for name, states in self.states.items():
+                rule = self._rules[name]
+                if not rule.deadman:
+                    # The rule may have lost the severity it was firing at: carry on at the one it has.
+                    ranks = {level.rank for level in rule.levels}
+                    for st in states.values():
+                        if st.rank and st.rank not in ranks:
+                            st.rank = max(ranks)
+                else:
+                    for series, st in states.items():
+                        st.sys_seen = now  # the restart counts as an arrival: downtime is not silence
+                        if st.phase != _FIRING:
+                            self._arm(name, series, st, now + rule.silent_ns)
+                        elif rule.renotify_ns:
+                            self._arm(name, series, st, now + rule.renotify_ns)
+
+    # -- Bytewax callbacks
+
+    def on_batch(self, values: list[list[Observation]]) -> tuple[Iterable[list[AlertTransition]], bool]:
+        now = self._now()
+        out: list[AlertTransition] = []
+        caches = self._caches
+        for observations in values:
+            for target, series, stat, value, ts in observations:
+                entries = caches[target].get(series)
+                if entries is None:
+                    entries = self._entries(target, series)
+                for rule, states in entries:
+                    if rule.stat != stat:
+                        continue
+                    if rule.deadman:
+                        self._seen(rule, states, series, ts, now, out)
+                    else:
+                        self._observe(rule, states, series, value, ts, out)
+        if self._deadlines and self._deadlines[0][0] <= now:
+            self._pop_due(now, out)
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def on_notify(self) -> tuple[Iterable[list[AlertTransition]], bool]:
+        out: list[AlertTransition] = []
+        self._pop_due(self._now(), out)
+        return ([out] if out else []), StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[Iterable[list[AlertTransition]], bool]:
+        return [], StatefulBatchLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self._deadlines:
+            return None
+        return datetime.fromtimestamp(self._deadlines[0][0] / 1e9, tz=UTC)
+
+    def snapshot(self) -> bytes:
+        return pickle.dumps({"version": 1, "states": self.states}, protocol=pickle.HIGHEST_PROTOCOL)
+
+    # -- evaluation
+
+    def _entries(self, target: str, series: str) -> tuple[_Entry, ...]:
+        cache = self._caches[target]
+        entries = tuple((self._rules[r.name], self.states[r.name]) for r in self.matcher.rules_for(target, series))
+        if len(cache) >= _CACHE_MAX:
+            cache.clear()
+        cache[series] = entries
+        return entries
+
+    def _observe(
+        self, rule: _Rule, states: dict[str, _State], series: str, value: float, ts: int, out: list[AlertTransition]
+    ) -> None:
+        st = states.get(series)
+        if st is None:
+            st = states[series] = _State()
+        if ts < st.last_ts or value != value:  # out of order, or NaN
+            return
+        st.last_ts = ts
+        if rule.rate:
+            prev_ts, prev_value = st.prev_ts, st.prev_value
+            if ts == prev_ts:
+                return
+            st.prev_ts, st.prev_value = ts, value
+            if prev_ts == _NO_TIME:
+                return
+            change = abs(value - prev_value)
+            value = change if rule.per_window else change * 1e9 / (ts - prev_ts)
+        phase = st.phase
+        level = rule.severity(value, st.rank if phase == _FIRING else 0)
+        if phase == _FIRING:
+            if level is None:
+                cleared = rule.level(st.rank)
+                self._emit(out, rule, series, "resolved", st.rank, value, _reported(cleared.clear, value), st, ts)
+                st.phase, st.rank = _OK, 0
+            elif level.rank != st.rank:
+                st.rank, st.notified_ns = level.rank, ts
+                self._emit(out, rule, series, "firing", st.rank, value, _reported(level.threshold, value), st, ts)
+            elif rule.renotify_ns and ts - st.notified_ns >= rule.renotify_ns:
+                st.notified_ns = ts
+                threshold = _reported(level.threshold, value)
+                self._emit(out, rule, series, "firing", st.rank, value, threshold, st, ts, renotify=True)
+        elif level is None:
+            if phase == _PENDING:
+                threshold = _reported(rule.level(st.rank).threshold, value)
+                self._emit(out, rule, series, "ok", st.rank, value, threshold, st, ts)
+                st.phase, st.rank = _OK, 0
+        else:
+            st.rank = level.rank
+            if phase == _OK:
+                st.started_ns = ts
+                st.phase = _PENDING
+                if rule.for_ns:
+                    self._emit(out, rule, series, "pending", st.rank, value, _reported(level.threshold, value), st, ts)
+            if ts - st.started_ns >= rule.for_ns:
+                st.phase, st.notified_ns = _FIRING, ts
+                self._emit(out, rule, series, "firing", st.rank, value, _reported(level.threshold, value), st, ts)
+
+    def _seen(
+        self, rule: _Rule, states: dict[str, _State], series: str, ts: int, now: int, out: list[AlertTransition]
+    ) -> None:
+        """A deadman rule's series sent something."""
+        st = states.get(series)
+        if st is None:
+            st = states[series] = _State()
+        elif ts < st.last_ts:
+            return
+        if st.phase == _FIRING:
+            gap_s = (ts - st.last_ts) / 1e9
+            self._emit(out, rule, series, "resolved", st.rank, gap_s, rule.silent_ns / 1e9, st, ts)
+            st.phase, st.rank, st.renotified = _OK, 0, 0
+        st.last_ts, st.sys_seen = ts, now
+        if st.queued_at is None or st.queued_at > now + rule.silent_ns:
+            self._arm(rule.name, series, st, now + rule.silent_ns)
+
+    def _arm(self, name: str, series: str, st: _State, due: int) -> None:
+        # At most one live entry per state: an arrival only moves sys_seen, and the entry is re-pushed lazily
+        # when popped early, so steady data costs one heap operation per silent_for, not one per observation.
+        st.queued_at = due
+        heapq.heappush(self._deadlines, (due, name, series))
+
+    def _pop_due(self, now: int, out: list[AlertTransition]) -> None:
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            due, name, series = heapq.heappop(deadlines)
+            rule = self._rules.get(name)
+            st = self.states.get(name, {}).get(series)
+            if rule is None or st is None or st.queued_at != due:
+                continue  # superseded
+            st.queued_at = None
+            if st.phase == _FIRING:
+                if not rule.renotify_ns:
+                    continue
+                next_due = st.sys_seen + rule.renotify_ns
+                if next_due <= now:
+                    st.renotified += 1
+                    st.sys_seen = now
+                    at = st.started_ns + st.renotified * rule.renotify_ns
+                    silent_s = (at - st.last_ts) / 1e9
+                    self._emit(out, rule, series, "firing", st.rank, silent_s, rule.silent_ns / 1e9, st, at, True)
+                    next_due = now + rule.renotify_ns
+                self._arm(name, series, st, next_due)
+            else:
+                next_due = st.sys_seen + rule.silent_ns
+                if next_due > now:
+                    self._arm(name, series, st, next_due)
+                    continue
+                st.phase, st.rank, st.renotified = _FIRING, rule.deadman_rank, 0
+                st.started_ns = st.last_ts + rule.silent_ns
+                st.sys_seen = now
+                silent_s = rule.silent_ns / 1e9
+                self._emit(out, rule, series, "firing", st.rank, silent_s, silent_s, st, st.started_ns)
+                if rule.renotify_ns:
+                    self._arm(name, series, st, now + rule.renotify_ns)
+
+    def _emit(
+        self,
+        out: list[AlertTransition],
+        rule: _Rule,
+        series: str,
+        state: str,
+        rank: int,
+        value: float,
+        threshold: float,
+        st: _State,
+        at_ns: int,
+        renotify: bool = False,
+    ) -> None:
+        severity = _SEVERITIES[rank]
+        out.append(
+            AlertTransition(
+                rule=rule.name,
+                series=series,
+                tags=parse_series(series)[1],
+                state=state,
+                severity=severity,
+                value=value,
+                threshold=threshold,
+                started_ns=st.started_ns,
+                at_ns=at_ns,
+                summary=rule.summary(state, severity, value, threshold, series, renotify),
+                notification_id=notification_id(rule.name, series, state, severity, st.started_ns, at_ns, renotify),
+                renotify=renotify,
+            )
+        )

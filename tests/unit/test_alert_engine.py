@@ -1,0 +1,462 @@
+"""flows/alerts/engine: the alert state machine, driven by hand-made observations and a clock moved by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fleetwatch.record import AlertTransition, LogRate, Reading
+from flows.alerts.engine import (
+    AlertLogic,
+    Observation,
+    aggregate_series,
+    notification_id,
+    observations_from_aggregates,
+    observations_from_log_rates,
+    observations_from_readings,
+)
+from flows.alerts.rules import AlertRule, RuleMatcher
+from flows.windows import Aggregate
+
+S = 1_000_000_000
+T0 = 1_767_225_600 * S  # 2026-01-01T00:00:00Z
+SERIES = "readings,device=d1,metric=temperature,site=s1"
+
+
+class Clock:
+    def __init__(self, now: int) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def rule(**fields: Any) -> AlertRule:
+    return AlertRule.model_validate({"name": "r", **fields})
+
+
+def obs(value: float, at_s: float, series: str = SERIES) -> Observation:
+    return Observation("reading", series, "value", value, T0 + int(at_s * S))
+
+
+def feed(logic: AlertLogic, observations: list[Observation]) -> list[AlertTransition]:
+    out, retain = logic.on_batch([observations])
+    assert retain is False
+    return [t for batch in out for t in batch]
+
+
+def notify(logic: AlertLogic) -> list[AlertTransition]:
+    out, _ = logic.on_notify()
+    return [t for batch in out for t in batch]
+
+
+def brief(transitions: list[AlertTransition]) -> list[tuple[str, str, float, float | None]]:
+    return [(t.state, t.severity, t.value, t.threshold) for t in transitions]
+
+
+def values(logic: AlertLogic, *pairs: tuple[float, float]) -> list[tuple[str, str, float, float | None]]:
+    """Feed (value, at_s) pairs one batch each; the transitions in order."""
+    out: list[AlertTransition] = []
+    for value, at_s in pairs:
+        out += feed(logic, [obs(value, at_s)])
+    return brief(out)
+
+
+def seq(*vals: float) -> tuple[tuple[float, float], ...]:
+    return tuple((v, float(i)) for i, v in enumerate(vals))
+
+
+@pytest.mark.parametrize(
+    "condition,warning,critical,series_values,expected",
+    [
+        (
+            ">",
+            80,
+            90,
+            seq(70, 85, 95, 96, 85, 70),
+            [
+                ("firing", "warning", 85, 80),
+                ("firing", "critical", 95, 90),
+                ("firing", "warning", 85, 80),
+                ("resolved", "warning", 70, 80),
+            ],
+        ),
+        (
+            ">=",
+            80,
+            90,
+            seq(79.9, 80, 90, 89.9, 79.9),
+            [
+                ("firing", "warning", 80, 80),
+                ("firing", "critical", 90, 90),
+                ("firing", "warning", 89.9, 80),
+                ("resolved", "warning", 79.9, 80),
+            ],
+        ),
+        (
+            "<",
+            20,
+            10,
+            seq(25, 15, 5, 15, 25),
+            [
+                ("firing", "warning", 15, 20),
+                ("firing", "critical", 5, 10),
+                ("firing", "warning", 15, 20),
+                ("resolved", "warning", 25, 20),
+            ],
+        ),
+        (
+            "<=",
+            20,
+            10,
+            seq(20.1, 20, 10, 10.1, 20.1),
+            [
+                ("firing", "warning", 20, 20),
+                ("firing", "critical", 10, 10),
+                ("firing", "warning", 10.1, 20),
+                ("resolved", "warning", 20.1, 20),
+            ],
+        ),
+        (
+            "outside",
+            [10, 30],
+            [0, 40],
+            seq(20, 31, 41, -1, 5, 20),
+            [
+                ("firing", "warning", 31, 30),
+                ("firing", "critical", 41, 40),
+                ("firing", "warning", 5, 10),
+                ("resolved", "warning", 20, 10),
+            ],
+        ),
+        (
+            "inside",
+            [10, 30],
+            [15, 25],
+            seq(5, 10, 20, 12, 31),
+            [
+                ("firing", "warning", 10, 10),
+                ("firing", "critical", 20, 15),
+                ("firing", "warning", 12, 10),
+                ("resolved", "warning", 31, 30),
+            ],
+        ),
+    ],
+)
+def test_every_condition_with_escalation_and_de_escalation(
+    condition: str,
+    warning: Any,
+    critical: Any,
+    series_values: tuple[tuple[float, float], ...],
+    expected: list[tuple[str, str, float, float]],
+) -> None:
+    logic = AlertLogic([rule(condition=condition, warning=warning, critical=critical)])
+    assert values(logic, *series_values) == expected
+
+
+def test_a_single_severity_and_critical_straight_away() -> None:
+    logic = AlertLogic([rule(critical=90)])
+    assert values(logic, *seq(95, 80)) == [("firing", "critical", 95, 90), ("resolved", "critical", 80, 90)]
+    logic = AlertLogic([rule(warning=80, critical=90)])
+    assert values(logic, *seq(99, 70)) == [("firing", "critical", 99, 90), ("resolved", "critical", 70, 90)]
+
+
+def test_hysteresis_stops_a_value_wobbling_around_the_threshold_from_flapping() -> None:
+    wobble = seq(79, 81, 79, 80.5, 78, 81, 76, 80.2, 74, 81, 74)
+    flapping = AlertLogic([rule(warning=80)])
+    assert [s for s, *_ in values(flapping, *wobble)] == ["firing", "resolved"] * 5
+    steady = AlertLogic([rule(warning=80, warning_clear=75)])
+    assert values(steady, *wobble) == [
+        ("firing", "warning", 81, 80),
+        ("resolved", "warning", 74, 75),
+        ("firing", "warning", 81, 80),
+        ("resolved", "warning", 74, 75),
+    ]
+
+
+def test_hysteresis_per_severity() -> None:
+    logic = AlertLogic([rule(warning=80, warning_clear=75, critical=90, critical_clear=85)])
+    # 87: still critical (above its clear); 84: warning; 76: still warning (above the warning clear).
+    assert values(logic, *seq(91, 87, 89, 84, 76, 88, 74)) == [
+        ("firing", "critical", 91, 90),
+        ("firing", "warning", 84, 80),
+        ("resolved", "warning", 74, 75),
+    ]
+    band = AlertLogic([rule(condition="outside", warning=[10, 30], warning_clear=[12, 28])])
+    assert values(band, *seq(31, 29, 27, 9, 11, 13)) == [
+        ("firing", "warning", 31, 30),
+        ("resolved", "warning", 27, 28),
+        ("firing", "warning", 9, 10),
+        ("resolved", "warning", 13, 12),
+    ]
+
+
+def test_for_pending_then_firing_and_pending_cancelled() -> None:
+    logic = AlertLogic([rule(warning=80, **{"for": "30s"})])
+    out = feed(logic, [obs(85, 0), obs(86, 10)]) + feed(logic, [obs(87, 30)])
+    assert [(t.state, t.severity, t.started_ns - T0, t.at_ns - T0) for t in out] == [
+        ("pending", "warning", 0, 0),
+        ("firing", "warning", 0, 30 * S),
+    ]
+    logic = AlertLogic([rule(warning=80, critical=90, **{"for": "30s"})])
+    out = feed(logic, [obs(85, 0), obs(70, 10), obs(85, 20), obs(95, 45), obs(91, 50), obs(60, 60)])
+    assert [(t.state, t.severity, t.value, (t.started_ns - T0) // S, (t.at_ns - T0) // S) for t in out] == [
+        ("pending", "warning", 85, 0, 0),
+        ("ok", "warning", 70, 0, 10),
+        ("pending", "warning", 85, 20, 20),
+        # Severity rose while pending: it fires with the one that holds when `for` has elapsed.
+        ("firing", "critical", 91, 20, 50),
+        ("resolved", "critical", 60, 20, 60),
+    ]
+    assert out[1].summary == "[ok] r: value 70, no longer > 80 on " + SERIES
+
+
+def test_out_of_order_observations_are_ignored() -> None:
+    logic = AlertLogic([rule(warning=80)])
+    assert values(logic, (85, 10), (70, 5), (70, 15)) == [
+        ("firing", "warning", 85, 80),
+        ("resolved", "warning", 70, 80),
+    ]
+    nan = AlertLogic([rule(warning=80)])
+    assert values(nan, (85, 1), (float("nan"), 2)) == [("firing", "warning", 85, 80)]
+
+
+def test_renotify_in_event_time() -> None:
+    logic = AlertLogic([rule(warning=80, critical=90, renotify="1m")])
+    out: list[AlertTransition] = []
+    for value, at_s in [(85, 0), (85, 30), (85, 60), (86, 90), (95, 100), (95, 150), (95, 160), (70, 170)]:
+        out += feed(logic, [obs(value, at_s)])
+    assert [(t.state, t.severity, (t.at_ns - T0) // S, t.renotify) for t in out] == [
+        ("firing", "warning", 0, False),
+        ("firing", "warning", 60, True),
+        ("firing", "critical", 100, False),
+        ("firing", "critical", 160, True),
+        ("resolved", "critical", 170, False),
+    ]
+    assert out[1].summary.startswith("[WARNING, still firing] r: value 85 > 80 on ")
+
+
+def test_rate_of_change_per_second() -> None:
+    logic = AlertLogic([rule(kind="rate_of_change", warning=1.0, critical=3.0)])
+    # 10 -> 15 in 10 s: 0.5/s; -> 40 in 10 s: 2.5/s; -> 0 in 10 s: 4/s; -> 1 in 10 s: 0.1/s.
+    assert values(logic, (10, 0), (15, 10), (40, 20), (0, 30), (1, 40)) == [
+        ("firing", "warning", 2.5, 1.0),
+        ("firing", "critical", 4.0, 3.0),
+        ("resolved", "critical", 0.1, 3.0),
+    ]
+
+
+def aggregate(mean: float, start_s: int, window: str = "1m", p95: float = 0.0, series: str = SERIES) -> Aggregate:
+    start = T0 + start_s * S
+    return Aggregate(
+        "readings", series, window, start, start + 60 * S, 3, 0.0, 1.0, mean, 3 * mean, 0.0, 1.0, None, ((0.95, p95),)
+    )
+
+
+def test_rate_of_change_per_window_on_aggregates() -> None:
+    r = rule(kind="rate_of_change", target="window", window="1m", stat="mean", rate_per="window", warning=5)
+    matcher = RuleMatcher([r])
+    logic = AlertLogic(matcher)
+    out: list[AlertTransition] = []
+    for i, mean in enumerate([10, 12, 20, 21]):
+        out += feed(logic, observations_from_aggregates([aggregate(mean, 60 * i)], matcher))
+    agg_series = "readings_agg,device=d1,metric=temperature,site=s1,window=1m"
+    assert [(t.state, t.value, t.series, t.at_ns) for t in out] == [
+        ("firing", 8.0, agg_series, T0 + 120 * S),
+        ("resolved", 1.0, agg_series, T0 + 180 * S),
+    ]
+    assert out[0].tags == {"device": "d1", "metric": "temperature", "site": "s1", "window": "1m"}
+    assert out[0].summary == f"[WARNING] r: change per window 8 > 5 on {agg_series}"
+
+
+def test_window_target_on_aggregates_only_produces_the_stats_rules_need() -> None:
+    r = rule(
+        target="window", window="60s", stat="p95", metric="temp*", critical=100, summary="{device}: p95 {value:.0f}"
+    )
+    matcher = RuleMatcher([r])
+    other = "readings,device=d2,metric=humidity,site=s1"
+    aggs = [aggregate(50, 0, p95=120), aggregate(50, 0, window="10s", p95=120), aggregate(50, 0, p95=120, series=other)]
+    observations = observations_from_aggregates(aggs, matcher)
+    assert observations == [Observation("window", aggregate_series(aggs[0]), "p95", 120.0, T0)]
+    assert len(observations_from_aggregates(aggs[:1])) == 8  # without a matcher: every stat (no stddev of 3 here)
+    logic = AlertLogic(matcher)
+    (fired,) = feed(logic, observations)
+    assert (fired.state, fired.severity, fired.value, fired.summary) == ("firing", "critical", 120.0, "d1: p95 120")
+
+
+def test_log_rate_target_on_log_rates() -> None:
+    r = rule(target="log_rate", stat="error_rate", match={"service": "check*"}, warning=0.1, critical=0.5)
+    errors = rule(name="errors", target="log_rate", stat="error", warning=10)
+    matcher = RuleMatcher([r, errors])
+    rates = [
+        LogRate("checkout", T0, 60 * S, {"error": 30, "info": 70}),
+        LogRate("search", T0, 60 * S, {"error": 90, "info": 10}),
+    ]
+    observations = observations_from_log_rates(rates, matcher)
+    assert [(o.series, o.stat_key, o.value) for o in observations] == [
+        ("log_rates,service=checkout", "error", 30.0),
+        ("log_rates,service=checkout", "error_rate", 0.3),
+        ("log_rates,service=search", "error", 90.0),
+    ]
+    logic = AlertLogic(matcher)
+    out = feed(logic, observations)
+    # Without errors the "error" level counts zero, so the errors rule resolves too.
+    out += feed(logic, observations_from_log_rates([LogRate("checkout", T0 + 60 * S, 60 * S, {"info": 5})], matcher))
+    assert [(t.rule, t.series, t.state, t.severity, t.value) for t in out] == [
+        ("errors", "log_rates,service=checkout", "firing", "warning", 30.0),
+        ("r", "log_rates,service=checkout", "firing", "warning", 0.3),
+        ("errors", "log_rates,service=search", "firing", "warning", 90.0),
+        ("errors", "log_rates,service=checkout", "resolved", "warning", 0.0),
+        ("r", "log_rates,service=checkout", "resolved", "warning", 0.0),
+    ]
+    assert out[1].tags == {"service": "checkout"}
+
+
+def test_glob_matching_selects_series_and_readings_conversion_skips_the_rest() -> None:
+    matcher = RuleMatcher([rule(metric="temp*", match={"site": "s[12]", "device": "d*"}, warning=80)])
+    readings = [
+        Reading("readings", SERIES, 85.0, T0),
+        Reading("readings", "readings,device=d1,metric=temperature,site=s3", 85.0, T0),
+        Reading("readings", "readings,device=d1,metric=humidity,site=s1", 85.0, T0),
+        Reading("readings", "readings,device=x1,metric=temperature,site=s2", 85.0, T0),
+        Reading("readings", "readings,device=d7,metric=temp_core,site=s2", 85.0, T0),
+    ]
+    observations = observations_from_readings(readings, matcher)
+    assert [o.series for o in observations] == [SERIES, "readings,device=d7,metric=temp_core,site=s2"]
+    assert len(observations_from_readings(readings)) == 5
+    logic = AlertLogic(matcher)
+    fired = feed(logic, observations_from_readings(readings))  # the logic filters as well
+    assert [(t.series, t.tags["device"]) for t in fired] == [
+        (SERIES, "d1"),
+        ("readings,device=d7,metric=temp_core,site=s2", "d7"),
+    ]
+
+
+def test_deadman_fires_on_silence_in_system_time_renotifies_and_resolves() -> None:
+    clock = Clock(T0 + 1000 * S)  # system time; event times (T0 + ...) are behind it, as they may be
+    dead = rule(kind="deadman", silent_for="60s", renotify="30s", critical=0)
+    logic = AlertLogic([dead], clock=clock)
+    assert logic.notify_at() is None  # series are known only once seen
+    assert feed(logic, [obs(1, 0)]) == []
+    assert logic.notify_at() is not None and int(logic.notify_at().timestamp()) * S == T0 + 1060 * S  # type: ignore[union-attr]
+    # Data keeps arriving: the early wake-up only moves the deadline.
+    clock.now = T0 + 1050 * S
+    assert feed(logic, [obs(2, 50)]) == []
+    clock.now = T0 + 1060 * S
+    assert notify(logic) == []
+    assert int(logic.notify_at().timestamp()) * S == T0 + 1110 * S  # type: ignore[union-attr]
+    clock.now = T0 + 1109 * S
+    assert notify(logic) == []
+    clock.now = T0 + 1110 * S
+    (fired,) = notify(logic)
+    assert (fired.state, fired.severity, fired.value, fired.threshold) == ("firing", "critical", 60.0, 60.0)
+    # Deterministic event times: the last observation's event time + silent_for.
+    assert fired.started_ns == fired.at_ns == T0 + 110 * S
+    assert fired.summary == f"[CRITICAL] r: no data for 60s (silent_for 60s) on {SERIES}"
+    clock.now = T0 + 1140 * S
+    (again,) = notify(logic)
+    assert (again.state, again.renotify, again.at_ns, again.value) == ("firing", True, T0 + 140 * S, 90.0)
+    clock.now = T0 + 1150 * S
+    assert notify(logic) == []
+    (resolved,) = feed(logic, [obs(3, 150)])
+    assert (resolved.state, resolved.severity, resolved.value, resolved.at_ns) == (
+        "resolved",
+        "critical",
+        100.0,
+        T0 + 150 * S,
+    )
+    assert resolved.started_ns == T0 + 110 * S
+    # Armed again: silent for another minute fires a new episode (warning: no critical given).
+    clock.now = T0 + 1300 * S
+    (refired,) = notify(logic)
+    assert (refired.state, refired.at_ns) == ("firing", T0 + 210 * S)
+    warn = AlertLogic([rule(kind="deadman", silent_for="1m")], clock=clock)
+    feed(warn, [obs(1, 0)])
+    clock.now += 60 * S
+    assert [t.severity for t in notify(warn)] == ["warning"]
+
+
+def test_deadman_ignores_out_of_order_data_and_other_series() -> None:
+    clock = Clock(T0)
+    logic = AlertLogic([rule(kind="deadman", silent_for="60s", match={"device": "d1"})], clock=clock)
+    feed(logic, [obs(1, 100), obs(1, 5, series="readings,device=d2,metric=temperature,site=s1")])
+    clock.now = T0 + 30 * S
+    feed(logic, [obs(1, 50)])  # older than the last one seen: no sign of life
+    clock.now = T0 + 60 * S
+    assert [(t.state, t.series) for t in notify(logic)] == [("firing", SERIES)]
+
+
+def test_snapshot_and_resume_keep_firing_and_pending() -> None:
+    clock = Clock(T0)
+    rules = [
+        rule(name="hot", warning=80, renotify="10m"),
+        rule(name="slow", warning=80, **{"for": "30s"}, match={"device": "d2"}),
+        rule(name="quiet", kind="deadman", silent_for="60s", match={"device": "d3"}),
+    ]
+    d2 = "readings,device=d2,metric=temperature,site=s1"
+    d3 = "readings,device=d3,metric=temperature,site=s1"
+    logic = AlertLogic(rules, clock=clock)
+    feed(logic, [obs(85, 0), obs(85, 10, series=d2), obs(1, 0, series=d3)])
+    clock.now = T0 + 60 * S
+    assert [t.rule for t in notify(logic)] == ["quiet"]
+    snapshot = logic.snapshot()
+    assert isinstance(snapshot, bytes)
+
+    # Restarted 10 minutes later: nothing is re-sent, and the deadman does not count the downtime again.
+    clock.now = T0 + 660 * S
+    restored = AlertLogic(rules, snapshot, clock=clock)
+    assert notify(restored) == []
+    out = feed(restored, [obs(86, 20), obs(85, 40, series=d2)])
+    assert [(t.rule, t.state, t.started_ns) for t in out] == [("slow", "firing", T0 + 10 * S)]
+    assert [(t.rule, t.state) for t in feed(restored, [obs(70, 30), obs(2, 600, series=d3)])] == [
+        ("hot", "resolved"),
+        ("quiet", "resolved"),
+    ]
+    # A rule dropped from the config drops its state; the others carry on.
+    trimmed = AlertLogic(rules[:1], snapshot, clock=clock)
+    assert list(trimmed.states) == ["hot"]
+    assert values(trimmed, (70, 30)) == [("resolved", "warning", 70, 80)]
+
+
+def test_an_armed_deadman_restarts_its_clock_on_resume() -> None:
+    clock = Clock(T0)
+    rules = [rule(kind="deadman", silent_for="60s")]
+    logic = AlertLogic(rules, clock=clock)
+    feed(logic, [obs(1, 0)])
+    snapshot = logic.snapshot()
+    clock.now = T0 + 3600 * S
+    restored = AlertLogic(rules, snapshot, clock=clock)
+    assert notify(restored) == []
+    clock.now += 60 * S
+    (fired,) = notify(restored)
+    assert fired.at_ns == T0 + 60 * S  # still the event-time deadline: ids do not depend on the restart
+
+
+def test_notification_ids_are_deterministic() -> None:
+    def run(start_ns: int) -> list[str]:
+        clock = Clock(start_ns)
+        rules = [
+            rule(warning=80, critical=90, renotify="1m", **{"for": "10s"}),
+            rule(name="dead", kind="deadman", silent_for="60s", renotify="60s"),
+        ]
+        logic = AlertLogic(rules, clock=clock)
+        out = feed(logic, [obs(v, t) for t, v in enumerate([85, 85, 95, 85, 70, 85] * 20)])
+        for _ in range(3):
+            clock.now += 60 * S
+            out += notify(logic)
+        return [t.notification_id for t in out]
+
+    first, second, other_wall_clock = run(T0), run(T0), run(T0 + 12_345 * S)
+    assert first == second == other_wall_clock
+    assert len(set(first)) == len(first) > 20
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in first)
+    assert notification_id("r", SERIES, "firing", "warning", 1, 2, False) != notification_id(
+        "r", SERIES, "firing", "warning", 1, 2, True
+    )
+
+
+def test_unknown_targets_are_errors() -> None:
+    logic = AlertLogic([rule(warning=1)])
+    with pytest.raises(ValueError, match="unknown alert target"):
+        logic.on_batch([[Observation("metrics", SERIES, "value", 1.0, T0)]])
