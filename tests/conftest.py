@@ -29,6 +29,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
+@pytest.fixture(autouse=True)
+def no_pipeline_left_running() -> Iterator[None]:
+    yield
+    from tests.integration.harness import kill_leftovers
+
+    kill_leftovers()
+
+
 @pytest.fixture
 def unique() -> str:
     return f"fwt{uuid.uuid4().hex[:10]}"

@@ -25,6 +25,18 @@ class Counted:
             time.sleep(0.1)
 
 
+# Every pipeline process started, so a failed test does not leave one running (see conftest).
+running: list[subprocess.Popen[bytes]] = []
+
+
+def kill_leftovers() -> None:
+    while running:
+        proc = running.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 class Pipeline(Counted):
     def __init__(self, config: Path, workers: int = 1, cluster: list[str] | None = None) -> None:
         """``cluster``: extra arguments (``-i``, ``-a``) for one process of a multi-process cluster."""
@@ -48,6 +60,7 @@ class Pipeline(Counted):
             stdout=self.log,
             stderr=self.log,
         )
+        running.append(self.proc)
         # Subscribed (the broker holds messages for the session from then on) once progress is reported.
         deadline = time.monotonic() + 30
         while not self.status.exists():
