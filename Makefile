@@ -41,8 +41,10 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+## Benchmarks (results in bench/results/, summarised in BENCHMARKS.md). BENCH_READINGS=0 or BENCH_LOGS=0 skips a part.
 bench: venv stack-up
-	$(BIN)/python -m bench.run
+	if [ "$${BENCH_READINGS:-1}" != 0 ]; then $(BIN)/python -m bench.run; fi
+	if [ "$${BENCH_LOGS:-1}" != 0 ]; then $(BIN)/python -m bench.logs.run; fi
 
 clean:
 	scripts/stack.sh down || true

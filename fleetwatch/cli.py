@@ -43,9 +43,13 @@ def _logging(verbose: bool) -> None:
 def check_config(file: Annotated[Path, typer.Argument(help="Config file.")] = DEFAULT_CONFIG) -> None:
     """Validate a config file without running anything."""
     cfg = _load(file)
+    from flows.alerts.rules import load_rules
+
+    es = f"Elasticsearch at {', '.join(cfg.elasticsearch.hosts)}" if cfg.elasticsearch.enabled else "Elasticsearch off"
     console.print(
         f"[green]ok[/green] {file}: {len(cfg.mqtt.subscriptions)} subscription(s), "
-        f"InfluxDB {cfg.influxdb.api} at {cfg.influxdb.url}",
+        f"{len(cfg.logs.files)} log file input(s), {len(cfg.logs.syslog)} syslog input(s), "
+        f"{len(load_rules(cfg.alerts))} alert rule(s); InfluxDB {cfg.influxdb.api} at {cfg.influxdb.url}, {es}",
         highlight=False,
         soft_wrap=True,
     )
@@ -67,7 +71,7 @@ def run(
     ] = None,
     verbose: bool = False,
 ) -> None:
-    """Run the pipeline: MQTT -> windows -> InfluxDB (Ctrl-C stops and flushes)."""
+    """Run the pipeline: readings, logs and alerts to InfluxDB and Elasticsearch (Ctrl-C stops and flushes)."""
     _logging(verbose)
     cfg = _load(config)
     if (process_id is None) != (addresses is None):

@@ -678,7 +678,7 @@ class WebhookNotifier(_Notifier):
             "Content-Type": "application/json; charset=utf-8",
             "User-Agent": "fleetwatch",
         }
-        self._headers.update(webhook_cfg.headers)
+        self._headers.update({name: value.get_secret_value() for name, value in webhook_cfg.headers.items()})
         self.start()
 
     def body(self, t: AlertTransition) -> bytes:

@@ -40,7 +40,7 @@ from fnmatch import translate
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
 from fleetwatch.config_base import Duration, Section, parse_duration
 from fleetwatch.record import parse_series
@@ -313,7 +313,8 @@ class WebhookConfig(Section):
     timeout: Duration = timedelta(seconds=5)
     # Retries back off exponentially up to this delay.
     max_retry_delay: Duration = timedelta(seconds=60)
-    headers: dict[str, str] = Field(default_factory=dict)
+    # Extra request headers (an Authorization token): secrets, never printed.
+    headers: dict[str, SecretStr] = Field(default_factory=dict)
 
     @field_validator("url")
     @classmethod

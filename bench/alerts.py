@@ -1,0 +1,150 @@
+"""`make bench`, alerts part: latency from a triggering reading's publish to its notification (MQTT alert
+received by a subscriber, webhook received by a local HTTP server), p50 and p99, while bench/publisher.c
+keeps 10,000 msg/s of background readings flowing through the same pipeline.
+
+A probe publishes one reading every 0.5 s on its own series, alternating above and below a threshold rule on
+raw readings, so every probe reading is a transition (firing, then resolved). Each notification carries the
+probe's event time, which identifies the probe it answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.run import PUBLISHER, REPO, RESULTS, build_publisher
+
+BACKGROUND_RATE = int(os.environ.get("BENCH_ALERT_LOAD", "10000"))
+PROBES = int(os.environ.get("BENCH_ALERT_PROBES", "60"))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    build_publisher()
+    unique = f"bencha{uuid.uuid4().hex[:8]}"
+    received_webhook: dict[int, float] = {}
+    received_mqtt: dict[int, float] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received_webhook[int(round(body["value"]))] = time.monotonic()
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def on_alert(client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        if msg.payload and not msg.retain:
+            received_mqtt[int(round(json.loads(msg.payload)["value"]))] = time.monotonic()
+
+    listener = paho.Client(CallbackAPIVersion.VERSION2)
+    listener.on_message = on_alert
+    listener.connect("127.0.0.1", 1883)
+    listener.subscribe(f"{unique}-alerts/#", qos=1)
+    listener.loop_start()
+
+    with tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmp:
+        config = Path(tmp) / "bench.toml"
+        config.write_text(f"""
+[mqtt]
+client_id = "{unique}"
+shared_group = "{unique}"
+[[mqtt.subscriptions]]
+topic = "{unique}/+/+/+"
+qos = 0
+template = "{unique}/{{site}}/{{device}}/+"
+format = "json"
+timestamp_field = "ts"
+timestamp_unit = "ms"
+[windows]
+tumbling = ["10s"]
+allowed_lateness = "2s"
+[recovery]
+dir = "{Path(tmp) / "recovery"}"
+[influxdb]
+database = "{unique}"
+[elasticsearch]
+index_prefix = "{unique}"
+[alerts]
+mqtt_topic_prefix = "{unique}-alerts"
+journal = "{Path(tmp) / "journal.jsonl"}"
+[[alerts.webhooks]]
+url = "http://127.0.0.1:{server.server_address[1]}/hook"
+[[alerts.rules]]
+name = "probe"
+target = "reading"
+metric = "trigger"
+condition = ">"
+warning = 0.5
+""")
+        pipeline = subprocess.Popen(
+            [sys.executable, "-m", "fleetwatch", "run", "-c", str(config)],
+            cwd=REPO,
+            stderr=open(Path(tmp) / "pipeline.log", "w"),  # noqa: SIM115 - lives as long as the process
+        )
+        time.sleep(5)
+        seconds = PROBES * 0.5 + 5
+        load = subprocess.Popen(
+            [str(PUBLISHER), "127.0.0.1", "1883", "0", str(BACKGROUND_RATE), str(seconds), "1000", unique, "0"],
+            stdout=subprocess.DEVNULL,
+        )
+        probe = paho.Client(CallbackAPIVersion.VERSION2)
+        probe.connect("127.0.0.1", 1883)
+        probe.loop_start()
+        time.sleep(2)
+        sent: dict[int, float] = {}
+        for i in range(1, PROBES + 1):
+            # Odd probes are above the threshold (firing), even ones below (resolved); the value names the probe.
+            value = i if i % 2 else -i
+            payload = json.dumps({"ts": time.time_ns() // 1_000_000, "trigger": value})
+            sent[value] = time.monotonic()
+            probe.publish(f"{unique}/probe/p1/x", payload, qos=1)
+            time.sleep(0.5)
+        load.wait()
+        time.sleep(3)
+        pipeline.send_signal(signal.SIGINT)
+        pipeline.wait(60)
+        probe.loop_stop()
+        listener.loop_stop()
+        server.shutdown()
+
+    mqtt_ms = [(received_mqtt[v] - t) * 1000 for v, t in sent.items() if v in received_mqtt]
+    hook_ms = [(received_webhook[v] - t) * 1000 for v, t in sent.items() if v in received_webhook]
+    result = {
+        "background_msg_s": BACKGROUND_RATE,
+        "probes": len(sent),
+        "mqtt_received": len(mqtt_ms),
+        "webhook_received": len(hook_ms),
+        "mqtt_p50_ms": round(percentile(mqtt_ms, 0.5), 1) if mqtt_ms else None,
+        "mqtt_p99_ms": round(percentile(mqtt_ms, 0.99), 1) if mqtt_ms else None,
+        "webhook_p50_ms": round(percentile(hook_ms, 0.5), 1) if hook_ms else None,
+        "webhook_p99_ms": round(percentile(hook_ms, 0.99), 1) if hook_ms else None,
+    }
+    print(json.dumps(result), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"alerts-{int(time.time())}.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
