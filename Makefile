@@ -41,10 +41,12 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-## Benchmarks (results in bench/results/, summarised in BENCHMARKS.md). BENCH_READINGS=0 or BENCH_LOGS=0 skips a part.
+## Benchmarks (results in bench/results/, summarised in BENCHMARKS.md). BENCH_READINGS=0, BENCH_LOGS=0 or
+## BENCH_ALERTS=0 skips a part.
 bench: venv stack-up
 	if [ "$${BENCH_READINGS:-1}" != 0 ]; then $(BIN)/python -m bench.run; fi
 	if [ "$${BENCH_LOGS:-1}" != 0 ]; then $(BIN)/python -m bench.logs.run; fi
+	if [ "$${BENCH_ALERTS:-1}" != 0 ]; then $(BIN)/python -m bench.alerts; fi
 
 clean:
 	scripts/stack.sh down || true
