@@ -453,6 +453,12 @@ class SimulatorConfig(Section):
     # Share of messages that are deliberately broken (dead-letter demo).
     bad_ratio: float = Field(default=0.002, ge=0.0, le=1.0)
     seed: int = 42
+    # Anomalies for the alert demo: every anomaly_every, one device's temperature jumps by anomaly_delta
+    # for a fifth of the period; and device 1 goes silent from silent_from for silent_for (0 = never).
+    anomaly_every: Duration = timedelta(seconds=30)
+    anomaly_delta: float = 25.0
+    silent_from: Duration = timedelta(seconds=10)
+    silent_for: Duration = timedelta(seconds=40)
     # Service logs for the logs pipeline: JSON lines written to <log_dir>/<service>.log, plus syslog
     # messages sent to the first [[logs.syslog]] input. Every burst_every, one service throws errors.
     log_dir: Path = Path(".fleetwatch/demo-logs")

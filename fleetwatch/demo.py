@@ -208,16 +208,17 @@ def _dead_letter_reasons(path: Path, offset: int) -> Counter[str]:
     return reasons
 
 
-def _es_dead_letter_reasons(cfg: Config, since_ms: int) -> Counter[str]:
-    index = f"{cfg.elasticsearch.index_prefix}-dead-letters*"
+def _es_terms(cfg: Config, kind: str, field: str, since_ms: int) -> Counter[str]:
+    """Documents of one kind since the demo started, counted by a keyword field."""
+    index = f"{cfg.elasticsearch.index_prefix}-{kind}*"
     body = {
         "size": 0,
         "query": {"range": {"@timestamp": {"gte": since_ms, "format": "epoch_millis"}}},
-        "aggs": {"reasons": {"terms": {"field": "reason", "size": 50}}},
+        "aggs": {"terms": {"terms": {"field": field, "size": 50}}},
     }
     es_request(cfg, "POST", f"/{index}/_refresh?ignore_unavailable=true&allow_no_indices=true")
     result = es_request(cfg, "POST", f"/{index}/_search?ignore_unavailable=true&allow_no_indices=true", body)
-    buckets = result.get("aggregations", {}).get("reasons", {}).get("buckets", [])
+    buckets = result.get("aggregations", {}).get("terms", {}).get("buckets", [])
     return Counter({b["key"]: int(b["doc_count"]) for b in buckets})
 
 
@@ -261,11 +262,22 @@ def _summary(
         es_request(cfg, "POST", f"/{cfg.elasticsearch.index_prefix}-*/_refresh?ignore_unavailable=true")
         table.add_row(f"Elasticsearch {es}", "log documents", f"{_es_count(cfg, 'logs', since_ms):,}")
         table.add_row(f"Elasticsearch {es}", "log-rate documents", f"{_es_count(cfg, 'log-rates', since_ms):,}")
-        reasons = _es_dead_letter_reasons(cfg, since_ms)
+        reasons = _es_terms(cfg, "dead-letters", "reason", since_ms)
         where = f"Elasticsearch {cfg.elasticsearch.index_prefix}-dead-letters"
     else:
         reasons = _dead_letter_reasons(cfg.dead_letters.path, dead_offset)
         where = f"dead letters {cfg.dead_letters.path}"
     table.add_row(where, ", ".join(f"{k}={v}" for k, v in sorted(reasons.items())) or "-", f"{sum(reasons.values()):,}")
-    table.add_row("alerts", "threshold alerting is not built yet", "0")
+    if cfg.elasticsearch.enabled:
+        states = _es_terms(cfg, "alerts", "state", since_ms)
+        rules = _es_terms(cfg, "alerts", "rule", since_ms)
+        table.add_row(
+            f"Elasticsearch {cfg.elasticsearch.index_prefix}-alerts",
+            "alert transitions: "
+            + (", ".join(f"{k}={v}" for k, v in sorted(states.items())) or "-")
+            + (f" (rules: {', '.join(f'{k}={v}' for k, v in sorted(rules.items()))})" if rules else ""),
+            f"{sum(states.values()):,}",
+        )
+    alerts = _scalar(cfg, f'SELECT count("value") FROM "alerts" WHERE {since}')
+    table.add_row(f"InfluxDB {db}", "alerts points", f"{alerts:,.0f}")
     console.print(table)

@@ -2,7 +2,8 @@
 
 Devices: a fleet of sensors publishing readings over MQTT, with a share of broken payloads. Topics are
 ``<prefix>/<site>/<device>/<metric>`` with a bare number payload (as ESPHome and Home Assistant publish).
-Values follow a smooth daily-ish curve plus noise, deterministic for a seed.
+Values follow a smooth daily-ish curve plus noise, deterministic for a seed, with anomalies for the alert
+rules: a device running hot now and then, and a device that goes silent for a while.
 
 Services: JSON-lines logs in a directory, one file per service, with a level mix and periodic error
 bursts, and RFC 3164 syslog messages over UDP.
@@ -67,9 +68,20 @@ def run_simulator(
     start = time.monotonic()
     tick = 0
     try:
+        anomaly_every = max(1.0, sim.anomaly_every.total_seconds())
+        silent_from, silent_for = sim.silent_from.total_seconds(), sim.silent_for.total_seconds()
+        silent_device = f"/dev{1 % sim.devices:05d}/"
         while time.monotonic() - start < duration:
+            elapsed = time.monotonic() - start
             phase = (time.time() % 600) / 600 * 2 * math.pi
+            # The device whose temperature runs hot now, if any.
+            hot = ""
+            if elapsed % anomaly_every < anomaly_every / 5:
+                hot = f"/dev{int(elapsed // anomaly_every) * 7 % sim.devices:05d}/"
+            silent = silent_for > 0 and silent_from <= elapsed < silent_from + silent_for
             for topic, metric in all_topics:
+                if silent and silent_device in topic:
+                    continue
                 if rng.random() < sim.bad_ratio:
                     payload = BAD_PAYLOADS[stats.bad % len(BAD_PAYLOADS)]
                     stats.bad += 1
@@ -77,6 +89,8 @@ def run_simulator(
                     base = _BASE.get(metric, 50.0)
                     wave = math.sin(phase + zlib.crc32(topic.encode()) % 7)
                     value = base * (1 + 0.05 * wave) + rng.gauss(0, base * 0.01)
+                    if hot and metric == "temperature" and hot in topic:
+                        value += sim.anomaly_delta
                     payload = f"{value:.3f}".encode()
                 client.publish(topic, payload, qos=sim.qos)
                 stats.published += 1
