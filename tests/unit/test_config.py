@@ -108,3 +108,28 @@ def test_check_config_command_rejects_a_broken_file_and_names_the_key(tmp_path: 
     assert "influxdb.batch_size" in result.output
     ok = CliRunner().invoke(app, ["check-config", str(REPO / "fleetwatch.example.toml")])
     assert ok.exit_code == 0, ok.output
+
+
+def test_alert_rules_must_watch_windows_and_quantiles_the_pipeline_computes(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rules]]\nname = "p90"\ntarget = "window"\nwindow = "1m"\nstat = "p90"\nwarning = 1.0\n')
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[alerts]\nrules_file = "{rules}"\n'
+        '[[alerts.rules]]\nname = "w5m"\ntarget = "window"\nwindow = "5m"\nstat = "mean"\nwarning = 1.0\n'
+    )
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path, env={})
+    assert err.value.problems == [
+        "alerts: rule 'w5m': window '5m' is not computed (windows: 10s, 1m)",
+        "alerts: rule 'p90': stat 'p90' is not computed (windows.quantiles gives p50, p95, p99)",
+    ]
+
+
+def test_a_broken_rules_file_names_the_file_and_the_key(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[[rules]]\nname = "x"\ncondition = "~"\nwarning = 1.0\n')
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict({"alerts": {"rules_file": str(rules)}}, env={})
+    assert len(err.value.problems) == 1
+    assert err.value.problems[0].startswith(f"alerts.rules_file: {rules}: rules[0].condition:")
