@@ -118,5 +118,36 @@ def demo(
     raise typer.Exit(run_demo(config, cfg, duration, console))
 
 
+grafana_app = typer.Typer(no_args_is_help=True, help="Grafana: data sources, dashboards and alert rules.")
+app.add_typer(grafana_app, name="grafana")
+
+
+@grafana_app.command("sync")
+def grafana_sync(
+    url: Annotated[str, typer.Option(help="Grafana's URL, such as http://localhost:3000.")],
+    token: Annotated[
+        str | None, typer.Option(envvar="FLEETWATCH_GRAFANA_TOKEN", help="Service-account token.", show_default=False)
+    ] = None,
+    token_file: Annotated[Path | None, typer.Option(help="Read the token from this file.")] = None,
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Create or update fleetwatch's data sources, folder, dashboards and alert rules in a running Grafana
+    (idempotent: a second sync only updates)."""
+    from dashboards.sync import SyncError, sync
+
+    if token_file is not None:
+        token = token_file.read_text(encoding="utf-8").strip()
+    if not token:
+        console.print("[red]error:[/red] give --token, --token-file or FLEETWATCH_GRAFANA_TOKEN")
+        raise typer.Exit(2)
+    try:
+        report = sync(url, token, config_path=config)
+    except SyncError as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    for line in report.lines():
+        console.print(line, highlight=False, soft_wrap=True)
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,43 @@
+# The fleetwatch pipeline (and simulator) image used by docker-compose.yml.
+#   docker compose build fleetwatch      (or: scripts/compose.sh build fleetwatch)
+# Not built on fleetwatch's CI machine, which has no Docker engine; tests/integration/test_compose.py checks what it
+# can without one (the compose file renders, the files copied here exist).
+FROM python:3.11-slim
+
+# No .pyc files on a read-only layer; logs straight to `docker logs`.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /opt/fleetwatch
+
+COPY pyproject.toml README.md ./
+COPY fleetwatch ./fleetwatch
+COPY collectors ./collectors
+COPY flows ./flows
+# Not installed until pyproject lists it; here so `fleetwatch grafana sync` can be packaged without a Dockerfile edit.
+COPY dashboards ./dashboards
+RUN pip install .
+
+# The compose config as the default; docker-compose.yml mounts the same file, so edits apply without a rebuild.
+COPY provisioning/fleetwatch/docker.toml /etc/fleetwatch/fleetwatch.toml
+
+# Bytewax recovery, the alert journal and dead letters live in /var/lib/fleetwatch (a volume in compose); service
+# logs are read from /var/log/services. Not root: nothing here needs it (the syslog port is above 1024).
+RUN useradd --system --uid 10001 --home-dir /var/lib/fleetwatch fleetwatch \
+    && mkdir -p /var/lib/fleetwatch /var/log/services \
+    && chown fleetwatch: /var/lib/fleetwatch
+USER fleetwatch
+WORKDIR /var/lib/fleetwatch
+VOLUME ["/var/lib/fleetwatch"]
+
+# 5514/udp: the syslog input of docker.toml.
+EXPOSE 5514/udp
+
+# Healthy while the pipeline writes its status file (4 times a second) and has not stopped.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import json,sys,time; s=json.load(open('/tmp/status.json')); sys.exit(0 if time.time()-s['time']<30 and not s.get('stopped') else 1)"]
+
+ENTRYPOINT ["fleetwatch"]
+CMD ["run", "-c", "/etc/fleetwatch/fleetwatch.toml", "--status-file", "/tmp/status.json"]
