@@ -40,6 +40,8 @@ unit: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/python -m dashboards.generate --check
+	$(BIN)/python -m dashboards.grafana_alerts --check
 
 ## Benchmarks (results in bench/results/, summarised in BENCHMARKS.md). BENCH_READINGS=0, BENCH_LOGS=0 or
 ## BENCH_ALERTS=0 skips a part.

@@ -118,6 +118,46 @@ def demo(
     raise typer.Exit(run_demo(config, cfg, duration, console))
 
 
+def render_dashboard_snapshots(cfg: config_mod.Config, out: Path, time_range: str) -> list[Path]:
+    """The dashboards' panels from the configured stores to PNG files, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from dashboards.snapshot import render_snapshots
+
+    es_auth = None
+    if cfg.elasticsearch.username:
+        password = cfg.elasticsearch.resolved_password()
+        es_auth = (cfg.elasticsearch.username, password.get_secret_value() if password else "")
+    token = cfg.influxdb.resolved_token()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task("snapshots", total=None)
+        return render_snapshots(
+            out,
+            cfg.influxdb.url,
+            cfg.influxdb.database,
+            cfg.elasticsearch.hosts[0],
+            cfg.elasticsearch.index_prefix,
+            time_range,
+            progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what),
+            es_auth=es_auth,
+            influx_token=token.get_secret_value() if token and cfg.influxdb.api == "v2" else None,
+        )
+
+
+@app.command()
+def snapshot(
+    config: ConfigOption = DEFAULT_CONFIG,
+    out: Annotated[Path, typer.Option(help="Directory for the PNG files.")] = Path(".fleetwatch/snapshots"),
+    last: Annotated[str, typer.Option(help="Time range: the last '1h', '30m', ... or '<start_ns>..<end_ns>'.")] = "1h",
+) -> None:
+    """Render every dashboard's panels from the real stores into PNG images (one per dashboard), with the
+    dashboards' own queries: for places where Grafana is not running."""
+    cfg = _load(config)
+    for path in render_dashboard_snapshots(cfg, out, last):
+        console.print(str(path), highlight=False, soft_wrap=True)
+
+
 grafana_app = typer.Typer(no_args_is_help=True, help="Grafana: data sources, dashboards and alert rules.")
 app.add_typer(grafana_app, name="grafana")
 

@@ -194,6 +194,14 @@ def run_demo(config_path: Path, cfg: Config, duration: float, console: Console) 
         console.print(f"[red]pipeline exited with {pipeline.returncode}[/red]; see .fleetwatch/demo-pipeline.log")
         return 1
     _summary(cfg, console, started_ns, sim_stats, log_stats, _read_status(status_file), dead_offset)
+    from fleetwatch.cli import render_dashboard_snapshots
+
+    paths = render_dashboard_snapshots(
+        cfg, Path(".fleetwatch/snapshots"), f"{started_ns - 60 * 10**9}..{time.time_ns()}"
+    )
+    console.print("Dashboard snapshots (the Grafana dashboards' panels, from the same queries):")
+    for path in paths:
+        console.print(f"  {path}", highlight=False, soft_wrap=True)
     return 0
 
 
