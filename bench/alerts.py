@@ -44,7 +44,7 @@ def main() -> None:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            received_webhook[int(round(body["value"]))] = time.monotonic()
+            received_webhook[round(body["value"])] = time.monotonic()
             self.send_response(204)
             self.end_headers()
 
@@ -56,7 +56,7 @@ def main() -> None:
 
     def on_alert(client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         if msg.payload and not msg.retain:
-            received_mqtt[int(round(json.loads(msg.payload)["value"]))] = time.monotonic()
+            received_mqtt[round(json.loads(msg.payload)["value"])] = time.monotonic()
 
     listener = paho.Client(CallbackAPIVersion.VERSION2)
     listener.on_message = on_alert
