@@ -35,6 +35,7 @@ from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout
 from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.helpers import streaming_bulk
+from elasticsearch.serializer import OrjsonSerializer
 
 from fleetwatch.config import ElasticsearchConfig
 from fleetwatch.record import AlertTransition, DeadLetter, LogEvent, LogRate
@@ -64,6 +65,7 @@ def make_client(cfg: ElasticsearchConfig) -> Elasticsearch:
         options["ca_certs"] = str(cfg.ca_file)
     return Elasticsearch(
         cfg.hosts,
+        serializer=OrjsonSerializer(),
         verify_certs=cfg.verify_tls,
         request_timeout=cfg.timeout.total_seconds(),
         # Retries are the sink's business: it knows which documents are safe to send again.
