@@ -16,9 +16,10 @@ COPY pyproject.toml README.md ./
 COPY fleetwatch ./fleetwatch
 COPY collectors ./collectors
 COPY flows ./flows
-# Not installed until pyproject lists it; here so `fleetwatch grafana sync` can be packaged without a Dockerfile edit.
 COPY dashboards ./dashboards
-RUN pip install .
+# urllib3-future (from grafana-client's niquests) is built from source so it installs beside urllib3 instead of
+# replacing it for the Elasticsearch and InfluxDB clients (see the Makefile).
+RUN URLLIB3_NO_OVERRIDE=1 pip install --no-binary urllib3-future .
 
 # The compose config as the default; docker-compose.yml mounts the same file, so edits apply without a rebuild.
 COPY provisioning/fleetwatch/docker.toml /etc/fleetwatch/fleetwatch.toml

@@ -11,7 +11,10 @@ PYTEST_ARGS ?=
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	# grafana-client's HTTP library (niquests) brings urllib3-future, whose wheel replaces urllib3 for the
+	# whole environment (elasticsearch and influxdb-client included) through a .pth hook. Built from source
+	# with URLLIB3_NO_OVERRIDE it installs beside urllib3 instead.
+	URLLIB3_NO_OVERRIDE=1 $(BIN)/pip install -q --no-binary urllib3-future -e '.[dev]'
 	touch $@
 
 venv: $(BIN)/.installed
