@@ -51,7 +51,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from fleetwatch.config import MQTTConfig
 from fleetwatch.record import AlertTransition, escape_tag, parse_series
-from flows.alerts.rules import WebhookConfig
+from flows.alerts.rules import GrafanaAnnotationsConfig, WebhookConfig
 from flows.sinks.writer import BatchWriterThread, RetryableError
 
 log = logging.getLogger(__name__)
@@ -730,3 +730,51 @@ class WebhookNotifier(_Notifier):
 
     def close_target(self) -> None:
         self._http.clear()
+
+
+# ------------------------------------------------------------------------------------------- Grafana
+
+
+class GrafanaAnnotationNotifier(_Notifier):
+    """Posts each transition as a Grafana annotation through grafana-client (``dashboards.sync.annotate``).
+    Connection errors, timeouts, 408, 429 and 5xx are retried with capped backoff; other client errors (a
+    bad token, a missing dashboard) are logged and given up, like a webhook's."""
+
+    def __init__(
+        self,
+        cfg: GrafanaAnnotationsConfig,
+        journal: SentJournal,
+        *,
+        channel: str = "grafana",
+        capacity: int = DEFAULT_CAPACITY,
+        name: str = "alert-grafana",
+        api: Any = None,
+    ) -> None:
+        super().__init__(name, capacity, 60.0, journal, channel, None)
+        self.cfg = cfg
+        self.target = safe_target(cfg.url)
+        self._token = cfg.resolved_token()
+        self._api = api
+        self.start()
+
+    def deliver(self, batch: list[AlertTransition]) -> None:
+        from grafana_client.client import GrafanaClientError
+
+        from dashboards.sync import SyncError, annotate, connect
+
+        if self._api is None:
+            self._api = connect(self.cfg.url, self._token)
+        for t in self._to_send(batch):
+            try:
+                annotate(self.cfg.url, self._token, t, dashboard_uid=self.cfg.dashboard_uid, api=self._api)
+            except SyncError as exc:
+                cause = exc.__cause__
+                status = cause.status_code if isinstance(cause, GrafanaClientError) else None
+                if status is None or status in RETRYABLE_STATUS:
+                    raise RetryableError(f"{self.target}: {exc}") from None
+                log.error(
+                    "%s: %s refused annotation %s with HTTP %s, giving up", self.name, self.target, t.rule, status
+                )
+                self._record(t, delivered=False)
+                continue
+            self._record(t, delivered=True)

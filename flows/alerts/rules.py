@@ -331,6 +331,32 @@ class WebhookConfig(Section):
         return delay
 
 
+class GrafanaAnnotationsConfig(Section):
+    """Alert transitions also posted as Grafana annotations (tags ``fleetwatch``, ``rule:…``, ``state:…``)."""
+
+    url: str
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    # Annotate one dashboard; without it the annotations belong to the organisation (any dashboard's
+    # annotation query on the tag ``fleetwatch`` shows them).
+    dashboard_uid: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL (got {url!r})")
+        return url
+
+    def resolved_token(self) -> str:
+        if self.token_file is not None:
+            try:
+                return self.token_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"alerts.grafana.token_file: cannot read {self.token_file}: {exc.strerror}") from None
+        return self.token.get_secret_value() if self.token else ""
+
+
 class AlertsConfig(Section):
     rules: list[AlertRule] = Field(default_factory=list)
     # A TOML file of [[rules]] tables, merged with the inline rules (see load_rules).
@@ -339,6 +365,7 @@ class AlertsConfig(Section):
     # series, holding its current state.
     mqtt_topic_prefix: str = Field(default="alerts", min_length=1)
     webhooks: list[WebhookConfig] = Field(default_factory=list)
+    grafana: GrafanaAnnotationsConfig | None = None
     # Ids of notifications sent, so a replay after a restart does not send them again.
     journal: Path = Path(".fleetwatch/alerts-sent.jsonl")
 

@@ -1,5 +1,6 @@
-"""The alert notification sink: every transition to the log, firing/resolved (and re-notifications) to MQTT
-and the webhooks. Alert history (Elasticsearch, InfluxDB) goes through the store sinks.
+"""The alert notification sink: every transition to the log, firing/resolved (and re-notifications) to MQTT,
+the webhooks and, when ``[alerts.grafana]`` is set, Grafana annotations. Alert history (Elasticsearch,
+InfluxDB) goes through the store sinks.
 
 The notifiers are per process, not per worker: they share one journal of sent notification ids, a file
 that only one process may hold. Each partition hands its transitions to them and returns at once (a slow
@@ -18,7 +19,13 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from fleetwatch.config import MQTTConfig
 from fleetwatch.record import AlertTransition
-from flows.alerts.notify import MQTTNotifier, SentJournal, WebhookNotifier, log_transition
+from flows.alerts.notify import (
+    GrafanaAnnotationNotifier,
+    MQTTNotifier,
+    SentJournal,
+    WebhookNotifier,
+    log_transition,
+)
 from flows.alerts.rules import AlertsConfig
 from flows.sinks.writer import BatchWriterThread, pending_for_epoch
 
@@ -53,6 +60,8 @@ def process_notifiers(
                 WebhookNotifier(hook, journal, channel=f"webhook-{i}", name=f"alert-webhook-{i}")
                 for i, hook in enumerate(cfg.webhooks)
             ]
+            if cfg.grafana is not None:
+                notifiers.append(GrafanaAnnotationNotifier(cfg.grafana, journal))
             _notifiers = notifiers
         return _notifiers
 
