@@ -26,7 +26,6 @@ Design, and why:
 from __future__ import annotations
 
 import logging
-import ssl
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -39,6 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from collectors.mqtt.client import apply_credentials_and_tls
 from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, packet_complete, read_publishes
 from collectors.mqtt.parse import MessageBatch
 from fleetwatch.config import MQTTConfig
@@ -223,18 +223,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             v5=v5,
         )
         client.max_queued_messages_set(0)
-        if cfg.username:
-            password = cfg.resolved_password()
-            client.username_pw_set(cfg.username, password.get_secret_value() if password else None)
-        if cfg.tls.enabled:
-            client.tls_set(
-                ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                cert_reqs=ssl.CERT_NONE if cfg.tls.insecure_skip_verify else ssl.CERT_REQUIRED,
-            )
-            if cfg.tls.insecure_skip_verify:
-                client.tls_insecure_set(True)
+        apply_credentials_and_tls(client, cfg)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message

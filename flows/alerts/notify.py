@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import ssl
 import threading
 import time
 import uuid
@@ -49,6 +48,7 @@ import paho.mqtt.client as paho
 import urllib3
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
+from collectors.mqtt.client import apply_credentials_and_tls
 from fleetwatch.config import MQTTConfig
 from fleetwatch.record import AlertTransition, escape_tag, parse_series
 from flows.alerts.rules import GrafanaAnnotationsConfig, WebhookConfig
@@ -451,18 +451,7 @@ def make_mqtt_client(cfg: MQTTConfig, client_id: str, **kwargs: Any) -> paho.Cli
         protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
         **kwargs,
     )
-    if cfg.username:
-        password = cfg.resolved_password()
-        client.username_pw_set(cfg.username, password.get_secret_value() if password else None)
-    if cfg.tls.enabled:
-        client.tls_set(
-            ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-            certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-            keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-            cert_reqs=ssl.CERT_NONE if cfg.tls.insecure_skip_verify else ssl.CERT_REQUIRED,
-        )
-        if cfg.tls.insecure_skip_verify:
-            client.tls_insecure_set(True)
+    apply_credentials_and_tls(client, cfg)
     return client
 
 
