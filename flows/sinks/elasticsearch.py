@@ -1,4 +1,4 @@
-"""Elasticsearch sink (elasticsearch-py 8.x bulk helpers): log events, log rates and dead letters.
+"""Elasticsearch sink (elasticsearch-py 8.x bulk helpers): log events, log rates, alert history and dead letters.
 
 Layout: every kind of record has its index template, installed at start, with mappings chosen on purpose
 (``message`` is text, names and levels are keywords, ``@timestamp`` is a date). Documents go to a data
