@@ -153,21 +153,10 @@ def slack_payload(t: AlertTransition) -> dict[str, Any]:
 
 def alert_doc(t: AlertTransition) -> dict[str, Any]:
     """The alert-history document for Elasticsearch (index kind ``alerts``; ``_id`` = ``notification_id``,
-    so a replayed transition is answered 409 instead of stored twice)."""
-    return {
-        "@timestamp": rfc3339(t.at_ns),
-        "rule": t.rule,
-        "series": t.series,
-        "tags": dict(t.tags),
-        "state": t.state,
-        "severity": t.severity,
-        "value": _finite(t.value),
-        "threshold": _finite(t.threshold),
-        "started_at": rfc3339(t.started_ns),
-        "summary": t.summary,
-        "notification_id": t.notification_id,
-        "renotify": t.renotify,
-    }
+    so a replayed transition is answered 409 instead of stored twice). The generic payload, with its time
+    as ``@timestamp``."""
+    doc = alert_payload(t)
+    return {"@timestamp": doc.pop("at"), **doc}
 
 
 def alert_mappings() -> dict[str, Any]:
