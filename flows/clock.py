@@ -18,6 +18,17 @@ def now_ns() -> int:
     return time.time_ns() - _stalled_ns
 
 
+def to_wall_ns(pipeline_ns: int) -> int:
+    """A moment on the pipeline clock as wall time: what Bytewax's ``notify_at`` must be given. Returning a
+    pipeline-clock moment there would be in the past after any stall, and Bytewax would call ``on_notify``
+    again at once, forever."""
+    return pipeline_ns + _stalled_ns
+
+
+def stalled_ns() -> int:
+    return _stalled_ns
+
+
 def add_stall(ns: int) -> None:
     global _stalled_ns
     with _lock:
