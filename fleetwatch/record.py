@@ -52,8 +52,10 @@ class DeadLetter(NamedTuple):
         )
 
 
-_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
-_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
+# Line protocol has no escape for a line break: one in a name would end the line and make the server refuse
+# the whole batch. It is written as the two characters backslash and n, which the server keeps as they are.
+_TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
 
 
 def escape_tag(text: str) -> str:
@@ -86,7 +88,7 @@ def parse_series(series: str) -> tuple[str, dict[str, str]]:
     escaped = False
     for ch in series:
         if escaped:
-            parts[-1].append(ch)
+            parts[-1].append("\n" if ch == "n" else "\r" if ch == "r" else ch)
             escaped = False
         elif ch == "\\":
             escaped = True

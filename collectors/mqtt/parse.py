@@ -27,8 +27,11 @@ from fleetwatch.record import DeadLetter, Reading, series_key
 
 _scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
-# Topics seen are cached; fleets have many, but not unbounded, topics. Past this the cache starts over.
-_TOPIC_CACHE_LIMIT = 1_000_000
+# Topics seen are cached, and per topic the series key of each field name. Fleets have many topics, but a
+# careless or hostile client can send endless new topics or JSON keys: past these counts the caches start
+# over (a miss costs one template match, a few microseconds).
+TOPIC_CACHE_LIMIT = 1_000_000
+NAME_CACHE_LIMIT = 2_000_000
 
 
 class MessageBatch(NamedTuple):
@@ -68,6 +71,17 @@ class _TopicInfo:
     ts_scale: int = 0
 
 
+def _encodable(series: str) -> str:
+    """A series key that can be written: JSON escapes such as ``"\\ud800"`` give lone surrogates, which
+    no store accepts and which would make the writer refuse a whole batch."""
+    if not series.isascii():
+        try:
+            series.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PayloadError("invalid_utf8", f"name {series!r} is not valid Unicode (a lone surrogate)") from None
+    return series
+
+
 class MQTTParser:
     """Decodes MessageBatches with the subscriptions of one MQTT config."""
 
@@ -78,6 +92,15 @@ class MQTTParser:
         self._max_future_ns = int(windows.max_future_skew.total_seconds() * 1e9)
         self._max_age_ns = int(windows.max_age.total_seconds() * 1e9)
         self._topics: dict[str, _TopicInfo | str] = {}
+        self.topic_cache_limit = TOPIC_CACHE_LIMIT
+        self.name_cache_limit = NAME_CACHE_LIMIT
+        self._names = 0  # series keys cached in every topic's by_metric
+
+    def cached_topics(self) -> int:
+        return len(self._topics)
+
+    def cached_names(self) -> int:
+        return self._names
 
     # -- per topic, cached
 
@@ -118,20 +141,26 @@ class MQTTParser:
     def _info(self, topic: str) -> _TopicInfo | str:
         info = self._topics.get(topic)
         if info is None:
-            if len(self._topics) >= _TOPIC_CACHE_LIMIT:
+            if len(self._topics) >= self.topic_cache_limit:
                 self._topics.clear()
+                self._names = 0
             info = self._topics[topic] = self._resolve(topic)
         return info
 
     def _series(self, info: _TopicInfo, sample: Sample) -> str:
         if sample.measurement is not None or sample.tags:
             tags = {**info.tags, **(sample.tags or {}), "metric": sample.metric}
-            return series_key(sample.measurement or info.measurement, tags)
+            return _encodable(series_key(sample.measurement or info.measurement, tags))
         series = info.by_metric.get(sample.metric)
         if series is None:
-            series = info.by_metric[sample.metric] = series_key(
-                info.measurement, {**info.tags, "metric": sample.metric}
-            )
+            series = _encodable(series_key(info.measurement, {**info.tags, "metric": sample.metric}))
+            if self._names >= self.name_cache_limit:
+                for cached in self._topics.values():
+                    if not isinstance(cached, str):
+                        cached.by_metric.clear()
+                self._names = 0
+            info.by_metric[sample.metric] = series
+            self._names += 1
         return series
 
     # -- per batch
@@ -149,97 +178,110 @@ class MQTTParser:
         max_payload = self._max_payload
         append = readings.append
         for topic, payload in batch.messages:
-            info = self._info(topic)
-            if isinstance(info, str):
-                dead.append(DeadLetter("topic_mismatch", f"mqtt:{topic}", payload, received_ns, info))
-                continue
-            if len(payload) > max_payload:
-                dead.append(
-                    DeadLetter(
-                        "oversized",
-                        f"mqtt:{topic}",
-                        payload,
-                        received_ns,
-                        f"payload of {len(payload)} bytes exceeds max_payload_bytes {max_payload}",
-                    )
-                )
-                continue
-            series = info.series
-            if series is not None:
-                # format "number", the common case, inline.
-                try:
-                    value = float(payload)
-                except ValueError:
-                    value = math.nan
-                if value - value == 0.0:  # finite
-                    reading = Reading(info.measurement, series, value, received_ns)
-                    append(reading)
-                    if info.write_raw:
-                        raw.append(reading)
-                    continue
-            if info.flat_json:
-                # A flat JSON object of numbers (the common device payload), inline; anything else
-                # (nesting, booleans, strings, errors) takes the general decoder below.
-                try:
-                    text = payload.decode()
-                    doc, end = _scan_json(text, 0)  # the C scanner, without json.loads' Python layers
-                    if end != len(text):
-                        doc = None  # trailing data or whitespace: let the general decoder judge
-                except (ValueError, StopIteration):
-                    doc = None
-                ts = received_ns
-                if type(doc) is dict and info.ts_field is not None:
-                    raw_ts = doc.get(info.ts_field)
-                    # Only integer epochs in a fixed unit here; the general decoder handles the rest.
-                    if type(raw_ts) is int and info.ts_scale:
-                        ts = raw_ts * info.ts_scale
-                    else:
-                        doc = None
-                if type(doc) is dict and oldest_ok <= ts <= newest_ok:
-                    by_metric = info.by_metric
-                    found: list[Reading] = []
-                    for key, value in doc.items():
-                        kind = type(value)
-                        if (kind is float or kind is int) and key not in info.skip:
-                            if value - value != 0:
-                                break
-                            series = by_metric.get(key) or self._series(info, Sample(key, 0.0))
-                            found.append(Reading(info.measurement, series, float(value), ts))
-                        elif kind is not str and value is not None and key not in info.skip:
-                            break  # nested, boolean or list: general decoder
-                    else:
-                        if found:
-                            readings.extend(found)
-                            if info.write_raw:
-                                raw.extend(found)
-                            continue
             try:
-                samples = self._decode(info, payload)
-            except PayloadError as err:
-                dead.append(DeadLetter(err.reason, f"mqtt:{topic}", payload, received_ns, err.detail))
-                continue
-            for sample in samples:
-                ts = received_ns if sample.ts_ns is None else sample.ts_ns
-                if not oldest_ok <= ts <= newest_ok:
+                info = self._info(topic)
+                if isinstance(info, str):
+                    dead.append(DeadLetter("topic_mismatch", f"mqtt:{topic}", payload, received_ns, info))
+                    continue
+                if len(payload) > max_payload:
                     dead.append(
                         DeadLetter(
-                            "timestamp_out_of_range",
+                            "oversized",
                             f"mqtt:{topic}",
                             payload,
                             received_ns,
-                            f"event time {ts} ns is outside the accepted skew",
+                            f"payload of {len(payload)} bytes exceeds max_payload_bytes {max_payload}",
                         )
                     )
-                    break
-            else:
+                    continue
+                series = info.series
+                if series is not None:
+                    # format "number", the common case, inline.
+                    try:
+                        value = float(payload)
+                    except ValueError:
+                        value = math.nan
+                    if value - value == 0.0:  # finite
+                        reading = Reading(info.measurement, series, value, received_ns)
+                        append(reading)
+                        if info.write_raw:
+                            raw.append(reading)
+                        continue
+                if info.flat_json:
+                    # A flat JSON object of numbers (the common device payload), inline; anything else
+                    # (nesting, booleans, strings, errors) takes the general decoder below.
+                    try:
+                        text = payload.decode()
+                        doc, end = _scan_json(text, 0)  # the C scanner, without json.loads' Python layers
+                        if end != len(text):
+                            doc = None  # trailing data or whitespace: let the general decoder judge
+                    except (ValueError, StopIteration, RecursionError):
+                        doc = None
+                    ts = received_ns
+                    if type(doc) is dict and info.ts_field is not None:
+                        raw_ts = doc.get(info.ts_field)
+                        # Only integer epochs in a fixed unit here; the general decoder handles the rest.
+                        if type(raw_ts) is int and info.ts_scale:
+                            ts = raw_ts * info.ts_scale
+                        else:
+                            doc = None
+                    if type(doc) is dict and oldest_ok <= ts <= newest_ok:
+                        by_metric = info.by_metric
+                        found: list[Reading] = []
+                        for key, value in doc.items():
+                            kind = type(value)
+                            if (kind is float or kind is int) and key not in info.skip:
+                                try:
+                                    number = float(value)
+                                except OverflowError:
+                                    break  # an integer beyond float range: the general decoder refuses it
+                                if number - number != 0:
+                                    break
+                                series = by_metric.get(key) or self._series(info, Sample(key, 0.0))
+                                found.append(Reading(info.measurement, series, number, ts))
+                            elif kind is not str and value is not None and key not in info.skip:
+                                break  # nested, boolean or list: general decoder
+                        else:
+                            if found:
+                                readings.extend(found)
+                                if info.write_raw:
+                                    raw.extend(found)
+                                continue
+                try:
+                    samples = self._decode(info, payload)
+                except PayloadError as err:
+                    dead.append(DeadLetter(err.reason, f"mqtt:{topic}", payload, received_ns, err.detail))
+                    continue
                 for sample in samples:
                     ts = received_ns if sample.ts_ns is None else sample.ts_ns
-                    reading = Reading(
-                        sample.measurement or info.measurement, self._series(info, sample), sample.value, ts
-                    )
-                    append(reading)
-                    if info.write_raw:
-                        raw.append(reading)
+                    if not oldest_ok <= ts <= newest_ok:
+                        dead.append(
+                            DeadLetter(
+                                "timestamp_out_of_range",
+                                f"mqtt:{topic}",
+                                payload,
+                                received_ns,
+                                f"event time {ts} ns is outside the accepted skew",
+                            )
+                        )
+                        break
+                else:
+                    for sample in samples:
+                        ts = received_ns if sample.ts_ns is None else sample.ts_ns
+                        reading = Reading(
+                            sample.measurement or info.measurement, self._series(info, sample), sample.value, ts
+                        )
+                        append(reading)
+                        if info.write_raw:
+                            raw.append(reading)
+            except PayloadError as err:
+                dead.append(DeadLetter(err.reason, f"mqtt:{topic}", payload, received_ns, err.detail))
+            except Exception as exc:
+                # A payload no decoder foresaw must still end as a dead letter: an exception here would stop
+                # the pipeline, and the broker would redeliver the same message after every restart.
+                dead.append(
+                    DeadLetter("undecodable", f"mqtt:{topic}", payload, received_ns, f"{type(exc).__name__}: {exc}")
+                )
         return ParsedBatch(received_ns, len(batch.messages), readings, raw, dead)
 
     def _decode(self, info: _TopicInfo, payload: bytes) -> list[Sample]:

@@ -63,7 +63,7 @@ def timestamp_ns(value: Any, unit: str) -> int:
     if isinstance(value, bool):
         raise PayloadError("bad_timestamp", f"timestamp {value!r} is a boolean")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise PayloadError("bad_timestamp", f"timestamp {value!r} is not finite")
         if unit in ("auto", "rfc3339"):
             magnitude = abs(value)
@@ -71,7 +71,10 @@ def timestamp_ns(value: Any, unit: str) -> int:
             unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
         if isinstance(value, int):
             return value * _UNIT_NS[unit]
-        return round(value * _UNIT_NS[unit])
+        scaled = value * _UNIT_NS[unit]
+        if not math.isfinite(scaled):  # 1e300 s is finite, but not in nanoseconds
+            raise PayloadError("bad_timestamp", f"timestamp {value!r} {unit} is out of range")
+        return round(scaled)
     if isinstance(value, str):
         text = value.strip()
         if unit not in ("auto", "rfc3339"):
@@ -103,14 +106,24 @@ def _flatten(obj: dict[str, Any], prefix: str, skip: frozenset[str], ts: int | N
             continue
         kind = type(value)
         if kind is float or kind is int:
-            if value - value != 0:  # inf or nan (json.loads accepts Infinity and NaN)
-                raise PayloadError("non_finite", f"field {name!r} is {value}")
-            out.append(Sample(name, float(value), ts))
+            out.append(Sample(name, finite_float(value, name), ts))
         elif kind is bool:
             out.append(Sample(name, 1.0 if value else 0.0, ts))
         elif kind is dict:
             _flatten(value, f"{name}_", skip, ts, out)
         # Strings, lists and nulls are not readings (Tasmota's "TempUnit", Zigbee2MQTT's "update").
+
+
+def finite_float(value: float, name: str) -> float:
+    """A JSON number as a finite float: ``Infinity``/``NaN`` (which json.loads accepts) and integers too
+    large for a float (JSON has no limit on digits) are refused."""
+    try:
+        number = float(value)
+    except OverflowError:
+        raise PayloadError("non_finite", f"field {name!r} is an integer too large for a float") from None
+    if number - number != 0:
+        raise PayloadError("non_finite", f"field {name!r} is {number}")
+    return number
 
 
 def decode_json(
@@ -123,6 +136,9 @@ def decode_json(
         raise PayloadError("invalid_utf8", f"payload is not valid UTF-8: {exc}") from None
     except ValueError as exc:
         raise PayloadError("undecodable", f"not JSON: {exc}") from None
+    except RecursionError:
+        # 60,000 x "[" fits in a payload and exhausts the decoder's stack.
+        raise PayloadError("undecodable", "JSON nested too deeply") from None
     if type(doc) is not dict:
         return [_bare_json_value(doc, metric)]
     ts: int | None = None
@@ -144,10 +160,7 @@ def _bare_json_value(doc: Any, metric: str | None) -> Sample:
         return Sample(metric or "value", decode_number(doc.encode()))
     if isinstance(doc, bool) or not isinstance(doc, int | float):
         raise PayloadError("not_a_number", f"JSON {type(doc).__name__} is not a reading")
-    value = float(doc)
-    if not math.isfinite(value):
-        raise PayloadError("non_finite", f"value {value} is not finite")
-    return Sample(metric or "value", value)
+    return Sample(metric or "value", finite_float(doc, metric or "value"))
 
 
 # --- line protocol --------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""One bad payload must become a dead letter, never an exception out of the parser (issue 15 items 1, 2,
+11 and 12): the parser runs inside the dataflow, and an exception there stops the pipeline, in a loop when
+the broker redelivers the message after each restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from collectors.mqtt.parse import MessageBatch, MQTTParser
+from fleetwatch.config import from_dict
+from fleetwatch.record import escape_tag, series_key
+
+
+def _parser(**mqtt: object) -> MQTTParser:
+    cfg = from_dict(
+        {
+            "mqtt": {
+                "max_payload_bytes": 65_536,
+                "subscriptions": [
+                    {"topic": "j/+", "template": "j/{device}", "format": "json"},
+                    {
+                        "topic": "ts/+",
+                        "template": "ts/{device}",
+                        "format": "json",
+                        "timestamp_field": "ts",
+                        "timestamp_unit": "s",
+                    },
+                    {"topic": "n/+/+", "template": "n/{device}/{metric}"},
+                    {"topic": "lp/#", "format": "influx_line"},
+                ],
+                **mqtt,
+            },
+            "windows": {"max_age": "0s", "max_future_skew": "100000d"},
+        },
+        env={},
+    )
+    return MQTTParser(cfg.mqtt, cfg.windows)
+
+
+HOSTILE = [
+    ("j/d1", b"[" * 60_000, "undecodable"),
+    ("j/d1", b"{" * 60_000, "undecodable"),
+    ("j/d1", b'{"v": ' + b"9" * 400 + b"}", "non_finite"),
+    ("j/d1", b'{"a": {"v": ' + b"9" * 400 + b"}}", "non_finite"),
+    ("j/d1", b"9" * 400, "non_finite"),
+    ("ts/d1", b'{"ts": 1e300, "v": 1}', "bad_timestamp"),
+    ("ts/d1", b'{"ts": ' + b"9" * 400 + b', "v": 1}', "timestamp_out_of_range"),
+    ("j/d1", b'{"\\ud800": 1}', "invalid_utf8"),
+    ("j/d1", b'{"a": {"\\udfff": 1}}', "invalid_utf8"),
+]
+
+
+@pytest.mark.parametrize(("topic", "payload", "reason"), HOSTILE, ids=[h[1][:20].decode() for h in HOSTILE])
+def test_a_hostile_payload_is_a_dead_letter_and_the_batch_goes_on(topic: str, payload: bytes, reason: str) -> None:
+    parser = _parser()
+    parsed = parser.parse(MessageBatch(1, [("j/d0", b'{"v": 1}'), (topic, payload), ("n/d2/temp", b"2.5")]))
+    assert [d.reason for d in parsed.dead_letters] == [reason]
+    assert parsed.dead_letters[0].raw == payload
+    assert [r.value for r in parsed.readings] == [1.0, 2.5]
+    # Every reading the parser lets through can be written as UTF-8 line protocol.
+    for reading in parsed.readings:
+        reading.series.encode("utf-8")
+
+
+def test_a_newline_in_a_topic_level_or_key_never_breaks_a_line() -> None:
+    parser = _parser()
+    parsed = parser.parse(
+        MessageBatch(1, [("n/dev\nice/temp", b"1"), ("j/d1", b'{"te\\nmp": 2}'), ("n/d\r/x", b"3")])
+    )
+    assert not parsed.dead_letters
+    for reading in parsed.readings:
+        assert "\n" not in reading.series and "\r" not in reading.series
+    assert escape_tag("a\nb") == "a\\nb"
+    assert series_key("m\nx", {"k": "v\r"}) == "m\\nx,k=v\\r"
+
+
+def test_the_topic_and_field_caches_stay_bounded_under_churn() -> None:
+    parser = _parser()
+    parser.topic_cache_limit = 1_000
+    parser.name_cache_limit = 5_000
+    for i in range(50):
+        # 200 new topics a batch, each with 20 new JSON keys.
+        fields = ",".join(f'"k{i}_{j}": {j}' for j in range(20))
+        batch = [(f"j/dev{i}_{k}", ("{" + fields + "}").encode()) for k in range(200)]
+        parsed = parser.parse(MessageBatch(1, batch))
+        assert len(parsed.readings) == 200 * 20
+        assert parser.cached_topics() <= 1_000
+        assert parser.cached_names() <= 5_000
