@@ -36,6 +36,9 @@ class BoundedBuffer(Generic[T]):
         self._flush_requested = False
         # The last batch taken, until the writer says it is stored (done()): still pending for a snapshot.
         self._taken: list[T] = []
+        # Set once the writer behind this buffer has stopped for good: put() stops blocking, so that the
+        # dataflow can end and keep what is unwritten in its last snapshot instead of waiting forever.
+        self._writer_gone = False
         with _registry_lock:
             _buffers.append(self)
 
@@ -51,6 +54,8 @@ class BoundedBuffer(Generic[T]):
         with self._cond:
             while pos < len(items):
                 room = self.capacity - len(self._items)
+                if self._writer_gone:
+                    room = len(items) - pos
                 if room <= 0:
                     self._cond.wait(0.1)
                     continue
@@ -81,12 +86,37 @@ class BoundedBuffer(Generic[T]):
         """The batch last taken is stored."""
         with self._cond:
             self._taken = []
+            self._cond.notify_all()
 
-    def pending(self, limit: int) -> list[T] | None:
+    def unwritten(self) -> int:
+        """Items not yet stored: the batch being written plus the queue."""
+        with self._cond:
+            return len(self._taken) + len(self._items)
+
+    def wait_written(self, timeout: float) -> bool:
+        """Wait until every item put so far is stored (the queue is empty and no batch is being written);
+        False after ``timeout`` seconds or once the writer is gone with items left."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._flush_requested = True
+            self._cond.notify_all()
+            while self._items or self._taken:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._writer_gone:
+                    return False
+                self._cond.wait(min(remaining, 0.1))
+            return True
+
+    def writer_gone(self) -> None:
+        with self._cond:
+            self._writer_gone = True
+            self._cond.notify_all()
+
+    def pending(self, limit: int | None) -> list[T] | None:
         """Everything not yet stored (the batch being written, then the queue), or None if that is more
         than ``limit`` items."""
         with self._cond:
-            if len(self._taken) + len(self._items) > limit:
+            if limit is not None and len(self._taken) + len(self._items) > limit:
                 return None
             return [*self._taken, *self._items]
 

@@ -27,7 +27,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from fleetwatch.config import InfluxDBConfig
 from fleetwatch.record import DeadLetter
 from flows import health
-from flows.sinks.writer import BatchWriterThread, RetryableError, pending_for_epoch
+from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch
 
 log = logging.getLogger(__name__)
 
@@ -35,18 +35,21 @@ RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class WriteError(Exception):
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, retry_after: float | None = None, status: int | None = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.retry_after = retry_after
+        self.status = status
 
 
 class LineWriter(Protocol):
     def prepare(self) -> None:
         """Make the target ready (create the database); raise WriteError."""
 
-    def write(self, body: str) -> None:
-        """POST line protocol; raise WriteError."""
+    def write(self, body: bytes) -> None:
+        """POST line protocol (UTF-8); raise WriteError."""
 
     def close(self) -> None: ...
 
@@ -100,11 +103,23 @@ class V1Writer:
             )
         except urllib3.exceptions.HTTPError as exc:
             raise WriteError(f"InfluxDB unreachable at {self._cfg.url}: {exc}", retryable=True) from exc
+        if resp.status in RETRYABLE_STATUS:
+            raise WriteError(f"CREATE DATABASE: HTTP {resp.status}", retryable=True, status=resp.status)
         if resp.status >= 300:
-            raise WriteError(f"CREATE DATABASE failed: {resp.status} {resp.data[:200]!r}", retryable=False)
+            answer = resp.data[:200].decode("utf-8", "replace")
+            hint = (
+                " (the user may not create databases: create it as an admin and set influxdb.create_database = false)"
+                if resp.status in (401, 403)
+                else ""
+            )
+            raise WriteError(
+                f'CREATE DATABASE "{self._cfg.database}" refused: HTTP {resp.status} {answer}{hint}',
+                retryable=False,
+                status=resp.status,
+            )
 
-    def write(self, body: str) -> None:
-        data = body.encode("utf-8")
+    def write(self, body: bytes) -> None:
+        data = body
         if self._cfg.gzip:
             data = _gzip(data)
         try:
@@ -114,7 +129,12 @@ class V1Writer:
         if resp.status < 300:
             return
         message = f"HTTP {resp.status}: {resp.data[:300].decode('utf-8', 'replace')}"
-        raise WriteError(message, retryable=resp.status in RETRYABLE_STATUS, retry_after=_retry_after(resp.headers))
+        raise WriteError(
+            message,
+            retryable=resp.status in RETRYABLE_STATUS,
+            retry_after=_retry_after(resp.headers),
+            status=resp.status,
+        )
 
     def close(self) -> None:
         self._http.clear()
@@ -150,7 +170,7 @@ class V2Writer:
     def prepare(self) -> None:
         """Buckets are provisioned with the server (DOCKER_INFLUXDB_INIT_BUCKET); nothing to do."""
 
-    def write(self, body: str) -> None:
+    def write(self, body: bytes) -> None:
         from influxdb_client.domain.write_precision import WritePrecision
         from influxdb_client.rest import ApiException
 
@@ -162,6 +182,7 @@ class V2Writer:
                 f"HTTP {status}: {str(exc.body)[:300]}",
                 retryable=status in RETRYABLE_STATUS,
                 retry_after=_retry_after(exc.headers),
+                status=status,
             ) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             raise WriteError(f"connection: {exc}", retryable=True) from exc
@@ -209,19 +230,50 @@ class InfluxWriterThread(BatchWriterThread[str]):
         except WriteError as err:
             if err.retryable:
                 raise RetryableError(str(err), err.retry_after) from err
-            raise
+            raise SetupError(f"InfluxDB at {self.cfg.url}: {err}") from None
 
     def deliver(self, batch: list[str]) -> None:
-        body = "\n".join(batch)
+        try:
+            body = "\n".join(batch).encode("utf-8")
+        except UnicodeEncodeError:
+            batch = self._refuse_unencodable(batch)
+            if not batch:
+                return
+            body = "\n".join(batch).encode("utf-8")
         try:
             self._writer.write(body)
         except WriteError as err:
             if err.retryable:
                 raise RetryableError(str(err), err.retry_after) from err
-            log.error("InfluxDB refused a batch of %d points: %s", len(batch), err)
-            self._on_rejected([DeadLetter("influxdb_rejected", "influxdb", body.encode(), time.time_ns(), str(err))])
-            return
+            if err.status in (400, 413) and len(batch) > 1:
+                # A bad line makes the server refuse the whole request. Halve until the bad lines stand
+                # alone, so that only they become dead letters (writes are idempotent: lines stored by an
+                # earlier half are simply stored again).
+                middle = len(batch) // 2
+                self.deliver(batch[:middle])
+                self.deliver(batch[middle:])
+                return
+            if err.status in (400, 413, 422):
+                log.error("InfluxDB refused %d point(s): %s", len(batch), err)
+                self._on_rejected([DeadLetter("influxdb_rejected", "influxdb", body, time.time_ns(), str(err))])
+                return
+            # 401/403 (credentials), 404 (no such database or bucket): not about a record, and retrying
+            # cannot fix it.
+            raise SetupError(f"InfluxDB at {self.cfg.url} refused a write: {err}") from None
         self.written += len(batch)
+
+    def _refuse_unencodable(self, batch: list[str]) -> list[str]:
+        """Lines that cannot be UTF-8 (lone surrogates) become dead letters; the rest is returned."""
+        good: list[str] = []
+        for line in batch:
+            try:
+                line.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raw = line.encode("utf-8", "backslashreplace")
+                self._on_rejected([DeadLetter("invalid_utf8", "influxdb", raw, time.time_ns(), str(exc))])
+            else:
+                good.append(line)
+        return good
 
     def close_target(self) -> None:
         self._writer.close()

@@ -6,10 +6,9 @@ store is unreachable, then takes up to ``batch_size`` items, or what arrived wit
 and hands them to ``deliver``, which returns only once the batch is stored or dead-lettered: a store
 outage stalls the pipeline, it does not lose data. ``flush`` waits until everything put so far is
 delivered. The Bytewax sinks' snapshots hold what is not yet delivered (``pending_for_epoch``), or wait for
-it when that is a lot (``flush_for_epoch``), so a committed epoch never has output only in memory.
+it when that is a lot, so a committed epoch never has output only in memory.
 
-Bytewax does not close sinks when a run is interrupted, so every writer registers itself and the runner
-calls ``flush_all_writers`` on the way out.
+Every writer registers itself, and the runner calls ``flush_all_writers`` on the way out.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from flows import clock
+from flows import clock, lifecycle
 from flows.sinks.buffer import BoundedBuffer
 
 log = logging.getLogger(__name__)
@@ -35,12 +34,29 @@ _writers: list[BatchWriterThread[Any]] = []
 _writers_lock = threading.Lock()
 
 
-def flush_all_writers(timeout: float) -> bool:
-    """Flush every writer of this process within ``timeout`` seconds; False if one could not."""
+def flush_all_writers(timeout: float) -> dict[str, int]:
+    """Flush every writer of this process within ``timeout`` seconds. Returns, per writer that could not
+    store everything, how many items it still holds."""
     with _writers_lock:
         writers = list(_writers)
     deadline = time.monotonic() + timeout
-    return all(w.flush(max(0.0, deadline - time.monotonic())) for w in writers)
+    left: dict[str, int] = {}
+    for writer in writers:
+        if not writer.flush(max(0.0, deadline - time.monotonic())):
+            left[writer.name] = writer.buffer.unwritten()
+    return left
+
+
+def writers_written() -> dict[str, int]:
+    """Items stored so far, per writer of this process (the stop's summary line)."""
+    with _writers_lock:
+        return {w.name: w.written for w in _writers}
+
+
+def writers_alive() -> tuple[int, int]:
+    """(alive, registered) writer threads of this process, for the health points."""
+    with _writers_lock:
+        return sum(w.alive() for w in _writers), len(_writers)
 
 
 class RetryableError(Exception):
@@ -78,9 +94,21 @@ def retry_forever(
             delay = min(max_delay, delay * 2)
 
 
+class SetupError(Exception):
+    """The store refused what the writer needs to start (a database it may not create, a template it may
+    not install): a configuration problem that retrying cannot fix. The process stops with this message."""
+
+
 class BatchWriterThread(ABC, Generic[T]):
     """Owns a bounded buffer and one thread that delivers it in batches. Subclasses say how to prepare the
-    target and how to deliver one batch."""
+    target and how to deliver one batch.
+
+    Contract for subclasses: ``deliver`` stores the batch, or turns what the store refuses *per record*
+    into dead letters, or raises ``RetryableError`` to have the whole batch retried. Anything else it
+    raises, like anything ``prepare`` raises other than ``RetryableError``, is a failure of the writer, not
+    of a record: the thread stops, ``flows.lifecycle.fail`` stops the process with the error, and the exit
+    status is non-zero so that a supervisor restarts it. A writer never dies quietly.
+    """
 
     def __init__(
         self,
@@ -98,10 +126,10 @@ class BatchWriterThread(ABC, Generic[T]):
         self.retry_max_delay = retry_max_delay
         self.retries = 0
         self.written = 0
+        # The exception that stopped the thread, if one did.
+        self.failure: BaseException | None = None
         self._on_progress = on_progress
         self._stop = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
@@ -112,7 +140,8 @@ class BatchWriterThread(ABC, Generic[T]):
 
     @abstractmethod
     def prepare(self) -> None:
-        """Make the target ready; raise RetryableError while the store is unreachable."""
+        """Make the target ready; raise RetryableError while the store is unreachable, SetupError when it
+        refuses."""
 
     @abstractmethod
     def deliver(self, batch: list[T]) -> None:
@@ -121,9 +150,11 @@ class BatchWriterThread(ABC, Generic[T]):
     def close_target(self) -> None:
         """Release clients and connections."""
 
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.failure is None
+
     def put(self, items: list[T]) -> None:
         if items:
-            self._idle.clear()
             self.buffer.put(items)
 
     def note_retry(self) -> None:
@@ -135,23 +166,43 @@ class BatchWriterThread(ABC, Generic[T]):
             self._on_progress(self)
 
     def _run(self) -> None:
+        try:
+            self._work()
+        except SetupError as exc:
+            self._failed(exc)
+        except BaseException as exc:
+            # A bug, or a store answer nobody foresaw: the traceback is worth having.
+            log.exception("%s: stopped by an unexpected error", self.name)
+            self._failed(exc)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.failure = exc
+        self.buffer.writer_gone()
+        lifecycle.fail(f"{self.name} cannot go on", exc)
+
+    def _work(self) -> None:
         if not retry_forever(
             self.prepare, f"{self.name}: preparing", self.retry_max_delay, self._stop, self.note_retry
         ):
+            self.buffer.writer_gone()
             return
         while not (self._stop.is_set() and not len(self.buffer)):
             batch = self.buffer.take(self.batch_size, self.flush_interval)
             if not batch:
-                self._idle.set()
                 continue
-            self._deliver_with_retry(batch)
+            if not self._deliver_with_retry(batch):
+                # Stopped while the store was failing: the batch is not stored, and stays counted as
+                # unwritten (it is in the last snapshot when recovery is on).
+                log.error(
+                    "%s: stopped with %d items unwritten (the store was failing)", self.name, self.buffer.unwritten()
+                )
+                self.buffer.writer_gone()
+                return
             self.buffer.done()
             self._progress()
-            if not len(self.buffer):
-                self._idle.set()
 
-    def _deliver_with_retry(self, batch: list[T]) -> None:
-        retry_forever(
+    def _deliver_with_retry(self, batch: list[T]) -> bool:
+        return retry_forever(
             lambda: self.deliver(batch),
             f"{self.name}: writing {len(batch)} items",
             self.retry_max_delay,
@@ -161,45 +212,46 @@ class BatchWriterThread(ABC, Generic[T]):
         )
 
     def flush(self, timeout: float = 60.0) -> bool:
-        """Wait until everything put so far is delivered (without waiting for the flush interval)."""
-        self.buffer.request_flush()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._idle.wait(0.05) and not len(self.buffer):
-                return True
-        return False
+        """Wait until everything put so far is stored (without waiting for the flush interval), including
+        the batch being written. False after ``timeout``, or if the writer stopped with items unwritten."""
+        return self.buffer.wait_written(timeout)
 
-    def close(self, timeout: float = 60.0) -> None:
-        self.flush(timeout)
+    def close(self, timeout: float = 60.0) -> bool:
+        """Flush, then stop the thread. False if items were left unwritten (the store stayed down)."""
+        flushed = self.flush(timeout)
         self._stop.set()
         self._thread.join(timeout)
         with _writers_lock:
             if self in _writers:
                 _writers.remove(self)
+        unwritten = self.buffer.unwritten()
         self.buffer.close()
         self.close_target()
+        return flushed and unwritten == 0
 
 
 def pending_for_epoch(writer: BatchWriterThread[T], limit: int) -> list[T]:
     """Called from a sink's ``snapshot``: what the epoch produced and the store does not have yet, to be
     kept in the snapshot and written again on resume (writes are idempotent). The worker does not wait
-    for the store, so a slow write does not hold up the flow. Above ``limit`` items (the store is slow or
-    down) the snapshot would grow large; then the epoch waits until everything is stored instead."""
-    pending = writer.buffer.pending(limit)
-    if pending is None:
-        flush_for_epoch(writer)
-        return []
-    return pending
+    for the store, so a slow write does not hold up the flow.
 
-
-def flush_for_epoch(writer: BatchWriterThread[Any]) -> None:
-    """Called from a sink's ``snapshot``: everything of the closing epoch is stored before the epoch can be
-    committed, so a committed epoch never has output that is still only in memory. While the store is down
-    this waits (the flow stalls, the sources stop reading); it does not give up."""
+    Above ``limit`` items (the store is slow or down) the snapshot would grow large; then the epoch waits
+    until everything is stored instead: the flow stalls, the sources stop reading, nothing is given up.
+    When the process is stopping, or the writer is gone, the snapshot keeps everything instead, so that a
+    stop neither hangs on a store that is down nor loses what was not written."""
     started = time.monotonic_ns()
-    while not writer.flush(60.0):
-        log.warning("epoch waits for %d items to reach %s", len(writer.buffer), writer.name)
-    waited = time.monotonic_ns() - started
-    if waited > _STALL_NS:
-        # Window clocks run on pipeline time, which does not advance while the flow waits for a store.
-        clock.add_stall(waited)
+    try:
+        while True:
+            if lifecycle.stopping() or not writer.alive():
+                return writer.buffer.pending(None) or []
+            pending = writer.buffer.pending(limit)
+            if pending is not None:
+                return pending
+            if writer.flush(5.0):
+                return []
+            log.warning("epoch waits for %d items to reach %s", writer.buffer.unwritten(), writer.name)
+    finally:
+        waited = time.monotonic_ns() - started
+        if waited > _STALL_NS:
+            # Window clocks run on pipeline time, which does not advance while the flow waits for a store.
+            clock.add_stall(waited)

@@ -1,0 +1,110 @@
+"""The writer thread every sink shares: flush means stored, a stop never drops, a failure is never quiet
+(issue 15 items 4, 5 and 6)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from flows import lifecycle
+from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch
+
+
+@pytest.fixture(autouse=True)
+def fresh_lifecycle() -> Iterator[None]:
+    lifecycle.reset()
+    yield
+    lifecycle.reset()
+
+
+class SlowStore(BatchWriterThread[str]):
+    """Stores a batch after ``delay`` seconds; ``down`` makes every write fail as retryable."""
+
+    def __init__(self, delay: float = 0.0, down: bool = False, prepare_error: Exception | None = None) -> None:
+        super().__init__("test-writer", capacity=100, batch_size=10, flush_interval=0.001, retry_max_delay=0.05)
+        self.delay = delay
+        self.down = down
+        self.prepare_error = prepare_error
+        self.stored: list[str] = []
+        self.start()
+
+    def prepare(self) -> None:
+        if self.prepare_error is not None:
+            raise self.prepare_error
+
+    def deliver(self, batch: list[str]) -> None:
+        time.sleep(self.delay)
+        if self.down:
+            raise RetryableError("store down")
+        self.stored.extend(batch)
+
+
+def test_flush_returns_only_once_the_batch_in_flight_is_stored() -> None:
+    writer = SlowStore(delay=0.01)
+    try:
+        for i in range(200):
+            writer.put([f"item{i}"])
+            assert writer.flush(5.0)
+            assert writer.stored[-1] == f"item{i}", f"flush returned before item{i} was stored"
+    finally:
+        writer.close(5.0)
+
+
+def test_close_with_the_store_down_keeps_what_is_unwritten_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    writer = SlowStore(down=True)
+    writer.put([f"item{i}" for i in range(25)])
+    time.sleep(0.1)
+    assert writer.close(timeout=0.5) is False
+    assert writer.stored == []
+    assert writer.buffer.unwritten() == 25, "the items must still be counted as unwritten, not dropped"
+    assert "25 items unwritten" in caplog.text
+
+
+def test_a_failing_setup_stops_the_process_with_the_reason_and_put_never_blocks() -> None:
+    writer = SlowStore(prepare_error=SetupError('CREATE DATABASE "x" refused: HTTP 403'))
+    deadline = time.monotonic() + 5
+    while writer.alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not writer.alive()
+    assert lifecycle.stopping()
+    assert any("HTTP 403" in failure for failure in lifecycle.failures())
+    # The dataflow can still hand over its output (it ends in the last snapshot) instead of hanging.
+    done = threading.Event()
+    threading.Thread(target=lambda: (writer.put(["x"] * 500), done.set()), daemon=True).start()
+    assert done.wait(2), "put blocked on a writer that is gone"
+    assert len(pending_for_epoch(writer, limit=10)) == 500
+    assert writer.flush(0.2) is False
+    writer.close(0.2)
+
+
+def test_an_unexpected_error_in_deliver_is_logged_with_its_traceback_and_stops_the_process(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(SlowStore):
+        def deliver(self, batch: list[str]) -> None:
+            raise KeyError("bug")
+
+    writer = Broken()
+    with caplog.at_level(logging.ERROR):
+        writer.put(["a"])
+        deadline = time.monotonic() + 5
+        while writer.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    assert not writer.alive() and lifecycle.stopping()
+    assert "Traceback" in caplog.text or any(r.exc_info for r in caplog.records)
+    assert any("test-writer cannot go on" in f for f in lifecycle.failures())
+    writer.close(0.2)
+
+
+def test_a_stop_puts_everything_unwritten_into_the_last_snapshot_instead_of_waiting() -> None:
+    writer = SlowStore(down=True)
+    writer.put([f"item{i}" for i in range(50)])
+    lifecycle.request_stop()
+    started = time.monotonic()
+    assert len(pending_for_epoch(writer, limit=10)) == 50
+    assert time.monotonic() - started < 1.0
+    writer.close(0.2)
