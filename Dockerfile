@@ -2,6 +2,21 @@
 #   docker compose build fleetwatch      (or: scripts/compose.sh build fleetwatch)
 # Not built on fleetwatch's CI machine, which has no Docker engine; tests/integration/test_compose.py checks what it
 # can without one (the compose file renders, the files copied here exist).
+
+# Stage 1: the wheel, built from the same files as `pip install .` and `make venv` (.dockerignore keeps the rest of
+# the checkout out). dashboards/provisioning is a link to provisioning/grafana: the Grafana files are package data.
+FROM python:3.11-slim AS wheel
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY fleetwatch ./fleetwatch
+COPY collectors ./collectors
+COPY flows ./flows
+COPY dashboards ./dashboards
+COPY provisioning/grafana ./provisioning/grafana
+RUN pip wheel --no-deps --wheel-dir /wheels .
+
+# Stage 2: the image, with that wheel installed (no sources).
 FROM python:3.11-slim
 
 # No .pyc files on a read-only layer; logs straight to `docker logs`.
@@ -10,16 +25,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-WORKDIR /opt/fleetwatch
-
-COPY pyproject.toml README.md ./
-COPY fleetwatch ./fleetwatch
-COPY collectors ./collectors
-COPY flows ./flows
-COPY dashboards ./dashboards
 # urllib3-future (from grafana-client's niquests) is built from source so it installs beside urllib3 instead of
 # replacing it for the Elasticsearch and InfluxDB clients (see the Makefile).
-RUN URLLIB3_NO_OVERRIDE=1 pip install --no-binary urllib3-future .
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
+    URLLIB3_NO_OVERRIDE=1 pip install --no-binary urllib3-future /wheels/fleetwatch-*.whl
 
 # The compose config as the default; docker-compose.yml mounts the same file, so edits apply without a rebuild.
 COPY provisioning/fleetwatch/docker.toml /etc/fleetwatch/fleetwatch.toml
@@ -36,9 +45,10 @@ VOLUME ["/var/lib/fleetwatch"]
 # 5514/udp: the syslog input of docker.toml.
 EXPOSE 5514/udp
 
-# Healthy while the pipeline writes its status file (4 times a second) and has not stopped.
+# Healthy while the pipeline writes its status file (4 times a second), is ready (MQTT subscriptions acknowledged,
+# syslog sockets bound, files scanned) and has not stopped.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import json,sys,time; s=json.load(open('/tmp/status.json')); sys.exit(0 if time.time()-s['time']<30 and not s.get('stopped') else 1)"]
+    CMD ["python", "-c", "import json,sys,time; s=json.load(open('/tmp/status.json')); sys.exit(0 if time.time()-s['time']<30 and s.get('ready') and not s.get('stopped') else 1)"]
 
 ENTRYPOINT ["fleetwatch"]
 CMD ["run", "-c", "/etc/fleetwatch/fleetwatch.toml", "--status-file", "/tmp/status.json"]

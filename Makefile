@@ -8,16 +8,12 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test unit lint stack-up stack-down stack-status bench clean venv
 
-$(BIN)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	# grafana-client's HTTP library (niquests) brings urllib3-future, whose wheel replaces urllib3 for the
-	# whole environment (elasticsearch and influxdb-client included) through a .pth hook. Built from source
-	# with URLLIB3_NO_OVERRIDE it installs beside urllib3 instead.
-	URLLIB3_NO_OVERRIDE=1 $(BIN)/pip install -q --no-binary urllib3-future -e '.[dev]'
-	touch $@
-
-venv: $(BIN)/.installed
+## The virtualenv holds fleetwatch's wheel, built from this checkout and installed as users install it (not
+## editable), with the dev extras; rebuilt whenever a packaged file changed (scripts/install.sh). The dependencies
+## are installed again when pyproject.toml changes: urllib3-future (grafana-client's niquests) is built from source
+## with URLLIB3_NO_OVERRIDE=1 so it installs beside urllib3 instead of replacing it for the whole environment.
+venv:
+	PYTHON=$(PYTHON) VENV=$(VENV) scripts/install.sh
 
 stack-up:
 	scripts/stack.sh up
@@ -40,6 +36,7 @@ test: venv stack-up
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+## Run from the checkout (the files under review), not the installed wheel.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -55,4 +52,4 @@ bench: venv stack-up
 
 clean:
 	scripts/stack.sh down || true
-	rm -rf .stack .fleetwatch $(VENV)
+	rm -rf .stack .fleetwatch $(VENV) build dist

@@ -29,6 +29,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,9 @@ from grafana_client.client import GrafanaClientError, GrafanaException
 from dashboards import grafana_alerts
 from fleetwatch.record import AlertTransition
 
-REPO_DIR = Path(__file__).resolve().parent.parent
-DATASOURCES_DIR = REPO_DIR / "provisioning" / "grafana" / "datasources"
+# provisioning/grafana ships as package data of `dashboards` (dashboards/provisioning links to it in a checkout), so
+# the installed program finds it wherever it runs.
+DATASOURCES_DIR = Path(str(resources.files("dashboards") / "provisioning" / "datasources"))
 DASHBOARDS_DIR = Path(__file__).resolve().parent
 TOKEN_ENV = "FLEETWATCH_GRAFANA_TOKEN"
 # Keys of a provisioning-file data source that the data source API takes as they are. The file's "editable" and

@@ -1,10 +1,24 @@
 """Shared fixtures. Integration tests talk to the real servers of the local stack (`make stack-up`); each
-test gets unique topics, databases, measurements and indices, and removes them afterwards."""
+test gets unique topics, databases, measurements and indices, and removes them afterwards.
+
+The tests run the installed fleetwatch (the wheel `make venv` builds and installs, not the checkout): pytest runs
+with --import-mode=importlib, so the checkout is not on sys.path, and the session stops at once when fleetwatch,
+collectors, flows or dashboards would be imported from anywhere but site-packages, or when the installed files are
+not this checkout's (run `make venv`; FLEETWATCH_ALLOW_STALE_INSTALL=1 to test another install on purpose).
+
+In CI (CI or FLEETWATCH_NO_SKIP set) a skipped test is a failure, unless it is in ALLOWED_SKIPS with its reason."""
 
 from __future__ import annotations
 
+import filecmp
+import fnmatch
+import importlib
 import json
 import os
+import shutil
+import subprocess
+import sys
+import sysconfig
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,21 +34,142 @@ INFLUX_URL = "http://127.0.0.1:8086"
 VM_URL = "http://127.0.0.1:8428"
 ES_URL = "http://127.0.0.1:9200"
 
+PACKAGES = ("fleetwatch", "collectors", "flows", "dashboards")
+# Tests that may be skipped in CI: node id (or a prefix of it) -> why that is acceptable. Keep it empty unless a
+# test cannot run on the CI machine for a reason that is no fault of the code.
+ALLOWED_SKIPS: dict[str, str] = {}
+# pytest-timeout: every test gets the ini default (600 s); these get longer, with the reason.
+LONG_TESTS: dict[str, tuple[int, str]] = {
+    "tests/integration/test_compose.py": (1200, "the first test builds the docker compose plugin from source"),
+    "tests/integration/test_installed.py": (1200, "builds the wheel and installs it with its dependencies"),
+}
+
 http = urllib3.PoolManager()
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() not in {"", "0", "false", "no"}
+
+
+def installed_package_problems() -> list[str]:
+    """Where the packages the tests import come from, if not from site-packages, and which installed files differ
+    from the checkout's."""
+    site = {Path(p).resolve() for p in (sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"])}
+    problems = []
+    for name in PACKAGES:
+        module = importlib.import_module(name)
+        where = Path(module.__file__ or "").resolve()
+        if not any(where.is_relative_to(s) for s in site):
+            problems.append(f"{name} is imported from {where}, not from the installed wheel in {sorted(site)}")
+    if problems or _truthy("FLEETWATCH_ALLOW_STALE_INSTALL"):
+        return problems
+    for name in PACKAGES:
+        installed = Path(importlib.import_module(name).__file__ or "").parent
+        source = REPO / name
+        mine = {p.relative_to(source) for p in source.rglob("*.py") if "__pycache__" not in p.parts}
+        theirs = {p.relative_to(installed) for p in installed.rglob("*.py") if "__pycache__" not in p.parts}
+        if name == "dashboards":
+            mine |= {p.relative_to(source) for p in source.glob("*.json")}
+            theirs |= {p.relative_to(installed) for p in installed.glob("*.json")}
+            grafana = REPO / "provisioning" / "grafana"
+            mine |= {Path("provisioning") / p.relative_to(grafana) for p in grafana.glob("*/*.yaml")}
+            theirs |= {p.relative_to(installed) for p in installed.glob("provisioning/*/*.yaml")}
+        for rel in sorted(mine ^ theirs):
+            problems.append(f"{name}/{rel}: {'not installed' if rel in mine else 'installed but not in the checkout'}")
+        for rel in sorted(mine & theirs):
+            if not filecmp.cmp(source / rel, installed / rel, shallow=False):
+                problems.append(f"{name}/{rel}: the installed file differs from the checkout's")
+    return problems
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    problems = installed_package_problems()
+    if problems:
+        raise pytest.UsageError(
+            "the tests must run the installed wheel of this checkout; run `make venv` (it builds and installs it):\n  "
+            + "\n  ".join(problems[:20])
+        )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        for prefix, (seconds, _why) in LONG_TESTS.items():
+            if item.nodeid.startswith(prefix) and item.get_closest_marker("timeout") is None:
+                item.add_marker(pytest.mark.timeout(seconds))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+    """In CI, a skip that is not allowed is a failure: a test that cannot run there tests nothing."""
+    report: pytest.TestReport = yield
+    if not report.skipped or hasattr(report, "wasxfail"):
+        return report
+    if not (_truthy("CI") or _truthy("FLEETWATCH_NO_SKIP")):
+        return report
+    if any(report.nodeid.startswith(prefix) for prefix in ALLOWED_SKIPS):
+        return report
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = (
+        f"skipped in CI, where skips fail the run: {reason}\n"
+        "Make it run in CI, or add it to ALLOWED_SKIPS in tests/conftest.py with the reason it may not."
+    )
+    return report
 
 
 @pytest.fixture(autouse=True)
 def no_pipeline_left_running() -> Iterator[None]:
+    """Every `fleetwatch run` the test started is stopped; one that crashed, or left a crash in its log, fails the
+    test even when the test did not stop it itself."""
     yield
-    from tests.integration.harness import kill_leftovers
+    from tests.integration.harness import leftover_problems
 
-    kill_leftovers()
+    problems = leftover_problems()
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
+
+
+def _dockerignored(rel: str, patterns: list[str]) -> bool:
+    name = rel.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        if pattern.startswith("**/"):
+            if fnmatch.fnmatch(name, pattern[3:]):
+                return True
+        elif fnmatch.fnmatch(rel, pattern.rstrip("/")):
+            return True
+    return False
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """fleetwatch's wheel, built as the Docker image's build stage and `pip install .` build it: from the files
+    of the checkout that .dockerignore lets through, copied elsewhere (so that setuptools' build/ directory cannot
+    clash with a `make venv` building in the checkout)."""
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    src = tmp_path_factory.mktemp("wheel-src") / "fleetwatch"
+
+    def ignore(directory: str, names: list[str]) -> set[str]:
+        rel_dir = Path(directory).relative_to(REPO).as_posix()
+        return {n for n in names if _dockerignored(n if rel_dir == "." else f"{rel_dir}/{n}", patterns)}
+
+    shutil.copytree(REPO, src, symlinks=True, ignore=ignore)
+    out = tmp_path_factory.mktemp("wheel")
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    (wheel,) = out.glob("fleetwatch-*.whl")
+    return wheel
 
 
 @pytest.fixture

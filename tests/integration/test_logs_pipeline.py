@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import time
@@ -331,7 +330,8 @@ parser = {{ kind = "json" }}
     extra = 'buffer_max_docs = 2000\nretry_max_delay = "2s"'
     pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs, extra))
     stack = str(REPO / "scripts" / "stack.sh")
-    sent = 0
+    sent, max_depth = 0, 0
+    read_at_20s: int | None = None  # log events read 20 s into the outage
     subprocess.run([stack, "down", "elasticsearch"], check=True, capture_output=True)
     try:
         start = time.monotonic()
@@ -339,8 +339,17 @@ parser = {{ kind = "json" }}
             append(app, [json_line(sent + i) for i in range(200)])
             sent += 200
             time.sleep(0.1)
+            status = pipeline.counters()
+            max_depth = max(max_depth, status.get("es_queue_depth", 0))
+            if read_at_20s is None and time.monotonic() - start >= 20:
+                read_at_20s = status.get("log_events", 0)
         during = pipeline.counters()
         assert during.get("es_retries", 0) > 0
+        # The file is the buffer: the sink's queue never went past its bound (buffer_max_docs = 2000), the tail
+        # stopped reading, and the 20,000 lines of the last 10 s stayed in the file (the status file is up to
+        # 250 ms old: 500 lines at this rate).
+        assert max_depth <= 2000, max_depth
+        assert read_at_20s is not None and during.get("log_events", 0) - read_at_20s <= 500, (read_at_20s, during)
     finally:
         subprocess.run([stack, "up", "elasticsearch"], check=True, capture_output=True)
     append(app, [json_line(sent + i) for i in range(200)])
@@ -348,7 +357,6 @@ parser = {{ kind = "json" }}
     docs = wait_for_docs(f"{unique}-logs*", sent, timeout=120)
     pipeline.stop()
     assert sorted(d["fields"]["seq"] for d in docs) == list(range(sent))
-    assert os.path.getsize(app) > 0
 
 
 def _free_port(kind: socket.SocketKind) -> int:

@@ -1,0 +1,69 @@
+"""The wheel holds everything the installed program needs (issue 10 §1: a wheel that left out every subpackage
+installed a `fleetwatch` that could not start). Built from the checkout, inspected here; installed and run in
+tests/integration/test_installed.py."""
+
+from __future__ import annotations
+
+import configparser
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PACKAGES, REPO
+
+
+@pytest.fixture(scope="module")
+def wheel_files(built_wheel: Path) -> set[str]:
+    with zipfile.ZipFile(built_wheel) as wheel:
+        return set(wheel.namelist())
+
+
+def source_files(pattern: str) -> set[str]:
+    out = set()
+    for name in PACKAGES:
+        for path in (REPO / name).rglob(pattern):
+            if "__pycache__" not in path.parts:
+                out.add(path.relative_to(REPO).as_posix())
+    return out
+
+
+def test_every_package_directory_is_in_the_wheel(wheel_files: set[str]) -> None:
+    packages = {p.removesuffix("/__init__.py") for p in source_files("__init__.py")}
+    # Directories of modules without an __init__.py (collectors/mqtt) are packages too (namespace packages).
+    packages |= {p.rsplit("/", 1)[0] for p in source_files("*.py")}
+    assert {"collectors/mqtt", "collectors/logs", "collectors/syslog", "flows/alerts", "flows/sinks"} <= packages
+    in_wheel = {p.rsplit("/", 1)[0] for p in wheel_files if p.endswith(".py")}
+    assert packages - in_wheel == set(), "package directories missing from the wheel"
+
+
+def test_every_module_is_in_the_wheel_and_nothing_else(wheel_files: set[str]) -> None:
+    modules = source_files("*.py")
+    shipped = {p for p in wheel_files if p.endswith(".py")}
+    assert modules - shipped == set(), "modules missing from the wheel"
+    assert shipped - modules == set(), "modules in the wheel that are not in the checkout's packages"
+    assert not any(p.startswith(("tests/", "bench/")) for p in wheel_files)
+
+
+def test_the_dashboards_and_grafana_provisioning_are_package_data(wheel_files: set[str]) -> None:
+    dashboards = {p.relative_to(REPO).as_posix() for p in (REPO / "dashboards").glob("*.json")}
+    assert len(dashboards) >= 5
+    assert dashboards - wheel_files == set(), "dashboards missing from the wheel"
+    grafana = REPO / "provisioning" / "grafana"
+    provisioning = {f"dashboards/provisioning/{p.relative_to(grafana).as_posix()}" for p in grafana.rglob("*.yaml")}
+    # What `fleetwatch grafana sync` reads (dashboards.sync.DATASOURCES_DIR), and the rest of Grafana's files.
+    assert "dashboards/provisioning/datasources/fleetwatch.yaml" in provisioning
+    assert provisioning - wheel_files == set(), "Grafana provisioning files missing from the wheel"
+
+
+def test_the_link_that_ships_the_provisioning_files_points_at_them() -> None:
+    link = REPO / "dashboards" / "provisioning"
+    assert link.is_symlink() and link.resolve() == (REPO / "provisioning" / "grafana").resolve()
+
+
+def test_the_console_script(built_wheel: Path, wheel_files: set[str]) -> None:
+    (entry_points,) = [p for p in wheel_files if p.endswith(".dist-info/entry_points.txt")]
+    with zipfile.ZipFile(built_wheel) as wheel:
+        parser = configparser.ConfigParser()
+        parser.read_string(wheel.read(entry_points).decode())
+    assert dict(parser["console_scripts"]) == {"fleetwatch": "fleetwatch.cli:app"}
