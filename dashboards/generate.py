@@ -28,6 +28,7 @@ from typing import Any, Self
 from grafana_foundation_sdk.builders import common as common_b
 from grafana_foundation_sdk.builders import dashboard as dash_b
 from grafana_foundation_sdk.builders import elasticsearch as es_b
+from grafana_foundation_sdk.builders import expr as expr_b
 from grafana_foundation_sdk.builders import logs as logs_b
 from grafana_foundation_sdk.builders import stat as stat_b
 from grafana_foundation_sdk.builders import table as table_b
@@ -172,6 +173,24 @@ def builtin_annotation() -> cogbuilder.Builder[dash.AnnotationQuery]:
         .type("dashboard")
         .built_in(1)
     )
+
+
+# The tag every annotation fleetwatch posts to Grafana carries (dashboards.sync.annotation_body: "fleetwatch",
+# "rule:<rule>", "state:<state>", "severity:<severity>"). Without [alerts.grafana] dashboard_uid they are
+# organisation annotations, which the built-in query (filtered by this dashboard's uid) never shows.
+GRAFANA_ANNOTATION_TAG = "fleetwatch"
+
+
+def grafana_tags_annotation(name: str, tags: Sequence[str], color: str, limit: int = 500) -> Annotation:
+    """A query on Grafana's own annotations by tag (the "-- Grafana --" data source, filter "Tags"), as Grafana 11
+    saves it: every annotation carrying all of ``tags`` (``matchAny`` off), on any dashboard or none. Tags are
+    literal: a multi-value variable in a tag would be split into separate tags by Grafana."""
+    target: dict[str, object] = {"limit": limit, "matchAny": False, "tags": list(tags), "type": "tags"}
+    return Annotation(name, dash.DataSourceRef(type_val="grafana", uid="-- Grafana --"), color, {"target": target})
+
+
+def grafana_alert_annotations() -> Annotation:
+    return grafana_tags_annotation("Alert transitions (Grafana annotations)", [GRAFANA_ANNOTATION_TAG], "orange")
 
 
 def influx_annotation(name: str, query: str, text_column: str, tags_column: str, color: str) -> Annotation:
@@ -322,20 +341,25 @@ def stat(
     description: str,
     targets: Sequence[cogbuilder.Builder[cogvariants.Dataquery]],
     *,
+    datasource: dash.DataSourceRef = INFLUXDB,
     unit: str = "short",
     w: int = 6,
     h: int = 4,
     calc: str = "lastNotNull",
     red_from: float | None = None,
+    no_value: str | None = None,
+    when_null: str | None = None,
 ) -> stat_b.Panel:
+    """A big number. ``no_value``: the text when the queries return nothing at all (Grafana's "No data" otherwise),
+    for counts whose "nothing" means 0. ``when_null``: the text when the reduced value is null or NaN."""
     steps = [dash.Threshold(value=None, color="green")]
     if red_from is not None:
         steps.append(dash.Threshold(value=red_from, color="red"))
-    return (
+    panel = (
         stat_b.Panel()
         .title(title)
         .description(description)
-        .datasource(INFLUXDB)
+        .datasource(datasource)
         .targets(list(targets))
         .unit(unit)
         .span(w)
@@ -345,6 +369,19 @@ def stat(
         .reduce_options(common_b.ReduceDataOptions().calcs([calc]).values(False))
         .thresholds(dash_b.ThresholdsConfig().mode(dash.ThresholdsMode.ABSOLUTE).steps(steps))
     )
+    if no_value is not None:
+        panel = panel.no_value(no_value)
+    if when_null is not None:
+        panel = panel.mappings(
+            [
+                dash.SpecialValueMap(
+                    options=dash.DashboardSpecialValueMapOptions(
+                        match=dash.SpecialValueMatch.NULL_AND_NAN, result=dash.ValueMappingResult(text=when_null)
+                    )
+                )
+            ]
+        )
+    return panel
 
 
 def table(
@@ -420,13 +457,60 @@ def es_count_by(datasource: dash.DataSourceRef, lucene: str, field: str, size: i
     )
 
 
+def es_count(datasource: dash.DataSourceRef, lucene: str, ref: str = "A", hide: bool = False) -> es_b.Dataquery:
+    """Documents per time bucket ("Count, group by Date Histogram"): a stat summing it shows the documents in the
+    time range, the number the logs panel and the volume histograms count."""
+    query = (
+        es_b.Dataquery()
+        .ref_id(ref)
+        .datasource(datasource)
+        .query(lucene)
+        .time_field("@timestamp")
+        .metrics([es_b.Count().id("1")])
+        .bucket_aggs(
+            [
+                es_b.DateHistogram()
+                .id("2")
+                .field("@timestamp")
+                .settings(es_b.ElasticsearchDateHistogramSettings().interval("auto").min_doc_count("0"))
+            ]
+        )
+    )
+    return query.hide(True) if hide else query
+
+
+EXPRESSIONS = dash.DataSourceRef(type_val="__expr__", uid="__expr__")
+
+
+def reduce_sum(ref: str, source: str) -> expr_b.TypeReduce:
+    """Server-side expression: each series of ``source`` summed to one number (no mode: strict, NaN if a value
+    is null or NaN)."""
+    return expr_b.TypeReduce().ref_id(ref).datasource(EXPRESSIONS).expression(source).reducer("sum").hide(True)
+
+
+def math_expression(ref: str, expression: str) -> expr_b.TypeMath:
+    """Server-side expression: arithmetic over other queries' results (``$ref``)."""
+    return expr_b.TypeMath().ref_id(ref).datasource(EXPRESSIONS).expression(expression)
+
+
 # --------------------------------------------------------------------------------------------- queries
 
 AGG = '"readings_agg"'
 WINDOW = "\"window\" = '10s'"
+# Multi-value variables (with All) in a regex: Grafana formats their value as (a|b) of escapeRegex'd values in
+# panel and variable queries alike, so any tag value matches itself, whatever it contains.
 SITE = '"site" =~ /^$site$/'
 DEVICE = '"device" =~ /^$device$/'
 METRIC = '"metric" =~ /^$metric$/'
+# Alerts on log rates (and any series without these tags) have no site or device: a tag InfluxDB does not have
+# compares equal to ''. The fleet's alert panels show them whatever sites and devices are selected.
+SITE_OR_NONE = f"({SITE} OR \"site\" = '')"
+DEVICE_OR_NONE = f"({DEVICE} OR \"device\" = '')"
+# The device dashboard's single-value $device as a string literal, never in a regex: Grafana puts a single-value
+# variable into a variable query unescaped, and into a panel query unescaped when it looks like a number
+# ("10.0.0.7/eth0"), so a device id with ".", "+", "(" or "/" would break or widen a regex. Inside quotes it is
+# itself (only a "'" or "\\" in an id would need escaping, which Grafana does not do).
+ONE_DEVICE = "\"device\" = '$device'"
 # The tags alerts carry besides rule/state/severity: a reading or window series' tags, or a log rate's service.
 ALERT_SERIES = '"rule", "site", "device", "metric", "service"'
 
@@ -510,13 +594,14 @@ def fleet() -> dash_b.Dashboard:
         .annotation(
             influx_annotation(
                 "Alerts firing",
-                f'SELECT "summary", "rule", "severity" FROM "alerts" WHERE "state" = \'firing\' AND {SITE} '
-                f"AND {DEVICE} AND $timeFilter",
+                f'SELECT "summary", "rule", "severity" FROM "alerts" WHERE "state" = \'firing\' AND {SITE_OR_NONE} '
+                f"AND {DEVICE_OR_NONE} AND $timeFilter",
                 "summary",
                 "rule",
                 "red",
             )
         )
+        .annotation(grafana_alert_annotations())
         .with_panel(
             stat(
                 "Sites reporting",
@@ -527,6 +612,7 @@ def fleet() -> dash_b.Dashboard:
                         f'WHERE {WINDOW} AND {SITE} AND $timeFilter GROUP BY "site")'
                     )
                 ],
+                no_value="0",
             )
         )
         .with_panel(
@@ -539,6 +625,7 @@ def fleet() -> dash_b.Dashboard:
                         f'WHERE {WINDOW} AND {SITE} AND {DEVICE} AND $timeFilter GROUP BY "device")'
                     )
                 ],
+                no_value="0",
             )
         )
         .with_panel(
@@ -546,14 +633,21 @@ def fleet() -> dash_b.Dashboard:
                 "Readings aggregated",
                 "Readings counted in the 10 s windows of the time range (open windows are not written yet).",
                 [influx(f'SELECT sum("count") FROM {AGG} WHERE {scope} AND $timeFilter')],
+                no_value="0",
             )
         )
         .with_panel(
             stat(
                 "Alerts firing",
-                "Alerts on readings whose latest transition in the time range is firing.",
-                [influx(f'SELECT count("firing") FROM ({last_state(f"{SITE} AND {DEVICE}")}) WHERE "firing" = 1')],
+                "Alerts (rule and series) whose latest transition in the time range is firing: on the selected "
+                "sites and devices, and every alert on a series without a site or device (log rates).",
+                [
+                    influx(
+                        f'SELECT sum("firing") AS "firing" FROM ({last_state(f"{SITE_OR_NONE} AND {DEVICE_OR_NONE}")})'
+                    )
+                ],
                 red_from=1,
+                no_value="0",
             )
         )
         .with_panel(
@@ -568,7 +662,11 @@ def fleet() -> dash_b.Dashboard:
                 ],
                 w=14,
                 h=9,
-                transformations=[MERGE],
+                # Grafana builds the tag columns from a map: without an order they change places between refreshes.
+                transformations=[
+                    MERGE,
+                    organize(["Time", "site", "device", "metric", "last value", "window mean", "readings in window"]),
+                ],
             )
         )
         .with_panel(
@@ -610,7 +708,7 @@ def fleet() -> dash_b.Dashboard:
 
 
 def device() -> dash_b.Dashboard:
-    scope = f"{WINDOW} AND {DEVICE} AND {METRIC}"
+    scope = f"{WINDOW} AND {ONE_DEVICE} AND {METRIC}"
     spread = (
         timeseries(
             "$metric: mean with min-max band",
@@ -655,22 +753,24 @@ def device() -> dash_b.Dashboard:
             )
         )
         .with_variable(
-            query_variable("metric", "Metric", f'SHOW TAG VALUES FROM {AGG} WITH KEY = "metric" WHERE {DEVICE}')
+            query_variable("metric", "Metric", f'SHOW TAG VALUES FROM {AGG} WITH KEY = "metric" WHERE {ONE_DEVICE}')
         )
         .annotation(
             influx_annotation(
                 "Alerts on this device",
-                f'SELECT "summary", "rule", "severity" FROM "alerts" WHERE {DEVICE} AND $timeFilter',
+                f'SELECT "summary", "rule", "severity" FROM "alerts" WHERE {ONE_DEVICE} AND $timeFilter',
                 "summary",
                 "rule",
                 "red",
             )
         )
+        .annotation(grafana_alert_annotations())
         .with_panel(
             stat(
                 "Readings aggregated",
                 "Readings of this device in the closed 10 s windows of the time range.",
                 [influx(f'SELECT sum("count") FROM {AGG} WHERE {scope} AND $timeFilter')],
+                no_value="0",
             )
         )
         .with_panel(
@@ -690,8 +790,9 @@ def device() -> dash_b.Dashboard:
             stat(
                 "Alert transitions",
                 "Alert transitions of this device's series in the time range (pending, firing, resolved).",
-                [influx(f'SELECT count("firing") FROM "alerts" WHERE {DEVICE} AND $timeFilter')],
+                [influx(f'SELECT count("firing") FROM "alerts" WHERE {ONE_DEVICE} AND $timeFilter')],
                 red_from=1,
+                no_value="0",
             )
         )
         .with_panel(band(spread, "max", "min"))
@@ -702,6 +803,8 @@ def device() -> dash_b.Dashboard:
 def logs() -> dash_b.Dashboard:
     service = '"service" =~ /^$service$/'
     lucene = "service.name:$service"
+    # log_rates' "errors": error and worse, of the normalised levels.
+    errors = f"{lucene} AND log.level:(error OR critical OR alert OR emergency)"
     return (
         _base(
             "fleetwatch-logs",
@@ -709,40 +812,59 @@ def logs() -> dash_b.Dashboard:
             "Log volume by level and by service, error rates, and the log events themselves.",
         )
         .with_variable(query_variable("service", "Service", 'SHOW TAG VALUES FROM "log_rates" WITH KEY = "service"'))
+        # The counts are the log events stored in Elasticsearch in the time range: the documents the volume
+        # histograms and the log lines below show. log_rates counts only closed windows, and an event whose window
+        # had closed is left out of it, so its totals are lower; its panels say so.
         .with_panel(
             stat(
                 "Log events",
-                "Events in the closed log-rate windows of the time range.",
-                [influx(f'SELECT sum("count") FROM "log_rates" WHERE {service} AND $timeFilter')],
+                "Log events in Elasticsearch in the time range: the documents the volume panels and the log lines "
+                "below show.",
+                [es_count(ES_LOGS, lucene)],
+                datasource=ES_LOGS,
+                calc="sum",
+                no_value="0",
             )
         )
         .with_panel(
             stat(
                 "Errors",
-                "Events at level error or worse.",
-                [influx(f'SELECT sum("errors") FROM "log_rates" WHERE {service} AND $timeFilter')],
+                "Log events at level error or worse (error, critical, alert, emergency) in Elasticsearch.",
+                [es_count(ES_LOGS, errors)],
+                datasource=ES_LOGS,
+                calc="sum",
                 red_from=1,
+                no_value="0",
             )
         )
         .with_panel(
             stat(
                 "Error rate",
-                "Errors over all events in the time range.",
-                [influx(f'SELECT sum("errors") / sum("count") FROM "log_rates" WHERE {service} AND $timeFilter')],
+                "Errors over log events in the time range (the two numbers beside it).",
+                [
+                    es_count(ES_LOGS, lucene, "EVENTS", hide=True),
+                    es_count(ES_LOGS, errors, "ERRORS", hide=True),
+                    reduce_sum("events", "EVENTS"),
+                    reduce_sum("errors", "ERRORS"),
+                    math_expression("rate", "$errors / $events"),
+                ],
+                datasource=ES_LOGS,
                 unit="percentunit",
                 red_from=0.05,
+                when_null="no events",
             )
         )
         .with_panel(
             stat(
                 "Services logging",
-                "Services with at least one closed log-rate window in the time range.",
+                "Services with at least one closed log-rate window (log_rates) in the time range.",
                 [
                     influx(
                         'SELECT count("n") FROM (SELECT last("count") AS "n" FROM "log_rates" '
                         f'WHERE {service} AND $timeFilter GROUP BY "service")'
                     )
                 ],
+                no_value="0",
             )
         )
         .with_panel(
@@ -759,21 +881,16 @@ def logs() -> dash_b.Dashboard:
         .with_panel(
             timeseries(
                 "Log volume by service",
-                "Events per log-rate window (log_rates), stacked by service.",
-                [
-                    influx(
-                        f'SELECT sum("count") FROM "log_rates" WHERE {service} AND $timeFilter '
-                        'GROUP BY time($__interval), "service" fill(none)',
-                        alias="$tag_service",
-                    )
-                ],
+                "Log events in Elasticsearch per $__interval, stacked by service.name.",
+                [es_count_by(ES_LOGS, lucene, "service.name", size=100)],
+                datasource=ES_LOGS,
                 bars=True,
             )
         )
         .with_panel(
             timeseries(
-                "Error rate by service",
-                "errors / count of each log-rate window.",
+                "Error rate by service (closed log-rate windows)",
+                "errors / count of each closed log-rate window (log_rates), the rate log-rate alert rules compare.",
                 [
                     influx(
                         f'SELECT mean("error_rate") FROM "log_rates" WHERE {service} AND $timeFilter '
@@ -787,8 +904,10 @@ def logs() -> dash_b.Dashboard:
         .with_panel(
             level_colours(
                 timeseries(
-                    "Info, warnings and errors per window",
-                    "The per-level fields of log_rates (a field exists once a level was seen).",
+                    "Closed log-rate windows: info, warn, error",
+                    "The per-level counts of log_rates per $__interval, what log-rate alert rules see: only windows "
+                    "that closed, without events that arrived after their window closed, so below the Elasticsearch "
+                    "counts (a field exists once a level was seen).",
                     [
                         influx(
                             'SELECT sum("info") AS "info", sum("warn") AS "warn", sum("error") AS "error" '
@@ -802,8 +921,8 @@ def logs() -> dash_b.Dashboard:
         )
         .with_panel(
             logs_b.Panel()
-            .title("Log events")
-            .description("The newest log events of the selected services (Elasticsearch).")
+            .title("Newest log events")
+            .description("The newest 500 log events of the selected services (Elasticsearch).")
             .datasource(ES_LOGS)
             .targets(
                 [
@@ -849,13 +968,15 @@ def alerts() -> dash_b.Dashboard:
                 "red",
             )
         )
+        .annotation(grafana_alert_annotations())
         .with_panel(
             stat(
                 "Firing now",
                 "Alerts (rule and series) whose latest transition in the time range is firing.",
-                [influx(f'SELECT count("firing") FROM ({last_state(rule)}) WHERE "firing" = 1')],
+                [influx(f'SELECT sum("firing") AS "firing" FROM ({last_state(rule)})')],
                 w=8,
                 red_from=1,
+                no_value="0",
             )
         )
         .with_panel(
@@ -864,6 +985,7 @@ def alerts() -> dash_b.Dashboard:
                 "Alert transitions in the time range: pending, firing, resolved, and re-notifications.",
                 [influx(f'SELECT count("firing") FROM "alerts" WHERE {rule} AND $timeFilter')],
                 w=8,
+                no_value="0",
             )
         )
         .with_panel(
@@ -878,6 +1000,7 @@ def alerts() -> dash_b.Dashboard:
                 ],
                 w=8,
                 red_from=1,
+                no_value="0",
             )
         )
         .with_panel(
@@ -1005,6 +1128,7 @@ def health() -> dash_b.Dashboard:
                         "WHERE $timeFilter GROUP BY *)"
                     )
                 ],
+                no_value="0",
             )
         )
         .with_panel(

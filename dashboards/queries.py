@@ -8,13 +8,18 @@ as its queries. This module reads the dashboard JSON and does what Grafana 11 do
   includes All, else the first value (Grafana's defaults); ``variables=`` overrides it;
 - then every panel's targets (a repeated panel once per value of its variable, as Grafana repeats it), and the
   dashboard's annotation queries;
-- InfluxQL: ``$timeFilter``, ``$__interval``/``$__interval_ms`` (Grafana's rounding, never below the data source's
-  ``timeInterval``), variables formatted as the InfluxDB data source does (a multi-value or All variable becomes a
-  regex-escaped ``(a|b)``), sent to ``/query`` with ``epoch=ms``;
+- InfluxQL, substituted as Grafana 11.6 does it (browser, then backend): variables through the InfluxDB data
+  source's ``interpolateQueryExpr`` (``influx_query_expr``: number-like values unescaped, multi-value lists as
+  ``(a|b)`` of escaped values, a single-value variable escaped only in a panel query that has it in a regex, never
+  in a variable query), then ``$timeFilter`` with both bounds in ms and ``$__interval``/``$__interval_ms``
+  (Grafana's rounding, never below the data source's ``timeInterval``); sent to ``/query`` with ``epoch=ms``;
 - Elasticsearch: the search body Grafana's backend builds (``size: 0``, an ``@timestamp`` range filter, a
   ``query_string`` for the Lucene query, nested ``terms`` / ``date_histogram`` aggregations and metric
   aggregations; for logs and raw data a sorted search with ``size``), variables in Lucene format, sent through
-  ``_msearch`` to the index pattern of the target's data source.
+  ``_msearch`` to the index pattern of the target's data source;
+- server-side expressions (``reduce``, ``math``) over the panel's other results; what a stat panel shows
+  (``PanelResult.stat``); queries on Grafana's own annotations as the request Grafana would make
+  (``grafana_annotation_request``) and what its store would answer (``grafana_annotations_found``).
 
 Stores are overridable (``Stores``: InfluxDB database and Elasticsearch index prefix), so tests run the committed
 dashboards against a pipeline run of their own. ``references`` / ``written_schema`` / ``unknown_references``
@@ -97,12 +102,25 @@ class TimeRange:
         assert self.start_ns is not None and self.end_ns is not None
         return self.start_ns, self.end_ns
 
-    def influx_filter(self) -> str:
-        """``$timeFilter``: relative ranges leave the end open, as Grafana's InfluxQL editor does; explicit ranges
-        are nanosecond bounds (a bare integer compared with ``time`` is nanoseconds in InfluxQL)."""
+    def backend_time_filter(self, bounds_ns: tuple[int, int]) -> str:
+        """``$timeFilter`` as Grafana 11's InfluxQL backend renders it for panel and annotation queries: both bounds
+        in whole milliseconds, for a relative range too (the browser resolves ``now-1h`` into the request's
+        from/to). pkg/tsdb/influxdb/influxql/models/query.go: ``renderTimeFilter`` is
+        ``fmt.Sprintf("time >= %s and time <= %s", from, to)`` with ``epochMStoInfluxTime`` giving
+        ``fmt.Sprintf("%dms", tr.From.UnixNano() / int64(time.Millisecond))``; ``Build`` replaces every
+        ``$timeFilter`` of a raw query with it."""
+        return f"time >= {bounds_ns[0] // 1_000_000}ms and time <= {bounds_ns[1] // 1_000_000}ms"
+
+    def frontend_time_filter(self, bounds_ns: tuple[int, int]) -> str:
+        """``$timeFilter`` as the InfluxDB data source's ``getTimeFilter`` renders it in the browser, which is what a
+        variable query gets (public/app/plugins/datasource/influxdb/variables.ts replaces it before sending):
+        ``'time >= ' + from + ' and time <= ' + until`` where ``getInfluxTime`` turns ``now`` into ``now()``,
+        ``now-<n><d|h|m|s>`` into ``now() - <n><unit>`` and anything else into ``<epoch ms>ms``."""
         if self.last_text is not None:
-            return f"time >= now() - {self.last_text}"
-        return f"time >= {self.start_ns} and time <= {self.end_ns}"
+            relative = re.fullmatch(r"(\d+)([dhms])", self.last_text)
+            start = f"now() - {int(relative[1])}{relative[2]}" if relative else f"{bounds_ns[0] // 1_000_000}ms"
+            return f"time >= {start} and time <= now()"
+        return self.backend_time_filter(bounds_ns)
 
     def describe(self) -> str:
         if self.last_text is not None:
@@ -221,7 +239,8 @@ class Stores:
 
 @dataclass
 class Variable:
-    """A template variable, resolved: its options (from its query) and what is selected."""
+    """A template variable, resolved: its options (from its query) and what is selected. ``scoped`` marks a
+    repeated panel's copy, which Grafana gives the one value it repeats for."""
 
     name: str
     options: list[str]
@@ -230,15 +249,30 @@ class Variable:
     include_all: bool = False
     all_value: str | None = None
     query: str = ""
+    scoped: bool = False
 
     @property
     def values(self) -> list[str]:
         """The concrete values selected (All expanded)."""
         return list(self.options) if self.selected == [ALL] else list(self.selected)
 
-    def scoped(self, value: str) -> Variable:
+    def value(self) -> str | list[str]:
+        """The value as Grafana's template service hands it to a formatter: a repeated panel's copy has its value
+        as a string (scopedVars ``{text, value}``); All is the list of every option; a multi-value variable's
+        selection is a list, even of one value; a single-value variable's selection is a string."""
+        if self.scoped:
+            return self.selected[0]
+        if self.selected == [ALL]:
+            return list(self.options)
+        if self.multi:
+            return list(self.selected)
+        return self.selected[0] if self.selected else ""
+
+    def scoped_to(self, value: str) -> Variable:
         """This variable set to one value: a repeated panel's copy."""
-        return Variable(self.name, self.options, [value], self.multi, self.include_all, self.all_value, self.query)
+        return Variable(
+            self.name, self.options, [value], self.multi, self.include_all, self.all_value, self.query, scoped=True
+        )
 
     def text(self) -> str:
         if self.selected == [ALL]:
@@ -246,12 +280,33 @@ class Variable:
         return " + ".join(self.selected)
 
 
+# Ways a variable goes into a query. The first two are the InfluxDB data source's own formatter
+# (``interpolateQueryExpr``) as Grafana calls it for a panel or annotation query, which passes the query text so
+# the formatter can look for the variable inside a ``/.../`` regex, and for a variable query (variables.ts calls
+# ``templateSrv.replace(query, scopedVars, this.datasource.interpolateQueryExpr)``: the template service calls a
+# format function as ``format(value, variable, this.formatValue)``, so the third argument is a function, never
+# the query, and a single-value variable goes in unescaped). The others are Grafana's named formats
+# (``${var:lucene}`` ...); ``lucene`` is the Elasticsearch data source's default, ``text`` a panel title's.
+INFLUXQL = "influxql"
+INFLUXQL_VARIABLE = "influxql-variable"
+
+# Grafana's escapeRegex (packages/grafana-data/src/text/string.ts): /[\\^$*+?.()|[\]{}\/]/g -> '\\$&'; the
+# slash is one of them, so a value cannot end InfluxQL's /.../ early.
 _REGEX_SPECIAL = re.compile(r"[\\^$*+?.()|\[\]{}/]")
+# Grafana's luceneEscape.
 _LUCENE_SPECIAL = re.compile(r'([!*+\-=<>\s&|()\[\]{}^~?:\\/"])')
+# JavaScript's parseFloat accepts a value when it *starts* like a number ("10.0.0.1/eth0" is 10): the prefix it reads.
+_JS_FLOAT_PREFIX = re.compile(r"\s*[+-]?(?:Infinity|\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)")
+# interpolateQueryExpr's search for regexes in the query (``=~ /.../`` or ``!~ /.../``), ported as it is.
+_INFLUX_REGEX_MATCHER = re.compile(
+    r"(\s*(=|!)~\s*)/((?![*+?])(?:[^\r\n\[/\\]|\\.|\[(?:[^\r\n\]\\]|\\.)*\])+)/"
+    r"((?:g(?:im?|mi?)?|i(?:gm?|mg?)?|m(?:gi?|ig?)?)?)",
+    re.MULTILINE,
+)
 
 
 def escape_regex(value: str) -> str:
-    """Grafana's escapeRegex, plus ``/`` (InfluxQL's regex delimiter)."""
+    """Grafana's escapeRegex."""
     return _REGEX_SPECIAL.sub(lambda m: "\\" + m.group(0), value)
 
 
@@ -259,76 +314,149 @@ def _lucene_escape(value: str) -> str:
     return _LUCENE_SPECIAL.sub(r"\\\1", value)
 
 
-def format_variable(var: Variable, fmt: str, in_regex: bool = True) -> str:
-    """A variable's value in a query, in one of Grafana's formats: ``regex`` (the InfluxDB data source's default,
-    its interpolateQueryExpr: a single value of a single-value variable goes in as it is unless the query uses it
-    inside ``/.../``), ``lucene`` (Elasticsearch's), ``raw``, ``pipe``, ``csv``, ``singlequote``, ``doublequote``,
-    ``text``."""
-    if var.selected == [ALL] and var.all_value is not None:
-        # A custom all value goes in as it is, in every format (Grafana does not escape it).
+def js_number_like(value: str) -> bool:
+    """``!isNaN(parseFloat(value))`` in JavaScript: the value starts like a number."""
+    return _JS_FLOAT_PREFIX.match(value) is not None
+
+
+def influx_query_expr(value: str | list[str], var: Variable, query: str | None) -> str:
+    """The InfluxDB data source's ``interpolateQueryExpr(value, variable, query)`` (Grafana 11.6,
+    public/app/plugins/datasource/influxdb/datasource.ts), step by step:
+
+    1. a string value that parses as a float (``!isNaN(parseFloat(value))``) goes in as it is, unescaped;
+    2. a multi-value variable: a string value is escapeRegex'd, a list becomes ``(a|b)`` of escaped values, even a
+       list of one (``(a)``);
+    3. otherwise, without the query text (a variable query) the value goes in as it is;
+    4. otherwise the value is escaped (a list as ``(a|b)``) only if the query has a ``=~ /.../`` or ``!~ /.../``
+       regex in which ``$<name>`` appears, anywhere in the query: then every occurrence is escaped, in quotes too;
+       else every occurrence goes in as it is.
+    """
+    if isinstance(value, str) and js_number_like(value):
+        return value
+
+    def escaped() -> str:
+        if isinstance(value, str):
+            return escape_regex(value)
+        return "(" + "|".join(escape_regex(v) for v in value) + ")"
+
+    if var.multi:
+        return escaped()
+    if query is not None:
+        in_regex = re.compile(rf"/(?:\^)?(.*)(\${var.name})(.*)(?:\$)?/", re.MULTILINE)
+        if any(in_regex.search(m.group(0)) for m in _INFLUX_REGEX_MATCHER.finditer(query)):
+            return escaped()
+    # A JavaScript array returned from a format function becomes "a,b" in the query.
+    return value if isinstance(value, str) else ",".join(value)
+
+
+def format_variable(var: Variable, fmt: str, query: str | None = None) -> str:
+    """A variable's value in a query: ``influxql`` (a panel or annotation query, ``query`` its text),
+    ``influxql-variable`` (a variable query), or one of Grafana's named formats (``lucene``, ``regex``, ``pipe``,
+    ``csv``, ``raw``, ``singlequote``, ``doublequote``, ``text``, ``glob``: the template service's default)."""
+    if var.selected == [ALL] and var.all_value is not None and not var.scoped and fmt != "text":
+        # A custom all value is not formatted (Grafana's TemplateSrv skips formatting it, except for text).
         return var.all_value
-    values = var.values
+    value = var.value()
+    if fmt == INFLUXQL:
+        return influx_query_expr(value, var, query)
+    if fmt == INFLUXQL_VARIABLE:
+        return influx_query_expr(value, var, None)
     if fmt == "text":
-        return var.text()
+        return var.text() if not var.scoped else var.selected[0]
+    values = [value] if isinstance(value, str) else value
     if fmt == "regex":
-        if len(var.selected) == 1 and var.selected != [ALL] and not var.multi and not var.include_all:
-            return escape_regex(values[0]) if in_regex else values[0]
+        if isinstance(value, str):
+            return escape_regex(value)
         escaped = [escape_regex(v) for v in values]
         return escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")"
     if fmt == "lucene":
-        if len(values) == 1 and var.selected != [ALL]:
-            return _lucene_escape(values[0])
+        if isinstance(value, str):
+            return _lucene_escape(value)
         if not values:
             return "__empty__"
         return "(" + " OR ".join(f'"{_lucene_escape(v)}"' for v in values) + ")"
     if fmt == "pipe":
         return "|".join(values)
-    if fmt == "csv":
+    if fmt in ("csv", "raw"):
         return ",".join(values)
     if fmt == "singlequote":
         return ",".join("'" + v.replace("'", "\\'") + "'" for v in values)
     if fmt == "doublequote":
         return ",".join('"' + v.replace('"', '\\"') + '"' for v in values)
-    return values[0] if len(values) == 1 else "{" + ",".join(values) + "}"  # raw, Grafana's glob-like default
+    # glob: a string as it is, a list of several as {a,b}.
+    if isinstance(value, str):
+        return value
+    return values[0] if len(values) == 1 else "{" + ",".join(values) + "}"
 
 
 # $var, ${var}, ${var:format}, [[var]], [[var:format]]
 _VARIABLE = re.compile(r"\$(\w+)|\$\{(\w+)(?::(\w+))?\}|\[\[(\w+)(?::(\w+))?\]\]")
 
 
-def _inside_regex(text: str, at: int) -> bool:
-    """Whether position ``at`` of an InfluxQL query is inside a ``/.../`` regex literal (an odd number of
-    unescaped slashes before it, outside quotes)."""
-    slashes, quote = 0, ""
-    i = 0
-    while i < at:
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if quote:
-            quote = "" if c == quote else quote
-        elif c in "'\"" and slashes % 2 == 0:
-            quote = c
-        elif c == "/":
-            slashes += 1
-        i += 1
-    return slashes % 2 == 1
-
-
-def interpolate(text: str, variables: Mapping[str, Variable], builtins: Mapping[str, str], default_format: str) -> str:
-    """Replace variables as Grafana's template service does; unknown names are left as they are."""
+def interpolate(
+    text: str, variables: Mapping[str, Variable], default_format: str, builtins: Mapping[str, str] | None = None
+) -> str:
+    """Replace variables as Grafana's template service does in the browser (``templateSrv.replace``): each
+    ``$var`` / ``${var:format}`` / ``[[var]]`` in ``default_format`` unless it names its own; ``builtins`` are
+    scoped variables with a fixed text (``__interval`` ...). Unknown names are left as they are."""
+    fixed = builtins or {}
 
     def replace(match: re.Match[str]) -> str:
         name = match.group(1) or match.group(2) or match.group(4)
         fmt = match.group(3) or match.group(5) or default_format
-        if name in builtins:
-            return builtins[name]
+        if name in fixed:
+            return fixed[name]
         if name in variables:
-            return format_variable(variables[name], fmt, _inside_regex(text, match.start()))
+            return format_variable(variables[name], fmt, text)
         return match.group(0)
 
     return _VARIABLE.sub(replace, text)
+
+
+# The InfluxDB data source's applyTemplateVariables keeps these for the backend to fill in.
+_INFLUX_FRONTEND_BUILTINS = {"__interval": "$__interval", "__interval_ms": "$__interval_ms"}
+
+
+def influx_backend_builtins(query: str, time_range: TimeRange, bounds_ns: tuple[int, int], interval_ms: int) -> str:
+    """What Grafana's InfluxQL backend does to a raw query after the browser substituted the variables
+    (``Query.Build``): every ``$timeFilter``, then ``$interval``, ``$__interval_ms`` and ``$__interval``, in that
+    order, by plain string replacement."""
+    text = interval_text(interval_ms)
+    query = query.replace("$timeFilter", time_range.backend_time_filter(bounds_ns))
+    query = query.replace("$interval", text)
+    query = query.replace("$__interval_ms", str(interval_ms))
+    return query.replace("$__interval", text)
+
+
+def influx_panel_query(
+    query: str,
+    variables: Mapping[str, Variable],
+    time_range: TimeRange,
+    bounds_ns: tuple[int, int],
+    interval_ms: int,
+) -> str:
+    """A panel's (or an annotation's) raw InfluxQL as Grafana 11.6 sends it to InfluxDB: the browser replaces the
+    variables with ``interpolateQueryExpr`` given the query text (applyTemplateVariables / annotationEvents), the
+    backend then replaces ``$timeFilter`` and the intervals."""
+    browser = interpolate(query, variables, INFLUXQL, _INFLUX_FRONTEND_BUILTINS)
+    return influx_backend_builtins(browser, time_range, bounds_ns, interval_ms)
+
+
+def influx_variable_query(
+    query: str,
+    variables: Mapping[str, Variable],
+    time_range: TimeRange,
+    bounds_ns: tuple[int, int],
+    interval_ms: int,
+) -> str:
+    """A variable's InfluxQL query as Grafana 11.6 sends it: variables.ts replaces the variables (a single-value
+    one unescaped, see ``influx_query_expr``) and the first ``$timeFilter`` (JavaScript's ``String.replace`` with
+    a string pattern replaces once) with the browser's time filter; ``metricFindQuery`` then sends it through
+    ``DataSourceWithBackend.query``, which applies applyTemplateVariables once more (to the substituted text),
+    and the backend replaces what is left."""
+    browser = interpolate(query, variables, INFLUXQL_VARIABLE)
+    browser = browser.replace("$timeFilter", time_range.frontend_time_filter(bounds_ns), 1)
+    return influx_panel_query(browser, variables, time_range, bounds_ns, interval_ms)
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -358,6 +486,86 @@ class QueryResult:
     rows: list[list[Any]] = field(default_factory=list)
     hits: list[dict[str, Any]] = field(default_factory=list)
     error: str | None = None
+    # A hidden target: run because an expression uses it, its own result not shown (Grafana drops it).
+    hidden: bool = False
+
+
+@dataclass
+class StatValue:
+    """One value of a stat panel: the field's name, the panel's reducer applied to it, and the text shown."""
+
+    name: str
+    value: float | None
+    text: str
+
+
+def _reduce(calc: str, values: Sequence[float | None]) -> float | None:
+    """Grafana's field reducers the dashboards use (``lastNotNull``, ``last``, ``sum``, ``mean``, ``max``, ``min``,
+    ``count``, ``firstNotNull``, ``first``); nulls are skipped, NaN is "not null" only for the arithmetic ones."""
+    present = [v for v in values if v is not None]
+    finite = [v for v in present if not math.isnan(v)]
+    if calc == "lastNotNull":
+        return finite[-1] if finite else None
+    if calc == "firstNotNull":
+        return finite[0] if finite else None
+    if calc == "last":
+        return values[-1] if values else None
+    if calc == "first":
+        return values[0] if values else None
+    if calc == "count":
+        return float(len(values))
+    if not present:
+        return None
+    if calc == "sum":
+        return float(sum(present))
+    if calc == "mean":
+        return float(sum(present)) / len(present)
+    if calc == "max":
+        return max(present)
+    if calc == "min":
+        return min(present)
+    raise QueryError(f"reducer {calc!r} is not supported here")
+
+
+def format_value(value: Any, unit: str = "short") -> str:
+    """A value as Grafana would print it, roughly: SI suffixes, percent, seconds, per second."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"
+    if unit == "percentunit":
+        return f"{value * 100:.3g}%"
+    number = float(value)
+    if unit == "s" and 0 < abs(number) < 1:
+        number, unit = number * 1000, "ms"
+        if abs(number) < 1:
+            return f"{number * 1000:.3g} µs"
+    suffix = {"s": " s", "cps": "/s", "ms": " ms"}.get(unit, "")
+    if abs(number) >= 1e3:
+        for size, letter in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+            if abs(number) >= size:
+                return f"{number / size:.4g}{letter}{suffix}"
+    if number == int(number) and abs(number) < 1e6:
+        return f"{int(number)}{suffix}"
+    return f"{number:.4g}{suffix}"
+
+
+def _special_mapping(mappings: Iterable[Mapping[str, Any]], value: float | None) -> str | None:
+    """The text of a special-value mapping (``null``, ``nan``, ``null+nan``) that matches, else None."""
+    is_null = value is None
+    is_nan = value is not None and math.isnan(value)
+    for mapping in mappings:
+        options = mapping.get("options") or {}
+        match = options.get("match")
+        if mapping.get("type") == "special" and (
+            (match == "null" and is_null)
+            or (match == "nan" and is_nan)
+            or (match == "null+nan" and (is_null or is_nan))
+        ):
+            return str((options.get("result") or {}).get("text") or "")
+    return None
 
 
 @dataclass
@@ -373,8 +581,13 @@ class PanelResult:
     interval_ms: int = 0
 
     @property
+    def shown(self) -> list[QueryResult]:
+        """The results the panel shows (hidden targets left out)."""
+        return [q for q in self.queries if not q.hidden]
+
+    @property
     def series(self) -> list[Series]:
-        return [s for q in self.queries for s in q.series]
+        return [s for q in self.shown for s in q.series]
 
     @property
     def errors(self) -> list[str]:
@@ -384,7 +597,7 @@ class PanelResult:
         """The panel's rows (every target's, merged by column name)."""
         columns: list[str] = []
         rows: list[dict[str, Any]] = []
-        for q in self.queries:
+        for q in self.shown:
             if q.columns:
                 columns += [c for c in q.columns if c not in columns]
                 rows += [dict(zip(q.columns, row, strict=True)) for row in q.rows]
@@ -400,7 +613,47 @@ class PanelResult:
 
     @property
     def hits(self) -> list[dict[str, Any]]:
-        return [h for q in self.queries for h in q.hits]
+        return [h for q in self.shown for h in q.hits]
+
+    def stat(self) -> list[StatValue]:
+        """What a stat panel shows: one value per numeric field (each series; each numeric column of a table),
+        reduced with the panel's ``reduceOptions.calcs``, its text after the panel's special-value mappings. No
+        field at all is Grafana's "no data": one value, None, shown as the panel's ``noValue`` (else "No data")."""
+        options = self.panel.get("options") or {}
+        calc = ((options.get("reduceOptions") or {}).get("calcs") or ["lastNotNull"])[0]
+        defaults = (self.panel.get("fieldConfig") or {}).get("defaults") or {}
+        unit = str(defaults.get("unit") or "short")
+        fields: list[tuple[str, list[float | None]]] = [(s.name, [v for _, v in s.points]) for s in self.series]
+        for q in self.shown:
+            for i, column in enumerate(q.columns):
+                numbers = [_number(row[i]) for row in q.rows]
+                if column not in ("Time", "time") and any(n is not None for n in numbers):
+                    fields.append((column, numbers))
+        if not fields:
+            return [StatValue("", None, str(defaults.get("noValue") or "No data"))]
+        out = []
+        for name, values in fields:
+            value = _reduce(calc, values)
+            text = _special_mapping(defaults.get("mappings") or [], value)
+            if text is None:
+                text = str(defaults.get("noValue") or "") if value is None else format_value(value, unit)
+            out.append(StatValue(name, value, text))
+        return out
+
+    def unpinned_columns(self) -> list[str]:
+        """Columns of an InfluxDB table whose place no ``organize`` transformation fixes. Grafana's InfluxQL
+        backend makes a table's tag columns from a map, so their order changes from one refresh to the next unless
+        the panel orders them (this module sorts them, which would hide that)."""
+        order: dict[str, int] = {}
+        for spec in self.panel.get("transformations") or []:
+            if spec.get("id") == "organize" and not spec.get("disabled"):
+                order.update((spec.get("options") or {}).get("indexByName") or {})
+        out: list[str] = []
+        for q in self.shown:
+            ds = DATASOURCES.get(q.datasource)
+            if ds is not None and ds.type == "influxdb":
+                out += [c for c in q.columns if c not in order and c not in out]
+        return out
 
     def shape_problem(self) -> str | None:
         """Why the data does not have the shape the panel needs, or None: a time series needs a series with a
@@ -410,9 +663,15 @@ class PanelResult:
         if self.type == "timeseries":
             if not any(s.non_null() for s in self.series):
                 return f"no series with a non-null point ({len(self.series)} series)"
-        elif self.type in ("stat", "table"):
+        elif self.type == "stat":
+            if all(v.value is None for v in self.stat()):
+                return "no value"
+        elif self.type == "table":
             if not self.table()[1]:
                 return "no rows"
+            unpinned = self.unpinned_columns()
+            if unpinned:
+                return f"column order not pinned by an organize transformation: {unpinned}"
         elif self.type == "logs" and not any("message" in hit for hit in self.hits):
             return f"no hit with a message ({len(self.hits)} hits)"
         return None
@@ -432,6 +691,12 @@ class AnnotationResult:
     text: str
     events: list[AnnotationEvent] = field(default_factory=list)
     error: str | None = None
+    # A query on Grafana's own annotations: the /api/annotations parameters (None: Grafana makes no request).
+    grafana_request: dict[str, Any] | None = None
+
+    @property
+    def needs_grafana(self) -> bool:
+        return self.datasource == GRAFANA_UID
 
 
 @dataclass
@@ -478,12 +743,14 @@ def resolve_variables(
     stores: Stores,
     time_range: TimeRange,
     overrides: Mapping[str, str | Sequence[str]] | None = None,
+    bounds_ns: tuple[int, int] | None = None,
 ) -> tuple[dict[str, Variable], dict[str, str]]:
-    """Each query variable's options from its own query (earlier variables substituted), and its selection.
-    Returns the variables and each one's interpolated query."""
+    """Each query variable's options from its own query (earlier variables substituted as Grafana substitutes
+    them in a variable query, see ``influx_variable_query``), and its selection. Returns the variables and each
+    one's query as sent."""
     variables: dict[str, Variable] = {}
     texts: dict[str, str] = {}
-    builtins = {"timeFilter": time_range.influx_filter()}
+    bounds = bounds_ns or time_range.bounds_ns()
     for spec in dashboard.get("templating", {}).get("list", []):
         name = spec["name"]
         if spec.get("type") != "query":
@@ -492,7 +759,9 @@ def resolve_variables(
         ds = _datasource(spec.get("datasource"))
         if ds.type != "influxdb":
             raise QueryError(f"variable {name}: only InfluxDB variables are supported")
-        text = interpolate(query, variables, builtins, "regex")
+        # A variable query has no panel width: $__interval (unused by these dashboards) is taken over a full screen.
+        interval_ms = calculate_interval_ms((bounds[1] - bounds[0]) // 1_000_000, SCREEN_WIDTH_PX, ds.time_interval)
+        text = influx_variable_query(query, variables, time_range, bounds, interval_ms)
         texts[name] = text
         options = _variable_options(stores.influxql(text), spec.get("regex") or "", int(spec.get("sort") or 0))
         selected = _selection(spec, options, (overrides or {}).get(name))
@@ -559,19 +828,19 @@ def run_dashboard(
 ) -> DashboardResult:
     """Resolve the variables, then run every panel's queries (repeats expanded) and the annotation queries."""
     start_ns, end_ns = time_range.bounds_ns()
-    resolved, texts = resolve_variables(dashboard, stores, time_range, variables)
+    resolved, texts = resolve_variables(dashboard, stores, time_range, variables, (start_ns, end_ns))
     layout = _layout(panels_of(dashboard), resolved)
     panels: list[PanelResult] = []
     for panel, grid, scoped in layout:
         scope = dict(resolved)
-        scope.update({name: resolved[name].scoped(value) for name, value in scoped.items()})
+        scope.update({name: resolved[name].scoped_to(value) for name, value in scoped.items()})
         result = run_panel(dashboard, panel, grid, scope, stores, time_range, (start_ns, end_ns))
         result.scoped = dict(scoped)
         panels.append(result)
         if on_panel is not None:
             on_panel(result)
     annotations = [
-        run_annotation(spec, resolved, stores, time_range, (start_ns, end_ns))
+        run_annotation(spec, resolved, stores, time_range, (start_ns, end_ns), str(dashboard.get("uid", "")))
         for spec in dashboard.get("annotations", {}).get("list", [])
         if not spec.get("builtIn") and spec.get("enable", True)
     ]
@@ -630,16 +899,22 @@ def run_panel(
     time_range: TimeRange,
     bounds_ns: tuple[int, int],
 ) -> PanelResult:
-    """Every target of one panel (one copy of a repeated panel)."""
+    """Every target of one panel (one copy of a repeated panel). With server-side expressions among the targets,
+    hidden targets run too (an expression may use them; Grafana's query runner hands the whole request to the
+    expression service before filtering hidden queries out, grafana/grafana#84977) and only their results are
+    left out of the panel; otherwise hidden targets do not run."""
     w = grid[2]
     start_ns, end_ns = bounds_ns
     resolution = int(panel.get("maxDataPoints") or max(1, round(w / GRID_COLUMNS * SCREEN_WIDTH_PX)))
+    targets = list(panel.get("targets", []))
+    has_expressions = any(_is_expression(t) for t in targets)
     results: list[QueryResult] = []
+    by_ref: dict[str, QueryResult] = {}
     interval_ms = 0
-    for target in panel.get("targets", []):
-        if target.get("hide"):
+    for target in targets:
+        if _is_expression(target) or (target.get("hide") and not has_expressions):
             continue
-        ref = target.get("refId", "A")
+        ref = str(target.get("refId", "A"))
         try:
             ds = _datasource(target.get("datasource"), panel.get("datasource"))
         except QueryError as exc:
@@ -648,16 +923,24 @@ def run_panel(
         interval_ms = calculate_interval_ms(
             (end_ns - start_ns) // 1_000_000, resolution, panel.get("interval") or ds.time_interval
         )
-        builtins = _builtins(time_range, interval_ms)
         try:
             if ds.type == "influxdb":
-                results.append(run_influx_target(target, variables, builtins, stores))
+                result = run_influx_target(target, variables, stores, time_range, bounds_ns, interval_ms)
             else:
-                results.append(run_es_target(target, ds, variables, builtins, stores, bounds_ns, interval_ms))
+                result = run_es_target(target, ds, variables, stores, bounds_ns, interval_ms)
         except (QueryError, urllib3.exceptions.HTTPError, OSError) as exc:
-            results.append(QueryResult(ref, ds.uid, "", error=str(exc)))
+            result = QueryResult(ref, ds.uid, "", error=str(exc))
+        result.hidden = bool(target.get("hide"))
+        results.append(result)
+        by_ref[ref] = result
+    for target in targets:
+        if _is_expression(target):
+            result = run_expression(target, by_ref, end_ns // 1_000_000)
+            result.hidden = bool(target.get("hide"))
+            results.append(result)
+            by_ref[result.ref_id] = result
     results = _transform(results, panel.get("transformations", []))
-    title = interpolate(panel.get("title", ""), variables, {}, "text")
+    title = interpolate(panel.get("title", ""), variables, "text")
     return PanelResult(
         dashboard.get("uid", ""),
         int(panel.get("id", 0)),
@@ -670,23 +953,205 @@ def run_panel(
     )
 
 
-def _builtins(time_range: TimeRange, interval_ms: int) -> dict[str, str]:
-    text = interval_text(interval_ms)
-    return {
-        "timeFilter": time_range.influx_filter(),
-        "__interval": text,
-        "interval": text,
-        "__interval_ms": str(interval_ms),
-    }
+# ------------------------------------------------------------------------------------- server-side expressions
+
+EXPRESSION_UID = "__expr__"
+
+
+def _is_expression(target: Mapping[str, Any]) -> bool:
+    return str((target.get("datasource") or {}).get("uid", "")) == EXPRESSION_UID
+
+
+def run_expression(target: Mapping[str, Any], inputs: Mapping[str, QueryResult], at_ms: int) -> QueryResult:
+    """A Grafana server-side expression over the panel's other results: ``reduce`` (a series to one number per
+    series: sum, mean, min, max, count, last, median; mode ``""`` is strict, NaN when a value is null or NaN,
+    ``dropNN`` drops them) and ``math`` (``+ - * /`` and parentheses over ``$refId`` and numbers; numbers and
+    series combine when each side has one item or their labels are equal; division by zero gives Inf or NaN, as
+    Go's float64 does). A number is a one-point series at the range's end."""
+    ref = str(target.get("refId", ""))
+    kind = str(target.get("type", ""))
+    expression = str(target.get("expression", ""))
+    result = QueryResult(ref, EXPRESSION_UID, f"{kind}: {expression}")
+    try:
+        if kind == "reduce":
+            source = inputs.get(expression.strip().lstrip("$").strip("{}"))
+            if source is None:
+                raise QueryError(f"reduce: no query {expression!r}")
+            if source.error:
+                raise QueryError(f"reduce: {source.ref_id} failed")
+            mode = str((target.get("settings") or {}).get("mode") or "")
+            reducer = str(target.get("reducer", "mean"))
+            result.series = [
+                Series(s.name, [(at_ms, _sse_reduce(reducer, [v for _, v in s.points], mode))], dict(s.labels))
+                for s in source.series
+            ]
+        elif kind == "math":
+            value = _MathParser(expression, inputs, at_ms).parse()
+            result.series = value if isinstance(value, list) else [Series(ref, [(at_ms, value)])]
+        else:
+            raise QueryError(f"expression type {kind!r} is not supported here")
+    except QueryError as exc:
+        result.error = str(exc)
+    return result
+
+
+def _sse_reduce(reducer: str, values: Sequence[float | None], mode: str) -> float | None:
+    numbers = [math.nan if v is None else v for v in values]
+    if mode == "dropNN":
+        numbers = [v for v in numbers if not math.isnan(v)]
+    elif any(math.isnan(v) for v in numbers):
+        return math.nan
+    if reducer == "count":
+        return float(len(numbers))
+    if reducer == "sum":
+        return float(sum(numbers))
+    if not numbers:
+        return math.nan
+    if reducer == "mean":
+        return sum(numbers) / len(numbers)
+    if reducer == "min":
+        return min(numbers)
+    if reducer == "max":
+        return max(numbers)
+    if reducer == "last":
+        return numbers[-1]
+    if reducer == "median":
+        ordered = sorted(numbers)
+        mid = len(ordered) // 2
+        return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    raise QueryError(f"reducer {reducer!r} is not supported here")
+
+
+MathValue = float | list[Series]
+
+
+def _go_divide(a: float, b: float) -> float:
+    if b == 0:
+        return math.nan if a == 0 or math.isnan(a) else math.copysign(math.inf, a)
+    return a / b
+
+
+_OPERATORS: dict[str, Callable[[float, float], float]] = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": _go_divide,
+}
+
+
+def _combine(op: str, left: MathValue, right: MathValue) -> MathValue:
+    fn = _OPERATORS[op]
+
+    def apply(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else fn(a, b)
+
+    if isinstance(left, float) and isinstance(right, float):
+        return fn(left, right)
+    if isinstance(left, float) or isinstance(right, float):
+        scalar = left if isinstance(left, float) else right
+        items = right if isinstance(left, float) else left
+        assert isinstance(items, list) and isinstance(scalar, float)
+        first = isinstance(left, float)
+        return [
+            Series(s.name, [(t, apply(scalar, v) if first else apply(v, scalar)) for t, v in s.points], dict(s.labels))
+            for s in items
+        ]
+    assert isinstance(left, list) and isinstance(right, list)
+    pairs = (
+        [(left[0], right[0])]
+        if len(left) == 1 and len(right) == 1
+        else [(a, b) for a in left for b in right if a.labels == b.labels]
+    )
+    out = []
+    for a, b in pairs:
+        if len(a.points) == 1 and len(b.points) == 1:
+            points = [(a.points[0][0], apply(a.points[0][1], b.points[0][1]))]
+        else:
+            other = dict(b.points)
+            points = [(t, apply(v, other[t])) for t, v in a.points if t in other]
+        out.append(Series(a.name, points, dict(a.labels or b.labels)))
+    return out
+
+
+class _MathParser:
+    """A recursive-descent reader of a math expression: sum := term (('+'|'-') term)*, term := factor
+    (('*'|'/') factor)*, factor := number | $ref | ${ref} | '(' sum ')' | '-' factor."""
+
+    _TOKEN = re.compile(r"\s*(?:(\d+(?:\.\d*)?(?:[eE][+-]?\d+)?)|\$\{(\w+)\}|\$(\w+)|(.))")
+
+    def __init__(self, text: str, inputs: Mapping[str, QueryResult], at_ms: int) -> None:
+        self.tokens: list[tuple[str, str]] = []
+        for number, braced, ref, char in self._TOKEN.findall(text):
+            if number:
+                self.tokens.append(("number", number))
+            elif braced or ref:
+                self.tokens.append(("ref", braced or ref))
+            elif char.strip():
+                self.tokens.append(("op", char))
+        self.inputs, self.at_ms, self.i = inputs, at_ms, 0
+
+    def parse(self) -> MathValue:
+        value = self._sum()
+        if self.i != len(self.tokens):
+            raise QueryError(f"math: unexpected {self.tokens[self.i][1]!r}")
+        return value
+
+    def _peek(self) -> str:
+        return self.tokens[self.i][1] if self.i < len(self.tokens) and self.tokens[self.i][0] == "op" else ""
+
+    def _sum(self) -> MathValue:
+        value = self._term()
+        while self._peek() in ("+", "-"):
+            op = self.tokens[self.i][1]
+            self.i += 1
+            value = _combine(op, value, self._term())
+        return value
+
+    def _term(self) -> MathValue:
+        value = self._factor()
+        while self._peek() in ("*", "/"):
+            op = self.tokens[self.i][1]
+            self.i += 1
+            value = _combine(op, value, self._factor())
+        return value
+
+    def _factor(self) -> MathValue:
+        if self.i >= len(self.tokens):
+            raise QueryError("math: the expression ends early")
+        kind, text = self.tokens[self.i]
+        self.i += 1
+        if kind == "number":
+            return float(text)
+        if kind == "ref":
+            source = self.inputs.get(text)
+            if source is None:
+                raise QueryError(f"math: no query ${text}")
+            if source.error:
+                raise QueryError(f"math: {text} failed")
+            return [Series(s.name, list(s.points), dict(s.labels)) for s in source.series]
+        if text == "(":
+            value = self._sum()
+            if self._peek() != ")":
+                raise QueryError("math: a parenthesis is not closed")
+            self.i += 1
+            return value
+        if text == "-":
+            return _combine("*", -1.0, self._factor())
+        raise QueryError(f"math: unexpected {text!r}")
 
 
 # ----------------------------------------------------------------------------------------------- InfluxDB
 
 
 def run_influx_target(
-    target: Mapping[str, Any], variables: Mapping[str, Variable], builtins: Mapping[str, str], stores: Stores
+    target: Mapping[str, Any],
+    variables: Mapping[str, Variable],
+    stores: Stores,
+    time_range: TimeRange,
+    bounds_ns: tuple[int, int],
+    interval_ms: int,
 ) -> QueryResult:
-    query = interpolate(str(target.get("query", "")), variables, builtins, "regex")
+    query = influx_panel_query(str(target.get("query", "")), variables, time_range, bounds_ns, interval_ms)
     result = QueryResult(str(target.get("refId", "A")), str(target.get("datasource", {}).get("uid", "")), query)
     raw = stores.influxql(query)
     if target.get("resultFormat") == "table":
@@ -864,12 +1329,13 @@ def run_es_target(
     target: Mapping[str, Any],
     ds: Datasource,
     variables: Mapping[str, Variable],
-    builtins: Mapping[str, str],
     stores: Stores,
     bounds_ns: tuple[int, int],
     interval_ms: int,
 ) -> QueryResult:
-    lucene = interpolate(str(target.get("query") or ""), variables, builtins, "lucene")
+    # The Elasticsearch data source interpolates in the browser, in Lucene format, with the panel's intervals.
+    builtins = {"__interval": interval_text(interval_ms), "__interval_ms": str(interval_ms)}
+    lucene = interpolate(str(target.get("query") or ""), variables, "lucene", builtins)
     bounds_ms = (bounds_ns[0] // 1_000_000, bounds_ns[1] // 1_000_000)
     body = es_search_body(target, ds, lucene, bounds_ms, interval_ms)
     result = QueryResult(str(target.get("refId", "A")), ds.uid, json.dumps(body, sort_keys=True))
@@ -977,10 +1443,16 @@ def run_annotation(
     stores: Stores,
     time_range: TimeRange,
     bounds_ns: tuple[int, int],
+    dashboard_uid: str = "",
 ) -> AnnotationResult:
     """An annotation query: InfluxQL (``target.query``, text and tags columns) or Elasticsearch (the Lucene query
-    in ``target.query``, ``timeField``/``textField``/``tagsField``), as Grafana 11 runs them."""
+    in ``target.query``, ``timeField``/``textField``/``tagsField``), as Grafana 11 runs them. A query on Grafana's
+    own annotations cannot run without Grafana: its result carries the request Grafana would make
+    (``grafana_request``, see ``grafana_annotation_request``) and no events."""
     name = str(spec.get("name", ""))
+    if _is_grafana(spec.get("datasource")):
+        request = grafana_annotation_request(spec, variables, dashboard_uid, bounds_ns)
+        return AnnotationResult(name, GRAFANA_UID, json.dumps(request, sort_keys=True), grafana_request=request)
     try:
         ds = _datasource(spec.get("datasource"))
     except QueryError as exc:
@@ -988,11 +1460,13 @@ def run_annotation(
     target = spec.get("target") or {}
     try:
         if ds.type == "influxdb":
-            query = interpolate(
-                str(target.get("query") or spec.get("query") or ""),
-                variables,
-                {"timeFilter": time_range.influx_filter()},
-                "regex",
+            # annotationEvents: the browser substitutes with interpolateQueryExpr given the annotation's query, the
+            # backend replaces $timeFilter (/api/ds/query with the dashboard's range).
+            interval_ms = calculate_interval_ms(
+                (bounds_ns[1] - bounds_ns[0]) // 1_000_000, SCREEN_WIDTH_PX, ds.time_interval
+            )
+            query = influx_panel_query(
+                str(target.get("query") or spec.get("query") or ""), variables, time_range, bounds_ns, interval_ms
             )
             result = AnnotationResult(name, ds.uid, query)
             raw = stores.influxql(query)
@@ -1005,7 +1479,7 @@ def run_annotation(
                     tags = [str(row[c.strip()]) for c in tags_col.split(",") if c.strip() and row.get(c.strip())]
                     result.events.append(AnnotationEvent(int(row["time"]), str(row.get(text_col) or ""), tags))
             return result
-        lucene = interpolate(str(spec.get("query") or target.get("query") or ""), variables, {}, "lucene")
+        lucene = interpolate(str(spec.get("query") or target.get("query") or ""), variables, "lucene")
         start_ms, end_ms = bounds_ns[0] // 1_000_000, bounds_ns[1] // 1_000_000
         time_field = str(spec.get("timeField") or "@timestamp")
         filters: list[dict[str, Any]] = [
@@ -1032,6 +1506,103 @@ def run_annotation(
         return result
     except (QueryError, urllib3.exceptions.HTTPError, OSError) as exc:
         return AnnotationResult(name, ds.uid, "", error=str(exc))
+
+
+GRAFANA_UID = "-- Grafana --"
+_TAG_DELIMITER = "__delimiter__"
+
+
+def _is_grafana(ref: Mapping[str, Any] | None) -> bool:
+    return (ref or {}).get("type") == "grafana" or (ref or {}).get("uid") in (GRAFANA_UID, "grafana")
+
+
+def grafana_annotation_request(
+    spec: Mapping[str, Any], variables: Mapping[str, Variable], dashboard_uid: str, bounds_ns: tuple[int, int]
+) -> dict[str, Any] | None:
+    """The ``/api/annotations`` parameters of an annotation query on Grafana's own store, as Grafana 11's
+    "-- Grafana --" data source builds them (public/app/plugins/datasource/grafana/datasource.ts,
+    ``getAnnotations``): ``from``/``to`` in ms, ``limit``, ``matchAny``; type ``dashboard`` (the built-in query)
+    filters by ``dashboardUID`` and drops the tags; type ``tags`` needs at least one tag (else no request: None),
+    each rendered by the template service with a list value joined by ``__delimiter__`` and split again. Legacy
+    fields beside ``target`` are moved into it first (``prepareAnnotation``)."""
+    target = dict(spec.get("target") or {})
+    if not target:
+        target = {
+            "type": spec.get("type") or "dashboard",
+            "limit": spec.get("limit") or 100,
+            "tags": spec.get("tags") or [],
+            "matchAny": bool(spec.get("matchAny")),
+        }
+    params: dict[str, Any] = {
+        "from": bounds_ns[0] // 1_000_000,
+        "to": bounds_ns[1] // 1_000_000,
+        "limit": target.get("limit"),
+        "matchAny": target.get("matchAny"),
+    }
+    if target.get("type") == "dashboard":
+        params["dashboardUID"] = dashboard_uid
+        return params
+    tags = target.get("tags")
+    if not isinstance(tags, list) or not tags:
+        return None
+
+    def render(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2) or match.group(4)
+        if name not in variables:
+            return match.group(0)
+        value = variables[name].value()
+        return value if isinstance(value, str) else _TAG_DELIMITER.join(value)
+
+    params["tags"] = [t for tag in tags for t in _VARIABLE.sub(render, str(tag)).split(_TAG_DELIMITER)]
+    return params
+
+
+def _tag_pairs(tags: Iterable[str]) -> list[tuple[str, str]]:
+    """Grafana's tag.ParseTagPairs: ``key:value`` (the text up to the second colon) or a bare key, both trimmed of
+    spaces; an empty key is dropped."""
+    pairs = []
+    for text in tags:
+        if ":" in text:
+            parts = text.split(":")
+            key, value = parts[0].strip(" "), parts[1].strip(" ")
+        else:
+            key, value = text.strip(" "), ""
+        if key:
+            pairs.append((key, value))
+    return pairs
+
+
+def grafana_annotations_found(
+    request: Mapping[str, Any] | None, annotations: Iterable[Mapping[str, Any]]
+) -> list[Mapping[str, Any]]:
+    """Which annotations Grafana's store answers ``request`` with (pkg/services/annotations/annotationsimpl/
+    xorm_store.go): ``dashboardUID`` when given; ``epoch <= to AND epoch_end >= from``; per filter tag a key match
+    (a bare key) or a key and value match, counted over the annotation's tags, then ``count > 0`` with ``matchAny``
+    else ``count == number of filter tags``; newest first, ``limit`` (default 100). An annotation is a mapping as
+    fleetwatch posts it through grafana-client (``dashboards.sync.annotation_body``: ``dashboard_uid``,
+    ``time_from``, ``time_to``, ``tags``, ``text``)."""
+    if request is None:
+        return []
+    wanted = _tag_pairs(request.get("tags") or [])
+    found = []
+    for annotation in annotations:
+        if "dashboardUID" in request and (annotation.get("dashboard_uid") or "") != request["dashboardUID"]:
+            continue
+        epoch = int(annotation["time_from"])
+        epoch_end = int(annotation.get("time_to") or epoch)
+        if not (epoch <= int(request["to"]) and epoch_end >= int(request["from"])):
+            continue
+        if wanted:
+            count = sum(
+                1
+                for key, value in _tag_pairs(annotation.get("tags") or [])
+                if any(key == k and (not v or value == v) for k, v in wanted)
+            )
+            if not (count > 0 if request.get("matchAny") else count == len(wanted)):
+                continue
+        found.append(annotation)
+    found.sort(key=lambda a: -int(a["time_from"]))
+    return found[: int(request.get("limit") or 100)]
 
 
 def _iso_ms(stamp: Any) -> int:
@@ -1104,7 +1675,7 @@ def references(dashboards: Iterable[Mapping[str, Any]]) -> References:
             query = spec["query"] if isinstance(spec["query"], str) else str(spec["query"].get("query", ""))
             influxql_references(query, refs)
         for spec in dashboard.get("annotations", {}).get("list", []):
-            if spec.get("builtIn"):
+            if spec.get("builtIn") or _is_grafana(spec.get("datasource")):
                 continue
             ds = _datasource(spec.get("datasource"))
             target = spec.get("target") or {}
@@ -1123,6 +1694,8 @@ def references(dashboards: Iterable[Mapping[str, Any]]) -> References:
                 )
         for panel in panels_of(dashboard):
             for target in panel.get("targets", []):
+                if _is_expression(target):
+                    continue
                 ds = _datasource(target.get("datasource"), panel.get("datasource"))
                 if ds.type == "influxdb":
                     influxql_references(str(target.get("query", "")), refs)

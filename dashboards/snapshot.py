@@ -32,6 +32,7 @@ from dashboards.queries import (
     Series,
     Stores,
     TimeRange,
+    format_value,
     load_dashboards,
     panels_of,
     run_dashboard,
@@ -247,29 +248,6 @@ def _unit(panel: PanelResult) -> str:
     return str(panel.panel.get("fieldConfig", {}).get("defaults", {}).get("unit") or "short")
 
 
-def format_value(value: Any, unit: str = "short") -> str:
-    """A value as Grafana would print it, roughly: SI suffixes, percent, seconds, per second."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if unit == "percentunit":
-        return f"{value * 100:.3g}%"
-    number = float(value)
-    if unit == "s" and 0 < abs(number) < 1:
-        number, unit = number * 1000, "ms"
-        if abs(number) < 1:
-            return f"{number * 1000:.3g} µs"
-    suffix = {"s": " s", "cps": "/s", "ms": " ms"}.get(unit, "")
-    if abs(number) >= 1e3:
-        for size, letter in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-            if abs(number) >= size:
-                return f"{number / size:.4g}{letter}{suffix}"
-    if number == int(number) and abs(number) < 1e6:
-        return f"{int(number)}{suffix}"
-    return f"{number:.4g}{suffix}"
-
-
 def _cell(value: Any, column: str) -> str:
     if column in ("Time", "time") and isinstance(value, int | float):
         return datetime.fromtimestamp(value / 1000, UTC).strftime("%H:%M:%S")
@@ -457,31 +435,25 @@ def _legend(ax: Axes, count: int, annotated: bool) -> None:
 
 
 def _stat(fig: Figure, panel: PanelResult, box: tuple[float, float, float, float], height: float) -> None:
-    columns, rows = panel.table()
-    unit = _unit(panel)
-    values: list[tuple[str, Any]] = []
-    value_col = next((c for c in reversed(columns) if c not in ("Time", "name")), None)
-    for row in rows:
-        record = dict(zip(columns, row, strict=True))
-        values.append((str(record.get("name", "")), record.get(value_col) if value_col else None))
-    if not values:
-        _message(fig, box, height, "No data", "#888888")
-        return
+    shown = panel.stat()
     left, top, w, h = box
-    if len(values) == 1:
-        value = values[0][1]
-        colour = _threshold_colour(panel, value)
+    if len(shown) == 1:
+        value = shown[0].value
+        # A missing value (no data, a null) shows the panel's text for it, greyed unless the panel set one.
+        colour = _threshold_colour(panel, value) if value is not None or shown[0].text != "No data" else "#888888"
         fig.text(
             (left + w / 2) / FIG_WIDTH,
             1 - (top + h * 0.58) / height,
-            format_value(value, unit),
+            shown[0].text,
             ha="center",
             va="center",
-            fontsize=30,
+            fontsize=30 if value is not None or len(shown[0].text) < 8 else 18,
             weight="bold",
             color=colour,
         )
         return
+    values = [(v.name, v.value) for v in shown]
+    unit = _unit(panel)
     ax = fig.add_axes(_rect(box, height, (max(1.2, w * 0.25), 0.45, 0.4, 0.15)))
     names = [_clip(n, 30) for n, _ in values][::-1]
     numbers = [float(v) if isinstance(v, int | float) else 0.0 for _, v in values][::-1]
