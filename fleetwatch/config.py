@@ -7,6 +7,11 @@ to a default), and every error names the dotted key and what was expected::
 
 Secrets are ``SecretStr`` so they never print. Each can be given inline, from a file (``*_file``), or from
 an environment variable, which wins: see ``SECRET_ENV``.
+
+This is the ground floor: every package imports it, so it imports nothing from ``collectors``, ``flows`` or
+``dashboards``, not even inside a validator (tests/unit/test_layering.py). What a check needs from above lives
+on the ground floor too: the ``[alerts]`` models (``fleetwatch.alerts_config``), the names of windows and
+quantiles (``fleetwatch.labels``), the grammar of topic templates (``fleetwatch.topic_template``).
 """
 
 from __future__ import annotations
@@ -27,8 +32,10 @@ from pydantic import (
     model_validator,
 )
 
+from fleetwatch.alerts_config import AlertsConfig, load_rules
 from fleetwatch.config_base import Duration, Section, parse_duration, read_secret_file
-from flows.alerts.rules import AlertsConfig
+from fleetwatch.labels import duration_label, quantile_field
+from fleetwatch.topic_template import TopicTemplate
 
 # The base types live in config_base so that section models elsewhere can share them.
 __all__ = ["Config", "ConfigError", "Duration", "Section", "from_dict", "load", "parse_duration"]
@@ -100,8 +107,6 @@ class SubscriptionConfig(Section):
     @model_validator(mode="after")
     def _template_fits(self) -> SubscriptionConfig:
         if self.template is not None:
-            from collectors.mqtt.topics import TopicTemplate
-
             TopicTemplate.parse(self.template)  # raises ValueError naming the problem
         if (
             self.format == "number"
@@ -425,6 +430,13 @@ class LogsConfig(Section):
     max_future_skew: Duration = timedelta(minutes=5)
     # The host.name of file events (syslog messages carry their own).
     host_name: str | None = None
+    # A service that has no open log-rate window and has not logged for this long (system time) is
+    # forgotten: its event clock goes, so an event of it later than this is counted in a new window.
+    rate_idle_after: Duration = timedelta(hours=1)
+    # At most this many services hold log-rate state per process; beyond it the least recently seen of those
+    # without an open window are forgotten first (counted). A service with an open window is never
+    # forgotten, so more may hold state while their windows are open.
+    rate_max_services: int = Field(default=20_000, ge=1)
 
     @model_validator(mode="after")
     def _unique_names(self) -> LogsConfig:
@@ -434,6 +446,8 @@ class LogsConfig(Section):
             raise ValueError(f"input names must be unique (repeated: {', '.join(duplicates)})")
         if self.rate_window <= timedelta(0):
             raise ValueError("rate_window must be > 0")
+        if self.rate_idle_after <= timedelta(0):
+            raise ValueError("rate_idle_after must be > 0")
         return self
 
 
@@ -548,10 +562,6 @@ def from_dict(data: dict[str, Any], source: str = "config", env: Mapping[str, st
 def alert_rule_problems(cfg: Config) -> list[str]:
     """Rules from ``alerts.rules_file`` are validated here too, and every rule on a window statistic must
     name a window and a quantile the pipeline computes."""
-    from flows.alerts.rules import load_rules
-    from flows.schema import quantile_field
-    from flows.windows import duration_label
-
     try:
         rules = load_rules(cfg.alerts)
     except ValueError as exc:

@@ -7,46 +7,200 @@ logging. A window is emitted once, when the watermark passes its end, as a ``Log
 
 Late events (their window already emitted) are still stored in Elasticsearch by the logs path; they are
 only left out of the rate, and counted in the pipeline's health as ``late_log_events``.
+
+Stops and restarts. A stop (``flows.lifecycle.stopping``) ends the input the way a finite input ends, but it
+is a pause: ``on_eof`` then emits nothing and keeps the open windows, which the last snapshot holds. A snapshot
+records the pipeline clock; on resume the wall-time mark of the newest event is moved forward by the time
+since, so the time the process was down does not count as the service being quiet, and a window open at the
+stop is not closed half full before the re-read events arrive.
+
+Memory. Services come and go (a container id as the service name), and a service is remembered only for its
+event clock once its windows are closed. It is forgotten (Bytewax drops its key) once it has logged nothing
+for ``idle_after``; and when more services than ``max_services`` hold state in the process, the least
+recently seen of those without an open window are forgotten first. A service with an open window is never
+forgotten. An event of a forgotten service opens a new window as for a new service, so an event later than
+``idle_after`` could be counted in a window written before; ``idle_after`` is far longer than any lateness.
+``ServiceLimits`` counts what was forgotten. Bytewax drops a key only from one of its own callbacks, so a
+service without an open window wakes up now and then (``ServiceLimits.check_ns``) to see whether it must go.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
 from bytewax.operators import StatefulBatchLogic
 
+from fleetwatch.config import LogsConfig
 from fleetwatch.record import LogEvent, LogRate
 from flows import clock as pipeline_clock
-from flows import health
+from flows import health, lifecycle
 
-RateState = tuple[str, int, int, dict[int, dict[str, int]]]
+log = logging.getLogger(__name__)
+
+# (service, newest event time, pipeline time it was seen, open windows, pipeline time of the snapshot).
+RateState = tuple[str, int, int, dict[int, dict[str, int]], int]
+# The format before the snapshot time was recorded; still resumed (without the shift).
+_OldRateState = tuple[str, int, int, dict[int, dict[str, int]]]
+
+_SECOND = 1_000_000_000
+# A forgotten-over-the-cap report at most this often (seconds of monotonic time).
+_CAP_LOG_INTERVAL = 60.0
+
+
+def _same_ns(ns: int) -> int:
+    return ns
+
+
+class ServiceLimits:
+    """The services of one process that hold log-rate state, and which go first when there are too many:
+    ``logs.rate_max_services`` and ``logs.rate_idle_after``. Shared by the logics of every worker (a lock).
+
+    A logic registers when it is built and is forgotten here when Bytewax drops it (or it is garbage). While it
+    has no open window it is in the idle list, least recently idle first; while more than ``max_services``
+    logics are alive, the oldest idle ones are marked to go, and each goes at its next wake-up. One that logs
+    again before that is kept, and the next oldest is marked instead."""
+
+    def __init__(self, max_services: int, idle_after: timedelta) -> None:
+        if max_services < 1 or idle_after <= timedelta(0):
+            raise ValueError("max_services must be >= 1 and idle_after > 0")
+        self.max_services = max_services
+        self.idle_ns = int(idle_after.total_seconds() * 1e9)
+        # How often a service without an open window wakes up: soon enough that a cap is held within
+        # half a minute, rarely enough that thousands of idle services cost little.
+        self.check_ns = min(max(self.idle_ns // 4, _SECOND), 30 * _SECOND)
+        # Services forgotten: idle for idle_after, or (also counted in evicted_over_cap) over the cap.
+        self.evicted = 0
+        self.evicted_over_cap = 0
+        # Reentrant: a logic that becomes garbage runs _forget wherever the collector happens to run, which
+        # may be inside one of these methods on the same thread.
+        self._lock = threading.RLock()
+        self._live = 0
+        self._idle: OrderedDict[int, None] = OrderedDict()
+        self._victims: set[int] = set()
+        self._next_log = 0.0
+
+    def live(self) -> int:
+        """Services holding state in this process."""
+        with self._lock:
+            return self._live
+
+    def register(self, logic: object) -> Callable[[], object]:
+        """Count ``logic`` in; the returned call counts it out (at once, or when it is garbage)."""
+        with self._lock:
+            self._live += 1
+            self._pick()
+        return weakref.finalize(logic, self._forget, id(logic))
+
+    def _forget(self, key: int) -> None:
+        with self._lock:
+            self._live -= 1
+            self._idle.pop(key, None)
+            self._victims.discard(key)
+
+    def idle(self, key: int) -> None:
+        with self._lock:
+            self._idle[key] = None
+            self._pick()
+
+    def busy(self, key: int) -> None:
+        with self._lock:
+            self._idle.pop(key, None)
+            self._victims.discard(key)
+
+    def must_go(self, key: int) -> bool:
+        with self._lock:
+            return key in self._victims
+
+    def _pick(self) -> None:
+        over = self._live - self.max_services - len(self._victims)
+        while over > 0 and self._idle:
+            key, _ = self._idle.popitem(last=False)
+            self._victims.add(key)
+            over -= 1
+
+    def forgotten(self, over_cap: bool) -> None:
+        with self._lock:
+            self.evicted += 1
+            if over_cap:
+                self.evicted_over_cap += 1
+            now = time.monotonic()
+            report = over_cap and now >= self._next_log
+            if report:
+                self._next_log = now + _CAP_LOG_INTERVAL
+            live, evicted = self._live, self.evicted_over_cap
+        if report:
+            log.warning(
+                "log rates: more than %d services hold state (logs.rate_max_services, %d now): forgetting the"
+                " least recently seen without an open window, %d so far",
+                self.max_services,
+                live,
+                evicted,
+            )
+
+
+# The limits of logics built without their own (tests, and a pipeline that does not pass its config's): the
+# defaults of [logs].
+_DEFAULT_LIMITS = ServiceLimits(LogsConfig().rate_max_services, LogsConfig().rate_idle_after)
 
 
 class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState]):
-    """Windows of one service. State: (service, newest event time, wall time when it was seen, open windows).
-    The service is learnt from the events: Bytewax does not pass the key to the builder."""
+    """Windows of one service. State: see ``RateState``. The service is learnt from the events: Bytewax does not
+    pass the key to the builder. ``clock``: system-time ns (tests move it by hand; by default the pipeline
+    clock)."""
 
     def __init__(
         self,
         window: timedelta,
         allowed_lateness: timedelta,
-        resume: RateState | None = None,
+        resume: RateState | _OldRateState | None = None,
         clock: Callable[[], int] | None = None,
+        limits: ServiceLimits | None = None,
     ) -> None:
         self.window_ns = int(window.total_seconds() * 1e9)
         self.lateness_ns = int(allowed_lateness.total_seconds() * 1e9)
         self._now = clock or pipeline_clock.now_ns
-        self.service, self.max_ts, self.sys_at_max, open_windows = (
-            resume if resume is not None else ("", -(2**63), 0, {})
-        )
+        # notify_at answers in wall time, which Bytewax compares with its own clock. The pipeline clock runs
+        # behind wall time by the time the flow stalled; a test clock is both at once.
+        self._to_wall = pipeline_clock.to_wall_ns if clock is None else _same_ns
+        self._limits = limits or _DEFAULT_LIMITS
+        now = self._now()
+        open_windows: dict[int, dict[str, int]]
+        if resume is None:
+            self.service, self.max_ts, self.sys_at_max, open_windows = "", -(2**63), 0, {}
+        else:
+            self.service, self.max_ts, self.sys_at_max, open_windows = resume[:4]
+            if len(resume) > 4:
+                # Downtime is not quiet time: the mark moves by the time since the snapshot.
+                self.sys_at_max += now - resume[4]
         self.windows: dict[int, dict[str, int]] = {start: dict(counts) for start, counts in open_windows.items()}
+        # Last time the service sent anything (late events too); a restart counts as a sign of life.
+        self._seen_at = now
+        self._key = id(self)
+        self._registration = self._limits.register(self)
+        self._idle = False
+        if resume is not None and not self.windows:
+            self._set_idle()
 
     def _watermark(self, now: int) -> int:
         return self.max_ts + (now - self.sys_at_max) - self.lateness_ns
 
+    def _set_idle(self) -> None:
+        if not self._idle:
+            self._idle = True
+            self._limits.idle(self._key)
+
     def on_batch(self, values: list[list[LogEvent]]) -> tuple[Iterable[list[LogRate]], bool]:
         now = self._now()
+        self._seen_at = now
+        if self._idle:
+            self._idle = False
+            self._limits.busy(self._key)
         for events in values:
             for event in events:
                 self.service = event.service
@@ -64,12 +218,29 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
                 counts[event.level] = counts.get(event.level, 0) + 1
         if late:
             health.counters().late_log_events += late
-        return self._close(watermark), StatefulBatchLogic.RETAIN
+        out = self._close(watermark)
+        if not self.windows:
+            self._set_idle()
+        return out, StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[list[LogRate]], bool]:
-        return self._close(self._watermark(self._now())), StatefulBatchLogic.RETAIN
+        now = self._now()
+        out = self._close(self._watermark(now))
+        if self.windows:
+            return out, StatefulBatchLogic.RETAIN
+        self._set_idle()
+        over_cap = self._limits.must_go(self._key)
+        if over_cap or now - self._seen_at >= self._limits.idle_ns:
+            self._registration()
+            self._limits.forgotten(over_cap)
+            return out, StatefulBatchLogic.DISCARD
+        return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[list[LogRate]], bool]:
+        if lifecycle.stopping():
+            # A stop, not the end of the data: the open windows stay in state for the last snapshot, and the
+            # restart closes them when their time comes, with the events still to be re-read.
+            return [], StatefulBatchLogic.RETAIN
         return self._close(2**62), StatefulBatchLogic.RETAIN
 
     def _close(self, watermark: int) -> list[list[LogRate]]:
@@ -79,12 +250,17 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         return [[LogRate(self.service, start, self.window_ns, self.windows.pop(start)) for start in due]]
 
     def notify_at(self) -> datetime | None:
-        if not self.windows:
-            return None
-        # Wall time at which the earliest window closes if the service stays quiet.
-        end = min(self.windows) + self.window_ns
-        due_ns = self.sys_at_max + (end + self.lateness_ns - self.max_ts)
-        return datetime.fromtimestamp(due_ns / 1e9, tz=UTC)
+        if self.windows:
+            # Pipeline time at which the earliest window closes if the service stays quiet.
+            end = min(self.windows) + self.window_ns
+            due_ns = self.sys_at_max + (end + self.lateness_ns - self.max_ts)
+        elif self._limits.must_go(self._key):
+            due_ns = self._now()
+        else:
+            # No window open: wake up when the service has been idle long enough, or to see whether it must
+            # make room for others.
+            due_ns = min(self._seen_at + self._limits.idle_ns, self._now() + self._limits.check_ns)
+        return datetime.fromtimestamp(self._to_wall(due_ns) / 1e9, tz=UTC)
 
     def snapshot(self) -> RateState:
         return (
@@ -92,4 +268,5 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
             self.max_ts,
             self.sys_at_max,
             {start: dict(counts) for start, counts in self.windows.items()},
+            self._now(),
         )

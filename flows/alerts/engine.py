@@ -36,7 +36,17 @@ is its last observation's event time + ``silent_for``; its k-th re-notification 
 a restart produces the same ids and the notifier's journal drops what was already sent.
 
 State snapshots are pickled bytes. After a resume, firing stays firing (nothing is re-sent) and pending keeps its
-``started_ns``. States of rules no longer configured are dropped.
+``started_ns``. States of rules no longer configured are dropped. A stop (``flows.lifecycle.stopping``) ends the
+input like a finite one; ``on_eof`` emits nothing either way and keeps every state for the snapshot.
+
+Memory is bounded: series come and go (devices replaced, services named after containers). The state of a (rule,
+series) that is ok (not pending, not firing, not an armed deadman) is forgotten once its series has been silent for
+``idle_after`` (system time; swept every quarter of it, from ``notify_at`` too), and a key holding more than
+``max_states`` forgets its least recently seen ok states first (to 90 % of the cap, logged). A forgotten series that
+comes back starts from nothing, as a new one: at worst a rate of change is primed again. Pending and firing alerts
+and armed deadman timers are never forgotten: a firing alert must resolve, not vanish, so they may exceed the cap
+(logged). A key left with no state at all (a service's log-rate key) is discarded from Bytewax's state. Every
+forgotten state is counted in ``evicted``.
 """
 
 from __future__ import annotations
@@ -44,8 +54,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import heapq
+import logging
 import operator
 import pickle
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -63,6 +75,8 @@ from fleetwatch.record import (
 )
 from flows import clock as pipeline_clock
 from flows.alerts.rules import (
+    DEFAULT_MAX_STATES,
+    DEFAULT_STATE_IDLE_AFTER,
     LOG_RATE_STATS,
     TARGETS,
     WINDOW_STATS,
@@ -74,10 +88,19 @@ from flows.alerts.rules import (
 from flows.schema import quantile_field
 from flows.windows import Aggregate
 
+log = logging.getLogger(__name__)
+
 _NO_TIME = -(2**63)
 _OK, _PENDING, _FIRING = 0, 1, 2
 _SEVERITIES = ("", "warning", "critical")  # by rank
 _CACHE_MAX = 1_000_000
+_SECOND = 1_000_000_000
+# A key over its cap says so at most this often (seconds of monotonic time).
+_CAP_LOG_INTERVAL = 60.0
+
+
+def _same_ns(ns: int) -> int:
+    return ns
 
 
 class Observation(NamedTuple):
@@ -323,7 +346,8 @@ class _Rule:
 
 
 class _State:
-    """One (rule, series). Times are event-time ns except ``sys_seen`` (system time, deadman only)."""
+    """One (rule, series). Times are event-time ns except ``sys_seen``: system time of the last observation (for a
+    deadman while firing, of the last notification), which also says how long the series has been idle."""
 
     __slots__ = (
         "last_ts",
@@ -391,36 +415,59 @@ class _Caches(dict[str, dict[str, tuple[_Entry, ...]]]):
 
 class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], bytes]):
     """Alert states of one key. ``rules`` may be a shared ``RuleMatcher`` (its series cache then serves every
-    logic of the process). ``clock``: wall-time ns for deadman rules (tests move it by hand)."""
+    logic of the process). ``clock``: system-time ns for deadman rules and idle states (tests move it by hand;
+    by default the pipeline clock). ``idle_after`` and ``max_states``: ``alerts.state_idle_after`` and
+    ``alerts.max_states`` (see the module docstring)."""
 
     def __init__(
         self,
         rules: Sequence[AlertRule] | RuleMatcher,
         resume_state: bytes | None = None,
         clock: Callable[[], int] | None = None,
+        *,
+        idle_after: timedelta = DEFAULT_STATE_IDLE_AFTER,
+        max_states: int = DEFAULT_MAX_STATES,
     ) -> None:
+        if max_states < 1 or idle_after <= timedelta(0):
+            raise ValueError("max_states must be >= 1 and idle_after > 0")
         self.matcher = rules if isinstance(rules, RuleMatcher) else RuleMatcher(rules)
         self._now = clock or pipeline_clock.now_ns
+        # notify_at answers in wall time, which Bytewax compares with its own clock. The pipeline clock runs
+        # behind wall time by the time the flow stalled; a test clock is both at once.
+        self._to_wall = pipeline_clock.to_wall_ns if clock is None else _same_ns
         self._rules = {rule.name: _Rule(rule) for rule in self.matcher.rules}
         # rule name -> series -> state
         self.states: dict[str, dict[str, _State]] = {name: {} for name in self._rules}
         # (due in system-time ns, rule, series), deadman rules only; stale entries are skipped on pop.
         self._deadlines: list[tuple[int, str, str]] = []
         self._caches = _Caches({t: {} for t in TARGETS})
+        self.idle_ns = _ns(idle_after)
+        self.max_states = max_states
+        # States forgotten (idle, or over the cap), for health.
+        self.evicted = 0
+        self._count = 0
+        self._shrink_at = max_states
+        self._sweep_every = max(self.idle_ns // 4, _SECOND)
+        # Only threshold and rate-of-change states are ever idle: deadman states fire on silence instead.
+        self._sweepable = any(not rule.deadman for rule in self._rules.values())
+        self._next_cap_log = 0.0
+        now = self._now()
+        self._next_sweep = now + self._sweep_every
         if resume_state is not None:
             saved: dict[str, dict[str, _State]] = pickle.loads(resume_state)["states"]
             for name, states in saved.items():
                 if name in self._rules:
                     self.states[name] = states
-            now = self._now()
             for name, states in self.states.items():
                 rule = self._rules[name]
+                self._count += len(states)
                 if not rule.deadman:
                     # The rule may have lost the severity it was firing at: carry on at the one it has.
                     ranks = {level.rank for level in rule.levels}
                     for st in states.values():
                         if st.rank and st.rank not in ranks:
                             st.rank = max(ranks)
+                        st.sys_seen = now  # the restart counts as an arrival: downtime is not idleness
                 else:
                     for series, st in states.items():
                         st.sys_seen = now  # the restart counts as an arrival: downtime is not silence
@@ -446,26 +493,100 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
                     if rule.deadman:
                         self._seen(rule, states, series, ts, now, out)
                     else:
-                        self._observe(rule, states, series, value, ts, out)
+                        self._observe(rule, states, series, value, ts, now, out)
         if self._deadlines and self._deadlines[0][0] <= now:
             self._pop_due(now, out)
+        # After the batch, not while a state is being evaluated: only states whose phase is final are weighed.
+        if self._count > self._shrink_at:
+            self._shrink()
+        if now >= self._next_sweep:
+            self._sweep(now)
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def on_notify(self) -> tuple[Iterable[list[AlertTransition]], bool]:
+        now = self._now()
         out: list[AlertTransition] = []
-        self._pop_due(self._now(), out)
-        return ([out] if out else []), StatefulBatchLogic.RETAIN
+        self._pop_due(now, out)
+        if now >= self._next_sweep:
+            self._sweep(now)
+        # Nothing left to remember (every series of a service's key went idle): Bytewax may drop the key.
+        done = not self._count and not self._deadlines
+        return ([out] if out else []), (StatefulBatchLogic.DISCARD if done else StatefulBatchLogic.RETAIN)
 
     def on_eof(self) -> tuple[Iterable[list[AlertTransition]], bool]:
+        # Nothing is due at the end of input, finite or a stop (lifecycle.stopping): every state stays, so the
+        # last snapshot holds pending and firing alerts and a restart carries on from them.
         return [], StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if not self._deadlines:
+        due = self._deadlines[0][0] if self._deadlines else None
+        if self._sweepable and self._count and (due is None or self._next_sweep < due):
+            due = self._next_sweep
+        if due is None:
             return None
-        return datetime.fromtimestamp(self._deadlines[0][0] / 1e9, tz=UTC)
+        return datetime.fromtimestamp(self._to_wall(due) / 1e9, tz=UTC)
+
+    def state_count(self) -> int:
+        """(rule, series) states held."""
+        return self._count
 
     def snapshot(self) -> bytes:
         return pickle.dumps({"version": 1, "states": self.states}, protocol=pickle.HIGHEST_PROTOCOL)
+
+    # -- bounded memory
+
+    def _evict(self, rule: _Rule, series: str) -> None:
+        del self.states[rule.name][series]
+        self._count -= 1
+        self.evicted += 1
+        # The series' cached rule list goes too: a series that does not come back costs nothing more.
+        self._caches[rule.rule.target].pop(series, None)
+
+    def _sweep(self, now: int) -> None:
+        """Forget ok states idle for ``idle_after``."""
+        self._next_sweep = now + self._sweep_every
+        horizon = now - self.idle_ns
+        forgotten = 0
+        for name, states in self.states.items():
+            rule = self._rules[name]
+            if rule.deadman:
+                continue
+            idle = [series for series, st in states.items() if st.phase == _OK and st.sys_seen <= horizon]
+            for series in idle:
+                self._evict(rule, series)
+            forgotten += len(idle)
+        if forgotten:
+            log.debug("alerts: forgot %d idle (rule, series) states; %d held", forgotten, self._count)
+
+    def _shrink(self) -> None:
+        """Over ``max_states``: forget the least recently seen ok states, down to 90 % of the cap (so that the
+        scan is paid once per tenth of the cap of new series, not per batch)."""
+        target = self.max_states * 9 // 10
+        candidates = (
+            (st.sys_seen, name, series)
+            for name, states in self.states.items()
+            if not self._rules[name].deadman
+            for series, st in states.items()
+            if st.phase == _OK
+        )
+        victims = heapq.nsmallest(self._count - target, candidates)
+        for _, name, series in victims:
+            self._evict(self._rules[name], series)
+        self._shrink_at = max(self.max_states, self._count + max(1, self.max_states // 10))
+        now = time.monotonic()
+        if now >= self._next_cap_log:
+            self._next_cap_log = now + _CAP_LOG_INTERVAL
+            log.warning(
+                "alerts: more than %d (rule, series) states on one key (alerts.max_states): forgot the %d least"
+                " recently seen ok ones (%d in all); %d held%s",
+                self.max_states,
+                len(victims),
+                self.evicted,
+                self._count,
+                ", the rest pending, firing or armed deadman timers, which are never forgotten"
+                if self._count > self.max_states
+                else "",
+            )
 
     # -- evaluation
 
@@ -478,11 +599,20 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
         return entries
 
     def _observe(
-        self, rule: _Rule, states: dict[str, _State], series: str, value: float, ts: int, out: list[AlertTransition]
+        self,
+        rule: _Rule,
+        states: dict[str, _State],
+        series: str,
+        value: float,
+        ts: int,
+        now: int,
+        out: list[AlertTransition],
     ) -> None:
         st = states.get(series)
         if st is None:
             st = states[series] = _State()
+            self._count += 1
+        st.sys_seen = now  # alive, even if the observation is out of order
         if ts < st.last_ts or value != value:  # out of order, or NaN
             return
         st.last_ts = ts
@@ -532,6 +662,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
         st = states.get(series)
         if st is None:
             st = states[series] = _State()
+            self._count += 1
         elif ts < st.last_ts:
             return
         if st.phase == _FIRING:

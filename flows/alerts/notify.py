@@ -3,11 +3,15 @@ functions that turn a transition into an Elasticsearch document and an InfluxDB 
 
 Lifecycle contract:
 
-- Each notifier is a ``BatchWriterThread``: ``put`` enqueues transitions and returns at once; one thread per
-  notifier delivers them in order. ``put`` blocks only while the buffer (``capacity``, 10,000 by default) is
-  full, which is backpressure, never a drop: the worker waits, and, because the buffer is registered like
-  every sink buffer, the MQTT source stops reading while it is above its high-water mark. Alerts are few,
-  so a full buffer means the target has been failing for a long time.
+- Each notifier is a ``BatchWriterThread``: ``put`` enqueues transitions and returns at once, always; one
+  thread per notifier delivers them in order. A notifier never holds the dataflow back, unlike a store's
+  writer: its queue (``capacity``, ``alerts.max_pending_notifications``, 10,000 by default) does not count
+  towards the sources' backpressure, and when it is full ``put`` drops what does not fit instead of waiting.
+  A dropped notification does not vanish: it is counted (``dropped``), logged (once per minute per
+  notifier, with the count), and recorded in the journal as ``dropped`` for its channel; the transition is
+  in the alert history (Elasticsearch, InfluxDB) all the same. Alerts are few, so a full queue means the
+  target has been failing for a long time: what it would get is stale anyway, and a stalled dataflow would
+  stop every other channel and the alert history too.
 - Failures worth retrying (broker unreachable or no PUBACK in time; webhook 429, 5xx, connection errors,
   timeouts) are retried with capped exponential backoff, forever (``retry_forever``). What the target
   refuses for good (webhook 4xx other than 408/429, an MQTT 5 PUBACK failure code) is logged as an error,
@@ -49,15 +53,17 @@ import urllib3
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from collectors.mqtt.client import apply_credentials_and_tls
+from fleetwatch.alerts_config import DEFAULT_MAX_PENDING_NOTIFICATIONS, GrafanaAnnotationsConfig, WebhookConfig
 from fleetwatch.config import MQTTConfig
 from fleetwatch.record import AlertTransition, escape_tag, parse_series
-from flows.alerts.rules import GrafanaAnnotationsConfig, WebhookConfig
 from flows.sinks.writer import BatchWriterThread, RetryableError
 
 log = logging.getLogger(__name__)
 
 # Notifications are few; this is hours of a flapping fleet's alerts while a target is down.
-DEFAULT_CAPACITY = 10_000
+DEFAULT_CAPACITY = DEFAULT_MAX_PENDING_NOTIFICATIONS
+# A full queue is reported at most this often per notifier (seconds): it fills on every alert while it lasts.
+DROP_LOG_INTERVAL = 60.0
 _BATCH_SIZE = 100
 # How long a batch waits to fill: the notification latency when alerts trickle in.
 _FLUSH_INTERVAL = 0.1
@@ -308,7 +314,8 @@ class SentJournal:
             return (channel, notification_id) in self._entries
 
     def status(self, channel: str, notification_id: str) -> str | None:
-        """ "sent", "failed" (given up), or None if not in the journal."""
+        """ "sent", "failed" (given up), "dropped" (the channel's queue was full), or None if not in the
+        journal."""
         with self._lock:
             return self._entries.get((channel, notification_id))
 
@@ -316,7 +323,7 @@ class SentJournal:
         self.record_many(channel, [notification_id], status)
 
     def record_many(self, channel: str, notification_ids: Iterable[str], status: str = "sent") -> None:
-        """Remember ids as done (``status``: "sent" or "failed"), durably once this returns. Memory is
+        """Remember ids as done (``status``: "sent", "failed" or "dropped"), durably once this returns. Memory is
         updated first: should the disk fail, this process still does not notify twice (OSError is
         raised)."""
         now = int(time.time())
@@ -374,8 +381,9 @@ def _fsync_dir(directory: Path) -> None:
 # ------------------------------------------------------------------------------------------- notifiers
 
 
-class _Notifier(BatchWriterThread[AlertTransition]):
-    """What both notifiers share: the journal lookups, the counters, and recording an outcome."""
+class Notifier(BatchWriterThread[AlertTransition]):
+    """What every notifier shares: a queue that never makes the dataflow wait, the journal lookups, the
+    counters, and recording an outcome."""
 
     def __init__(
         self,
@@ -387,16 +395,98 @@ class _Notifier(BatchWriterThread[AlertTransition]):
         on_progress: Callable[[BatchWriterThread[AlertTransition]], None] | None,
     ) -> None:
         super().__init__(name, capacity, _BATCH_SIZE, _FLUSH_INTERVAL, retry_max_delay, on_progress)
+        # Out of the registry that pauses the sources while a sink buffer is nearly full: a failing
+        # notification target must not stall the dataflow (the store sinks' buffers do, to lose nothing).
+        self.buffer.close()
         self.journal = journal
         self.channel = channel
-        # Transitions not sent because the journal had them (a replay) or they came twice.
-        self.skipped = 0
+        # Transitions not sent because they came twice (counted by put, on a worker thread) or the journal
+        # had them (a replay; counted by the notifier's thread): see ``skipped``.
+        self._skipped_twice = 0
+        self._skipped_sent = 0
         # Transitions the target refused for good.
         self.failed = 0
+        # Transitions not queued because the queue was full (journaled as "dropped").
+        self.dropped = 0
         self._batch: list[AlertTransition] | None = None
+        # Ids in the queue or being delivered: a transition put twice (every partition's snapshot holds the
+        # process's pending notifications, and all are put back on resume) takes one place, and a copy that
+        # does not fit is not journaled as dropped while the original is on its way.
+        self._queued: set[str] = set()
+        self._put_lock = threading.Lock()
+        self._drops_unlogged = 0
+        self._next_drop_log = 0.0
 
     def prepare(self) -> None:
         """Nothing to prepare: notification targets have no schema."""
+
+    def put(self, items: list[AlertTransition]) -> None:
+        """Queue what fits, drop the rest (see the module docstring); never waits."""
+        if not items:
+            return
+        with self._put_lock:
+            fresh: list[AlertTransition] = []
+            for t in items:
+                if t.notification_id in self._queued:
+                    self._skipped_twice += 1  # the copy on its way is the one delivered
+                else:
+                    self._queued.add(t.notification_id)
+                    fresh.append(t)
+            # Only put adds to the buffer, under this lock, and the writer only takes from it: the room can
+            # only grow until buffer.put runs, so buffer.put never blocks.
+            room = max(0, self.buffer.capacity - len(self.buffer))
+            queued, dropped = fresh[:room], fresh[room:]
+            for t in dropped:
+                self._queued.discard(t.notification_id)
+            if queued:
+                self.buffer.put(queued)
+        if dropped:
+            self._drop(dropped)
+
+    def _drop(self, dropped: list[AlertTransition]) -> None:
+        now = time.monotonic()
+        with self._put_lock:  # worker threads put concurrently
+            self.dropped += len(dropped)
+            self._drops_unlogged += len(dropped)
+            report = now >= self._next_drop_log
+            if report:
+                count, total, self._drops_unlogged = self._drops_unlogged, self.dropped, 0
+                self._next_drop_log = now + DROP_LOG_INTERVAL
+        try:
+            # One fsync'd append for the whole batch: local disk, not the failing target.
+            self.journal.record_many(self.channel, [t.notification_id for t in dropped], "dropped")
+        except OSError as exc:
+            log.error("%s: cannot write the journal %s: %s", self.name, self.journal.path, exc)
+        if report:
+            log.warning(
+                "%s: queue is full (%d notifications waiting: the target is failing or slow); dropped %d "
+                "notifications for this channel since the last report, %d in all. They are in the alert "
+                "history; the journal records them as dropped",
+                self.name,
+                self.buffer.unwritten(),
+                count,
+                total,
+            )
+
+    @property
+    def skipped(self) -> int:
+        """Transitions not sent because they came twice or the journal had them (a replay)."""
+        return self._skipped_twice + self._skipped_sent
+
+    def _done(self, t: AlertTransition) -> None:
+        with self._put_lock:
+            self._queued.discard(t.notification_id)
+
+    def stats(self) -> dict[str, int]:
+        """The counters a health report reads; ``pending`` is what the queue holds (and a snapshot keeps)."""
+        return {
+            "written": self.written,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "dropped": self.dropped,
+            "retries": self.retries,
+            "pending": self.buffer.unwritten(),
+        }
 
     def _to_send(self, batch: list[AlertTransition]) -> list[AlertTransition]:
         """The transitions of ``batch`` not delivered yet. After a retryable failure ``deliver`` is called
@@ -407,9 +497,14 @@ class _Notifier(BatchWriterThread[AlertTransition]):
         out: list[AlertTransition] = []
         ids: set[str] = set()
         for t in batch:
-            if t.notification_id in ids or self.journal.seen(self.channel, t.notification_id):
+            if t.notification_id in ids:
                 if first:
-                    self.skipped += 1
+                    self._skipped_sent += 1
+                continue
+            if self.journal.seen(self.channel, t.notification_id):
+                if first:
+                    self._skipped_sent += 1
+                    self._done(t)  # delivered before (a replay): no longer on its way
                 continue
             ids.add(t.notification_id)
             out.append(t)
@@ -420,6 +515,7 @@ class _Notifier(BatchWriterThread[AlertTransition]):
             self.written += 1
         else:
             self.failed += 1
+        self._done(t)
         try:
             self.journal.record(self.channel, t.notification_id, "sent" if delivered else "failed")
         except OSError as exc:
@@ -487,7 +583,7 @@ def _encode(name: str, t: AlertTransition, build: Callable[[AlertTransition], by
 _NO_ACK = object()
 
 
-class MQTTNotifier(_Notifier):
+class MQTTNotifier(Notifier):
     """Publishes transitions retained at QoS 1 and waits for each PUBACK before recording it.
 
     The client runs paho's own network thread (alerts are not the hot path) and reconnects by itself with
@@ -624,7 +720,7 @@ def _retry_after(headers: Mapping[str, str] | None) -> float | None:
         return None  # an HTTP date: the capped backoff will do
 
 
-class WebhookNotifier(_Notifier):
+class WebhookNotifier(Notifier):
     """POSTs each transition (``generic``: ``alert_payload``; ``slack``: ``slack_payload``) with urllib3.
 
     2xx is delivered. 408, 429, 5xx, connection errors and timeouts are retried with capped backoff (the
@@ -713,7 +809,7 @@ class WebhookNotifier(_Notifier):
 # ------------------------------------------------------------------------------------------- Grafana
 
 
-class GrafanaAnnotationNotifier(_Notifier):
+class GrafanaAnnotationNotifier(Notifier):
     """Posts each transition as a Grafana annotation through grafana-client (``dashboards.sync.annotate``).
     Connection errors, timeouts, 408, 429 and 5xx are retried with capped backoff; other client errors (a
     bad token, a missing dashboard) are logged and given up, like a webhook's."""

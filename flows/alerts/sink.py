@@ -3,10 +3,13 @@ the webhooks and, when ``[alerts.grafana]`` is set, Grafana annotations. Alert h
 InfluxDB) goes through the store sinks.
 
 The notifiers are per process, not per worker: they share one journal of sent notification ids, a file
-that only one process may hold. Each partition hands its transitions to them and returns at once (a slow
-or failing webhook never blocks the dataflow). A partition's snapshot holds the transitions its notifiers
-have not delivered yet; on resume they are put again, and the journal skips what did go out, so a crash
-neither loses a notification nor sends one twice.
+that only one process may hold. Each partition hands its transitions to them and returns at once: a slow
+or failing webhook never blocks the dataflow, neither in ``write_batch`` (a notifier whose queue is full
+drops, counts and journals what does not fit: see ``flows.alerts.notify``) nor in ``snapshot``, which
+never waits for a notifier to catch up. A partition's snapshot holds every transition the notifiers have
+not delivered yet (at most ``alerts.max_pending_notifications`` and one batch in flight per notifier); on
+resume they are put again, and the journal skips what did go out, so a crash neither loses a queued
+notification nor sends one twice.
 """
 
 from __future__ import annotations
@@ -17,24 +20,23 @@ from pathlib import Path
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from fleetwatch.alerts_config import AlertsConfig
 from fleetwatch.config import MQTTConfig
 from fleetwatch.record import AlertTransition
 from flows.alerts.notify import (
     GrafanaAnnotationNotifier,
     MQTTNotifier,
+    Notifier,
     SentJournal,
     WebhookNotifier,
     log_transition,
 )
-from flows.alerts.rules import AlertsConfig
-from flows.sinks.writer import BatchWriterThread, pending_for_epoch
 
 # States that are notified; "pending" and "ok" (a cancelled pending) are history only.
 NOTIFIED_STATES = frozenset({"firing", "resolved"})
-# Above this many undelivered notifications, a snapshot waits for them instead of holding them.
-SNAPSHOT_MAX_PENDING = 1_000
 
-_notifiers: list[BatchWriterThread[AlertTransition]] | None = None
+_notifiers: list[Notifier] | None = None
+_journal: SentJournal | None = None
 _lock = threading.Lock()
 
 
@@ -45,25 +47,50 @@ def journal_path(cfg: AlertsConfig, process_id: int | None) -> Path:
     return cfg.journal.with_name(f"{cfg.journal.stem}-{process_id}{cfg.journal.suffix}")
 
 
-def process_notifiers(
-    cfg: AlertsConfig, mqtt: MQTTConfig, process_id: int | None
-) -> list[BatchWriterThread[AlertTransition]]:
-    global _notifiers
+def process_notifiers(cfg: AlertsConfig, mqtt: MQTTConfig, process_id: int | None) -> list[Notifier]:
+    global _notifiers, _journal
     with _lock:
         if _notifiers is None:
             journal = SentJournal(journal_path(cfg, process_id))
             suffix = "" if process_id is None else f"-{process_id}"
-            notifiers: list[BatchWriterThread[AlertTransition]] = [
-                MQTTNotifier(mqtt, cfg.mqtt_topic_prefix, journal, client_id=f"{mqtt.client_id}-alerts{suffix}")
+            capacity = cfg.max_pending_notifications
+            notifiers: list[Notifier] = [
+                MQTTNotifier(
+                    mqtt,
+                    cfg.mqtt_topic_prefix,
+                    journal,
+                    client_id=f"{mqtt.client_id}-alerts{suffix}",
+                    capacity=capacity,
+                )
             ]
             notifiers += [
-                WebhookNotifier(hook, journal, channel=f"webhook-{i}", name=f"alert-webhook-{i}")
+                WebhookNotifier(hook, journal, channel=f"webhook-{i}", name=f"alert-webhook-{i}", capacity=capacity)
                 for i, hook in enumerate(cfg.webhooks)
             ]
             if cfg.grafana is not None:
-                notifiers.append(GrafanaAnnotationNotifier(cfg.grafana, journal))
-            _notifiers = notifiers
+                notifiers.append(GrafanaAnnotationNotifier(cfg.grafana, journal, capacity=capacity))
+            _notifiers, _journal = notifiers, journal
         return _notifiers
+
+
+def notification_stats() -> dict[str, dict[str, int]]:
+    """Per notifier of this process: written, failed, skipped, dropped (queue full), retries, pending."""
+    with _lock:
+        notifiers = list(_notifiers or [])
+    return {n.name: n.stats() for n in notifiers}
+
+
+def close_process_notifiers(timeout: float) -> None:
+    """Deliver what can be within ``timeout`` per notifier, stop them and release the journal (the end of a
+    run; tests that build several sinks in one process)."""
+    global _notifiers, _journal
+    with _lock:
+        notifiers, journal = _notifiers or [], _journal
+        _notifiers = _journal = None
+    for notifier in notifiers:
+        notifier.close(timeout)
+    if journal is not None:
+        journal.close()
 
 
 class AlertNotifySink(FixedPartitionedSink[list[AlertTransition], list[list[AlertTransition]]]):
@@ -89,7 +116,7 @@ class AlertNotifySink(FixedPartitionedSink[list[AlertTransition], list[list[Aler
 
 
 class _AlertNotifyPartition(StatefulSinkPartition[list[AlertTransition], list[list[AlertTransition]]]):
-    def __init__(self, notifiers: list[BatchWriterThread[AlertTransition]]) -> None:
+    def __init__(self, notifiers: list[Notifier]) -> None:
         self.notifiers = notifiers
 
     def write_batch(self, items: list[list[AlertTransition]]) -> None:
@@ -105,5 +132,7 @@ class _AlertNotifyPartition(StatefulSinkPartition[list[AlertTransition], list[li
 
     def snapshot(self) -> list[list[AlertTransition]]:
         # The notifiers are shared by the partitions of this process, so each snapshot holds every
-        # undelivered notification of the process; the journal makes putting them back twice harmless.
-        return [pending_for_epoch(n, SNAPSHOT_MAX_PENDING) for n in self.notifiers]
+        # undelivered notification of the process; putting them back twice is harmless (a notifier queues
+        # an id once, and the journal skips what was delivered). Never waits: a notifier's queue is bounded
+        # by its capacity, so the snapshot is too, and waiting for a failing target would stall the flow.
+        return [n.buffer.pending(None) or [] for n in self.notifiers]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from fleetwatch.record import AlertTransition, LogRate, Reading
+from flows import clock as pipeline_clock
+from flows import lifecycle
 from flows.alerts.engine import (
     AlertLogic,
     Observation,
@@ -460,3 +465,109 @@ def test_unknown_targets_are_errors() -> None:
     logic = AlertLogic([rule(warning=1)])
     with pytest.raises(ValueError, match="unknown alert target"):
         logic.on_batch([[Observation("metrics", SERIES, "value", 1.0, T0)]])
+
+
+# ------------------------------------------------------------------------------------------- stops, stalls, memory
+
+
+@pytest.fixture
+def stopped() -> Iterator[None]:
+    """The process was asked to stop (SIGTERM): the end of input is a pause."""
+    lifecycle.request_stop()
+    yield
+    lifecycle.reset()
+
+
+@pytest.fixture
+def stalled() -> Iterator[int]:
+    """The flow spent an hour stalled on a store: the pipeline clock is an hour behind wall time."""
+    hour = 3600 * S
+    pipeline_clock.add_stall(hour)
+    yield hour
+    pipeline_clock.add_stall(-hour)
+
+
+def test_a_stop_emits_nothing_at_the_end_of_input_and_keeps_every_state(stopped: None) -> None:
+    clock = Clock(T0)
+    rules = [rule(name="hot", warning=80), rule(name="quiet", kind="deadman", silent_for="60s")]
+    logic = AlertLogic(rules, clock=clock)
+    assert [t.state for t in feed(logic, [obs(85, 0)])] == ["firing"]
+    out, retain = logic.on_eof()
+    assert (list(out), retain) == ([], False)
+    restored = AlertLogic(rules, logic.snapshot(), clock=clock)
+    assert restored.states["hot"][SERIES].phase == logic.states["hot"][SERIES].phase
+    # Still firing after the restart: it resolves, it does not fire again.
+    assert [t.state for t in feed(restored, [obs(70, 1)])] == ["resolved"]
+
+
+def test_notify_at_is_wall_time_after_a_stall(stalled: int) -> None:
+    # The pipeline clock (no test clock): a deadline on it, handed to Bytewax as it is, would be an hour in
+    # the past, and Bytewax would call on_notify again and again.
+    logic = AlertLogic([rule(kind="deadman", silent_for="60s")])
+    feed(logic, [obs(1, 0)])
+    due = logic.notify_at()
+    assert due is not None
+    assert time.time() + 55 < due.timestamp() < time.time() + 61
+
+
+def test_a_test_clock_is_wall_time_and_pipeline_time_at_once(stalled: int) -> None:
+    clock = Clock(T0)
+    logic = AlertLogic([rule(kind="deadman", silent_for="60s")], clock=clock)
+    feed(logic, [obs(1, 0)])
+    assert logic.notify_at() == datetime.fromtimestamp((T0 + 60 * S) / 1e9, UTC)
+
+
+def series_of(i: int) -> str:
+    return f"readings,device=d{i},metric=temperature,site=s1"
+
+
+def test_churning_series_stay_under_the_cap_and_active_alerts_survive() -> None:
+    clock = Clock(T0)
+    rules = [rule(name="hot", warning=80), rule(name="slow", warning=80, **{"for": "1h"})]
+    logic = AlertLogic(rules, clock=clock, max_states=10_000, idle_after=timedelta(hours=1))
+    fired = feed(logic, [obs(85, 0, series_of(0))])
+    assert [(t.rule, t.state) for t in fired] == [("hot", "firing"), ("slow", "pending")]
+    # 100,000 series pass through once each, in batches as a worker sees them; none of them alerts.
+    for start in range(1, 100_001, 1_000):
+        clock.now += S
+        assert feed(logic, [obs(20, start, series_of(i)) for i in range(start, start + 1_000)]) == []
+        assert logic.state_count() <= 10_000 + 2_000  # the cap, plus the batch that went over it
+    assert logic.state_count() <= 10_000
+    assert logic.evicted == 2 * 100_001 - logic.state_count()
+    # The firing one and the pending one were never forgotten: the next reading resolves and cancels them.
+    assert [(t.rule, t.state) for t in feed(logic, [obs(20, 200_000, series_of(0))])] == [
+        ("hot", "resolved"),
+        ("slow", "ok"),
+    ]
+    # An evicted series starts again from nothing: a new episode, not a stale one.
+    assert [(t.rule, t.state) for t in feed(logic, [obs(90, 200_001, series_of(5))])] == [
+        ("hot", "firing"),
+        ("slow", "pending"),
+    ]
+
+
+def test_idle_states_are_forgotten_after_idle_after_and_an_empty_key_is_discarded() -> None:
+    clock = Clock(T0)
+    rules = [rule(name="hot", warning=80), rule(name="quiet", kind="deadman", silent_for="2h", match={"device": "d9"})]
+    logic = AlertLogic(rules, clock=clock, idle_after=timedelta(hours=1))
+    feed(logic, [obs(85, 0, series_of(1)), obs(20, 0, series_of(2)), obs(20, 0, series_of(9))])
+    assert logic.state_count() == 4  # hot: d1 (firing), d2, d9; quiet: d9
+    # Something to sweep: the logic asks to be woken although no deadman is due before 2 h.
+    due = logic.notify_at()
+    assert due is not None and due <= datetime.fromtimestamp((T0 + 3600 * S) / 1e9, UTC)
+    clock.now += 3600 * S + 1
+    out, discard = logic.on_notify()
+    assert (list(out), discard) == ([], False)
+    # d2 and d9 were idle for an hour under "hot" and are forgotten; the firing d1 stays, and so does the
+    # armed deadman of d9 (its silence is what it watches).
+    assert {(name, series) for name, states in logic.states.items() for series in states} == {
+        ("hot", series_of(1)),
+        ("quiet", series_of(9)),
+    }
+    assert logic.evicted == 2
+    # A log-rate key (one service): once nothing is left, the key itself is dropped from Bytewax's state.
+    service = AlertLogic([rule(name="errors", target="log_rate", stat="errors", warning=5)], clock=clock)
+    feed(service, [Observation("log_rate", "log_rates,service=api", "errors", 1.0, T0)])
+    clock.now += 2 * 3600 * S
+    out, discard = service.on_notify()
+    assert (list(out), discard, service.state_count()) == ([], True, 0)

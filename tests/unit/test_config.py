@@ -56,6 +56,11 @@ def test_errors_name_every_bad_key_and_what_was_expected(tmp_path: Path) -> None
         ('[[logs.files]]\nname = "a"\npaths = ["/l"]\n[[logs.syslog]]\nname = "a"\n', "logs"),
         ('[[logs.syslog]]\nname = "s"\nlisten = "5514"\n', "logs.syslog[0].listen"),
         ('[[logs.syslog]]\nname = "s"\nparser = { kind = "syslog", timezone = "Mars/Base" }\n', "logs.syslog[0]"),
+        ('[logs]\nrate_idle_after = "0s"\n', "logs: rate_idle_after must be > 0"),
+        ("[logs]\nrate_max_services = 0\n", "logs.rate_max_services: Input should be greater than or equal to 1"),
+        ('[alerts]\nstate_idle_after = "0s"\n', "alerts.state_idle_after: expected a duration > 0"),
+        ("[alerts]\nmax_states = 0\n", "alerts.max_states: Input should be greater than or equal to 1"),
+        ("[alerts]\nmax_pending_notifications = 0\n", "alerts.max_pending_notifications: Input should be"),
     ],
 )
 def test_rejects_broken_values(tmp_path: Path, toml: str, key: str) -> None:
@@ -124,6 +129,26 @@ def test_alert_rules_must_watch_windows_and_quantiles_the_pipeline_computes(tmp_
         "alerts: rule 'w5m': window '5m' is not computed (windows: 10s, 1m)",
         "alerts: rule 'p90': stat 'p90' is not computed (windows.quantiles gives p50, p95, p99)",
     ]
+
+
+def test_the_limits_on_memory_and_pending_notifications_have_defaults_and_can_be_set() -> None:
+    cfg = config.from_dict({}, env={})
+    assert cfg.alerts.max_pending_notifications == 10_000
+    assert (cfg.alerts.state_idle_after, cfg.alerts.max_states) == (timedelta(hours=1), 500_000)
+    assert (cfg.logs.rate_idle_after, cfg.logs.rate_max_services) == (timedelta(hours=1), 20_000)
+    cfg = config.from_dict(
+        {
+            "alerts": {"max_pending_notifications": 50, "state_idle_after": "10m", "max_states": 1000},
+            "logs": {"rate_idle_after": "30m", "rate_max_services": 100},
+        },
+        env={},
+    )
+    assert (cfg.alerts.max_pending_notifications, cfg.alerts.state_idle_after, cfg.alerts.max_states) == (
+        50,
+        timedelta(minutes=10),
+        1000,
+    )
+    assert (cfg.logs.rate_idle_after, cfg.logs.rate_max_services) == (timedelta(minutes=30), 100)
 
 
 def test_a_broken_rules_file_names_the_file_and_the_key(tmp_path: Path) -> None:

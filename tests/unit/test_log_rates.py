@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import heapq
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from fleetwatch.record import LogEvent, LogRate
-from flows.log_rates import LogRateLogic
+from flows import clock as pipeline_clock
+from flows import lifecycle
+from flows.log_rates import LogRateLogic, ServiceLimits
 from flows.schema import log_rate_line
 
 S = 1_000_000_000
@@ -51,7 +58,9 @@ def test_a_quiet_service_closes_its_window_by_wall_time_and_state_survives_a_sna
     assert closed(resumed.on_notify()) == []
     clock.now += 1 * S + 1
     assert closed(resumed.on_notify()) == [LogRate("api", T0, 10 * S, {"error": 1, "critical": 1})]
-    assert resumed.notify_at() is None
+    # Nothing more to write: it wakes up only to see whether it is to be forgotten (see the memory tests below).
+    assert resumed.notify_at() == datetime.fromtimestamp((clock.now + 30 * S) / 1e9, UTC)
+    assert closed(resumed.on_notify()) == []
 
 
 def test_influx_line_has_a_field_per_level_and_the_error_rate() -> None:
@@ -59,3 +68,169 @@ def test_influx_line_has_a_field_per_level_and_the_error_rate() -> None:
     assert line == (
         f"log_rates,service=shop\\ api,window=1m count=5i,errors=1i,error_rate=0.2,unknown=1i,error=1i,info=3i {T0}"
     )
+
+
+# ------------------------------------------------------------------------------------------- stops, stalls, memory
+
+
+@pytest.fixture
+def stopped() -> Iterator[None]:
+    """The process was asked to stop (SIGTERM): the end of input is a pause."""
+    lifecycle.request_stop()
+    yield
+    lifecycle.reset()
+
+
+@pytest.fixture
+def stalled() -> Iterator[int]:
+    """The flow spent an hour stalled on a store: the pipeline clock is an hour behind wall time."""
+    hour = 3600 * S
+    pipeline_clock.add_stall(hour)
+    yield hour
+    pipeline_clock.add_stall(-hour)
+
+
+def test_a_stop_keeps_open_windows_in_the_snapshot_and_emits_nothing(stopped: None) -> None:
+    clock = Clock()
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=1), clock=clock)
+    logic.on_batch([[event(2, "error"), event(13, "info")]])
+    out, discard = logic.on_eof()
+    assert (list(out), discard) == ([], False)
+    snapshot = logic.snapshot()
+    assert snapshot[3] == {T0 + 10 * S: {"info": 1}}
+    # Resumed, the window is still open; a finite input's end (no stop) closes it as before.
+    lifecycle.reset()
+    resumed = LogRateLogic(timedelta(seconds=10), timedelta(seconds=1), snapshot, clock=clock)
+    assert closed(resumed.on_eof()) == [LogRate("api", T0 + 10 * S, 10 * S, {"info": 1})]
+
+
+def test_notify_at_is_wall_time_after_a_stall(stalled: int) -> None:
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=1))  # the pipeline clock
+    now = pipeline_clock.now_ns()
+    logic.on_batch([[LogEvent("e1", now, "info", "api", {})]])
+    due = logic.notify_at()
+    # Within the window and its lateness from now, in wall time: not an hour ago.
+    assert due is not None and time.time() < due.timestamp() < time.time() + 12
+
+
+def test_a_test_clock_is_wall_time_and_pipeline_time_at_once(stalled: int) -> None:
+    clock = Clock()
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=1), clock=clock)
+    logic.on_batch([[event(2, "info")]])
+    assert logic.notify_at() == datetime.fromtimestamp((clock.now + 9 * S) / 1e9, UTC)
+
+
+def test_downtime_after_a_snapshot_is_not_silence() -> None:
+    clock = Clock()
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=1), clock=clock)
+    logic.on_batch([[event(2, "error")]])
+    clock.now += 3 * S  # quiet for 3 s, then stopped: the event clock stands at 5 s of [0, 10)
+    snapshot = logic.snapshot()
+    clock.now += 3600 * S  # down for an hour
+    resumed = LogRateLogic(timedelta(seconds=10), timedelta(seconds=1), snapshot, clock=clock)
+    # The window is not closed half full by the downtime: the re-read events are still to come.
+    assert closed(resumed.on_notify()) == []
+    assert resumed.notify_at() == datetime.fromtimestamp((clock.now + 6 * S) / 1e9, UTC)
+    resumed.on_batch([[event(4, "error"), event(6, "info")]])
+    clock.now += 6 * S + 1
+    assert closed(resumed.on_notify()) == [LogRate("api", T0, 10 * S, {"error": 2, "info": 1})]
+
+
+def test_a_snapshot_of_the_earlier_format_still_resumes() -> None:
+    clock = Clock()
+    old = ("api", T0 + 2 * S, clock.now, {T0: {"error": 1}})
+    resumed = LogRateLogic(timedelta(seconds=10), timedelta(seconds=1), old, clock=clock)  # type: ignore[arg-type]
+    clock.now += 9 * S + 1
+    assert closed(resumed.on_notify()) == [LogRate("api", T0, 10 * S, {"error": 1})]
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Bytewax:
+    """What Bytewax does with a stateful_batch step, in short: one logic per key, built on the key's first
+    item; on_notify at the time notify_at asks for; a logic that says DISCARD is dropped with its state."""
+
+    def __init__(self, clock: Clock, build: Callable[[], LogRateLogic]) -> None:
+        self.clock = clock
+        self.build = build
+        self.logics: dict[str, LogRateLogic] = {}
+        self.wakeups: list[tuple[int, int, str]] = []
+        self.emitted: list[LogRate] = []
+        self._calls = 0
+
+    def _after(self, key: str, result: tuple[Iterable[list[LogRate]], bool]) -> None:
+        batches, discard = result
+        self.emitted += [rate for batch in batches for rate in batch]
+        logic = self.logics[key]
+        if discard:
+            del self.logics[key]
+            return
+        due = logic.notify_at()
+        if due is not None:
+            self._calls += 1
+            # A datetime holds microseconds: the first whole microsecond at or after the deadline.
+            due_ns = (due - EPOCH) // timedelta(microseconds=1) * 1000 + 1000
+            heapq.heappush(self.wakeups, (due_ns, self._calls, key))
+
+    def send(self, events: list[LogEvent]) -> None:
+        key = events[0].service
+        if key not in self.logics:
+            self.logics[key] = self.build()
+        self._after(key, self.logics[key].on_batch([events]))
+
+    def advance(self, to_ns: int) -> None:
+        while self.wakeups and self.wakeups[0][0] <= to_ns:
+            due, _, key = heapq.heappop(self.wakeups)
+            self.clock.now = max(self.clock.now, due)
+            if key in self.logics:
+                self._after(key, self.logics[key].on_notify())
+        self.clock.now = max(self.clock.now, to_ns)
+
+
+def test_churning_services_are_forgotten_once_idle_and_capped_least_recently_seen_first() -> None:
+    clock = Clock()
+    limits = ServiceLimits(max_services=500, idle_after=timedelta(minutes=10))
+    flow = Bytewax(clock, lambda: LogRateLogic(timedelta(seconds=10), timedelta(seconds=1), clock=clock, limits=limits))
+    start = clock.now
+    # 20,000 services log once each, one every 100 ms, and never again (container ids, say).
+    most = 0
+    for i in range(20_000):
+        flow.advance(start + i * S // 10)
+        flow.send([event(i / 10, "info", service=f"svc-{i}")])
+        open_windows = sum(1 for logic in flow.logics.values() if logic.windows)
+        most = max(most, len(flow.logics) - open_windows)
+        # A service with an open window is never forgotten; idle ones are capped (a victim may still be
+        # waiting for its next wake-up, at most 30 s of services).
+        assert len(flow.logics) - open_windows <= 500 + 300
+    assert limits.live() == len(flow.logics)
+    assert most > 500 - 1  # the cap was reached and held, not avoided
+    # Every window was written once, with its count: forgetting a service never loses its open window.
+    flow.advance(clock.now + 12 * S)
+    assert len(flow.emitted) == 20_000 and {r.total for r in flow.emitted} == {1}
+    # The most recently seen services are the ones kept: a late event for one of them is still late.
+    kept = sorted(flow.logics, key=lambda name: int(name.split("-")[1]))
+    assert kept and kept[-1] == "svc-19999" and int(kept[0].split("-")[1]) >= 20_000 - 500 - 300
+    flow.send([event(19_999 / 10, "error", service="svc-19999")])
+    flow.advance(clock.now + 60 * S)
+    assert len(flow.emitted) == 20_000  # left out of the rate, not a second window
+    assert limits.evicted_over_cap > 0
+    # After idle_after every idle service is forgotten, and each one was counted.
+    flow.advance(clock.now + 11 * 60 * S)
+    assert flow.logics == {} and limits.live() == 0
+    assert limits.evicted == 20_000
+
+
+def test_a_service_is_never_forgotten_while_a_window_is_open() -> None:
+    clock = Clock()
+    limits = ServiceLimits(max_services=1, idle_after=timedelta(seconds=1))
+    busy = LogRateLogic(timedelta(minutes=1), timedelta(seconds=5), clock=clock, limits=limits)
+    busy.on_batch([[event(1, "info", service="busy")]])
+    other = LogRateLogic(timedelta(minutes=1), timedelta(seconds=5), clock=clock, limits=limits)
+    other.on_batch([[event(1, "info", service="other")]])
+    clock.now += 30 * S  # idle for far longer than idle_after, over the cap, but both windows are open
+    for logic in (busy, other):
+        out, discard = logic.on_notify()
+        assert (closed((out, discard)), discard) == ([], False)
+    clock.now += 35 * S
+    assert [r.service for r in closed(busy.on_notify())] == ["busy"]
