@@ -52,6 +52,16 @@ class Counted:
 
 # Every pipeline started, so that none is left running and none that crashed passes unnoticed (see conftest).
 running: list[Pipeline] = []
+# The processes of a Bytewax cluster started so far, by their --addresses: a cluster's dataflow starts (and its
+# processes get ready) only once every process has joined.
+forming: dict[str, list[Pipeline]] = {}
+
+
+def _cluster_addresses(args: list[str]) -> str | None:
+    for flag in ("--addresses", "-a"):
+        if flag in args[:-1]:
+            return args[args.index(flag) + 1]
+    return None
 
 
 class Pipeline(Counted):
@@ -62,6 +72,7 @@ class Pipeline(Counted):
 
         Returns once the status file says ``ready``: every MQTT partition has its SUBACK (the broker holds messages
         for the session from then on), every syslog socket is bound and every file input has done its first scan.
+        A cluster's processes are ready only together: the last one started waits for all of them.
         """
         assert FLEETWATCH.exists(), f"{FLEETWATCH} is missing: install the wheel (make venv)"
         self.workdir = config.parent.resolve()
@@ -91,7 +102,16 @@ class Pipeline(Counted):
             stderr=self.log,
         )
         running.append(self)
-        self.wait_ready(ready_timeout)
+        addresses = _cluster_addresses(cluster or [])
+        if addresses is None:
+            self.wait_ready(ready_timeout)
+            return
+        members = forming.setdefault(addresses, [])
+        members.append(self)
+        if len(members) == len(addresses.split(",")):
+            del forming[addresses]
+            for member in members:
+                member.wait_ready(ready_timeout)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
@@ -177,6 +197,7 @@ def leftover_problems() -> list[str]:
     with a crash, or a process that exited by itself with an error (or was stopped by the test directly, without
     the harness, and did not exit cleanly)."""
     problems = []
+    forming.clear()
     while running:
         pipeline = running.pop()
         if pipeline.checked:
@@ -198,6 +219,7 @@ def leftover_problems() -> list[str]:
 
 def kill_leftovers() -> None:
     """Stop every pipeline still running, without judging them."""
+    forming.clear()
     while running:
         pipeline = running.pop()
         if pipeline.proc.poll() is None:
