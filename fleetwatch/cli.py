@@ -79,7 +79,7 @@ def run(
         raise typer.Exit(2)
     from fleetwatch.runner import run_pipeline
 
-    run_pipeline(
+    status = run_pipeline(
         cfg,
         workers=workers or cfg.flow.workers,
         process_id=process_id,
@@ -87,6 +87,8 @@ def run(
         status_file=status_file,
         duration=duration,
     )
+    if status:
+        raise typer.Exit(status)
 
 
 @app.command()

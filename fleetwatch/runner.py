@@ -13,16 +13,15 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
-from bytewax.errors import BytewaxRuntimeError
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from fleetwatch.config import Config
-from flows import health
+from flows import health, lifecycle
 from flows.pipeline import FlowOptions, build_flow
 from flows.sinks.dead_letters import DeadLetterFile
 from flows.sinks.influxdb import InfluxWriterThread, make_writer
-from flows.sinks.writer import flush_all_writers
+from flows.sinks.writer import flush_all_writers, writers_written
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +45,74 @@ def prepare_recovery(cfg: Config, partitions: int, process_id: int | None = None
     return RecoveryConfig(str(directory), backup_interval=cfg.recovery.backup_interval)
 
 
-def _status_writer(path: Path, stop: threading.Event, interval: float = 0.25) -> None:
+def _status(cfg: Config) -> dict[str, object]:
+    status: dict[str, object] = asdict(health.totals())
+    status["time"] = time.time()
+    parts = health.readiness()
+    mqtt = [ready for name, ready in parts.items() if name.startswith("mqtt:")]
+    status["subscribed"] = bool(mqtt) and all(mqtt)
+    # Ready: every input partition of this process is ready (MQTT subscriptions acknowledged, syslog
+    # sockets bound, files scanned), and when readings are configured, at least one MQTT partition is.
+    status["ready"] = (
+        bool(parts) and all(parts.values()) and (bool(mqtt) or not cfg.mqtt.subscriptions) and not lifecycle.stopping()
+    )
+    status["failures"] = lifecycle.failures()
+    return status
+
+
+def _write_status(path: Path, status: dict[str, object]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(status))
+    os.replace(tmp, path)
+
+
+def _status_writer(cfg: Config, path: Path, stop: threading.Event, interval: float = 0.25) -> None:
     while not stop.wait(interval):
-        status = asdict(health.totals())
-        status["time"] = time.time()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(status))
-        os.replace(tmp, path)
+        _write_status(path, _status(cfg))
+
+
+# How long the dataflow may take to end after a stop is asked for (sources end, the last snapshot is
+# committed), and how long the sinks then get to flush. A supervisor's grace period must exceed both.
+STOP_TIMEOUT = 30.0
+FLUSH_TIMEOUT = 30.0
+
+
+class _Stopper:
+    """SIGINT and SIGTERM ask the dataflow to end (``lifecycle.request_stop``); a second signal, or a stop
+    that takes longer than ``STOP_TIMEOUT``, exits at once with a non-zero status."""
+
+    def __init__(self) -> None:
+        self._signals = 0
+        self._watchdog: threading.Thread | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.error("fleetwatch: second %s, exiting without waiting for the flush", signal.Signals(signum).name)
+            logging.shutdown()
+            os._exit(130)
+        log.info(
+            "fleetwatch: %s received, stopping (sources end, the last epoch is committed, sinks flush); "
+            "a second signal forces the exit",
+            signal.Signals(signum).name,
+        )
+        lifecycle.request_stop()
+        self.start_watchdog()
+
+    def start_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = threading.Thread(target=self._watch, name="fleetwatch-stop-watchdog", daemon=True)
+            self._watchdog.start()
+
+    def _watch(self) -> None:
+        time.sleep(STOP_TIMEOUT + FLUSH_TIMEOUT + 5.0)
+        log.critical("fleetwatch: the stop did not complete within %.0fs; exiting", STOP_TIMEOUT + FLUSH_TIMEOUT)
+        logging.shutdown()
+        os._exit(1)
 
 
 def run_pipeline(
@@ -63,20 +123,18 @@ def run_pipeline(
     addresses: list[str] | None = None,
     status_file: Path | None = None,
     duration: float | None = None,
-) -> None:
-    """Run until interrupted (SIGINT/SIGTERM) or ``duration`` seconds; then flush the sinks."""
+) -> int:
+    """Run until a stop (SIGINT/SIGTERM, or ``duration`` seconds), then flush the sinks. Returns the exit
+    status: 0 after a clean stop, 1 when a part of the pipeline failed or output was left unwritten that no
+    snapshot keeps."""
     processes = len(addresses) if addresses else 1
     total_workers = workers * processes
     recovery = prepare_recovery(cfg, max(1, total_workers), process_id)
     flow = build_flow(
         cfg, FlowOptions(total_workers=total_workers, recovery=recovery is not None, process_id=process_id)
     )
-
-    # SIGTERM stops like Ctrl-C, so that sinks are flushed on `docker stop` too.
-    def _interrupt(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _interrupt)
+    stopper = _Stopper()
+    stopper.install()
     stop = threading.Event()
     health_writer = None
     if cfg.influxdb.enabled:
@@ -88,7 +146,7 @@ def run_pipeline(
         health_writer.start()
     if status_file is not None:
         status_file.parent.mkdir(parents=True, exist_ok=True)
-        threading.Thread(target=_status_writer, args=(status_file, stop), daemon=True).start()
+        threading.Thread(target=_status_writer, args=(cfg, status_file, stop), daemon=True).start()
     if duration is not None:
         timer = threading.Timer(duration, lambda: os.kill(os.getpid(), signal.SIGINT))
         timer.daemon = True
@@ -108,22 +166,31 @@ def run_pipeline(
             epoch_interval=cfg.flow.epoch_interval if cfg.flow.epoch_interval > timedelta(0) else None,
             recovery_config=recovery,
         )
-    except KeyboardInterrupt:
-        log.info("fleetwatch: stopping")
-    except BytewaxRuntimeError as err:
-        # Bytewax turns Ctrl-C into this error; anything else is a real failure.
-        if "signal received" not in str(err):
-            raise
-        log.info("fleetwatch: stopping")
     finally:
+        # A failure stops the dataflow the same way as a signal; the watchdog bounds that path too.
+        stopper.start_watchdog()
         if health_writer is not None:
             health_writer.stop()
-        flushed = flush_all_writers(timeout=30.0)
-        if not flushed:
-            log.error("fleetwatch: some points could not be written before exit")
+        left = flush_all_writers(timeout=FLUSH_TIMEOUT)
         stop.set()
         if status_file is not None:
-            status = asdict(health.totals())
-            status["time"] = time.time()
-            status["stopped"] = True
-            status_file.write_text(json.dumps(status))
+            final = _status(cfg)
+            final["stopped"] = True
+            _write_status(status_file, final)
+    written = ", ".join(f"{name} {n}" for name, n in sorted(writers_written().items()) if n) or "nothing"
+    failures = lifecycle.failures()
+    if left:
+        unwritten = ", ".join(f"{name} {n}" for name, n in sorted(left.items()))
+        if recovery is not None:
+            log.warning(
+                "fleetwatch: stopped; written: %s; unwritten, kept in the last snapshot: %s", written, unwritten
+            )
+        else:
+            log.error("fleetwatch: stopped; written: %s; LOST (recovery is off): %s", written, unwritten)
+            return 1
+    else:
+        log.info("fleetwatch: stopped; written: %s; nothing left unwritten", written)
+    if failures:
+        log.error("fleetwatch: exiting with status 1: %s", "; ".join(failures))
+        return 1
+    return 0

@@ -60,6 +60,23 @@ _by_thread: dict[int, Counters] = {}
 _lock = threading.Lock()
 
 
+# Readiness per input partition of this process ("mqtt:<client id>", "syslog:<name>", "files:<name>"):
+# an MQTT partition is ready once the broker acknowledged its subscriptions, a syslog partition once its
+# socket is bound, a file input once its first scan is done. Read by the status file (and so by the
+# container's healthcheck and the tests), never guessed from a sleep.
+_readiness: dict[str, bool] = {}
+
+
+def set_ready(component: str, ready: bool) -> None:
+    with _lock:
+        _readiness[component] = ready
+
+
+def readiness() -> dict[str, bool]:
+    with _lock:
+        return dict(_readiness)
+
+
 def counters() -> Counters:
     """This worker thread's counters."""
     mine = _by_thread.get(threading.get_ident())

@@ -36,6 +36,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from fleetwatch.record import Reading
 from flows import clock as pipeline_clock
+from flows import lifecycle
 
 _NO_TIME = -(2**63)
 # Series without open windows are forgotten after an hour of silence; checked once a minute.
@@ -65,6 +66,10 @@ class WindowSpec(NamedTuple):
         while start > ts - self.length_ns:
             yield start
             start -= self.step_ns
+
+
+def _same_ns(ns: int) -> int:
+    return ns
 
 
 def _ns(delta: timedelta) -> int:
@@ -171,6 +176,9 @@ class WindowState(NamedTuple):
     # (deadline in wall-time ns, series, spec index, start): when the window closes if no newer data
     # arrives; re-checked on pop because newer data can only bring it forward.
     deadlines: list[tuple[int, str, int, int]]
+    # The clock when the snapshot was taken (0 in older snapshots): on resume, the time the process was
+    # down is left out of every series' silence, as a stall is.
+    taken_ns: int = 0
 
 
 class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
@@ -189,8 +197,24 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
         self.quantiles = tuple(quantiles)
         # Tests drive windows with a clock they move by hand: any callable returning wall-time ns.
         self._now = clock if callable(clock) else pipeline_clock.now_ns
+        self._to_wall = pipeline_clock.to_wall_ns if self._now is pipeline_clock.now_ns else _same_ns
         self.state: WindowState = pickle.loads(resume) if resume is not None else WindowState({}, [])
         self._last_sweep = self._now()
+        if self.state.taken_ns:
+            self._leave_out_downtime(self._last_sweep - self.state.taken_ns)
+
+    def _leave_out_downtime(self, downtime_ns: int) -> None:
+        """Shift every wall-time mark by the time between the snapshot and now. Without this, a restart
+        longer than a window's remainder plus the allowed lateness would close the restored windows at
+        once, half full: the readings of the epochs after the snapshot, which the broker redelivers right
+        after the restart, would then count as late, and the half-full aggregate would overwrite the
+        complete point written before the restart (same series, same timestamp)."""
+        if downtime_ns <= 0:
+            return
+        for series in self.state.series.values():
+            series.sys_at_max += downtime_ns
+        # The same shift for every entry keeps the heap ordered.
+        self.state.deadlines[:] = [(d + downtime_ns, k, i, s) for d, k, i, s in self.state.deadlines]
 
     # -- Bytewax callbacks
 
@@ -249,6 +273,10 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
         return [], StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[Iterable[WindowResult], bool]:
+        if lifecycle.stopping():
+            # A stop, not the end of the data: the open windows stay in the last snapshot and go on
+            # filling after the restart. Emitting them now would write them half full.
+            return [], StatefulBatchLogic.RETAIN
         # Finite input (tests, replays) ended: every open window is final.
         aggregates: list[Aggregate] = []
         for key, series in self.state.series.items():
@@ -261,10 +289,12 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
     def notify_at(self) -> datetime | None:
         if not self.state.deadlines:
             return None
-        return datetime.fromtimestamp(self.state.deadlines[0][0] / 1e9, tz=UTC)
+        # Deadlines are on the pipeline clock; Bytewax compares with wall time.
+        return datetime.fromtimestamp(self._to_wall(self.state.deadlines[0][0]) / 1e9, tz=UTC)
 
     def snapshot(self) -> bytes:
-        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        state = self.state._replace(taken_ns=self._now())
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
 
     # -- closing
 

@@ -65,6 +65,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from fleetwatch.config import FileInputConfig
 from fleetwatch.record import LogLine
+from flows import health, lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +250,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         # Scan now, not at the first next_batch: "read_from = end" means the end as of the start.
         self._scan(now, from_end=resume_state is None and cfg.read_from == "end")
         self._next_poll = now + self._poll_every
+        health.set_ready(f"files:{cfg.name}", True)
 
     # -- opening files
 
@@ -605,6 +607,10 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
     # -- Bytewax
 
     def next_batch(self) -> Iterable[list[LogLine]]:
+        if lifecycle.stopping():
+            # End of input: the last snapshot keeps each file's committed offset, and the next start reads
+            # on from there.
+            raise StopIteration
         if self._saturated():
             self._more = False
             return []

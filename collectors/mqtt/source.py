@@ -26,6 +26,7 @@ Design, and why:
 from __future__ import annotations
 
 import logging
+import socket
 import struct
 import time
 from collections.abc import Callable, Iterable
@@ -42,7 +43,7 @@ from collectors.mqtt.client import apply_credentials_and_tls
 from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, packet_complete, read_publishes
 from collectors.mqtt.parse import MessageBatch
 from fleetwatch.config import MQTTConfig
-from flows import health
+from flows import health, lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class _BufferedClient(paho.Client):
         self._fw_buf = b""
         self._fw_pos = 0
         self._fw_v5 = v5
+        # Seconds to wait for the broker to close its side after our DISCONNECT (see fw_disconnect).
+        self._fw_linger = 0.0
 
     def fw_reset_buffer(self) -> None:
         self._fw_buf = b""
@@ -139,6 +142,39 @@ class _BufferedClient(paho.Client):
         if pubacks:
             self._packet_queue(paho.PUBACK, bytes(pubacks), 0, 0)
 
+    def fw_disconnect(self, timeout: float) -> None:
+        """Disconnect so that every acknowledgement already written reaches the broker.
+
+        Closing a socket while the broker's messages still wait unread in it makes the kernel reset the
+        connection, and on a reset the broker drops what it had not read yet: the last PUBACKs. Those
+        messages would come back after the restart and be counted twice. So after the DISCONNECT the
+        socket is read (and the bytes discarded: nothing is acknowledged for them, the broker sends
+        them again) until the broker closes its side, then closed."""
+        self._fw_linger = timeout
+        self.disconnect()
+        deadline = time.monotonic() + timeout
+        while self.socket() is not None and self.want_write() and time.monotonic() < deadline:
+            self.loop_write()
+            time.sleep(0.002)
+
+    def _sock_close(self) -> None:
+        sock = self._sock
+        linger, self._fw_linger = self._fw_linger, 0.0
+        if linger > 0 and isinstance(sock, socket.socket):  # TLS sockets are socket.socket too
+            deadline = time.monotonic() + linger
+            try:
+                sock.setblocking(True)
+                while (remaining := deadline - time.monotonic()) > 0:
+                    sock.settimeout(min(remaining, 0.1))
+                    try:
+                        if not sock.recv(65536):
+                            break  # the broker closed its side: nothing unread is left
+                    except TimeoutError:
+                        continue
+            except OSError:
+                pass
+        super()._sock_close()
+
     def _sock_recv(self, bufsize: int) -> bytes:
         # paho reads whole packets that are already buffered; the socket is only read when it is empty.
         pos = self._fw_pos
@@ -210,6 +246,8 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._redelivered: set[int] = set(resume_mids)
         self._dedup_until = time.monotonic() + _DEDUP_WINDOW if resume_mids else 0.0
         self._connected = False
+        self._pending_subscribe: int | None = None
+        health.set_ready(f"mqtt:{client_id}", False)
         self._backoff = cfg.reconnect_min_delay.total_seconds()
         self._next_attempt = 0.0
         self._idle = False
@@ -234,7 +272,12 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.error("MQTT %s: broker refused connection: %s", self.client_id, reason)
+            # Bad credentials or a broker that is not accepting yet: paho closes the socket next; wait
+            # before the next attempt instead of hammering the broker (and the log) in a tight loop.
+            log.error(
+                "MQTT %s: broker refused connection: %s; retrying in %.1fs", self.client_id, reason, self._backoff
+            )
+            self._delay_next_attempt()
             return
         self._connected = True
         self._backoff = self._cfg.reconnect_min_delay.total_seconds()
@@ -247,17 +290,25 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         )
         subs = [(subscription_filter(s.topic, self._cfg.shared_group), s.qos) for s in self._cfg.subscriptions]
         if subs:
-            client.subscribe(subs)
+            _, self._pending_subscribe = client.subscribe(subs)
+        else:
+            health.set_ready(f"mqtt:{self.client_id}", True)
 
     def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        for code in reasons:
-            if code.is_failure:
-                log.error("MQTT %s: subscription refused: %s", self.client_id, code)
+        refused = [code for code in reasons if code.is_failure]
+        for code in refused:
+            log.error("MQTT %s: subscription refused: %s", self.client_id, code)
+        if mid == self._pending_subscribe and not refused:
+            self._pending_subscribe = None
+            health.set_ready(f"mqtt:{self.client_id}", True)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self._connected:
             log.warning("MQTT %s: disconnected (%s); reconnecting", self.client_id, reason)
+            # A broker that accepts and then drops at once must not be reconnected to in a tight loop.
+            self._delay_next_attempt()
         self._connected = False
+        health.set_ready(f"mqtt:{self.client_id}", False)
         # Packet ids belong to the session: the broker redelivers what was not acked, with the same ids.
         # Those already counted are dropped on arrival (and acked then).
         counted = [mid for mid, qos in self._unacked + self._epoch_acks if qos == 1]
@@ -304,6 +355,10 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         except (OSError, ValueError) as exc:
             self._schedule_retry(exc)
 
+    def _delay_next_attempt(self) -> None:
+        self._next_attempt = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self._cfg.reconnect_max_delay.total_seconds())
+
     def _schedule_retry(self, exc: Exception) -> None:
         log.warning(
             "MQTT %s: cannot connect to %s:%d (%s); retrying in %.1fs",
@@ -326,6 +381,10 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
     # -- Bytewax
 
     def next_batch(self) -> Iterable[MessageBatch]:
+        if lifecycle.stopping():
+            # End of input: Bytewax completes the dataflow and commits a last snapshot. What is not read
+            # yet stays unacknowledged in the broker's session for the next start.
+            raise StopIteration
         client = self._client
         if client.socket() is None:
             if time.monotonic() >= self._next_attempt:
@@ -368,6 +427,18 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         return [mid for mid, qos in self._epoch_acks if qos == 1]
 
     def close(self) -> None:
-        self._ack(self._epoch_acks)
-        self._ack(self._unacked)
-        self._client.disconnect()
+        """Bytewax calls this before the last snapshot is committed, so with recovery on nothing is
+        acknowledged here: the messages of the last epoch are redelivered at the next start, and dropped
+        there as already counted when that snapshot was committed (their packet ids are in it), or counted
+        then if it was not. Without recovery, what entered the dataflow is acknowledged."""
+        if not self._src.ack_on_snapshot:
+            self._ack(self._unacked)
+        health.set_ready(f"mqtt:{self.client_id}", False)
+        client = self._client
+        sock = client.socket()
+        if sock is None:
+            return
+        self._connected = False  # a disconnect asked for, not one to warn about
+        # A clean DISCONNECT keeps the broker from publishing a will and tells it the session is parked
+        # on purpose; the PUBACKs queued before it must arrive.
+        client.fw_disconnect(timeout=2.0)

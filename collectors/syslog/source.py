@@ -40,6 +40,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from fleetwatch.config import SyslogInputConfig
 from fleetwatch.record import LogLine
+from flows import health, lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,7 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         self._selector.register(sock, selectors.EVENT_READ, None)
         self._connections: dict[int, _Connection] = {}
         log.info("syslog %s: listening on %s %s:%d", cfg.name, cfg.protocol, *self.address)
+        health.set_ready(f"syslog:{cfg.name}", True)
 
     # -- reading
 
@@ -300,6 +302,10 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
     # -- Bytewax
 
     def next_batch(self) -> Iterable[list[LogLine]]:
+        if lifecycle.stopping():
+            # End of input. What senders have not delivered yet is theirs to resend: TCP senders reconnect
+            # to the next start, and UDP has no resend (see the module docstring).
+            raise StopIteration
         received_ns = time.time_ns()
         out: list[LogLine] = []
         for key, _ in self._selector.select(0):

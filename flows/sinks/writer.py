@@ -32,6 +32,8 @@ _STALL_NS = 500_000_000
 
 _writers: list[BatchWriterThread[Any]] = []
 _writers_lock = threading.Lock()
+# Items stored by writers already closed, by writer name: the stop's summary line counts them too.
+_closed_written: dict[str, int] = {}
 
 
 def flush_all_writers(timeout: float) -> dict[str, int]:
@@ -50,7 +52,10 @@ def flush_all_writers(timeout: float) -> dict[str, int]:
 def writers_written() -> dict[str, int]:
     """Items stored so far, per writer of this process (the stop's summary line)."""
     with _writers_lock:
-        return {w.name: w.written for w in _writers}
+        written = dict(_closed_written)
+        for w in _writers:
+            written[w.name] = written.get(w.name, 0) + w.written
+        return written
 
 
 def writers_alive() -> tuple[int, int]:
@@ -224,6 +229,7 @@ class BatchWriterThread(ABC, Generic[T]):
         with _writers_lock:
             if self in _writers:
                 _writers.remove(self)
+                _closed_written[self.name] = _closed_written.get(self.name, 0) + self.written
         unwritten = self.buffer.unwritten()
         self.buffer.close()
         self.close_target()

@@ -1,0 +1,218 @@
+"""What one bad message, a stop or a crash must not do to the readings pipeline (issue 15 items 1-3 and 7,
+issue 10 item 2): real Mosquitto -> the installed `fleetwatch run` -> real InfluxDB and Elasticsearch."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from tests.conftest import INFLUX_URL, MQTT_HOST, MQTT_PORT, es_docs, influx_rows
+from tests.integration.harness import Pipeline
+
+S = 1_000_000_000
+
+
+def write_config(path: Path, unique: str, db: str, epoch: str = "500ms") -> Path:
+    path.write_text(f"""
+[mqtt]
+host = "{MQTT_HOST}"
+port = {MQTT_PORT}
+client_id = "{unique}"
+max_payload_bytes = 65536
+
+[[mqtt.subscriptions]]
+topic = "fwfault/{unique}/+/+"
+qos = 1
+template = "fwfault/+/{{device}}/{{metric}}"
+format = "json"
+timestamp_field = "ts"
+timestamp_unit = "ms"
+
+[windows]
+tumbling = ["10s"]
+allowed_lateness = "2s"
+max_age = "0s"
+
+[flow]
+epoch_interval = "{epoch}"
+health_interval = "1s"
+
+[recovery]
+dir = "{path.parent / "recovery"}"
+
+[influxdb]
+url = "{INFLUX_URL}"
+database = "{db}"
+flush_interval = "100ms"
+
+[elasticsearch]
+index_prefix = "{unique}"
+
+[dead_letters]
+path = "{path.parent / "dead.jsonl"}"
+""")
+    return path
+
+
+class Publisher:
+    """QoS 1 with every PUBACK awaited: what the test counts as published, the broker has."""
+
+    def __init__(self) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2)
+        self.client.max_queued_messages_set(0)
+        self.client.max_inflight_messages_set(1000)
+        self.client.connect(MQTT_HOST, MQTT_PORT)
+        self.client.loop_start()
+        self.infos: list[paho.MQTTMessageInfo] = []
+
+    def send(self, topic: str, payload: bytes) -> None:
+        self.infos.append(self.client.publish(topic, payload, qos=1))
+
+    def close(self) -> None:
+        for info in self.infos:
+            info.wait_for_publish(60)
+        assert all(info.is_published() for info in self.infos)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def reading(unique: str, device: str, value: float, ts_ns: int | None = None) -> tuple[str, bytes]:
+    ms = (ts_ns if ts_ns is not None else time.time_ns()) // 1_000_000
+    return f"fwfault/{unique}/{device}/temp", json.dumps({"ts": ms, "v": value}).encode()
+
+
+def counted(db: str, since_ns: int, until_ns: int) -> int:
+    rows = influx_rows(
+        db,
+        f'SELECT sum("count") FROM "readings_agg" WHERE "window" = \'10s\' AND time >= {since_ns} '
+        f"AND time < {until_ns}",
+    )
+    return int(rows[0]["sum"]) if rows else 0
+
+
+def wait_counted(db: str, since_ns: int, expected: int, timeout: float = 45.0, until_ns: int = 2**62) -> int:
+    deadline = time.monotonic() + timeout
+    total = counted(db, since_ns, until_ns)
+    while total < expected and time.monotonic() < deadline:
+        time.sleep(0.5)
+        total = counted(db, since_ns, until_ns)
+    time.sleep(1.0)  # anything counted twice would show up now
+    return counted(db, since_ns, until_ns)
+
+
+def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    pipeline = Pipeline(config)
+    start = (time.time_ns() // (10 * S)) * 10 * S - 60 * S
+    topic = f"fwfault/{unique}/d1/temp"
+    hostile = [
+        b"[" * 60_000,  # RecursionError in the JSON decoder
+        b'{"ts": 1, "v": ' + b"9" * 400 + b"}",  # an integer beyond float range
+        b"9" * 400,
+        b'{"ts": 1e300, "v": 1}',  # 1e300 ms: far beyond any accepted skew
+        b'{"ts": 1, "\\ud800": 1}',  # a lone surrogate as a metric name
+    ]
+    pub = Publisher()
+    for payload in hostile:
+        pub.send(topic, payload)
+    good = 20
+    for i in range(good):
+        pub.send(*reading(unique, "d1", float(i), start + i * S // 2))
+    # A line break in a JSON key becomes a series of its own, not a broken batch.
+    pub.send(f"fwfault/{unique}/d2/temp", json.dumps({"ts": (start + S) // 1_000_000, "te\nmp": 5}).encode())
+    # Past the windows: they close on event time.
+    pub.send(*reading(unique, "d1", 0.0, start + 50 * S))
+    pub.send(*reading(unique, "d2", 0.0, start + 50 * S))
+    pub.close()
+    pipeline.wait_for("messages_in", len(hostile) + good + 3)
+    assert wait_counted(influx_db, start, good + 1, timeout=20, until_ns=start + 40 * S) == good + 1
+    by_metric = influx_rows(
+        influx_db, f'SELECT sum("count") FROM "readings_agg" WHERE time >= {start} AND time < {start + 40 * S} '
+        'GROUP BY "metric"'
+    )
+    assert {r["metric"]: r["sum"] for r in by_metric} == {"v": good, "te\\nmp": 1}
+    pipeline.wait_for("dead_letters", len(hostile))
+    deadline = time.monotonic() + 15
+    dead = es_docs(f"{unique}-dead-letters*")
+    while len(dead) < len(hostile) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        dead = es_docs(f"{unique}-dead-letters*")
+    assert sorted(d["reason"] for d in dead) == sorted(
+        ["undecodable", "non_finite", "non_finite", "timestamp_out_of_range", "invalid_utf8"]
+    )
+    pipeline.stop(signal.SIGTERM)
+
+
+def publish_for(unique: str, seconds: float, rate: float, devices: int) -> tuple[threading.Thread, list[int]]:
+    """Publish live readings (event time = now) from a thread; the count published goes in the list."""
+    published = [0]
+
+    def run() -> None:
+        pub = Publisher()
+        begin = time.monotonic()
+        i = 0
+        while time.monotonic() - begin < seconds:
+            pub.send(*reading(unique, f"d{i % devices}", float(i % 13)))
+            i += 1
+            ahead = i / rate - (time.monotonic() - begin)
+            if ahead > 0:
+                time.sleep(ahead)
+        pub.close()
+        published[0] = i
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, published
+
+
+def test_sigterm_and_restart_under_qos1_load_lose_nothing_and_print_no_panic(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """Three stops with SIGTERM (`docker compose restart`, a deploy) while 2,000 readings/s arrive at QoS 1,
+    one of them down for longer than a window plus the allowed lateness: every reading counted once, each
+    stop clean (exit 0, no panic, no traceback: the harness checks)."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    since = time.time_ns() - 20 * S
+    pipeline = Pipeline(config)
+    thread, published = publish_for(unique, 14.0, 2000, devices=20)
+    for downtime in (0.5, 13.0, 0.5):
+        time.sleep(3.0)
+        pipeline.stop(signal.SIGTERM)
+        assert "stopped; written:" in pipeline.log_text()
+        time.sleep(downtime)
+        pipeline = Pipeline(config)
+    thread.join(60)
+    assert published[0] > 20_000
+    total = wait_counted(influx_db, since, published[0])
+    late = influx_rows(influx_db, f'SELECT count("value") FROM "readings_late" WHERE time >= {since}')
+    pipeline.stop(signal.SIGINT)
+    assert (total, late[0]["count"] if late else 0) == (published[0], 0)
+
+
+def test_kill_9_and_a_long_restart_neither_lose_nor_overwrite_a_window(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """Kill -9 with live event times, down for 15 s (longer than a window's remainder plus the allowed
+    lateness). The restored windows must wait for the readings the broker redelivers instead of closing
+    half full at once, which would count them late and overwrite the complete points."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db, epoch="2s")
+    since = time.time_ns() - 20 * S
+    pipeline = Pipeline(config)
+    thread, published = publish_for(unique, 8.0, 1000, devices=10)
+    time.sleep(4.0)
+    pipeline.kill()
+    time.sleep(15.0)
+    pipeline = Pipeline(config)
+    thread.join(60)
+    total = wait_counted(influx_db, since, published[0])
+    late = influx_rows(influx_db, f'SELECT count("value") FROM "readings_late" WHERE time >= {since}')
+    pipeline.stop(signal.SIGTERM)
+    assert (total, late[0]["count"] if late else 0) == (published[0], 0)
