@@ -18,10 +18,11 @@ from bytewax.run import cli_main
 
 from fleetwatch.config import Config
 from flows import health, lifecycle
+from flows.alerts.sink import notification_stats
 from flows.pipeline import FlowOptions, build_flow
 from flows.sinks.dead_letters import DeadLetterFile
 from flows.sinks.influxdb import InfluxWriterThread, make_writer
-from flows.sinks.writer import flush_all_writers, writers_written
+from flows.sinks.writer import flush_all_writers, writers_alive, writers_written
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,21 @@ def _status(cfg: Config) -> dict[str, object]:
         bool(parts) and all(parts.values()) and (bool(mqtt) or not cfg.mqtt.subscriptions) and not lifecycle.stopping()
     )
     status["failures"] = lifecycle.failures()
+    status.update(_process_gauges())
     return status
+
+
+def _process_gauges() -> dict[str, int]:
+    """What belongs to the process, not to a worker: writer threads alive (a dead one stops the process,
+    so fewer alive than registered means it is on its way out), and alert notifications dropped because a
+    target stayed down longer than its queue lasts."""
+    alive, registered = writers_alive()
+    dropped = sum(stats.get("dropped", 0) for stats in notification_stats().values())
+    return {"writers_alive": alive, "writers": registered, "notifications_dropped": dropped}
+
+
+def _process_fields() -> str:
+    return ",".join(f"{name}={value}i" for name, value in _process_gauges().items())
 
 
 def _write_status(path: Path, status: dict[str, object]) -> None:
@@ -142,7 +157,9 @@ def run_pipeline(
             cfg.influxdb, make_writer(cfg.influxdb), DeadLetterFile(cfg.dead_letters.path).write, "health-writer"
         )
         tags = f",process={process_id}" if process_id is not None else ""
-        health_writer = health.HealthWriter(health_sink.put, cfg.flow.health_interval.total_seconds(), tags)
+        health_writer = health.HealthWriter(
+            health_sink.put, cfg.flow.health_interval.total_seconds(), tags, process_fields=_process_fields
+        )
         health_writer.start()
     if status_file is not None:
         status_file.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ Totals across workers are kept too, for ``fleetwatch run``'s progress line and t
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,8 @@ class Counters:
             parts.append(f"{f.name}={value}i" if isinstance(value, int) else f"{f.name}={value!r}")
         return ",".join(parts)
 
+
+_HOST = socket.gethostname().replace(" ", "\\ ").replace(",", "\\,").replace("=", "\\=")
 
 # Keyed by OS thread id, not threading.local: Bytewax's worker threads are Rust threads, and the Python
 # thread state (with its thread-locals) that they get is created anew each time they take the GIL.
@@ -110,12 +113,21 @@ def per_worker() -> list[Counters]:
 
 
 class HealthWriter:
-    """Writes one ``fleetwatch_health`` point per worker thread every ``interval`` seconds."""
+    """Writes one ``fleetwatch_health`` point per worker thread every ``interval`` seconds, and one
+    ``fleetwatch_process`` point with what belongs to the process rather than a worker (``process_fields``,
+    line-protocol fields: the writer threads alive, notifications dropped)."""
 
-    def __init__(self, put: Callable[[list[str]], None], interval: float, tags: str = "") -> None:
+    def __init__(
+        self,
+        put: Callable[[list[str]], None],
+        interval: float,
+        tags: str = "",
+        process_fields: Callable[[], str] | None = None,
+    ) -> None:
         self._put = put
         self._interval = interval
         self._tags = tags
+        self._process_fields = process_fields
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="fleetwatch-health", daemon=True)
 
@@ -124,7 +136,12 @@ class HealthWriter:
 
     def lines(self) -> list[str]:
         now = time.time_ns()
-        return [f"fleetwatch_health,worker={i}{self._tags} {c.line_fields()} {now}" for i, c in enumerate(per_worker())]
+        lines = [
+            f"fleetwatch_health,worker={i}{self._tags} {c.line_fields()} {now}" for i, c in enumerate(per_worker())
+        ]
+        if self._process_fields is not None:
+            lines.append(f"fleetwatch_process,host={_HOST}{self._tags} {self._process_fields()} {now}")
+        return lines
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

@@ -57,7 +57,7 @@ from flows.alerts.engine import (
 from flows.alerts.notify import alert_line
 from flows.alerts.rules import RuleMatcher, load_rules
 from flows.alerts.sink import AlertNotifySink
-from flows.log_rates import LogRateLogic
+from flows.log_rates import LogRateLogic, ServiceLimits
 from flows.sinks.buffer import saturated
 from flows.sinks.dead_letters import DeadLetterFile, DeadLetterSink
 from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Record
@@ -260,8 +260,13 @@ def _logs(
             parts.setdefault(event.service, []).append(event)
         return list(parts.items())
 
+    # One per process: the cap on services holding log-rate state is shared by every worker's logics.
+    limits = ServiceLimits(cfg.logs.rate_max_services, cfg.logs.rate_idle_after)
+
     def build_rates(resume: Any) -> LogRateLogic:
-        return LogRateLogic(cfg.logs.rate_window, cfg.logs.allowed_lateness, resume, clock=options.window_clock)
+        return LogRateLogic(
+            cfg.logs.rate_window, cfg.logs.allowed_lateness, resume, clock=options.window_clock, limits=limits
+        )
 
     rates = op.stateful_batch("log_rates", op.flat_map("by_service", events, by_service), build_rates)
     watched.log_rates = rates
@@ -307,7 +312,13 @@ def _alerts(
     merged = observed[0] if len(observed) == 1 else op.merge("alert_observations", *observed)
 
     def build_alerts(resume: bytes | None) -> AlertLogic:
-        return AlertLogic(matcher, resume, clock=options.window_clock)
+        return AlertLogic(
+            matcher,
+            resume,
+            clock=options.window_clock,
+            idle_after=cfg.alerts.state_idle_after,
+            max_states=cfg.alerts.max_states,
+        )
 
     transitions = op.filter_map_value(
         "alert_transitions", op.stateful_batch("alerts", merged, build_alerts), lambda ts: ts or None

@@ -32,8 +32,10 @@ _STALL_NS = 500_000_000
 
 _writers: list[BatchWriterThread[Any]] = []
 _writers_lock = threading.Lock()
-# Items stored by writers already closed, by writer name: the stop's summary line counts them too.
+# Items stored, and left unwritten, by writers already closed, by writer name: the stop's summary line
+# counts them too.
 _closed_written: dict[str, int] = {}
+_closed_unwritten: dict[str, int] = {}
 
 
 def flush_all_writers(timeout: float) -> dict[str, int]:
@@ -42,7 +44,8 @@ def flush_all_writers(timeout: float) -> dict[str, int]:
     with _writers_lock:
         writers = list(_writers)
     deadline = time.monotonic() + timeout
-    left: dict[str, int] = {}
+    with _writers_lock:
+        left = dict(_closed_unwritten)
     for writer in writers:
         if not writer.flush(max(0.0, deadline - time.monotonic())):
             left[writer.name] = writer.buffer.unwritten()
@@ -181,9 +184,11 @@ class BatchWriterThread(ABC, Generic[T]):
             self._failed(exc)
 
     def _failed(self, exc: BaseException) -> None:
-        self.failure = exc
-        self.buffer.writer_gone()
+        # The stop is asked for before the writer reads as dead, so nobody sees a dead writer in a
+        # process that is not stopping.
         lifecycle.fail(f"{self.name} cannot go on", exc)
+        self.buffer.writer_gone()
+        self.failure = exc
 
     def _work(self) -> None:
         if not retry_forever(
@@ -231,6 +236,9 @@ class BatchWriterThread(ABC, Generic[T]):
                 _writers.remove(self)
                 _closed_written[self.name] = _closed_written.get(self.name, 0) + self.written
         unwritten = self.buffer.unwritten()
+        if unwritten:
+            with _writers_lock:
+                _closed_unwritten[self.name] = _closed_unwritten.get(self.name, 0) + unwritten
         self.buffer.close()
         self.close_target()
         return flushed and unwritten == 0

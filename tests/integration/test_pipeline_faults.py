@@ -135,8 +135,8 @@ def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
     pipeline.wait_for("messages_in", len(hostile) + good + 3)
     assert wait_counted(influx_db, start, good + 1, timeout=20, until_ns=start + 40 * S) == good + 1
     by_metric = influx_rows(
-        influx_db, f'SELECT sum("count") FROM "readings_agg" WHERE time >= {start} AND time < {start + 40 * S} '
-        'GROUP BY "metric"'
+        influx_db,
+        f'SELECT sum("count") FROM "readings_agg" WHERE time >= {start} AND time < {start + 40 * S} GROUP BY "metric"',
     )
     assert {r["metric"]: r["sum"] for r in by_metric} == {"v": good, "te\\nmp": 1}
     pipeline.wait_for("dead_letters", len(hostile))
@@ -216,3 +216,26 @@ def test_kill_9_and_a_long_restart_neither_lose_nor_overwrite_a_window(
     late = influx_rows(influx_db, f'SELECT count("value") FROM "readings_late" WHERE time >= {since}')
     pipeline.stop(signal.SIGTERM)
     assert (total, late[0]["count"] if late else 0) == (published[0], 0)
+
+
+def test_a_store_that_refuses_the_setup_stops_the_process_with_the_reason(
+    tmp_path: Path, unique: str, es_index: str
+) -> None:
+    """A database the user may not create (or that does not exist, with create_database off) is not a
+    per-record problem: the process must exit non-zero and say why, not live on with a dead writer."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, f"{unique}_missing")
+    config.write_text(
+        config.read_text().replace('flush_interval = "100ms"', 'flush_interval = "100ms"\ncreate_database = false')
+    )
+    pipeline = Pipeline(config)
+    pub = Publisher()
+    pub.send(*reading(unique, "d1", 1.0, time.time_ns() - 60 * S))
+    pub.send(*reading(unique, "d1", 1.0, time.time_ns()))
+    pub.close()
+    code = pipeline.proc.wait(90)
+    pipeline.finish()
+    log = pipeline.log_text()
+    assert code == 1, log[-3000:]
+    assert "database not found" in log and "stopping" in log
+    assert "exiting with status 1" in log
+    assert "panicked at" not in log and "Traceback" not in log
