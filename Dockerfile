@@ -8,7 +8,7 @@
 FROM python:3.11-slim AS wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md fleetwatch.example.toml ./
 COPY fleetwatch ./fleetwatch
 COPY collectors ./collectors
 COPY flows ./flows
