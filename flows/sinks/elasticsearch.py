@@ -12,8 +12,15 @@ yet indexed when an epoch ends are part of the sink's snapshot, so a committed e
 Failures: documents answered 429 or 5xx, and whole requests that fail to connect, are retried with capped
 backoff until they are stored; the flow waits meanwhile (bounded buffer, backpressure). A document the server
 rejects (a mapping conflict, a malformed field) becomes a dead letter with the server's reason and the
-original document, stored in the dead-letter index. Should the dead-letter index itself refuse one, it goes
+original document, stored in the dead-letter index. So does a document that cannot be sent at all: one that
+cannot be written as JSON (lone surrogates, NaN or infinity, values JSON has no type for) or that is larger
+than the server takes in one request (``http.max_content_length``). Every document is encoded on its own, so
+one bad record costs only itself, never its batch. Should the dead-letter index itself refuse one, it goes
 to the local dead-letter file: nothing vanishes.
+
+Setup: the index templates are installed once per process (the sink's writers and the dead-letter writer
+share them). A server that refuses them (4xx: wrong credentials, missing privileges, a conflicting template)
+is not a record's problem: ``ElasticsearchSetupError`` stops the process with the server's answer.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import re
 import threading
 import time
 import zlib
@@ -32,7 +41,7 @@ from typing import Any
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from elastic_transport import ConnectionError as TransportConnectionError
-from elastic_transport import ConnectionTimeout
+from elastic_transport import ConnectionTimeout, SerializationError
 from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.helpers import streaming_bulk
 from elasticsearch.serializer import OrjsonSerializer
@@ -41,7 +50,7 @@ from fleetwatch.config import ElasticsearchConfig
 from fleetwatch.record import AlertTransition, DeadLetter, LogEvent, LogRate
 from flows import health
 from flows.alerts.notify import alert_doc, alert_mappings
-from flows.sinks.writer import BatchWriterThread, RetryableError, pending_for_epoch, retry_forever
+from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch, retry_forever
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +60,21 @@ DeadLetterCallback = Callable[[list[DeadLetter]], None]
 # Kinds of documents, each with its own index (or data stream) and template.
 LOGS, LOG_RATES, DEAD_LETTERS, ALERTS = "logs", "log-rates", "dead-letters", "alerts"
 KINDS = (LOGS, LOG_RATES, DEAD_LETTERS, ALERTS)
+
+# Elasticsearch's default http.max_content_length, assumed when the server does not say.
+DEFAULT_MAX_CONTENT_LENGTH = 100 * 1024 * 1024
+# Room left in a request for the action line and the bulk framing of a document.
+_REQUEST_HEADROOM = 64 * 1024
+# Bulk requests stay below this even when the server would take more: smaller requests spread better.
+_MAX_CHUNK_BYTES = 50 * 1024 * 1024
+# A dead letter for an oversized document keeps at most this much of it (the local file keeps it whole).
+_OVERSIZED_RAW_KEPT = 1024 * 1024
+# The encoding the client itself would use (orjson, with the client's dates, UUIDs and decimals).
+_SERIALIZER = OrjsonSerializer()
+
+
+class ElasticsearchSetupError(SetupError):
+    """The server refused fleetwatch's setup (index templates): not retried, the process stops with it."""
 
 
 def make_client(cfg: ElasticsearchConfig) -> Elasticsearch:
@@ -82,17 +106,26 @@ def iso_timestamp(ts_ns: int) -> str:
 
 
 def dead_letter_id(letter: DeadLetter) -> str:
-    key = b"\0".join((letter.reason.encode(), letter.source.encode(), str(letter.received_ns).encode(), letter.raw))
+    # surrogatepass: a lone surrogate in a source (a file name) must not stop its dead letter being stored.
+    text = (letter.reason.encode("utf-8", "surrogatepass"), letter.source.encode("utf-8", "surrogatepass"))
+    key = b"\0".join((*text, str(letter.received_ns).encode(), letter.raw))
     return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
+def _clean(text: str) -> str:
+    """Text that can be encoded as UTF-8: lone surrogates (file names, broken input) become ``\\udcff``."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def dead_letter_doc(letter: DeadLetter) -> dict[str, Any]:
-    parsed = json.loads(letter.to_json())
+    # The dead letter's own text is cleaned, so that a dead letter can always be indexed.
+    clean = letter._replace(reason=_clean(letter.reason), source=_clean(letter.source), detail=_clean(letter.detail))
+    parsed = json.loads(clean.to_json())
     return {
         "@timestamp": iso_timestamp(letter.received_ns),
-        "reason": letter.reason,
-        "source": letter.source,
-        "detail": letter.detail,
+        "reason": clean.reason,
+        "source": clean.source,
+        "detail": clean.detail,
         "raw": parsed["raw_preview"],
         "raw_base64": parsed["raw_base64"],
         "raw_bytes": len(letter.raw),
@@ -108,7 +141,9 @@ def log_rate_doc(rate: LogRate) -> dict[str, Any]:
         "count": total,
         "errors": rate.errors,
         "error_rate": rate.errors / total if total else 0.0,
-        "levels": dict(rate.by_level),
+        # Events without a level (plain syslog files, unstructured lines) count as "unknown", the name the
+        # InfluxDB field has too: Elasticsearch refuses an empty field name.
+        "levels": {level or "unknown": n for level, n in rate.by_level.items()},
     }
 
 
@@ -229,33 +264,142 @@ class IndexLayout:
         return body
 
 
-def server_has_data_streams(es: Elasticsearch) -> bool:
-    """The data-streams module adds ``GET _data_stream``; without it the path is read as an index name."""
+# Module names of data streams: "data-streams" since 8.0, "x-pack-data-streams" in 7.x.
+_DATA_STREAM_MODULES = {"data-streams", "x-pack-data-streams"}
+
+
+def server_has_data_streams(es: Elasticsearch, prefix: str) -> bool:
+    """Whether the server has the data-streams module, from the node's list of modules.
+
+    The list needs the cluster privilege ``monitor``. Probing ``GET _data_stream`` instead would do without it,
+    but a server without the module answers 405, which the client counts as a failed node (a warning and a
+    second's timeout at every start); it remains the fallback for users without ``monitor``."""
     try:
-        es.indices.get_data_stream(name="*")
+        info = es.nodes.info(node_id="_local", metric="plugins", filter_path="nodes.*.modules.name")
+        return any(
+            module.get("name") in _DATA_STREAM_MODULES
+            for node in info.get("nodes", {}).values()
+            for module in node.get("modules", [])
+        )
+    except ApiError as exc:
+        if exc.status_code not in (401, 403, 404):
+            raise
+    try:
+        es.indices.get_data_stream(name=f"{prefix}-*")
         return True
     except ApiError:
         return False
 
 
-def prepare_layout(es: Elasticsearch, cfg: ElasticsearchConfig) -> IndexLayout:
-    """Pick data streams or daily indices, and install the index templates (idempotent)."""
+_BYTE_UNITS = {"": 1, "b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40, "pb": 1 << 50}
+
+
+def parse_byte_size(text: str) -> int | None:
+    """An Elasticsearch byte size (``100mb``, ``1gb``, ``2048b``) in bytes; None if it is not one."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgtp]?b?)\s*", text.lower())
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _BYTE_UNITS[match.group(2)])
+
+
+def server_max_content_length(es: Elasticsearch) -> int:
+    """The largest request body the server takes (``http.max_content_length``); the default when the user may
+    not read cluster settings (needs ``monitor``)."""
     try:
-        auto = cfg.index_mode == "auto"
-        data_streams = server_has_data_streams(es) if auto else cfg.index_mode == "data_stream"
-        layout = IndexLayout(cfg.index_prefix, data_streams, cfg.number_of_replicas)
-        for kind in KINDS:
-            es.indices.put_index_template(name=f"{cfg.index_prefix}-{kind}", **layout.template(kind))
-    except (TransportConnectionError, ConnectionTimeout) as exc:
-        raise RetryableError(f"Elasticsearch unreachable: {exc}") from exc
+        settings = es.cluster.get_settings(include_defaults=True, filter_path="*.http.max_content_length")
     except ApiError as exc:
-        if exc.status_code in (429,) or exc.status_code >= 500:
-            raise RetryableError(f"Elasticsearch answered {exc.status_code}") from exc
-        raise
+        if exc.status_code not in (401, 403, 404):
+            raise
+        return DEFAULT_MAX_CONTENT_LENGTH
+    for scope in ("transient", "persistent", "defaults"):
+        value = settings.get(scope, {}).get("http", {}).get("max_content_length")
+        size = parse_byte_size(str(value)) if value is not None else None
+        if size:
+            return size
+    return DEFAULT_MAX_CONTENT_LENGTH
+
+
+@dataclass(frozen=True)
+class ServerSetup:
+    layout: IndexLayout
+    max_content_length: int
+
+    @property
+    def max_doc_bytes(self) -> int:
+        """The largest encoded document that fits in one request."""
+        return max(1024, self.max_content_length - _REQUEST_HEADROOM)
+
+    @property
+    def max_chunk_bytes(self) -> int:
+        return max(1024, min(_MAX_CHUNK_BYTES, self.max_content_length - _REQUEST_HEADROOM))
+
+
+# Setup done by this process, per server and prefix: every writer of the process (one per sink partition, and
+# the dead-letter writer) uses it, so templates are installed once.
+_setups: dict[tuple[tuple[str, ...], str, str, int], ServerSetup] = {}
+_setups_lock = threading.Lock()
+
+
+def _api_reason(exc: ApiError) -> str:
+    body = exc.body
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        error = body["error"]
+        return f"{error.get('type', 'error')}: {error.get('reason', '')}"
+    if isinstance(body, dict) and body.get("error"):
+        return str(body["error"])
+    return str(exc.message or body or exc)
+
+
+def _install_templates(es: Elasticsearch, cfg: ElasticsearchConfig, layout: IndexLayout) -> None:
+    for kind in KINDS:
+        name = f"{cfg.index_prefix}-{kind}"
+        try:
+            es.indices.put_index_template(name=name, **layout.template(kind))
+        except ApiError as exc:
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise RetryableError(f"Elasticsearch answered {exc.status_code} to index template {name!r}") from exc
+            hint = ""
+            if exc.status_code in (401, 403):
+                hint = (
+                    " (check [elasticsearch] username/password or api_key, and that the user may manage index"
+                    " templates)"
+                )
+            raise ElasticsearchSetupError(
+                f"Elasticsearch at {', '.join(cfg.hosts)} refused index template {name!r}: "
+                f"HTTP {exc.status_code} {_api_reason(exc)}{hint}"
+            ) from exc
+
+
+def prepare_layout(es: Elasticsearch, cfg: ElasticsearchConfig) -> ServerSetup:
+    """Pick data streams or daily indices and install the index templates, once per process and server (the
+    templates are idempotent, but each writer installing them again only adds requests and log lines)."""
+    key = (tuple(cfg.hosts), cfg.index_prefix, cfg.index_mode, cfg.number_of_replicas)
+    with _setups_lock:
+        setup = _setups.get(key)
+        if setup is not None:
+            return setup
+        try:
+            auto = cfg.index_mode == "auto"
+            data_streams = server_has_data_streams(es, cfg.index_prefix) if auto else cfg.index_mode == "data_stream"
+            layout = IndexLayout(cfg.index_prefix, data_streams, cfg.number_of_replicas)
+            max_content_length = server_max_content_length(es)
+            _install_templates(es, cfg, layout)
+        except (TransportConnectionError, ConnectionTimeout) as exc:
+            raise RetryableError(f"Elasticsearch unreachable: {exc}") from exc
+        except ApiError as exc:
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise RetryableError(f"Elasticsearch answered {exc.status_code}") from exc
+            raise ElasticsearchSetupError(
+                f"Elasticsearch at {', '.join(cfg.hosts)} refused fleetwatch's setup: "
+                f"HTTP {exc.status_code} {_api_reason(exc)}"
+            ) from exc
+        setup = _setups[key] = ServerSetup(layout, max_content_length)
     log.info(
-        "Elasticsearch: %s under %s-*", "data streams" if layout.data_streams else "daily indices", cfg.index_prefix
+        "Elasticsearch: %s under %s-*, index templates installed",
+        "data streams" if layout.data_streams else "daily indices",
+        cfg.index_prefix,
     )
-    return layout
+    return setup
 
 
 def _is_mapping_conflict(error: Any) -> bool:
@@ -283,6 +427,90 @@ def to_action(record: Record) -> _Action:
     return _Action(record, DEAD_LETTERS, dead_letter_id(record), record.received_ns, dead_letter_doc(record))
 
 
+@dataclass
+class _Encoded:
+    """An action ready for a bulk request: its index and its source as the exact bytes sent."""
+
+    action: _Action
+    index: str
+    body: bytes
+
+
+def _non_finite(value: Any) -> str | None:
+    """Where the first NaN or infinity of a document is (orjson writes them as null, silently), or None."""
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                return path or "(the document)"
+        elif isinstance(item, dict):
+            stack.extend((f"{path}.{key}" if path else str(key), v) for key, v in item.items())
+        elif isinstance(item, list | tuple):
+            stack.extend((f"{path}[{i}]", v) for i, v in enumerate(item))
+    return None
+
+
+def _raw_of(source: Any) -> bytes:
+    """A document that could not be encoded, written down as well as it can be: JSON with lone surrogates
+    escaped, NaN as ``NaN`` and other values as their repr; else the repr of the whole."""
+    try:
+        return json.dumps(source, ensure_ascii=True, default=repr).encode()
+    except (TypeError, ValueError, RecursionError):
+        return repr(source).encode("utf-8", "backslashreplace")
+
+
+def encode_batch(
+    records: list[Record], layout: IndexLayout, max_doc_bytes: int
+) -> tuple[list[_Encoded], list[DeadLetter], list[DeadLetter]]:
+    """Encode every record on its own. Returns the encoded actions, dead letters for the records that cannot
+    be sent (each with the reason, where it was going and its input), and the whole input of oversized
+    documents for the local dead-letter file (the dead letter indexed keeps only the first part of it).
+
+    A dead letter that cannot be encoded itself goes to the local file as it is."""
+    encoded: list[_Encoded] = []
+    dead: list[DeadLetter] = []
+    unstorable: list[DeadLetter] = []
+    for record in records:
+        index = ""
+        action: _Action | None = None
+        try:
+            action = to_action(record)
+            index = layout.target(action.kind, action.ts_ns)
+            body = _SERIALIZER.json_dumps(action.source)
+            if b"null" in body and (where := _non_finite(action.source)) is not None:
+                raise ValueError(f"{where} is not a finite number (JSON has no NaN or infinity)")
+        except (TypeError, ValueError, OverflowError, OSError, SerializationError, RecursionError) as exc:
+            if isinstance(record, DeadLetter):
+                log.error("a dead letter cannot be encoded (%s); kept in the dead-letter file", exc)
+                unstorable.append(record)
+                continue
+            doc_id = action.doc_id if action is not None else "?"
+            source = action.source if action is not None else record
+            where = index or (layout.pattern(action.kind) if action is not None else "elasticsearch")
+            # The record's own time keeps the dead letter's id deterministic, unless that time is the problem.
+            at = action.ts_ns if action is not None and index else time.time_ns()
+            detail = f"document {doc_id} cannot be written as JSON: {str(exc)[:1000]}"
+            dead.append(DeadLetter("unserializable", f"elasticsearch:{where}", _raw_of(source), at, _clean(detail)))
+            continue
+        if len(body) > max_doc_bytes:
+            if isinstance(record, DeadLetter):
+                unstorable.append(record)
+                continue
+            kept = min(_OVERSIZED_RAW_KEPT, max_doc_bytes // 4)
+            detail = (
+                f"document {action.doc_id} is {len(body)} bytes, more than the {max_doc_bytes} bytes one request "
+                f"to this server may carry (http.max_content_length); raw holds its first {kept} bytes, the "
+                "local dead-letter file all of it"
+            )
+            letter = DeadLetter("too_large", f"elasticsearch:{index}", body, action.ts_ns, detail)
+            unstorable.append(letter)
+            dead.append(letter._replace(raw=body[:kept]))
+            continue
+        encoded.append(_Encoded(action, index, body))
+    return encoded, dead, unstorable
+
+
 class ElasticWriterThread(BatchWriterThread[Record]):
     """Bulk-indexes records; usable outside Bytewax (dead letters of the InfluxDB writers, the benchmark)."""
 
@@ -305,7 +533,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         self.cfg = cfg
         self._es = client_factory(cfg)
         self._on_unstorable = on_unstorable
-        self.layout: IndexLayout | None = None
+        self.setup: ServerSetup | None = None
         self.duplicates = 0
         self.rejected = 0
         self._pool = ThreadPoolExecutor(max(1, cfg.concurrent_requests - 1), thread_name_prefix=name)
@@ -313,10 +541,25 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         self.start()
 
     def prepare(self) -> None:
-        self.layout = prepare_layout(self._es, self.cfg)
+        self.setup = prepare_layout(self._es, self.cfg)
+
+    @property
+    def layout(self) -> IndexLayout | None:
+        return self.setup.layout if self.setup is not None else None
 
     def deliver(self, batch: list[Record]) -> None:
-        actions = [to_action(record) for record in batch]
+        assert self.setup is not None
+        actions, dead, unstorable = encode_batch(batch, self.setup.layout, self.setup.max_doc_bytes)
+        if dead:
+            for letter in dead:
+                log.warning("Elasticsearch: %s; stored as a dead letter", letter.detail[:300])
+            with self._counts_lock:
+                self.rejected += len(dead)
+            letters, _, unencodable = encode_batch(list[Record](dead), self.setup.layout, self.setup.max_doc_bytes)
+            actions += letters
+            unstorable += unencodable
+        if unstorable:
+            self._on_unstorable(unstorable)
         parts = self.cfg.concurrent_requests
         if parts == 1 or len(actions) < 2 * parts:
             self._deliver_part(actions)
@@ -329,7 +572,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         for future in futures:
             future.result()
 
-    def _deliver_part(self, actions: list[_Action]) -> None:
+    def _deliver_part(self, actions: list[_Encoded]) -> None:
         pending = actions
 
         def attempt() -> None:
@@ -338,36 +581,35 @@ class ElasticWriterThread(BatchWriterThread[Record]):
             if pending:
                 raise RetryableError(f"{len(pending)} documents answered 429/5xx")
 
-        retry_forever(
+        if not retry_forever(
             attempt, f"{self.name}: indexing", self.retry_max_delay, self._stop, self.note_retry, lambda: len(pending)
-        )
+        ):
+            # Stopped while the server was failing: the batch is not stored, and the writer must know it.
+            raise RetryableError(f"stopped with {len(pending)} documents not indexed")
 
-    def _bulk(self, actions: list[_Action]) -> list[_Action]:
+    def _bulk(self, actions: list[_Encoded]) -> list[_Encoded]:
         """One bulk round; returns the actions to send again. Rejected documents become dead letters, which
         are indexed in the same round."""
-        assert self.layout is not None
-        layout = self.layout
+        assert self.setup is not None
+        setup = self.setup
 
-        def bodies(items: list[_Action]) -> Iterator[dict[str, Any]]:
-            for a in items:
-                yield {
-                    "_op_type": "create",
-                    "_index": layout.target(a.kind, a.ts_ns),
-                    "_id": a.doc_id,
-                    "_source": a.source,
-                }
+        def bodies(items: list[_Encoded]) -> Iterator[dict[str, Any]]:
+            for e in items:
+                # The source is already encoded: the client passes bytes through as they are.
+                yield {"_op_type": "create", "_index": e.index, "_id": e.action.doc_id, "_source": e.body}
 
-        retry: list[_Action] = []
+        retry: list[_Encoded] = []
         queue = actions
+        chunk_bytes = setup.max_chunk_bytes
         while queue:
-            dead: list[_Action] = []
+            again: list[_Encoded] = []
             try:
                 # max_retries=0: results come back one per action, in order, so they can be zipped.
                 results = streaming_bulk(
                     self._es,
                     bodies(queue),
                     chunk_size=max(1, len(queue)),
-                    max_chunk_bytes=50 * 1024 * 1024,
+                    max_chunk_bytes=chunk_bytes,
                     raise_on_error=False,
                     raise_on_exception=False,
                     max_retries=0,
@@ -376,6 +618,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
             except (TransportConnectionError, ConnectionTimeout) as exc:
                 raise RetryableError(f"Elasticsearch unreachable: {exc}") from exc
             written = duplicates = rejected = 0
+            too_large = False
             for action, item in zip(queue, outcomes, strict=True):
                 status = item.get("status", 500)
                 if not isinstance(status, int):  # "N/A": the request itself failed
@@ -386,29 +629,55 @@ class ElasticWriterThread(BatchWriterThread[Record]):
                     duplicates += 1  # already stored by an earlier attempt or run: exactly once
                 elif status == 429 or status >= 500:
                     retry.append(action)
+                elif status == 413 and len(action.body) + _REQUEST_HEADROOM < chunk_bytes:
+                    # The request was too large for the server (or a proxy before it) though this document
+                    # alone may not be: send it again in smaller requests, down to one document each.
+                    too_large = True
+                    again.append(action)
                 else:
                     rejected += 1
-                    dead.extend(self._reject(action, item))
+                    again.extend(self._reject(action, item))
             with self._counts_lock:
                 self.written += written
                 self.duplicates += duplicates
                 self.rejected += rejected
-            queue = dead
+            if too_large:
+                chunk_bytes = max(1, chunk_bytes // 4)
+            queue = again
         return retry
 
-    def _reject(self, action: _Action, item: dict[str, Any]) -> list[_Action]:
+    def _reject(self, action: _Encoded, item: dict[str, Any]) -> list[_Encoded]:
         error = item.get("error", {})
-        reason = "mapping_conflict" if _is_mapping_conflict(error) else "elasticsearch_rejected"
+        status = item.get("status")
+        if status == 413:
+            reason = "too_large"
+        else:
+            reason = "mapping_conflict" if _is_mapping_conflict(error) else "elasticsearch_rejected"
         detail = json.dumps(error)[:2000] if isinstance(error, dict) else str(error)[:2000]
-        raw = json.dumps(action.source, ensure_ascii=False, default=str).encode()
-        if isinstance(action.record, DeadLetter):
+        if isinstance(action.action.record, DeadLetter):
             log.error("the dead-letter index refused a dead letter (%s); kept in the dead-letter file", detail)
-            self._on_unstorable([action.record])
+            self._on_unstorable([action.action.record])
             return []
+        assert self.setup is not None
+        raw = action.body
+        if reason == "too_large":
+            # The whole document goes to the local file; the dead letter indexed keeps its beginning.
+            kept = min(_OVERSIZED_RAW_KEPT, self.setup.max_doc_bytes // 4)
+            detail = (
+                f"HTTP 413 for a request of this one document ({len(raw)} bytes): {detail}; raw holds its first "
+                f"{kept} bytes, the local dead-letter file all of it"
+            )
+            whole = DeadLetter(reason, f"elasticsearch:{action.index}", raw, action.action.ts_ns, detail)
+            self._on_unstorable([whole])
+            raw = raw[:kept]
         # The record's own time keeps the dead letter's id deterministic across replays.
-        letter = DeadLetter(reason, f"elasticsearch:{item.get('_index', action.kind)}", raw, action.ts_ns, detail)
-        log.warning("Elasticsearch refused document %s: %s", action.doc_id, detail[:300])
-        return [to_action(letter)]
+        where = f"elasticsearch:{item.get('_index', action.index)}"
+        letter = DeadLetter(reason, where, raw, action.action.ts_ns, detail)
+        log.warning("Elasticsearch refused document %s: %s", action.action.doc_id, detail[:300])
+        encoded, _, unstorable = encode_batch([letter], self.setup.layout, self.setup.max_doc_bytes)
+        if unstorable:
+            self._on_unstorable(unstorable)
+        return encoded
 
     def close_target(self) -> None:
         self._pool.shutdown()

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import logging
 import socket
 import subprocess
 import time
@@ -11,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from fleetwatch.config import ElasticsearchConfig
+from fleetwatch.record import DeadLetter, LogEvent
+from flows.sinks import elasticsearch as es_sink
+from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Record
 from tests.conftest import ES_URL, INFLUX_URL, REPO, es_docs, http, influx_rows
-from tests.integration.harness import Pipeline
+from tests.integration.harness import FLEETWATCH, Pipeline
 
 T0 = "2026-01-01T00:00:"  # event times in the past: log-rate windows close on event time
 
@@ -363,3 +369,199 @@ def _free_port(kind: socket.SocketKind) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_syslog_files_without_a_level_are_counted_as_unknown(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """/var/log/syslog as rsyslog writes it has no priority, so its events have no level. Their log rates land in
+    Elasticsearch with ``levels.unknown``, as in InfluxDB, instead of being refused into the dead-letter index."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    append(
+        logs / "syslog",
+        [
+            "Jan  1 00:00:01 web1 sshd[812]: Accepted publickey for alice from 10.0.0.7 port 50122 ssh2",
+            "Jan  1 00:00:02 web1 sshd[812]: pam_unix(sshd:session): session opened for user alice",
+            "Jan  1 00:00:03 web1 CRON[901]: (root) CMD (run-parts /etc/cron.hourly)",
+            "Jan  1 00:00:04 web1 sshd[815]: Connection closed by 10.0.0.9 port 40110 [preauth]",
+        ],
+    )
+    append(logs / "auth.log", ["Jan  1 00:00:05 web1 sshd[816]: Invalid user admin from 10.0.0.9 port 40112"])
+    inputs = f"""
+[[logs.files]]
+name = "syslog"
+paths = ["{logs}/syslog", "{logs}/auth.log"]
+parser = {{ kind = "syslog", timezone = "UTC" }}
+"""
+    pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs))
+    docs = wait_for_docs(f"{unique}-logs*", 5)
+    deadline = time.monotonic() + 40
+    rates = es_docs(f"{unique}-log-rates*")
+    while {r["service"]["name"] for r in rates} != {"sshd", "CRON"} and time.monotonic() < deadline:
+        time.sleep(0.5)
+        rates = es_docs(f"{unique}-log-rates*")
+    pipeline.stop()
+    assert len(docs) == 5 and all("level" not in d.get("log", {}) for d in docs)
+    by_service = {r["service"]["name"]: r for r in rates}
+    assert set(by_service) == {"sshd", "CRON"}, rates
+    sshd = by_service["sshd"]
+    assert (sshd["@timestamp"][:19], sshd["count"], sshd["errors"], sshd["levels"]) == (
+        "2026-01-01T00:00:00",
+        4,
+        0,
+        {"unknown": 4},
+    )
+    assert by_service["CRON"]["levels"] == {"unknown": 1}
+    influx = influx_rows(influx_db, 'SELECT "count", "unknown" FROM "log_rates" WHERE "service" = \'sshd\'')
+    assert [(r["count"], r["unknown"]) for r in influx] == [(4, 4)]
+    assert es_docs(f"{unique}-dead-letters*") == []
+    # A healthy start against a server without data streams marks no node failed (issue 10 §6).
+    assert "has failed for" not in pipeline.log_text()
+
+
+def _es_config(unique: str, **extra: object) -> ElasticsearchConfig:
+    return ElasticsearchConfig.model_validate(
+        {"hosts": [ES_URL], "index_prefix": unique, "flush_interval": "100ms", "concurrent_requests": 1, **extra}
+    )
+
+
+def _event(doc_id: str, doc: dict, second: int = 1) -> LogEvent:
+    ts_ns = 1_767_225_600_000_000_000 + second * 1_000_000_000  # 2026-01-01T00:00:0<second>Z
+    return LogEvent(doc_id, ts_ns, "info", "api", {"@timestamp": f"{T0}{second:02d}Z", **doc})
+
+
+def _raw(letter: dict) -> bytes:
+    return base64.b64decode(letter["raw_base64"])
+
+
+# Above the local server's http.max_content_length (100mb, the default).
+OVERSIZED = 101 * 1024 * 1024
+
+
+def test_documents_that_cannot_be_sent_are_dead_letters_and_the_rest_of_the_batch_lands(
+    unique: str, es_index: str
+) -> None:
+    """Lone surrogates, NaN, values JSON has no type for and a document larger than the server takes each become
+    one dead letter (reason, raw input); the other documents of the same batch are stored and the writer goes on."""
+    unstorable: list[DeadLetter] = []
+    writer = ElasticWriterThread(_es_config(unique), unstorable.extend, "es-test")
+    try:
+        batch: list[Record] = [
+            _event("ok-1", {"message": "first"}),
+            _event("surrogate", {"message": "x", "fields": {"\ud800": 1}}),
+            _event("nan", {"message": "x", "fields": {"ratio": float("nan")}}),
+            _event("object", {"message": "x", "fields": {"obj": object()}}),
+            _event("huge", {"message": "y" * OVERSIZED}),
+            _event("ok-2", {"message": "second"}),
+        ]
+        writer.put(batch)
+        assert writer.flush(60), "the batch was not written"
+        writer.put([_event("ok-3", {"message": "after the bad ones"}, second=2)])
+        assert writer.flush(30) and writer.alive()
+        assert writer.failure is None
+    finally:
+        writer.close(30)
+    assert sorted(d["_id"] for d in es_docs(f"{unique}-logs*")) == ["ok-1", "ok-2", "ok-3"]
+    dead = {d["detail"].split()[1]: d for d in es_docs(f"{unique}-dead-letters*")}
+    assert set(dead) == {"surrogate", "nan", "object", "huge"}
+    assert {k: d["reason"] for k, d in dead.items()} == {
+        "surrogate": "unserializable",
+        "nan": "unserializable",
+        "object": "unserializable",
+        "huge": "too_large",
+    }
+    assert all(d["source"] == f"elasticsearch:{unique}-logs-2026.01.01" for d in dead.values())
+    assert json.loads(_raw(dead["surrogate"]))["fields"] == {"\ud800": 1}
+    assert "fields.ratio" in dead["nan"]["detail"] and b"NaN" in _raw(dead["nan"])
+    assert "object object" in _raw(dead["object"]).decode()
+    # The oversized document: its beginning in the index, all of it in the local dead-letter file.
+    assert _raw(dead["huge"]).startswith(b'{"@timestamp":"2026-01-01T00:00:01Z","message":"yyy')
+    assert [(u.reason, len(u.raw) > OVERSIZED) for u in unstorable] == [("too_large", True)]
+
+
+def test_a_request_the_server_refuses_as_too_large_is_split_down_to_the_document(
+    unique: str, es_index: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When fleetwatch cannot know the limit (a proxy in front of the server takes less than the server says), the
+    server's 413 is the answer: the request is sent again in parts, and only the document too large on its own is
+    a dead letter."""
+    monkeypatch.setattr(es_sink, "server_max_content_length", lambda es: 1 << 30)
+    unstorable: list[DeadLetter] = []
+    writer = ElasticWriterThread(_es_config(unique, index_mode="daily"), unstorable.extend, "es-test")
+    try:
+        writer.put([_event("ok-1", {"message": "a"}), _event("huge", {"message": "y" * OVERSIZED}), _event("ok-2", {})])
+        assert writer.flush(60) and writer.alive()
+    finally:
+        writer.close(30)
+    assert sorted(d["_id"] for d in es_docs(f"{unique}-logs*")) == ["ok-1", "ok-2"]
+    (dead,) = es_docs(f"{unique}-dead-letters*")
+    assert dead["reason"] == "too_large" and "413" in dead["detail"]
+    assert [(u.reason, len(u.raw) > OVERSIZED) for u in unstorable] == [("too_large", True)]
+
+
+def test_a_clean_start_logs_no_warning_and_installs_the_templates_once(
+    unique: str, es_index: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sink's partition and the dead-letter writer start as `fleetwatch run` starts them: no node marked failed
+    by the data-stream probe, each index template PUT once per process, and the documents stored."""
+    caplog.set_level(logging.INFO)
+    cfg = _es_config(unique)
+    unstorable: list[DeadLetter] = []
+    dead_letters = ElasticWriterThread(cfg, unstorable.extend, "es-dead-letters")
+    partition = ElasticsearchSink(cfg, unstorable.extend).build_part("elasticsearch", "elasticsearch-0", None)
+    try:
+        partition.write_batch([[_event("ok-1", {"message": "hello"})]])
+        dead_letters.put([DeadLetter("not_a_number", "mqtt:s/1/t", b"abc", 1_767_225_600_000_000_000)])
+        assert dead_letters.flush(30) and dead_letters.alive()
+        partition.close()
+    finally:
+        dead_letters.close(30)
+    assert len(es_docs(f"{unique}-logs*")) == 1 and len(es_docs(f"{unique}-dead-letters*")) == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    # The client logs every request: "PUT http://.../_index_template/<name> [status:200 duration:...]".
+    requests = [r.getMessage() for r in caplog.records if r.name.startswith("elastic_transport")]
+    puts = [m.split()[1].rsplit("/", 1)[1] for m in requests if m.startswith("PUT ") and "/_index_template/" in m]
+    assert sorted(puts) == sorted(f"{unique}-{kind}" for kind in es_sink.KINDS)
+    assert unstorable == []
+
+
+def test_a_template_the_server_refuses_stops_the_pipeline_with_its_answer(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """A 4xx at setup is no record's fault and retrying cannot fix it: `fleetwatch run` exits non-zero and says
+    which template and what the server answered, instead of running on with a dead writer."""
+    conflicting = {"index_patterns": [f"{unique}-logs*"], "priority": 200, "template": {}}
+    resp = http.request(
+        "PUT",
+        f"{ES_URL}/_index_template/{unique}-other",
+        body=json.dumps(conflicting),
+        headers={"Content-Type": "application/json"},
+    )
+    assert resp.status == 200, resp.data
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    inputs = f"""
+[[logs.files]]
+name = "app"
+paths = ["{logs}/*.log"]
+parser = {{ kind = "json" }}
+"""
+    config = write_config(tmp_path, unique, influx_db, inputs)
+    # No --duration: the refusal alone must end the process.
+    with subprocess.Popen(
+        [str(FLEETWATCH), "run", "--config", str(config)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as proc:
+        try:
+            output, _ = proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            pytest.fail(f"fleetwatch run kept running after the server refused its template:\n{output[-3000:]}")
+    assert proc.returncode != 0, output
+    assert f"refused index template '{unique}-logs'" in output, output
+    assert "HTTP 400 illegal_argument_exception" in output and f"{unique}-other" in output, output

@@ -3,16 +3,24 @@ are tested against the real server in tests/integration."""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import orjson
+
 from fleetwatch.config import ElasticsearchConfig
-from fleetwatch.record import DeadLetter, LogRate
+from fleetwatch.record import DeadLetter, LogEvent, LogRate
 from flows.sinks.elasticsearch import (
     DEAD_LETTERS,
     KINDS,
     LOGS,
     IndexLayout,
+    Record,
     dead_letter_id,
+    encode_batch,
     iso_timestamp,
     make_client,
+    parse_byte_size,
     to_action,
 )
 
@@ -70,3 +78,84 @@ def test_client_auth_by_api_key_or_user_and_password() -> None:
         assert es._headers["authorization"].startswith("Basic ")
     with make_client(ElasticsearchConfig()) as es:
         assert "authorization" not in es._headers
+
+
+def test_a_log_rate_of_events_without_a_level_names_it_unknown() -> None:
+    """Elasticsearch refuses an empty field name; InfluxDB stores the same count as ``unknown``."""
+    rate = LogRate("sshd", T0, 10 * S, {"": 3, "error": 1})
+    doc = to_action(rate).source
+    assert doc["levels"] == {"unknown": 3, "error": 1}
+    assert (doc["count"], doc["errors"]) == (4, 1)
+
+
+def _event(doc_id: str, doc: dict[str, Any], ts_ns: int = T0) -> LogEvent:
+    return LogEvent(doc_id, ts_ns, "info", "api", doc)
+
+
+def test_each_unserialisable_document_becomes_its_own_dead_letter() -> None:
+    """One bad record never fails its batch: the others are encoded, each bad one is a dead letter with the
+    reason, where it was going and the input as well as it can be written down."""
+    layout = IndexLayout("fw", data_streams=False, replicas=0)
+    batch: list[Record] = [
+        _event("ok-1", {"message": "fine"}),
+        _event("surrogate-key", {"message": "x", "fields": {"\ud800": 1}}),
+        _event("surrogate-value", {"message": "\udc00"}),
+        _event("nan", {"message": "x", "fields": {"ratio": float("nan")}}),
+        _event("inf", {"message": "x", "values": [1.0, float("-inf")]}),
+        _event("object", {"message": "x", "fields": {"obj": object()}}),
+        _event("huge-int", {"message": "x", "n": 2**70}),
+        _event("too-large", {"message": "y" * 5000}),
+        _event("bad-time", {"message": "x"}, ts_ns=2**80),
+        _event("ok-2", {"message": "also fine"}),
+    ]
+    encoded, dead, unstorable = encode_batch(batch, layout, max_doc_bytes=4096)
+    assert [e.action.doc_id for e in encoded] == ["ok-1", "ok-2"]
+    assert [json.loads(e.body) for e in encoded] == [{"message": "fine"}, {"message": "also fine"}]
+    assert encoded[0].index == "fw-logs-2026.01.01"
+
+    assert len(dead) == 8
+    reasons = sorted(letter.reason for letter in dead)
+    assert reasons == ["too_large"] + ["unserializable"] * 7
+    by_id = {letter.detail.split()[1]: letter for letter in dead}  # "document <id> ..."
+    assert set(by_id) == {
+        "surrogate-key",
+        "surrogate-value",
+        "nan",
+        "inf",
+        "object",
+        "huge-int",
+        "too-large",
+        "bad-time",
+    }
+    # The raw input survives: lone surrogates escaped, non-finite numbers as JSON writes them.
+    assert json.loads(by_id["surrogate-key"].raw)["fields"] == {"\ud800": 1}
+    assert json.loads(by_id["surrogate-value"].raw)["message"] == "\udc00"
+    assert "fields.ratio" in by_id["nan"].detail and b"NaN" in by_id["nan"].raw
+    assert "values[1]" in by_id["inf"].detail
+    assert "object object" in by_id["object"].raw.decode()
+    assert by_id["too-large"].source == "elasticsearch:fw-logs-2026.01.01"
+    assert "4096" in by_id["too-large"].detail
+    # Dead letters are kept under the record's own time (deterministic ids), except when that time is the
+    # problem.
+    assert by_id["nan"].received_ns == T0
+    assert by_id["bad-time"].received_ns != 2**80
+    # Every dead letter can itself be indexed, and the oversized input is also kept whole in the local file.
+    for letter in dead:
+        assert orjson.dumps(to_action(letter).source)
+    assert [json.loads(u.raw)["message"] for u in unstorable] == ["y" * 5000]
+
+
+def test_a_dead_letter_with_lone_surrogates_in_its_text_is_still_indexable() -> None:
+    letter = DeadLetter("not_a_number", "mqtt:s/\udcff/t", b"\xff", T0, "bad \ud800 value")
+    encoded, dead, unstorable = encode_batch([letter], IndexLayout("fw", False, 0), max_doc_bytes=1 << 20)
+    assert (len(encoded), dead, unstorable) == (1, [], [])
+    doc = json.loads(encoded[0].body)
+    assert doc["source"] == "mqtt:s/\\udcff/t" and doc["detail"] == "bad \\ud800 value"
+
+
+def test_server_byte_sizes_are_read_as_elasticsearch_writes_them() -> None:
+    assert parse_byte_size("100mb") == 100 * 1024 * 1024
+    assert parse_byte_size("1gb") == 1 << 30
+    assert parse_byte_size("512KB") == 512 * 1024
+    assert parse_byte_size("2048b") == parse_byte_size("2048") == 2048
+    assert parse_byte_size("lots") is None
