@@ -2,16 +2,18 @@
 # The docker compose v2 plugin, built by the project itself: the machines fleetwatch is developed on have
 # the docker CLI without its compose plugin, and reach the Go module proxy but not GitHub releases.
 #
-#   scripts/compose.sh install        build github.com/docker/compose/v2 (pinned) into .stack/bin, link it
-#                                     as a docker CLI plugin under .stack/docker/cli-plugins
-#   scripts/compose.sh path           print the plugin's path (installing it first if missing)
-#   scripts/compose.sh env            print `export DOCKER_CONFIG=...` for `eval "$(scripts/compose.sh env)"`
-#   scripts/compose.sh ARGS...        `docker compose ARGS...` with the project's plugin (installs it first)
+#   scripts/compose.sh install        build github.com/docker/compose/v2 (pinned) into .stack/bin, and link it
+#                                     into your docker CLI's plugin folder unless a docker-compose is there
+#   scripts/compose.sh path           print the binary's path (installing it first if missing)
+#   scripts/compose.sh ARGS...        `docker compose ARGS...` (installs the plugin first)
 #
-# The plugin is linked into a project-local DOCKER_CONFIG (.stack/docker) rather than ~/.docker, so nothing
-# outside the repository is touched; the cost is that `docker compose` only finds it with DOCKER_CONFIG
-# set (this script sets it). Installing is idempotent: nothing is built when the binary at .stack/bin
-# already reports the pinned version.
+# Your docker configuration is yours: DOCKER_CONFIG is neither set nor replaced, and config.json is never
+# written. The plugin goes into the folder the docker CLI searches first, ${DOCKER_CONFIG:-~/.docker}/cli-plugins,
+# as a link to .stack/bin/docker-compose, and only when no docker-compose is there yet (one you installed
+# yourself is left alone). `scripts/compose.sh ARGS...` runs the project's binary directly (compose's standalone
+# mode, which reads the same configuration, contexts and DOCKER_HOST as the docker CLI), so it uses the pinned
+# version whatever plugin your docker CLI has. Installing is idempotent: nothing is built when the binary at
+# .stack/bin already reports the pinned version.
 set -euo pipefail
 
 REPO_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,8 +34,9 @@ GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
 
 BIN_DIR="$STACK_DIR/bin"
 COMPOSE_BIN="$BIN_DIR/docker-compose"
-export DOCKER_CONFIG="${FLEETWATCH_DOCKER_CONFIG:-$STACK_DIR/docker}"
-PLUGIN_LINK="$DOCKER_CONFIG/cli-plugins/docker-compose"
+# Where the docker CLI looks for plugins first: the user's own folder, read, never redirected.
+PLUGIN_DIR="${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins"
+PLUGIN_LINK="$PLUGIN_DIR/docker-compose"
 
 log() { printf '[compose] %s\n' "$*" >&2; }
 die() { printf '[compose] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -52,9 +55,18 @@ installed_version() { # the version the binary reports, or nothing
 }
 
 link_plugin() {
-  mkdir -p "$(dirname "$PLUGIN_LINK")"
-  # The docker CLI finds plugins by file name in cli-plugins; a symlink keeps one copy of the binary.
-  ln -sfn "$COMPOSE_BIN" "$PLUGIN_LINK"
+  # The docker CLI finds plugins by file name in cli-plugins; a symlink keeps one copy of the binary. A
+  # docker-compose that is not this link (the user's own) stays as it is.
+  if [ -L "$PLUGIN_LINK" ] && [ "$(readlink "$PLUGIN_LINK")" = "$COMPOSE_BIN" ]; then
+    return 0
+  fi
+  if [ -e "$PLUGIN_LINK" ] || [ -L "$PLUGIN_LINK" ]; then
+    log "keeping your $PLUGIN_LINK; scripts/compose.sh runs $COMPOSE_BIN itself"
+    return 0
+  fi
+  mkdir -p "$PLUGIN_DIR"
+  ln -s "$COMPOSE_BIN" "$PLUGIN_LINK"
+  log "linked $PLUGIN_LINK -> $COMPOSE_BIN (\`docker compose\` works without this script too)"
 }
 
 cmd_install() {
@@ -87,18 +99,17 @@ cmd_install() {
 }
 
 ensure_installed() {
-  if [ "$(installed_version)" != "${COMPOSE_VERSION#v}" ] || [ ! -e "$PLUGIN_LINK" ]; then cmd_install; fi
+  if [ "$(installed_version)" != "${COMPOSE_VERSION#v}" ]; then cmd_install; else link_plugin; fi
 }
 
 case "${1:-}" in
   install) cmd_install ;;
   path) ensure_installed; echo "$COMPOSE_BIN" ;;
-  env) ensure_installed; printf 'export DOCKER_CONFIG=%q\n' "$DOCKER_CONFIG" ;;
-  ''|-h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  ''|-h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
   *)
     ensure_installed
-    command -v docker >/dev/null || die "no docker CLI on PATH"
     cd "$REPO_DIR"
-    exec docker compose "$@"
+    # Standalone mode: the same as `docker compose ARGS...`, with the pinned version.
+    exec "$COMPOSE_BIN" "$@"
     ;;
 esac
