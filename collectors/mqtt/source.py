@@ -246,6 +246,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._redelivered: set[int] = set(resume_mids)
         self._dedup_until = time.monotonic() + _DEDUP_WINDOW if resume_mids else 0.0
         self._connected = False
+        self._connected_at = 0.0
         self._pending_subscribe: int | None = None
         health.set_ready(f"mqtt:{client_id}", False)
         self._backoff = cfg.reconnect_min_delay.total_seconds()
@@ -280,6 +281,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             self._delay_next_attempt()
             return
         self._connected = True
+        self._connected_at = time.monotonic()
         self._backoff = self._cfg.reconnect_min_delay.total_seconds()
         log.info(
             "MQTT %s: connected to %s:%d (session present: %s)",
@@ -305,8 +307,11 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self._connected:
             log.warning("MQTT %s: disconnected (%s); reconnecting", self.client_id, reason)
-            # A broker that accepts and then drops at once must not be reconnected to in a tight loop.
-            self._delay_next_attempt()
+            if time.monotonic() - self._connected_at < 1.0:
+                # A broker that accepts and then drops at once must not be reconnected to in a tight loop.
+                self._delay_next_attempt()
+            else:
+                self._next_attempt = 0.0  # a connection that worked: try again at once
         self._connected = False
         health.set_ready(f"mqtt:{self.client_id}", False)
         # Packet ids belong to the session: the broker redelivers what was not acked, with the same ids.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from collectors.mqtt.source import MQTTPartition, MQTTSource
@@ -110,3 +111,27 @@ def test_reconnects_after_a_broker_restart_and_keeps_its_session(unique: str) ->
         assert [m[1] for m in read_for(partition, 4.0)] == [b"after"]
     finally:
         partition.close()
+
+
+def test_a_refused_connection_is_retried_with_backoff_not_in_a_tight_loop(
+    unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bad credentials: the broker answers every CONNECT with a refusal. Before, the source reconnected at
+    once, about 500 times a second, each logged as an ERROR (issue 15 item 10)."""
+    cfg = source_config(
+        unique,
+        MQTT_AUTH_PORT,
+        username="fleetwatch",
+        password="wrong",
+        reconnect_min_delay="0.25s",
+        reconnect_max_delay="2s",
+    )
+    partition = MQTTSource(cfg, ack_on_snapshot=False).build_part("mqtt", "mqtt-0", None)
+    try:
+        with caplog.at_level("ERROR", logger="collectors.mqtt.source"):
+            assert read_for(partition, 4.0) == []
+    finally:
+        partition.close()
+    refusals = [r for r in caplog.records if "refused connection" in r.getMessage()]
+    # 0.25 + 0.5 + 1 + 2 s of waiting: at most 5 attempts in 4 s, at least 2 (it keeps trying).
+    assert 2 <= len(refusals) <= 5, [r.getMessage() for r in refusals]
