@@ -41,6 +41,7 @@ import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +50,10 @@ from flows.alerts.rules import AlertRule, Threshold, load_rules
 from flows.windows import duration_label
 
 REPO_DIR = Path(__file__).resolve().parent.parent
-EXAMPLE_CONFIG = REPO_DIR / "fleetwatch.example.toml"
-ALERTING_DIR = REPO_DIR / "provisioning" / "grafana" / "alerting"
+# Package data (links into the repository in a checkout), so that the installed program finds them too.
+_DATA = Path(str(resources.files("dashboards")))
+EXAMPLE_CONFIG = _DATA / "fleetwatch.example.toml"
+ALERTING_DIR = _DATA / "provisioning" / "alerting"
 RULES_FILE_NAME = "fleetwatch-rules.yaml"
 CONTACT_POINTS_FILE_NAME = "contact-points.yaml"
 
@@ -606,10 +609,13 @@ def render_contact_points(translation: Translation) -> str:
 def render_all(config_path: Path = EXAMPLE_CONFIG) -> dict[str, str]:
     """File name -> content."""
     translation = load_translation(config_path)
-    try:
-        source = str(config_path.resolve().relative_to(REPO_DIR))
-    except ValueError:
-        source = str(config_path)
+    if config_path == EXAMPLE_CONFIG:
+        source = EXAMPLE_CONFIG.name
+    else:
+        try:
+            source = str(config_path.resolve().relative_to(REPO_DIR))
+        except ValueError:
+            source = str(config_path)
     return {
         RULES_FILE_NAME: render_rules(translation, source),
         CONTACT_POINTS_FILE_NAME: render_contact_points(translation),

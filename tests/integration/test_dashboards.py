@@ -96,8 +96,9 @@ def test_dashboards_use_the_provisioned_datasources_with_fixed_uids() -> None:
             assert data["index"] == f"fleetwatch-{ds.index_kind}*" and data["timeField"] == ds.time_field
             assert data.get("logMessageField", "") == ds.log_message_field
             assert data.get("logLevelField", "") == ds.log_level_field
-            assert entry["basicAuthUser"] == "elastic"
-            assert entry["secureJsonData"]["basicAuthPassword"] == "${ELASTIC_PASSWORD}"
+            # Grafana's own least-privilege user, not the `elastic` superuser.
+            assert entry["basicAuthUser"] == "${ELASTICSEARCH_USER}"
+            assert entry["secureJsonData"]["basicAuthPassword"] == "${ELASTICSEARCH_PASSWORD}"
     dashboards = load_dashboards()
     assert [d["uid"] for d in dashboards] == [f"fleetwatch-{name}" for name in generate.DASHBOARDS]
     text = json.dumps(dashboards)

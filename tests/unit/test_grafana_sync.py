@@ -22,7 +22,8 @@ ENV = {
     "INFLUXDB_DATABASE": "fleetwatch",
     "INFLUXDB_TOKEN": "influx-token",
     "ELASTICSEARCH_URL": "http://elasticsearch:9200",
-    "ELASTIC_PASSWORD": "es-password",
+    "ELASTICSEARCH_USER": "grafana",
+    "ELASTICSEARCH_PASSWORD": "es-password",
 }
 DATASOURCE_UIDS = {"fleetwatch-influxdb", "fleetwatch-es-logs", "fleetwatch-es-alerts", "fleetwatch-es-dead-letters"}
 DASHBOARD_UIDS = {f"fleetwatch-{name}" for name in ("fleet", "device", "logs", "alerts", "health")}

@@ -1,0 +1,1 @@
+"""MQTT collector: the Bytewax source, PUBLISH frame parsing, payload decoders and topic templates."""
