@@ -48,7 +48,7 @@ EXPOSE 5514/udp
 # Healthy while the pipeline writes its status file (4 times a second), is ready (MQTT subscriptions acknowledged,
 # syslog sockets bound, files scanned) and has not stopped.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import json,sys,time; s=json.load(open('/tmp/status.json')); sys.exit(0 if time.time()-s['time']<30 and s.get('ready') and not s.get('stopped') else 1)"]
+    CMD ["python", "-c", "import json,sys,time; s=json.load(open('/tmp/status.json')); sys.exit(0 if time.time()-s['time']<30 and s.get('ready') and s.get('subscribed') and not s.get('failures') and not s.get('stopped') else 1)"]
 
 ENTRYPOINT ["fleetwatch"]
 CMD ["run", "-c", "/etc/fleetwatch/fleetwatch.toml", "--status-file", "/tmp/status.json"]

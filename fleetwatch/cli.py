@@ -40,8 +40,15 @@ def _logging(verbose: bool) -> None:
 
 
 @app.command("check-config")
-def check_config(file: Annotated[Path, typer.Argument(help="Config file.")] = DEFAULT_CONFIG) -> None:
+def check_config(
+    file: Annotated[Path | None, typer.Argument(help="Config file.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file (as for run).")] = None,
+) -> None:
     """Validate a config file without running anything."""
+    if file is not None and config is not None and file != config:
+        console.print("[red]error:[/red] give the config file once, as an argument or with --config")
+        raise typer.Exit(2)
+    file = file or config or DEFAULT_CONFIG
     cfg = _load(file)
     from flows.alerts.rules import load_rules
 
