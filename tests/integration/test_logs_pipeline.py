@@ -108,6 +108,10 @@ poll_interval = "50ms"
     pipeline = Pipeline(config)
     pipeline.wait_for("log_events", 500)
     append(app, written[2000:3000])
+    # The file must be in a committed snapshot before the kill: only then does the restarted tail know the
+    # file that the rotation below moves out of the glob (a pipeline killed before its first snapshot starts
+    # from scratch, and cannot know a file it never recorded). Three epochs of 300 ms.
+    time.sleep(1.0)
     pipeline.kill()
     if mode == "rename":
         # logrotate `create` while fleetwatch is down: the file moves away, the service still writes a few
