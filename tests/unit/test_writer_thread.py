@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from flows import lifecycle
+from flows import clock, lifecycle
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch
 
 
@@ -108,3 +108,23 @@ def test_a_stop_puts_everything_unwritten_into_the_last_snapshot_instead_of_wait
     assert len(pending_for_epoch(writer, limit=10)) == 50
     assert time.monotonic() - started < 1.0
     writer.close(0.2)
+
+
+def test_an_epoch_waits_for_a_store_that_is_down_and_the_wait_is_a_stall_of_the_window_clock() -> None:
+    """More unwritten items than a snapshot may hold: the epoch waits for the store (the flow stalls, the
+    sources stop reading), and the time waited is left out of the pipeline clock, so the windows do not
+    close on a backlog that only waited for the store."""
+    writer = SlowStore(down=True)
+    writer.put([f"item{i}" for i in range(50)])
+    stalled_before = clock.stalled_ns()
+    result: list[list[str]] = []
+    waiting = threading.Thread(target=lambda: result.append(pending_for_epoch(writer, limit=10)), daemon=True)
+    waiting.start()
+    time.sleep(1.2)
+    assert waiting.is_alive(), "the epoch did not wait for the store"
+    writer.down = False  # the store is back
+    waiting.join(10)
+    assert result == [[]], "everything was stored before the epoch went on"
+    assert writer.stored == [f"item{i}" for i in range(50)]
+    assert clock.stalled_ns() - stalled_before >= 1_000_000_000
+    writer.close(1.0)
