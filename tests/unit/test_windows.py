@@ -159,3 +159,62 @@ def test_aggregate_line_protocol() -> None:
         f"last=3.0,stddev=1.4142135623730951,p50=2.0 {T0}"
     )
     assert schema.late_line(reading(1.5, 0)) == f"readings_late,device=d1,metric=t value=1.5 {T0}"
+
+
+def test_a_stop_keeps_open_windows_in_the_snapshot_instead_of_emitting_them_half_full() -> None:
+    from flows import lifecycle
+
+    clock = Clock(T0 + 5 * S)
+    logic = WindowLogic([WindowSpec.tumbling(timedelta(seconds=10))], timedelta(seconds=2), [], clock=clock)
+    collect(logic, [reading(1, 1), reading(2, 4)])
+    lifecycle.request_stop()
+    try:
+        out, _ = logic.on_eof()
+        assert list(out) == []
+        resumed = WindowLogic(
+            [WindowSpec.tumbling(timedelta(seconds=10))], timedelta(seconds=2), [], logic.snapshot(), clock=clock
+        )
+    finally:
+        lifecycle.reset()
+    aggs, _, _ = collect(resumed, [reading(3, 8), reading(9, 20)])
+    assert [(a.count, a.sum) for a in aggs] == [(3, 6.0)]
+
+
+def test_the_time_a_process_was_down_does_not_close_restored_windows() -> None:
+    """Issue 15 item 7: a snapshot at 5 s, a restart 30 s later. Without leaving the downtime out, the
+    restored window [0, 10) closes at once half full, and the redelivered readings of 5-9 s count as late."""
+    spec = [WindowSpec.tumbling(timedelta(seconds=10))]
+    clock = Clock(T0 + 5 * S)
+    logic = WindowLogic(spec, timedelta(seconds=2), [], clock=clock)
+    collect(logic, [reading(1, 1), reading(2, 4.9)])
+    snapshot = logic.snapshot()
+    clock.now += 30 * S  # down for 30 s
+    resumed = WindowLogic(spec, timedelta(seconds=2), [], snapshot, clock=clock)
+    out, _ = resumed.on_notify()
+    assert list(out) == [], "the restored window closed at once"
+    aggs, late, _ = collect(resumed, [reading(3, 6), reading(4, 9)])
+    assert aggs == [] and late == []
+    # Then it closes on wall time, with all four readings: at the latest when its deadline from before the
+    # stop comes, shifted by the downtime (11 s after the first reading, 5 + 11 + 30 = 46 s).
+    clock.now = T0 + 46 * S
+    out, _ = resumed.on_notify()
+    assert [(a.count, a.sum) for r in out for a in r.aggregates] == [(4, 10.0)]
+
+
+def test_notify_at_is_wall_time_after_a_stall() -> None:
+    """Issue 15 item 8: deadlines are on the pipeline clock (wall time minus stalls); Bytewax compares
+    notify_at with wall time, so returning the pipeline-clock moment would be in the past after any stall
+    and on_notify would be called at once, forever."""
+    import time
+
+    from flows import clock as pipeline_clock
+
+    logic = WindowLogic([WindowSpec.tumbling(timedelta(seconds=10))], timedelta(seconds=2), [])
+    now = time.time_ns()
+    pipeline_clock.add_stall(3600 * S)
+    try:
+        logic.on_batch([[Reading("readings", "readings,metric=t", 1.0, pipeline_clock.now_ns())]])
+        wake = logic.notify_at()
+        assert wake is not None and wake.timestamp() > now / 1e9
+    finally:
+        pipeline_clock.add_stall(-3600 * S)
