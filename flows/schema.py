@@ -22,6 +22,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 from fleetwatch.record import LogRate, Reading, escape_tag
@@ -47,6 +48,7 @@ def _float(value: float) -> str:
     return repr(float(value))
 
 
+@functools.cache
 def quantile_field(q: float) -> str:
     """0.5 -> p50, 0.95 -> p95, 0.999 -> p99_9."""
     pct = f"{q * 100:.10g}"
@@ -54,6 +56,13 @@ def quantile_field(q: float) -> str:
 
 
 def aggregate_line(agg: Aggregate) -> str:
+    if agg.count == 1:
+        # One reading in the window (a fleet reporting every 10 s): every statistic is that value.
+        v = repr(agg.min)
+        fields = f"count=1i,min={v},max={v},mean={v},sum={v},first={v},last={v}"
+        for q, _ in agg.quantiles:
+            fields += f",{quantile_field(q)}={v}"
+        return f"{_renamed(agg.series, '_agg')},window={agg.window} {fields} {agg.start_ns}"
     fields = (
         f"count={agg.count}i,min={_float(agg.min)},max={_float(agg.max)},mean={_float(agg.mean)},"
         f"sum={_float(agg.sum)},first={_float(agg.first)},last={_float(agg.last)}"

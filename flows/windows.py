@@ -327,11 +327,19 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
 
     def _aggregate(self, key: str, series: _Series, index: int, start: int, window: _Window) -> Aggregate:
         spec = self.specs[index]
-        ordered = sorted(window.values)
-        count = len(ordered)
+        values = window.values
+        count = len(values)
+        if count == 1:
+            # The common case for a fleet reporting every 10 s: every statistic is the one value (no stddev,
+            # as InfluxQL's STDDEV() of one value). The same numbers as the general path, without its work.
+            v = values[0]
+            quantiles = tuple((q, v) for q in self.quantiles)
+            end = start + spec.length_ns
+            return Aggregate(series.measurement, key, spec.label, start, end, 1, v, v, v, v, v, v, None, quantiles)
+        ordered = sorted(values)
         total = math.fsum(ordered)
         mean = total / count
-        stddev = math.sqrt(math.fsum((v - mean) ** 2 for v in ordered) / (count - 1)) if count > 1 else None
+        stddev = math.sqrt(math.fsum((v - mean) ** 2 for v in ordered) / (count - 1))
         return Aggregate(
             series.measurement,
             key,

@@ -343,8 +343,11 @@ class _InfluxPartition(StatefulSinkPartition[list[str], list[str]]):
         )
 
     def write_batch(self, items: list[list[str]]) -> None:
-        for lines in items:
-            self._thread.put(lines)
+        # One put per call: with windows kept per series, a batch holds many short lists.
+        if len(items) == 1:
+            self._thread.put(items[0])
+        else:
+            self._thread.put([line for lines in items for line in lines])
 
     def snapshot(self) -> list[str]:
         return pending_for_epoch(self._thread, SNAPSHOT_MAX_PENDING)
