@@ -65,7 +65,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from fleetwatch.config import FileInputConfig
 from fleetwatch.record import LogLine
-from flows import health, lifecycle
+from flows import clock, health, lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -244,6 +244,8 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         self._now_ns = time.time_ns()
         self._more = False
         self._turn = 0
+        # While a sink is saturated this source does not read, and the window clock stands still.
+        self._stall = clock.StallMark()
         now = time.monotonic()
         if resume_state is not None:
             self._parked = list(resume_state.files)
@@ -612,8 +614,10 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             # on from there.
             raise StopIteration
         if self._saturated():
+            self._stall.set(True)
             self._more = False
             return []
+        self._stall.set(False)
         now = time.monotonic()
         self._now_ns = time.time_ns()
         if now >= self._next_poll:
@@ -660,6 +664,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         return TailState(files)
 
     def close(self) -> None:
+        self._stall.set(False)
         for tf in self._files.values():
             with contextlib.suppress(OSError):
                 os.close(tf.fd)

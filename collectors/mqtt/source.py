@@ -43,7 +43,7 @@ from collectors.mqtt.client import apply_credentials_and_tls
 from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, packet_complete, read_publishes
 from collectors.mqtt.parse import MessageBatch
 from fleetwatch.config import MQTTConfig
-from flows import health, lifecycle
+from flows import clock, health, lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +248,8 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._connected = False
         self._connected_at = 0.0
         self._pending_subscribe: int | None = None
+        # While a sink is saturated this source does not read, and the window clock stands still.
+        self._stall = clock.StallMark()
         health.set_ready(f"mqtt:{client_id}", False)
         self._backoff = cfg.reconnect_min_delay.total_seconds()
         self._next_attempt = 0.0
@@ -399,10 +401,12 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         if not self._src.ack_on_snapshot:
             self._ack(self._unacked)
         if self._src.saturated():
+            self._stall.set(True)
             client.loop_misc()
             client.loop_write()
             self._idle = True
             return []
+        self._stall.set(False)
         messages = self._messages
         if self._redelivered and time.monotonic() > self._dedup_until:
             self._redelivered.clear()
@@ -438,6 +442,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         then if it was not. Without recovery, what entered the dataflow is acknowledged."""
         if not self._src.ack_on_snapshot:
             self._ack(self._unacked)
+        self._stall.set(False)
         health.set_ready(f"mqtt:{self.client_id}", False)
         client = self._client
         sock = client.socket()

@@ -21,8 +21,11 @@ from tests.conftest import REPO
 # The installed program: what `pip install` puts next to the interpreter.
 FLEETWATCH = Path(sys.executable).parent / "fleetwatch"
 # What a healthy pipeline never writes: a Python traceback, a Rust panic, a thread that died, a critical log line.
+# A CRITICAL line is matched by its log level field (after the timestamp), not anywhere in the text: an alert
+# notification's own text says "[CRITICAL]" for its severity.
 CRASH = re.compile(
-    r"Traceback \(most recent call last\)|panicked at|Exception in thread|\bCRITICAL\b|Fatal Python error"
+    r"Traceback \(most recent call last\)|panicked at|Exception in thread|Fatal Python error"
+    r"|^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ CRITICAL "
 )
 READY_TIMEOUT = 60.0
 STOP_TIMEOUT = 60.0

@@ -28,5 +28,6 @@ def test_a_clean_log_is_clean() -> None:
         "2026-01-01 00:00:01,000 WARNING flows.sinks.writer: influxdb: writing 5 items failed, retrying in 1 s\n"
         "2026-01-01 00:00:02,000 ERROR flows.sinks.writer: a store error is not a crash\n"
         "2026-01-01 00:00:03,000 INFO fleetwatch.runner: fleetwatch: stopping\n"
+        "2026-01-01 00:00:04,000 WARNING flows.alerts.notify: alert hot firing (critical): [CRITICAL] hot: 46 > 40\n"
     )
     assert crash_lines(log) == []
