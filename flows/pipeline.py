@@ -62,7 +62,7 @@ from flows.sinks.buffer import saturated
 from flows.sinks.dead_letters import DeadLetterFile, DeadLetterSink
 from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Record
 from flows.sinks.influxdb import InfluxDBSink, LineWriter, make_writer
-from flows.windows import WindowLogic, WindowResult, WindowSpec
+from flows.windows import WindowLogic, WindowResult, WindowSnapshot, WindowSpec
 
 
 def window_specs(cfg: Config) -> list[WindowSpec]:
@@ -200,7 +200,7 @@ def _readings(
     keyed = op.flat_map("shard", parsed, lambda p: sharder.split(p.readings))
     specs = window_specs(cfg)
 
-    def build_windows(resume: bytes | None) -> WindowLogic:
+    def build_windows(resume: WindowSnapshot | bytes | None) -> WindowLogic:
         return WindowLogic(
             specs, cfg.windows.allowed_lateness, cfg.windows.quantiles, resume, clock=options.window_clock
         )

@@ -24,6 +24,7 @@ sorting, ties broken by value), so any arrival order (1 worker or many) gives bi
 from __future__ import annotations
 
 import heapq
+import io
 import math
 import pickle
 from array import array
@@ -181,7 +182,12 @@ class WindowState(NamedTuple):
     taken_ns: int = 0
 
 
-class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
+# A snapshot: (format, the clock when it was taken, every series' pickle of (key, _Series), joined).
+_SNAPSHOT_FORMAT = "series-pickles-1"
+WindowSnapshot = tuple[str, int, bytes]
+
+
+class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot | bytes]):
     """Windows of one shard of series. State snapshots are pickled bytes (immutable, as Bytewax asks)."""
 
     def __init__(
@@ -189,7 +195,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
         specs: Sequence[WindowSpec],
         allowed_lateness: timedelta,
         quantiles: Sequence[float],
-        resume: bytes | None = None,
+        resume: WindowSnapshot | bytes | None = None,
         clock: object = None,
     ) -> None:
         self.specs = tuple(specs)
@@ -198,10 +204,45 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
         # Tests drive windows with a clock they move by hand: any callable returning wall-time ns.
         self._now = clock if callable(clock) else pipeline_clock.now_ns
         self._to_wall = pipeline_clock.to_wall_ns if self._now is pipeline_clock.now_ns else _same_ns
-        self.state: WindowState = pickle.loads(resume) if resume is not None else WindowState({}, [])
+        # Each series' last pickle, and the series changed since the last snapshot: a snapshot pickles only
+        # what changed and joins the rest as bytes (see ``snapshot``).
+        self._blobs: dict[str, bytes] = {}
+        self._dirty: set[str] = set()
         self._last_sweep = self._now()
+        if resume is None:
+            self.state: WindowState = WindowState({}, [])
+        elif isinstance(resume, bytes):
+            # A snapshot from before series were pickled one by one: the whole shard in one pickle.
+            self.state = pickle.loads(resume)
+            self._dirty.update(self.state.series)
+        elif resume[0] == _SNAPSHOT_FORMAT:
+            self.state = self._restore(resume[1], resume[2])
+        else:
+            raise ValueError(f"window snapshot of an unknown format {resume[0]!r}")
         if self.state.taken_ns:
             self._leave_out_downtime(self._last_sweep - self.state.taken_ns)
+
+    def _restore(self, taken_ns: int, joined: bytes) -> WindowState:
+        series_map: dict[str, _Series] = {}
+        stream = io.BytesIO(joined)
+        end = len(joined)
+        while (pos := stream.tell()) < end:
+            key, series = pickle.load(stream)
+            series_map[key] = series
+            self._blobs[key] = joined[pos : stream.tell()]
+        # Deadlines are not in the snapshot: each open window's is where its series' clock puts it.
+        deadlines = [
+            (
+                series.sys_at_max + (start + self.specs[index].length_ns + self.lateness_ns - series.max_ts),
+                key,
+                index,
+                start,
+            )
+            for key, series in series_map.items()
+            for index, start in series.windows
+        ]
+        heapq.heapify(deadlines)
+        return WindowState(series_map, deadlines, taken_ns)
 
     def _leave_out_downtime(self, downtime_ns: int) -> None:
         """Shift every wall-time mark by the time between the snapshot and now. Without this, a restart
@@ -213,6 +254,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
             return
         for series in self.state.series.values():
             series.sys_at_max += downtime_ns
+        # The pickles kept for the next snapshot hold the old clock marks.
+        self._dirty.update(self.state.series)
         # The same shift for every entry keeps the heap ordered.
         self.state.deadlines[:] = [(d + downtime_ns, k, i, s) for d, k, i, s in self.state.deadlines]
 
@@ -227,9 +270,11 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
         late: list[Reading] = []
         late_counts: dict[str, int] = {}
         advanced: set[str] = set()
+        dirty = self._dirty
         for readings in values:
             for reading in readings:
                 key = reading.series
+                dirty.add(key)
                 ts = reading.ts_ns
                 series = series_map.get(key)
                 if series is None:
@@ -283,6 +328,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
             for index, start in sorted(series.windows):
                 aggregates.append(self._aggregate(key, series, index, start, series.windows[(index, start)]))
             series.windows.clear()
+            self._dirty.add(key)
         self.state.deadlines.clear()
         return ([WindowResult(aggregates, [], {})] if aggregates else []), StatefulBatchLogic.RETAIN
 
@@ -292,9 +338,21 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
         # Deadlines are on the pipeline clock; Bytewax compares with wall time.
         return datetime.fromtimestamp(self._to_wall(self.state.deadlines[0][0]) / 1e9, tz=UTC)
 
-    def snapshot(self) -> bytes:
-        state = self.state._replace(taken_ns=self._now())
-        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    def snapshot(self) -> WindowSnapshot:
+        """Only the series that changed since the last snapshot are pickled again; the others' pickles are
+        kept from before and joined as bytes, which costs a copy, not a walk through their objects. (The
+        snapshot still holds every series of the shard: Bytewax keeps one snapshot per key.)"""
+        blobs = self._blobs
+        series_map = self.state.series
+        dumps = pickle.dumps
+        for key in self._dirty:
+            series = series_map.get(key)
+            if series is None:
+                blobs.pop(key, None)
+            else:
+                blobs[key] = dumps((key, series), protocol=pickle.HIGHEST_PROTOCOL)
+        self._dirty.clear()
+        return (_SNAPSHOT_FORMAT, self._now(), b"".join(blobs.values()))
 
     # -- closing
 
@@ -316,6 +374,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
             due = series.sys_at_max + (end + self.lateness_ns - series.max_ts)
             if due <= now:
                 out.append(self._aggregate(key, series, index, start, series.windows.pop((index, start))))
+                self._dirty.add(key)
             else:
                 heapq.heappush(deadlines, (due, key, index, start))
         # A quiet series keeps its clock for a while, so that a straggler is still recognised as late
@@ -324,6 +383,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, bytes]):
             self._last_sweep = now
             for key in [k for k, s in series_map.items() if not s.windows and now - s.sys_at_max > _FORGET_NS]:
                 del series_map[key]
+                self._dirty.add(key)
 
     def _aggregate(self, key: str, series: _Series, index: int, start: int, window: _Window) -> Aggregate:
         spec = self.specs[index]
