@@ -24,11 +24,11 @@ sorting, ties broken by value), so any arrival order (1 worker or many) gives bi
 from __future__ import annotations
 
 import heapq
-import io
 import math
 import pickle
+import struct
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
@@ -182,9 +182,52 @@ class WindowState(NamedTuple):
     taken_ns: int = 0
 
 
-# A snapshot: (format, the clock when it was taken, every series' pickle of (key, _Series), joined).
-_SNAPSHOT_FORMAT = "series-pickles-1"
+# A snapshot: (format, the clock when it was taken, every series' record, joined). A record is a fixed
+# header (key and measurement lengths, newest event time, its wall time, window count), the key and the
+# measurement in UTF-8, then per window a fixed part (spec index, start, first and last time and value,
+# value count) and its values as float64. Packed with struct rather than pickled: a series that changed is
+# encoded in a few microseconds, where pickle's object walk took about 20.
+_SNAPSHOT_FORMAT = "series-records-1"
 WindowSnapshot = tuple[str, int, bytes]
+_SERIES_HEAD = struct.Struct("<IIqqI")
+_WINDOW_HEAD = struct.Struct("<iqqdqdI")
+
+
+def _encode_series(key: str, series: _Series) -> bytes:
+    key_b = key.encode()
+    measurement_b = series.measurement.encode()
+    parts = [
+        _SERIES_HEAD.pack(len(key_b), len(measurement_b), series.max_ts, series.sys_at_max, len(series.windows)),
+        key_b,
+        measurement_b,
+    ]
+    for (index, start), w in series.windows.items():
+        parts.append(_WINDOW_HEAD.pack(index, start, w.first_ts, w.first_v, w.last_ts, w.last_v, len(w.values)))
+        parts.append(w.values.tobytes())
+    return b"".join(parts)
+
+
+def _decode_records(joined: bytes) -> Iterator[tuple[str, _Series, bytes]]:
+    view = memoryview(joined)
+    pos, end = 0, len(joined)
+    while pos < end:
+        start_pos = pos
+        key_len, measurement_len, max_ts, sys_at_max, count = _SERIES_HEAD.unpack_from(view, pos)
+        pos += _SERIES_HEAD.size
+        key = bytes(view[pos : pos + key_len]).decode()
+        pos += key_len
+        series = _Series(bytes(view[pos : pos + measurement_len]).decode())
+        pos += measurement_len
+        series.max_ts, series.sys_at_max = max_ts, sys_at_max
+        for _ in range(count):
+            index, start, first_ts, first_v, last_ts, last_v, n = _WINDOW_HEAD.unpack_from(view, pos)
+            pos += _WINDOW_HEAD.size
+            window = _Window()
+            window.values.frombytes(view[pos : pos + 8 * n])
+            pos += 8 * n
+            window.first_ts, window.first_v, window.last_ts, window.last_v = first_ts, first_v, last_ts, last_v
+            series.windows[(index, start)] = window
+        yield key, series, joined[start_pos:pos]
 
 
 class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot | bytes]):
@@ -224,12 +267,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
 
     def _restore(self, taken_ns: int, joined: bytes) -> WindowState:
         series_map: dict[str, _Series] = {}
-        stream = io.BytesIO(joined)
-        end = len(joined)
-        while (pos := stream.tell()) < end:
-            key, series = pickle.load(stream)
+        for key, series, record in _decode_records(joined):
             series_map[key] = series
-            self._blobs[key] = joined[pos : stream.tell()]
+            self._blobs[key] = record
         # Deadlines are not in the snapshot: each open window's is where its series' clock puts it.
         deadlines = [
             (
@@ -344,13 +384,12 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         snapshot still holds every series of the shard: Bytewax keeps one snapshot per key.)"""
         blobs = self._blobs
         series_map = self.state.series
-        dumps = pickle.dumps
         for key in self._dirty:
             series = series_map.get(key)
             if series is None:
                 blobs.pop(key, None)
             else:
-                blobs[key] = dumps((key, series), protocol=pickle.HIGHEST_PROTOCOL)
+                blobs[key] = _encode_series(key, series)
         self._dirty.clear()
         return (_SNAPSHOT_FORMAT, self._now(), b"".join(blobs.values()))
 

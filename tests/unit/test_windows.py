@@ -224,7 +224,7 @@ def _series(i: int) -> str:
     return f"readings,device=d{i},metric=t"
 
 
-def test_a_snapshot_repickles_only_what_changed_and_restores_everything() -> None:
+def test_a_snapshot_encodes_again_only_what_changed_and_restores_everything() -> None:
     clock = Clock(T0 + 5 * S)
     spec = [WindowSpec.tumbling(timedelta(seconds=10))]
     logic = WindowLogic(spec, timedelta(seconds=2), [0.5], clock=clock)
@@ -234,7 +234,7 @@ def test_a_snapshot_repickles_only_what_changed_and_restores_everything() -> Non
     collect(logic, [reading(5.0, 2, _series(7))])
     second = logic.snapshot()
     changed = [key for key, blob in logic._blobs.items() if blob is not kept[key]]
-    assert changed == [_series(7)], "only the changed series is pickled again"
+    assert changed == [_series(7)], "only the changed series is encoded again"
     assert len(second[2]) >= len(first[2])
     restored = WindowLogic(spec, timedelta(seconds=2), [0.5], pickle.loads(pickle.dumps(second)), clock=clock)
     (result,), _ = restored.on_eof()  # type: ignore[misc]
