@@ -239,3 +239,34 @@ def test_a_store_that_refuses_the_setup_stops_the_process_with_the_reason(
     assert "database not found" in log and "stopping" in log
     assert "exiting with status 1" in log
     assert "panicked at" not in log and "Traceback" not in log
+
+
+def test_exact_aggregates_at_20000_series(tmp_path: Path, unique: str, influx_db: str, es_index: str) -> None:
+    """Fleet shape through the broker: 2,000 devices x 10 metrics, JSON, two readings per series in one 10 s
+    window, then a reading per device past it. Every one of the 20,000 series gets its exact aggregate."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    pipeline = Pipeline(config)
+    start = (time.time_ns() // (10 * S)) * 10 * S - 120 * S
+    pub = Publisher()
+    devices = 2000
+    for second, scale in ((1, 1.0), (6, 2.0)):
+        for d in range(devices):
+            fields = {f"m{m}": d * 10 + m * scale for m in range(10)}
+            payload = json.dumps({"ts": (start + second * S) // 1_000_000, **fields}).encode()
+            pub.send(f"fwfault/{unique}/dev{d}/x", payload)
+    for d in range(devices):
+        pub.send(f"fwfault/{unique}/dev{d}/x", json.dumps({"ts": (start + 60 * S) // 1_000_000, "m0": 0}).encode())
+    pub.close()
+    pipeline.wait_for("messages_in", 3 * devices, timeout=60)
+    assert wait_counted(influx_db, start, 20 * devices * 2, timeout=60, until_ns=start + 10 * S) == 40_000
+    rows = influx_rows(
+        influx_db,
+        f'SELECT "count", "sum", "min", "max" FROM "readings_agg" WHERE "window" = \'10s\' AND time = {start} '
+        'GROUP BY "device", "metric"',
+    )
+    pipeline.stop(signal.SIGTERM)
+    assert len(rows) == 20_000
+    for row in rows:
+        d, m = int(row["device"][3:]), int(row["metric"][1:])
+        low, high = sorted((d * 10 + m * 1.0, d * 10 + m * 2.0))
+        assert (row["count"], row["sum"], row["min"], row["max"]) == (2, low + high, low, high), row

@@ -277,3 +277,23 @@ def test_a_snapshot_in_the_earlier_one_pickle_format_still_resumes() -> None:
     aggs, _, _ = collect(logic, [reading(4.0, 3, _series(1)), reading(0.0, 30, _series(1))])
     assert [(a.count, a.sum) for a in aggs] == [(2, 6.0)]
     assert isinstance(logic.snapshot(), tuple)
+
+
+def test_series_that_go_silent_are_forgotten_and_leave_the_snapshot() -> None:
+    """Memory is bounded by the series that report, not by every series ever seen: an hour after its last
+    window closed a silent series is dropped from the state and from the next snapshot."""
+    clock = Clock(T0)
+    spec = [WindowSpec.tumbling(timedelta(seconds=10))]
+    logic = WindowLogic(spec, timedelta(seconds=2), [], clock=clock)
+    collect(logic, [reading(1.0, 1, _series(i)) for i in range(20_000)])
+    clock.now = T0 + 20 * S
+    (result,), _ = logic.on_notify()  # type: ignore[misc]
+    assert len(result.aggregates) == 20_000
+    assert len(logic.snapshot()[2]) > 20_000 * 30
+    clock.now = T0 + 3630 * S
+    collect(logic, [reading(2.0, 3630, _series(0))])  # one series reports again
+    clock.now = T0 + 3700 * S
+    logic.on_notify()
+    assert list(logic.state.series) == [_series(0)]
+    restored = WindowLogic(spec, timedelta(seconds=2), [], pickle.loads(pickle.dumps(logic.snapshot())), clock=clock)
+    assert list(restored.state.series) == [_series(0)]
