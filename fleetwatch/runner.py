@@ -118,6 +118,10 @@ class _Stopper:
         lifecycle.request_stop()
         self.start_watchdog()
 
+    def watch_for_stop(self) -> None:
+        lifecycle.wait_for_stop()
+        self.start_watchdog()
+
     def start_watchdog(self) -> None:
         if self._watchdog is None:
             self._watchdog = threading.Thread(target=self._watch, name="fleetwatch-stop-watchdog", daemon=True)
@@ -150,6 +154,8 @@ def run_pipeline(
     )
     stopper = _Stopper()
     stopper.install()
+    # A failure stops the dataflow as a signal does (lifecycle.fail); the watchdog bounds that path too.
+    threading.Thread(target=stopper.watch_for_stop, name="fleetwatch-stop", daemon=True).start()
     stop = threading.Event()
     health_writer = None
     if cfg.influxdb.enabled:
@@ -184,7 +190,7 @@ def run_pipeline(
             recovery_config=recovery,
         )
     finally:
-        # A failure stops the dataflow the same way as a signal; the watchdog bounds that path too.
+        # However the dataflow ended, the flush below is bounded too.
         stopper.start_watchdog()
         if health_writer is not None:
             health_writer.stop()

@@ -27,6 +27,11 @@ def request_stop() -> None:
     _stop.set()
 
 
+def wait_for_stop(timeout: float | None = None) -> bool:
+    """Block until a stop is asked for (by a signal or a failure); False after ``timeout``."""
+    return _stop.wait(timeout)
+
+
 def stopping() -> bool:
     """True once a stop was asked for: sources end their input, stateful steps keep their windows open."""
     return _stop.is_set()

@@ -375,8 +375,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             exc,
             self._backoff,
         )
-        self._next_attempt = time.monotonic() + self._backoff
-        self._backoff = min(self._backoff * 2, self._cfg.reconnect_max_delay.total_seconds())
+        self._delay_next_attempt()
 
     def _ack(self, acks: list[tuple[int, int]]) -> None:
         if not acks or self._client.socket() is None:
@@ -445,8 +444,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._stall.set(False)
         health.set_ready(f"mqtt:{self.client_id}", False)
         client = self._client
-        sock = client.socket()
-        if sock is None:
+        if client.socket() is None:
             return
         self._connected = False  # a disconnect asked for, not one to warn about
         # A clean DISCONNECT keeps the broker from publishing a will and tells it the session is parked
