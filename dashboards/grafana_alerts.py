@@ -46,8 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetwatch import config as config_mod
+from fleetwatch.labels import duration_label
 from flows.alerts.rules import AlertRule, Threshold, load_rules
-from flows.windows import duration_label
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 # Package data (links into the repository in a checkout), so that the installed program finds them too.

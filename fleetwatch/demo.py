@@ -18,8 +18,8 @@ from rich.live import Live
 from rich.table import Table
 
 from fleetwatch.config import Config
+from fleetwatch.labels import duration_label
 from fleetwatch.simulator import LogSimulatorStats, SimulatorStats, run_log_simulator, run_simulator
-from flows.windows import duration_label
 
 
 def es_request(cfg: Config, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

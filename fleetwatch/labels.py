@@ -3,12 +3,12 @@
 
 The configuration checks alert rules against them (a rule must watch a window and a quantile the pipeline
 computes), and the configuration is the ground floor, which imports nothing from ``flows``: so the names are
-made here. ``flows.windows`` and ``flows.schema`` write the same names (tests/unit/test_layering.py keeps the
-two in step).
+made here, and ``flows.windows`` and ``flows.schema`` use these same functions to write them.
 """
 
 from __future__ import annotations
 
+import functools
 from datetime import timedelta
 
 
@@ -31,6 +31,7 @@ def duration_label(delta: timedelta) -> str:
     return out or "0s"
 
 
+@functools.cache  # once per configured quantile: it is called for every aggregate written
 def quantile_field(q: float) -> str:
     """0.5 -> p50, 0.95 -> p95, 0.999 -> p99_9."""
     pct = f"{q * 100:.10g}"

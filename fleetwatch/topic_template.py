@@ -13,8 +13,7 @@ A template has one element per topic level:
 {'device': 'plug1'}
 
 Here, on the ground floor, because the configuration validates ``mqtt.subscriptions[].template`` when it is
-loaded and must not import ``collectors`` to do it. The MQTT parser reads templates the same way
-(tests/unit/test_layering.py checks that ``collectors.mqtt.topics`` agrees on good and bad templates).
+loaded and must not import ``collectors`` to do it; the MQTT parser uses this same class.
 """
 
 from __future__ import annotations

@@ -22,11 +22,11 @@
 
 from __future__ import annotations
 
-import functools
 from datetime import timedelta
 
+from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.record import LogRate, Reading, escape_tag
-from flows.windows import Aggregate, duration_label
+from flows.windows import Aggregate
 
 
 def _measurement_end(series: str) -> int:
@@ -46,13 +46,6 @@ def _renamed(series: str, suffix: str) -> str:
 
 def _float(value: float) -> str:
     return repr(float(value))
-
-
-@functools.cache
-def quantile_field(q: float) -> str:
-    """0.5 -> p50, 0.95 -> p95, 0.999 -> p99_9."""
-    pct = f"{q * 100:.10g}"
-    return "p" + pct.replace(".", "_")
 
 
 def aggregate_line(agg: Aggregate) -> str:

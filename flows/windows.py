@@ -35,6 +35,7 @@ from typing import NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
+from fleetwatch.labels import duration_label
 from fleetwatch.record import Reading
 from flows import clock as pipeline_clock
 from flows import lifecycle
@@ -77,20 +78,6 @@ def _same_ns(ns: int) -> int:
 
 def _ns(delta: timedelta) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
-def duration_label(delta: timedelta) -> str:
-    """``10s``, ``1m``, ``1h30m``, ``250ms``: the window tag value in InfluxDB."""
-    ms = _ns(delta) // 1_000_000
-    if ms % 1000:
-        return f"{ms}ms"
-    seconds = ms // 1000
-    out = ""
-    for unit, size in (("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            out += f"{seconds // size}{unit}"
-            seconds %= size
-    return out or "0s"
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ from typing import Any, NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
+from fleetwatch.labels import quantile_field
 from fleetwatch.record import (
     AlertTransition,
     LogRate,
@@ -85,7 +86,6 @@ from flows.alerts.rules import (
     Threshold,
     render_summary,
 )
-from flows.schema import quantile_field
 from flows.windows import Aggregate
 
 log = logging.getLogger(__name__)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pickle
 from datetime import timedelta
 
+from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.record import Reading
 from flows import schema
-from flows.windows import Aggregate, WindowLogic, WindowSpec, duration_label, quantile
+from flows.windows import Aggregate, WindowLogic, WindowSpec, quantile
 
 S = 1_000_000_000
 T0 = 1_767_225_600 * S  # 2026-01-01T00:00:00Z, a multiple of every window length used here
@@ -134,7 +135,7 @@ def test_quantiles_and_labels() -> None:
     assert quantile([1.0, 2.0, 3.0, 4.0, 5.0], 0.95) == 4.8
     assert duration_label(timedelta(seconds=90)) == "1m30s"
     assert duration_label(timedelta(milliseconds=250)) == "250ms"
-    assert schema.quantile_field(0.999) == "p99_9"
+    assert quantile_field(0.999) == "p99_9"
 
 
 def test_aggregate_line_protocol() -> None:
