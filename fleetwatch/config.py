@@ -3,7 +3,7 @@
 Every section is a typed model with defaults. Unknown keys are errors (a typo must not silently fall back
 to a default), and every error names the dotted key and what was expected::
 
-    mqtt.subscriptions[0].qos: expected 0, 1 or 2 (got 3)
+    mqtt.subscriptions[0].qos: expected 0 or 1 (got 3)
 
 Secrets are ``SecretStr`` so they never print. Each can be given inline, from a file (``*_file``), or from
 an environment variable, which wins: see ``SECRET_ENV``.
@@ -89,8 +89,16 @@ class SubscriptionConfig(Section):
     @field_validator("qos")
     @classmethod
     def _qos(cls, qos: int) -> int:
-        if qos not in (0, 1, 2):
-            raise ValueError(f"expected 0, 1 or 2 (got {qos})")
+        # QoS 2 is refused rather than run with a weaker guarantee than it promises: paho answers a QoS 2
+        # PUBLISH with PUBREC at once, before the message is in a Bytewax snapshot, and keeps the exchange in
+        # memory only, so the source cannot deduplicate QoS 2 redeliveries or hold its ack back as for QoS 1.
+        if qos == 2:
+            raise ValueError(
+                "QoS 2 is not supported: fleetwatch does not deduplicate QoS 2 redeliveries; use qos = 1, "
+                "which fleetwatch makes exactly-once (devices may still publish at QoS 2)"
+            )
+        if qos not in (0, 1):
+            raise ValueError(f"expected 0 or 1 (got {qos})")
         return qos
 
     @field_validator("topic")

@@ -27,10 +27,24 @@ def test_errors_name_every_bad_key_and_what_was_expected(tmp_path: Path) -> None
         config.load(path, env={})
     problems = err.value.problems
     assert any(p.startswith("mqtt.port:") and "valid integer" in p for p in problems)
-    assert "mqtt.subscriptions[0].qos: expected 0, 1 or 2 (got 3)" in problems
+    assert "mqtt.subscriptions[0].qos: expected 0 or 1 (got 3)" in problems
     assert any(p.startswith("mqtt.subscriptions[0].topic:") and "'#'" in p for p in problems)
     assert any(p.startswith("windows.tumbling[0]:") and "duration" in p for p in problems)
     assert "windows.allowed_latenes: unknown key" in problems
+
+
+def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path) -> None:
+    """fleetwatch does not deduplicate QoS 2 redeliveries: it refuses the subscription instead of running it."""
+    path = tmp_path / "qos2.toml"
+    path.write_text(
+        '[[mqtt.subscriptions]]\ntopic = "a/+"\nmetric = "m"\n'
+        '[[mqtt.subscriptions]]\ntopic = "b/+"\nmetric = "m"\nqos = 2\n'
+    )
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path, env={})
+    [problem] = err.value.problems
+    assert problem.startswith("mqtt.subscriptions[1].qos: QoS 2 is not supported")
+    assert "redeliveries" in problem and "qos = 1" in problem and "exactly-once" in problem
 
 
 @pytest.mark.parametrize(
