@@ -11,14 +11,18 @@ Design, and why:
 - **Persistent session.** Partition *i* connects as ``<client_id>-<i>``, with ``clean_session`` off
   (MQTT 3.1.1) or ``clean_start`` off and a session expiry (MQTT 5), so while fleetwatch is away the
   broker keeps the subscriptions and queues QoS >= 1 messages for it.
-- **Acks follow state.** With ``manual_ack``, QoS 1/2 messages are acknowledged only in ``snapshot()``,
+- **Acks follow state.** With ``manual_ack``, QoS 1 messages are acknowledged only in ``snapshot()``,
   i.e. once the epoch that carried them is in a Bytewax snapshot. A crash before that leaves them unacked;
   the broker redelivers them to the restarted pipeline, which resumes from that same snapshot. Without
-  recovery, messages are acked when the next batch is read (they have entered the dataflow).
+  recovery, messages are acked when the next batch is read (they have entered the dataflow). QoS 2
+  subscriptions are refused by the configuration: paho answers a QoS 2 PUBLISH with PUBREC at once, before
+  the message is in a snapshot, and keeps that exchange in memory only, so QoS 2 cannot follow the state.
 - **Shared subscriptions.** Filters are subscribed as ``$share/<group>/<filter>`` so that the workers (and
   processes) of one pipeline split the stream.
 - **Reconnect** with capped exponential backoff; the dataflow keeps running (and windows keep closing on
-  wall time) while the broker is away.
+  wall time) while the broker is away. A malformed packet from the broker is a protocol error: the
+  connection is closed (as MQTT requires), logged with the reason, counted (``protocol_errors()``) and
+  reconnected after the backoff, which grows while connections keep failing that way.
 - **Backpressure.** While a sink buffer is saturated, nothing is read: the broker queues, TCP flow control
   holds the rest, and keepalives still go out.
 """
@@ -28,7 +32,9 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,10 +43,10 @@ import paho.mqtt.client as paho
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
+from paho.mqtt.properties import MQTTException, Properties
 
 from collectors.mqtt.client import apply_credentials_and_tls
-from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, packet_complete, read_publishes
+from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, MalformedPacket, read_publishes
 from collectors.mqtt.parse import MessageBatch
 from fleetwatch.config import MQTTConfig
 from flows import clock, health, lifecycle
@@ -51,6 +57,22 @@ _READ_CHUNK = 256 * 1024
 # After a restart or reconnect, redeliveries of already-counted messages arrive first; look this long.
 _DEDUP_WINDOW = 30.0
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 3.1.1 and 5)
+# A connection that lasted less than this was not a working one: the next attempt waits for the backoff.
+_WORKING_CONNECTION = 1.0
+# What paho 2.1's packet reader raises, instead of returning MQTT_ERR_PROTOCOL, on packets it cannot decode
+# (found by feeding it random packets of every type). Any of them means a malformed packet.
+_PAHO_DECODE_ERRORS = (struct.error, IndexError, KeyError, ValueError, MQTTException)
+
+# Protocol errors (malformed packets from the broker) per client id, since the process started. Each one
+# closed a connection. Workers run on their own threads, hence the lock.
+_protocol_errors: Counter[str] = Counter()
+_protocol_errors_lock = threading.Lock()
+
+
+def protocol_errors() -> dict[str, int]:
+    """Connections closed because the broker sent a malformed packet, per client id."""
+    with _protocol_errors_lock:
+        return dict(_protocol_errors)
 
 
 class _BufferedClient(paho.Client):
@@ -66,10 +88,30 @@ class _BufferedClient(paho.Client):
         self._fw_v5 = v5
         # Seconds to wait for the broker to close its side after our DISCONNECT (see fw_disconnect).
         self._fw_linger = 0.0
+        # Why the last connection was closed for a protocol error, until fw_take_protocol_error reads it.
+        self._fw_protocol_error: str | None = None
 
     def fw_reset_buffer(self) -> None:
         self._fw_buf = b""
         self._fw_pos = 0
+
+    def fw_take_protocol_error(self) -> str | None:
+        """The reason the connection was just closed for a protocol error, or None; reading clears it."""
+        reason, self._fw_protocol_error = self._fw_protocol_error, None
+        return reason
+
+    def _fw_close_for_protocol_error(self, reason: str) -> None:
+        """MQTT's answer to a malformed packet: close the network connection (3.1.1 §4.8, 5.0 §4.13).
+        paho's disconnect handling runs, and with it ``on_disconnect``."""
+        name = self._client_id.decode(errors="replace")
+        log.error(
+            "MQTT %s: malformed packet from the broker, a protocol error (%s); closing the connection", name, reason
+        )
+        with _protocol_errors_lock:
+            _protocol_errors[name] += 1
+        self._fw_protocol_error = reason
+        self.fw_reset_buffer()
+        self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)
 
     def _fw_fill(self) -> bool | None:
         """Append what the socket has. True: got bytes; False: nothing now; None: closed or failed."""
@@ -88,8 +130,16 @@ class _BufferedClient(paho.Client):
 
     def _fw_paho_reads_one(self) -> bool:
         """Let paho read and handle exactly one packet; False once the connection is gone."""
-        rc = self._packet_read()
-        if rc > 0:
+        buf, pos = self._fw_buf, self._fw_pos
+        kind = f"0x{buf[pos]:02x}" if pos < len(buf) else "unknown"
+        try:
+            rc = self._packet_read()
+        except _PAHO_DECODE_ERRORS as exc:
+            self._fw_close_for_protocol_error(f"paho cannot decode the packet of type {kind}: {exc!r}")
+            return False
+        if rc == MQTTErrorCode.MQTT_ERR_PROTOCOL:
+            self._fw_close_for_protocol_error(f"paho rejected the packet of type {kind}")
+        elif rc > 0:
             self._loop_rc_handle(rc)
         return self.socket() is not None
 
@@ -97,7 +147,8 @@ class _BufferedClient(paho.Client):
         self, messages: list[tuple[str, bytes]], acks: list[tuple[int, int]], limit: int, fast: bool = True
     ) -> None:
         """Read what the socket has, up to ``limit`` messages, without blocking. With ``fast`` off every
-        packet goes through paho (and ``on_message``), as redeliveries must while they are deduplicated."""
+        packet goes through paho (and ``on_message``), as redeliveries must while they are deduplicated.
+        A malformed packet closes the connection (see ``_fw_close_for_protocol_error``); nothing is raised."""
         got = len(messages)
         while True:
             try:
@@ -106,12 +157,13 @@ class _BufferedClient(paho.Client):
                 elif len(messages) >= limit:
                     pos, status = self._fw_pos, LIMIT
                 else:
-                    complete = packet_complete(self._fw_buf, self._fw_pos)
-                    pos, status = self._fw_pos, OTHER_PACKET if complete else NEED_DATA
-            except ValueError as exc:
-                log.error("MQTT %s: malformed packet from the broker (%s); reconnecting", self._client_id, exc)
-                self.fw_reset_buffer()
-                self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)
+                    # A PUBLISH is checked here before paho gets it, so that both paths refuse the same
+                    # packets: paho takes a topic with U+0000, and raises on one that is not UTF-8.
+                    checked: list[tuple[str, bytes]] = []
+                    _, status = read_publishes(self._fw_buf, self._fw_pos, self._fw_v5, checked, [], 1)
+                    pos, status = self._fw_pos, OTHER_PACKET if checked or status == OTHER_PACKET else NEED_DATA
+            except MalformedPacket as exc:
+                self._fw_close_for_protocol_error(exc.reason)
                 return
             self._fw_pos = pos
             if status == LIMIT:
@@ -284,7 +336,9 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             return
         self._connected = True
         self._connected_at = time.monotonic()
-        self._backoff = self._cfg.reconnect_min_delay.total_seconds()
+        # The backoff is not reset here but when a connection ends after having worked (_on_disconnect): a
+        # broker that accepts and then at once drops the connection, or sends a malformed packet (the same
+        # one again after every reconnect, as an unacknowledged message is), is retried ever more slowly.
         log.info(
             "MQTT %s: connected to %s:%d (session present: %s)",
             self.client_id,
@@ -307,13 +361,28 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             health.set_ready(f"mqtt:{self.client_id}", True)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        protocol_error = self._client.fw_take_protocol_error()
         if self._connected:
-            log.warning("MQTT %s: disconnected (%s); reconnecting", self.client_id, reason)
-            if time.monotonic() - self._connected_at < 1.0:
-                # A broker that accepts and then drops at once must not be reconnected to in a tight loop.
+            worked = time.monotonic() - self._connected_at >= _WORKING_CONNECTION
+            if worked:
+                self._backoff = self._cfg.reconnect_min_delay.total_seconds()
+            if protocol_error is not None or not worked:
+                # A broker that accepts and then drops at once, or that sent a malformed packet, must not be
+                # reconnected to in a tight loop.
+                log.warning(
+                    "MQTT %s: disconnected (%s); reconnecting in %.1fs",
+                    self.client_id,
+                    "protocol error" if protocol_error is not None else reason,
+                    self._backoff,
+                )
                 self._delay_next_attempt()
             else:
+                log.warning("MQTT %s: disconnected (%s); reconnecting", self.client_id, reason)
                 self._next_attempt = 0.0  # a connection that worked: try again at once
+        elif protocol_error is not None:
+            # Before the CONNACK (a malformed one): the same broker would answer the next attempt the same way.
+            log.warning("MQTT %s: protocol error while connecting; retrying in %.1fs", self.client_id, self._backoff)
+            self._delay_next_attempt()
         self._connected = False
         health.set_ready(f"mqtt:{self.client_id}", False)
         # Packet ids belong to the session: the broker redelivers what was not acked, with the same ids.
@@ -341,6 +410,8 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         cfg = self._cfg
         props = None
         if cfg.protocol == "5":
+            # No TopicAliasMaximum: it is 0 then, the broker may send no topic aliases, and frames.py rightly
+            # treats a zero-length topic as a protocol error. Allowing aliases needs frames.py to resolve them.
             props = Properties(PacketTypes.CONNECT)
             expiry = int(cfg.session_expiry.total_seconds()) if cfg.persistent_session else 0
             props.SessionExpiryInterval = expiry

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, read_publishes
+from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, MalformedPacket, read_publishes
 
 
 def varint(n: int) -> bytes:
@@ -78,6 +80,70 @@ def test_stops_at_the_limit() -> None:
     assert read_publishes(buf, pos, False, messages, [], 100)[1] == NEED_DATA and len(messages) == 10
 
 
+def raw(first: int, body: bytes) -> bytes:
+    """A packet with this first byte and body, whatever the body says about its own lengths."""
+    return bytes([first]) + varint(len(body)) + body
+
+
+TOPIC_A = b"\x00\x01a"  # topic length 1, "a"
+
+# (case, first byte, body, MQTT 5, what the reason says): every malformed PUBLISH a broker could send.
+MALFORMED = [
+    ("remaining length 0", 0x30, b"", False, "remaining length 0"),
+    ("remaining length 1", 0x30, b"\x00", True, "remaining length 1"),
+    ("topic length past the end", 0x30, b"\x00\x09abc", False, "topic length 9 runs past the end"),
+    ("topic length past the end, QoS 1", 0x32, b"\x00\x05ab\x00\x01", False, "topic length 5 runs past"),
+    ("QoS 1 without a packet id", 0x32, TOPIC_A, False, "without room for its packet id"),
+    ("QoS 1 with half a packet id", 0x32, TOPIC_A + b"\x00", True, "without room for its packet id"),
+    ("QoS 1 with packet id 0", 0x32, TOPIC_A + b"\x00\x00x", False, "packet id 0"),
+    ("MQTT 5 without a property length", 0x30, TOPIC_A, True, "property length missing or running past"),
+    ("MQTT 5 property length past the end", 0x30, TOPIC_A + b"\x05\x01\x01", True, "property length missing"),
+    ("MQTT 5 property length past the end, QoS 1", 0x32, TOPIC_A + b"\x00\x07\x03", True, "property length"),
+    ("MQTT 5 property length cut by the packet end", 0x30, TOPIC_A + b"\x80", True, "property length missing"),
+    ("MQTT 5 property length of 5 bytes", 0x30, TOPIC_A + b"\xff\xff\xff\xff\x01", True, "longer than 4 bytes"),
+    ("zero-length topic", 0x30, b"\x00\x0012.5", False, "zero-length topic"),
+    ("zero-length topic, MQTT 5", 0x30, b"\x00\x00\x0012.5", True, "zero-length topic"),
+    ("zero-length topic with a topic alias", 0x30, b"\x00\x00\x03\x23\x00\x01x", True, "zero-length topic"),
+    ("topic not UTF-8", 0x30, b"\x00\x02\xc3\x28x", False, "not well-formed UTF-8"),
+    ("topic with a UTF-16 surrogate", 0x30, b"\x00\x03\xed\xa0\x80x", False, "not well-formed UTF-8"),
+    ("topic with an overlong encoding", 0x30, b"\x00\x02\xc0\xafx", False, "not well-formed UTF-8"),
+    ("topic cut inside a character", 0x32, b"\x00\x01\xc3\xa9\x01", False, "not well-formed UTF-8"),
+    ("topic with U+0000", 0x30, b"\x00\x03a\x00bx", False, "U+0000"),
+    ("QoS 3", 0x36, TOPIC_A + b"\x00\x01x", False, "QoS 3"),
+    ("QoS 3, retained, DUP", 0x3F, TOPIC_A + b"\x00\x01\x00x", True, "QoS 3"),
+]
+
+
+@pytest.mark.parametrize(("first", "body", "v5", "reason"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED])
+def test_a_malformed_publish_is_one_exception_with_the_reason(first: int, body: bytes, v5: bool, reason: str) -> None:
+    """MQTT makes each of these a protocol error: the source closes the connection on MalformedPacket. The
+    packets before the bad one are collected, each with its ack; nothing of the bad one is."""
+    before = publish("ok", b"1", qos=1, mid=5, props=b"" if v5 else None)
+    messages: list[tuple[str, bytes]] = []
+    acks: list[tuple[int, int]] = []
+    with pytest.raises(MalformedPacket, match=re.escape(reason)) as err:
+        read_publishes(
+            before + raw(first, body) + publish("t", b"2", props=b"" if v5 else None), 0, v5, messages, acks, 9
+        )
+    assert err.value.reason == str(err.value)
+    assert messages == [("ok", b"1")] and acks == [(5, 1)]
+
+
 def test_a_malformed_length_is_an_error() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(MalformedPacket, match="remaining length longer than 4 bytes"):
         read_publishes(bytes([0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), 0, False, [], [], 10)
+
+
+def test_malformed_packet_is_a_value_error() -> None:
+    """Callers that caught ValueError before keep working."""
+    assert issubclass(MalformedPacket, ValueError)
+
+
+def test_topics_at_the_edges_of_well_formed_utf8_are_kept() -> None:
+    """Four-byte characters, U+FEFF (which MQTT says must not be stripped), the last code point, wildcards
+    and spaces are valid in a topic name as paho reads it."""
+    topics = ["\U0001f600/t", "\ufeffa", "\U0010ffff", "a b/c", "é" * 300]
+    buf = b"".join(publish(t, b"1", qos=1, mid=i + 1) for i, t in enumerate(topics))
+    messages: list[tuple[str, bytes]] = []
+    read_publishes(buf, 0, False, messages, [], 100)
+    assert [t for t, _ in messages] == topics
