@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DURATION ?= 60
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit lint stack-up stack-down stack-status bench clean venv
+.PHONY: demo test unit lint fuzz stack-up stack-down stack-status bench clean venv
 
 ## The virtualenv holds fleetwatch's wheel, built from this checkout and installed as users install it (not
 ## editable), with the dev extras; rebuilt whenever a packaged file changed (scripts/install.sh). The dependencies
@@ -35,6 +35,10 @@ test: venv stack-up
 
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+## Property-based tests at 10,000 cases per property (CI runs the default few hundred within `make test`).
+fuzz: venv
+	FLEETWATCH_FUZZ_EXAMPLES=10000 $(BIN)/pytest tests/unit/test_frames_fuzz.py --timeout=1800 --hypothesis-show-statistics $(PYTEST_ARGS)
 
 ## Run from the checkout (the files under review), not the installed wheel.
 lint: venv

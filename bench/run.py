@@ -5,7 +5,14 @@ For each QoS, in the same run, on the same stream and the same InfluxDB:
 - `mosquitto_sub` draining the stream: the broker's limit on this machine;
 - `fleetwatch run` at rising publish rates (live event times), then the best rate again as a history replay;
 - the naive per-message Bytewax flow (bench/naive_flow.py) at rising rates;
-- Node-RED 5 (bench/nodered/) at rising rates, when BENCH_NODERED is not 0.
+- Node-RED 5 (bench/nodered/) at rising rates, when BENCH_NODERED is not 0;
+- Telegraf 1.37 (bench/telegraf/, built from its Go module with only the plugins it needs) at rising rates,
+  when BENCH_TELEGRAF is not 0.
+
+Then the cardinality ladder (BENCH_SERIES, default 1,000, 100,000 and 1,000,000 series, 10 s + 1 min windows,
+quantiles on): fleetwatch and Telegraf at rising rates per series count, each run after a warm-up that sends
+one reading per series (a fleet's series are known to the store and the pipeline before the measured load, as
+in steady operation; without it a 20 s run at 100,000 series mostly measures the store creating series).
 
 The load comes from bench/publisher.c (libmosquitto), a separate process. A rate is *sustained* when the
 pipeline has received everything within 2 s of the publisher's end (the backlog did not grow). *Lost* is
@@ -19,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, NamedTuple
 
 import urllib3
 
@@ -46,7 +54,21 @@ NAIVE_RATES = [int(r) for r in os.environ.get("BENCH_NAIVE_RATES", "5000,10000,2
 NODERED_RATES = [int(r) for r in os.environ.get("BENCH_NODERED_RATES", "10000,20000,30000,40000,60000").split(",")]
 QOS_LEVELS = [int(q) for q in os.environ.get("BENCH_QOS", "0,1").split(",")]
 SUB_RATES = [int(r) for r in os.environ.get("BENCH_SUB_RATES", "40000,60000,80000,100000,120000,150000").split(",")]
+TELEGRAF_RATES = [int(r) for r in os.environ.get("BENCH_TELEGRAF_RATES", "20000,40000,60000,80000").split(",")]
 PUBLISHERS = int(os.environ.get("BENCH_PUBLISHERS", "2"))
+# Series counts of the cardinality ladder, and the rates climbed at each.
+SERIES_LADDER = [int(s) for s in os.environ.get("BENCH_SERIES", "1000,100000,1000000").split(",") if s]
+SERIES_RATES = {
+    1_000: [20_000, 40_000, 60_000, 80_000],
+    100_000: [10_000, 15_000, 20_000, 30_000, 40_000, 50_000],
+    1_000_000: [5_000, 10_000, 15_000, 20_000],
+}
+TELEGRAF_VERSION = "v1.37.2"
+TELEGRAF = BUILD / "telegraf"
+TELEGRAF_TAGS = (
+    "custom,inputs.mqtt_consumer,inputs.internal,aggregators.basicstats,aggregators.quantile,"
+    "outputs.influxdb,outputs.file,parsers.json,serializers.json"
+)
 HISTORY_START_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: days in the past
 
 
@@ -55,6 +77,23 @@ def build_publisher() -> None:
     if not Path("/usr/include/mosquitto.h").exists():
         subprocess.run(["apt-get", "install", "-y", "-qq", "libmosquitto-dev"], check=True)
     subprocess.run(["gcc", "-O2", "-o", str(PUBLISHER), str(REPO / "bench" / "publisher.c"), "-lmosquitto"], check=True)
+
+
+def build_telegraf() -> None:
+    """Telegraf from its Go module, with only the plugins the peer config uses (its `custom` build tag)."""
+    marker = BUILD / "telegraf.build"
+    wanted = f"{TELEGRAF_VERSION} {TELEGRAF_TAGS}"
+    if TELEGRAF.exists() and marker.exists() and marker.read_text() == wanted:
+        return
+    BUILD.mkdir(parents=True, exist_ok=True)
+    go = os.environ.get("GO", "go" if shutil.which("go") else "/usr/local/go/bin/go")
+    env = {**os.environ, "GOBIN": str(BUILD), "CGO_ENABLED": "0"}
+    subprocess.run(
+        [go, "install", "-tags", TELEGRAF_TAGS, f"github.com/influxdata/telegraf/cmd/telegraf@{TELEGRAF_VERSION}"],
+        check=True,
+        env=env,
+    )
+    marker.write_text(wanted)
 
 
 def publish(
@@ -135,9 +174,13 @@ def influxql(db: str, q: str) -> list:
 class VisibilityPoller:
     """Polls the per-window aggregate count; each increase is that many points becoming visible then."""
 
-    def __init__(self, db: str, since_ns: int) -> None:
+    def __init__(self, db: str, since_ns: int, count_field: str = "count", stamp_is_window_end: bool = False) -> None:
         self.db = db
         self.since_ns = since_ns
+        self.count_field = count_field
+        # fleetwatch stamps an aggregate with its window's start; Telegraf with the time it pushed it, which
+        # is the end of its window (plus its delay), so its latency is measured from the stamp itself.
+        self.end_offset_ns = 0 if stamp_is_window_end else 10 * S
         self.seen: dict[int, int] = {}
         self.latencies: list[float] = []
         self.stop = threading.Event()
@@ -149,7 +192,7 @@ class VisibilityPoller:
             now = time.time_ns()
             rows = influxql(
                 self.db,
-                f'SELECT count("count") FROM "readings_agg" WHERE time >= {self.since_ns} '
+                f'SELECT count("{self.count_field}") FROM "readings_agg" WHERE time >= {self.since_ns} '
                 "AND \"window\" = '10s' GROUP BY time(10s)",
             )
             for start, count in rows[0]["values"] if rows else []:
@@ -157,7 +200,7 @@ class VisibilityPoller:
                     continue
                 before = self.seen.get(start, 0)
                 if count > before:
-                    self.latencies += [(now - (start + 10 * S)) / S] * (count - before)
+                    self.latencies += [(now - (start + self.end_offset_ns)) / S] * (count - before)
                     self.seen[start] = count
 
     def result(self) -> dict:
@@ -203,6 +246,16 @@ path = "{tmp / "dead.jsonl"}"
 Launcher = Callable[[Path, Path, str, int], subprocess.Popen[bytes]]
 
 
+class Peer(NamedTuple):
+    """How the harness reads a pipeline's output: the aggregate count field and what its stamps mean."""
+
+    count_field: str = "count"
+    stamp_is_window_end: bool = False
+
+
+PEERS = {"telegraf": Peer("v_count", True)}
+
+
 def launch_fleetwatch(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "fleetwatch", "run", "-c", str(config), "--status-file", str(status)],
@@ -226,6 +279,82 @@ def launch_nodered(config: Path, status: Path, unique: str, qos: int) -> subproc
         stderr=open(config.parent / "pipeline.log", "w"),
         start_new_session=True,
     )
+
+
+def _telegraf_aggregators(windows: list[str]) -> str:
+    blocks = []
+    for window in windows:
+        period = window.replace("1m", "60s")
+        for kind, options in (
+            ("basicstats", 'stats = ["count", "min", "max", "mean", "sum", "stdev"]'),
+            # t-digest: 1.37.2's exact algorithms index past the end of a window holding one value
+            # (a fleet reporting every 10 s) and the process panics.
+            ("quantile", 'quantiles = [0.5, 0.95, 0.99]\n  algorithm = "t-digest"'),
+        ):
+            blocks.append(
+                f'[[aggregators.{kind}]]\n  period = "{period}"\n  delay = "2s"\n  grace = "2s"\n'
+                f'  drop_original = true\n  namepass = ["readings"]\n  name_override = "readings_agg"\n'
+                f'  {options}\n  [aggregators.{kind}.tags]\n    window = "{window}"\n'
+            )
+    return "\n".join(blocks)
+
+
+def launch_telegraf(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
+    """Telegraf with the peer config; a thread turns its internal `metrics_gathered` count into the same
+    status file fleetwatch writes, so "received while publishing" is read the same way."""
+    windows = json.loads(config.with_name("windows.json").read_text())
+    internal = config.parent / "internal.jsonl"
+    conf = (REPO / "bench" / "telegraf" / "telegraf.conf.in").read_text()
+    for key, value in {
+        "TOPIC": f"{unique}/+/+/+",
+        "QOS": str(qos),
+        "CLIENT_ID": unique,
+        "PERSISTENT": "true" if qos else "false",
+        "DATABASE": unique,
+        "INTERNAL_OUT": str(internal),
+        "AGGREGATORS": _telegraf_aggregators(windows),
+    }.items():
+        conf = conf.replace(f"@{key}@", value)
+    conf_path = config.parent / "telegraf.conf"
+    conf_path.write_text(conf)
+    proc = subprocess.Popen(
+        [str(TELEGRAF), "--config", str(conf_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=open(config.parent / "pipeline.log", "w"),  # noqa: SIM115 - lives as long as the process
+    )
+
+    def relay() -> None:
+        received = 0
+        offset = 0
+        while proc.poll() is None:
+            if internal.exists():
+                with internal.open("rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+                complete = chunk.rfind(b"\n") + 1
+                offset += complete
+                for line in chunk[:complete].splitlines():
+                    metric = json.loads(line)
+                    if metric.get("tags", {}).get("input") == "mqtt_consumer":
+                        received = int(metric["fields"].get("metrics_gathered", received))
+                _write_json(status, {"messages_in": received})
+            time.sleep(0.2)
+
+    threading.Thread(target=relay, daemon=True).start()
+    return proc
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
+
+
+def _status(status: Path) -> dict:
+    try:
+        return dict(json.loads(status.read_text()))
+    except (OSError, ValueError):
+        return {}
 
 
 def _messages_in(status: Path) -> int:
@@ -254,6 +383,35 @@ def _peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def _warm_up(qos: int, unique: str, devices: int, status: Path, peer: Peer, windows: list[str]) -> int:
+    """One reading per series, live, then wait until the pipeline has them and their aggregates of every
+    window length are in InfluxDB: the store then knows every series, as in steady operation (creating
+    100,000 new series costs InfluxDB 1.x more than a core for a while, and that is not what a rung
+    measures). Returns the messages received by then, after waiting past the next 10 s boundary so that
+    the measured readings start in windows of their own."""
+    publish(qos, min(20_000, devices), max(1.0, devices / 20_000), unique, 0, devices)
+    before, still_since = -1, time.monotonic()
+    while time.monotonic() - still_since < 5:
+        received = _messages_in(status)
+        if received >= devices:
+            break
+        if received != before:
+            before, still_since = received, time.monotonic()
+        time.sleep(0.2)
+    received = _messages_in(status)
+    deadline = time.monotonic() + 80 + devices / 5_000
+    for window in windows:
+        while time.monotonic() < deadline:
+            query = f'SELECT sum("{peer.count_field}") FROM "readings_agg" WHERE "window" = \'{window}\''
+            rows = influxql(unique, query)
+            if rows and rows[0]["values"][0][1] >= received:
+                break
+            time.sleep(1)
+    boundary = (time.time_ns() // (10 * S) + 1) * 10 * S
+    time.sleep(max(0.0, (boundary - time.time_ns()) / S) + 0.1)
+    return _messages_in(status)
+
+
 def run_pipeline(
     name: str,
     launch: Launcher,
@@ -262,11 +420,15 @@ def run_pipeline(
     history: bool = False,
     devices: int = DEVICES,
     windows: str = '["10s"]',
+    warm_up: bool = False,
 ) -> dict:
+    """One rung: start the pipeline, optionally warm it up, publish `rate` for SECONDS, then measure."""
+    peer = PEERS.get(name, Peer())
     unique = f"bench{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="fwbench"))
     influxql("", f'CREATE DATABASE "{unique}"')
     config = bench_config(tmp, unique, qos, windows)
+    (tmp / "windows.json").write_text(windows)
     status = tmp / "status.json"
     proc = launch(config, status, unique, qos)
     deadline = time.monotonic() + 120
@@ -275,16 +437,29 @@ def run_pipeline(
             raise RuntimeError(f"{name} did not start; see {tmp / 'pipeline.log'}")
         time.sleep(0.1)
     time.sleep(2)
+    warm_received = _warm_up(qos, unique, devices, status, peer, json.loads(windows)) if warm_up else 0
+    before_snapshots = _status(status)
+    # The measured readings' windows start here; a peer that stamps the window's end stamps them 10 s later
+    # (and the warm-up's window at this boundary).
+    measured_from_ns = time.time_ns() // (10 * S) * 10 * S if warm_up else 0
+    if warm_up and peer.stamp_is_window_end:
+        measured_from_ns += 10 * S
     event_start = HISTORY_START_MS if history else 0
-    poller = None if history else VisibilityPoller(unique, time.time_ns() - 10 * S)
+    poller = (
+        None
+        if history
+        else VisibilityPoller(
+            unique, measured_from_ns or time.time_ns() - 10 * S, peer.count_field, peer.stamp_is_window_end
+        )
+    )
     publish_start = time.monotonic()
     sent_seconds = publish(qos, rate, SECONDS, unique, event_start, devices)
     published = int(rate / PUBLISHERS * SECONDS) * PUBLISHERS
-    received_at_end = _messages_in(status)
+    received_at_end = _messages_in(status) - warm_received
     drained_in = None
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if _messages_in(status) >= published:
+        if _messages_in(status) - warm_received >= published:
             drained_in = time.monotonic() - publish_start - sent_seconds
             break
         time.sleep(0.05)
@@ -292,17 +467,18 @@ def run_pipeline(
         publish(qos, 1000, devices / 1000, unique, event_start + 10_000_000, devices)
     counted = 0.0
     settle = time.monotonic() + 40
-    window_filter = "WHERE \"window\" = '10s'"
+    window_filter = f"WHERE \"window\" = '10s' AND time >= {measured_from_ns}"
     if history:
         window_filter += f" AND time < {(event_start + 5_000_000) * 10**6}"
     while time.monotonic() < settle:
-        rows = influxql(unique, f'SELECT sum("count") FROM "readings_agg" {window_filter}')
+        rows = influxql(unique, f'SELECT sum("{peer.count_field}") FROM "readings_agg" {window_filter}')
         counted = rows[0]["values"][0][1] if rows else 0
         if counted >= published:
             break
         time.sleep(0.5)
     latency = poller.result() if poller else {}
     rss = _peak_rss_mb(proc.pid)
+    snapshots = _snapshot_figures(before_snapshots, _status(status))
     os.killpg(proc.pid, signal.SIGINT) if name == "node-red" else proc.send_signal(signal.SIGINT)
     try:
         proc.wait(60)
@@ -316,6 +492,8 @@ def run_pipeline(
         "rate": rate,
         "history": history,
         "devices": devices,
+        "windows": json.loads(windows),
+        "warm_up": warm_up,
         "published": published,
         "publish_seconds": round(sent_seconds, 2),
         "received_at_publish_end": received_at_end,
@@ -325,14 +503,34 @@ def run_pipeline(
         "lost": published - counted,
         "peak_rss_mb": round(rss, 1),
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in latency.items()},
+        **snapshots,
     }
 
 
-def climb(name: str, launch: Launcher, qos: int, rates: list[int], rows: list[dict]) -> int:
+def _snapshot_figures(before: dict, after: dict) -> dict:
+    """fleetwatch's window snapshots during the measured part: per epoch, the bytes handed to Bytewax, the
+    bytes encoded anew (the series that changed) and the time taken."""
+    epochs = after.get("window_snapshots", 0) - before.get("window_snapshots", 0)
+    if epochs <= 0:
+        return {}
+
+    def per_epoch(name: str) -> float:
+        return (after.get(name, 0) - before.get(name, 0)) / epochs
+
+    return {
+        "snapshot_epochs": epochs,
+        "snapshot_bytes_per_epoch": round(per_epoch("window_snapshot_bytes")),
+        "snapshot_encoded_bytes_per_epoch": round(per_epoch("window_snapshot_encoded_bytes")),
+        "snapshot_ms_per_epoch": round(per_epoch("window_snapshot_seconds") * 1000, 2),
+        "series_held": after.get("window_series", 0),
+    }
+
+
+def climb(name: str, launch: Launcher, qos: int, rates: list[int], rows: list[dict], **options: object) -> int:
     """Rising rates until one is not sustained or loses data; the best sustained rate."""
     best = 0
     for rate in rates:
-        result = run_pipeline(name, launch, qos, rate)
+        result = run_pipeline(name, launch, qos, rate, **options)  # type: ignore[arg-type]
         print(json.dumps(result), flush=True)
         rows.append(result)
         if result["sustained"] and result["lost"] == 0:
@@ -340,6 +538,21 @@ def climb(name: str, launch: Launcher, qos: int, rates: list[int], rows: list[di
         else:
             break
     return best
+
+
+def cardinality_ladder(pipelines: list[tuple[str, Launcher]], rows: list[dict]) -> list[dict]:
+    """The fleet shape at each series count (10 s + 1 min windows, quantiles on, QoS 0, warmed up): the best
+    sustained rate of each pipeline, and fleetwatch's against its own rate at the smallest count."""
+    summary = []
+    for series in SERIES_LADDER:
+        rates = SERIES_RATES.get(series) or [10_000, 20_000, 40_000]
+        best = {
+            name: climb(name, launch, 0, rates, rows, devices=series, windows='["10s", "1m"]', warm_up=True)
+            for name, launch in pipelines
+        }
+        summary.append({"series": series, **{f"best_{k}": v for k, v in best.items()}})
+        print(json.dumps(summary[-1]), flush=True)
+    return summary
 
 
 def _memory_gb() -> float:
@@ -351,6 +564,9 @@ def _memory_gb() -> float:
 
 def main() -> None:
     build_publisher()
+    telegraf = os.environ.get("BENCH_TELEGRAF", "1") != "0"
+    if telegraf:
+        build_telegraf()
     RESULTS.mkdir(parents=True, exist_ok=True)
     machine = (
         f"{os.cpu_count()} cores, {platform.machine()}, {_memory_gb():.0f} GiB, "
@@ -358,13 +574,15 @@ def main() -> None:
     )
     print(f"machine: {machine}", flush=True)
     rows: list[dict] = []
-    summary = []
+    summary: list[dict] = []
     pipelines: list[tuple[str, Launcher, list[int]]] = [
         ("fleetwatch", launch_fleetwatch, RATES),
         ("naive", launch_naive, NAIVE_RATES),
     ]
     if os.environ.get("BENCH_NODERED", "1") != "0":
         pipelines.append(("node-red", launch_nodered, NODERED_RATES))
+    if telegraf:
+        pipelines.append(("telegraf", launch_telegraf, TELEGRAF_RATES))
     for qos in QOS_LEVELS:
         limit = broker_limit(qos, SUB_RATES)
         best = {name: climb(name, launch, qos, rates, rows) for name, launch, rates in pipelines}
@@ -373,11 +591,10 @@ def main() -> None:
         rows.append(history)
         summary.append({"qos": qos, "best_mosquitto_sub": limit, **{f"best_{k}": v for k, v in best.items()}})
         print(json.dumps(summary[-1]), flush=True)
-    if os.environ.get("BENCH_RSS", "1") != "0":
-        # 10,000 devices x 10 metrics = 100,000 series, with the default 10 s and 1 min windows.
-        rss = run_pipeline("fleetwatch", launch_fleetwatch, 0, 20_000, devices=100_000, windows='["10s", "1m"]')
-        print(json.dumps(rss), flush=True)
-        rows.append(rss)
+    fleet: list[tuple[str, Launcher]] = [("fleetwatch", launch_fleetwatch)]
+    if telegraf:
+        fleet.append(("telegraf", launch_telegraf))
+    summary += cardinality_ladder(fleet, rows)
     out = RESULTS / f"readings-{int(time.time())}.json"
     out.write_text(json.dumps({"machine": machine, "rows": rows, "summary": summary}, indent=1))
     print(f"results: {out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -73,6 +74,18 @@ def _process_gauges() -> dict[str, int]:
 
 def _process_fields() -> str:
     return ",".join(f"{name}={value}i" for name, value in _process_gauges().items())
+
+
+# Python's cyclic collector, tuned for the window state: at 100,000 series the state is about a million
+# tracked objects (series, window and key objects), and the default thresholds (700, 10, 10) walked all of them
+# in a full collection every few hundred thousand allocations: 13 % of the worker's time in a py-spy
+# profile at 100,000 series. Young collections every 50,000 allocations instead of 700, and a full one at
+# most every 10 million allocations (seconds apart at fleet rates), so cyclic garbage is still collected.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
+def _tune_garbage_collector() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _write_status(path: Path, status: dict[str, object]) -> None:
@@ -180,6 +193,7 @@ def run_pipeline(
         processes,
         "in " + str(cfg.recovery.dir) if recovery else "off",
     )
+    _tune_garbage_collector()
     try:
         cli_main(
             flow,

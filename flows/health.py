@@ -25,6 +25,8 @@ class Counters:
     windows_closed: int = 0
     points_written: int = 0
     sink_retries: int = 0
+    # MQTT connections closed on a malformed packet (collectors/mqtt/frames.py).
+    mqtt_protocol_errors: int = 0
     # Logs and Elasticsearch.
     log_events: int = 0
     log_parse_failures: int = 0
@@ -33,7 +35,15 @@ class Counters:
     es_duplicates: int = 0
     es_rejected: int = 0
     es_retries: int = 0
+    # Window state snapshots (one per shard and epoch): bytes handed to Bytewax, bytes encoded anew (the
+    # series that changed since the last one) and the time they took.
+    window_snapshots: int = 0
+    window_snapshot_bytes: int = 0
+    window_snapshot_encoded_bytes: int = 0
+    window_snapshot_seconds: float = 0.0
     # Gauges
+    # Series whose window state is held (open windows, or a clock kept for stragglers).
+    window_series: int = 0
     sink_queue_depth: int = 0
     es_queue_depth: int = 0
     # Wall time minus the newest event time processed, in seconds: how far behind live the flow is.

@@ -27,6 +27,7 @@ import heapq
 import math
 import pickle
 import struct
+import time
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from bytewax.operators import StatefulBatchLogic
 from fleetwatch.labels import duration_label
 from fleetwatch.record import Reading
 from flows import clock as pipeline_clock
-from flows import lifecycle
+from flows import health, lifecycle
 
 _NO_TIME = -(2**63)
 # Series without open windows are forgotten after an hour of silence; checked once a minute.
@@ -240,6 +241,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # what changed and joins the rest as bytes (see ``snapshot``).
         self._blobs: dict[str, bytes] = {}
         self._dirty: set[str] = set()
+        # This shard's part of the worker's ``window_series`` gauge, as last reported.
+        self._series_counted = 0
         self._last_sweep = self._now()
         # When each open window closes if no newer reading comes: buckets of _DUE_BUCKET_NS (a dict of
         # lists, and a heap of bucket numbers). A heap of every window's own deadline cost a tuple
@@ -384,16 +387,27 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         """Only the series that changed since the last snapshot are pickled again; the others' pickles are
         kept from before and joined as bytes, which costs a copy, not a walk through their objects. (The
         snapshot still holds every series of the shard: Bytewax keeps one snapshot per key.)"""
+        started = time.perf_counter()
         blobs = self._blobs
         series_map = self.state.series
+        encoded = 0
         for key in self._dirty:
             series = series_map.get(key)
             if series is None:
                 blobs.pop(key, None)
             else:
-                blobs[key] = _encode_series(key, series)
+                blob = blobs[key] = _encode_series(key, series)
+                encoded += len(blob)
         self._dirty.clear()
-        return (_SNAPSHOT_FORMAT, self._now(), b"".join(blobs.values()))
+        joined = b"".join(blobs.values())
+        stats = health.counters()
+        stats.window_snapshots += 1
+        stats.window_snapshot_bytes += len(joined)
+        stats.window_snapshot_encoded_bytes += encoded
+        stats.window_snapshot_seconds += time.perf_counter() - started
+        stats.window_series += len(series_map) - self._series_counted
+        self._series_counted = len(series_map)
+        return (_SNAPSHOT_FORMAT, self._now(), joined)
 
     # -- closing
 

@@ -109,6 +109,8 @@ class _BufferedClient(paho.Client):
         )
         with _protocol_errors_lock:
             _protocol_errors[name] += 1
+        # Read on the worker's thread (the source has no network thread): the worker's health counters.
+        health.counters().mqtt_protocol_errors += 1
         self._fw_protocol_error = reason
         self.fw_reset_buffer()
         self._loop_rc_handle(MQTTErrorCode.MQTT_ERR_PROTOCOL)

@@ -21,6 +21,7 @@ import pytest
 
 from collectors.mqtt.source import MQTTPartition, MQTTSource, protocol_errors
 from fleetwatch.config import MQTTConfig, SubscriptionConfig
+from flows import health
 
 MIN_DELAY = 0.1
 
@@ -182,6 +183,7 @@ def test_a_malformed_packet_closes_the_connection_and_the_partition_reconnects(
     caplog.set_level(logging.WARNING, logger="collectors.mqtt.source")
     good = publish(b"t/1", b"1.5", v5)
     broker = FakeBroker([good + bad + publish(b"t/lost", b"9", v5), publish(b"t/2", b"2.5", v5)], v5)
+    counted_before = health.counters().mqtt_protocol_errors
     with partition(broker, client_id, v5) as part:
         messages: list[tuple[str, bytes]] = []
         messages += drive(part, lambda: len(broker.accepted) == 2)
@@ -190,6 +192,7 @@ def test_a_malformed_packet_closes_the_connection_and_the_partition_reconnects(
         assert len(broker.accepted) == 2 and broker.closed_by_client == 1
         assert broker.accepted[1] - broker.accepted[0] >= MIN_DELAY
         assert protocol_errors()[f"{client_id}-0"] == 1
+        assert health.counters().mqtt_protocol_errors == counted_before + 1, "in the health points too"
         errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1 and "protocol error" in errors[0] and reason in errors[0]
 
