@@ -60,7 +60,7 @@ class TLSConfig(Section):
         return self
 
 
-TopicFormat = Literal["number", "json", "influx_line"]
+TopicFormat = Literal["number", "json", "influx_line", "telegraf_json"]
 TimestampUnit = Literal["auto", "s", "ms", "us", "ns", "rfc3339"]
 
 
@@ -71,7 +71,7 @@ class SubscriptionConfig(Section):
     qos: int = 1
     # Topic levels to tags, Telegraf topic_parsing style: "sensors/{site}/{device}/{metric}".
     # "+" skips a level, "#" (last) swallows the rest. {metric} names the reading's metric; without it the
-    # metric comes from the payload's field names (json, influx_line) or from `metric`.
+    # metric comes from the payload's field names (json, influx_line, telegraf_json) or from `metric`.
     template: str | None = None
     format: TopicFormat = "number"
     # For format = "number" without {metric} in the template.

@@ -109,8 +109,21 @@ def with_retries(label: str, run: Callable[[], T], attempts: int = 3) -> T:
     raise AssertionError("unreachable")
 
 
-def count(es: Elasticsearch, index: str) -> int:
-    return int(es.count(index=index)["count"])
+# What ``_count`` answers while a new index's shards are not yet started (the pipeline creates its indices
+# when the first documents arrive): 503 with ``search_phase_execution_exception`` / "all shards failed", or
+# ``no_shard_available_action_exception``. The index is coming, not broken: the poll goes on.
+_NOT_READY_YET = 503
+
+
+def count(es: Elasticsearch, index: str) -> int | None:
+    """Documents searchable in ``index`` (a name or a pattern; none yet is 0), or None while its shards are
+    still being allocated."""
+    try:
+        return int(es.count(index=index, ignore_unavailable=True, allow_no_indices=True)["count"])
+    except ApiError as exc:
+        if exc.meta.status == _NOT_READY_YET:
+            return None
+        raise
 
 
 def wait_for_count(
@@ -125,13 +138,17 @@ def wait_for_count(
 
     Raises TimeoutError with the last count when n is not reached within timeout_s of start, or as soon as
     alive() says the pipeline has exited."""
+    seen = 0
     while True:
-        seen = count(es, index)
+        counted = count(es, index)
         now = time.monotonic()
-        if seen >= n:
-            return now - start
+        if counted is not None:
+            seen = counted
+            if seen >= n:
+                return now - start
         if now - start > timeout_s:
-            raise TimeoutError(f"{index}: {seen} of {n} documents searchable after {now - start:.1f} s")
+            state = "" if counted is not None else " (its shards still not started)"
+            raise TimeoutError(f"{index}: {seen} of {n} documents searchable after {now - start:.1f} s{state}")
         if alive is not None and not alive():
             raise TimeoutError(f"{index}: the pipeline exited with {seen} of {n} documents searchable")
         time.sleep(POLL_S)

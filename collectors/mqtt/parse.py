@@ -20,6 +20,7 @@ from collectors.mqtt.payloads import (
     decode_json,
     decode_line_protocol,
     decode_number,
+    decode_telegraf_json,
 )
 from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import MQTTConfig, SubscriptionConfig, WindowsConfig
@@ -291,4 +292,6 @@ class MQTTParser:
             return [Sample("", decode_number(payload))]  # only reached for bad payloads: raises
         if sub.format == "json":
             return decode_json(payload, sub.timestamp_field, sub.timestamp_unit, info.skip, info.metric)
+        if sub.format == "telegraf_json":
+            return decode_telegraf_json(payload, sub.timestamp_unit, info.skip)
         return decode_line_protocol(payload)

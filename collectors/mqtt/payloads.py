@@ -5,6 +5,9 @@
   convention), booleans as 0/1, strings ignored. Covers Tasmota ``tele/<dev>/SENSOR`` and Zigbee2MQTT.
   An optional timestamp field (epoch s/ms/us/ns or RFC 3339) gives the event time.
 - ``influx_line``: InfluxDB line protocol, one point per line, with its own measurement and tags.
+- ``telegraf_json``: Telegraf's JSON serializer (its ``outputs.mqtt`` with ``data_format = "json"``):
+  ``{"name": …, "tags": {…}, "fields": {…}, "timestamp": …}``, or a batch ``{"metrics": [ … ]}``. As line
+  protocol: ``name`` is the measurement, ``tags`` are tags, each numeric field is a metric.
 
 Each decoder raises ``PayloadError(reason, detail)`` for input that must go to the dead letters.
 """
@@ -259,4 +262,57 @@ def decode_line_protocol(payload: bytes) -> list[Sample]:
             raise PayloadError("undecodable", "line protocol point without fields")
     if not samples:
         raise PayloadError("no_numeric_fields", "line protocol payload has no numeric fields")
+    return samples
+
+
+# --- Telegraf JSON --------------------------------------------------------------------------------
+
+
+def decode_telegraf_json(payload: bytes, timestamp_unit: str, skip: frozenset[str] = frozenset()) -> list[Sample]:
+    """Telegraf's JSON metrics. ``timestamp`` is in Telegraf's ``json_timestamp_units`` (1 s by default), read
+    with ``timestamp_unit`` (``auto`` guesses by magnitude); without one, the receive time is used. String
+    fields and the fields in ``skip`` are not readings; booleans are 0/1, as in the other formats."""
+    try:
+        doc = json.loads(payload)
+    except UnicodeDecodeError as exc:
+        raise PayloadError("invalid_utf8", f"payload is not valid UTF-8: {exc}") from None
+    except ValueError as exc:
+        raise PayloadError("undecodable", f"not JSON: {exc}") from None
+    except RecursionError:
+        raise PayloadError("undecodable", "JSON nested too deeply") from None
+    if type(doc) is dict and "metrics" in doc and "fields" not in doc:
+        metrics = doc["metrics"]
+        if type(metrics) is not list:
+            raise PayloadError("undecodable", "Telegraf JSON batch: 'metrics' is not a list")
+    else:
+        metrics = [doc]
+    samples: list[Sample] = []
+    for metric in metrics:
+        samples += _telegraf_metric(metric, timestamp_unit, skip)
+    if not samples:
+        raise PayloadError("no_numeric_fields", "Telegraf JSON has no numeric fields")
+    return samples
+
+
+def _telegraf_metric(metric: Any, timestamp_unit: str, skip: frozenset[str]) -> list[Sample]:
+    if type(metric) is not dict:
+        raise PayloadError("undecodable", f"Telegraf JSON metric is a {type(metric).__name__}, not an object")
+    name, fields, tags = metric.get("name"), metric.get("fields"), metric.get("tags", {})
+    if type(name) is not str or not name:
+        raise PayloadError("undecodable", "Telegraf JSON metric without a 'name'")
+    if type(fields) is not dict:
+        raise PayloadError("undecodable", f"Telegraf JSON metric {name!r} without a 'fields' object")
+    if type(tags) is not dict or any(type(v) is not str for v in tags.values()):
+        raise PayloadError("undecodable", f"Telegraf JSON metric {name!r}: 'tags' must map names to strings")
+    raw_ts = metric.get("timestamp")
+    ts = None if raw_ts is None else timestamp_ns(raw_ts, timestamp_unit)
+    samples = []
+    for field, value in fields.items():
+        kind = type(value)
+        if field in skip:
+            continue
+        if kind is float or kind is int:
+            samples.append(Sample(field, finite_float(value, field), ts, name, tags))
+        elif kind is bool:
+            samples.append(Sample(field, 1.0 if value else 0.0, ts, name, tags))
     return samples

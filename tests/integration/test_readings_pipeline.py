@@ -368,8 +368,8 @@ def test_influxdb_outage_of_30s_under_load_loses_nothing(
 
 
 def test_real_device_formats_through_the_broker(tmp_path: Path, unique: str, influx_db: str) -> None:
-    """ESPHome/Home Assistant bare values, Tasmota SENSOR JSON, Zigbee2MQTT JSON and line protocol, each
-    on its own subscription, published to the real broker and read back raw from InfluxDB."""
+    """ESPHome/Home Assistant bare values, Tasmota SENSOR JSON, Zigbee2MQTT JSON, line protocol and Telegraf's
+    JSON output, each on its own subscription, published to the real broker and read back raw from InfluxDB."""
     config = tmp_path / "fleetwatch.toml"
     config.write_text(f"""
 [mqtt]
@@ -401,6 +401,11 @@ topic = "{unique}/lp/#"
 template = "+/lp/{{site}}/#"
 format = "influx_line"
 write_raw = true
+[[mqtt.subscriptions]]
+topic = "{unique}/telegraf/#"
+template = "+/telegraf/{{site}}/#"
+format = "telegraf_json"
+write_raw = true
 [windows]
 max_age = "0s"
 [recovery]
@@ -423,8 +428,13 @@ path = "{tmp_path / "dead.jsonl"}"
         b'{"temperature":20.1,"humidity":48,"battery":97,"linkquality":120,"occupancy":true,"update":{"state":"idle"}}',
     )
     pub.send(f"{unique}/lp/lyon/x", b"weather,station=roof temp=5.5,hum=80i 1767225600000000000")
+    pub.send(
+        f"{unique}/telegraf/paris/h1/cpu",
+        b'{"fields":{"usage_idle":97.5,"usage_user":1.5},"name":"cpu","tags":{"cpu":"cpu-total","host":"h1"},'
+        b'"timestamp":1767225620}',
+    )
     pub.close()
-    pipeline.wait_for("readings", 10)
+    pipeline.wait_for("readings", 12)
     time.sleep(1.0)
     pipeline.stop()
 
@@ -448,6 +458,12 @@ path = "{tmp_path / "dead.jsonl"}"
         (("metric", "temp"), ("site", "lyon"), ("station", "roof"), ("value", 5.5)),
         (("metric", "hum"), ("site", "lyon"), ("station", "roof"), ("value", 80)),
     }
+    # Telegraf's tags kept, its name the measurement, its fields the metrics (not "fields_usage_idle").
+    assert raw("cpu") == {
+        (("cpu", "cpu-total"), ("host", "h1"), ("metric", m), ("site", "paris"), ("value", v))
+        for m, v in [("usage_idle", 97.5), ("usage_user", 1.5)]
+    }
+    assert {r["time"] for r in influx_rows(influx_db, 'SELECT * FROM "cpu"')} == {"2026-01-01T00:00:20Z"}
 
 
 def test_health_is_written_while_no_data_flows(tmp_path: Path, unique: str, influx_db: str) -> None:

@@ -12,6 +12,7 @@ from collectors.mqtt.payloads import (
     decode_json,
     decode_line_protocol,
     decode_number,
+    decode_telegraf_json,
     timestamp_ns,
 )
 from collectors.mqtt.topics import TopicTemplate, topic_matches
@@ -114,6 +115,67 @@ def test_line_protocol() -> None:
         with pytest.raises(PayloadError) as err:
             decode_line_protocol(bad)
         assert err.value.reason == reason
+
+
+def test_telegraf_json_keeps_the_name_tags_and_fields() -> None:
+    """What Telegraf's MQTT output writes with data_format = "json" (its default 1 s timestamps), single and
+    batched: the tags are kept and the fields are metrics of the named measurement."""
+    one = (
+        b'{"fields":{"usage_idle":97.5,"usage_user":1},"name":"cpu",'
+        b'"tags":{"cpu":"cpu0","host":"h1"},"timestamp":1767225600}'
+    )
+    samples = decode_telegraf_json(one, "auto")
+    assert [(s.measurement, s.tags, s.metric, s.value, s.ts_ns) for s in samples] == [
+        ("cpu", {"cpu": "cpu0", "host": "h1"}, "usage_idle", 97.5, T0),
+        ("cpu", {"cpu": "cpu0", "host": "h1"}, "usage_user", 1.0, T0),
+    ]
+    batch = (
+        b'{"metrics":[{"fields":{"free":10,"path_label":"/"},"name":"disk","tags":{},"timestamp":1767225600123},'
+        b'{"fields":{"up":true},"name":"net","tags":{"if":"eth0"}}]}'
+    )
+    samples = decode_telegraf_json(batch, "ms", frozenset({"free_ignored"}))
+    assert [(s.measurement, s.metric, s.value, s.ts_ns) for s in samples] == [
+        ("disk", "free", 10.0, T0 + 123_000_000),
+        ("net", "up", 1.0, None),
+    ]
+    assert decode_telegraf_json(one, "auto", frozenset({"usage_user"}))[0].metric == "usage_idle"
+    for bad, reason in [
+        (b'{"fields":{"x":1},"tags":{}}', "undecodable"),  # no name
+        (b'{"name":"cpu","fields":[1]}', "undecodable"),
+        (b'{"name":"cpu","fields":{"x":1},"tags":{"a":1}}', "undecodable"),  # tag values are strings
+        (b'{"name":"cpu","fields":{"x":1e999}}', "non_finite"),
+        (b'{"name":"cpu","fields":{"x":1},"timestamp":"soon"}', "bad_timestamp"),
+        (b'{"name":"cpu","fields":{"s":"text"}}', "no_numeric_fields"),
+        (b'{"metrics":{"name":"cpu"}}', "undecodable"),
+        (b'{"metrics":[3]}', "undecodable"),
+        (b"\xff", "invalid_utf8"),
+    ]:
+        with pytest.raises(PayloadError) as err:
+            decode_telegraf_json(bad, "auto")
+        assert err.value.reason == reason, bad
+
+
+def test_telegraf_json_through_the_parser_makes_series_of_its_measurement_and_tags() -> None:
+    cfg = from_dict(
+        {
+            "mqtt": {
+                "subscriptions": [
+                    {"topic": "telegraf/#", "format": "telegraf_json", "template": "telegraf/{site}/#"},
+                ]
+            },
+            "windows": {"max_age": "0s", "max_future_skew": "100000d"},
+        },
+        env={},
+    )
+    parser = MQTTParser(cfg.mqtt, cfg.windows)
+    now = T0 + 3600 * 10**9
+    payload = b'{"fields":{"usage_idle":97.5},"name":"cpu","tags":{"cpu":"cpu0","host":"h1"},"timestamp":1767225600}'
+    parsed = parser.parse(MessageBatch(now, [("telegraf/s1/h1/cpu", payload), ("telegraf/s1/h1/cpu", b"{}")]))
+    assert [(parse_series(r.series), r.value, r.ts_ns) for r in parsed.readings] == [
+        (("cpu", {"cpu": "cpu0", "host": "h1", "metric": "usage_idle", "site": "s1"}), 97.5, T0)
+    ]
+    assert [r.measurement for r in parsed.readings] == ["cpu"]
+    assert [d.reason for d in parsed.dead_letters] == ["undecodable"]
 
 
 def _parser(**windows: object) -> MQTTParser:
