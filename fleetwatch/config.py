@@ -34,6 +34,7 @@ from pydantic import (
 
 from fleetwatch.alerts_config import AlertsConfig, load_rules
 from fleetwatch.config_base import Duration, Section, parse_duration, read_secret_file
+from fleetwatch.devices import InventoryError, load_devices
 from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.topic_template import TopicTemplate
 
@@ -125,6 +126,29 @@ class SubscriptionConfig(Section):
         return self
 
 
+class DevicesConfig(Section):
+    """The device inventory (fleetwatch/devices.py): static tags added to every reading of a device."""
+
+    # A CSV (device column, then one column per tag) or TOML (a table per device) file; off when not set.
+    file: Path | None = None
+    # The template tag that names the device.
+    key: str = Field(default="device", min_length=1)
+    # A device that is not in the file: "pass" (its readings go on without the extra tags) or "reject" (they
+    # become dead letters, reason unknown_device). Counted either way (health: unknown_devices).
+    missing: Literal["pass", "reject"] = "pass"
+    # How often the file is checked for a change (a changed file is read again, without a restart).
+    reload_interval: Duration = timedelta(seconds=5)
+
+    @model_validator(mode="after")
+    def _readable(self) -> DevicesConfig:
+        if self.file is not None:
+            try:
+                load_devices(self.file)
+            except InventoryError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+
 class MQTTConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -148,6 +172,7 @@ class MQTTConfig(Section):
     # the stream between them. Also used with one worker so its session name is stable when scaling.
     shared_group: str | None = "fleetwatch"
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+    devices: DevicesConfig = DevicesConfig()
 
     @model_validator(mode="after")
     def _checks(self) -> MQTTConfig:

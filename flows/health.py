@@ -27,6 +27,8 @@ class Counters:
     sink_retries: int = 0
     # MQTT connections closed on a malformed packet (collectors/mqtt/frames.py).
     mqtt_protocol_errors: int = 0
+    # Messages of devices missing from the device inventory ([mqtt.devices]).
+    unknown_devices: int = 0
     # Logs and Elasticsearch.
     log_events: int = 0
     log_parse_failures: int = 0

@@ -188,6 +188,8 @@ def _readings(
         if parsed.dead_letters:
             stats.parse_errors += len(parsed.dead_letters)
             stats.add_dead([d.reason for d in parsed.dead_letters])
+        if parsed.unknown_devices:
+            stats.unknown_devices += parsed.unknown_devices
         if parsed.readings:
             stats.lag_seconds = max(0.0, (time.time_ns() - parsed.readings[-1].ts_ns) / 1e9)
         return parsed

@@ -8,10 +8,10 @@
 - ``<m>_late`` (late readings, raw): tags as raw readings; field ``value``; time = event time.
 - ``fleetwatch_health`` (the pipeline's own health): tag ``worker``; fields ``messages_in``, ``readings``,
   ``parse_errors``, ``dead_letters``, ``late_readings``, ``windows_closed``, ``points_written``,
-  ``sink_retries``, ``mqtt_protocol_errors``, ``sink_queue_depth``, ``lag_seconds``, ``log_events``,
-  ``log_parse_failures``, ``late_log_events``, ``docs_indexed``, ``es_duplicates``, ``es_rejected``, ``es_retries``,
-  ``es_queue_depth``, ``window_snapshots``, ``window_snapshot_bytes``, ``window_snapshot_encoded_bytes``,
-  ``window_snapshot_seconds``, ``window_series``; time = write time.
+  ``sink_retries``, ``mqtt_protocol_errors``, ``unknown_devices``, ``sink_queue_depth``, ``lag_seconds``,
+  ``log_events``, ``log_parse_failures``, ``late_log_events``, ``docs_indexed``, ``es_duplicates``,
+  ``es_rejected``, ``es_retries``, ``es_queue_depth``, ``window_snapshots``, ``window_snapshot_bytes``,
+  ``window_snapshot_encoded_bytes``, ``window_snapshot_seconds``, ``window_series``; time = write time.
 
 - ``log_rates`` (log events per event-time window): tags ``service``, ``window``; fields ``count``,
   ``errors`` (error and worse), ``error_rate`` (errors / count), and one integer field per level seen

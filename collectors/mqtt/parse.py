@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 from collectors.mqtt.payloads import (
@@ -24,7 +26,10 @@ from collectors.mqtt.payloads import (
 )
 from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import MQTTConfig, SubscriptionConfig, WindowsConfig
+from fleetwatch.devices import Inventory, InventoryError, load_devices
 from fleetwatch.record import DeadLetter, Reading, series_key
+
+log = logging.getLogger(__name__)
 
 _scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
@@ -50,6 +55,15 @@ class ParsedBatch(NamedTuple):
     # The readings of subscriptions with write_raw, to be stored as they are.
     raw: list[Reading]
     dead_letters: list[DeadLetter]
+    # Messages of devices missing from the device inventory ([mqtt.devices]), passed on or refused.
+    unknown_devices: int = 0
+
+
+class _Refusal(NamedTuple):
+    """A topic no subscription can read: every message on it is a dead letter with this reason."""
+
+    reason: str
+    detail: str
 
 
 @dataclass
@@ -70,6 +84,19 @@ class _TopicInfo:
     flat_json: bool = False
     ts_field: str | None = None
     ts_scale: int = 0
+    # The topic's device is not in the device inventory (its readings are passed on without its tags).
+    unknown_device: bool = False
+
+
+def _file_stamp(path: Path | None) -> tuple[int, int] | None:
+    """What tells a changed file: its modification time and size (None when absent)."""
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
 
 
 def _encodable(series: str) -> str:
@@ -92,10 +119,16 @@ class MQTTParser:
         self._max_payload = mqtt.max_payload_bytes
         self._max_future_ns = int(windows.max_future_skew.total_seconds() * 1e9)
         self._max_age_ns = int(windows.max_age.total_seconds() * 1e9)
-        self._topics: dict[str, _TopicInfo | str] = {}
+        self._topics: dict[str, _TopicInfo | _Refusal] = {}
         self.topic_cache_limit = TOPIC_CACHE_LIMIT
         self.name_cache_limit = NAME_CACHE_LIMIT
         self._names = 0  # series keys cached in every topic's by_metric
+        self._devices = mqtt.devices
+        self._inventory: Inventory = load_devices(mqtt.devices.file) if mqtt.devices.file else {}
+        self._inventory_stamp = _file_stamp(mqtt.devices.file)
+        self._inventory_checked = time.monotonic()
+        # Times the inventory file changed and could not be read (the previous inventory stays in use).
+        self.inventory_errors = 0
 
     def cached_topics(self) -> int:
         return len(self._topics)
@@ -105,8 +138,8 @@ class MQTTParser:
 
     # -- per topic, cached
 
-    def _resolve(self, topic: str) -> _TopicInfo | str:
-        """Topic info, or the dead-letter detail when no subscription can read the topic."""
+    def _resolve(self, topic: str) -> _TopicInfo | _Refusal:
+        """Topic info, or why its messages are dead letters."""
         for sub, template in zip(self._subs, self._templates, strict=True):
             if not topic_matches(sub.topic, topic):
                 continue
@@ -114,13 +147,27 @@ class MQTTParser:
             if template is not None:
                 found = template.tags(topic)
                 if found is None:
-                    return f"topic {topic!r} does not fit template {sub.template!r}"
+                    return _Refusal("topic_mismatch", f"topic {topic!r} does not fit template {sub.template!r}")
                 tags = found
+            unknown_device = False
+            if self._devices.file is not None:
+                device = tags.get(self._devices.key)
+                extra = self._inventory.get(device) if device is not None else None
+                if extra is None:
+                    unknown_device = True
+                    if self._devices.missing == "reject":
+                        return _Refusal(
+                            "unknown_device",
+                            f"device {device!r} of topic {topic!r} is not in {self._devices.file}",
+                        )
+                else:
+                    # The topic's own tags win: they name the series the device has always written.
+                    tags = {**extra, **tags}
             metric = tags.pop("metric", None) or sub.metric
             series = None
             if sub.format == "number":
                 if not metric:
-                    return f"no metric for topic {topic!r}"
+                    return _Refusal("topic_mismatch", f"no metric for topic {topic!r}")
                 series = series_key(sub.measurement, {**tags, "metric": metric})
             skip = frozenset(sub.ignore_fields) | ({sub.timestamp_field} if sub.timestamp_field else set())
             scale = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}.get(sub.timestamp_unit, 0)
@@ -136,10 +183,11 @@ class MQTTParser:
                 flat_json=sub.format == "json",
                 ts_field=sub.timestamp_field,
                 ts_scale=scale,
+                unknown_device=unknown_device,
             )
-        return f"topic {topic!r} matches no subscription"
+        return _Refusal("topic_mismatch", f"topic {topic!r} matches no subscription")
 
-    def _info(self, topic: str) -> _TopicInfo | str:
+    def _info(self, topic: str) -> _TopicInfo | _Refusal:
         info = self._topics.get(topic)
         if info is None:
             if len(self._topics) >= self.topic_cache_limit:
@@ -157,7 +205,7 @@ class MQTTParser:
             series = _encodable(series_key(info.measurement, {**info.tags, "metric": sample.metric}))
             if self._names >= self.name_cache_limit:
                 for cached in self._topics.values():
-                    if not isinstance(cached, str):
+                    if isinstance(cached, _TopicInfo):
                         cached.by_metric.clear()
                 self._names = 0
             info.by_metric[sample.metric] = series
@@ -178,12 +226,18 @@ class MQTTParser:
         dead: list[DeadLetter] = []
         max_payload = self._max_payload
         append = readings.append
+        if self._devices.file is not None:
+            self._reload_inventory_if_changed()
+        unknown_devices = 0
         for topic, payload in batch.messages:
             try:
                 info = self._info(topic)
-                if isinstance(info, str):
-                    dead.append(DeadLetter("topic_mismatch", f"mqtt:{topic}", payload, received_ns, info))
+                if isinstance(info, _Refusal):
+                    dead.append(DeadLetter(info.reason, f"mqtt:{topic}", payload, received_ns, info.detail))
+                    unknown_devices += info.reason == "unknown_device"
                     continue
+                if info.unknown_device:
+                    unknown_devices += 1
                 if len(payload) > max_payload:
                     dead.append(
                         DeadLetter(
@@ -283,7 +337,32 @@ class MQTTParser:
                 dead.append(
                     DeadLetter("undecodable", f"mqtt:{topic}", payload, received_ns, f"{type(exc).__name__}: {exc}")
                 )
-        return ParsedBatch(received_ns, len(batch.messages), readings, raw, dead)
+        return ParsedBatch(received_ns, len(batch.messages), readings, raw, dead, unknown_devices)
+
+    def _reload_inventory_if_changed(self) -> None:
+        """Read the device inventory again when its file changed (checked every ``reload_interval``). The
+        cached topics are resolved again with the new tags; window state is not touched (a series whose tags
+        changed is a new series from then on). A file that cannot be read keeps the previous inventory."""
+        now = time.monotonic()
+        if now - self._inventory_checked < self._devices.reload_interval.total_seconds():
+            return
+        self._inventory_checked = now
+        path = self._devices.file
+        assert path is not None
+        stamp = _file_stamp(path)
+        if stamp == self._inventory_stamp:
+            return
+        self._inventory_stamp = stamp
+        try:
+            inventory = load_devices(path)
+        except InventoryError as exc:
+            self.inventory_errors += 1
+            log.error("device inventory %s changed but cannot be used, keeping the previous one: %s", path, exc)
+            return
+        self._inventory = inventory
+        self._topics.clear()
+        self._names = 0
+        log.info("device inventory %s read again: %d devices", path, len(inventory))
 
     def _decode(self, info: _TopicInfo, payload: bytes) -> list[Sample]:
         sub = info.sub

@@ -9,11 +9,14 @@ fixture in conftest checks every pipeline the test did not stop itself. A test t
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from tests.conftest import REPO
@@ -229,3 +232,62 @@ def kill_leftovers() -> None:
             pipeline.proc.kill()
             pipeline.proc.wait(10)
         pipeline.finish()
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class PrivateBroker:
+    """A Mosquitto of the test's own on a free port, to stop and start (the stack's broker is shared). With
+    ``persistence``, it keeps sessions and queued messages across a restart in ``directory``, tuned as
+    provisioning/mosquitto/mosquitto.conf tunes the stack's broker."""
+
+    def __init__(self, directory: Path, port: int, persistence: bool = False) -> None:
+        self.port = port
+        self.config = directory / "mosquitto.conf"
+        settings = [f"listener {port} 127.0.0.1", "allow_anonymous true", f"persistence {str(persistence).lower()}"]
+        if persistence:
+            (directory / "mosquitto-data").mkdir(exist_ok=True)
+            settings += [
+                # Started as root, mosquitto drops to its own user, which cannot write in the test's private
+                # directory: its save on shutdown would fail ("Permission denied") and it would come back empty.
+                *(["user root"] if os.geteuid() == 0 else []),
+                f"persistence_location {directory / 'mosquitto-data'}/",
+                "max_queued_messages 10000000",
+                "max_inflight_messages 65535",
+            ]
+        self.config.write_text("\n".join(settings) + "\n")
+        self.log = directory / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=out, stderr=out)
+
+        def listening() -> bool:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return True
+            except OSError:
+                return False
+
+        assert wait_until(listening, 5), self.log.read_text()
+
+    def stop(self) -> None:
+        """SIGTERM: with persistence, the broker saves its sessions and queues before it exits."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(15)
+            self.proc = None

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +31,7 @@ from flows.alerts.notify import (
 )
 from flows.alerts.rules import WebhookConfig
 from tests.conftest import ES_URL, INFLUX_URL, MQTT_HOST, MQTT_PORT, http, influx_rows
+from tests.integration.harness import PrivateBroker, free_port, wait_until
 
 AT_NS = 1_795_428_000_123_456_789
 
@@ -52,21 +51,6 @@ def transition(notification_id: str, state: str = "firing", **changes: Any) -> A
         notification_id=notification_id,
     )
     return t._replace(**changes)
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # ------------------------------------------------------------------------------------------- MQTT
@@ -207,36 +191,6 @@ def test_mqtt_publishes_a_notification_once_also_after_a_restart(
         sub.close()
         notifier.close(5)
         journal.close()
-
-
-class PrivateBroker:
-    """A Mosquitto of this test's own on a free port, to stop and start (the stack's broker is shared)."""
-
-    def __init__(self, directory: Path, port: int) -> None:
-        self.port = port
-        self.config = directory / "mosquitto.conf"
-        self.config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-        self.log = directory / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdout=out, stderr=out)
-
-        def listening() -> bool:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return True
-            except OSError:
-                return False
-
-        assert wait_until(listening, 5), self.log.read_text()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(5)
-            self.proc = None
 
 
 def test_mqtt_broker_down_then_up_delivers_without_loss(tmp_path: Path) -> None:
