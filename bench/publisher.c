@@ -1,11 +1,15 @@
 /* fleetwatch benchmark load generator: a deterministic stream of per-device topics at a fixed rate.
  *
- *   publisher HOST PORT QOS RATE SECONDS DEVICES PREFIX EVENT_START_MS
+ *   publisher HOST PORT QOS RATE SECONDS DEVICES PREFIX EVENT_START_MS [INDEX COUNT]
  *
  * Publishes RATE msg/s for SECONDS over DEVICES topics PREFIX/site<d%10>/dev<d>/temp, round robin, with
  * JSON payloads {"ts":<ms>,"v":<value>}. EVENT_START_MS 0 stamps the wall clock (live data); otherwise
  * event time starts there and advances 1 ms per device round (a replay of history, as fast as it goes). Waits until every
  * QoS 1 message is acknowledged by the broker, then prints "published=<n> seconds=<s>".
+ * With INDEX and COUNT (generator INDEX of COUNT running in parallel), this generator's message i is message
+ * i * COUNT + INDEX of the whole stream: the generators interleave over the devices instead of all starting
+ * at device 0 (with 100,000 devices and fewer messages than that per generator, they would otherwise
+ * publish to the same half of the fleet).
  */
 #include <mosquitto.h>
 #include <stdio.h>
@@ -23,7 +27,11 @@ static double now(void) {
 }
 
 int main(int argc, char **argv) {
-  if (argc != 9) { fprintf(stderr, "usage: publisher HOST PORT QOS RATE SECONDS DEVICES PREFIX EVENT_START_MS\n"); return 2; }
+  if (argc != 9 && argc != 11) {
+    fprintf(stderr, "usage: publisher HOST PORT QOS RATE SECONDS DEVICES PREFIX EVENT_START_MS [INDEX COUNT]\n");
+    return 2;
+  }
+  long index = argc == 11 ? atol(argv[9]) : 0, count = argc == 11 ? atol(argv[10]) : 1;
   const char *host = argv[1];
   int port = atoi(argv[2]), qos = atoi(argv[3]);
   double rate = atof(argv[4]), seconds = atof(argv[5]);
@@ -54,8 +62,9 @@ int main(int argc, char **argv) {
       double due = start + i / rate;
       while (now() < due) { struct timespec s = {0, 50000}; nanosleep(&s, NULL); }
     }
-    int d = (int)(i % devices);
-    long long ts = event_start + (i / devices);
+    long n = i * count + index; /* this message's place in the whole stream */
+    int d = (int)(n % devices);
+    long long ts = event_start + (n / devices);
     if (live) {
       struct timespec w; clock_gettime(CLOCK_REALTIME, &w);
       ts = (long long)w.tv_sec * 1000 + w.tv_nsec / 1000000;

@@ -105,8 +105,10 @@ def publish(
     within a 1,000-message window), so QoS 1 loads above that need several."""
     args = [str(qos), str(rate / PUBLISHERS), str(seconds), str(devices), prefix, str(event_start_ms)]
     procs = [
-        subprocess.Popen([str(PUBLISHER), "127.0.0.1", "1883", *args], stdout=subprocess.PIPE, text=True)
-        for _ in range(PUBLISHERS)
+        subprocess.Popen(
+            [str(PUBLISHER), "127.0.0.1", "1883", *args, str(index), str(PUBLISHERS)], stdout=subprocess.PIPE, text=True
+        )
+        for index in range(PUBLISHERS)
     ]
     start = time.monotonic()
     for proc in procs:
