@@ -523,6 +523,64 @@ path = "{tmp_path / "dead.jsonl"}"
     assert {r["time"] for r in influx_rows(influx_db, 'SELECT * FROM "cpu"')} == {"2026-01-01T00:00:20Z"}
 
 
+def test_the_device_inventory_tags_readings_and_is_read_again_when_it_changes(
+    tmp_path: Path, unique: str, influx_db: str
+) -> None:
+    """[mqtt.devices] through the broker into InfluxDB: a known device's readings carry its inventory tags, an
+    unknown one's are refused as dead letters, and an edited file takes effect without a restart."""
+    devices = tmp_path / "devices.csv"
+    devices.write_text("device,model,owner\nd1,TH-2,facilities\n")
+    config = tmp_path / "fleetwatch.toml"
+    config.write_text(f"""
+[mqtt]
+client_id = "{unique}"
+shared_group = "{unique}"
+[mqtt.devices]
+file = "{devices}"
+missing = "reject"
+reload_interval = "200ms"
+[[mqtt.subscriptions]]
+topic = "{unique}/+/+"
+template = "+/{{device}}/{{metric}}"
+write_raw = true
+[windows]
+max_age = "0s"
+[recovery]
+dir = "{tmp_path / "recovery"}"
+[influxdb]
+database = "{influx_db}"
+flush_interval = "100ms"
+[elasticsearch]
+enabled = false
+[dead_letters]
+path = "{tmp_path / "dead.jsonl"}"
+""")
+    pipeline = Pipeline(config)
+    pub = Publisher()
+    pub.send(f"{unique}/d1/temp", b"21.5")
+    pub.send(f"{unique}/d2/temp", b"19.0")  # not in the inventory: refused
+    pub.flush()
+    pipeline.wait_for("messages_in", 2)
+    devices.write_text("device,model,owner\nd1,TH-3,facilities\nd2,TH-2,lab\n")
+    time.sleep(1.0)  # past reload_interval: the next batch sees the new file
+    pub.send(f"{unique}/d1/temp", b"22.5")
+    pub.send(f"{unique}/d2/temp", b"19.5")
+    pub.close()
+    pipeline.wait_for("readings", 3)
+    time.sleep(1.0)
+    pipeline.stop()
+
+    rows = influx_rows(influx_db, 'SELECT "value", "device", "model", "owner" FROM "readings"')
+    assert sorted((r["device"], r["model"], r["owner"], r["value"]) for r in rows) == [
+        ("d1", "TH-2", "facilities", 21.5),
+        ("d1", "TH-3", "facilities", 22.5),
+        ("d2", "TH-2", "lab", 19.5),
+    ]
+    dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert [(d["reason"], d["source"]) for d in dead] == [("unknown_device", f"mqtt:{unique}/d2/temp")]
+    assert pipeline.counters()["unknown_devices"] == 1
+
+
 def test_health_is_written_while_no_data_flows(tmp_path: Path, unique: str, influx_db: str) -> None:
     config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
     pipeline = Pipeline(config)
