@@ -361,10 +361,7 @@ def _status(status: Path) -> dict:
 
 
 def _messages_in(status: Path) -> int:
-    try:
-        return int(json.loads(status.read_text()).get("messages_in", 0))
-    except (OSError, ValueError):
-        return 0
+    return int(_status(status).get("messages_in", 0))
 
 
 def _peak_rss_mb(pid: int) -> float:
