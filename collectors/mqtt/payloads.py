@@ -129,12 +129,10 @@ def finite_float(value: float, name: str) -> float:
     return number
 
 
-def decode_json(
-    payload: bytes, timestamp_field: str | None, timestamp_unit: str, skip: frozenset[str], metric: str | None
-) -> list[Sample]:
-    """``skip`` must include ``timestamp_field``."""
+def _load_json(payload: bytes) -> Any:
+    """The payload as JSON, or the dead-letter reason why not."""
     try:
-        doc = json.loads(payload)
+        return json.loads(payload)
     except UnicodeDecodeError as exc:
         raise PayloadError("invalid_utf8", f"payload is not valid UTF-8: {exc}") from None
     except ValueError as exc:
@@ -142,6 +140,13 @@ def decode_json(
     except RecursionError:
         # 60,000 x "[" fits in a payload and exhausts the decoder's stack.
         raise PayloadError("undecodable", "JSON nested too deeply") from None
+
+
+def decode_json(
+    payload: bytes, timestamp_field: str | None, timestamp_unit: str, skip: frozenset[str], metric: str | None
+) -> list[Sample]:
+    """``skip`` must include ``timestamp_field``."""
+    doc = _load_json(payload)
     if type(doc) is not dict:
         return [_bare_json_value(doc, metric)]
     ts: int | None = None
@@ -272,14 +277,7 @@ def decode_telegraf_json(payload: bytes, timestamp_unit: str, skip: frozenset[st
     """Telegraf's JSON metrics. ``timestamp`` is in Telegraf's ``json_timestamp_units`` (1 s by default), read
     with ``timestamp_unit`` (``auto`` guesses by magnitude); without one, the receive time is used. String
     fields and the fields in ``skip`` are not readings; booleans are 0/1, as in the other formats."""
-    try:
-        doc = json.loads(payload)
-    except UnicodeDecodeError as exc:
-        raise PayloadError("invalid_utf8", f"payload is not valid UTF-8: {exc}") from None
-    except ValueError as exc:
-        raise PayloadError("undecodable", f"not JSON: {exc}") from None
-    except RecursionError:
-        raise PayloadError("undecodable", "JSON nested too deeply") from None
+    doc = _load_json(payload)
     if type(doc) is dict and "metrics" in doc and "fields" not in doc:
         metrics = doc["metrics"]
         if type(metrics) is not list:

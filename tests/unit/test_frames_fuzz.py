@@ -31,6 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties
 
 from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, MalformedPacket, read_publishes
+from tests.unit.mqtt_packets import varint
 
 EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
 # No example database: nothing is written into the checkout; a failure prints the example to reproduce it.
@@ -65,16 +66,6 @@ STRICTER_THAN_PAHO = (
 TOPIC_CHARACTERS = st.characters(codec="utf-8", exclude_characters="\x00")
 # paho refuses U+FEFF in property strings (MQTT allows it); property contents are paho's to judge.
 PROPERTY_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00\ufeff"), max_size=12)
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def packet_end(buf: bytes, pos: int) -> int | None:

@@ -7,16 +7,7 @@ import re
 import pytest
 
 from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, MalformedPacket, read_publishes
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
+from tests.unit.mqtt_packets import varint
 
 
 def publish(topic: str, payload: bytes, qos: int = 0, mid: int = 0, props: bytes | None = None) -> bytes:

@@ -22,18 +22,9 @@ import pytest
 from collectors.mqtt.source import MQTTPartition, MQTTSource, protocol_errors
 from fleetwatch.config import MQTTConfig, SubscriptionConfig
 from flows import health
+from tests.unit.mqtt_packets import varint
 
 MIN_DELAY = 0.1
-
-
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
 
 
 def publish(topic: bytes, payload: bytes, v5: bool) -> bytes:
@@ -70,37 +61,38 @@ class FakeBroker:
                 conn.settimeout(0.2)
                 self._serve(conn, self.scripts[min(len(self.accepted), len(self.scripts)) - 1])
 
-    def _read_packet(self, conn: socket.socket) -> bytes | None:
-        """The next packet (first byte and body), or None once the client closed the connection."""
-        data = b""
+    def _recv(self, conn: socket.socket, size: int) -> bytes | None:
+        """Up to ``size`` bytes, waiting through the socket's timeouts until the test ends; None once the
+        client closed the connection (or the test ended)."""
         while not self._stop.is_set():
             try:
-                chunk = conn.recv(1)
+                chunk = conn.recv(size)
             except TimeoutError:
                 continue
             except OSError:
                 return None
-            if not chunk:
+            return chunk or None
+        return None
+
+    def _read_packet(self, conn: socket.socket) -> bytes | None:
+        """The next packet (first byte and body), or None once the client closed the connection."""
+        data = b""
+        while len(data) < 2 or data[-1] & 0x80:
+            chunk = self._recv(conn, 1)
+            if chunk is None:
                 return None
             data += chunk
-            if len(data) >= 2 and not data[-1] & 0x80:
-                break
         length, shift = 0, 0
         for byte in data[1:]:
             length |= (byte & 0x7F) << shift
             shift += 7
         body = b""
-        while len(body) < length and not self._stop.is_set():
-            try:
-                chunk = conn.recv(length - len(body))
-            except TimeoutError:
-                continue
-            except OSError:
-                return None
-            if not chunk:
+        while len(body) < length:
+            chunk = self._recv(conn, length - len(body))
+            if chunk is None:
                 return None
             body += chunk
-        return data[:1] + body if data else None
+        return data[:1] + body
 
     def _serve(self, conn: socket.socket, script: bytes) -> None:
         connect = self._read_packet(conn)
