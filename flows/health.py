@@ -37,7 +37,8 @@ class Counters:
     es_duplicates: int = 0
     es_rejected: int = 0
     es_retries: int = 0
-    # Window state snapshots (one per shard and epoch): bytes handed to Bytewax, bytes encoded anew (the
+    # Window state snapshots (one per shard and epoch): bytes written (to the window state log with recovery
+    # on: the series that changed, or the whole state when a log generation starts), bytes encoded anew (the
     # series that changed since the last one) and the time they took.
     window_snapshots: int = 0
     window_snapshot_bytes: int = 0

@@ -176,7 +176,10 @@ def _readings(
     """MQTT readings to keyed InfluxDB lines, and their dead letters."""
     parser = MQTTParser(cfg.mqtt, cfg.windows)
     source = options.source or MQTTSource(
-        cfg.mqtt, options.total_workers, ack_on_snapshot=options.recovery, saturated=saturated
+        cfg.mqtt,
+        options.total_workers,
+        recovery_dir=cfg.recovery.dir if options.recovery else None,
+        saturated=saturated,
     )
     batches = op.input("mqtt", flow, source)
 
@@ -202,9 +205,19 @@ def _readings(
     keyed = op.flat_map("shard", parsed, lambda p: sharder.split(p.readings))
     specs = window_specs(cfg)
 
+    # With recovery on, the window state goes to its own change log beside Bytewax's partitions, and snapshots
+    # only refer to it (flows.window_log): what an epoch writes follows the readings, not the series held.
+    log_dir = cfg.recovery.dir if options.recovery else None
+
     def build_windows(resume: WindowSnapshot | bytes | None) -> WindowLogic:
         return WindowLogic(
-            specs, cfg.windows.allowed_lateness, cfg.windows.quantiles, resume, clock=options.window_clock
+            specs,
+            cfg.windows.allowed_lateness,
+            cfg.windows.quantiles,
+            resume,
+            clock=options.window_clock,
+            recovery_dir=log_dir,
+            step_id=f"{flow.flow_id}.windows",
         )
 
     windowed = op.stateful_batch("windows", keyed, build_windows)

@@ -32,6 +32,7 @@ from array import array
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
@@ -40,6 +41,7 @@ from fleetwatch.labels import duration_label
 from fleetwatch.record import Reading
 from flows import clock as pipeline_clock
 from flows import health, lifecycle
+from flows.window_log import LOG_FORMAT, LogMarker, WindowLog
 
 _NO_TIME = -(2**63)
 # Series without open windows are forgotten after an hour of silence; checked once a minute.
@@ -177,10 +179,20 @@ class WindowState(NamedTuple):
 # measurement in UTF-8, then per window a fixed part (spec index, start, first and last time and value,
 # value count) and its values as float64. Packed with struct rather than pickled: a series that changed is
 # encoded in a few microseconds, where pickle's object walk took about 20.
+#
+# With recovery on, the records go to the window state log instead (``flows.window_log``), and the snapshot is
+# its marker: only the series that changed are written at an epoch.
 _SNAPSHOT_FORMAT = "series-records-1"
-WindowSnapshot = tuple[str, int, bytes]
+WindowSnapshot = tuple[str, int, bytes] | LogMarker
 _SERIES_HEAD = struct.Struct("<IIqqI")
 _WINDOW_HEAD = struct.Struct("<iqqdqdI")
+# The measurement length of a tombstone: the record of a series that was forgotten.
+_TOMBSTONE = 0xFFFFFFFF
+
+
+def _tombstone(key: str) -> bytes:
+    key_b = key.encode()
+    return _SERIES_HEAD.pack(len(key_b), _TOMBSTONE, 0, 0, 0) + key_b
 
 
 def _encode_series(key: str, series: _Series) -> bytes:
@@ -197,7 +209,8 @@ def _encode_series(key: str, series: _Series) -> bytes:
     return b"".join(parts)
 
 
-def _decode_records(joined: bytes) -> Iterator[tuple[str, _Series, bytes]]:
+def _decode_records(joined: bytes) -> Iterator[tuple[str, _Series | None, bytes]]:
+    """Each record's series key, its series (None for a tombstone) and the record's bytes."""
     view = memoryview(joined)
     pos, end = 0, len(joined)
     while pos < end:
@@ -206,6 +219,9 @@ def _decode_records(joined: bytes) -> Iterator[tuple[str, _Series, bytes]]:
         pos += _SERIES_HEAD.size
         key = bytes(view[pos : pos + key_len]).decode()
         pos += key_len
+        if measurement_len == _TOMBSTONE:
+            yield key, None, joined[start_pos:pos]
+            continue
         series = _Series(bytes(view[pos : pos + measurement_len]).decode())
         pos += measurement_len
         series.max_ts, series.sys_at_max = max_ts, sys_at_max
@@ -221,7 +237,8 @@ def _decode_records(joined: bytes) -> Iterator[tuple[str, _Series, bytes]]:
 
 
 class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot | bytes]):
-    """Windows of one shard of series. State snapshots are pickled bytes (immutable, as Bytewax asks)."""
+    """Windows of one shard of series. A snapshot is a marker into the window state log (recovery on), or the
+    whole state's records as bytes (immutable, as Bytewax asks)."""
 
     def __init__(
         self,
@@ -230,7 +247,11 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         quantiles: Sequence[float],
         resume: WindowSnapshot | bytes | None = None,
         clock: object = None,
+        recovery_dir: Path | None = None,
+        step_id: str = "fleetwatch.windows",
     ) -> None:
+        """``recovery_dir``: Bytewax's recovery directory, where the window state log goes (snapshots are then
+        log markers, see ``flows.window_log``); None keeps whole snapshots (recovery off, tests)."""
         self.specs = tuple(specs)
         self.lateness_ns = _ns(allowed_lateness)
         self.quantiles = tuple(quantiles)
@@ -241,6 +262,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # what changed and joins the rest as bytes (see ``snapshot``).
         self._blobs: dict[str, bytes] = {}
         self._dirty: set[str] = set()
+        # The sum of the kept records' sizes: the live state, against which the log's growth is measured.
+        self._live_bytes = 0
+        self._log: WindowLog | None = None
         # This shard's part of the worker's ``window_series`` gauge, as last reported.
         self._series_counted = 0
         self._last_sweep = self._now()
@@ -259,18 +283,35 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             for deadline, key, index, start in self.state.deadlines:
                 self._schedule(deadline, key, index, start)
             self.state.deadlines.clear()
-        elif resume[0] == _SNAPSHOT_FORMAT:
-            self.state = self._restore(resume[1], resume[2])
+        elif len(resume) == 3 and resume[0] == _SNAPSHOT_FORMAT:
+            self.state = self._restore(resume[1], [resume[2]])
+        elif len(resume) == 5 and resume[0] == LOG_FORMAT:
+            if recovery_dir is None:
+                raise ValueError("a window snapshot that refers to the window state log needs the recovery directory")
+            _, taken_ns, name, generation, seq = resume
+            self._log = WindowLog(recovery_dir, step_id, name)
+            self.state = self._restore(taken_ns, self._log.replay(generation, seq))
         else:
             raise ValueError(f"window snapshot of an unknown format {resume[0]!r}")
+        if recovery_dir is not None and self._log is None:
+            self._log = WindowLog(recovery_dir, step_id)
         if self.state.taken_ns:
             self._leave_out_downtime(self._last_sweep - self.state.taken_ns)
 
-    def _restore(self, taken_ns: int, joined: bytes) -> WindowState:
+    def _restore(self, taken_ns: int, frames: Iterable[bytes]) -> WindowState:
+        """The state from record frames applied in order: a later record of a series replaces an earlier one,
+        a tombstone removes it."""
         series_map: dict[str, _Series] = {}
-        for key, series, record in _decode_records(joined):
-            series_map[key] = series
-            self._blobs[key] = record
+        blobs = self._blobs
+        for joined in frames:
+            for key, series, record in _decode_records(joined):
+                if series is None:
+                    series_map.pop(key, None)
+                    blobs.pop(key, None)
+                else:
+                    series_map[key] = series
+                    blobs[key] = record
+        self._live_bytes = sum(len(b) for b in blobs.values())
         # Deadlines are not in the snapshot: each open window's is where its series' clock puts it.
         for key, series in series_map.items():
             for index, start in series.windows:
@@ -384,30 +425,56 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         return datetime.fromtimestamp(self._to_wall(self._due_heap[0] * _DUE_BUCKET_NS) / 1e9, tz=UTC)
 
     def snapshot(self) -> WindowSnapshot:
-        """Only the series that changed since the last snapshot are pickled again; the others' pickles are
-        kept from before and joined as bytes, which costs a copy, not a walk through their objects. (The
-        snapshot still holds every series of the shard: Bytewax keeps one snapshot per key.)"""
+        """Only the series that changed since the last snapshot are encoded again. With the window state log,
+        only they are written (see ``flows.window_log``); without it, the other series' records are kept from
+        before and joined as bytes, which costs a copy, not a walk through their objects."""
         started = time.perf_counter()
         blobs = self._blobs
         series_map = self.state.series
-        encoded = 0
+        changes: list[bytes] = []
+        live = self._live_bytes
         for key in self._dirty:
+            old = blobs.get(key)
+            if old is not None:
+                live -= len(old)
             series = series_map.get(key)
             if series is None:
-                blobs.pop(key, None)
+                if old is not None:
+                    del blobs[key]
+                    changes.append(_tombstone(key))
             else:
                 blob = blobs[key] = _encode_series(key, series)
-                encoded += len(blob)
+                live += len(blob)
+                changes.append(blob)
         self._dirty.clear()
-        joined = b"".join(blobs.values())
+        self._live_bytes = live
+        encoded = sum(len(c) for c in changes)
+        now = self._now()
         stats = health.counters()
+        if self._log is None:
+            joined = b"".join(blobs.values())
+            written = len(joined)
+            snapshot: WindowSnapshot = (_SNAPSHOT_FORMAT, now, joined)
+        else:
+            state_log = self._log
+            if state_log.generation < 0 or state_log.needs_new_generation(live):
+                state_log.start_generation(b"".join(blobs.values()))
+                written = state_log.generation_bytes
+            elif changes:
+                before = state_log.generation_bytes
+                state_log.append(b"".join(changes))
+                written = state_log.generation_bytes - before
+            else:
+                written = 0
+            state_log.collect()
+            snapshot = state_log.marker(now)
         stats.window_snapshots += 1
-        stats.window_snapshot_bytes += len(joined)
+        stats.window_snapshot_bytes += written
         stats.window_snapshot_encoded_bytes += encoded
         stats.window_snapshot_seconds += time.perf_counter() - started
         stats.window_series += len(series_map) - self._series_counted
         self._series_counted = len(series_map)
-        return (_SNAPSHOT_FORMAT, self._now(), joined)
+        return snapshot
 
     # -- closing
 

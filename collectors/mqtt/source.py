@@ -11,10 +11,11 @@ Design, and why:
 - **Persistent session.** Partition *i* connects as ``<client_id>-<i>``, with ``clean_session`` off
   (MQTT 3.1.1) or ``clean_start`` off and a session expiry (MQTT 5), so while fleetwatch is away the
   broker keeps the subscriptions and queues QoS >= 1 messages for it.
-- **Acks follow state.** With ``manual_ack``, QoS 1 messages are acknowledged only in ``snapshot()``,
-  i.e. once the epoch that carried them is in a Bytewax snapshot. A crash before that leaves them unacked;
-  the broker redelivers them to the restarted pipeline, which resumes from that same snapshot. Without
-  recovery, messages are acked when the next batch is read (they have entered the dataflow). QoS 2
+- **Acks follow committed state.** With ``manual_ack``, QoS 1 messages are acknowledged only once the epoch
+  that carried them is committed in Bytewax's recovery store (``flows.recovery_progress``). A crash before
+  that leaves them unacked; the broker redelivers them to the restarted pipeline, which resumes from the last
+  committed snapshot. Without recovery, messages are acked when the next batch is read (they have entered
+  the dataflow). QoS 2
   subscriptions are refused by the configuration: paho answers a QoS 2 PUBLISH with PUBREC at once, before
   the message is in a snapshot, and keeps that exchange in memory only, so QoS 2 cannot follow the state.
 - **Shared subscriptions.** Filters are subscribed as ``$share/<group>/<filter>`` so that the workers (and
@@ -34,9 +35,10 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -50,12 +52,15 @@ from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, MalformedPack
 from collectors.mqtt.parse import MessageBatch
 from fleetwatch.config import MQTTConfig
 from flows import clock, health, lifecycle
+from flows.recovery_progress import RecoveryProgress
 
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 256 * 1024
 # After a restart or reconnect, redeliveries of already-counted messages arrive first; look this long.
 _DEDUP_WINDOW = 30.0
+# While acknowledgements wait for their epoch to commit, the recovery store is read this often.
+_COMMIT_POLL_S = 0.05
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 3.1.1 and 5)
 # A connection that lasted less than this was not a working one: the next attempt waits for the backoff.
 _WORKING_CONNECTION = 1.0
@@ -247,8 +252,8 @@ def subscription_filter(topic: str, shared_group: str | None) -> str:
 class MQTTSource(FixedPartitionedSource[MessageBatch, list[int]]):
     """One partition per connection; run as many partitions as workers so each worker reads.
 
-    ``saturated`` is polled before each read (sink backpressure); ``ack_on_snapshot`` is true when Bytewax
-    recovery is on.
+    ``saturated`` is polled before each read (sink backpressure); ``recovery_dir`` is Bytewax's recovery
+    directory when recovery is on: messages are then acknowledged once their epoch is committed there.
     """
 
     def __init__(
@@ -256,13 +261,14 @@ class MQTTSource(FixedPartitionedSource[MessageBatch, list[int]]):
         cfg: MQTTConfig,
         partitions: int = 1,
         *,
-        ack_on_snapshot: bool = True,
+        recovery_dir: Path | None = None,
         max_batch: int = 4096,
         saturated: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cfg = cfg
         self.partitions = partitions
-        self.ack_on_snapshot = ack_on_snapshot
+        self.recovery_dir = recovery_dir
+        self.ack_on_snapshot = recovery_dir is not None
         self.max_batch = max_batch
         self.saturated = saturated
 
@@ -277,12 +283,13 @@ class MQTTSource(FixedPartitionedSource[MessageBatch, list[int]]):
 class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
     """Acknowledgement protocol (with recovery on), so that every QoS 1 message counts exactly once:
 
-    - ``snapshot()`` of epoch N acknowledges the messages of epoch N-1, not N: by then epoch N-1's state
-      and output are committed (the InfluxDB sink flushes before an epoch can commit). Acking epoch N
-      itself would lose it if the process died between the ack and the commit.
-    - The snapshot holds the packet ids of epoch N (counted in the state, not yet acked). After a restart
-      from that snapshot, the broker redelivers them (same packet id, DUP set); they are acked and
-      dropped instead of being counted again. The same applies after a broker disconnect.
+    - The messages read in an epoch are acknowledged once Bytewax's recovery store shows that epoch
+      committed (its snapshots written, every worker past it; ``RecoveryProgress``), checked at each snapshot
+      and every few tens of milliseconds while acks wait. The epoch of a snapshot is counted from the epoch
+      the execution resumed from: Bytewax snapshots a source partition once at the end of every epoch.
+    - The snapshot holds the packet ids counted but not yet acknowledged. After a restart from that
+      snapshot, the broker redelivers them (same packet id, DUP set); they are acked and dropped instead of
+      being counted again. The same applies after a broker disconnect.
     """
 
     def __init__(self, source: MQTTSource, client_id: str, resume_mids: list[int]) -> None:
@@ -294,8 +301,13 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self.client_id = client_id
         self._messages: list[tuple[str, bytes]] = []
         self._unacked: list[tuple[int, int]] = []
-        # Acks of the last snapshotted epoch, sent at the next snapshot.
-        self._epoch_acks: list[tuple[int, int]] = []
+        # Acks of snapshotted epochs, oldest first, each sent once its epoch is committed.
+        self._epoch_acks: deque[tuple[int, list[tuple[int, int]]]] = deque()
+        # Read lazily (at the first snapshot): the epoch this partition's next snapshot ends.
+        self._progress: RecoveryProgress | None = None
+        self._execution: tuple[int, int, int] | None = None
+        self._epoch = 0
+        self._next_commit_check = 0.0
         # Packet ids already counted whose redelivery must be dropped, and until when to look for them.
         self._redelivered: set[int] = set(resume_mids)
         self._dedup_until = time.monotonic() + _DEDUP_WINDOW if resume_mids else 0.0
@@ -389,12 +401,15 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         health.set_ready(f"mqtt:{self.client_id}", False)
         # Packet ids belong to the session: the broker redelivers what was not acked, with the same ids.
         # Those already counted are dropped on arrival (and acked then).
-        counted = [mid for mid, qos in self._unacked + self._epoch_acks if qos == 1]
+        counted = [mid for mid, qos in self._unacked if qos == 1]
+        counted += [mid for _, acks in self._epoch_acks for mid, qos in acks if qos == 1]
         self._redelivered.update(counted)
         if counted:
             self._dedup_until = time.monotonic() + _DEDUP_WINDOW
         self._unacked.clear()
-        self._epoch_acks.clear()
+        # The epochs stay: the redeliveries of their messages are acked in the current epoch instead.
+        for _, acks in self._epoch_acks:
+            acks.clear()
         self._client.fw_reset_buffer()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
@@ -472,6 +487,8 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             return []
         if not self._src.ack_on_snapshot:
             self._ack(self._unacked)
+        elif self._epoch_acks and time.monotonic() >= self._next_commit_check:
+            self._ack_committed()
         if self._src.saturated():
             self._stall.set(True)
             client.loop_misc()
@@ -502,10 +519,37 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
     def snapshot(self) -> list[int]:
         if not self._src.ack_on_snapshot:
             return []
-        self._ack(self._epoch_acks)  # the previous epoch: committed by now
-        self._epoch_acks = self._unacked
+        if self._progress is None:
+            self._start_counting_epochs()
+        self._epoch_acks.append((self._epoch, self._unacked))
         self._unacked = []
-        return [mid for mid, qos in self._epoch_acks if qos == 1]
+        self._epoch += 1
+        self._ack_committed()
+        return [mid for _, acks in self._epoch_acks for mid, qos in acks if qos == 1]
+
+    def _start_counting_epochs(self) -> None:
+        directory = self._src.recovery_dir
+        assert directory is not None
+        self._progress = RecoveryProgress(directory)
+        self._execution = self._progress.execution()
+        self._epoch = self._execution[1]
+
+    def _ack_committed(self) -> None:
+        """Acknowledge the messages of every epoch the recovery store shows committed."""
+        assert self._progress is not None and self._execution is not None
+        self._next_commit_check = time.monotonic() + _COMMIT_POLL_S
+        committed = self._progress.committed_through(self._execution)
+        if committed >= self._epoch:
+            # An epoch committed that this partition has not snapshotted: the epoch count is wrong, and acks
+            # could run ahead of the state. Stop rather than risk it.
+            raise RuntimeError(
+                f"MQTT {self.client_id}: Bytewax committed epoch {committed}, but this source has only ended "
+                f"epoch {self._epoch - 1}; the acknowledgement protocol does not match this Bytewax version"
+            )
+        acks = self._epoch_acks
+        while acks and acks[0][0] <= committed:
+            _, epoch_acks = acks.popleft()
+            self._ack(epoch_acks)
 
     def close(self) -> None:
         """Bytewax calls this before the last snapshot is committed, so with recovery on nothing is
@@ -514,6 +558,8 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         then if it was not. Without recovery, what entered the dataflow is acknowledged."""
         if not self._src.ack_on_snapshot:
             self._ack(self._unacked)
+        if self._progress is not None:
+            self._progress.close()
         self._stall.set(False)
         health.set_ready(f"mqtt:{self.client_id}", False)
         client = self._client

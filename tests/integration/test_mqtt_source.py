@@ -50,7 +50,7 @@ def publish(topic: str, payloads: list[bytes]) -> None:
 
 
 def received_over(cfg: MQTTConfig, unique: str) -> list[tuple[str, bytes]]:
-    partition = MQTTSource(cfg, ack_on_snapshot=False).build_part("mqtt", "mqtt-0", None)
+    partition = MQTTSource(cfg).build_part("mqtt", "mqtt-0", None)
     try:
         read_for(partition, 1.5)  # connect and subscribe
         publish(f"fwtest/{unique}/a", [b"1", b"2", b"3"])
@@ -99,7 +99,7 @@ def test_reconnects_after_a_broker_restart_and_keeps_its_session(unique: str) ->
         reconnect_max_delay="1s",
         subscriptions=[{"topic": f"fwtest/{unique}/#", "metric": "v", "qos": 1}],
     )
-    partition = MQTTSource(cfg, ack_on_snapshot=False).build_part("mqtt", "mqtt-0", None)
+    partition = MQTTSource(cfg).build_part("mqtt", "mqtt-0", None)
     try:
         read_for(partition, 1.0)
         publish(f"fwtest/{unique}/a", [b"before"])
@@ -126,7 +126,7 @@ def test_a_refused_connection_is_retried_with_backoff_not_in_a_tight_loop(
         reconnect_min_delay="0.25s",
         reconnect_max_delay="2s",
     )
-    partition = MQTTSource(cfg, ack_on_snapshot=False).build_part("mqtt", "mqtt-0", None)
+    partition = MQTTSource(cfg).build_part("mqtt", "mqtt-0", None)
     try:
         with caplog.at_level("ERROR", logger="collectors.mqtt.source"):
             assert read_for(partition, 4.0) == []

@@ -3,10 +3,13 @@ issue 10 item 2): real Mosquitto -> the installed `fleetwatch run` -> real Influ
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -270,3 +273,41 @@ def test_exact_aggregates_at_20000_series(tmp_path: Path, unique: str, influx_db
         d, m = int(row["device"][3:]), int(row["metric"][1:])
         low, high = sorted((d * 10 + m * 1.0, d * 10 + m * 2.0))
         assert (row["count"], row["sum"], row["min"], row["max"]) == (2, low + high, low, high), row
+
+
+@contextlib.contextmanager
+def recovery_writes_stalled(recovery_dir: Path) -> Iterator[None]:
+    """Hold the write lock of every recovery partition, as a stalled disk or a slow network volume would hold
+    up its writes: the pipeline's snapshots and progress cannot be committed until it is released."""
+    connections = []
+    try:
+        for part in sorted(recovery_dir.glob("part-*.sqlite3")):
+            connection = sqlite3.connect(part, timeout=10, isolation_level=None)
+            connection.execute("BEGIN EXCLUSIVE")
+            connections.append(connection)
+        assert connections, f"no recovery partitions in {recovery_dir}"
+        yield
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def test_kill_9_while_commits_are_stalled_loses_nothing(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """Readings go on arriving at QoS 1 while the recovery store takes no writes. A message may be acknowledged
+    to the broker only once the epoch that counted it is committed: the pipeline is killed -9 inside the stall,
+    restarted, and every reading must be counted once."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    since = time.time_ns() - 20 * S
+    pipeline = Pipeline(config, workers=2)
+    thread, published = publish_for(unique, 10.0, 2000, devices=20)
+    time.sleep(3.0)
+    with recovery_writes_stalled(tmp_path / "recovery"):
+        time.sleep(2.0)
+        pipeline.kill()
+    pipeline = Pipeline(config, workers=2)
+    thread.join(60)
+    total = wait_counted(influx_db, since, published[0])
+    pipeline.stop(signal.SIGTERM)
+    assert total == published[0]

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 
@@ -137,7 +138,7 @@ def partition(
         reconnect_max_delay=timedelta(seconds=1),
         subscriptions=[SubscriptionConfig(topic="t/#", metric="v")],
     )
-    part = MQTTSource(cfg, ack_on_snapshot=True).build_part("mqtt", "mqtt-0", resume_mids)
+    part = MQTTSource(cfg, recovery_dir=Path("unused-until-a-snapshot")).build_part("mqtt", "mqtt-0", resume_mids)
     try:
         yield part
     finally:
