@@ -20,10 +20,11 @@ from bytewax.run import cli_main
 from fleetwatch.config import Config
 from flows import health, lifecycle
 from flows.alerts.sink import notification_stats
-from flows.pipeline import FlowOptions, build_flow
+from flows.pipeline import WINDOWS_STEP_ID, FlowOptions, build_flow
 from flows.sinks.dead_letters import DeadLetterFile
 from flows.sinks.influxdb import InfluxWriterThread, make_writer
 from flows.sinks.writer import flush_all_writers, writers_alive, writers_written
+from flows.window_log import remove_unreferenced
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,10 @@ def prepare_recovery(cfg: Config, partitions: int, process_id: int | None = None
                     raise RuntimeError(f"recovery partitions in {directory} were not created by process 0")
                 time.sleep(0.1)
             time.sleep(0.5)  # let process 0 finish writing the partitions' schema
+    if process_id in (None, 0):
+        removed = remove_unreferenced(directory, WINDOWS_STEP_ID)
+        if removed:
+            log.info("fleetwatch: removed %d window state log file(s) no snapshot refers to", removed)
     return RecoveryConfig(str(directory), backup_interval=cfg.recovery.backup_interval)
 
 

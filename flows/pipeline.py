@@ -64,6 +64,10 @@ from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Re
 from flows.sinks.influxdb import InfluxDBSink, LineWriter, make_writer
 from flows.windows import WindowLogic, WindowResult, WindowSnapshot, WindowSpec
 
+FLOW_ID = "fleetwatch"
+# The windows step, whose snapshots are markers into the window state log (flows.window_log).
+WINDOWS_STEP_ID = f"{FLOW_ID}.windows"
+
 
 def window_specs(cfg: Config) -> list[WindowSpec]:
     specs = [WindowSpec.tumbling(length) for length in cfg.windows.tumbling]
@@ -126,7 +130,7 @@ class _AlertInputs:
 
 def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
     options = options or FlowOptions()
-    flow = Dataflow("fleetwatch")
+    flow = Dataflow(FLOW_ID)
     dead_file = DeadLetterFile(Path(cfg.dead_letters.path))
     influx_streams: list[Stream[tuple[str, list[str]]]] = []
     es_streams: list[Stream[tuple[str, list[Record]]]] = []
@@ -217,7 +221,7 @@ def _readings(
             resume,
             clock=options.window_clock,
             recovery_dir=log_dir,
-            step_id=f"{flow.flow_id}.windows",
+            step_id=WINDOWS_STEP_ID,
         )
 
     windowed = op.stateful_batch("windows", keyed, build_windows)

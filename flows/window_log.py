@@ -174,20 +174,42 @@ class WindowLog:
     def _referenced_generations(self) -> list[int]:
         """Generations of this log that Bytewax's stored snapshots (committed, or written for an epoch still
         in progress) refer to."""
-        generations = []
-        for part in sorted(self.recovery_dir.glob("part-*.sqlite3")):
-            connection = sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=5)
-            try:
-                rows = connection.execute("SELECT ser_change FROM snaps WHERE step_id = ?", (self.step_id,))
-                for (blob,) in rows:
-                    if blob is None:
-                        continue
-                    snapshot = pickle.loads(blob)
-                    if isinstance(snapshot, tuple) and snapshot[:1] == (LOG_FORMAT,) and snapshot[2] == self.name:
-                        generations.append(int(snapshot[3]))
-            except sqlite3.Error as exc:
-                # Not fatal: the old generation stays until the next check.
-                log.warning("window state log: cannot read %s to find superseded generations: %s", part, exc)
-            finally:
-                connection.close()
-        return generations
+        return [
+            generation for name, generation in referenced_logs(self.recovery_dir, self.step_id) if name == self.name
+        ]
+
+
+def referenced_logs(recovery_dir: Path, step_id: str) -> list[tuple[str, int]]:
+    """(log name, generation) of every window state log marker in Bytewax's store for ``step_id``."""
+    found = []
+    for part in sorted(recovery_dir.glob("part-*.sqlite3")):
+        connection = sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=5)
+        try:
+            for (blob,) in connection.execute("SELECT ser_change FROM snaps WHERE step_id = ?", (step_id,)):
+                snapshot = pickle.loads(blob) if blob is not None else None
+                if isinstance(snapshot, tuple) and snapshot[:1] == (LOG_FORMAT,):
+                    found.append((str(snapshot[2]), int(snapshot[3])))
+        except sqlite3.Error as exc:
+            # Not fatal: an old generation stays until the next check.
+            log.warning("window state log: cannot read %s to find superseded generations: %s", part, exc)
+        finally:
+            connection.close()
+    return found
+
+
+def remove_unreferenced(recovery_dir: Path, step_id: str) -> int:
+    """At start, before the dataflow runs: delete the log files no stored snapshot can resume from (logs of
+    runs that died before their first commit, generations left behind by a crash). Returns how many."""
+    directory = recovery_dir / "window-log"
+    if not directory.is_dir():
+        return 0
+    oldest: dict[str, int] = {}
+    for name, generation in referenced_logs(recovery_dir, step_id):
+        oldest[name] = min(generation, oldest.get(name, generation))
+    removed = 0
+    for path in directory.iterdir():
+        name, _, suffix = path.name.rpartition(".")
+        if not suffix.isdigit() or int(suffix) < oldest.get(name, 1 << 62):
+            path.unlink()
+            removed += 1
+    return removed

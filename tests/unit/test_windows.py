@@ -460,3 +460,30 @@ def test_a_missing_state_log_is_an_error_that_names_the_file(tmp_path: Path) -> 
         path.unlink()
     with pytest.raises(WindowLogError, match="window-log"):
         _log_logic(tmp_path, clock, marker)
+
+
+def test_at_start_log_files_no_snapshot_refers_to_are_removed(tmp_path: Path) -> None:
+    """A run that died before its first commit leaves a log no snapshot names; a crash after a new generation
+    leaves the one before. Both go at the next start; what a stored snapshot refers to stays."""
+    from bytewax.recovery import init_db_dir
+
+    from flows.window_log import remove_unreferenced
+
+    init_db_dir(tmp_path, 1)
+    clock = Clock(T0 + 5 * S)
+    kept = _log_logic(tmp_path, clock)
+    collect(kept, [reading(1.0, 1)])
+    marker = kept.snapshot()
+    orphan = _log_logic(tmp_path, clock)
+    collect(orphan, [reading(2.0, 1)])
+    orphan.snapshot()
+    (tmp_path / "window-log" / f"{marker[2]}.0").rename(tmp_path / "window-log" / f"{marker[2]}.1")
+    (tmp_path / "window-log" / f"{marker[2]}.0").write_bytes(b"superseded")
+    partition = sqlite3.connect(tmp_path / "part-0.sqlite3")
+    partition.execute(
+        "INSERT INTO snaps (step_id, state_key, snap_epoch, ser_change) VALUES (?, ?, ?, ?)",
+        ("fleetwatch.windows", "0", 1, pickle.dumps((*marker[:3], 1, marker[4]))),
+    )
+    partition.commit()
+    assert remove_unreferenced(tmp_path, "fleetwatch.windows") == 2
+    assert sorted(p.name for p in (tmp_path / "window-log").iterdir()) == [f"{marker[2]}.1"]
