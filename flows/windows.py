@@ -29,11 +29,11 @@ import pickle
 import struct
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -190,6 +190,43 @@ _WINDOW_HEAD = struct.Struct("<iqqdqdI")
 _TOMBSTONE = 0xFFFFFFFF
 
 
+# The window state log's frames (``flows.window_log``): the whole state as series records, written when a log
+# generation starts; or the operations since the frame before, in order: readings added (with the clock of the
+# batch), windows closed, series forgotten, the clock shifted by a downtime. Replayed over the records, they
+# give back the state exactly, since adding a reading depends only on the state and the batch's clock.
+# Encoding an epoch's readings in columns costs about 0.5 µs a reading; encoding every changed series again
+# cost about 6 µs a reading at 100,000 series (each reading changes a series, and so does each window close).
+_FRAME_RECORDS = b"R"
+_FRAME_OPS = b"O"
+_OP_READINGS, _OP_CLOSES, _OP_FORGETS, _OP_SHIFT = 0, 1, 2, 3
+# (kind, ...): the fields after the kind depend on it, see _encode_ops and WindowLogic._replay_ops.
+_Op = tuple[Any, ...]
+
+
+def _no_schedule(deadline: int, key: str, index: int, start: int) -> None:
+    """Deadlines are rebuilt from the state once a replay is done."""
+
+
+def _encode_ops(ops: list[_Op]) -> bytes:
+    encoded: list[_Op] = []
+    for op in ops:
+        if op[0] == _OP_READINGS:
+            readings = [r for batch in op[2] for r in batch]
+            encoded.append(
+                (
+                    _OP_READINGS,
+                    op[1],
+                    [r[0] for r in readings],
+                    [r[1] for r in readings],
+                    array("d", [r[2] for r in readings]),
+                    array("q", [r[3] for r in readings]),
+                )
+            )
+        else:
+            encoded.append(op)
+    return _FRAME_OPS + pickle.dumps(encoded, protocol=5)
+
+
 def _tombstone(key: str) -> bytes:
     key_b = key.encode()
     return _SERIES_HEAD.pack(len(key_b), _TOMBSTONE, 0, 0, 0) + key_b
@@ -262,9 +299,12 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # what changed and joins the rest as bytes (see ``snapshot``).
         self._blobs: dict[str, bytes] = {}
         self._dirty: set[str] = set()
-        # The sum of the kept records' sizes: the live state, against which the log's growth is measured.
+        # The size of the live state, against which the log's growth is measured (the records kept, or the
+        # last whole-state frame written to the log).
         self._live_bytes = 0
         self._log: WindowLog | None = None
+        # With the log: what happened since the last snapshot, in order (see _FRAME_OPS).
+        self._ops: list[_Op] | None = None
         # This shard's part of the worker's ``window_series`` gauge, as last reported.
         self._series_counted = 0
         self._last_sweep = self._now()
@@ -290,11 +330,15 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 raise ValueError("a window snapshot that refers to the window state log needs the recovery directory")
             _, taken_ns, name, generation, seq = resume
             self._log = WindowLog(recovery_dir, step_id, name)
-            self.state = self._restore(taken_ns, self._log.replay(generation, seq))
+            self.state = self._replay(taken_ns, self._log.replay(generation, seq))
         else:
             raise ValueError(f"window snapshot of an unknown format {resume[0]!r}")
         if recovery_dir is not None and self._log is None:
             self._log = WindowLog(recovery_dir, step_id)
+        if self._log is not None:
+            # A resumed log starts a new generation at the first snapshot (the frames after the marker belong
+            # to epochs that never committed), so the operations start from here.
+            self._ops = []
         if self.state.taken_ns:
             self._leave_out_downtime(self._last_sweep - self.state.taken_ns)
 
@@ -312,12 +356,76 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     series_map[key] = series
                     blobs[key] = record
         self._live_bytes = sum(len(b) for b in blobs.values())
+        self._schedule_open_windows(series_map)
+        return WindowState(series_map, [], taken_ns)
+
+    def _replay(self, taken_ns: int, frames: Iterable[bytes]) -> WindowState:
+        """The state from the window state log's frames: whole-state records, then operations in order."""
+        self.state = WindowState({}, [], taken_ns)
+        series_map = self.state.series
+        for frame in frames:
+            kind, body = frame[:1], frame[1:]
+            if kind == _FRAME_RECORDS:
+                series_map.clear()
+                for key, series, _ in _decode_records(body):
+                    if series is not None:
+                        series_map[key] = series
+                self._live_bytes = len(frame)
+            elif kind == _FRAME_OPS:
+                self._replay_ops(pickle.loads(body))
+            else:
+                raise ValueError(f"window state log frame of an unknown kind {kind!r}")
+        self._schedule_open_windows(series_map)
+        return self.state
+
+    def _replay_ops(self, ops: list[_Op]) -> None:
+        series_map = self.state.series
+        for op in ops:
+            kind = op[0]
+            if kind == _OP_READINGS:
+                _, now, measurements, keys, values, stamps = op
+                self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, set(), _no_schedule)
+            elif kind == _OP_CLOSES:
+                for key, index, start in zip(op[1], op[2], op[3], strict=True):
+                    series = series_map.get(key)
+                    if series is not None:
+                        series.windows.pop((index, start), None)
+            elif kind == _OP_FORGETS:
+                for key in op[1]:
+                    series_map.pop(key, None)
+            elif kind == _OP_SHIFT:
+                for series in series_map.values():
+                    series.sys_at_max += op[1]
+            else:
+                raise ValueError(f"window state log operation of an unknown kind {kind!r}")
+
+    def _schedule_open_windows(self, series_map: dict[str, _Series]) -> None:
         # Deadlines are not in the snapshot: each open window's is where its series' clock puts it.
         for key, series in series_map.items():
             for index, start in series.windows:
                 end = start + self.specs[index].length_ns
                 self._schedule(series.sys_at_max + (end + self.lateness_ns - series.max_ts), key, index, start)
-        return WindowState(series_map, [], taken_ns)
+
+    def _log_close(self, key: str, index: int, start: int) -> None:
+        ops = self._ops
+        if ops is None:
+            return
+        if ops and ops[-1][0] == _OP_CLOSES:
+            last = ops[-1]
+            last[1].append(key)
+            last[2].append(index)
+            last[3].append(start)
+        else:
+            ops.append((_OP_CLOSES, [key], array("i", [index]), array("q", [start])))
+
+    def _log_forget(self, key: str) -> None:
+        ops = self._ops
+        if ops is None:
+            return
+        if ops and ops[-1][0] == _OP_FORGETS:
+            ops[-1][1].append(key)
+        else:
+            ops.append((_OP_FORGETS, [key]))
 
     def _schedule(self, deadline: int, key: str, index: int, start: int) -> None:
         bucket = -(-deadline // _DUE_BUCKET_NS)  # rounded up: never before the deadline
@@ -340,6 +448,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             series.sys_at_max += downtime_ns
         # The pickles kept for the next snapshot hold the old clock marks.
         self._dirty.update(self.state.series)
+        if self._ops is not None:
+            self._ops.append((_OP_SHIFT, downtime_ns))
         due, self._due, self._due_heap = self._due, {}, []
         for bucket, entries in due.items():
             for key, index, start in entries:
@@ -349,51 +459,66 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
 
     def on_batch(self, values: list[list[Reading]]) -> tuple[Iterable[WindowResult], bool]:
         now = self._now()
-        series_map = self.state.series
-        lateness = self.lateness_ns
-        specs = self.specs
         late: list[Reading] = []
         late_counts: dict[str, int] = {}
         advanced: set[str] = set()
-        dirty = self._dirty
-        schedule = self._schedule
         for readings in values:
-            for reading in readings:
-                key = reading.series
-                dirty.add(key)
-                ts = reading.ts_ns
-                series = series_map.get(key)
-                if series is None:
-                    series = series_map[key] = _Series(reading.measurement)
-                if ts > series.max_ts:
-                    series.max_ts = ts
-                    series.sys_at_max = now
-                    advanced.add(key)
-                watermark = series.max_ts + (now - series.sys_at_max) - lateness
-                windows = series.windows
-                is_late = False
-                for index, spec in enumerate(specs):
-                    for start in spec.starts(ts):
-                        end = start + spec.length_ns
-                        if end <= watermark:
-                            if not is_late:
-                                late_counts[spec.label] = late_counts.get(spec.label, 0) + 1
-                            is_late = True
-                            continue
-                        window = windows.get((index, start))
-                        if window is None:
-                            window = windows[(index, start)] = _Window()
-                            schedule(series.sys_at_max + (end + lateness - series.max_ts), key, index, start)
-                        window.add(reading.value, ts)
-                if is_late:
-                    late.append(reading)
+            self._add(readings, now, late, late_counts, advanced, self._schedule)
+        if self._ops is not None:
+            self._ops.append((_OP_READINGS, now, values))
         aggregates: list[Aggregate] = []
+        series_map = self.state.series
         for key in advanced:
             self._close_due(key, series_map[key], now, aggregates)
         self._pop_deadlines(now, aggregates)
         if aggregates or late:
             return [WindowResult(aggregates, late, late_counts)], StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
+
+    def _add(
+        self,
+        readings: Iterable[Reading],
+        now: int,
+        late: list[Reading],
+        late_counts: dict[str, int],
+        advanced: set[str],
+        schedule: Callable[[int, str, int, int], None],
+    ) -> None:
+        """Add readings that arrived at ``now`` to their series' open windows (the state change a replay of the
+        window state log repeats, with the same clock)."""
+        series_map = self.state.series
+        lateness = self.lateness_ns
+        specs = self.specs
+        dirty = self._dirty
+        for reading in readings:
+            key = reading.series
+            dirty.add(key)
+            ts = reading.ts_ns
+            series = series_map.get(key)
+            if series is None:
+                series = series_map[key] = _Series(reading.measurement)
+            if ts > series.max_ts:
+                series.max_ts = ts
+                series.sys_at_max = now
+                advanced.add(key)
+            watermark = series.max_ts + (now - series.sys_at_max) - lateness
+            windows = series.windows
+            is_late = False
+            for index, spec in enumerate(specs):
+                for start in spec.starts(ts):
+                    end = start + spec.length_ns
+                    if end <= watermark:
+                        if not is_late:
+                            late_counts[spec.label] = late_counts.get(spec.label, 0) + 1
+                        is_late = True
+                        continue
+                    window = windows.get((index, start))
+                    if window is None:
+                        window = windows[(index, start)] = _Window()
+                        schedule(series.sys_at_max + (end + lateness - series.max_ts), key, index, start)
+                    window.add(reading.value, ts)
+            if is_late:
+                late.append(reading)
 
     def on_notify(self) -> tuple[Iterable[WindowResult], bool]:
         aggregates: list[Aggregate] = []
@@ -412,6 +537,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         for key, series in self.state.series.items():
             for index, start in sorted(series.windows):
                 aggregates.append(self._aggregate(key, series, index, start, series.windows[(index, start)]))
+                self._log_close(key, index, start)
             series.windows.clear()
             self._dirty.add(key)
         self._due.clear()
@@ -429,6 +555,44 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         only they are written (see ``flows.window_log``); without it, the other series' records are kept from
         before and joined as bytes, which costs a copy, not a walk through their objects."""
         started = time.perf_counter()
+        series_map = self.state.series
+        now = self._now()
+        stats = health.counters()
+        if self._log is not None:
+            snapshot: WindowSnapshot
+            written, snapshot = self._append_to_log(now)
+            encoded = written
+        else:
+            encoded, written, snapshot = self._encode_changed(now)
+        stats.window_snapshots += 1
+        stats.window_snapshot_bytes += written
+        stats.window_snapshot_encoded_bytes += encoded
+        stats.window_snapshot_seconds += time.perf_counter() - started
+        stats.window_series += len(series_map) - self._series_counted
+        self._series_counted = len(series_map)
+        return snapshot
+
+    def _append_to_log(self, now: int) -> tuple[int, LogMarker]:
+        """The operations since the last snapshot as one frame, or the whole state when a generation starts."""
+        state_log, ops = self._log, self._ops
+        assert state_log is not None and ops is not None
+        if state_log.generation < 0 or state_log.needs_new_generation(self._live_bytes):
+            frame = _FRAME_RECORDS + b"".join(_encode_series(k, s) for k, s in self.state.series.items())
+            state_log.start_generation(frame)
+            self._live_bytes = len(frame)
+        elif ops:
+            frame = _encode_ops(ops)
+            state_log.append(frame)
+        else:
+            frame = b""
+        ops.clear()
+        self._dirty.clear()
+        state_log.collect()
+        return len(frame), state_log.marker(now)
+
+    def _encode_changed(self, now: int) -> tuple[int, int, WindowSnapshot]:
+        """Without the log: the series changed since the last snapshot encoded again, joined with the others'
+        records kept from before."""
         blobs = self._blobs
         series_map = self.state.series
         changes: list[bytes] = []
@@ -448,33 +612,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 changes.append(blob)
         self._dirty.clear()
         self._live_bytes = live
-        encoded = sum(len(c) for c in changes)
-        now = self._now()
-        stats = health.counters()
-        if self._log is None:
-            joined = b"".join(blobs.values())
-            written = len(joined)
-            snapshot: WindowSnapshot = (_SNAPSHOT_FORMAT, now, joined)
-        else:
-            state_log = self._log
-            if state_log.generation < 0 or state_log.needs_new_generation(live):
-                state_log.start_generation(b"".join(blobs.values()))
-                written = state_log.generation_bytes
-            elif changes:
-                before = state_log.generation_bytes
-                state_log.append(b"".join(changes))
-                written = state_log.generation_bytes - before
-            else:
-                written = 0
-            state_log.collect()
-            snapshot = state_log.marker(now)
-        stats.window_snapshots += 1
-        stats.window_snapshot_bytes += written
-        stats.window_snapshot_encoded_bytes += encoded
-        stats.window_snapshot_seconds += time.perf_counter() - started
-        stats.window_series += len(series_map) - self._series_counted
-        self._series_counted = len(series_map)
-        return snapshot
+        joined = b"".join(blobs.values())
+        return sum(len(c) for c in changes), len(joined), (_SNAPSHOT_FORMAT, now, joined)
 
     # -- closing
 
@@ -483,6 +622,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         windows = series.windows
         for index, start in [w for w in windows if w[1] + self.specs[w[0]].length_ns <= watermark]:
             out.append(self._aggregate(key, series, index, start, windows.pop((index, start))))
+            self._log_close(key, index, start)
 
     def _pop_deadlines(self, now: int, out: list[Aggregate]) -> None:
         heap = self._due_heap
@@ -497,6 +637,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 if due <= now:
                     out.append(self._aggregate(key, series, index, start, series.windows.pop((index, start))))
                     self._dirty.add(key)
+                    self._log_close(key, index, start)
                 else:
                     self._schedule(due, key, index, start)
         # A quiet series keeps its clock for a while, so that a straggler is still recognised as late
@@ -506,6 +647,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             for key in [k for k, s in series_map.items() if not s.windows and now - s.sys_at_max > _FORGET_NS]:
                 del series_map[key]
                 self._dirty.add(key)
+                self._log_forget(key)
 
     def _aggregate(self, key: str, series: _Series, index: int, start: int, window: _Window) -> Aggregate:
         spec = self.specs[index]
