@@ -57,6 +57,9 @@ SUB_RATES = [int(r) for r in os.environ.get("BENCH_SUB_RATES", "40000,60000,8000
 TELEGRAF_RATES = [int(r) for r in os.environ.get("BENCH_TELEGRAF_RATES", "20000,40000,60000,80000").split(",")]
 PUBLISHERS = int(os.environ.get("BENCH_PUBLISHERS", "2"))
 # Series counts of the cardinality ladder, and the rates climbed at each.
+# Kill -9 and restart under QoS 1 load at these series counts, at this rate.
+RESTART_SERIES = [int(s) for s in os.environ.get("BENCH_RESTART_SERIES", "100000").split(",") if s]
+RESTART_RATE = int(os.environ.get("BENCH_RESTART_RATE", "5000"))
 SERIES_LADDER = [int(s) for s in os.environ.get("BENCH_SERIES", "1000,100000,1000000").split(",") if s]
 SERIES_RATES = {
     1_000: [20_000, 40_000, 60_000, 80_000],
@@ -559,6 +562,87 @@ def cardinality_ladder(pipelines: list[tuple[str, Launcher]], rows: list[dict]) 
     return summary
 
 
+def restart_at_scale(series: int, rate: int) -> dict:
+    """Kill -9 under QoS 1 load at ``series`` series, then start again at once: how long until the new process
+    is ready and until it writes its first new aggregate, and whether every reading is counted exactly once
+    (the warm-up's one per series plus the measured load, in the 10 s and the 1 min aggregates alike)."""
+    unique = f"bench{uuid.uuid4().hex[:8]}"
+    tmp = Path(tempfile.mkdtemp(prefix="fwbench"))
+    influxql("", f'CREATE DATABASE "{unique}"')
+    windows = ["10s", "1m"]
+    config = bench_config(tmp, unique, 1, json.dumps(windows))
+    status = tmp / "status.json"
+    proc = launch_fleetwatch(config, status, unique, 1)
+    deadline = time.monotonic() + 120
+    while not status.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"fleetwatch did not start; see {tmp / 'pipeline.log'}")
+        time.sleep(0.1)
+    warm = _warm_up(1, unique, series, status, Peer(), windows)
+    published_box: list[float] = []
+    load = threading.Thread(target=lambda: published_box.append(publish(1, rate, SECONDS, unique, 0, series)))
+    load.start()
+    time.sleep(SECONDS / 2)
+    rss = _peak_rss_mb(proc.pid)
+    proc.kill()
+    proc.wait(30)
+
+    def points() -> int:
+        rows = influxql(unique, 'SELECT count("count") FROM "readings_agg"')
+        return int(rows[0]["values"][0][1]) if rows else 0
+
+    before = points()
+    restarted = time.monotonic()
+    status = tmp / "status-restarted.json"
+    proc = launch_fleetwatch(config, status, unique, 1)
+    ready_s = first_aggregate_s = None
+    while time.monotonic() - restarted < 120 and first_aggregate_s is None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"fleetwatch exited after the restart; see {tmp / 'pipeline.log'}")
+        if ready_s is None and status.exists() and _status(status).get("ready"):
+            ready_s = time.monotonic() - restarted
+        if points() > before:
+            first_aggregate_s = time.monotonic() - restarted
+        time.sleep(0.2)
+    load.join()
+    published = int(rate / PUBLISHERS * SECONDS) * PUBLISHERS
+    expected = series + published
+    counted: dict[str, float] = {}
+    settle = time.monotonic() + 150
+    while time.monotonic() < settle:
+        for window in windows:
+            rows = influxql(unique, f'SELECT sum("count") FROM "readings_agg" WHERE "window" = \'{window}\'')
+            counted[window] = rows[0]["values"][0][1] if rows else 0
+        if all(c >= expected for c in counted.values()):
+            break
+        time.sleep(1)
+    time.sleep(2)  # anything counted twice shows now
+    for window in windows:
+        rows = influxql(unique, f'SELECT sum("count") FROM "readings_agg" WHERE "window" = \'{window}\'')
+        counted[window] = rows[0]["values"][0][1] if rows else 0
+    rss = max(rss, _peak_rss_mb(proc.pid))
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    influxql("", f'DROP DATABASE "{unique}"')
+    return {
+        "restart_at_scale": True,
+        "series": series,
+        "qos": 1,
+        "rate": rate,
+        "warm_up_received": warm,
+        "published": published,
+        "expected_counted": expected,
+        **{f"counted_{w}": c for w, c in counted.items()},
+        "exact": all(c == expected for c in counted.values()),
+        "ready_after_restart_s": None if ready_s is None else round(ready_s, 2),
+        "first_aggregate_after_restart_s": None if first_aggregate_s is None else round(first_aggregate_s, 2),
+        "peak_rss_mb": round(rss, 1),
+    }
+
+
 def _memory_gb() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
@@ -599,6 +683,10 @@ def main() -> None:
     if telegraf:
         fleet.append(("telegraf", launch_telegraf))
     summary += cardinality_ladder(fleet, rows)
+    for series in RESTART_SERIES:
+        restart = restart_at_scale(series, RESTART_RATE)
+        print(json.dumps(restart), flush=True)
+        rows.append(restart)
     out = RESULTS / f"readings-{int(time.time())}.json"
     out.write_text(json.dumps({"machine": machine, "rows": rows, "summary": summary}, indent=1))
     print(f"results: {out}")
