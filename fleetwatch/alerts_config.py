@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
-from fleetwatch.config_base import Duration, Section, parse_duration
+from fleetwatch.config_base import Duration, Section, parse_duration, url_without_secrets
 from fleetwatch.labels import duration_label
 
 Kind = Literal["threshold", "deadman", "rate_of_change"]
@@ -324,7 +324,7 @@ class WebhookConfig(Section):
     @classmethod
     def _url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL (got {url!r})")
+            raise ValueError(f"expected an http:// or https:// URL (got {url_without_secrets(url)!r}...)")
         return url
 
     @field_validator("timeout", "max_retry_delay")
@@ -349,7 +349,7 @@ class GrafanaAnnotationsConfig(Section):
     @classmethod
     def _url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL (got {url!r})")
+            raise ValueError(f"expected an http:// or https:// URL (got {url_without_secrets(url)!r}...)")
         return url
 
     def resolved_token(self) -> str:

@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from fleetwatch.alerts_config import AlertsConfig, load_rules
-from fleetwatch.config_base import Duration, Section, parse_duration, read_secret_file
+from fleetwatch.config_base import Duration, Section, parse_duration, read_secret_file, url_without_secrets
 from fleetwatch.devices import InventoryError, load_devices
 from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.topic_template import TopicTemplate
@@ -283,7 +283,7 @@ class InfluxDBConfig(Section):
     @classmethod
     def _url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL (got {url!r})")
+            raise ValueError(f"expected an http:// or https:// URL (got {url_without_secrets(url)!r}...)")
         return url.rstrip("/")
 
     def resolved_password(self) -> SecretStr | None:
@@ -327,7 +327,7 @@ class ElasticsearchConfig(Section):
     def _hosts(cls, hosts: list[str]) -> list[str]:
         for host in hosts:
             if not host.startswith(("http://", "https://")):
-                raise ValueError(f"expected http:// or https:// URLs (got {host!r})")
+                raise ValueError(f"expected http:// or https:// URLs (got {url_without_secrets(host)!r}...)")
         return [h.rstrip("/") for h in hosts]
 
     @model_validator(mode="after")
@@ -559,13 +559,19 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return key or "(top level)"
 
 
+# Keys whose values are secrets (and a webhook's headers, which carry tokens).
+_SECRET_KEYS = frozenset({"password", "token", "api_key", "headers"})
+
+
 def _describe(error: Any) -> str:
     key = _dotted(tuple(p for p in error["loc"] if not str(p).startswith("function-")))
     kind = error["type"]
     if kind == "extra_forbidden":
         return f"{key}: unknown key"
     message = str(error["msg"]).removeprefix("Value error, ")
-    if kind not in ("value_error", "assertion_error") and "input" in error:
+    # A secret given with the wrong type is still a secret: the message names the key, not the value.
+    secret = any(str(part) in _SECRET_KEYS for part in error["loc"])
+    if kind not in ("value_error", "assertion_error") and "input" in error and not secret:
         message += f" (got {error['input']!r})"
     return f"{key}: {message}"
 

@@ -8,6 +8,7 @@ import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr
 
@@ -47,6 +48,23 @@ Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def url_without_secrets(url: str) -> str:
+    """What a message may say about a URL: scheme, host and port. A user and password may be in it, and the
+    path or query of an incoming-webhook URL (Slack's, most any) is its secret.
+
+    >>> url_without_secrets("https://user:pw@hooks.example.com:8443/services/T0/B0/XyZ?token=abc")
+    'https://hooks.example.com:8443'
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unparseable URL)"
+    if not parts.scheme or not parts.netloc:
+        # No scheme: urlsplit sees a path. The part before the first "/" is the host, less any user info.
+        return url.split("/", 1)[0].rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
 def read_secret_file(path: Path | None, key: str) -> SecretStr | None:

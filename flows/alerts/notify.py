@@ -55,6 +55,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from collectors.mqtt.client import apply_credentials_and_tls
 from fleetwatch.alerts_config import DEFAULT_MAX_PENDING_NOTIFICATIONS, GrafanaAnnotationsConfig, WebhookConfig
 from fleetwatch.config import MQTTConfig
+from fleetwatch.config_base import url_without_secrets
 from fleetwatch.record import AlertTransition, escape_tag, parse_series
 from flows.sinks.writer import BatchWriterThread, RetryableError
 
@@ -705,13 +706,6 @@ class MQTTNotifier(Notifier):
 # ------------------------------------------------------------------------------------------- webhooks
 
 
-def safe_target(url: str) -> str:
-    """What logs may say about a webhook: scheme, host and port. The path of a Slack (or most any)
-    incoming-webhook URL is its secret."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}"
-
-
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
     value = headers.get("Retry-After") if headers else None
     try:
@@ -742,7 +736,7 @@ class WebhookNotifier(Notifier):
         super().__init__(name, capacity, webhook_cfg.max_retry_delay.total_seconds(), journal, channel, on_progress)
         self.cfg = webhook_cfg
         self._url = webhook_cfg.url
-        self.target = safe_target(self._url)
+        self.target = url_without_secrets(self._url)
         self._format = webhook_cfg.format
         timeout = webhook_cfg.timeout.total_seconds()
         # Retries are ours (they must not log the URL, and must back off); redirects are not followed: a
@@ -826,7 +820,7 @@ class GrafanaAnnotationNotifier(Notifier):
     ) -> None:
         super().__init__(name, capacity, 60.0, journal, channel, None)
         self.cfg = cfg
-        self.target = safe_target(cfg.url)
+        self.target = url_without_secrets(cfg.url)
         self._token = cfg.resolved_token()
         self._api = api
         self.start()

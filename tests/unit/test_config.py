@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -172,3 +173,38 @@ def test_a_broken_rules_file_names_the_file_and_the_key(tmp_path: Path) -> None:
         config.from_dict({"alerts": {"rules_file": str(rules)}}, env={})
     assert len(err.value.problems) == 1
     assert err.value.problems[0].startswith(f"alerts.rules_file: {rules}: rules[0].condition:")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"mqtt": {"password": 987_654_321}},
+        {"influxdb": {"token": ["tok-SECRET-1"]}},
+        {"elasticsearch": {"api_key": {"id": "key-SECRET-2"}}},
+        {"elasticsearch": {"hosts": ["ftp://user:pw-SECRET-3@es.example:9200"]}},
+        {"alerts": {"webhooks": [{"url": "ftp://hooks.example/services/T0/B0/url-SECRET-4"}]}},
+        {"alerts": {"webhooks": [{"url": "hooks.example/services/T0/B0/url-SECRET-5"}]}},
+        {"alerts": {"webhooks": [{"url": "https://hooks.example/x", "headers": {"Authorization": 5_551_234}}]}},
+        {"alerts": {"grafana": {"url": "gopher://user:pw-SECRET-6@grafana.example/", "token": 42_424_242}}},
+    ],
+    ids=[
+        "mqtt-password",
+        "influx-token",
+        "es-api-key",
+        "es-host-userinfo",
+        "webhook-url",
+        "webhook-no-scheme",
+        "webhook-header",
+        "grafana",
+    ],
+)
+def test_a_config_error_names_the_key_but_never_prints_the_secret(data: dict[str, Any]) -> None:
+    """A secret given wrongly (the wrong type, a URL with a token in its path or a password in it) still
+    fails at start with the key, but the message shows no part of the value that can be a secret."""
+    with pytest.raises(config.ConfigError) as exc:
+        config.from_dict(data, env={})
+    message = str(exc.value)
+    for secret in ("SECRET", "987654321", "5551234", "42424242", "pw-", "services/T0"):
+        assert secret not in message, message
+    section = next(iter(data))
+    assert f"{section}." in message
