@@ -53,6 +53,7 @@ bench: venv stack-up
 	if [ "$${BENCH_READINGS:-1}" != 0 ]; then $(BIN)/python -m bench.run; fi
 	if [ "$${BENCH_LOGS:-1}" != 0 ]; then $(BIN)/python -m bench.logs.run; fi
 	if [ "$${BENCH_ALERTS:-1}" != 0 ]; then $(BIN)/python -m bench.alerts; fi
+	if [ "$${BENCH_ALERTS:-1}" != 0 ]; then BENCH_ALERT_SERIES=100000 BENCH_ALERT_FLEET_RULES=1 BENCH_ALERT_PROBES=120 $(BIN)/python -m bench.alerts; fi
 
 clean:
 	scripts/stack.sh down || true

@@ -28,11 +28,34 @@ from bench.run import PUBLISHER, REPO, RESULTS, build_publisher
 
 BACKGROUND_RATE = int(os.environ.get("BENCH_ALERT_LOAD", "10000"))
 PROBES = int(os.environ.get("BENCH_ALERT_PROBES", "60"))
+# The background's series (one per device), and whether rules watch every one of them: at fleet scale one rule
+# on every reading and one on every 10 s window (thresholds never crossed), beside the probe's rule, with the
+# fleet's windows (10 s and 1 min, quantiles on).
+SERIES = int(os.environ.get("BENCH_ALERT_SERIES", "1000"))
+FLEET_RULES = os.environ.get("BENCH_ALERT_FLEET_RULES", "0") != "0"
 
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+FLEET_RULE_TOML = """
+[[alerts.rules]]
+name = "fleet_reading"
+target = "reading"
+metric = "v"
+condition = ">"
+warning = 1e12
+[[alerts.rules]]
+name = "fleet_window"
+target = "window"
+window = "10s"
+stat = "mean"
+metric = "v"
+condition = ">"
+warning = 1e12
+"""
 
 
 def main() -> None:
@@ -78,7 +101,7 @@ format = "json"
 timestamp_field = "ts"
 timestamp_unit = "ms"
 [windows]
-tumbling = ["10s"]
+tumbling = {'["10s", "1m"]' if FLEET_RULES else '["10s"]'}
 allowed_lateness = "2s"
 [recovery]
 dir = "{Path(tmp) / "recovery"}"
@@ -97,16 +120,17 @@ target = "reading"
 metric = "trigger"
 condition = ">"
 warning = 0.5
-""")
+{FLEET_RULE_TOML if FLEET_RULES else ""}""")
+        status = Path(tmp) / "status.json"
         pipeline = subprocess.Popen(
-            [sys.executable, "-m", "fleetwatch", "run", "-c", str(config)],
+            [sys.executable, "-m", "fleetwatch", "run", "-c", str(config), "--status-file", str(status)],
             cwd=REPO,
             stderr=open(Path(tmp) / "pipeline.log", "w"),  # noqa: SIM115 - lives as long as the process
         )
         time.sleep(5)
         seconds = PROBES * 0.5 + 5
         load = subprocess.Popen(
-            [str(PUBLISHER), "127.0.0.1", "1883", "0", str(BACKGROUND_RATE), str(seconds), "1000", unique, "0"],
+            [str(PUBLISHER), "127.0.0.1", "1883", "0", str(BACKGROUND_RATE), str(seconds), str(SERIES), unique, "0"],
             stdout=subprocess.DEVNULL,
         )
         probe = paho.Client(CallbackAPIVersion.VERSION2)
@@ -122,6 +146,15 @@ warning = 0.5
             probe.publish(f"{unique}/probe/p1/x", payload, qos=1)
             time.sleep(0.5)
         load.wait()
+        load_ended = time.monotonic()
+        # Sustained: everything published is in within 2 s of the load's end.
+        expected = int(BACKGROUND_RATE * seconds) + PROBES
+        while time.monotonic() - load_ended < 10:
+            received = json.loads(status.read_text()).get("messages_in", 0) if status.exists() else 0
+            if received >= expected:
+                break
+            time.sleep(0.05)
+        caught_up_s = time.monotonic() - load_ended
         time.sleep(3)
         pipeline.send_signal(signal.SIGINT)
         pipeline.wait(60)
@@ -133,6 +166,12 @@ warning = 0.5
     hook_ms = [(received_webhook[v] - t) * 1000 for v, t in sent.items() if v in received_webhook]
     result = {
         "background_msg_s": BACKGROUND_RATE,
+        "series": SERIES,
+        "fleet_rules": FLEET_RULES,
+        "received": received,
+        "expected": expected,
+        "caught_up_after_load_s": round(caught_up_s, 2),
+        "sustained": received >= expected and caught_up_s <= 2.0,
         "probes": len(sent),
         "mqtt_received": len(mqtt_ms),
         "webhook_received": len(hook_ms),
