@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DURATION ?= 60
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit lint fuzz stack-up stack-down stack-status bench clean venv
+.PHONY: demo test unit lint fuzz stack-up stack-down stack-status bench soak clean venv
 
 ## The virtualenv holds fleetwatch's wheel, built from this checkout and installed as users install it (not
 ## editable), with the dev extras; rebuilt whenever a packaged file changed (scripts/install.sh). The dependencies
@@ -54,6 +54,11 @@ bench: venv stack-up
 	if [ "$${BENCH_LOGS:-1}" != 0 ]; then $(BIN)/python -m bench.logs.run; fi
 	if [ "$${BENCH_ALERTS:-1}" != 0 ]; then $(BIN)/python -m bench.alerts; fi
 	if [ "$${BENCH_ALERTS:-1}" != 0 ]; then BENCH_ALERT_SERIES=100000 BENCH_ALERT_FLEET_RULES=1 BENCH_ALERT_PROBES=120 $(BIN)/python -m bench.alerts; fi
+
+## Steady load for SOAK_MINUTES (30): readings and rotated log lines together; memory must level off and no queue
+## may grow (bench/soak.py; results in RELIABILITY.md).
+soak: venv stack-up
+	$(BIN)/python -m bench.soak
 
 clean:
 	scripts/stack.sh down || true
