@@ -11,6 +11,17 @@ from typing import Any
 from collectors.mqtt.sparkplug import VALUE_FIELD
 from collectors.mqtt.sparkplug import sparkplug_payload_pb2 as pb
 
+# The ready-made offline (deadman) rule, as README.md and fleetwatch.example.toml give it.
+OFFLINE_RULE = """
+[[alerts.rules]]
+name = "sparkplug-offline"
+measurement = "sparkplug_state"
+metric = "online"
+condition = "<"
+critical = 1
+summary = "Sparkplug {group}/{node} {device} is offline"
+"""
+
 INT8, INT16, INT32, INT64, UINT32, UINT64 = 1, 2, 3, 4, 7, 8
 FLOAT, DOUBLE, BOOLEAN, STRING = 9, 10, 11, 12
 

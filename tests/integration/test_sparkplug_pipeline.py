@@ -12,20 +12,9 @@ from pathlib import Path
 from tests.conftest import INFLUX_URL, MQTT_HOST, MQTT_PORT, influx_rows
 from tests.integration.harness import Pipeline, wait_until
 from tests.integration.test_readings_pipeline import Publisher
-from tests.sparkplug_payloads import BOOLEAN, DOUBLE, FLOAT, INT16, INT64, STRING
+from tests.sparkplug_payloads import BOOLEAN, DOUBLE, FLOAT, INT16, INT64, OFFLINE_RULE, STRING
 from tests.sparkplug_payloads import payload as sp_payload
 from tests.sparkplug_payloads import topic as sp_topic
-
-# The rule as README.md and fleetwatch.example.toml give it (tests/unit/test_sparkplug.py checks they match).
-OFFLINE_RULE = """
-[[alerts.rules]]
-name = "sparkplug-offline"
-measurement = "sparkplug_state"
-metric = "online"
-condition = "<"
-critical = 1
-summary = "Sparkplug {group}/{node} {device} is offline"
-"""
 
 
 def write_config(path: Path, unique: str, db: str) -> Path:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pickle
 import time
+import tomllib
 from typing import Any
 
 import pytest
@@ -16,7 +17,20 @@ from fleetwatch import config as config_mod
 from fleetwatch.record import DeadLetter, Reading, parse_series
 from flows import health
 from flows.sparkplug import SparkplugLogic, SparkplugResult
-from tests.sparkplug_payloads import BOOLEAN, DOUBLE, FLOAT, INT8, INT16, INT32, INT64, STRING, UINT32, UINT64
+from tests.conftest import REPO
+from tests.sparkplug_payloads import (
+    BOOLEAN,
+    DOUBLE,
+    FLOAT,
+    INT8,
+    INT16,
+    INT32,
+    INT64,
+    OFFLINE_RULE,
+    STRING,
+    UINT32,
+    UINT64,
+)
 from tests.sparkplug_payloads import payload as sp_payload
 from tests.sparkplug_payloads import topic as sp_topic
 
@@ -337,3 +351,14 @@ def test_int32_and_uint32_use_their_full_width() -> None:
     birth = sp_payload([("a", 1, INT32, -(2**31)), ("b", 2, UINT32, 2**32 - 1)], seq=0, ts_ms=NOW_MS)
     out = node.send((sp_topic("plant", "NBIRTH", "edge1"), birth))
     assert values(out.readings) == {("", "a"): float(-(2**31)), ("", "b"): float(2**32 - 1)}
+
+
+def test_the_documented_offline_rule_is_the_tested_one_and_valid() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert OFFLINE_RULE.strip() in readme
+    example = (REPO / "fleetwatch.example.toml").read_text()
+    uncommented = "\n".join(line.removeprefix("# ") for line in example.splitlines())
+    assert OFFLINE_RULE.strip() in uncommented
+    cfg = config_mod.from_dict(tomllib.loads(OFFLINE_RULE), env={})
+    (rule,) = cfg.alerts.rules
+    assert (rule.target, rule.kind, rule.condition, rule.critical) == ("reading", "threshold", "<", 1.0)
