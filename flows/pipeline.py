@@ -215,8 +215,9 @@ def _readings(
     # More shards than workers keeps the load even; one shard when there is one worker.
     sharder = Sharder(1 if options.total_workers == 1 else options.total_workers * 8)
     keyed = op.flat_map("shard", parsed, lambda p: sharder.split(p.readings))
-    watched_readings = keyed
-    raw_streams: list[Stream[list[Reading]]] = [op.filter_map("raw", parsed, lambda p: p.raw or None)]
+    raw_lines = op.filter_map(
+        "raw_lines", parsed, lambda p: ("raw", [schema.raw_line(r) for r in p.raw]) if p.raw else None
+    )
     if cfg.mqtt.sparkplug_subscriptions():
         sparkplug = _sparkplug(cfg, parsed)
         # Sparkplug readings join the others by shard; their online state goes to InfluxDB raw and to the
@@ -226,7 +227,15 @@ def _readings(
         )
         state = op.flat_map("sparkplug_state_shard", sparkplug, lambda r: sharder.split(r.state))
         watched_readings = op.merge("watched_readings", keyed, state)
-        raw_streams.append(op.filter_map("sparkplug_raw", sparkplug, lambda r: (r.raw + r.state) or None))
+        raw_lines = op.merge(
+            "raw_and_state_lines",
+            raw_lines,
+            op.filter_map(
+                "sparkplug_raw_lines",
+                sparkplug,
+                lambda r: ("raw", [schema.raw_line(x) for x in r.raw + r.state]) if r.raw or r.state else None,
+            ),
+        )
         dead = op.merge(
             "all_dead_letters", dead, op.filter_map("sparkplug_dead", sparkplug, lambda r: r.dead_letters or None)
         )
@@ -262,8 +271,6 @@ def _readings(
 
     # Lines stay keyed (by shard; raw readings by "raw") so the stateful InfluxDB sink can partition them.
     window_lines = op.filter_map_value("window_lines", windowed, to_lines)
-    raw = raw_streams[0] if len(raw_streams) == 1 else op.merge("raw_readings", *raw_streams)
-    raw_lines = op.map("raw_lines", raw, lambda rs: ("raw", [schema.raw_line(r) for r in rs]))
     return op.merge("reading_lines", window_lines, raw_lines), dead
 
 

@@ -275,15 +275,6 @@ class MQTTParser:
                         )
                     )
                     continue
-                if info.sparkplug is not None:
-                    if info.sparkplug.kind in IGNORED_MESSAGES:
-                        sparkplug_ignored += 1
-                        continue
-                    if sparkplug is None:
-                        sparkplug = {}
-                    message = self._sparkplug(info, info.sparkplug, topic, payload, received_ns)
-                    sparkplug.setdefault(info.sparkplug.node_key, []).append(message)
-                    continue
                 series = info.series
                 if series is not None:
                     # format "number", the common case, inline.
@@ -337,6 +328,16 @@ class MQTTParser:
                                 if info.write_raw:
                                     raw.extend(found)
                                 continue
+                if info.sparkplug is not None:
+                    # After the fast paths above (which a Sparkplug topic never takes), so they pay nothing for it.
+                    if info.sparkplug.kind in IGNORED_MESSAGES:
+                        sparkplug_ignored += 1
+                        continue
+                    if sparkplug is None:
+                        sparkplug = {}
+                    message = self._sparkplug(info, info.sparkplug, topic, payload, received_ns)
+                    sparkplug.setdefault(info.sparkplug.node_key, []).append(message)
+                    continue
                 try:
                     samples = self._decode(info, payload)
                 except PayloadError as err:
