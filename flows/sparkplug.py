@@ -101,7 +101,12 @@ class SparkplugLogic(StatefulBatchLogic[list[SparkplugMessage], SparkplugResult,
         now_ns = time.time_ns()
         for messages in values:
             for message in messages:
-                self._message(message, now_ns, out)
+                try:
+                    self._message(message, now_ns, out)
+                except Exception as exc:
+                    # As in the parser: a message nothing foresaw is a dead letter, never an exception that stops
+                    # the pipeline (the broker would redeliver it after every restart).
+                    self._dead(out, message, "undecodable", f"{type(exc).__name__}: {exc}")
         stats = health.counters()
         stats.readings += len(out.readings)
         if out.dead_letters:

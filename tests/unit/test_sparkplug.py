@@ -3,12 +3,16 @@ driven through the parser and the stateful logic as the dataflow drives them, wi
 
 from __future__ import annotations
 
+import math
+import os
 import pickle
 import time
 import tomllib
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collectors.mqtt.parse import MessageBatch, MQTTParser
 from collectors.mqtt.payloads import PayloadError
@@ -35,6 +39,7 @@ from tests.sparkplug_payloads import payload as sp_payload
 from tests.sparkplug_payloads import topic as sp_topic
 
 NOW_MS = time.time_ns() // 1_000_000
+FUZZ_EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
 DAY_NS = 86_400 * 10**9
 
 
@@ -362,3 +367,75 @@ def test_the_documented_offline_rule_is_the_tested_one_and_valid() -> None:
     cfg = config_mod.from_dict(tomllib.loads(OFFLINE_RULE), env={})
     (rule,) = cfg.alerts.rules
     assert (rule.target, rule.kind, rule.condition, rule.critical) == ("reading", "threshold", "<", 1.0)
+
+
+def test_a_metric_name_that_is_not_utf8_is_a_dead_letter() -> None:
+    name = b"\xff\xfe"
+    metric = b"\x0a" + bytes([len(name)]) + name  # Metric.name (field 1), raw bytes
+    node = Node()
+    out = node.send((sp_topic("plant", "NBIRTH", "edge1"), b"\x12" + bytes([len(metric)]) + metric))
+    assert out.readings == [] and out.state == []
+    assert [d.reason for d in node.parse_dead] == ["invalid_utf8"]
+
+
+# ------------------------------------------------------------------------------------------- any message sequence
+
+_KINDS = ["NBIRTH", "DBIRTH", "NDATA", "DDATA", "NDEATH", "DDEATH"]
+_TYPES = [INT8, INT16, INT32, INT64, UINT32, UINT64, FLOAT, DOUBLE, BOOLEAN, STRING, 0, 13, 16, 33, 250]
+
+
+def _value(draw: st.DrawFn, datatype: int) -> Any:
+    if datatype in (FLOAT, DOUBLE):
+        return draw(st.floats(allow_nan=True, allow_infinity=True, width=32 if datatype == FLOAT else 64))
+    if datatype == BOOLEAN:
+        return draw(st.booleans())
+    if datatype == STRING:
+        return draw(st.text(max_size=5))
+    return (
+        draw(st.integers(-(2**31), 2**32 - 1))
+        if datatype in (INT8, INT16, INT32, UINT32)
+        else draw(st.integers(-(2**63), 2**64 - 1))
+    )
+
+
+@st.composite
+def _messages(draw: st.DrawFn) -> tuple[str, bytes]:
+    kind = draw(st.sampled_from(_KINDS))
+    device = draw(st.sampled_from(["d1", "d2"])) if kind.startswith("D") else ""
+    metrics = []
+    for _ in range(draw(st.integers(0, 4))):
+        datatype = draw(st.sampled_from(_TYPES))
+        name = draw(st.sampled_from([None, "a", "b", "bdSeq", "Node Control/Rebirth", "x\ny, z=1"]))
+        alias = draw(st.none() | st.integers(0, 5))
+        value = _value(draw, datatype) if datatype in VALUE_TYPES else None
+        metrics.append((name, alias, datatype if datatype in VALUE_TYPES else None, value))
+    raw = sp_payload(
+        metrics,
+        seq=draw(st.none() | st.integers(0, 300)),
+        ts_ms=draw(st.none() | st.integers(0, 2**45)),
+        send_datatypes=draw(st.booleans()),
+        nulls=("a",) if draw(st.booleans()) else (),
+    )
+    return sp_topic("plant", kind, "edge1", device), raw
+
+
+VALUE_TYPES = {INT8, INT16, INT32, INT64, UINT32, UINT64, FLOAT, DOUBLE, BOOLEAN, STRING}
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, print_blob=True)
+@given(st.lists(_messages(), max_size=12), st.integers(0, 12))
+def test_any_sequence_of_messages_gives_readings_dead_letters_or_counts_never_an_error(
+    messages: list[tuple[str, bytes]], restart_at: int
+) -> None:
+    node = Node()
+    for i, message in enumerate(messages):
+        if i == restart_at:
+            node.restart()
+        out = node.send(message)
+        # An exception inside the logic would show as an "undecodable" dead letter of a well-formed payload.
+        assert [d for d in out.dead_letters if d.reason == "undecodable"] == []
+        assert all(math.isfinite(r.value) for r in out.readings + out.state)
+        assert all(parse_series(r.series)[1]["group"] == "plant" for r in out.readings + out.state)
+    assert node.parse_dead == []
+    resumed = SparkplugLogic(node.logic.snapshot(), 0, 0)
+    assert pickle.dumps(resumed.node) == pickle.dumps(node.logic.node)

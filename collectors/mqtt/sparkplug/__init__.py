@@ -137,7 +137,11 @@ def decode_payload(payload: bytes) -> tuple[int | None, int | None, list[Sparkpl
         raise PayloadError("undecodable", f"not a Sparkplug B payload: {exc}") from None
     metrics = []
     for m in message.metrics:
+        # Strings that are not valid UTF-8 come back from the protobuf runtime as bytes (proto2 does not check).
+        if not isinstance(m.name, str):
+            raise PayloadError("invalid_utf8", f"a metric name is not valid UTF-8: {m.name[:80]!r}")
         field = m.WhichOneof("value") or ""
+        value = getattr(m, field) if field else None
         metrics.append(
             SparkplugMetric(
                 m.name,
@@ -145,7 +149,7 @@ def decode_payload(payload: bytes) -> tuple[int | None, int | None, list[Sparkpl
                 m.timestamp if m.HasField("timestamp") else None,
                 m.datatype,
                 field,
-                getattr(m, field) if field else None,
+                value,
                 m.is_null,
             )
         )
