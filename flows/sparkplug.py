@@ -36,17 +36,26 @@ from typing import NamedTuple
 from bytewax.operators import StatefulBatchLogic
 
 from collectors.mqtt.payloads import PayloadError
-from collectors.mqtt.sparkplug import SparkplugMessage, SparkplugMetric, numeric_value
+from collectors.mqtt.sparkplug import DOUBLE, FLOAT, SparkplugMessage, SparkplugMetric, numeric_value
 from fleetwatch.record import DeadLetter, Reading, series_key
 from flows import health
 
 STATE_MEASUREMENT = "sparkplug_state"
 _MS = 1_000_000
+_TARGET_CACHE_LIMIT = 100_000
 _PROTOCOL_PREFIXES = ("Node Control/", "Device Control/")
 
 
 def _protocol_metric(name: str) -> bool:
     return name == "bdSeq" or name.startswith(_PROTOCOL_PREFIXES)
+
+
+class _Target(NamedTuple):
+    name: str
+    # The datatype the births declared (0: none).
+    datatype: int
+    # The reading's series key; None for a metric that is no reading (the protocol's own, ignore_fields).
+    series: str | None
 
 
 class SparkplugResult(NamedTuple):
@@ -93,8 +102,9 @@ class SparkplugLogic(StatefulBatchLogic[list[SparkplugMessage], SparkplugResult,
         self.node: NodeState = pickle.loads(resume) if resume is not None else NodeState()
         self._max_future_ns = max_future_ns
         self._max_age_ns = max_age_ns
-        # (device tags, metric) -> series key; not state, built again after a restart.
-        self._series: dict[tuple[str, str, str], str] = {}
+        # (measurement, ignore_fields, device, alias or name) -> what the metric is; not state, built again
+        # after a restart, and cleared by every birth (which may declare aliases anew).
+        self._targets: dict[tuple[str, frozenset[str], str, int | str], _Target] = {}
 
     def on_batch(self, values: list[list[SparkplugMessage]]) -> tuple[Iterable[SparkplugResult], bool]:
         out = SparkplugResult([], [], [], [])
@@ -157,6 +167,7 @@ class SparkplugLogic(StatefulBatchLogic[list[SparkplugMessage], SparkplugResult,
         node = self.node
         node.aliases = {}
         node.metrics = {}
+        self._targets.clear()
         # The node's devices are known only once born again.
         node.devices = {d: False for d in node.devices}
         node.next_seq = ((message.seq or 0) + 1) % 256
@@ -171,6 +182,7 @@ class SparkplugLogic(StatefulBatchLogic[list[SparkplugMessage], SparkplugResult,
     def _device_birth(self, message: SparkplugMessage, out: SparkplugResult) -> None:
         node = self.node
         device = message.device
+        self._targets.clear()
         for alias in [a for a, (d, _, _) in node.aliases.items() if d == device]:
             del node.aliases[alias]
         for key in [k for k in node.metrics if k[0] == device]:
@@ -230,6 +242,9 @@ class SparkplugLogic(StatefulBatchLogic[list[SparkplugMessage], SparkplugResult,
     def _readings(self, message: SparkplugMessage, now_ns: int, out: SparkplugResult) -> None:
         node = self.node
         device = message.device
+        measurement = message.measurement
+        skip = message.ignore
+        targets = self._targets
         payload_ts = self._stamp(message, message.received_ns)
         newest_ok = now_ns + self._max_future_ns
         oldest_ok = now_ns - self._max_age_ns if self._max_age_ns else -(2**63)
@@ -237,71 +252,92 @@ class SparkplugLogic(StatefulBatchLogic[list[SparkplugMessage], SparkplugResult,
         for metric in message.metrics:
             name = metric.name
             datatype = metric.datatype
-            if metric.alias is not None and not (name and datatype):
-                declared = node.aliases.get(metric.alias)
-                if declared is None or declared[0] != device:
-                    self._dead(
-                        out,
-                        message,
-                        "sparkplug_unknown_alias",
-                        f"alias {metric.alias} is not declared by the births of {self._where(message)}",
-                    )
-                    continue
-                _, name, birth_type = declared
-                datatype = datatype or birth_type
-            elif not datatype:
-                datatype = node.metrics.get((device, name), 0)
-                if not datatype:
-                    self._dead(
-                        out,
-                        message,
-                        "sparkplug_unknown_metric",
-                        f"metric {name!r} has no datatype and is not declared by the births of {self._where(message)}",
-                    )
-                    continue
-            if _protocol_metric(name) or name in message.ignore:
+            alias = metric.alias
+            if alias is not None and not (name and datatype):
+                target = targets.get((measurement, skip, device, alias))
+                if target is None:
+                    declared = node.aliases.get(alias)
+                    if declared is None or declared[0] != device:
+                        self._dead(
+                            out,
+                            message,
+                            "sparkplug_unknown_alias",
+                            f"alias {alias} is not declared by the births of {self._where(message)}",
+                        )
+                        continue
+                    target = self._target(message, (measurement, skip, device, alias), declared[1], declared[2])
+            else:
+                target = targets.get((measurement, skip, device, name))
+                if target is None:
+                    declared_type = node.metrics.get((device, name), 0)
+                    target = self._target(message, (measurement, skip, device, name), name, declared_type)
+            datatype = datatype or target.datatype
+            if not datatype:
+                self._dead(
+                    out,
+                    message,
+                    "sparkplug_unknown_metric",
+                    f"metric {name!r} has no datatype and is not declared by the births of {self._where(message)}",
+                )
                 continue
+            series = target.series
+            if series is None:
+                continue  # the protocol's own metrics, and ignore_fields
             if metric.is_null:
                 ignored += 1
                 continue
-            try:
-                value = numeric_value(metric, datatype)
-            except PayloadError as err:
-                self._dead(out, message, err.reason, err.detail)
-                continue
-            if value is None:
-                ignored += 1
-                continue
+            field = metric.field
+            if (field == "double_value" and datatype == DOUBLE) or (field == "float_value" and datatype == FLOAT):
+                # The common case, without a call: a float as it is, if finite.
+                value = metric.value
+                assert isinstance(value, float)
+                if value - value != 0.0:
+                    self._dead(out, message, "non_finite", f"metric {target.name!r} is {value}")
+                    continue
+            else:
+                try:
+                    number = numeric_value(metric, datatype)
+                except PayloadError as err:
+                    self._dead(out, message, err.reason, err.detail)
+                    continue
+                if number is None:
+                    ignored += 1
+                    continue
+                value = number
             ts = metric.ts_ms * _MS if metric.ts_ms is not None else payload_ts
             if not oldest_ok <= ts <= newest_ok:
                 self._dead(
                     out,
                     message,
                     "timestamp_out_of_range",
-                    f"metric {name!r}: event time {ts} ns is outside the accepted skew",
+                    f"metric {target.name!r}: event time {ts} ns is outside the accepted skew",
                 )
                 continue
-            reading = Reading(message.measurement, self._series_of(message, name), value, ts)
+            reading = Reading(measurement, series, value, ts)
             out.readings.append(reading)
             if message.write_raw:
                 out.raw.append(reading)
         if ignored:
             health.counters().sparkplug_metrics_ignored += ignored
 
+    def _target(
+        self, message: SparkplugMessage, key: tuple[str, frozenset[str], str, int | str], name: str, datatype: int
+    ) -> _Target:
+        """What a metric of the message's device names (by alias or by name): cached until the next birth."""
+        targets = self._targets
+        if len(targets) >= _TARGET_CACHE_LIMIT:
+            targets.clear()
+        series = None
+        if not _protocol_metric(name) and name not in message.ignore:
+            series = series_key(message.measurement, {**message.tags, "metric": name})
+        target = targets[key] = _Target(name, datatype, series)
+        return target
+
     # -- helpers
 
     @staticmethod
     def _stamp(message: SparkplugMessage, default_ns: int) -> int:
         return message.ts_ms * _MS if message.ts_ms is not None else default_ns
-
-    def _series_of(self, message: SparkplugMessage, name: str) -> str:
-        key = (message.measurement, message.device, name)
-        series = self._series.get(key)
-        if series is None:
-            if len(self._series) > 100_000:
-                self._series.clear()
-            series = self._series[key] = series_key(message.measurement, {**message.tags, "metric": name})
-        return series
 
     @staticmethod
     def _node_tags(message: SparkplugMessage) -> dict[str, str]:
