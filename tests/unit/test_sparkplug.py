@@ -8,16 +8,19 @@ import os
 import pickle
 import time
 import tomllib
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from typer.testing import CliRunner
 
 from collectors.mqtt.parse import MessageBatch, MQTTParser
 from collectors.mqtt.payloads import PayloadError
 from collectors.mqtt.sparkplug import SparkplugMessage, decode_payload, parse_topic
 from fleetwatch import config as config_mod
+from fleetwatch.cli import app
 from fleetwatch.record import DeadLetter, Reading, parse_series
 from flows import health
 from flows.sparkplug import SparkplugLogic, SparkplugResult
@@ -439,3 +442,11 @@ def test_any_sequence_of_messages_gives_readings_dead_letters_or_counts_never_an
     assert node.parse_dead == []
     resumed = SparkplugLogic(node.logic.snapshot(), 0, 0)
     assert pickle.dumps(resumed.node) == pickle.dumps(node.logic.node)
+
+
+def test_run_refuses_several_workers_for_sparkplug(tmp_path: Path) -> None:
+    config = tmp_path / "fleetwatch.toml"
+    config.write_text('[[mqtt.subscriptions]]\ntopic = "spBv1.0/#"\nformat = "sparkplug_b"\n')
+    result = CliRunner().invoke(app, ["run", "-c", str(config), "--workers", "2"])
+    assert result.exit_code == 2
+    assert "Sparkplug B subscriptions need each edge node's messages in order" in result.output
