@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DURATION ?= 60
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit lint fuzz stack-up stack-down stack-status bench soak clean venv
+.PHONY: demo test unit lint fuzz stack-up stack-down stack-status bench soak clean venv sparkplug-proto
 
 ## The virtualenv holds fleetwatch's wheel, built from this checkout and installed as users install it (not
 ## editable), with the dev extras; rebuilt whenever a packaged file changed (scripts/install.sh). The dependencies
@@ -46,6 +46,12 @@ lint: venv
 	$(BIN)/mypy
 	$(BIN)/python -m dashboards.generate --check
 	$(BIN)/python -m dashboards.grafana_alerts --check
+
+## The Sparkplug B payload module and its typing stub, generated from the schema with grpcio-tools' protoc.
+SPARKPLUG := collectors/mqtt/sparkplug
+sparkplug-proto: venv
+	$(BIN)/python -m grpc_tools.protoc -I$(SPARKPLUG) --python_out=$(SPARKPLUG) --pyi_out=$(SPARKPLUG) \
+		$(SPARKPLUG)/sparkplug_payload.proto
 
 ## Benchmarks (results in bench/results/, summarised in BENCHMARKS.md). BENCH_READINGS=0, BENCH_LOGS=0 or
 ## BENCH_ALERTS=0 skips a part.

@@ -84,6 +84,11 @@ def run(
     if (process_id is None) != (addresses is None):
         console.print("[red]error:[/red] --process-id and --addresses go together")
         raise typer.Exit(2)
+    total_workers = (workers or cfg.flow.workers) * (len(addresses.split(",")) if addresses else 1)
+    if total_workers > 1 and cfg.mqtt.sparkplug_subscriptions():
+        problem = config_mod.sparkplug_workers_problem(total_workers)
+        console.print(f"[red]error:[/red] --workers/--addresses: {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     from fleetwatch.runner import run_pipeline
 
     status = run_pipeline(

@@ -61,7 +61,9 @@ class TLSConfig(Section):
         return self
 
 
-TopicFormat = Literal["number", "json", "influx_line", "telegraf_json"]
+TopicFormat = Literal["number", "json", "influx_line", "telegraf_json", "sparkplug_b"]
+# Sparkplug B topics: spBv1.0/<group>/<type>/<node>[/<device>] (collectors/mqtt/sparkplug).
+SPARKPLUG_NAMESPACE = "spBv1.0"
 TimestampUnit = Literal["auto", "s", "ms", "us", "ns", "rfc3339"]
 
 
@@ -115,6 +117,8 @@ class SubscriptionConfig(Section):
 
     @model_validator(mode="after")
     def _template_fits(self) -> SubscriptionConfig:
+        if self.format == "sparkplug_b":
+            return self._sparkplug_fits()
         if self.template is not None:
             TopicTemplate.parse(self.template)  # raises ValueError naming the problem
         if (
@@ -123,6 +127,31 @@ class SubscriptionConfig(Section):
             and (self.template is None or "{metric}" not in self.template)
         ):
             raise ValueError("format 'number' needs {metric} in template or a metric name")
+        return self
+
+    def _sparkplug_fits(self) -> SubscriptionConfig:
+        # The topic names the group, edge node and device, and the payload names each metric and its time.
+        unused = [
+            key
+            for key, given in (
+                ("template", self.template is not None),
+                ("metric", self.metric is not None),
+                ("timestamp_field", self.timestamp_field is not None),
+                ("timestamp_unit", self.timestamp_unit != "auto"),
+            )
+            if given
+        ]
+        if unused:
+            raise ValueError(
+                f"format 'sparkplug_b' takes its tags, metric names and times from the Sparkplug topic and "
+                f"payload: remove {', '.join(unused)}"
+            )
+        first = self.topic.split("/")[0]
+        if first not in (SPARKPLUG_NAMESPACE, "+", "#"):
+            raise ValueError(
+                f"format 'sparkplug_b' needs a filter on Sparkplug B topics, such as '{SPARKPLUG_NAMESPACE}/#' "
+                f"or '{SPARKPLUG_NAMESPACE}/<group>/#' (got {self.topic!r})"
+            )
         return self
 
 
@@ -182,6 +211,9 @@ class MQTTConfig(Section):
 
     def resolved_password(self) -> SecretStr | None:
         return read_secret_file(self.password_file, "mqtt.password_file") or self.password
+
+    def sparkplug_subscriptions(self) -> list[SubscriptionConfig]:
+        return [s for s in self.subscriptions if s.format == "sparkplug_b"]
 
 
 # ------------------------------------------------------------------------------------------- flow
@@ -592,10 +624,23 @@ def from_dict(data: dict[str, Any], source: str = "config", env: Mapping[str, st
         cfg = Config.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
-    problems = alert_rule_problems(cfg)
+    problems = alert_rule_problems(cfg) + sparkplug_problems(cfg)
     if problems:
         raise ConfigError(source, problems)
     return cfg
+
+
+def sparkplug_workers_problem(workers: int) -> str:
+    return (
+        "Sparkplug B subscriptions need each edge node's messages in order, which only one MQTT connection "
+        f"gives: expected 1 worker (got {workers})"
+    )
+
+
+def sparkplug_problems(cfg: Config) -> list[str]:
+    if cfg.flow.workers > 1 and cfg.mqtt.sparkplug_subscriptions():
+        return [f"flow.workers: {sparkplug_workers_problem(cfg.flow.workers)}"]
+    return []
 
 
 def alert_rule_problems(cfg: Config) -> list[str]:

@@ -29,6 +29,13 @@ class Counters:
     mqtt_protocol_errors: int = 0
     # Messages of devices missing from the device inventory ([mqtt.devices]).
     unknown_devices: int = 0
+    # Sparkplug B (flows/sparkplug.py): sequence gaps and the messages they skipped, NDEATHs of an earlier
+    # session, metrics that are no readings (strings, nulls, ...), messages with no readings (NCMD, DCMD, STATE).
+    sparkplug_seq_gaps: int = 0
+    sparkplug_seq_missed: int = 0
+    sparkplug_stale_deaths: int = 0
+    sparkplug_metrics_ignored: int = 0
+    sparkplug_messages_ignored: int = 0
     # Logs and Elasticsearch.
     log_events: int = 0
     log_parse_failures: int = 0

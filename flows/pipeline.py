@@ -1,9 +1,14 @@
 """The dataflow, wired. Readings:
 
     MQTT source ──► parse ──┬─► readings ──► shard ──► windows ──┬─► aggregates ─┐
-      (batches)             │                                    └─► late ───────┼─► InfluxDB sink
-                            ├─► raw readings (write_raw) ─────────────────────────┘
-                            └─► dead letters ─────────────────────────────────────────► dead-letter store
+      (batches)             │                 ▲                  └─► late ───────┼─► InfluxDB sink
+                            ├─► raw readings (write_raw) ─────────────────────────┤
+                            ├─► Sparkplug B messages ──► edge nodes ──┬─► readings (to shard, above)
+                            │     (by edge node)    (aliases, seq,    ├─► state, raw ───┘
+                            │                         online state)   └─► dead letters ─┐
+                            └─► dead letters ─────────────────────────────────────────┴─► dead-letter store
+
+The Sparkplug B step exists only when a subscription has format "sparkplug_b".
 
 Logs:
 
@@ -62,6 +67,7 @@ from flows.sinks.buffer import saturated
 from flows.sinks.dead_letters import DeadLetterFile, DeadLetterSink
 from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Record
 from flows.sinks.influxdb import InfluxDBSink, LineWriter, make_writer
+from flows.sparkplug import SparkplugLogic, SparkplugResult
 from flows.windows import WindowLogic, WindowResult, WindowSnapshot, WindowSpec
 
 FLOW_ID = "fleetwatch"
@@ -197,6 +203,8 @@ def _readings(
             stats.add_dead([d.reason for d in parsed.dead_letters])
         if parsed.unknown_devices:
             stats.unknown_devices += parsed.unknown_devices
+        if parsed.sparkplug_ignored:
+            stats.sparkplug_messages_ignored += parsed.sparkplug_ignored
         if parsed.readings:
             stats.lag_seconds = max(0.0, (time.time_ns() - parsed.readings[-1].ts_ns) / 1e9)
         return parsed
@@ -207,6 +215,32 @@ def _readings(
     # More shards than workers keeps the load even; one shard when there is one worker.
     sharder = Sharder(1 if options.total_workers == 1 else options.total_workers * 8)
     keyed = op.flat_map("shard", parsed, lambda p: sharder.split(p.readings))
+    raw_lines = op.filter_map(
+        "raw_lines", parsed, lambda p: ("raw", [schema.raw_line(r) for r in p.raw]) if p.raw else None
+    )
+    if cfg.mqtt.sparkplug_subscriptions():
+        sparkplug = _sparkplug(cfg, parsed)
+        # Sparkplug readings join the others by shard; their online state goes to InfluxDB raw and to the
+        # alert rules, not to the windows.
+        keyed = op.merge(
+            "readings_by_shard", keyed, op.flat_map("sparkplug_shard", sparkplug, lambda r: sharder.split(r.readings))
+        )
+        state = op.flat_map("sparkplug_state_shard", sparkplug, lambda r: sharder.split(r.state))
+        watched_readings = op.merge("watched_readings", keyed, state)
+        raw_lines = op.merge(
+            "raw_and_state_lines",
+            raw_lines,
+            op.filter_map(
+                "sparkplug_raw_lines",
+                sparkplug,
+                lambda r: ("raw", [schema.raw_line(x) for x in r.raw + r.state]) if r.raw or r.state else None,
+            ),
+        )
+        dead = op.merge(
+            "all_dead_letters", dead, op.filter_map("sparkplug_dead", sparkplug, lambda r: r.dead_letters or None)
+        )
+    else:
+        watched_readings = keyed
     specs = window_specs(cfg)
 
     # With recovery on, the window state goes to its own change log beside Bytewax's partitions, and snapshots
@@ -225,7 +259,7 @@ def _readings(
         )
 
     windowed = op.stateful_batch("windows", keyed, build_windows)
-    watched.readings, watched.windows = keyed, windowed
+    watched.readings, watched.windows = watched_readings, windowed
 
     def to_lines(result: WindowResult) -> list[str] | None:
         stats = health.counters()
@@ -237,10 +271,20 @@ def _readings(
 
     # Lines stay keyed (by shard; raw readings by "raw") so the stateful InfluxDB sink can partition them.
     window_lines = op.filter_map_value("window_lines", windowed, to_lines)
-    raw_lines = op.filter_map(
-        "raw_lines", parsed, lambda p: ("raw", [schema.raw_line(r) for r in p.raw]) if p.raw else None
-    )
     return op.merge("reading_lines", window_lines, raw_lines), dead
+
+
+def _sparkplug(cfg: Config, parsed: Stream[ParsedBatch]) -> Stream[SparkplugResult]:
+    """Sparkplug B messages through the stateful step of their edge node (flows.sparkplug)."""
+    max_future_ns = int(cfg.windows.max_future_skew.total_seconds() * 1e9)
+    max_age_ns = int(cfg.windows.max_age.total_seconds() * 1e9)
+
+    def build(resume: bytes | None) -> SparkplugLogic:
+        return SparkplugLogic(resume, max_future_ns, max_age_ns)
+
+    nodes = op.flat_map("sparkplug_nodes", parsed, lambda p: p.sparkplug or [])
+    results = op.stateful_batch("sparkplug", nodes, build)
+    return op.map("sparkplug_results", results, lambda kv: kv[1])
 
 
 def _logs(

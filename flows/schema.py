@@ -8,10 +8,16 @@
 - ``<m>_late`` (late readings, raw): tags as raw readings; field ``value``; time = event time.
 - ``fleetwatch_health`` (the pipeline's own health): tag ``worker``; fields ``messages_in``, ``readings``,
   ``parse_errors``, ``dead_letters``, ``late_readings``, ``windows_closed``, ``points_written``,
-  ``sink_retries``, ``mqtt_protocol_errors``, ``unknown_devices``, ``sink_queue_depth``, ``lag_seconds``,
+  ``sink_retries``, ``mqtt_protocol_errors``, ``unknown_devices``, ``sparkplug_seq_gaps``,
+  ``sparkplug_seq_missed``, ``sparkplug_stale_deaths``, ``sparkplug_metrics_ignored``, ``sparkplug_messages_ignored``,
+  ``sink_queue_depth``, ``lag_seconds``,
   ``log_events``, ``log_parse_failures``, ``late_log_events``, ``docs_indexed``, ``es_duplicates``,
   ``es_rejected``, ``es_retries``, ``es_queue_depth``, ``window_snapshots``, ``window_snapshot_bytes``,
   ``window_snapshot_encoded_bytes``, ``window_snapshot_seconds``, ``window_series``; time = write time.
+
+- ``sparkplug_state`` (Sparkplug B edge nodes, ``flows.sparkplug``): tags ``group``, ``node``, ``device`` (absent
+  for the node itself), ``metric`` (``online``, ``seq_gaps``); field ``value`` (online 1/0, or the node's sequence
+  gaps so far); time = the birth's time, or the receive time of a death.
 
 - ``log_rates`` (log events per event-time window): tags ``service``, ``window``; fields ``count``,
   ``errors`` (error and worse), ``error_rate`` (errors / count), and one integer field per level seen

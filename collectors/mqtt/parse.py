@@ -24,6 +24,13 @@ from collectors.mqtt.payloads import (
     decode_number,
     decode_telegraf_json,
 )
+from collectors.mqtt.sparkplug import (
+    IGNORED_MESSAGES,
+    SparkplugMessage,
+    SparkplugTopic,
+    decode_payload,
+    parse_topic,
+)
 from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import MQTTConfig, SubscriptionConfig, WindowsConfig
 from fleetwatch.devices import Inventory, InventoryError, load_devices
@@ -57,6 +64,10 @@ class ParsedBatch(NamedTuple):
     dead_letters: list[DeadLetter]
     # Messages of devices missing from the device inventory ([mqtt.devices]), passed on or refused.
     unknown_devices: int = 0
+    # Sparkplug B messages by edge node ("<group>/<node>"), in arrival order, for its stateful step.
+    sparkplug: list[tuple[str, list[SparkplugMessage]]] | None = None
+    # Sparkplug B messages that carry no readings (NCMD, DCMD, STATE).
+    sparkplug_ignored: int = 0
 
 
 class _Refusal(NamedTuple):
@@ -86,6 +97,8 @@ class _TopicInfo:
     ts_scale: int = 0
     # The topic's device is not in the device inventory (its readings are passed on without its tags).
     unknown_device: bool = False
+    # format "sparkplug_b": the topic's group, message type, edge node and device.
+    sparkplug: SparkplugTopic | None = None
 
 
 def _file_stamp(path: Path | None) -> tuple[int, int] | None:
@@ -144,13 +157,23 @@ class MQTTParser:
             if not topic_matches(sub.topic, topic):
                 continue
             tags: dict[str, str] = {}
-            if template is not None:
+            sparkplug = None
+            if sub.format == "sparkplug_b":
+                try:
+                    sparkplug = parse_topic(topic)
+                except PayloadError as err:
+                    return _Refusal(err.reason, err.detail)
+                tags = {"group": sparkplug.group, "node": sparkplug.node, "device": sparkplug.device}
+                if not sparkplug.device:
+                    del tags["device"]
+            elif template is not None:
                 found = template.tags(topic)
                 if found is None:
                     return _Refusal("topic_mismatch", f"topic {topic!r} does not fit template {sub.template!r}")
                 tags = found
             unknown_device = False
-            if self._devices.file is not None:
+            # A Sparkplug edge node's own messages have no device level: the inventory is keyed by device.
+            if self._devices.file is not None and (sparkplug is None or self._devices.key in tags):
                 device = tags.get(self._devices.key)
                 extra = self._inventory.get(device) if device is not None else None
                 if extra is None:
@@ -184,6 +207,7 @@ class MQTTParser:
                 ts_field=sub.timestamp_field,
                 ts_scale=scale,
                 unknown_device=unknown_device,
+                sparkplug=sparkplug,
             )
         return _Refusal("topic_mismatch", f"topic {topic!r} matches no subscription")
 
@@ -229,6 +253,8 @@ class MQTTParser:
         if self._devices.file is not None:
             self._reload_inventory_if_changed()
         unknown_devices = 0
+        sparkplug: dict[str, list[SparkplugMessage]] | None = None
+        sparkplug_ignored = 0
         for topic, payload in batch.messages:
             try:
                 info = self._info(topic)
@@ -302,6 +328,16 @@ class MQTTParser:
                                 if info.write_raw:
                                     raw.extend(found)
                                 continue
+                if info.sparkplug is not None:
+                    # After the fast paths above (which a Sparkplug topic never takes), so they pay nothing for it.
+                    if info.sparkplug.kind in IGNORED_MESSAGES:
+                        sparkplug_ignored += 1
+                        continue
+                    if sparkplug is None:
+                        sparkplug = {}
+                    message = self._sparkplug(info, info.sparkplug, topic, payload, received_ns)
+                    sparkplug.setdefault(info.sparkplug.node_key, []).append(message)
+                    continue
                 try:
                     samples = self._decode(info, payload)
                 except PayloadError as err:
@@ -337,7 +373,42 @@ class MQTTParser:
                 dead.append(
                     DeadLetter("undecodable", f"mqtt:{topic}", payload, received_ns, f"{type(exc).__name__}: {exc}")
                 )
-        return ParsedBatch(received_ns, len(batch.messages), readings, raw, dead, unknown_devices)
+        return ParsedBatch(
+            received_ns,
+            len(batch.messages),
+            readings,
+            raw,
+            dead,
+            unknown_devices,
+            list(sparkplug.items()) if sparkplug else None,
+            sparkplug_ignored,
+        )
+
+    @staticmethod
+    def _sparkplug(
+        info: _TopicInfo, topic_parts: SparkplugTopic, topic: str, payload: bytes, received_ns: int
+    ) -> SparkplugMessage:
+        """Decode a Sparkplug B payload (stateless); aliases, sequence and state are the edge node's stateful
+        step (flows.sparkplug). Raises PayloadError for bytes that are no Sparkplug B payload."""
+        sub = info.sub
+        assert sub is not None
+        seq, ts_ms, metrics = decode_payload(payload)
+        return SparkplugMessage(
+            topic,
+            topic_parts.kind,
+            topic_parts.group,
+            topic_parts.node,
+            topic_parts.device,
+            info.tags,
+            info.measurement,
+            info.write_raw,
+            info.skip,
+            seq,
+            ts_ms,
+            metrics,
+            payload,
+            received_ns,
+        )
 
     def _reload_inventory_if_changed(self) -> None:
         """Read the device inventory again when its file changed (checked every ``reload_interval``). The
