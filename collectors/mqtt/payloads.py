@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -164,8 +165,13 @@ def decode_json(
 
 def _bare_json_value(doc: Any, metric: str | None) -> Sample:
     if isinstance(doc, str):
-        # Home Assistant publishes some states as JSON strings: "21.5".
-        return Sample(metric or "value", decode_number(doc.encode()))
+        # Home Assistant publishes some states as JSON strings: "21.5". (Not encoded back to bytes: a JSON
+        # escape such as "\ud800" gives a lone surrogate, which UTF-8 cannot encode.)
+        try:
+            value = float(doc)
+        except ValueError:
+            raise PayloadError("not_a_number", f"JSON string {doc[:80]!r} is not a number") from None
+        return Sample(metric or "value", finite_float(value, metric or "value"))
     if isinstance(doc, bool) or not isinstance(doc, int | float):
         raise PayloadError("not_a_number", f"JSON {type(doc).__name__} is not a reading")
     return Sample(metric or "value", finite_float(doc, metric or "value"))
@@ -174,53 +180,43 @@ def _bare_json_value(doc: Any, metric: str | None) -> Sample:
 # --- line protocol --------------------------------------------------------------------------------
 
 
-def _split_unescaped(text: str, sep: str) -> list[str]:
-    """Split on ``sep`` outside backslash escapes and double-quoted strings."""
-    parts: list[str] = []
-    current: list[str] = []
-    escaped = quoted = False
-    for ch in text:
-        if escaped:
-            current.append(ch)
-            escaped = False
-        elif ch == "\\":
-            current.append(ch)
-            escaped = True
-        elif ch == '"':
-            quoted = not quoted
-            current.append(ch)
-        elif ch == sep and not quoted:
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current))
-    return parts
-
-
-def _unescape(text: str) -> str:
-    out: list[str] = []
-    escaped = False
-    for ch in text:
-        if escaped or ch != "\\":
-            out.append(ch)
-            escaped = False
-        else:
-            escaped = True
-    return "".join(out)
+# The published rules: a measurement escapes commas and spaces, tag keys, tag values and field keys escape
+# commas, equals signs and spaces, string field values escape double quotes and backslashes. Two backslashes
+# are one; a backslash before any other character is itself. Lines are separated by LF only.
+_LP_NAME = r"(?:[^,=\\ ]|\\.)+"
+_LP_HEAD = re.compile(r"((?:[^,\\ ]|\\.)+)((?:," + _LP_NAME + r"=(?:[^,\\ ]|\\.)+)*) +")
+_LP_TAG = re.compile(r",(" + _LP_NAME + r")=((?:[^,\\ ]|\\.)+)")
+_LP_FIELD = re.compile(r"(" + _LP_NAME + r')=("(?:[^"\\]|\\.)*"|[^", ][^, ]*)([, ]|\Z)')
+_LP_TIMESTAMP = re.compile(r" *(-?[0-9]+)? *\Z")
+_LP_FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\Z")
+_LP_INTEGER = re.compile(r"-?[0-9]+\Z")
+_LP_TRUE = frozenset(("t", "T", "true", "True", "TRUE"))
+_LP_FALSE = frozenset(("f", "F", "false", "False", "FALSE"))
+_MEASUREMENT_ESCAPE = re.compile(r"\\([, \\])")
+_NAME_ESCAPE = re.compile(r"\\([,= \\])")
 
 
 def _line_value(raw: str, field: str) -> float | None:
-    if raw in ("t", "T", "true", "True", "TRUE"):
+    """A field value as a reading: floats, ``i`` integers (int64), ``u`` integers (uint64) and booleans;
+    None for a string."""
+    if raw in _LP_TRUE:
         return 1.0
-    if raw in ("f", "F", "false", "False", "FALSE"):
+    if raw in _LP_FALSE:
         return 0.0
-    if raw.startswith('"'):
+    if raw[0] == '"':
         return None  # string fields are not readings
-    try:
-        value = float(raw[:-1]) if raw[-1:] in ("i", "u") else float(raw)
-    except ValueError:
-        raise PayloadError("undecodable", f"field {field!r} has no valid value ({raw!r})") from None
+    suffix = raw[-1]
+    if suffix == "i" or suffix == "u":
+        digits = raw[:-1]
+        if _LP_INTEGER.match(digits):
+            number = int(digits)
+            if (-(2**63) <= number < 2**63) if suffix == "i" else (0 <= number < 2**64):
+                return float(number)
+        kind = "an integer (int64)" if suffix == "i" else "an unsigned integer (uint64)"
+        raise PayloadError("undecodable", f"field {field!r} is not {kind}: {raw[:40]!r}")
+    if not _LP_FLOAT.match(raw):
+        raise PayloadError("undecodable", f"field {field!r} has no valid value ({raw[:40]!r})")
+    value = float(raw)
     if not math.isfinite(value):
         raise PayloadError("non_finite", f"field {field!r} is {value}")
     return value
@@ -229,42 +225,40 @@ def _line_value(raw: str, field: str) -> float | None:
 def decode_line_protocol(payload: bytes) -> list[Sample]:
     text = to_text(payload)
     samples: list[Sample] = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
+    for line in text.split("\n"):
+        line = line.strip(" \t\r")
+        if not line or line[0] == "#":
             continue
-        sections = [s for s in _split_unescaped(line, " ") if s != ""]
-        if len(sections) not in (2, 3):
+        head = _LP_HEAD.match(line)
+        if head is None:
             raise PayloadError("undecodable", f"line protocol needs 'measurement[,tags] fields [ts]': {line[:80]!r}")
-        head = _split_unescaped(sections[0], ",")
-        measurement = _unescape(head[0])
-        if not measurement:
-            raise PayloadError("undecodable", f"line protocol without a measurement: {line[:80]!r}")
+        measurement = _MEASUREMENT_ESCAPE.sub(r"\1", head[1])
         tags: dict[str, str] = {}
-        for item in head[1:]:
-            key, sep, value = item.partition("=")
-            if not sep or not key or not value:
-                raise PayloadError("undecodable", f"bad tag {item!r}")
-            tags[_unescape(key)] = _unescape(value)
+        if head[2]:
+            for tag in _LP_TAG.finditer(head[2]):
+                tags[_NAME_ESCAPE.sub(r"\1", tag[1])] = _NAME_ESCAPE.sub(r"\1", tag[2])
+        pos = head.end()
+        fields: list[tuple[str, str]] = []
+        while True:
+            field = _LP_FIELD.match(line, pos)
+            if field is None:
+                raise PayloadError("undecodable", f"bad field at {line[pos : pos + 40]!r}")
+            fields.append((_NAME_ESCAPE.sub(r"\1", field[1]), field[2]))
+            pos = field.end()
+            if field[3] != ",":
+                break
+        rest = _LP_TIMESTAMP.match(line, pos)
+        if rest is None:
+            raise PayloadError("bad_timestamp", f"line protocol timestamp {line[pos:][:40]!r} is not an integer")
         ts: int | None = None
-        if len(sections) == 3:
-            try:
-                ts = int(sections[2])
-            except ValueError:
-                raise PayloadError(
-                    "bad_timestamp", f"line protocol timestamp {sections[2]!r} is not an integer"
-                ) from None
-        found = False
-        for item in _split_unescaped(sections[1], ","):
-            key, sep, raw = item.partition("=")
-            if not sep or not key or not raw:
-                raise PayloadError("undecodable", f"bad field {item!r}")
-            found = True
+        if rest[1] is not None:
+            ts = int(rest[1])
+            if not -(2**63) <= ts < 2**63:
+                raise PayloadError("bad_timestamp", f"line protocol timestamp {rest[1][:40]!r} is out of range")
+        for key, raw in fields:
             number = _line_value(raw, key)
             if number is not None:
-                samples.append(Sample(_unescape(key), number, ts, measurement, tags))
-        if not found:
-            raise PayloadError("undecodable", "line protocol point without fields")
+                samples.append(Sample(key, number, ts, measurement, tags))
     if not samples:
         raise PayloadError("no_numeric_fields", "line protocol payload has no numeric fields")
     return samples

@@ -1,0 +1,322 @@
+"""collectors/mqtt/payloads and parse: properties of the payload decoders over generated input (hypothesis).
+
+- ``number``: every finite float written as Python or as a device would (``repr``, fixed point, exponent) reads
+  back as the same value; any bytes give a finite value or a PayloadError with a dead-letter reason.
+- ``json``: a generated object (nested objects, numbers, booleans, strings, lists, nulls) gives exactly the
+  readings its flattening by path says; any bytes give finite readings or a PayloadError.
+- ``influx_line``: lines built from generated measurements, tags, fields of every type and timestamps, escaped
+  by the published rules (measurement: comma and space; tag keys, tag values and field keys: comma, equals sign
+  and space; string field values: double quote and backslash, in double quotes; a backslash before nothing it
+  escapes is literal), read back as exactly what was written; any text gives samples or a PayloadError.
+- Through MQTTParser, every message of a batch of arbitrary topics and payloads ends as readings or as exactly
+  one dead letter with a known reason: none vanishes, and nothing raises.
+
+FLEETWATCH_FUZZ_EXAMPLES sets the number of examples of each property (a few hundred by default).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any
+
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from collectors.mqtt.parse import MessageBatch, MQTTParser
+from collectors.mqtt.payloads import (
+    PayloadError,
+    Sample,
+    decode_json,
+    decode_line_protocol,
+    decode_number,
+    decode_telegraf_json,
+)
+from fleetwatch.config import from_dict
+
+EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+# Every reason a payload decoder or the parser gives (README, "Dead letters").
+REASONS = {
+    "oversized",
+    "invalid_utf8",
+    "undecodable",
+    "not_a_number",
+    "non_finite",
+    "no_numeric_fields",
+    "bad_timestamp",
+    "timestamp_out_of_range",
+    "topic_mismatch",
+    "unknown_device",
+}
+
+FINITE = st.floats(allow_nan=False, allow_infinity=False)
+
+
+def decodes_or_refuses(decode: Any, payload: bytes) -> list[Sample] | None:
+    """The samples, all finite, or None after a PayloadError with a known reason and a detail."""
+    try:
+        samples = decode(payload)
+    except PayloadError as err:
+        assert err.reason in REASONS, err.reason
+        assert err.detail
+        return None
+    for sample in samples:
+        assert math.isfinite(sample.value)
+    return list(samples)
+
+
+# ------------------------------------------------------------------------------------------- number
+
+
+@FUZZ
+@given(value=FINITE, style=st.sampled_from(["repr", "fixed", "exponent", "padded"]))
+def test_a_finite_number_reads_back_as_written(value: float, style: str) -> None:
+    text = {"repr": repr(value), "fixed": f"{value:.17f}", "exponent": f"{value:.17e}", "padded": f" {value!r}\n"}
+    assert decode_number(text[style].encode()) == float(text[style])
+
+
+@FUZZ
+@given(payload=st.binary(max_size=64) | st.text(max_size=32).map(str.encode))
+@example(payload=b"nan")
+@example(payload=b"-Infinity")
+@example(payload=b"1e999")
+@example(payload=b"\xff1")
+def test_any_bytes_as_a_number_give_a_finite_value_or_a_dead_letter_reason(payload: bytes) -> None:
+    decodes_or_refuses(lambda p: [Sample("value", decode_number(p))], payload)
+
+
+# ------------------------------------------------------------------------------------------- JSON
+
+JSON_KEYS = st.text(st.characters(codec="utf-8"), max_size=6)
+JSON_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | FINITE
+    | st.text(max_size=6)
+    | st.lists(st.integers(), max_size=2)
+)
+JSON_VALUES = st.recursive(JSON_LEAVES, lambda inner: st.dictionaries(JSON_KEYS, inner, max_size=4), max_leaves=12)
+JSON_OBJECTS = st.dictionaries(JSON_KEYS, JSON_VALUES, min_size=1, max_size=6)
+
+
+def flattened(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
+    """The README's rule: nested objects by path with ``_``, booleans as 0/1, strings, lists and nulls left out."""
+    out: list[tuple[str, float]] = []
+    for key, value in obj.items():
+        name = prefix + key
+        if isinstance(value, int | float):  # booleans too: 1.0 and 0.0
+            out.append((name, float(value)))
+        elif isinstance(value, dict):
+            out += flattened(value, name + "_")
+    return out
+
+
+@FUZZ
+@given(doc=JSON_OBJECTS, spaced=st.booleans())
+def test_a_json_object_gives_the_readings_of_its_flattened_numbers(doc: dict[str, Any], spaced: bool) -> None:
+    payload = json.dumps(doc, indent=1 if spaced else None, ensure_ascii=spaced).encode()
+    expected = flattened(doc)
+    try:
+        samples = decode_json(payload, None, "auto", frozenset(), None)
+    except PayloadError as err:
+        if err.reason == "no_numeric_fields":
+            assert expected == []
+        else:
+            # Only an integer beyond a float's range is refused among valid JSON numbers.
+            assert err.reason == "non_finite"
+            assert any(abs(v) > 1e308 for v in _numbers(doc))
+        return
+    assert [(s.metric, s.value) for s in samples] == expected
+
+
+def _numbers(value: Any) -> list[int]:
+    if isinstance(value, dict):
+        return [n for v in value.values() for n in _numbers(v)]
+    return [value] if type(value) is int else []
+
+
+@FUZZ
+@given(payload=st.binary(max_size=64) | JSON_VALUES.map(lambda v: json.dumps(v).encode()[:-1]))
+@example(payload=b"[" * 5_000)
+@example(payload=b'{"a": NaN}')
+@example(payload=b'"\\ud800"')
+def test_any_bytes_as_json_give_finite_readings_or_a_dead_letter_reason(payload: bytes) -> None:
+    decodes_or_refuses(lambda p: decode_json(p, None, "auto", frozenset(), None), payload)
+    decodes_or_refuses(lambda p: decode_json(p, "ts", "auto", frozenset({"ts"}), "m"), payload)
+    decodes_or_refuses(lambda p: decode_telegraf_json(p, "auto"), payload)
+
+
+# ------------------------------------------------------------------------------------------- line protocol
+
+# Any character but the line separator (which no element may hold, by the published rules).
+LP_CHARACTERS = st.characters(codec="utf-8", exclude_characters="\n")
+LP_NAMES = st.text(LP_CHARACTERS, min_size=1, max_size=8)
+
+
+def escape(text: str, special: str) -> str:
+    """Backslash before each special character, and before a backslash that would otherwise be read as one
+    (before a special character, another backslash or the end of the element)."""
+    out = []
+    for i, ch in enumerate(text):
+        if ch in special:
+            out.append("\\" + ch)
+        elif ch == "\\" and (i + 1 == len(text) or text[i + 1] in special + "\\"):
+            out.append("\\\\")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+@st.composite
+def field_values(draw: st.DrawFn) -> tuple[str, float | None]:
+    """A field value as written, and the reading it is (None: a string field, not a reading)."""
+    kind = draw(st.sampled_from(["float", "integer", "uinteger", "boolean", "string"]))
+    if kind == "float":
+        value = draw(FINITE)
+        text = draw(st.sampled_from([repr(value), f"{value:.17e}", f"{value:.6E}"]))
+        return text, float(text)
+    if kind == "integer":
+        number = draw(st.integers(-(2**63), 2**63 - 1))
+        return f"{number}i", float(number)
+    if kind == "uinteger":
+        number = draw(st.integers(0, 2**64 - 1))
+        return f"{number}u", float(number)
+    if kind == "boolean":
+        text = draw(st.sampled_from(["t", "T", "true", "True", "TRUE", "f", "F", "false", "False", "FALSE"]))
+        return text, 1.0 if text[0] in "tT" else 0.0
+    text = draw(st.text(LP_CHARACTERS, max_size=10))
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"', None
+
+
+@st.composite
+def points(draw: st.DrawFn) -> tuple[str, list[tuple[str, float, int | None, str, dict[str, str]]]]:
+    """One line and the (metric, value, ts, measurement, tags) of each numeric field in it."""
+    measurement = draw(LP_NAMES.filter(lambda m: not m.startswith("#") and m.strip() == m))
+    tags = draw(st.dictionaries(LP_NAMES, LP_NAMES, max_size=3))
+    fields = draw(st.dictionaries(LP_NAMES, field_values(), min_size=1, max_size=4))
+    ts = draw(st.none() | st.integers(-(2**63), 2**63 - 1))
+    head = escape(measurement, ", ") + "".join(f",{escape(k, ',= ')}={escape(v, ',= ')}" for k, v in tags.items())
+    body = ",".join(f"{escape(k, ',= ')}={text}" for k, (text, _) in fields.items())
+    line = f"{head} {body}" + ("" if ts is None else f" {ts}")
+    expected = [(k, value, ts, measurement, tags) for k, (_, value) in fields.items() if value is not None]
+    return line, expected
+
+
+@FUZZ
+@given(lines=st.lists(points(), min_size=1, max_size=4), newline=st.sampled_from(["\n", "\r\n"]))
+@example(lines=[("m,k=a\u2028b v=1", [("v", 1.0, None, "m", {"k": "a\u2028b"})])], newline="\n")
+@example(lines=[("m\\x,k\\y=C:\\dir\\  v\\z=1", [("v\\z", 1.0, None, "m\\x", {"k\\y": "C:\\dir "})])], newline="\n")
+def test_line_protocol_written_by_the_rules_reads_back_as_written(
+    lines: list[tuple[str, list[tuple[str, float, int | None, str, dict[str, str]]]]], newline: str
+) -> None:
+    payload = newline.join(line for line, _ in lines).encode()
+    expected = [e for _, point in lines for e in point]
+    try:
+        samples = decode_line_protocol(payload)
+    except PayloadError as err:
+        assert err.reason == "no_numeric_fields" and expected == [], err.detail
+        return
+    assert [(s.metric, s.value, s.ts_ns, s.measurement, s.tags) for s in samples] == expected
+
+
+LP_PIECES = st.sampled_from(["m", ",", "=", " ", "\\", '"', "1", "i", "u", "t", "1e5", "\n", "#", "_"])
+
+
+@FUZZ
+@given(text=st.text(st.characters(codec="utf-8"), max_size=48) | st.lists(LP_PIECES, max_size=24).map("".join))
+@example(text="m v=1_0")
+@example(text="m v=1.5i")
+@example(text="m v=-1u")
+@example(text="m v=9223372036854775808i")
+@example(text="m v=1 1_000")
+@example(text="m v=1 \u0661\u0662")
+def test_any_text_as_line_protocol_gives_samples_or_a_dead_letter_reason(text: str) -> None:
+    samples = decodes_or_refuses(decode_line_protocol, text.encode())
+    for sample in samples or []:
+        assert sample.measurement and sample.metric
+        assert sample.ts_ns is None or -(2**63) <= sample.ts_ns < 2**63
+
+
+@FUZZ
+@given(text=st.sampled_from(["1_0", "1.5i", "-1u", "9223372036854775808i", "18446744073709551616u", "0x10", "1e"]))
+def test_line_protocol_refuses_numbers_its_rules_do_not_allow(text: str) -> None:
+    assert decodes_or_refuses(decode_line_protocol, f"m v={text}".encode()) is None
+
+
+# ------------------------------------------------------------------------------------------- the parser
+
+
+def _parser() -> MQTTParser:
+    cfg = from_dict(
+        {
+            "mqtt": {
+                "max_payload_bytes": 256,
+                "subscriptions": [
+                    {"topic": "n/+/+", "template": "n/{device}/{metric}"},
+                    {"topic": "j/+", "template": "j/{device}", "format": "json"},
+                    {
+                        "topic": "t/+",
+                        "template": "t/{device}",
+                        "format": "json",
+                        "timestamp_field": "ts",
+                        "timestamp_unit": "ms",
+                    },
+                    {"topic": "l/#", "format": "influx_line"},
+                    {"topic": "g/#", "format": "telegraf_json"},
+                ],
+            },
+            "windows": {"max_age": "3650d", "max_future_skew": "3650d"},
+        },
+        env={},
+    )
+    return MQTTParser(cfg.mqtt, cfg.windows)
+
+
+TOPICS = st.one_of(
+    st.sampled_from(["n/d1/temp", "j/d1", "t/d1", "l/x", "g/x", "n/d1", "other", "n/a b/c\nd"]),
+    st.builds(lambda p, t: p + t, st.sampled_from(["n/", "j/", "t/", "l/", "g/"]), st.text(max_size=12)),
+)
+PAYLOADS = st.one_of(
+    st.binary(max_size=300),
+    JSON_OBJECTS.map(lambda d: json.dumps(d).encode()),
+    points().map(lambda p: p[0].encode()),
+    FINITE.map(lambda v: repr(v).encode()),
+)
+
+
+@FUZZ
+@given(messages=st.lists(st.tuples(TOPICS, PAYLOADS), min_size=1, max_size=8))
+def test_every_message_of_a_batch_ends_as_readings_or_one_dead_letter(messages: list[tuple[str, bytes]]) -> None:
+    parser = _parser()
+    received_ns = 1_767_225_600_000_000_000
+    readings = dead = 0
+    for topic, payload in messages:
+        alone = parser.parse(MessageBatch(received_ns, [(topic, payload)]))
+        if alone.dead_letters:
+            [letter] = alone.dead_letters
+            assert not alone.readings
+            assert letter.reason in REASONS, letter.reason
+            assert letter.detail
+            assert (letter.source, letter.raw) == (f"mqtt:{topic}", payload)
+        else:
+            assert alone.readings, f"{payload!r} on {topic!r} left neither readings nor a dead letter"
+        for reading in alone.readings:
+            assert math.isfinite(reading.value)
+            reading.series.encode("utf-8")
+            assert "\n" not in reading.series
+        readings += len(alone.readings)
+        dead += len(alone.dead_letters)
+    # The same messages as one batch, with the caches now warm, come out the same.
+    together = parser.parse(MessageBatch(received_ns, messages))
+    assert together.messages == len(messages)
+    assert (len(together.readings), len(together.dead_letters)) == (readings, dead)
