@@ -125,8 +125,9 @@ def frame(conn: _Connection, limit: int, final: bool, out: list[tuple[bytes, boo
                 avail = n - start
                 if length <= limit:
                     if avail < length:
-                        if final:  # the peer closed inside the message: keep what came
-                            out.append((bytes(buf[start:n]), True))
+                        if final:  # the peer closed inside the message: keep what came (if any)
+                            if n > start:
+                                out.append((bytes(buf[start:n]), True))
                             pos = n
                         break
                     out.append((bytes(buf[start : start + length]), False))
@@ -134,7 +135,8 @@ def frame(conn: _Connection, limit: int, final: bool, out: list[tuple[bytes, boo
                     continue
                 if avail < limit and not final:
                     break  # wait for the part that is kept
-                out.append((bytes(buf[start : start + limit]), True))
+                if avail:  # (nothing, when the peer closed right after the count)
+                    out.append((bytes(buf[start : start + limit]), True))
                 conn.skip = length - limit
                 pos = start + min(limit, avail)
                 continue
