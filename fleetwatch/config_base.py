@@ -29,7 +29,7 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("expected a duration >= 0")
-        return timedelta(seconds=value)
+        return _seconds(value, value)
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
         pos, total = 0, 0.0
@@ -39,8 +39,17 @@ def parse_duration(value: Any) -> timedelta:
             total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
             pos = match.end()
         if text and pos == len(text):
-            return timedelta(seconds=total)
+            return _seconds(total, value)
     raise ValueError(f"expected a duration such as '10s', '1m' or '250ms' (got {value!r})")
+
+
+def _seconds(seconds: float, given: Any) -> timedelta:
+    """A timedelta, or the ValueError pydantic reports: timedelta stops at 999,999,999 days (and a NaN or
+    infinity is no duration)."""
+    try:
+        return timedelta(seconds=seconds)
+    except (OverflowError, ValueError):
+        raise ValueError(f"expected a finite duration under 999999999 days (got {given!r})") from None
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
