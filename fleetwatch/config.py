@@ -16,6 +16,7 @@ quantiles (``fleetwatch.labels``), the grammar of topic templates (``fleetwatch.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -474,7 +475,23 @@ class SyslogInputConfig(Section):
     parser: ParserConfig = ParserConfig(kind="syslog")
     service: str | None = None
     dataset: str | None = None
+    # Longer messages are cut to this and tagged "truncated" (UDP and TCP).
     max_event_bytes: int = Field(default=65536, ge=256)
+    # UDP: the socket receive buffer asked of the kernel (Linux caps it at net.core.rmem_max). What arrives
+    # while it is full is dropped by the kernel and counted (syslog_udp_dropped).
+    receive_buffer_bytes: int = Field(default=4 * 1024 * 1024, ge=4096, le=2**31 - 1)
+    # TCP: connections held at once; one more is closed at once and counted (syslog_tcp_refused).
+    max_connections: int = Field(default=1000, ge=1)
+    # TCP: a connection that sends nothing for this long is closed (its unterminated last message is kept)
+    # and counted (syslog_tcp_idle_closed).
+    idle_timeout: Duration = timedelta(minutes=5)
+
+    @field_validator("idle_timeout")
+    @classmethod
+    def _positive_timeout(cls, timeout: timedelta) -> timedelta:
+        if timeout <= timedelta(0):
+            raise ValueError("expected a duration > 0")
+        return timeout
 
     @field_validator("listen")
     @classmethod
@@ -581,13 +598,21 @@ class ConfigError(Exception):
         super().__init__(f"{source}: invalid configuration\n" + "\n".join(f"  {p}" for p in problems))
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _dotted(loc: tuple[int | str, ...]) -> str:
+    """The key as TOML writes it: ``logs.files[0].parser``; a key that is not a bare key is quoted
+    (``mqtt."max payload"``, ``mqtt.""``), so that the message always shows which key it is."""
     key = ""
     for part in loc:
         if isinstance(part, int):
             key += f"[{part}]"
         else:
-            key += f".{part}" if key else str(part)
+            name = str(part)
+            if not _BARE_KEY.fullmatch(name):
+                name = json.dumps(name, ensure_ascii=False)
+            key += f".{name}" if key else name
     return key or "(top level)"
 
 
@@ -677,6 +702,10 @@ def load(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(path), ["file not found"]) from None
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), [f"not UTF-8 text (TOML is): byte {exc.start}: {exc.reason}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"not valid TOML: {exc}"]) from None
     return from_dict(data, str(path), env)

@@ -36,6 +36,11 @@ class Counters:
     sparkplug_stale_deaths: int = 0
     sparkplug_metrics_ignored: int = 0
     sparkplug_messages_ignored: int = 0
+    # Syslog: datagrams the kernel dropped because the receive buffer was full (counted when the next one
+    # arrives), TCP connections closed at once for max_connections, and closed after idle_timeout.
+    syslog_udp_dropped: int = 0
+    syslog_tcp_refused: int = 0
+    syslog_tcp_idle_closed: int = 0
     # Logs and Elasticsearch.
     log_events: int = 0
     log_parse_failures: int = 0

@@ -12,10 +12,23 @@ Design, and why:
   unterminated message is still emitted. A message that starts with a digit and a space in a
   newline-framed stream is read as octet counted; syslog messages start with ``<PRI>``, so real senders
   are not affected.
-- **Limits.** A message longer than ``max_event_bytes`` is cut (at a UTF-8 character boundary) and flagged
-  ``truncated``; the rest of it is read and dropped without being buffered. Invalid UTF-8 is replaced and
-  flagged ``invalid_utf8``. Each call reads at most ``max_batch`` datagrams and a bounded number of TCP
-  reads per connection, so one busy sender cannot stall the epoch.
+- **Limits**, each in the input's config, for careless and hostile senders:
+  - ``max_event_bytes``: a longer message is cut (at a UTF-8 character boundary) and flagged ``truncated``;
+    the rest of it is read and dropped without being buffered. Invalid UTF-8 is replaced and flagged
+    ``invalid_utf8``.
+  - UDP, ``receive_buffer_bytes``: the kernel's socket buffer is the only queue, so memory stays bounded
+    however fast senders are; what arrives while it is full is dropped by the kernel, which counts it
+    (``SO_RXQ_OVFL``, Linux) on the next datagram it delivers; the source adds that to
+    ``syslog_udp_dropped`` in the health points. Nothing is dropped without being counted.
+  - TCP, ``max_connections``: one connection more is accepted and closed at once, counted in
+    ``syslog_tcp_refused`` (leaving it in the listen backlog would hang its sender instead).
+  - TCP, ``idle_timeout``: a connection silent that long is closed (its unterminated last message is still
+    emitted), counted in ``syslog_tcp_idle_closed``.
+  - A connection holds at most ``max_event_bytes`` plus a 10-byte octet count between reads (framing runs
+    after every read), so TCP buffers stay under ``max_connections`` x ``max_event_bytes``.
+  - Each call reads at most ``max_batch`` datagrams, accepts at most 64 connections and does a bounded number
+    of reads per connection, and no socket call blocks: a sender that drips a byte at a time holds up no
+    other sender.
 - **No replay.** ``snapshot()`` returns None: UDP syslog is at-most-once (the kernel drops datagrams when
   the receive buffer is full, and nothing is acknowledged), and TCP syslog loses, at a crash, what was
   received but not yet committed in a Bytewax epoch (senders consider it delivered once written). So
@@ -31,6 +44,7 @@ import logging
 import re
 import selectors
 import socket
+import sys
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -51,8 +65,15 @@ _READ_CHUNK = 256 * 1024
 _DATAGRAM_MAX = 65_535
 # TCP reads per connection per next_batch: bounds the time one sender can hold the worker.
 _MAX_READS = 16
-# Asked for so bursts are not dropped by the kernel; Linux caps it at net.core.rmem_max.
-_UDP_RCVBUF = 4 * 1024 * 1024
+# Linux's socket option that stamps each datagram with the count of datagrams the socket dropped so far.
+_SO_RXQ_OVFL: int | None = getattr(socket, "SO_RXQ_OVFL", 40 if sys.platform.startswith("linux") else None)
+_ANCILLARY = socket.CMSG_SPACE(4)
+# Connections accepted per next_batch: a connection flood cannot stall the worker either.
+_MAX_ACCEPTS = 64
+# How often connections are checked against idle_timeout (at most).
+_IDLE_SWEEP_SECONDS = 1.0
+# Refused connections are logged at most this often (they are all counted).
+_REFUSAL_LOG_SECONDS = 60.0
 _IDLE_WAKE = timedelta(milliseconds=20)
 _OCTET_COUNT = re.compile(rb"[1-9][0-9]{0,8} ")
 _DIGITS = re.compile(rb"[0-9]{1,9}\Z")
@@ -82,13 +103,15 @@ def decode(raw: bytes, truncated: bool) -> tuple[str, tuple[str, ...]]:
 class _Connection:
     """A TCP peer and the bytes read from it that do not yet make a message."""
 
-    __slots__ = ("buf", "discarding", "peer", "peer_ip", "skip", "sock")
+    __slots__ = ("buf", "discarding", "last_active", "peer", "peer_ip", "skip", "sock")
 
     def __init__(self, sock: socket.socket, peer_ip: str, peer: str) -> None:
         self.sock = sock
         self.peer_ip = peer_ip
         self.peer = peer
         self.buf = bytearray()
+        # time.monotonic() of the last bytes read, for idle_timeout.
+        self.last_active = time.monotonic()
         # Bytes still to drop of an oversize octet-counted message.
         self.skip = 0
         # Dropping the rest of an oversize newline-framed message, up to its terminator.
@@ -199,6 +222,14 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         self._source_prefix = f"syslog:{cfg.protocol}:"
         self._seq = 0
         self._idle = False
+        self._max_connections = cfg.max_connections
+        self._idle_timeout = cfg.idle_timeout.total_seconds()
+        self._next_sweep = time.monotonic() + min(_IDLE_SWEEP_SECONDS, self._idle_timeout)
+        self._refusals_unlogged = 0
+        self._refusal_logged_at = -_REFUSAL_LOG_SECONDS
+        # The kernel's count of dropped datagrams at the last one read (a uint32 that wraps).
+        self._kernel_drops = 0
+        self._count_drops = False
         host, port = parse_listen(cfg.listen)
         kind = socket.SOCK_DGRAM if self._udp else socket.SOCK_STREAM
         family, _, proto, _, sockaddr = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
@@ -206,7 +237,19 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         try:
             if self._udp:
                 with contextlib.suppress(OSError):  # a smaller buffer still works
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _UDP_RCVBUF)
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.receive_buffer_bytes)
+                if _SO_RXQ_OVFL is not None:
+                    try:
+                        sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+                        self._count_drops = True
+                    except OSError:
+                        pass
+                if not self._count_drops:
+                    log.warning(
+                        "syslog %s: this system cannot report UDP datagrams dropped on a full receive buffer; "
+                        "syslog_udp_dropped stays 0",
+                        cfg.name,
+                    )
             else:
                 # A restart must not wait for the old connections' TIME_WAIT. (Not for UDP: on Linux it
                 # would let two receivers share the port and split the stream silently.)
@@ -225,7 +268,15 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         self._selector = selectors.DefaultSelector()
         self._selector.register(sock, selectors.EVENT_READ, None)
         self._connections: dict[int, _Connection] = {}
-        log.info("syslog %s: listening on %s %s:%d", cfg.name, cfg.protocol, *self.address)
+        if self._udp:
+            log.info(
+                "syslog %s: listening on udp %s:%d, receive buffer %d bytes",
+                cfg.name,
+                *self.address,
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            )
+        else:
+            log.info("syslog %s: listening on tcp %s:%d", cfg.name, *self.address)
         health.set_ready(f"syslog:{cfg.name}", True)
 
     # -- reading
@@ -239,25 +290,40 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
 
     def _read_datagrams(self, out: list[LogLine], received_ns: int) -> None:
         limit = self._limit
-        for _ in range(self._max_batch):
-            try:
-                data, address = self._sock.recvfrom(_DATAGRAM_MAX)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:  # e.g. ICMP errors reported on the socket: nothing to read
-                log.debug("syslog %s: recvfrom: %s", self.cfg.name, exc)
-                return
-            data = data.rstrip(b"\r\n\0")
-            if not data:
-                continue
-            peer_ip = _peer_ip(address)
-            truncated = len(data) > limit
-            if truncated:
-                data = data[:limit]
-            out.append(self._line(data, truncated, peer_ip, f"{peer_ip}:{address[1]}", received_ns))
+        sock = self._sock
+        kernel_drops = self._kernel_drops
+        try:
+            for _ in range(self._max_batch):
+                try:
+                    data, ancillary, _flags, address = sock.recvmsg(_DATAGRAM_MAX, _ANCILLARY)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:  # e.g. ICMP errors reported on the socket: nothing to read
+                    log.debug("syslog %s: recvmsg: %s", self.cfg.name, exc)
+                    return
+                for level, kind, value in ancillary:
+                    if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(value) >= 4:
+                        kernel_drops = int.from_bytes(value[:4], sys.byteorder)
+                self._datagram(data, address, limit, out, received_ns)
+        finally:
+            if kernel_drops != self._kernel_drops:
+                health.counters().syslog_udp_dropped += (kernel_drops - self._kernel_drops) % 2**32
+                self._kernel_drops = kernel_drops
+
+    def _datagram(
+        self, data: bytes, address: tuple[str, int], limit: int, out: list[LogLine], received_ns: int
+    ) -> None:
+        data = data.rstrip(b"\r\n\0")
+        if not data:
+            return
+        peer_ip = _peer_ip(address)
+        truncated = len(data) > limit
+        if truncated:
+            data = data[:limit]
+        out.append(self._line(data, truncated, peer_ip, f"{peer_ip}:{address[1]}", received_ns))
 
     def _accept(self, out: list[LogLine], received_ns: int) -> None:
-        while True:
+        for _ in range(_MAX_ACCEPTS):
             try:
                 sock, address = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -265,6 +331,10 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
             except OSError as exc:  # out of file descriptors, aborted handshake: try again next call
                 log.warning("syslog %s: accept failed: %s", self.cfg.name, exc)
                 return
+            if len(self._connections) >= self._max_connections:
+                sock.close()
+                self._refused(address)
+                continue
             sock.setblocking(False)
             peer_ip = _peer_ip(address)
             conn = _Connection(sock, peer_ip, f"{peer_ip}:{address[1]}")
@@ -272,8 +342,24 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
             self._selector.register(sock, selectors.EVENT_READ, conn)
             self._read_stream(conn, out, received_ns)  # the first message often came with the handshake
 
+    def _refused(self, address: tuple[str, int]) -> None:
+        health.counters().syslog_tcp_refused += 1
+        self._refusals_unlogged += 1
+        now = time.monotonic()
+        if now - self._refusal_logged_at >= _REFUSAL_LOG_SECONDS:
+            log.warning(
+                "syslog %s: %d connection(s) refused at max_connections %d (the latest from %s)",
+                self.cfg.name,
+                self._refusals_unlogged,
+                self._max_connections,
+                _peer_ip(address),
+            )
+            self._refusal_logged_at = now
+            self._refusals_unlogged = 0
+
     def _read_stream(self, conn: _Connection, out: list[LogLine], received_ns: int) -> None:
         closed = False
+        messages: list[tuple[bytes, bool]] = []
         for _ in range(_MAX_READS):
             try:
                 data = conn.sock.recv(_READ_CHUNK)
@@ -286,14 +372,36 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
                 closed = True
                 break
             conn.buf += data
+            conn.last_active = time.monotonic()
+            # Framed after every read, so the buffer never holds more than one message's kept part.
+            frame(conn, self._limit, False, messages)
             if len(data) < _READ_CHUNK:
                 break  # drained; more arrives as a new readable event
-        messages: list[tuple[bytes, bool]] = []
-        frame(conn, self._limit, closed, messages)
-        for raw, truncated in messages:
-            out.append(self._line(raw, truncated, conn.peer_ip, conn.peer, received_ns))
+        if closed:
+            frame(conn, self._limit, True, messages)
+        self._emit(conn, messages, out, received_ns)
         if closed:
             self._drop(conn)
+
+    def _emit(
+        self, conn: _Connection, messages: list[tuple[bytes, bool]], out: list[LogLine], received_ns: int
+    ) -> None:
+        for raw, truncated in messages:
+            out.append(self._line(raw, truncated, conn.peer_ip, conn.peer, received_ns))
+
+    def _close_idle(self, out: list[LogLine], received_ns: int) -> None:
+        """Close the connections that sent nothing for idle_timeout; what they sent is still emitted."""
+        now = time.monotonic()
+        self._next_sweep = now + min(_IDLE_SWEEP_SECONDS, self._idle_timeout)
+        for conn in list(self._connections.values()):
+            if now - conn.last_active < self._idle_timeout:
+                continue
+            messages: list[tuple[bytes, bool]] = []
+            frame(conn, self._limit, True, messages)
+            self._emit(conn, messages, out, received_ns)
+            self._drop(conn)
+            health.counters().syslog_tcp_idle_closed += 1
+            log.info("syslog %s: %s closed after %s without data", self.cfg.name, conn.peer, self.cfg.idle_timeout)
 
     def _drop(self, conn: _Connection) -> None:
         self._connections.pop(conn.sock.fileno(), None)
@@ -319,6 +427,8 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
                     self._accept(out, received_ns)
             elif conn.sock.fileno() >= 0:  # not closed by an earlier event of this round
                 self._read_stream(conn, out, received_ns)
+        if self._connections and time.monotonic() >= self._next_sweep:
+            self._close_idle(out, received_ns)
         self._idle = not out
         return [out] if out else []
 
