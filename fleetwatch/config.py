@@ -198,6 +198,11 @@ class MQTTConfig(Section):
     reconnect_max_delay: Duration = timedelta(seconds=30)
     # Payloads above this go to the dead letters instead of being decoded.
     max_payload_bytes: int = Field(default=65536, ge=1)
+    # The parser caches what it derives from each topic (tags, series keys). Past either bound the cache
+    # starts over, counted in mqtt_topic_cache_resets: a client sending endless new or 65,535-byte topics
+    # costs CPU, not unbounded memory.
+    topic_cache_max_topics: int = Field(default=1_000_000, ge=1)
+    topic_cache_max_bytes: int = Field(default=1024**3, ge=1024**2)
     # With several workers, the subscriptions are shared ($share/<group>/<filter>) so the broker splits
     # the stream between them. Also used with one worker so its session name is stable when scaling.
     shared_group: str | None = "fleetwatch"

@@ -36,6 +36,8 @@ class Counters:
     sparkplug_stale_deaths: int = 0
     sparkplug_metrics_ignored: int = 0
     sparkplug_messages_ignored: int = 0
+    # Times the MQTT parser's topic cache was full (mqtt.topic_cache_max_topics or _max_bytes) and started over.
+    mqtt_topic_cache_resets: int = 0
     # Syslog: datagrams the kernel dropped because the receive buffer was full (counted when the next one
     # arrives), TCP connections closed at once for max_connections, and closed after idle_timeout.
     syslog_udp_dropped: int = 0

@@ -35,16 +35,31 @@ from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import MQTTConfig, SubscriptionConfig, WindowsConfig
 from fleetwatch.devices import Inventory, InventoryError, load_devices
 from fleetwatch.record import DeadLetter, Reading, series_key
+from flows import health
 
 log = logging.getLogger(__name__)
 
 _scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 
 # Topics seen are cached, and per topic the series key of each field name. Fleets have many topics, but a
-# careless or hostile client can send endless new topics or JSON keys: past these counts the caches start
-# over (a miss costs one template match, a few microseconds).
-TOPIC_CACHE_LIMIT = 1_000_000
+# careless or hostile client can send endless new topics (up to 65,535 bytes each) or JSON keys: past
+# mqtt.topic_cache_max_topics topics, NAME_CACHE_LIMIT names or mqtt.topic_cache_max_bytes, the caches start
+# over (a miss costs one template match, a few microseconds), counted in mqtt_topic_cache_resets.
 NAME_CACHE_LIMIT = 2_000_000
+# The memory of a cache entry, estimated without measuring it on the hot path: per topic, about 1.2 KB of
+# objects plus the topic three times (the key, the tags cut from it, the series key made of them); per field
+# name, 200 bytes plus the name twice and its series key. Measured with tracemalloc in
+# tests/unit/test_mqtt_limits.py, which checks that the estimate is not below what is held.
+_TOPIC_ENTRY_BYTES = 1_200
+_NAME_ENTRY_BYTES = 200
+
+
+def _text_bytes(text: str) -> int:
+    """A str's character storage: 1, 2 or 4 bytes per character, by its widest character (PEP 393)."""
+    if text.isascii():
+        return len(text)
+    widest = max(text)
+    return len(text) * (1 if widest < "\u0100" else 2 if widest < "\U00010000" else 4)
 
 
 class MessageBatch(NamedTuple):
@@ -133,9 +148,11 @@ class MQTTParser:
         self._max_future_ns = int(windows.max_future_skew.total_seconds() * 1e9)
         self._max_age_ns = int(windows.max_age.total_seconds() * 1e9)
         self._topics: dict[str, _TopicInfo | _Refusal] = {}
-        self.topic_cache_limit = TOPIC_CACHE_LIMIT
+        self.topic_cache_limit = mqtt.topic_cache_max_topics
         self.name_cache_limit = NAME_CACHE_LIMIT
+        self.cache_bytes_limit = mqtt.topic_cache_max_bytes
         self._names = 0  # series keys cached in every topic's by_metric
+        self._cache_bytes = 0  # estimated memory of both caches
         self._devices = mqtt.devices
         self._inventory: Inventory = load_devices(mqtt.devices.file) if mqtt.devices.file else {}
         self._inventory_stamp = _file_stamp(mqtt.devices.file)
@@ -148,6 +165,16 @@ class MQTTParser:
 
     def cached_names(self) -> int:
         return self._names
+
+    def cached_bytes(self) -> int:
+        """The estimated memory held by the topic and name caches."""
+        return self._cache_bytes
+
+    def _forget(self) -> None:
+        self._topics.clear()
+        self._names = 0
+        self._cache_bytes = 0
+        health.counters().mqtt_topic_cache_resets += 1
 
     # -- per topic, cached
 
@@ -214,10 +241,10 @@ class MQTTParser:
     def _info(self, topic: str) -> _TopicInfo | _Refusal:
         info = self._topics.get(topic)
         if info is None:
-            if len(self._topics) >= self.topic_cache_limit:
-                self._topics.clear()
-                self._names = 0
+            if len(self._topics) >= self.topic_cache_limit or self._cache_bytes >= self.cache_bytes_limit:
+                self._forget()
             info = self._topics[topic] = self._resolve(topic)
+            self._cache_bytes += _TOPIC_ENTRY_BYTES + 3 * _text_bytes(topic)
         return info
 
     def _series(self, info: _TopicInfo, sample: Sample) -> str:
@@ -227,13 +254,11 @@ class MQTTParser:
         series = info.by_metric.get(sample.metric)
         if series is None:
             series = _encodable(series_key(info.measurement, {**info.tags, "metric": sample.metric}))
-            if self._names >= self.name_cache_limit:
-                for cached in self._topics.values():
-                    if isinstance(cached, _TopicInfo):
-                        cached.by_metric.clear()
-                self._names = 0
+            if self._names >= self.name_cache_limit or self._cache_bytes >= self.cache_bytes_limit:
+                self._forget()  # (this message's topic is resolved again with the next message)
             info.by_metric[sample.metric] = series
             self._names += 1
+            self._cache_bytes += _NAME_ENTRY_BYTES + 2 * _text_bytes(sample.metric) + _text_bytes(series)
         return series
 
     # -- per batch
@@ -433,6 +458,7 @@ class MQTTParser:
         self._inventory = inventory
         self._topics.clear()
         self._names = 0
+        self._cache_bytes = 0
         log.info("device inventory %s read again: %d devices", path, len(inventory))
 
     def _decode(self, info: _TopicInfo, payload: bytes) -> list[Sample]:

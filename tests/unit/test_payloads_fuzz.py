@@ -8,6 +8,8 @@
   by the published rules (measurement: comma and space; tag keys, tag values and field keys: comma, equals sign
   and space; string field values: double quote and backslash, in double quotes; a backslash before nothing it
   escapes is literal), read back as exactly what was written; any text gives samples or a PayloadError.
+- Topic filters match as the MQTT spec says (checked against a plain level-by-level reading of it), and a
+  template gives back the levels a topic was built from.
 - Through MQTTParser, every message of a batch of arbitrary topics and payloads ends as readings or as exactly
   one dead letter with a known reason: none vanishes, and nothing raises.
 
@@ -33,6 +35,7 @@ from collectors.mqtt.payloads import (
     decode_number,
     decode_telegraf_json,
 )
+from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import from_dict
 
 EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
@@ -251,6 +254,48 @@ def test_any_text_as_line_protocol_gives_samples_or_a_dead_letter_reason(text: s
 @given(text=st.sampled_from(["1_0", "1.5i", "-1u", "9223372036854775808i", "18446744073709551616u", "0x10", "1e"]))
 def test_line_protocol_refuses_numbers_its_rules_do_not_allow(text: str) -> None:
     assert decodes_or_refuses(decode_line_protocol, f"m v={text}".encode()) is None
+
+
+# ------------------------------------------------------------------------------------------- topics
+
+LEVEL_TEXT = st.text(st.sampled_from("ab$+#é"), max_size=3)
+FILTER_LEVELS = st.sampled_from(["a", "b", "+", "", "$a", "ab", "é"])
+
+
+def matches_by_the_spec(topic_filter: str, topic: str) -> bool:
+    """MQTT 3.1.1 §4.7 read level by level: ``+`` one level, a trailing ``#`` the parent and any levels below,
+    and a filter starting with a wildcard does not match a topic starting with ``$``."""
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    filt, parts = topic_filter.split("/"), topic.split("/")
+    if filt[-1] == "#":
+        head = filt[:-1]
+        return len(parts) >= len(head) and all(f in ("+", p) for f, p in zip(head, parts, strict=False))
+    return len(parts) == len(filt) and all(f in ("+", p) for f, p in zip(filt, parts, strict=True))
+
+
+@FUZZ
+@given(
+    levels=st.lists(FILTER_LEVELS, min_size=1, max_size=4),
+    hash_end=st.booleans(),
+    topic=st.lists(LEVEL_TEXT, min_size=1, max_size=5).map("/".join),
+)
+def test_topic_filters_match_as_the_spec_says(levels: list[str], hash_end: bool, topic: str) -> None:
+    topic_filter = "/".join([*levels, "#"] if hash_end else levels)
+    assert topic_matches(topic_filter, topic) == matches_by_the_spec(topic_filter, topic)
+
+
+@FUZZ
+@given(
+    values=st.lists(st.text(st.characters(codec="utf-8", exclude_characters="/"), max_size=6), min_size=3, max_size=3),
+    rest=st.lists(st.text(max_size=4), max_size=3),
+)
+def test_a_template_gives_back_the_levels_of_its_topic(values: list[str], rest: list[str]) -> None:
+    template = TopicTemplate.parse("s/{site}/+/{metric}/#")
+    topic = "/".join(["s", *values, *rest])
+    assert template.tags(topic) == {"site": values[0], "metric": values[2]}
+    exact = None if rest else {"site": values[0], "metric": values[2]}
+    assert TopicTemplate.parse("s/{site}/+/{metric}").tags(topic) == exact
 
 
 # ------------------------------------------------------------------------------------------- the parser
