@@ -36,9 +36,12 @@ test: venv stack-up
 unit: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
-## Property-based tests at 10,000 cases per property (CI runs the default few hundred within `make test`).
+## Property-based tests at 10,000 cases per property (CI runs the default few hundred within `make test`): the
+## MQTT frame reader, the payload decoders and topic matching, syslog framing, every log parser, the config loader.
+FUZZ_TESTS := tests/unit/test_frames_fuzz.py tests/unit/test_payloads_fuzz.py tests/unit/test_syslog_fuzz.py \
+	tests/unit/test_log_parsers_fuzz.py tests/unit/test_config_fuzz.py
 fuzz: venv
-	FLEETWATCH_FUZZ_EXAMPLES=10000 $(BIN)/pytest tests/unit/test_frames_fuzz.py --timeout=1800 --hypothesis-show-statistics $(PYTEST_ARGS)
+	FLEETWATCH_FUZZ_EXAMPLES=10000 $(BIN)/pytest $(FUZZ_TESTS) --timeout=3600 --hypothesis-show-statistics $(PYTEST_ARGS)
 
 ## Run from the checkout (the files under review), not the installed wheel.
 lint: venv

@@ -76,6 +76,12 @@ def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path
         ('[alerts]\nstate_idle_after = "0s"\n', "alerts.state_idle_after: expected a duration > 0"),
         ("[alerts]\nmax_states = 0\n", "alerts.max_states: Input should be greater than or equal to 1"),
         ("[alerts]\nmax_pending_notifications = 0\n", "alerts.max_pending_notifications: Input should be"),
+        # Found by tests/unit/test_config_fuzz.py: these raised OverflowError, or named no key.
+        ("[windows]\nallowed_lateness = 1e300\n", "windows.allowed_lateness: expected a finite duration"),
+        ('[windows]\nmax_age = "99999999999999999999d"\n', "windows.max_age: expected a finite duration"),
+        ('[mqtt]\n"" = 1\n', 'mqtt."": unknown key'),
+        ('[mqtt]\n"max payload" = 1\n', 'mqtt."max payload": unknown key'),
+        ("[mqtt]\ntopic_cache_max_bytes = 1000\n", "mqtt.topic_cache_max_bytes: Input should be greater"),
     ],
 )
 def test_rejects_broken_values(tmp_path: Path, toml: str, key: str) -> None:
@@ -208,3 +214,15 @@ def test_a_config_error_names_the_key_but_never_prints_the_secret(data: dict[str
         assert secret not in message, message
     section = next(iter(data))
     assert f"{section}." in message
+
+
+def test_a_file_that_is_not_utf8_or_cannot_be_read_is_a_config_error(tmp_path: Path) -> None:
+    """Found by tests/unit/test_config_fuzz.py: these raised UnicodeDecodeError and IsADirectoryError."""
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'[mqtt]\nhost = "b\xe9ton"\n')
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path, env={})
+    assert err.value.problems == ["not UTF-8 text (TOML is): byte 16: invalid continuation byte"]
+    with pytest.raises(config.ConfigError) as err:
+        config.load(tmp_path, env={})
+    assert err.value.problems == ["cannot read the file: Is a directory"]

@@ -259,3 +259,51 @@ def test_parser_dead_letters_timestamps_outside_the_skew() -> None:
         time_mod.time_ns = real
     assert [d.reason for d in parsed.dead_letters] == ["timestamp_out_of_range"] * 2
     assert len(parsed.readings) == 1 and not math.isnan(parsed.readings[0].value)
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        # Only LF ends a line; U+2028 and the other Unicode line breaks are text.
+        ("m,k=a\u2028b v=1", ("m", {"k": "a\u2028b"}, "v")),
+        # A backslash before a character it does not escape is itself; two backslashes are one.
+        ("m\\x,k\\y=C:\\dir\\  v\\z=1", ("m\\x", {"k\\y": "C:\\dir "}, "v\\z")),
+        ("m,k=a\\\\ v=1", ("m", {"k": "a\\"}, "v")),
+        ("m,k=a\\,b\\=c v=1", ("m", {"k": "a,b=c"}, "v")),
+    ],
+)
+def test_line_protocol_reads_names_by_the_published_escaping_rules(
+    line: str, expected: tuple[str, dict[str, str], str]
+) -> None:
+    """Found by tests/unit/test_payloads_fuzz.py."""
+    [sample] = decode_line_protocol(line.encode())
+    assert (sample.measurement, sample.tags, sample.metric) == expected
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("m v=1_0", "undecodable"),  # Python's float() takes it; line protocol does not
+        ("m v=1.5i", "undecodable"),
+        ("m v=-1u", "undecodable"),
+        ("m v=9223372036854775808i", "undecodable"),  # beyond int64
+        ("m v=18446744073709551616u", "undecodable"),  # beyond uint64
+        ('m v="unterminated', "undecodable"),
+        ("m v=1 1_000", "bad_timestamp"),
+        ("m v=1 \u0661\u0662", "bad_timestamp"),  # Arabic-Indic digits, which int() takes
+        ("m v=1 9223372036854775808", "bad_timestamp"),
+    ],
+)
+def test_line_protocol_refuses_what_its_rules_do_not_allow(line: str, reason: str) -> None:
+    """Found by tests/unit/test_payloads_fuzz.py: each of these was read as a number."""
+    with pytest.raises(PayloadError) as err:
+        decode_line_protocol(line.encode())
+    assert err.value.reason == reason
+
+
+def test_a_json_string_holding_a_lone_surrogate_is_not_a_number() -> None:
+    """Found by tests/unit/test_payloads_fuzz.py: decode_json raised UnicodeEncodeError."""
+    with pytest.raises(PayloadError) as err:
+        decode_json(b'"\\ud800"', None, "auto", frozenset(), None)
+    assert err.value.reason == "not_a_number"
+    assert decode_json(b'"21.5"', None, "auto", frozenset(), "temp")[0].value == 21.5

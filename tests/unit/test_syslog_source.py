@@ -266,3 +266,14 @@ def test_decode_flags() -> None:
     assert decode("aé".encode()[:2], True) == ("a", ("truncated",))  # cut inside a character
     assert decode(b"a\xffb", False) == ("a\ufffdb", ("invalid_utf8",))
     assert decode(b"a\xffb\xc3", True) == ("a\ufffdb\ufffd", ("truncated", "invalid_utf8"))
+
+
+def test_framing_a_peer_that_closes_right_after_an_octet_count_gives_no_message() -> None:
+    """Found by tests/unit/test_syslog_fuzz.py: an empty message, flagged truncated, came out."""
+    for stream in (b"1 ", b"300 ", b"<13>a\n5 "):
+        conn = _Connection(socket.socket(), "127.0.0.1", "127.0.0.1:1")
+        out: list[tuple[bytes, bool]] = []
+        conn.buf += stream
+        frame(conn, LIMIT, True, out)
+        conn.sock.close()
+        assert out == ([(b"<13>a", False)] if stream.startswith(b"<13>") else [])
