@@ -1,4 +1,5 @@
-"""collectors/mqtt/source against the real Mosquitto: TLS (server and client certificates) and credentials."""
+"""collectors/mqtt/source against the real Mosquitto: TLS (server and client certificates), credentials, and
+MQTT's largest topics and payloads at the configured limit."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collectors.mqtt.parse import MessageBatch, MQTTParser
 from collectors.mqtt.source import MQTTPartition, MQTTSource
-from fleetwatch.config import MQTTConfig
+from fleetwatch.config import MQTTConfig, WindowsConfig
+from fleetwatch.record import parse_series
 from tests.conftest import MQTT_AUTH_PORT, MQTT_HOST, MQTT_PORT, STACK_DIR, mqtt_password
 
 TLS_DIR = STACK_DIR / "mosquitto" / "tls"
@@ -135,3 +138,31 @@ def test_a_refused_connection_is_retried_with_backoff_not_in_a_tight_loop(
     refusals = [r for r in caplog.records if "refused connection" in r.getMessage()]
     # 0.25 + 0.5 + 1 + 2 s of waiting: at most 5 attempts in 4 s, at least 2 (it keeps trying).
     assert 2 <= len(refusals) <= 5, [r.getMessage() for r in refusals]
+
+
+def test_a_65535_byte_topic_and_payloads_at_the_limit_through_the_broker(unique: str) -> None:
+    """What a careless client can send within MQTT's own limits reaches the parser whole: a topic of 65,535
+    bytes is read in full; a payload of exactly max_payload_bytes is read and one byte more is a dead letter."""
+    cfg = source_config(
+        unique,
+        MQTT_PORT,
+        max_payload_bytes=4_096,
+        subscriptions=[{"topic": f"fwtest/{unique}/#", "template": f"fwtest/{unique}/{{device}}/{{metric}}"}],
+    )
+    prefix = f"fwtest/{unique}/"
+    device = "d" * (65_535 - len(prefix) - len("/temp"))
+    long_topic = f"{prefix}{device}/temp"
+    assert len(long_topic.encode()) == 65_535
+    at_limit = b"21.5" + b" " * 4_092
+    partition = MQTTSource(cfg, ack_on_snapshot=False).build_part("mqtt", "mqtt-0", None)
+    try:
+        read_for(partition, 1.5)  # connect and subscribe
+        publish(long_topic, [b"1.5"])
+        publish(f"{prefix}d1/temp", [at_limit, at_limit + b" "])
+        got = read_for(partition, 1.5)
+    finally:
+        partition.close()
+    assert got == [(long_topic, b"1.5"), (f"{prefix}d1/temp", at_limit), (f"{prefix}d1/temp", at_limit + b" ")]
+    parsed = MQTTParser(cfg, WindowsConfig()).parse(MessageBatch(time.time_ns(), got))
+    assert [(parse_series(r.series)[1]["device"], r.value) for r in parsed.readings] == [(device, 1.5), ("d1", 21.5)]
+    assert [(d.reason, d.raw) for d in parsed.dead_letters] == [("oversized", at_limit + b" ")]
