@@ -163,7 +163,7 @@ def copy(value: Any) -> Any:
 
 @st.composite
 def mutated_examples(draw: st.DrawFn) -> dict[str, Any]:
-    doc = copy(EXAMPLE)
+    doc: dict[str, Any] = copy(EXAMPLE)
     for _ in range(draw(st.integers(1, 4))):
         path = draw(st.sampled_from(EXAMPLE_PATHS))
         parent: Any = doc

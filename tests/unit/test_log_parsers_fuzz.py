@@ -61,7 +61,7 @@ def check_document(event: LogEvent, text: str) -> None:
     stamp = datetime.fromisoformat(str(doc["@timestamp"]).replace("Z", "+00:00"))
     assert stamp.astimezone(UTC) == datetime.fromtimestamp(event.ts_ns // S, UTC).replace(microsecond=stamp.microsecond)
     assert event.level in (*LEVELS, "")
-    assert event.service and doc["service"] == {"name": event.service}  # type: ignore[comparison-overlap]
+    assert event.service and doc["service"] == {"name": event.service}
     assert doc["event"]["dataset"]
     assert isinstance(doc["message"], str)
     tags = doc.get("tags", [])
