@@ -125,12 +125,12 @@ def test_the_cache_estimate_is_not_below_what_the_cache_holds() -> None:
         return [(f"j/dev{b}_{i}", json_payload) for i in range(1_000)]
 
     cases: list[Any] = [
-        (short(b) for b in range(20)),
-        (long(b, "d") for b in range(20)),
-        (long(b, "é") for b in range(10)),
-        (long(b, "€") for b in range(10)),
-        (long(b, "\U0001f600") for b in range(10)),
-        (fields(b) for b in range(5)),
+        (short(b) for b in range(5)),
+        (long(b, "d") for b in range(5)),
+        (long(b, "é") for b in range(5)),
+        (long(b, "€") for b in range(5)),
+        (long(b, "\U0001f600") for b in range(5)),
+        (fields(b) for b in range(2)),
     ]
     for batches in cases:
         parser = make_parser()
@@ -140,9 +140,9 @@ def test_the_cache_estimate_is_not_below_what_the_cache_holds() -> None:
         assert held > estimated / 2, "the estimate is so far above what is held that the bound means little"
 
 
-def test_65535_byte_topics_at_10000_a_second_keep_the_cache_within_topic_cache_max_bytes() -> None:
-    """A second's worth of new 65,535-byte topics (10,000, in batches of 500: 655 MB of topics) through a
-    parser whose cache may hold 32 MiB: the memory it holds stays within that."""
+def test_10000_new_65535_byte_topics_keep_the_cache_within_topic_cache_max_bytes() -> None:
+    """10,000 new 65,535-byte topics (in batches of 500: 655 MB of topics) through a parser whose cache may
+    hold 32 MiB: the memory it holds stays within that."""
     limit = 32 * 1024**2
     parser = make_parser(topic_cache_max_bytes=limit)
     before = health.counters().mqtt_topic_cache_resets
