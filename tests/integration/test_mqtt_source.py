@@ -154,7 +154,7 @@ def test_a_65535_byte_topic_and_payloads_at_the_limit_through_the_broker(unique:
     long_topic = f"{prefix}{device}/temp"
     assert len(long_topic.encode()) == 65_535
     at_limit = b"21.5" + b" " * 4_092
-    partition = MQTTSource(cfg, ack_on_snapshot=False).build_part("mqtt", "mqtt-0", None)
+    partition = MQTTSource(cfg).build_part("mqtt", "mqtt-0", None)
     try:
         read_for(partition, 1.5)  # connect and subscribe
         publish(long_topic, [b"1.5"])
