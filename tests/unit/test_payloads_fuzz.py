@@ -37,6 +37,7 @@ from collectors.mqtt.payloads import (
 )
 from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import from_dict
+from fleetwatch.record import parse_series
 
 EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -248,6 +249,26 @@ def test_any_text_as_line_protocol_gives_samples_or_a_dead_letter_reason(text: s
     for sample in samples or []:
         assert sample.measurement and sample.metric
         assert sample.ts_ns is None or -(2**63) <= sample.ts_ns < 2**63
+
+
+@FUZZ
+@given(doc=JSON_OBJECTS, spaced=st.booleans())
+def test_the_parser_reads_a_json_object_as_the_decoder_does(doc: dict[str, Any], spaced: bool) -> None:
+    """MQTTParser reads flat JSON objects inline, without decode_json: both must give the same readings (a
+    metric name with a line break is written escaped in the series key, and read back by parse_series)."""
+    payload = json.dumps(doc, indent=1 if spaced else None).encode()
+    parser = _parser()
+    parsed = parser.parse(MessageBatch(1_767_225_600_000_000_000, [("j/d1", payload), ("j/d1", payload)]))
+    if len(payload) > 256:  # the parser's max_payload_bytes
+        assert [d.reason for d in parsed.dead_letters] == ["oversized"] * 2
+        return
+    try:
+        expected = [(s.metric, s.value) for s in decode_json(payload, None, "auto", frozenset(), None)]
+    except PayloadError as err:
+        assert [d.reason for d in parsed.dead_letters] == [err.reason] * 2
+        return
+    # An empty name is left out of the series key (line protocol cannot carry an empty tag value).
+    assert [(parse_series(r.series)[1].get("metric", ""), r.value) for r in parsed.readings] == expected * 2
 
 
 # ------------------------------------------------------------------------------------------- topics
