@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from typing import NamedTuple
 
 
@@ -58,12 +59,27 @@ _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
 
 
+# A backslash is itself in line protocol, except where it would be read as an escape: at the end of a name
+# (it would escape the separator after it), before a character that is escaped, before another backslash,
+# and (for parse_series, which reads the two characters backslash n back as a line break) before n or r.
+# There it is doubled, which line protocol reads as one backslash.
+_BACKSLASH = re.compile(r"\\(?=[\\,= \n\rnr]|\Z)")
+
+
 def escape_tag(text: str) -> str:
-    """Escape a tag key or value for line protocol."""
+    r"""Escape a tag key or value for line protocol.
+
+    >>> print(escape_tag("a b,c=d"), escape_tag("C:\\dir\\"), escape_tag("C:\\dir"))
+    a\ b\,c\=d C:\dir\\ C:\dir
+    """
+    if "\\" in text:
+        text = _BACKSLASH.sub(r"\\\\", text)
     return text.translate(_TAG_ESCAPES)
 
 
 def escape_measurement(text: str) -> str:
+    if "\\" in text:
+        text = _BACKSLASH.sub(r"\\\\", text)
     return text.translate(_MEASUREMENT_ESCAPES)
 
 
@@ -82,13 +98,19 @@ def series_key(measurement: str, tags: dict[str, str]) -> str:
     return ",".join(parts)
 
 
+# What a backslash escapes in a series key, and what it stands for.
+_UNESCAPED = {",": ",", "=": "=", " ": " ", "\\": "\\", "n": "\n", "r": "\r"}
+
+
 def parse_series(series: str) -> tuple[str, dict[str, str]]:
     """Split a series key back into measurement and tags (alerts and tests need the tags)."""
     parts: list[list[str]] = [[]]  # measurement, then alternating tag keys and values
     escaped = False
     for ch in series:
         if escaped:
-            parts[-1].append("\n" if ch == "n" else "\r" if ch == "r" else ch)
+            if ch not in _UNESCAPED:
+                parts[-1].append("\\")  # a backslash before anything else is itself
+            parts[-1].append(_UNESCAPED.get(ch, ch))
             escaped = False
         elif ch == "\\":
             escaped = True

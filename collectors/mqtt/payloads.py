@@ -292,6 +292,8 @@ def _telegraf_metric(metric: Any, timestamp_unit: str, skip: frozenset[str]) -> 
     name, fields, tags = metric.get("name"), metric.get("fields"), metric.get("tags", {})
     if type(name) is not str or not name:
         raise PayloadError("undecodable", "Telegraf JSON metric without a 'name'")
+    if name[0] == "#":  # the line written to InfluxDB would be a comment, and dropped without a word
+        raise PayloadError("undecodable", f"Telegraf JSON metric name {name[:40]!r} starts with '#'")
     if type(fields) is not dict:
         raise PayloadError("undecodable", f"Telegraf JSON metric {name!r} without a 'fields' object")
     if type(tags) is not dict or any(type(v) is not str for v in tags.values()):

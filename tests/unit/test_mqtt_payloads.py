@@ -17,7 +17,7 @@ from collectors.mqtt.payloads import (
 )
 from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import from_dict
-from fleetwatch.record import parse_series
+from fleetwatch.record import parse_series, series_key
 
 T0 = 1_767_225_600_000_000_000  # 2026-01-01T00:00:00Z
 
@@ -307,3 +307,16 @@ def test_a_json_string_holding_a_lone_surrogate_is_not_a_number() -> None:
         decode_json(b'"\\ud800"', None, "auto", frozenset(), None)
     assert err.value.reason == "not_a_number"
     assert decode_json(b'"21.5"', None, "auto", frozenset(), "temp")[0].value == 21.5
+
+
+def test_a_series_key_with_backslashes_reads_back_and_a_hash_name_is_refused() -> None:
+    """Found by tests/unit/test_payloads_fuzz.py: a name ending in a backslash escaped the comma after it
+    (the tags ran together in InfluxDB), and a Telegraf JSON name starting with "#" made a comment line."""
+    key = series_key("readings", {"metric": "temp\\", "site": "s1"})
+    assert key == "readings,metric=temp\\\\,site=s1"
+    assert parse_series(key) == ("readings", {"metric": "temp\\", "site": "s1"})
+    [sample] = decode_line_protocol(f"{key} value=1".encode())
+    assert sample.tags == {"metric": "temp\\", "site": "s1"}
+    with pytest.raises(PayloadError) as err:
+        decode_telegraf_json(b'{"name": "#cpu", "fields": {"v": 1}}', "auto")
+    assert err.value.reason == "undecodable"

@@ -37,7 +37,7 @@ from collectors.mqtt.payloads import (
 )
 from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import from_dict
-from fleetwatch.record import parse_series
+from fleetwatch.record import parse_series, series_key
 
 EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(
@@ -269,6 +269,30 @@ def test_the_parser_reads_a_json_object_as_the_decoder_does(doc: dict[str, Any],
         return
     # An empty name is left out of the series key (line protocol cannot carry an empty tag value).
     assert [(parse_series(r.series)[1].get("metric", ""), r.value) for r in parsed.readings] == expected * 2
+
+
+# ------------------------------------------------------------------------------------------- series keys
+
+NAMES = st.text(st.characters(codec="utf-8"), min_size=1, max_size=8)
+
+
+@FUZZ
+@given(measurement=NAMES, tags=st.dictionaries(NAMES, st.text(st.characters(codec="utf-8"), max_size=8), max_size=4))
+@example(measurement="m", tags={"metric": "\\", "site": "s1"})  # a trailing backslash escaped the comma after it
+@example(measurement="m\\", tags={"k": "C:\\new"})
+def test_a_series_key_reads_back_as_its_measurement_and_tags(measurement: str, tags: dict[str, str]) -> None:
+    """The series key is the line protocol of a point's measurement and tags: parse_series gives them back,
+    and so does a line protocol reader by the published rules (but for line breaks, which line protocol
+    cannot carry and fleetwatch writes as backslash n)."""
+    key = series_key(measurement, tags)
+    named = {k: v for k, v in tags.items() if v}
+    assert parse_series(key) == (measurement, named)
+    # A line starting with "#" is a comment and leading blanks are skipped: such measurements are not
+    # written (a Telegraf JSON name starting with "#" is a dead letter).
+    readable = measurement[0] not in "# \t"
+    if readable and not any(c in "\n\r" for c in measurement + "".join(named) + "".join(named.values())):
+        [sample] = decode_line_protocol(f"{key} value=1".encode())
+        assert (sample.measurement, sample.tags) == (measurement, named)
 
 
 # ------------------------------------------------------------------------------------------- topics
