@@ -245,6 +245,8 @@ class _Unparseable(Exception):
 
 
 _MISSING = object()
+# Distinct service and host names whose {"name": ...} objects a parser shares; beyond that, one per document.
+_SHARED_NAMES = 10_000
 
 # What a kind's parse method returns to ``_finish``: ts_ns (None: missing or invalid), the raw timestamp
 # (None: there was none), the raw level (None: none), message, service, host, ECS objects to add, fields.
@@ -293,7 +295,15 @@ class LogParser:
         self._fmt_day: int | None = None
         self._fmt_date = ""
         self._last_source = ""
-        self._last_path: str | None = None
+        self._last_file: dict[str, str] | None = None
+        # Parts of the document that many documents have alike are shared between them (documents are
+        # read, never changed, after parsing): {"name": ...} of services and hosts, event, log.file.
+        self._names: dict[str, dict[str, str]] = {}
+        self._event = {"dataset": self._dataset}
+        # The last RFC 3339 timestamp whose text is already what "@timestamp" would be (UTC, milliseconds),
+        # and its value: that text is used as it is.
+        self._canonical_ts = ""
+        self._canonical_ns: int | None = None
         self._last_host = self._default_host("")
         # The last RFC 3164 stamp without a year: (text, receive year) -> (ns in that year, in the year before).
         self._bsd_key: tuple[str, int] = ("", 0)
@@ -351,21 +361,23 @@ class LogParser:
         source = line.source
         if source != self._last_source:
             self._last_source = source
-            self._last_path = source[5:] if source.startswith("file:") else None
+            path = source[5:] if source.startswith("file:") else None
+            self._last_file = None if path is None else {"path": path}
             self._last_host = self._default_host(source)
-        if self._last_path is not None:
-            log["file"] = {"path": self._last_path}
+        if self._last_file is not None:
+            log["file"] = self._last_file
         if extra is not None and "log" in extra:
             log.update(extra.pop("log"))
         service = service or self._service
-        doc: dict[str, Any] = {"@timestamp": self._format_ts(ts_ns), "message": message}
+        stamp = ts_raw if ts_raw is self._canonical_ts and ts_ns == self._canonical_ns else self._format_ts(ts_ns)
+        doc: dict[str, Any] = {"@timestamp": stamp, "message": message}
         if log:
             doc["log"] = log
-        doc["service"] = {"name": service}
+        doc["service"] = self._name_object(service)
         host = host or self._last_host
         if host:
-            doc["host"] = {"name": host}
-        doc["event"] = {"dataset": self._dataset}
+            doc["host"] = self._name_object(host)
+        doc["event"] = self._event
         if extra:
             doc.update(extra)
         if tags:
@@ -373,6 +385,16 @@ class LogParser:
         if fields:
             doc["fields"] = fields
         return LogEvent(line.doc_id, ts_ns, level, service, doc)
+
+    def _name_object(self, name: str) -> dict[str, str]:
+        """``{"name": name}``, one object per name shared by the documents (they are read, never changed):
+        fewer objects to build and free per line."""
+        obj = self._names.get(name)
+        if obj is None:
+            obj = {"name": name}
+            if len(self._names) < _SHARED_NAMES:
+                self._names[name] = obj
+        return obj
 
     def _failure(self, line: LogLine, reason: str) -> LogEvent:
         """The raw line as the message, with the reason. Plain string work: this must not fail."""
@@ -439,7 +461,10 @@ class LogParser:
                     self._iso_second, self._iso_zone = second, zone
                     self._iso_ns = self._text_ns_uncached(second + zone, received_ns)
                 if self._iso_ns is not None:
-                    return self._iso_ns + (int((frac + "00000")[:6]) * 1_000 if frac else 0)
+                    iso_ns = self._iso_ns + (int((frac + "00000")[:6]) * 1_000 if frac else 0)
+                    if zone == "Z" and frac is not None and len(frac) == 3 and text[19] == ".":
+                        self._canonical_ts, self._canonical_ns = text, iso_ns
+                    return iso_ns
         ns = self._text_ns_uncached(text.strip(), received_ns)
         if ns is not None and not text[:1].isalpha():  # RFC 3164 stamps depend on the receive year
             self._last_ts_text, self._last_ts_ns = text, ns

@@ -485,16 +485,24 @@ def encode_batch(
     encoded: list[_Encoded] = []
     dead: list[DeadLetter] = []
     unstorable: list[DeadLetter] = []
+    # (kind, day) -> the index and the start of its action lines: a batch mostly goes to one or two.
+    targets: dict[tuple[str, int], tuple[str, bytes]] = {}
+    dumps, default, option = orjson.dumps, _SERIALIZER.default, orjson.OPT_SERIALIZE_NUMPY
     for record in records:
         index = ""
         action: _Action | None = None
         try:
             action = to_action(record)
-            index = layout.target(action.kind, action.ts_ns)
-            body = _SERIALIZER.json_dumps(action.source)
+            target = targets.get((action.kind, action.ts_ns // _DAY_NS))
+            if target is None:
+                index = layout.target(action.kind, action.ts_ns)
+                target = targets[(action.kind, action.ts_ns // _DAY_NS)] = (index, _action_prefix(index))
+            index = target[0]
+            # What the client's OrjsonSerializer.json_dumps does, without the call through it.
+            body = dumps(action.source, default=default, option=option)
             if b"null" in body and (where := _non_finite(action.source)) is not None:
                 raise ValueError(f"{where} is not a finite number (JSON has no NaN or infinity)")
-            header = _action_line(index, action.doc_id)
+            header = target[1] + dumps(action.doc_id) + b"}}\n"
         except (TypeError, ValueError, OverflowError, OSError, SerializationError, RecursionError) as exc:
             if isinstance(record, DeadLetter):
                 log.error("a dead letter cannot be encoded (%s); kept in the dead-letter file", exc)
@@ -526,17 +534,10 @@ def encode_batch(
     return encoded, dead, unstorable
 
 
-_INDEX_LINES: dict[str, bytes] = {}
-
-
-def _action_line(index: str, doc_id: str) -> bytes:
-    """The bulk action line of a document: ``{"create":{"_index":...,"_id":...}}`` and its newline."""
-    prefix = _INDEX_LINES.get(index)
-    if prefix is None:
-        prefix = b'{"create":{"_index":' + orjson.dumps(index) + b',"_id":'
-        if len(_INDEX_LINES) < 1000:  # daily indices: a few a day
-            _INDEX_LINES[index] = prefix
-    return prefix + orjson.dumps(doc_id) + b"}}\n"
+def _action_prefix(index: str) -> bytes:
+    """The bulk action line of a document up to its id: ``{"create":{"_index":...,"_id":`` (the id, ``}}``
+    and the newline follow)."""
+    return b'{"create":{"_index":' + orjson.dumps(index) + b',"_id":'
 
 
 def bulk_requests(actions: list[_Encoded], max_bytes: int) -> Iterator[tuple[list[_Encoded], bytes]]:
