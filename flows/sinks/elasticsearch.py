@@ -70,8 +70,8 @@ _REQUEST_HEADROOM = 64 * 1024
 _MAX_CHUNK_BYTES = 50 * 1024 * 1024
 # A dead letter for an oversized document keeps at most this much of it (the local file keeps it whole).
 _OVERSIZED_RAW_KEPT = 1024 * 1024
-# What a bulk answer keeps: per item its status and, when it failed, the error.
-_BULK_FILTER = "items.*.status,items.*.error"
+# What a bulk answer keeps: whether any item failed, per item its status and, when it failed, the error.
+_BULK_FILTER = "errors,items.*.status,items.*.error"
 # The encoding the client itself would use (orjson, with the client's dates, UUIDs and decimals).
 _SERIALIZER = OrjsonSerializer()
 
@@ -648,13 +648,20 @@ class ElasticWriterThread(BatchWriterThread[Record]):
                 # The request bodies are built here from the encoded documents (what streaming_bulk would
                 # send, without encoding each action line through the client); the answer's items come
                 # back one per action, in order, so they can be zipped.
+                sent: list[_Encoded] = []
+                written = 0
                 for part, body in bulk_requests(queue, chunk_bytes):
-                    outcomes += self._send(part, body)
+                    answer = self._send(part, body)
+                    if answer is None:
+                        written += len(part)
+                    else:
+                        sent += part
+                        outcomes += answer
             except (TransportConnectionError, ConnectionTimeout) as exc:
                 raise RetryableError(f"Elasticsearch unreachable: {exc}") from exc
-            written = duplicates = rejected = 0
+            duplicates = rejected = 0
             too_large = False
-            for action, item in zip(queue, outcomes, strict=True):
+            for action, item in zip(sent, outcomes, strict=True):
                 status = item.get("status", 500)
                 if not isinstance(status, int):  # "N/A": the request itself failed
                     status = 503
@@ -681,15 +688,18 @@ class ElasticWriterThread(BatchWriterThread[Record]):
             queue = again
         return retry
 
-    def _send(self, part: list[_Encoded], body: bytes) -> list[dict[str, Any]]:
-        """One bulk request; the outcome of each action: its item of the answer, or for a request the server
-        refused as a whole (413, 429, 5xx) the request's status and error for every action."""
+    def _send(self, part: list[_Encoded], body: bytes) -> list[dict[str, Any]] | None:
+        """One bulk request. None when every document was created; else the outcome of each action: its item
+        of the answer, or for a request the server refused as a whole (413, 429, 5xx) the request's status
+        and error for every action."""
         try:
-            # filter_path: only the status and, for failures, the error of each item come back.
+            # filter_path: the errors flag, the status and, for failures, the error of each item.
             answer = self._es.bulk(operations=body, filter_path=_BULK_FILTER)  # type: ignore[arg-type]
         except ApiError as exc:
             failed = {"status": exc.status_code, "error": str(exc)}
             return [dict(failed) for _ in part]
+        if answer.body.get("errors") is False:
+            return None
         items = answer.body.get("items", [])
         if len(items) != len(part):
             raise RuntimeError(f"Elasticsearch answered a bulk request of {len(part)} documents with {len(items)}")
