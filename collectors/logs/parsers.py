@@ -290,6 +290,10 @@ class LogParser:
         # One-entry caches: consecutive lines mostly share a timestamp text and a second.
         self._last_ts_text = ""
         self._last_ts_ns: int | None = None
+        self._fmt_ns: int | None = None
+        self._fmt_text = ""
+        self._bsd_text = ""
+        self._bsd_match: re.Match[str] | None = None
         self._fmt_sec: int | None = None
         self._fmt_prefix = ""
         self._fmt_day: int | None = None
@@ -422,6 +426,13 @@ class LogParser:
         return self._host
 
     def _format_ts(self, ts_ns: int) -> str:
+        if ts_ns == self._fmt_ns:  # syslog stamps have whole seconds: runs of lines share one
+            return self._fmt_text
+        self._fmt_ns = ts_ns
+        self._fmt_text = self._format_ts_uncached(ts_ns)
+        return self._fmt_text
+
+    def _format_ts_uncached(self, ts_ns: int) -> str:
         sec, frac = divmod(ts_ns, _NS)
         if sec != self._fmt_sec:
             day, rest = divmod(sec, 86_400)
@@ -492,7 +503,12 @@ class LogParser:
                 return None if clf is None else self._clf_ns(clf)
             return _dt_ns(moment if moment.tzinfo else moment.replace(tzinfo=self._tz or UTC))
         if first.isalpha():
-            bsd = _BSD_TS_ALONE.match(text)
+            # The match is kept for the next line with the same text; the value depends on the receive time.
+            if text == self._bsd_text:
+                bsd = self._bsd_match
+            else:
+                bsd = _BSD_TS_ALONE.match(text)
+                self._bsd_text, self._bsd_match = text, bsd
             if bsd is not None:
                 return self._bsd_ns(bsd, 2, received_ns)
         return None
@@ -643,7 +659,9 @@ class LogParser:
         match = self._pattern.search(text)
         if match is None:
             raise _Unparseable("line does not match the pattern")
-        obj = {k: v for k, v in match.groupdict().items() if v is not None}
+        obj = match.groupdict()
+        if None in obj.values():  # groups that did not take part are left out
+            obj = {k: v for k, v in obj.items() if v is not None}
         return self._mapped(obj, text, received_ns)
 
     def _parse_access(self, text: str, received_ns: int) -> _Parsed:
