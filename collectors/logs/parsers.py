@@ -298,6 +298,7 @@ class LogParser:
         self._fmt_prefix = ""
         self._fmt_day: int | None = None
         self._fmt_date = ""
+        self._failures = 0
         self._last_source = ""
         self._last_file: dict[str, str] | None = None
         # Parts of the document that many documents have alike are shared between them (documents are
@@ -400,8 +401,14 @@ class LogParser:
                 self._names[name] = obj
         return obj
 
+    def take_failures(self) -> int:
+        """Lines stored with ``parse_failure`` since the last call (for the health counters)."""
+        failures, self._failures = self._failures, 0
+        return failures
+
     def _failure(self, line: LogLine, reason: str) -> LogEvent:
         """The raw line as the message, with the reason. Plain string work: this must not fail."""
+        self._failures += 1
         source = line.source
         try:
             timestamp = self._format_ts(line.received_ns)

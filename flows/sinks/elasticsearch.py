@@ -593,8 +593,27 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         return self.setup.layout if self.setup is not None else None
 
     def deliver(self, batch: list[Record]) -> None:
+        parts = self.cfg.concurrent_requests
+        if parts == 1 or len(batch) < 2 * parts:
+            self._deliver_part(self._encode(batch))
+            return
+        # One bulk request keeps one of the server's write threads busy; several in flight use its cores. Each
+        # part is encoded while the parts before it are in flight: the server does not wait for the encoding.
+        size = -(-len(batch) // parts)
+        futures = []
+        for start in range(0, len(batch), size):
+            actions = self._encode(batch[start : start + size])
+            if start + size < len(batch):
+                futures.append(self._pool.submit(self._deliver_part, actions))
+            else:
+                self._deliver_part(actions)
+        for future in futures:
+            future.result()
+
+    def _encode(self, records: list[Record]) -> list[_Encoded]:
+        """The records as bulk actions, with dead letters for those that cannot be sent."""
         assert self.setup is not None
-        actions, dead, unstorable = encode_batch(batch, self.setup.layout, self.setup.max_doc_bytes)
+        actions, dead, unstorable = encode_batch(records, self.setup.layout, self.setup.max_doc_bytes)
         if dead:
             for letter in dead:
                 log.warning("Elasticsearch: %s; stored as a dead letter", letter.detail[:300])
@@ -605,17 +624,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
             unstorable += unencodable
         if unstorable:
             self._on_unstorable(unstorable)
-        parts = self.cfg.concurrent_requests
-        if parts == 1 or len(actions) < 2 * parts:
-            self._deliver_part(actions)
-            return
-        # One bulk request keeps one of the server's write threads busy; several in flight use its cores.
-        size = -(-len(actions) // parts)
-        chunks = [actions[i : i + size] for i in range(0, len(actions), size)]
-        futures = [self._pool.submit(self._deliver_part, chunk) for chunk in chunks[1:]]
-        self._deliver_part(chunks[0])
-        for future in futures:
-            future.result()
+        return actions
 
     def _deliver_part(self, actions: list[_Encoded]) -> None:
         pending = actions

@@ -197,6 +197,13 @@ def test_rfc3339_seconds_shared_between_lines() -> None:
     assert berlin.timestamp_ns("2026-07-01T02:00:00.5", R) == R + (181 * 86_400 * S) + 500_000_000
 
 
+def test_parse_failures_are_counted_for_the_health_points() -> None:
+    parser = file_parser("json")
+    for text in ('{"message":"x"}', "not json", '{"broken', '{"message":"y"}'):
+        parse(parser, text)
+    assert parser.take_failures() == 2 and parser.take_failures() == 0
+
+
 def test_json_with_surrounding_whitespace() -> None:
     event = parse(file_parser("json"), '  {"message":"x"}  ')
     assert event.doc["message"] == "x" and not failed(event)
