@@ -390,13 +390,27 @@ LogParserName = Literal["none", "json", "logfmt", "regex", "common", "combined",
 _INPUT_NAME = r"^[A-Za-z0-9_.-]+$"
 
 
+# Built-in patterns for kind "regex", chosen by name (``pattern = "rsyslog_traditional"``). A name can never
+# be mistaken for a user's pattern: a user's pattern needs a named group, "(?P<...>".
+REGEX_PATTERNS: dict[str, str] = {
+    # rsyslog's default file format (RSYSLOG_TraditionalFileFormat: /var/log/syslog, /var/log/messages):
+    # "Dec  2 09:40:14 host sshd[123]: message". No priority, no year (the year rule of RFC 3164 applies),
+    # no zone (parser.timezone). The tag before "[pid]" is the service, the pid goes to fields.pid.
+    "rsyslog_traditional": (
+        r"^(?P<timestamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (?P<host>\S+) "
+        r"(?P<service>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<message>(?s:.*))"
+    ),
+}
+
+
 class ParserConfig(Section):
     """How the lines of one input become fields. ``common``/``combined`` are the Apache/nginx access-log
     formats; ``syslog`` reads RFC 5424 and RFC 3164."""
 
     kind: LogParserName = "none"
     # regex: a Python pattern with named groups; "timestamp", "level", "message", "service" and "host" are
-    # mapped to ECS fields, other groups are kept under the input's field namespace.
+    # mapped to ECS fields, other groups are kept under the input's field namespace. Or the name of a
+    # built-in pattern (REGEX_PATTERNS): "rsyslog_traditional".
     pattern: str | None = None
     # Where the timestamp is and how it is written, for json/logfmt/regex (RFC 3339 and epoch numbers
     # are recognised without a format); a strptime format otherwise.
@@ -407,17 +421,27 @@ class ParserConfig(Section):
     level_field: str = "level"
     message_field: str = "message"
 
+    @property
+    def regex(self) -> str | None:
+        """The regular expression of kind "regex": the built-in one named by ``pattern``, or ``pattern``."""
+        if self.pattern is None:
+            return None
+        return REGEX_PATTERNS.get(self.pattern, self.pattern)
+
     @model_validator(mode="after")
     def _pattern(self) -> ParserConfig:
         if self.kind == "regex":
+            builtin = ", ".join(f"'{name}'" for name in REGEX_PATTERNS)
             if not self.pattern:
-                raise ValueError("kind 'regex' needs a pattern")
+                raise ValueError(f"kind 'regex' needs a pattern: a regular expression, or one of {builtin}")
             try:
-                compiled = re.compile(self.pattern)
+                compiled = re.compile(self.regex or "")
             except re.error as exc:
                 raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
             if not compiled.groupindex:
-                raise ValueError("pattern needs at least one named group, e.g. (?P<level>\\w+)")
+                raise ValueError(
+                    f"pattern needs at least one named group, e.g. (?P<level>\\w+), or is one of {builtin}"
+                )
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         try:

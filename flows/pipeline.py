@@ -306,11 +306,7 @@ def _logs(
         events = [parsers[line.input_name].parse(line) for line in batch]
         stats = health.counters()
         stats.log_events += len(events)
-        failures = 0
-        for event in events:
-            tags = event.doc.get("tags")
-            if isinstance(tags, list) and "parse_failure" in tags:
-                failures += 1
+        failures = sum(parser.take_failures() for parser in parsers.values())
         if failures:
             stats.log_parse_failures += failures
         return events or None

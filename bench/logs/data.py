@@ -1,11 +1,13 @@
 """Deterministic log files for the logs benchmark, and the ECS documents fleetwatch would index for them.
 
-Two kinds of file, 150-250 bytes a line:
+Three kinds of file, 130-260 bytes a line:
 
 - ``json``: one JSON object a line, as a service's structured log writes it (timestamp, level, service,
   message, request_id, duration_ms, status); mostly info, some debug/warn/error.
 - ``syslog``: RFC 3164 lines as rsyslog's file output writes them (``Nov 23 10:00:00 host app[pid]: msg``),
-  no PRI, no year; several hosts and programs.
+  no PRI, no year; several hosts and programs. fleetwatch reads them with its ``syslog`` parser.
+- ``text``: the same lines as ``syslog`` (rsyslog's traditional file format, as in /var/log/syslog), read
+  by fleetwatch's ``regex`` parser with the built-in ``rsyslog_traditional`` pattern.
 
 The same seed and line count always give the same bytes, so every pipeline in a run ships the same file.
 ``build_documents`` parses the file back into the documents the raw bulk reference indexes: the ECS shape
@@ -25,8 +27,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-Kind = Literal["json", "syslog"]
-KINDS: tuple[Kind, ...] = ("json", "syslog")
+Kind = Literal["json", "syslog", "text"]
+KINDS: tuple[Kind, ...] = ("json", "syslog", "text")
 
 # Event times start here; the machine's clock is near this date, and RFC 3164 lines carry no year, so
 # build_documents (like rsyslog, which takes the current year) reads them as this year.
@@ -205,7 +207,7 @@ def _syslog_lines(n: int, seed: int) -> Iterator[str]:
 
 def write_lines(kind: Kind, path: Path, n: int, seed: int = SEED) -> Path:
     """Write n lines of the given kind to path (overwriting it); the same arguments give the same bytes."""
-    lines = _json_lines(n, seed) if kind == "json" else _syslog_lines(n, seed)
+    lines = _json_lines(n, seed) if kind == "json" else _syslog_lines(n, seed)  # text: the syslog lines
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="\n") as f:
         for line in lines:
@@ -239,7 +241,7 @@ def _syslog_time(stamp: str) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _syslog_document(line: str, path: Path, offset: int) -> Document:
+def _syslog_document(line: str, path: Path, offset: int, kind: Kind = "syslog") -> Document:
     # "Nov 23 10:00:00 host prog[pid]: message"; lines from the generator always have this shape.
     stamp, rest = line[:15], line[16:]
     host, _, rest = rest.partition(" ")
@@ -252,7 +254,7 @@ def _syslog_document(line: str, path: Path, offset: int) -> Document:
         "log": {"file": {"path": str(path)}},
         "service": {"name": program},
         "host": {"name": host},
-        "event": {"dataset": dataset("syslog")},
+        "event": {"dataset": dataset(kind)},
         "fields": {"pid": int(pid.rstrip("]"))} if pid else {},
     }
     return Document(doc_id(path, offset), source)
@@ -260,12 +262,14 @@ def _syslog_document(line: str, path: Path, offset: int) -> Document:
 
 def build_documents(kind: Kind, path: Path) -> list[Document]:
     """The documents fleetwatch would index for the lines of path, in file order."""
-    build = _json_document if kind == "json" else _syslog_document
     docs: list[Document] = []
     offset = 0
     with path.open("rb") as f:
         for raw in f:
-            docs.append(build(raw.rstrip(b"\n").decode("utf-8"), path, offset))
+            line = raw.rstrip(b"\n").decode("utf-8")
+            docs.append(
+                _json_document(line, path, offset) if kind == "json" else _syslog_document(line, path, offset, kind)
+            )
             offset += len(raw)
     return docs
 

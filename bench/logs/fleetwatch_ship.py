@@ -3,25 +3,52 @@ every line is searchable in Elasticsearch (the same clock as the references: sta
 
 Recovery, log rates (to InfluxDB and Elasticsearch) and deterministic ids stay on: this is the pipeline as
 users run it, not a stripped-down copy.
+
+With ``BENCH_LOG_PYSPY=<dir>``, py-spy samples the pipeline during the run (100 Hz, the thread holding the
+GIL: ``--threads --gil``) and writes ``<dir>/<kind>-<time>.txt`` (collapsed stacks, for
+``bench/logs/profile.py``). py-spy takes CPU of its own: profiled runs show where the time goes, their rates
+are not results.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.logs import es as eslib
+from bench.logs.cpu import CpuMeter, CpuUsage
 from bench.logs.data import Kind
 
 REPO = Path(__file__).resolve().parents[2]
 
+# The parser each kind of file is read with.
+PARSERS: dict[Kind, str] = {
+    "json": '{ kind = "json" }',
+    "syslog": '{ kind = "syslog" }',
+    "text": '{ kind = "regex", pattern = "rsyslog_traditional" }',
+}
+
+
+@dataclass(frozen=True)
+class FleetwatchResult:
+    lines: int
+    seconds: float  # process start to all documents counted
+    cpu: CpuUsage
+    foreign_docs: int  # documents others indexed on the server during the run
+
+    @property
+    def lines_per_s(self) -> float:
+        return self.lines / self.seconds
+
 
 def write_config(workdir: Path, path: Path, kind: Kind, prefix: str, concurrent_requests: int) -> Path:
-    parser = '{ kind = "json" }' if kind == "json" else '{ kind = "syslog" }'
     config = workdir / f"{prefix}.toml"
     config.write_text(f"""
 [logs]
@@ -30,7 +57,7 @@ rate_window = "1m"
 [[logs.files]]
 name = "bench"
 paths = ["{path}"]
-parser = {parser}
+parser = {PARSERS[kind]}
 poll_interval = "50ms"
 
 [recovery]
@@ -49,17 +76,57 @@ path = "{workdir / prefix / "dead.jsonl"}"
     return config
 
 
-def run_fleetwatch(path: Path, kind: Kind, lines: int, workdir: Path, concurrent_requests: int = 2) -> float:
-    """Lines per second, start to all searchable."""
+def _profiler(pid: int, kind: Kind) -> subprocess.Popen[bytes] | None:
+    out_dir = os.environ.get("BENCH_LOG_PYSPY")
+    if not out_dir:
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    out = Path(out_dir) / f"{kind}-{int(time.time())}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        py_spy,
+        "record",
+        "--pid",
+        str(pid),
+        "--rate",
+        "100",
+        "--threads",
+        "--gil",
+        "--format",
+        "raw",
+        "-o",
+        str(out),
+    ]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def run_fleetwatch(path: Path, kind: Kind, lines: int, workdir: Path, concurrent_requests: int = 2) -> FleetwatchResult:
+    """Start to all searchable, with the CPU the pipeline process used meanwhile."""
     es = eslib.client()
     prefix = f"bench-fw-{uuid.uuid4().hex[:8]}"
     config = write_config(workdir, path, kind, prefix, concurrent_requests)
     log = open(workdir / f"{prefix}.log", "wb")  # noqa: SIM115 - closed below
+    # Byte-compiled before the clock starts, as an installed wheel is (pip compiles at install): without it,
+    # with PYTHONDONTWRITEBYTECODE set, every start compiles fleetwatch's modules from source again.
+    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(workdir / "pycache")}
+    packages = [str(REPO / p) for p in ("fleetwatch", "flows", "collectors", "dashboards")]
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], env=env, check=True)
+    indexed0 = eslib.indexing_total(es)
+    meter = CpuMeter()
     start = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "fleetwatch", "run", "-c", str(config)], cwd=REPO, stderr=log)
+    command = [sys.executable, "-m", "fleetwatch", "run", "-c", str(config)]
+    proc = subprocess.Popen(command, cwd=REPO, stderr=log, env=env)
+    profiler = _profiler(proc.pid, kind)
     try:
-        elapsed = eslib.wait_for_count(es, f"{prefix}-logs*", lines, start, timeout_s=900)
+        elapsed = eslib.wait_for_count(
+            es, f"{prefix}-logs*", lines, start, timeout_s=900, alive=lambda: proc.poll() is None
+        )
+        cpu = meter.stop(proc.pid)
+        foreign = eslib.indexing_total(es) - indexed0 - lines
     finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(60)
         proc.send_signal(signal.SIGINT)
         try:
             proc.wait(60)
@@ -68,4 +135,4 @@ def run_fleetwatch(path: Path, kind: Kind, lines: int, workdir: Path, concurrent
         log.close()
         es.options(ignore_status=404).indices.delete(index=f"{prefix}-*")
         es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-*")
-    return lines / elapsed
+    return FleetwatchResult(lines, elapsed, cpu, foreign)

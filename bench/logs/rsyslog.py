@@ -167,7 +167,7 @@ def _template(kind: Kind) -> str:
             'property(name="$!prog" format="json")',
             _c('"},"host":{"name":"'),
             'property(name="$!host" format="json")',
-            _c(f'"}},"event":{{"dataset":"{dataset("syslog")}"}},"fields":'),
+            _c(f'"}},"event":{{"dataset":"{dataset(kind)}"}},"fields":'),
             # A JSON subtree set by the ruleset: {"pid": N}, or {} for lines without a pid (kernel).
             'property(name="$!fields")',
             _c("}"),
@@ -195,7 +195,7 @@ def config(
     maxbytes: str,
     queue_size: int = QUEUE_SIZE,
 ) -> str:
-    """The rsyslog.conf of one run (the syslog kind also needs RULEBASE in workdir/syslog.rb)."""
+    """The rsyslog.conf of one run (the syslog and text kinds also need RULEBASE in workdir/syslog.rb)."""
     if kind == "json":
         modules = ["imfile", "mmjsonparse", "omelasticsearch"]
         parse = 'action(type="mmjsonparse" cookie="")\n  if $parsesuccess != "OK" then stop'

@@ -58,6 +58,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
 from fleetwatch.config import FileInputConfig, SyslogInputConfig
 from fleetwatch.record import LogEvent, LogLine
 
@@ -196,9 +198,12 @@ _LOGFMT_LINE = re.compile(rf"\s*(?:{_LOGFMT_TOKEN}(?:\s+|\Z))+")
 _LOGFMT_PAIR = re.compile(r'([^\s="]+)(?:(=)("(?:[^"\\]|\\.)*"|[^\s"]*))?')
 
 _EPOCH_TEXT = re.compile(r"-?(\d+)(?:\.(\d+))?\Z")
+# RFC 3339 / ISO 8601 to the second, fraction, zone: the common case, read without datetime.fromisoformat.
+_ISO_SECOND = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:[.,](\d+))?(Z|[+-]\d\d:\d\d|)\Z")
 
 # The JSON scanner without json.loads's wrapper; a line is one object, checked by hand.
 _scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+_loads = orjson.loads
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
 
@@ -240,6 +245,8 @@ class _Unparseable(Exception):
 
 
 _MISSING = object()
+# Distinct service and host names whose {"name": ...} objects a parser shares; beyond that, one per document.
+_SHARED_NAMES = 10_000
 
 # What a kind's parse method returns to ``_finish``: ts_ns (None: missing or invalid), the raw timestamp
 # (None: there was none), the raw level (None: none), message, service, host, ECS objects to add, fields.
@@ -266,7 +273,7 @@ class LogParser:
         self._ts_field = parser.timestamp_field
         self._level_field = parser.level_field
         self._msg_field = parser.message_field
-        self._pattern = re.compile(parser.pattern) if parser.kind == "regex" and parser.pattern else None
+        self._pattern = re.compile(parser.regex) if parser.kind == "regex" and parser.regex else None
         # Where a rejected timestamp is kept under "fields".
         self._ts_key = "timestamp" if parser.kind in ("syslog", "common", "combined") else parser.timestamp_field
         kinds: dict[str, Callable[[str, int], _Parsed]] = {
@@ -283,16 +290,33 @@ class LogParser:
         # One-entry caches: consecutive lines mostly share a timestamp text and a second.
         self._last_ts_text = ""
         self._last_ts_ns: int | None = None
+        self._fmt_ns: int | None = None
+        self._fmt_text = ""
+        self._bsd_text = ""
+        self._bsd_match: re.Match[str] | None = None
         self._fmt_sec: int | None = None
         self._fmt_prefix = ""
         self._fmt_day: int | None = None
         self._fmt_date = ""
+        self._failures = 0
         self._last_source = ""
-        self._last_path: str | None = None
+        self._last_file: dict[str, str] | None = None
+        # Parts of the document that many documents have alike are shared between them (documents are
+        # read, never changed, after parsing): {"name": ...} of services and hosts, event, log.file.
+        self._names: dict[str, dict[str, str]] = {}
+        self._event = {"dataset": self._dataset}
+        # The last RFC 3339 timestamp whose text is already what "@timestamp" would be (UTC, milliseconds),
+        # and its value: that text is used as it is.
+        self._canonical_ts = ""
+        self._canonical_ns: int | None = None
         self._last_host = self._default_host("")
         # The last RFC 3164 stamp without a year: (text, receive year) -> (ns in that year, in the year before).
         self._bsd_key: tuple[str, int] = ("", 0)
         self._bsd_cached: tuple[int | None, object] = (None, _MISSING)
+        # The last RFC 3339 second and zone seen, and that second in ns (None: not a valid time).
+        self._iso_second = ""
+        self._iso_zone = ""
+        self._iso_ns: int | None = None
         # The year containing the last receive time, in the parser's timezone: [start_ns, end_ns).
         self._year = (0, 0, 0)
 
@@ -342,21 +366,23 @@ class LogParser:
         source = line.source
         if source != self._last_source:
             self._last_source = source
-            self._last_path = source[5:] if source.startswith("file:") else None
+            path = source[5:] if source.startswith("file:") else None
+            self._last_file = None if path is None else {"path": path}
             self._last_host = self._default_host(source)
-        if self._last_path is not None:
-            log["file"] = {"path": self._last_path}
+        if self._last_file is not None:
+            log["file"] = self._last_file
         if extra is not None and "log" in extra:
             log.update(extra.pop("log"))
         service = service or self._service
-        doc: dict[str, Any] = {"@timestamp": self._format_ts(ts_ns), "message": message}
+        stamp = ts_raw if ts_raw is self._canonical_ts and ts_ns == self._canonical_ns else self._format_ts(ts_ns)
+        doc: dict[str, Any] = {"@timestamp": stamp, "message": message}
         if log:
             doc["log"] = log
-        doc["service"] = {"name": service}
+        doc["service"] = self._name_object(service)
         host = host or self._last_host
         if host:
-            doc["host"] = {"name": host}
-        doc["event"] = {"dataset": self._dataset}
+            doc["host"] = self._name_object(host)
+        doc["event"] = self._event
         if extra:
             doc.update(extra)
         if tags:
@@ -365,8 +391,24 @@ class LogParser:
             doc["fields"] = fields
         return LogEvent(line.doc_id, ts_ns, level, service, doc)
 
+    def _name_object(self, name: str) -> dict[str, str]:
+        """``{"name": name}``, one object per name shared by the documents (they are read, never changed):
+        fewer objects to build and free per line."""
+        obj = self._names.get(name)
+        if obj is None:
+            obj = {"name": name}
+            if len(self._names) < _SHARED_NAMES:
+                self._names[name] = obj
+        return obj
+
+    def take_failures(self) -> int:
+        """Lines stored with ``parse_failure`` since the last call (for the health counters)."""
+        failures, self._failures = self._failures, 0
+        return failures
+
     def _failure(self, line: LogLine, reason: str) -> LogEvent:
         """The raw line as the message, with the reason. Plain string work: this must not fail."""
+        self._failures += 1
         source = line.source
         try:
             timestamp = self._format_ts(line.received_ns)
@@ -391,6 +433,13 @@ class LogParser:
         return self._host
 
     def _format_ts(self, ts_ns: int) -> str:
+        if ts_ns == self._fmt_ns:  # syslog stamps have whole seconds: runs of lines share one
+            return self._fmt_text
+        self._fmt_ns = ts_ns
+        self._fmt_text = self._format_ts_uncached(ts_ns)
+        return self._fmt_text
+
+    def _format_ts_uncached(self, ts_ns: int) -> str:
         sec, frac = divmod(ts_ns, _NS)
         if sec != self._fmt_sec:
             day, rest = divmod(sec, 86_400)
@@ -420,6 +469,20 @@ class LogParser:
     def _text_ns(self, text: str, received_ns: int) -> int | None:
         if text == self._last_ts_text:
             return self._last_ts_ns
+        if self._ts_format is None:
+            iso = _ISO_SECOND.match(text)
+            if iso is not None:
+                # Consecutive lines mostly share the second and differ in the fraction: the second (with its
+                # zone) is converted once, the fraction added; truncated to microseconds, as fromisoformat.
+                second, frac, zone = iso.group(1, 2, 3)
+                if second != self._iso_second or zone != self._iso_zone:
+                    self._iso_second, self._iso_zone = second, zone
+                    self._iso_ns = self._text_ns_uncached(second + zone, received_ns)
+                if self._iso_ns is not None:
+                    iso_ns = self._iso_ns + (int((frac + "00000")[:6]) * 1_000 if frac else 0)
+                    if zone == "Z" and frac is not None and len(frac) == 3 and text[19] == ".":
+                        self._canonical_ts, self._canonical_ns = text, iso_ns
+                    return iso_ns
         ns = self._text_ns_uncached(text.strip(), received_ns)
         if ns is not None and not text[:1].isalpha():  # RFC 3164 stamps depend on the receive year
             self._last_ts_text, self._last_ts_ns = text, ns
@@ -447,7 +510,12 @@ class LogParser:
                 return None if clf is None else self._clf_ns(clf)
             return _dt_ns(moment if moment.tzinfo else moment.replace(tzinfo=self._tz or UTC))
         if first.isalpha():
-            bsd = _BSD_TS_ALONE.match(text)
+            # The match is kept for the next line with the same text; the value depends on the receive time.
+            if text == self._bsd_text:
+                bsd = self._bsd_match
+            else:
+                bsd = _BSD_TS_ALONE.match(text)
+                self._bsd_text, self._bsd_match = text, bsd
             if bsd is not None:
                 return self._bsd_ns(bsd, 2, received_ns)
         return None
@@ -562,6 +630,14 @@ class LogParser:
             text = text.strip()
             if text[:1] != "{":
                 raise _Unparseable("not a JSON object")
+        # orjson first (twice as fast); what it refuses goes through the standard library's scanner, which
+        # also takes NaN, integers beyond 64 bits and lone surrogates, and words the errors.
+        try:
+            fast = _loads(text)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return self._mapped(fast, text, received_ns)
         try:
             obj, end = _scan_json(text, start)
         except StopIteration:
@@ -590,7 +666,9 @@ class LogParser:
         match = self._pattern.search(text)
         if match is None:
             raise _Unparseable("line does not match the pattern")
-        obj = {k: v for k, v in match.groupdict().items() if v is not None}
+        obj = match.groupdict()
+        if None in obj.values():  # groups that did not take part are left out
+            obj = {k: v for k, v in obj.items() if v is not None}
         return self._mapped(obj, text, received_ns)
 
     def _parse_access(self, text: str, received_ns: int) -> _Parsed:

@@ -25,6 +25,7 @@ is not a record's problem: ``ElasticsearchSetupError`` stops the process with th
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -36,14 +37,14 @@ import zlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from elastic_transport import ConnectionError as TransportConnectionError
 from elastic_transport import ConnectionTimeout, SerializationError
 from elasticsearch import ApiError, Elasticsearch
-from elasticsearch.helpers import streaming_bulk
 from elasticsearch.serializer import OrjsonSerializer
 
 from fleetwatch.config import ElasticsearchConfig
@@ -69,6 +70,8 @@ _REQUEST_HEADROOM = 64 * 1024
 _MAX_CHUNK_BYTES = 50 * 1024 * 1024
 # A dead letter for an oversized document keeps at most this much of it (the local file keeps it whole).
 _OVERSIZED_RAW_KEPT = 1024 * 1024
+# What a bulk answer keeps: whether any item failed, per item its status and, when it failed, the error.
+_BULK_FILTER = "errors,items.*.status,items.*.error"
 # The encoding the client itself would use (orjson, with the client's dates, UUIDs and decimals).
 _SERIALIZER = OrjsonSerializer()
 
@@ -231,6 +234,16 @@ def template_mappings(kind: str) -> dict[str, Any]:
     raise ValueError(f"unknown document kind {kind!r}")
 
 
+_DAY_NS = 86_400 * 1_000_000_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@functools.lru_cache(maxsize=1024)
+def _utc_day(day: int) -> str:
+    """Day ``day`` since the epoch as ``YYYY.MM.DD``: formatted once per day, not once per document."""
+    return (_EPOCH + timedelta(days=day)).strftime("%Y.%m.%d")
+
+
 @dataclass(frozen=True)
 class IndexLayout:
     prefix: str
@@ -241,8 +254,7 @@ class IndexLayout:
         """The data stream, or the daily index of the record's own time."""
         if self.data_streams:
             return f"{self.prefix}-{kind}"
-        day = datetime.fromtimestamp(ts_ns // 1_000_000_000, UTC).strftime("%Y.%m.%d")
-        return f"{self.prefix}-{kind}-{day}"
+        return f"{self.prefix}-{kind}-{_utc_day(ts_ns // _DAY_NS)}"
 
     def pattern(self, kind: str) -> str:
         """What dashboards and searches query: every index or the stream of a kind."""
@@ -429,10 +441,12 @@ def to_action(record: Record) -> _Action:
 
 @dataclass
 class _Encoded:
-    """An action ready for a bulk request: its index and its source as the exact bytes sent."""
+    """An action ready for a bulk request: its index, its action line and its source as the exact bytes
+    sent."""
 
     action: _Action
     index: str
+    header: bytes
     body: bytes
 
 
@@ -471,15 +485,24 @@ def encode_batch(
     encoded: list[_Encoded] = []
     dead: list[DeadLetter] = []
     unstorable: list[DeadLetter] = []
+    # (kind, day) -> the index and the start of its action lines: a batch mostly goes to one or two.
+    targets: dict[tuple[str, int], tuple[str, bytes]] = {}
+    dumps, default, option = orjson.dumps, _SERIALIZER.default, orjson.OPT_SERIALIZE_NUMPY
     for record in records:
         index = ""
         action: _Action | None = None
         try:
             action = to_action(record)
-            index = layout.target(action.kind, action.ts_ns)
-            body = _SERIALIZER.json_dumps(action.source)
+            target = targets.get((action.kind, action.ts_ns // _DAY_NS))
+            if target is None:
+                index = layout.target(action.kind, action.ts_ns)
+                target = targets[(action.kind, action.ts_ns // _DAY_NS)] = (index, _action_prefix(index))
+            index = target[0]
+            # What the client's OrjsonSerializer.json_dumps does, without the call through it.
+            body = dumps(action.source, default=default, option=option)
             if b"null" in body and (where := _non_finite(action.source)) is not None:
                 raise ValueError(f"{where} is not a finite number (JSON has no NaN or infinity)")
+            header = target[1] + dumps(action.doc_id) + b"}}\n"
         except (TypeError, ValueError, OverflowError, OSError, SerializationError, RecursionError) as exc:
             if isinstance(record, DeadLetter):
                 log.error("a dead letter cannot be encoded (%s); kept in the dead-letter file", exc)
@@ -507,8 +530,30 @@ def encode_batch(
             unstorable.append(letter)
             dead.append(letter._replace(raw=body[:kept]))
             continue
-        encoded.append(_Encoded(action, index, body))
+        encoded.append(_Encoded(action, index, header, body))
     return encoded, dead, unstorable
+
+
+def _action_prefix(index: str) -> bytes:
+    """The bulk action line of a document up to its id: ``{"create":{"_index":...,"_id":`` (the id, ``}}``
+    and the newline follow)."""
+    return b'{"create":{"_index":' + orjson.dumps(index) + b',"_id":'
+
+
+def bulk_requests(actions: list[_Encoded], max_bytes: int) -> Iterator[tuple[list[_Encoded], bytes]]:
+    """The actions as NDJSON bulk request bodies of at most ``max_bytes`` each (a single larger document
+    still goes, alone), with the actions each body holds, in order."""
+    start = size = 0
+    parts: list[bytes] = []
+    for i, action in enumerate(actions):
+        length = len(action.header) + len(action.body) + 1
+        if parts and size + length > max_bytes:
+            yield actions[start:i], b"".join(parts)
+            start, size, parts = i, 0, []
+        parts += (action.header, action.body, b"\n")
+        size += length
+    if parts:
+        yield actions[start:], b"".join(parts)
 
 
 class ElasticWriterThread(BatchWriterThread[Record]):
@@ -548,8 +593,27 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         return self.setup.layout if self.setup is not None else None
 
     def deliver(self, batch: list[Record]) -> None:
+        parts = self.cfg.concurrent_requests
+        if parts == 1 or len(batch) < 2 * parts:
+            self._deliver_part(self._encode(batch))
+            return
+        # One bulk request keeps one of the server's write threads busy; several in flight use its cores. Each
+        # part is encoded while the parts before it are in flight: the server does not wait for the encoding.
+        size = -(-len(batch) // parts)
+        futures = []
+        for start in range(0, len(batch), size):
+            actions = self._encode(batch[start : start + size])
+            if start + size < len(batch):
+                futures.append(self._pool.submit(self._deliver_part, actions))
+            else:
+                self._deliver_part(actions)
+        for future in futures:
+            future.result()
+
+    def _encode(self, records: list[Record]) -> list[_Encoded]:
+        """The records as bulk actions, with dead letters for those that cannot be sent."""
         assert self.setup is not None
-        actions, dead, unstorable = encode_batch(batch, self.setup.layout, self.setup.max_doc_bytes)
+        actions, dead, unstorable = encode_batch(records, self.setup.layout, self.setup.max_doc_bytes)
         if dead:
             for letter in dead:
                 log.warning("Elasticsearch: %s; stored as a dead letter", letter.detail[:300])
@@ -560,17 +624,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
             unstorable += unencodable
         if unstorable:
             self._on_unstorable(unstorable)
-        parts = self.cfg.concurrent_requests
-        if parts == 1 or len(actions) < 2 * parts:
-            self._deliver_part(actions)
-            return
-        # One bulk request keeps one of the server's write threads busy; several in flight use its cores.
-        size = -(-len(actions) // parts)
-        chunks = [actions[i : i + size] for i in range(0, len(actions), size)]
-        futures = [self._pool.submit(self._deliver_part, chunk) for chunk in chunks[1:]]
-        self._deliver_part(chunks[0])
-        for future in futures:
-            future.result()
+        return actions
 
     def _deliver_part(self, actions: list[_Encoded]) -> None:
         pending = actions
@@ -593,33 +647,30 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         assert self.setup is not None
         setup = self.setup
 
-        def bodies(items: list[_Encoded]) -> Iterator[dict[str, Any]]:
-            for e in items:
-                # The source is already encoded: the client passes bytes through as they are.
-                yield {"_op_type": "create", "_index": e.index, "_id": e.action.doc_id, "_source": e.body}
-
         retry: list[_Encoded] = []
         queue = actions
         chunk_bytes = setup.max_chunk_bytes
         while queue:
             again: list[_Encoded] = []
+            outcomes: list[dict[str, Any]] = []
             try:
-                # max_retries=0: results come back one per action, in order, so they can be zipped.
-                results = streaming_bulk(
-                    self._es,
-                    bodies(queue),
-                    chunk_size=max(1, len(queue)),
-                    max_chunk_bytes=chunk_bytes,
-                    raise_on_error=False,
-                    raise_on_exception=False,
-                    max_retries=0,
-                )
-                outcomes = [info.popitem()[1] for _ok, info in results]
+                # The request bodies are built here from the encoded documents (what streaming_bulk would
+                # send, without encoding each action line through the client); the answer's items come
+                # back one per action, in order, so they can be zipped.
+                sent: list[_Encoded] = []
+                written = 0
+                for part, body in bulk_requests(queue, chunk_bytes):
+                    answer = self._send(part, body)
+                    if answer is None:
+                        written += len(part)
+                    else:
+                        sent += part
+                        outcomes += answer
             except (TransportConnectionError, ConnectionTimeout) as exc:
                 raise RetryableError(f"Elasticsearch unreachable: {exc}") from exc
-            written = duplicates = rejected = 0
+            duplicates = rejected = 0
             too_large = False
-            for action, item in zip(queue, outcomes, strict=True):
+            for action, item in zip(sent, outcomes, strict=True):
                 status = item.get("status", 500)
                 if not isinstance(status, int):  # "N/A": the request itself failed
                     status = 503
@@ -645,6 +696,23 @@ class ElasticWriterThread(BatchWriterThread[Record]):
                 chunk_bytes = max(1, chunk_bytes // 4)
             queue = again
         return retry
+
+    def _send(self, part: list[_Encoded], body: bytes) -> list[dict[str, Any]] | None:
+        """One bulk request. None when every document was created; else the outcome of each action: its item
+        of the answer, or for a request the server refused as a whole (413, 429, 5xx) the request's status
+        and error for every action."""
+        try:
+            # filter_path: the errors flag, the status and, for failures, the error of each item.
+            answer = self._es.bulk(operations=body, filter_path=_BULK_FILTER)  # type: ignore[arg-type]
+        except ApiError as exc:
+            failed = {"status": exc.status_code, "error": str(exc)}
+            return [dict(failed) for _ in part]
+        if answer.body.get("errors") is False:
+            return None
+        items = answer.body.get("items", [])
+        if len(items) != len(part):
+            raise RuntimeError(f"Elasticsearch answered a bulk request of {len(part)} documents with {len(items)}")
+        return [next(iter(item.values())) for item in items]
 
     def _reject(self, action: _Encoded, item: dict[str, Any]) -> list[_Encoded]:
         error = item.get("error", {})

@@ -9,6 +9,7 @@ import logging
 import socket
 import subprocess
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,7 @@ def test_parsers_multiline_and_log_rates(tmp_path: Path, unique: str, influx_db:
     rates per service and level in Elasticsearch and InfluxDB."""
     logs = tmp_path / "logs"
     logs.mkdir()
+    a_minute_ago = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
     files = {
         "json": [json_line(1, "api", "WARN"), json_line(2, "api", "error"), '{"broken json', json_line(3, "api", "4")],
         "logfmt": [
@@ -162,6 +164,12 @@ def test_parsers_multiline_and_log_rates(tmp_path: Path, unique: str, influx_db:
             "not an access log line",
         ],
         "regex": [f"{T0}09Z [ERROR] worker-3 queue full", "garbage"],
+        # rsyslog's default file format (no priority, no year), a minute ago: the receive year applies.
+        "traditional": [
+            f"{a_minute_ago:%b} {a_minute_ago.day:2d} {a_minute_ago:%H:%M:%S} gw-1 sshd[123]: Accepted publickey",
+            f"{a_minute_ago:%b} {a_minute_ago.day:2d} {a_minute_ago:%H:%M:%S} gw-1 kernel: [ 1.5] eth0: link up",
+            "-- MARK --",
+        ],
         "java": [
             f"{T0}01Z ERROR Unhandled exception",
             "java.lang.IllegalStateException: boom",
@@ -192,6 +200,10 @@ paths = ["{logs}/regex.log"]
 service = "worker"
 parser = {{ kind = "regex", pattern = '^(?P<timestamp>\\S+) \\[(?P<level>\\w+)\\] (?P<thread>\\S+) (?P<message>.*)$' }}
 [[logs.files]]
+name = "traditional"
+paths = ["{logs}/traditional.log"]
+parser = {{ kind = "regex", pattern = "rsyslog_traditional" }}
+[[logs.files]]
 name = "java"
 paths = ["{logs}/java.log"]
 service = "cart"
@@ -200,7 +212,7 @@ parser = {{ kind = "regex", pattern = '^(?P<timestamp>\\S+) (?P<level>[A-Z]+) (?
 """
     config = write_config(tmp_path, unique, influx_db, inputs)
     pipeline = Pipeline(config)
-    expected_docs = 4 + 3 + 3 + 2 + 2
+    expected_docs = 4 + 3 + 3 + 2 + 3 + 2
     docs = wait_for_docs(f"{unique}-logs*", expected_docs)
     # A service's 10 s window closes when its clock passes the end plus the lateness: the newest event time
     # advanced by wall time while the service is quiet, so within ~10 s here.
@@ -241,6 +253,14 @@ parser = {{ kind = "regex", pattern = '^(?P<timestamp>\\S+) (?P<level>[A-Z]+) (?
         "testhost",
     )
     assert "parse_failure" in by_message["garbage"]["tags"]
+
+    sshd = by_message["Accepted publickey"]
+    assert sshd["@timestamp"] == f"{a_minute_ago:%Y-%m-%dT%H:%M:%S}.000Z"
+    assert (sshd["service"]["name"], sshd["host"]["name"], sshd["fields"]) == ("sshd", "gw-1", {"pid": "123"})
+    kernel = by_message["[ 1.5] eth0: link up"]
+    assert (kernel["service"]["name"], kernel["@timestamp"]) == ("kernel", sshd["@timestamp"])
+    mark = by_message["-- MARK --"]
+    assert "parse_failure" in mark["tags"] and mark["service"]["name"] == "traditional"
 
     trace = next(d for d in docs if d["service"]["name"] == "cart" and d["log"]["level"] == "error")
     assert trace["message"].splitlines() == [

@@ -168,6 +168,42 @@ def test_malformed_json_is_stored_with_parse_failure(text: str, reason: str) -> 
     )
 
 
+def test_json_that_only_the_standard_library_reads() -> None:
+    # NaN, integers beyond 64 bits and lone surrogates: what orjson refuses is read as json.loads reads it.
+    text = '{"message":"x\\ud800","n":NaN,"big":123456789012345678901234567890,"timestamp":"2026-01-01T00:00:01Z"}'
+    event = parse(file_parser("json"), text)
+    assert not failed(event) and event.ts_ns == R + S and event.doc["message"] == "x\ud800"
+    fields: Any = event.doc["fields"]
+    assert fields["big"] == 123456789012345678901234567890 and fields["n"] != fields["n"]  # NaN
+
+
+def test_rfc3339_seconds_shared_between_lines() -> None:
+    # The second is converted once and the fraction added; a new second, zone or date is converted anew.
+    parser = file_parser("json")
+    stamps = [
+        ("2026-01-01T00:00:00.250Z", R + 250_000_000),
+        ("2026-01-01T00:00:00.5Z", R + 500_000_000),
+        ("2026-01-01T00:00:00,75Z", R + 750_000_000),
+        ("2026-01-01T01:00:00.1+01:00", R + 100_000_000),
+        ("2026-01-01T00:00:00.1234567Z", R + 123_456_000),
+        ("2026-01-01T00:00:01Z", R + S),
+        ("2025-12-31T23:59:59.999999Z", R - 1_000),
+        ("2026-02-30T00:00:00.5Z", None),
+        ("2026-01-01T00:00:00.5Z", R + 500_000_000),
+    ]
+    for text, expected in stamps:
+        assert parser.timestamp_ns(text, R) == expected, text
+    berlin = file_parser("json", timezone="Europe/Berlin")
+    assert berlin.timestamp_ns("2026-07-01T02:00:00.5", R) == R + (181 * 86_400 * S) + 500_000_000
+
+
+def test_parse_failures_are_counted_for_the_health_points() -> None:
+    parser = file_parser("json")
+    for text in ('{"message":"x"}', "not json", '{"broken', '{"message":"y"}'):
+        parse(parser, text)
+    assert parser.take_failures() == 2 and parser.take_failures() == 0
+
+
 def test_json_with_surrounding_whitespace() -> None:
     event = parse(file_parser("json"), '  {"message":"x"}  ')
     assert event.doc["message"] == "x" and not failed(event)
@@ -229,6 +265,53 @@ def test_regex_named_groups() -> None:
     garbage = parse(parser, "garbage")
     assert failed(garbage) and garbage.doc["error"] == {"message": "line does not match the pattern"}
     assert garbage.service == "worker"
+
+
+def test_regex_builtin_rsyslog_traditional() -> None:
+    # rsyslog's default file format: no priority, no year, the day padded with a space.
+    parser = file_parser("regex", pattern="rsyslog_traditional")
+    dec_2 = R + (335 * 86_400 + 10 * 3600) * S  # 2026-12-02T10:00:00Z
+    event = parse(parser, "Dec  2 09:40:14 gw-1 sshd[123]: Accepted publickey for deploy", received=dec_2)
+    assert event == LogEvent(
+        "id-1",
+        dec_2 - (19 * 60 + 46) * S,
+        "",
+        "sshd",
+        base(
+            "Accepted publickey for deploy",
+            "2026-12-02T09:40:14.000Z",
+            service={"name": "sshd"},
+            host={"name": "gw-1"},
+            fields={"pid": "123"},
+        ),
+    )
+    # A tag without a pid, and a two-digit day.
+    kernel = parse(parser, "Dec 12 09:40:14 gw-1 kernel: [ 1.5] eth0: link up", received=dec_2 + 10 * 86_400 * S)
+    assert kernel.doc["message"] == "[ 1.5] eth0: link up" and kernel.service == "kernel"
+    assert kernel.doc["@timestamp"] == "2026-12-12T09:40:14.000Z" and "fields" not in kernel.doc
+    # The year rule of RFC 3164: a December line read just after New Year belongs to the year before.
+    late = parse(parser, "Dec 31 23:59:50 gw-1 cron[9]: x", received=R + 10 * S)
+    assert late.doc["@timestamp"] == "2025-12-31T23:59:50.000Z"
+    # No zone in the line: parser.timezone.
+    berlin = file_parser("regex", pattern="rsyslog_traditional", timezone="Europe/Berlin")
+    assert parse(berlin, "Dec  2 09:40:14 gw-1 sshd[1]: x", received=dec_2).doc["@timestamp"] == (
+        "2026-12-02T08:40:14.000Z"
+    )
+    # A line of another format is kept whole, tagged, with the service of the input.
+    for text in ("2026-12-02T09:40:14Z gw-1 sshd[1]: x", "Dec  2 09:40:14 gw-1", "-- MARK --"):
+        other = parse(parser, text, received=dec_2)
+        assert failed(other) and other.doc["message"] == text and other.service == "app"
+        assert other.doc["error"] == {"message": "line does not match the pattern"}
+    # A stamp that is no date keeps its text, the receive time stands in.
+    bad_day = parse(parser, "Feb 30 10:00:00 gw-1 app[1]: x", received=dec_2)
+    assert bad_day.ts_ns == dec_2 and bad_day.doc["tags"] == ["timestamp_invalid"]
+    assert bad_day.doc["fields"] == {"pid": "1", "timestamp": "Feb 30 10:00:00"}
+
+
+def test_regex_pattern_names_only_the_builtin_ones() -> None:
+    assert ParserConfig(kind="regex", pattern="rsyslog_traditional").regex is not None
+    with pytest.raises(ValueError, match="or is one of 'rsyslog_traditional'"):
+        ParserConfig(kind="regex", pattern="rsyslog_traditionl")
 
 
 # ------------------------------------------------------------------------------------------- access logs
