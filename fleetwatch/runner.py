@@ -18,6 +18,7 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from fleetwatch.config import Config
+from fleetwatch.retention import plan_or_none
 from flows import health, lifecycle
 from flows.alerts.sink import notification_stats
 from flows.pipeline import WINDOWS_STEP_ID, FlowOptions, build_flow
@@ -178,7 +179,10 @@ def run_pipeline(
     health_writer = None
     if cfg.influxdb.enabled:
         health_sink = InfluxWriterThread(
-            cfg.influxdb, make_writer(cfg.influxdb), DeadLetterFile(cfg.dead_letters.path).write, "health-writer"
+            cfg.influxdb,
+            make_writer(cfg.influxdb, plan_or_none(cfg)),
+            DeadLetterFile(cfg.dead_letters.path).write,
+            "health-writer",
         )
         tags = f",process={process_id}" if process_id is not None else ""
         health_writer = health.HealthWriter(

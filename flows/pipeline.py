@@ -51,6 +51,7 @@ from collectors.mqtt.source import MQTTSource
 from collectors.syslog.source import SyslogSource
 from fleetwatch.config import Config, FileInputConfig, SyslogInputConfig
 from fleetwatch.record import DeadLetter, LogEvent, LogLine, LogRate, Reading
+from fleetwatch.retention import plan_or_none
 from flows import health, schema
 from flows.alerts.engine import (
     AlertLogic,
@@ -175,7 +176,9 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
 
     if cfg.influxdb.enabled and influx_streams:
         lines = influx_streams[0] if len(influx_streams) == 1 else op.merge("influx_lines", *influx_streams)
-        influx = InfluxDBSink(cfg.influxdb, on_rejected, options.writer_factory, partitions=options.total_workers)
+        influx = InfluxDBSink(
+            cfg.influxdb, on_rejected, options.writer_factory, partitions=options.total_workers, plan=plan_or_none(cfg)
+        )
         op.output("influxdb", lines, influx)
     return flow
 
