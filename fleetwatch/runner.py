@@ -23,6 +23,8 @@ from flows import health, lifecycle
 from flows.alerts.sink import notification_stats
 from flows.pipeline import WINDOWS_STEP_ID, FlowOptions, build_flow
 from flows.sinks.dead_letters import DeadLetterFile
+from flows.sinks.elasticsearch import make_client
+from flows.sinks.es_retention import RetentionJob, kind_retention
 from flows.sinks.influxdb import InfluxWriterThread, make_writer
 from flows.sinks.writer import flush_all_writers, writers_alive, writers_written
 from flows.window_log import remove_unreferenced
@@ -80,6 +82,16 @@ def _process_gauges() -> dict[str, int]:
 
 def _process_fields() -> str:
     return ",".join(f"{name}={value}i" for name, value in _process_gauges().items())
+
+
+def _start_retention_job(cfg: Config, process_id: int | None) -> RetentionJob | None:
+    """Expired daily Elasticsearch indices are deleted by one process of a cluster (the first), on a thread."""
+    retention = kind_retention(cfg)
+    if retention is None or not cfg.elasticsearch.enabled or process_id not in (None, 0):
+        return None
+    job = RetentionJob(cfg.elasticsearch, retention, cfg.retention.check_interval.total_seconds(), make_client)
+    job.start()
+    return job
 
 
 # Python's cyclic collector, tuned for the window state: at 100,000 series the state is about a million
@@ -189,6 +201,7 @@ def run_pipeline(
             health_sink.put, cfg.flow.health_interval.total_seconds(), tags, process_fields=_process_fields
         )
         health_writer.start()
+    retention_job = _start_retention_job(cfg, process_id)
     if status_file is not None:
         status_file.parent.mkdir(parents=True, exist_ok=True)
         threading.Thread(target=_status_writer, args=(cfg, status_file, stop), daemon=True).start()
@@ -217,6 +230,8 @@ def run_pipeline(
         stopper.start_watchdog()
         if health_writer is not None:
             health_writer.stop()
+        if retention_job is not None:
+            retention_job.stop()
         left = flush_all_writers(timeout=FLUSH_TIMEOUT)
         stop.set()
         if status_file is not None:
