@@ -1639,7 +1639,9 @@ class References:
 
 
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)+)"')
-_FROM = re.compile(r'\bFROM\s+"((?:[^"\\]|\\.)+)"', re.IGNORECASE)
+# FROM "<measurement>" or FROM "<retention policy>"."<measurement>" (a retention tier, fleetwatch/retention.py).
+_FROM = re.compile(r'\bFROM\s+(?:"(?:[^"\\]|\\.)+"\.)?"((?:[^"\\]|\\.)+)"', re.IGNORECASE)
+_POLICY = re.compile(r'\bFROM\s+"((?:[^"\\]|\\.)+)"\."', re.IGNORECASE)
 _ALIAS = re.compile(r'\bAS\s+"((?:[^"\\]|\\.)+)"', re.IGNORECASE)
 _WITH_KEY = re.compile(r'\bWITH\s+KEY\s*=\s*"((?:[^"\\]|\\.)+)"', re.IGNORECASE)
 _GROUP_BY = re.compile(r"\bGROUP\s+BY\s+(.*?)(?=\bfill\s*\(|\)|\bLIMIT\b|\bORDER\b|$)", re.IGNORECASE | re.DOTALL)
@@ -1652,7 +1654,7 @@ def influxql_references(query: str, refs: References) -> None:
     tags = set(_WITH_KEY.findall(query))
     for clause in _GROUP_BY.findall(query):
         tags |= set(_QUOTED.findall(clause))
-    others = set(_QUOTED.findall(query)) - measurements - aliases - tags
+    others = set(_QUOTED.findall(query)) - measurements - aliases - tags - set(_POLICY.findall(query))
     refs.measurements |= measurements
     for m in measurements:
         refs.tags.setdefault(m, set()).update(tags)

@@ -76,8 +76,8 @@ def test_v1_tiers_are_retention_policies_and_each_line_lands_in_its_own(unique: 
         }
         assert _count(db, '"raw"."readings"') == 1
         assert _count(db, '"raw"."readings_late"') == 1
-        assert _count(db, "\"agg_10s\".\"readings_agg\" WHERE \"window\" = '10s'") == 1
-        assert _count(db, "\"agg_1m\".\"readings_agg\" WHERE \"window\" = '1m'") == 2
+        assert _count(db, '"agg_10s"."readings_agg" WHERE "window" = \'10s\'') == 1
+        assert _count(db, '"agg_1m"."readings_agg" WHERE "window" = \'1m\'') == 2
         assert _count(db, '"agg_10s"."readings_agg" WHERE "window" = \'1m\'') == 0
         assert _count(db, '"log_rates"."log_rates"') == 1
         assert _count(db, '"alerts"."alerts"') == 1
