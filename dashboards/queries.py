@@ -1722,12 +1722,18 @@ class Schema:
 
 
 def written_schema(stores: Stores) -> Schema:
-    """``SHOW MEASUREMENTS``, ``SHOW FIELD KEYS``, ``SHOW TAG KEYS``, and each index kind's ``_mapping``."""
+    """``SHOW MEASUREMENTS``, ``SHOW FIELD KEYS`` (of every retention policy), ``SHOW TAG KEYS``, and each index kind's
+    ``_mapping``."""
     schema = Schema()
+    # Field keys are kept per retention policy (fleetwatch writes each kind to its tier): every policy's count.
+    policies = [row[0] for s in stores.influxql("SHOW RETENTION POLICIES").get("series", []) for row in s["values"]]
     for series in stores.influxql("SHOW MEASUREMENTS").get("series", []):
         for (name,) in series["values"]:
             quoted = name.replace('"', '\\"')
-            fields = stores.influxql(f'SHOW FIELD KEYS FROM "{quoted}"').get("series", [])
+            fields = []
+            for policy in policies:
+                rp = policy.replace('"', '\\"')
+                fields += stores.influxql(f'SHOW FIELD KEYS FROM "{rp}"."{quoted}"').get("series", [])
             tags = stores.influxql(f'SHOW TAG KEYS FROM "{quoted}"').get("series", [])
             schema.fields[name] = {row[0] for s in fields for row in s["values"]}
             schema.tags[name] = {row[0] for s in tags for row in s["values"]}

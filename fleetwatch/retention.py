@@ -1,17 +1,13 @@
 """Retention tiers: where each kind of InfluxDB point is kept, and for how long (``[retention]``).
 
 Every kind of point has a tier, and every tier is a retention policy in InfluxDB 1.x (a bucket in 2.x) with
-its own duration:
+its own duration (defaults in parentheses):
 
-============  ==============================================  ======================
-tier          points                                          default retention
-============  ==============================================  ======================
-``raw``       raw readings ``<m>``, late readings ``<m>_late``  7 days
-``agg_10s``   ``<m>_agg`` with ``window=10s`` (one per window)  30 days (10 s), 400 days (1 m)
-``log_rates``  ``log_rates``                                  400 days
-``alerts``    ``alerts``                                      400 days
-``health``    ``fleetwatch_health``, ``fleetwatch_process``   30 days
-============  ==============================================  ======================
+- ``raw``: raw readings ``<m>`` and late readings ``<m>_late`` (7 days);
+- ``agg_<window>``: ``<m>_agg`` of one window length (``agg_10s`` 30 days, ``agg_1m`` 400 days);
+- ``log_rates``: ``log_rates`` (400 days);
+- ``alerts``: ``alerts`` (400 days);
+- ``health``: ``fleetwatch_health`` and ``fleetwatch_process`` (30 days).
 
 A window's tier is ``agg_`` and its label with ``/`` as ``_`` (``agg_1m``, sliding ``agg_1m_10s``). In InfluxDB
 1.x the tiers are retention policies of ``influxdb.database``; in 2.x they are buckets

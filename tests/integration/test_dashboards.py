@@ -453,7 +453,10 @@ def test_variables_multi_values_and_relative_ranges_are_interpolated_as_grafana_
     # Devices follow the site (its query uses $site); the metric panels repeat per selected metric.
     assert result.variables["device"].options == ["dev00001", "dev00003", "dev00005"]
     # A multi-value variable's selection is a list, even of one value: Grafana makes it an alternation.
-    assert result.variable_queries["device"].endswith('WHERE "site" =~ /^(site1)$/')
+    # The inventory's tags at All are Grafana's custom all value ".*", which also matches a device without them.
+    assert result.variable_queries["device"].endswith(
+        'WHERE "site" =~ /^(site1)$/ AND "model" =~ /^.*$/ AND "owner" =~ /^.*$/'
+    )
     assert [p.title for p in result.panels if p.scoped] == [
         "humidity: 10 s window means",
         "pressure: 10 s window means",
@@ -528,9 +531,10 @@ def test_log_counts_agree_with_the_documents_in_elasticsearch(run: Run) -> None:
         assert sum(v for s in panel.series for _, v in s.non_null()) == events, title
     # log_rates counts only closed windows (and not events that arrived after theirs closed): fewer, and the panels
     # built on it say that they show windows.
-    windows = influxql(
-        run.stores.database, f'SELECT sum("count") FROM "log_rates" WHERE time >= {start_ms}ms AND time <= {end_ms}ms'
-    )["series"][0]["values"][0][1]
+    in_range = f"time >= {start_ms}ms AND time <= {end_ms}ms"
+    windows = influxql(run.stores.database, f'SELECT sum("count") FROM "log_rates"."log_rates" WHERE {in_range}')[
+        "series"
+    ][0]["values"][0][1]
     assert windows <= events
     assert [p.title for p in logs.panels if "log_rates" in json.dumps(p.panel["targets"])] == [
         "Services logging",
@@ -752,7 +756,7 @@ def test_the_fleet_filters_by_the_device_inventorys_tags(run: Run) -> None:
     fleet = next(d for d in load_dashboards() if d["uid"] == "fleetwatch-fleet")
 
     def devices(**variables: str) -> tuple[list[str], float | None]:
-        result = run_dashboard(fleet, run.stores, run.span, variables=variables or None)
+        result = run_dashboard(fleet, run.stores, run.time_range, variables=variables or None)
         reporting = next(p for p in result.panels if p.title == "Devices reporting").stat()[0].value
         return result.variables["device"].options, reporting
 
