@@ -378,6 +378,26 @@ def _install_templates(es: Elasticsearch, cfg: ElasticsearchConfig, layout: Inde
             ) from exc
 
 
+def apply_lifecycles(es: Elasticsearch, cfg: ElasticsearchConfig, retention: Mapping[str, timedelta]) -> None:
+    """A template's lifecycle applies to data streams created after it: the streams that exist already (created
+    before retention was configured, or with another one) get theirs set here. A stream not created yet is
+    fine (404): it gets the template's."""
+    for kind, keep in retention.items():
+        name = f"{cfg.index_prefix}-{kind}"
+        try:
+            es.indices.put_data_lifecycle(name=name, data_retention=lifecycle_body(keep)["data_retention"])
+        except ApiError as exc:
+            if exc.status_code == 404:
+                continue
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise RetryableError(f"Elasticsearch answered {exc.status_code} to the lifecycle of {name!r}") from exc
+            hint = " (the user needs manage_data_stream_lifecycle, or manage, on the data streams)"
+            raise ElasticsearchSetupError(
+                f"Elasticsearch at {', '.join(cfg.hosts)} refused the lifecycle of data stream {name!r}: "
+                f"HTTP {exc.status_code} {_api_reason(exc)}" + (hint if exc.status_code in (401, 403) else "")
+            ) from exc
+
+
 def prepare_layout(
     es: Elasticsearch, cfg: ElasticsearchConfig, retention: Mapping[str, timedelta] | None = None
 ) -> ServerSetup:
@@ -395,6 +415,8 @@ def prepare_layout(
             layout = IndexLayout(cfg.index_prefix, data_streams, cfg.number_of_replicas, retention)
             max_content_length = server_max_content_length(es)
             _install_templates(es, cfg, layout)
+            if data_streams and retention:
+                apply_lifecycles(es, cfg, retention)
         except (TransportConnectionError, ConnectionTimeout) as exc:
             raise RetryableError(f"Elasticsearch unreachable: {exc}") from exc
         except ApiError as exc:

@@ -2,7 +2,8 @@
 
 - **Data streams** (servers with the data-streams module, such as the docker compose stack): the index
   template of each kind carries a data stream lifecycle, ``{"data_retention": "30d"}``, and Elasticsearch
-  itself deletes the backing indices past that age (``flows.sinks.elasticsearch.IndexLayout.template``).
+  itself deletes the backing indices past that age (``flows.sinks.elasticsearch.IndexLayout.template``); data
+  streams that exist already get the same lifecycle at start (``PUT _data_stream/<name>/_lifecycle``).
 - **Daily indices** ``<prefix>-<kind>-YYYY.MM.DD`` (servers without data streams, or ``index_mode = "daily"``):
   no lifecycle applies to them, so fleetwatch deletes every daily index whose whole day is older than its
   kind's retention. ``RetentionJob`` does so in the pipeline process at start and every

@@ -4,8 +4,11 @@ tier conditions, the data stream lifecycle in the index templates and which dail
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
+from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
+from elasticsearch import NotFoundError
 
 from dashboards.generate import PLAN, tier_conditions
 from fleetwatch import config as config_mod
@@ -14,7 +17,7 @@ from fleetwatch.record import LogRate, Reading
 from fleetwatch.retention import TierPlan, plan_or_none, qualified
 from flows import schema
 from flows.alerts.notify import alert_line
-from flows.sinks.elasticsearch import KINDS, IndexLayout
+from flows.sinks.elasticsearch import KINDS, IndexLayout, apply_lifecycles
 from flows.sinks.es_retention import expired_daily_indices, kind_retention
 from flows.windows import Aggregate
 
@@ -153,6 +156,27 @@ def test_data_streams_carry_a_lifecycle_and_daily_indices_do_not() -> None:
     assert "lifecycle" not in streams.template("dead-letters")["template"]
     assert "lifecycle" not in IndexLayout("fw", False, 0, keep).template("logs")["template"]
     assert "lifecycle" not in IndexLayout("fw", True, 0, None).template("logs")["template"]
+
+
+class _Indices:
+    """The one call of the indices API that setting lifecycles makes; a stream not created yet answers 404."""
+
+    def __init__(self, existing: set[str]) -> None:
+        self.existing = existing
+        self.set: dict[str, str] = {}
+
+    def put_data_lifecycle(self, name: str, data_retention: str) -> None:
+        if name not in self.existing:
+            meta = ApiResponseMeta(404, "1.1", HttpHeaders(), 0.0, NodeConfig("http", "localhost", 9200))
+            raise NotFoundError("index_not_found_exception", meta, {"error": {"type": "index_not_found_exception"}})
+        self.set[name] = data_retention
+
+
+def test_existing_data_streams_get_the_lifecycle_and_missing_ones_are_left_to_the_template() -> None:
+    es = SimpleNamespace(indices=_Indices({"fw-logs", "fw-alerts"}))
+    cfg = _cfg(elasticsearch={"index_prefix": "fw"})
+    apply_lifecycles(es, cfg.elasticsearch, kind_retention(cfg) or {})  # type: ignore[arg-type]
+    assert es.indices.set == {"fw-logs": "30d", "fw-alerts": "400d"}
 
 
 def test_a_daily_index_expires_once_its_whole_day_is_past_the_retention() -> None:
