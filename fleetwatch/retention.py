@@ -143,13 +143,20 @@ class LineRouter:
         self._fixed = dict(_FIXED)
 
     def tier_of(self, line: str) -> str:
-        end = _measurement_end(line)
+        if "\\" in line:
+            end = _measurement_end(line)
+            tags_end = -1
+        else:  # no escapes (nearly every line): the first comma or space ends the measurement
+            tags_end = line.find(" ")
+            comma = line.find(",", 0, tags_end)
+            end = comma if comma >= 0 else tags_end
         measurement = line[:end]
         fixed = self._fixed.get(measurement)
         if fixed is not None:
             return fixed
         if measurement.endswith("_agg") and end < len(line) and line[end] == ",":
-            tags_end = _tag_section_end(line, end)
+            if tags_end < 0:
+                tags_end = _tag_section_end(line, end)
             # flows.schema writes the window tag last; a line-protocol payload's own tags come before it.
             at = line.rfind(",window=", end, tags_end)
             if at >= 0:
