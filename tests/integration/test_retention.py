@@ -11,14 +11,16 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import paho.mqtt.client as paho
 import pytest
 import urllib3
+from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetwatch import config as config_mod
 from fleetwatch.config import InfluxDBConfig
 from fleetwatch.retention import TierPlan
 from flows.sinks.influxdb import InfluxWriterThread, V1Writer, V2Writer, WriteError
-from tests.conftest import ES_URL, INFLUX_URL, VM_URL, influx_rows, influxql
+from tests.conftest import ES_URL, INFLUX_URL, MQTT_HOST, MQTT_PORT, VM_URL, influx_rows, influxql
 from tests.integration.harness import Pipeline
 
 S = 1_000_000_000
@@ -235,3 +237,82 @@ path = "{tmp_path / "dead.jsonl"}"
         pipeline.stop()
     log = pipeline.log_text()
     assert f"deleted {es_index}-logs-{_day(45)}" in log
+
+
+def test_replayed_history_lands_in_the_tiers_that_still_keep_it(tmp_path: Path, unique: str, es_index: str) -> None:
+    """Readings of today and of 10 days ago through the broker and `fleetwatch run` with the default tiers: the
+    old raw reading is past the raw tier (7 d) and counted, not sent; its 10 s and 1 min aggregates are kept."""
+    config = tmp_path / "fleetwatch.toml"
+    config.write_text(f"""
+[mqtt]
+host = "{MQTT_HOST}"
+port = {MQTT_PORT}
+client_id = "{unique}"
+shared_group = "{unique}"
+
+[[mqtt.subscriptions]]
+topic = "fwret/{unique}/+/+"
+qos = 1
+template = "fwret/+/{{device}}/{{metric}}"
+format = "json"
+timestamp_field = "ts"
+timestamp_unit = "ms"
+write_raw = true
+
+[windows]
+tumbling = ["10s", "1m"]
+allowed_lateness = "1s"
+max_age = "0s"
+
+[flow]
+epoch_interval = "500ms"
+health_interval = "1s"
+
+[recovery]
+enabled = false
+
+[influxdb]
+url = "{INFLUX_URL}"
+database = "{unique}"
+flush_interval = "100ms"
+
+[elasticsearch]
+index_prefix = "{es_index}"
+
+[dead_letters]
+path = "{tmp_path / "dead.jsonl"}"
+""")
+    now_ns = time.time_ns()
+    old_ns = now_ns - 10 * DAY
+    pipeline = Pipeline(config)
+    try:
+        client = paho.Client(CallbackAPIVersion.VERSION2)
+        client.connect(MQTT_HOST, MQTT_PORT)
+        client.loop_start()
+        # The old reading first: the second one, 10 days later in the same series, closes its windows.
+        for ts, value in ((old_ns, 1.5), (now_ns, 2.5)):
+            payload = json.dumps({"ts": ts // 1_000_000, "v": value})
+            client.publish(f"fwret/{unique}/d1/temp", payload, qos=1).wait_for_publish(10)
+        client.disconnect()
+        client.loop_stop()
+
+        # Only the old reading's windows: today's close later, by the wall clock.
+        old_only = "WHERE time < now() - 1d"
+        beyond = 'SELECT max("points_beyond_retention") AS "n" FROM "health"."fleetwatch_health"'
+
+        def landed() -> bool:
+            health = influx_rows(unique, beyond)
+            return bool(health and health[0]["n"] == 1 and _count(unique, f'"agg_1m"."readings_agg" {old_only}') == 1)
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not landed():
+            time.sleep(0.5)
+        assert landed(), pipeline.tail()
+        assert [r["value"] for r in influx_rows(unique, 'SELECT "value" FROM "raw"."readings"')] == [2.5]
+        old = influx_rows(unique, f'SELECT "mean", "window" FROM "agg_10s"."readings_agg" {old_only}')
+        assert [(r["mean"], r["window"]) for r in old] == [(1.5, "10s")]
+        assert influx_rows(unique, f'SELECT "mean" FROM "agg_1m"."readings_agg" {old_only}')[0]["mean"] == 1.5
+        assert influx_rows(unique, 'SELECT count("value") FROM "autogen"."readings"') == []
+    finally:
+        pipeline.stop()
+        influxql("", f'DROP DATABASE "{unique}"', "POST")
