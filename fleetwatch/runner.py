@@ -202,9 +202,11 @@ def run_pipeline(
         )
         health_writer.start()
     retention_job = _start_retention_job(cfg, process_id)
+    status_thread = None
     if status_file is not None:
         status_file.parent.mkdir(parents=True, exist_ok=True)
-        threading.Thread(target=_status_writer, args=(cfg, status_file, stop), daemon=True).start()
+        status_thread = threading.Thread(target=_status_writer, args=(cfg, status_file, stop), daemon=True)
+        status_thread.start()
     if duration is not None:
         timer = threading.Timer(duration, lambda: os.kill(os.getpid(), signal.SIGINT))
         timer.daemon = True
@@ -234,6 +236,9 @@ def run_pipeline(
             retention_job.stop()
         left = flush_all_writers(timeout=FLUSH_TIMEOUT)
         stop.set()
+        if status_thread is not None:
+            # Both write the status file through the same temporary file: the last word is the final status.
+            status_thread.join(5)
         if status_file is not None:
             final = _status(cfg)
             final["stopped"] = True
