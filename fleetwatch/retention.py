@@ -9,6 +9,8 @@ its own duration (defaults in parentheses):
 - ``alerts``: ``alerts`` (400 days);
 - ``health``: ``fleetwatch_health`` and ``fleetwatch_process`` (30 days).
 
+Any other measurement (``sparkplug_state``, the measurements of line-protocol payloads) is in ``raw``.
+
 A window's tier is ``agg_`` and its label with ``/`` as ``_`` (``agg_1m``, sliding ``agg_1m_10s``). In InfluxDB
 1.x the tiers are retention policies of ``influxdb.database``; in 2.x they are buckets
 ``<influxdb.bucket>_<tier>`` with a DBRP mapping (database ``<influxdb.bucket>``, retention policy ``<tier>``),
