@@ -105,6 +105,10 @@ tumbling = {'["10s", "1m"]' if FLEET_RULES else '["10s"]'}
 allowed_lateness = "2s"
 [recovery]
 dir = "{Path(tmp) / "recovery"}"
+[retention]
+# As the references (Telegraf) write: everything in the database's default policy.
+enabled = false
+
 [influxdb]
 database = "{unique}"
 [elasticsearch]

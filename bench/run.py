@@ -241,6 +241,10 @@ allowed_lateness = "2s"
 max_age = "0s"
 [recovery]
 dir = "{tmp / "recovery"}"
+[retention]
+# As the references (Telegraf) write: everything in the database's default policy.
+enabled = false
+
 [influxdb]
 database = "{unique}"
 [dead_letters]

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common
 from grafana_foundation_sdk.models import dashboard as dash
 from grafana_foundation_sdk.models.elasticsearch import TermsOrder
+
+from fleetwatch.config import Config
+from fleetwatch.retention import Tier, TierPlan, qualified, window_length
 
 DASHBOARDS_DIR = Path(__file__).resolve().parent
 GRID_COLUMNS = 24
@@ -234,10 +238,10 @@ def influx(query: str, ref: str = "A", alias: str | None = None) -> InfluxQL:
 
 
 def query_variable(
-    name: str, label: str, query: str, *, multi: bool = True, include_all: bool = True
+    name: str, label: str, query: str, *, multi: bool = True, include_all: bool = True, all_value: str | None = None
 ) -> dash_b.QueryVariable:
     """An InfluxQL variable (``SHOW TAG VALUES``), refreshed with the time range, sorted alphabetically."""
-    return (
+    variable = (
         dash_b.QueryVariable(name)
         .label(label)
         .datasource(INFLUXDB)
@@ -247,6 +251,7 @@ def query_variable(
         .refresh(dash.VariableRefresh.ON_TIME_RANGE_CHANGED)
         .sort(dash.VariableSort.ALPHABETICAL_ASC)
     )
+    return variable.all_value(all_value) if all_value is not None else variable
 
 
 def legend(right: bool = False) -> common_b.VizLegendOptions:
@@ -495,8 +500,14 @@ def math_expression(ref: str, expression: str) -> expr_b.TypeMath:
 
 # --------------------------------------------------------------------------------------------- queries
 
+# Aggregate queries are written once, for the 10 s windows of "readings_agg"; ``with_tiers`` makes each one a
+# target per retention tier when the dashboard is built (fleetwatch/retention.py).
 AGG = '"readings_agg"'
 WINDOW = "\"window\" = '10s'"
+# The device inventory's tags ([mqtt.devices], fleetwatch/devices.py) the fleet can be filtered by. "All" is
+# ".*", which also matches a device the inventory does not list (its tag is empty).
+INVENTORY_TAGS = (("model", "Model"), ("owner", "Owner"))
+INVENTORY = " AND ".join(f'"{tag}" =~ /^${tag}$/' for tag, _ in INVENTORY_TAGS)
 # Multi-value variables (with All) in a regex: Grafana formats their value as (a|b) of escapeRegex'd values in
 # panel and variable queries alike, so any tag value matches itself, whatever it contains.
 SITE = '"site" =~ /^$site$/'
@@ -579,16 +590,21 @@ def _base(uid: str, title: str, description: str) -> dash_b.Dashboard:
 
 
 def fleet() -> dash_b.Dashboard:
-    scope = f"{WINDOW} AND {SITE} AND {DEVICE} AND {METRIC}"
-    return (
-        _base(
-            "fleetwatch-fleet",
-            "Fleet overview",
-            "Which sites and devices report, their latest values and the 10 s window means per metric.",
+    scope = f"{WINDOW} AND {SITE} AND {DEVICE} AND {METRIC} AND {INVENTORY}"
+    dashboard = _base(
+        "fleetwatch-fleet",
+        "Fleet overview",
+        "Which sites and devices report, their latest values and the 10 s window means per metric.",
+    ).with_variable(query_variable("site", "Site", f'SHOW TAG VALUES FROM {AGG} WITH KEY = "site"'))
+    for tag, label in INVENTORY_TAGS:
+        dashboard = dashboard.with_variable(
+            query_variable(tag, label, f'SHOW TAG VALUES FROM {AGG} WITH KEY = "{tag}" WHERE {SITE}', all_value=".*")
         )
-        .with_variable(query_variable("site", "Site", f'SHOW TAG VALUES FROM {AGG} WITH KEY = "site"'))
-        .with_variable(
-            query_variable("device", "Device", f'SHOW TAG VALUES FROM {AGG} WITH KEY = "device" WHERE {SITE}')
+    return (
+        dashboard.with_variable(
+            query_variable(
+                "device", "Device", f'SHOW TAG VALUES FROM {AGG} WITH KEY = "device" WHERE {SITE} AND {INVENTORY}'
+            )
         )
         .with_variable(query_variable("metric", "Metric", f'SHOW TAG VALUES FROM {AGG} WITH KEY = "metric"'))
         .annotation(
@@ -609,7 +625,7 @@ def fleet() -> dash_b.Dashboard:
                 [
                     influx(
                         f'SELECT count("reporting") FROM (SELECT last("count") AS "reporting" FROM {AGG} '
-                        f'WHERE {WINDOW} AND {SITE} AND $timeFilter GROUP BY "site")'
+                        f'WHERE {WINDOW} AND {SITE} AND {INVENTORY} AND $timeFilter GROUP BY "site")'
                     )
                 ],
                 no_value="0",
@@ -622,7 +638,7 @@ def fleet() -> dash_b.Dashboard:
                 [
                     influx(
                         f'SELECT count("reporting") FROM (SELECT last("count") AS "reporting" FROM {AGG} '
-                        f'WHERE {WINDOW} AND {SITE} AND {DEVICE} AND $timeFilter GROUP BY "device")'
+                        f'WHERE {WINDOW} AND {SITE} AND {DEVICE} AND {INVENTORY} AND $timeFilter GROUP BY "device")'
                     )
                 ],
                 no_value="0",
@@ -1282,6 +1298,91 @@ def flow_layout(panels: Sequence[dash.Panel | dash.RowPanel]) -> None:
             x, y, row_height = 0, y + row_height, 0
 
 
+# The retention tiers the dashboards read: fleetwatch's default [retention] (7 d raw, 10 s windows 30 d, 1 min
+# windows 400 d). Each measurement is read from its tier's policy ("agg_1m"."readings_agg").
+PLAN = TierPlan.from_config(Config())
+_FIXED_TIER = re.compile(r'\bFROM\s+"(alerts|log_rates|fleetwatch_health|fleetwatch_process)"')
+_AGG_FROM = f"FROM {AGG}"
+
+
+def tier_conditions(tiers: Sequence[Tier], reader: int, band: int) -> str:
+    """When tier ``reader`` serves the panels whose ``$__interval`` falls in tier ``band``'s band (at least its
+    window, less than the next one's): for the times it keeps and no finer tier of the band keeps. A tier is
+    used for intervals at least its window long, so a long range reads the coarse tier; and a range older than
+    a fine tier keeps (a short range 60 days ago) reads the next tier that still holds it. Exactly one target
+    answers for any interval and instant, so the targets never draw the same point twice."""
+    length_ms = [int(window_length(t.window or "0s").total_seconds() * 1000) for t in tiers]
+    keeps = [t.influx_duration for t in tiers]
+    conditions = []
+    if band > 0:
+        conditions.append(f"$__interval_ms >= {length_ms[band]}")
+    if band < len(tiers) - 1:
+        conditions.append(f"$__interval_ms < {length_ms[band + 1]}")
+    if reader < len(tiers) - 1:
+        conditions.append(f"time >= now() - {keeps[reader]}")
+    if reader > band:
+        conditions.append(f"time < now() - {keeps[reader - 1]}")
+    return " AND ".join(conditions)
+
+
+def _tier_targets(target: dict[str, Any]) -> list[dict[str, Any]]:
+    """An aggregate target (10 s windows) as one target per (tier, interval band) it may serve."""
+    query = str(target["query"])
+    assert WINDOW in query and "$timeFilter" in query, f"an aggregate query names the 10 s window: {query}"
+    tiers = PLAN.window_tiers()
+    keeps = [t.duration for t in tiers]
+    assert keeps == sorted(keeps), "a coarser window tier must keep at least as long as a finer one"
+    out = []
+    for band in range(len(tiers)):
+        for reader in range(band, len(tiers)):
+            tier = tiers[reader]
+            text = query.replace(_AGG_FROM, f"FROM {qualified(PLAN, 'readings_agg', tier=tier.name)}")
+            text = text.replace(WINDOW, f"\"window\" = '{tier.window}'")
+            text = text.replace("$timeFilter", f"$timeFilter AND {tier_conditions(tiers, reader, band)}")
+            ref = target["refId"] if reader == band == 0 else f"{target['refId']}_{tier.name}"
+            if reader > band:
+                ref += f"_for_{tiers[band].name}"
+            out.append({**target, "query": text, "refId": ref})
+    return out
+
+
+def _fixed_tiers(query: str) -> str:
+    """Measurements with one tier, read from it; aggregates in variables and annotations from the longest."""
+    query = _FIXED_TIER.sub(lambda m: f"FROM {qualified(PLAN, m.group(1))}", query)
+    longest = PLAN.window_tiers()[-1].name
+    return query.replace(_AGG_FROM, f"FROM {qualified(PLAN, 'readings_agg', tier=longest)}")
+
+
+def with_tiers(data: dict[str, Any]) -> dict[str, Any]:
+    """Every InfluxQL query of a built dashboard reads its retention tier: aggregate panel targets become one
+    target per tier (``tier_conditions``), variables and annotations read the tier that keeps longest, and the
+    other measurements their own."""
+    for spec in data.get("templating", {}).get("list", []):
+        if isinstance(spec.get("query"), str):
+            spec["query"] = _fixed_tiers(spec["query"])
+        if isinstance(spec.get("definition"), str):
+            spec["definition"] = _fixed_tiers(spec["definition"])
+    for spec in data.get("annotations", {}).get("list", []):
+        target = spec.get("target")
+        if isinstance(target, dict) and isinstance(target.get("query"), str):
+            target["query"] = _fixed_tiers(target["query"])
+    panels = list(data.get("panels", []))
+    for panel in panels:
+        panels.extend(panel.get("panels", []))
+        targets: list[dict[str, Any]] = []
+        for target in panel.get("targets", []):
+            query = target.get("query")
+            if isinstance(query, str) and target.get("rawQuery") and _AGG_FROM in query:
+                targets += _tier_targets(target)
+            elif isinstance(query, str) and target.get("rawQuery"):
+                targets.append({**target, "query": _fixed_tiers(query)})
+            else:
+                targets.append(target)
+        if "targets" in panel:
+            panel["targets"] = targets
+    return data
+
+
 def build(name: str) -> dict[str, Any]:
     """One dashboard as Grafana JSON (a plain dict)."""
     model = DASHBOARDS[name]().build()
@@ -1290,7 +1391,7 @@ def build(name: str) -> dict[str, Any]:
     for i, panel in enumerate(model.panels or [], start=1):
         panel.id_val = i
     data: dict[str, Any] = json.loads(json.dumps(model, cls=JSONEncoder))
-    return data
+    return with_tiers(data)
 
 
 def render(name: str) -> str:

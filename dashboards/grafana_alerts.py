@@ -47,6 +47,7 @@ from typing import Any
 
 from fleetwatch import config as config_mod
 from fleetwatch.labels import duration_label
+from fleetwatch.retention import TierPlan, plan_or_none, qualified, window_tier
 from flows.alerts.rules import AlertRule, Threshold, load_rules
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -165,12 +166,14 @@ def tag_filter(tag: str, pattern: str) -> str | None:
     return f"{_ident(tag)} =~ {glob_regex(pattern)}"
 
 
-def _source(rule: AlertRule) -> str:
+def _source(rule: AlertRule, window: str, plan: TierPlan | None) -> str:
+    """The measurement a rule reads, in its retention tier when tiers are on (``"agg_1m"."readings_agg"``)."""
     if rule.target == "log_rate":
-        return _ident("log_rates")
+        return qualified(plan, "log_rates")
+    policy = f"{_ident(window_tier(window))}." if plan is not None else ""
     if not _GLOB_CHARS.search(rule.measurement):
-        return _ident(f"{rule.measurement}_agg")
-    return glob_regex(rule.measurement)[:-2] + "_agg$/"
+        return policy + _ident(f"{rule.measurement}_agg")
+    return policy + glob_regex(rule.measurement)[:-2] + "_agg$/"
 
 
 def _where(rule: AlertRule, window: str) -> str:
@@ -359,7 +362,7 @@ def translate_rule(rule: AlertRule, cfg: config_mod.Config) -> list[dict[str, An
     if window is None:
         return Skipped(rule.name, "no window is computed (windows.tumbling and windows.sliding are empty)")
     label, length, lateness = window
-    source, where = _source(rule), _where(rule, label)
+    source, where = _source(rule, label, plan_or_none(cfg)), _where(rule, label)
     target = _describe_target(rule, label)
 
     if rule.kind == "deadman":

@@ -1639,7 +1639,9 @@ class References:
 
 
 _QUOTED = re.compile(r'"((?:[^"\\]|\\.)+)"')
-_FROM = re.compile(r'\bFROM\s+"((?:[^"\\]|\\.)+)"', re.IGNORECASE)
+# FROM "<measurement>" or FROM "<retention policy>"."<measurement>" (a retention tier, fleetwatch/retention.py).
+_FROM = re.compile(r'\bFROM\s+(?:"(?:[^"\\]|\\.)+"\.)?"((?:[^"\\]|\\.)+)"', re.IGNORECASE)
+_POLICY = re.compile(r'\bFROM\s+"((?:[^"\\]|\\.)+)"\."', re.IGNORECASE)
 _ALIAS = re.compile(r'\bAS\s+"((?:[^"\\]|\\.)+)"', re.IGNORECASE)
 _WITH_KEY = re.compile(r'\bWITH\s+KEY\s*=\s*"((?:[^"\\]|\\.)+)"', re.IGNORECASE)
 _GROUP_BY = re.compile(r"\bGROUP\s+BY\s+(.*?)(?=\bfill\s*\(|\)|\bLIMIT\b|\bORDER\b|$)", re.IGNORECASE | re.DOTALL)
@@ -1652,7 +1654,7 @@ def influxql_references(query: str, refs: References) -> None:
     tags = set(_WITH_KEY.findall(query))
     for clause in _GROUP_BY.findall(query):
         tags |= set(_QUOTED.findall(clause))
-    others = set(_QUOTED.findall(query)) - measurements - aliases - tags
+    others = set(_QUOTED.findall(query)) - measurements - aliases - tags - set(_POLICY.findall(query))
     refs.measurements |= measurements
     for m in measurements:
         refs.tags.setdefault(m, set()).update(tags)
@@ -1720,12 +1722,18 @@ class Schema:
 
 
 def written_schema(stores: Stores) -> Schema:
-    """``SHOW MEASUREMENTS``, ``SHOW FIELD KEYS``, ``SHOW TAG KEYS``, and each index kind's ``_mapping``."""
+    """``SHOW MEASUREMENTS``, ``SHOW FIELD KEYS`` (of every retention policy), ``SHOW TAG KEYS``, and each index kind's
+    ``_mapping``."""
     schema = Schema()
+    # Field keys are kept per retention policy (fleetwatch writes each kind to its tier): every policy's count.
+    policies = [row[0] for s in stores.influxql("SHOW RETENTION POLICIES").get("series", []) for row in s["values"]]
     for series in stores.influxql("SHOW MEASUREMENTS").get("series", []):
         for (name,) in series["values"]:
             quoted = name.replace('"', '\\"')
-            fields = stores.influxql(f'SHOW FIELD KEYS FROM "{quoted}"').get("series", [])
+            fields = []
+            for policy in policies:
+                rp = policy.replace('"', '\\"')
+                fields += stores.influxql(f'SHOW FIELD KEYS FROM "{rp}"."{quoted}"').get("series", [])
             tags = stores.influxql(f'SHOW TAG KEYS FROM "{quoted}"').get("series", [])
             schema.fields[name] = {row[0] for s in fields for row in s["values"]}
             schema.tags[name] = {row[0] for s in tags for row in s["values"]}

@@ -172,6 +172,38 @@ def snapshot(
         console.print(str(path), highlight=False, soft_wrap=True)
 
 
+@app.command()
+def retention(
+    config: ConfigOption = DEFAULT_CONFIG,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Name what would be deleted; delete nothing.")] = False,
+) -> None:
+    """Delete the daily Elasticsearch indices past their retention ([retention]) once, as `fleetwatch run`
+    does every retention.check_interval: for cron, or to see what would go. Data streams and InfluxDB expire
+    by themselves."""
+    from elasticsearch import ApiError
+
+    from flows.sinks.elasticsearch import make_client
+    from flows.sinks.es_retention import RetentionRefused, delete_expired, kind_retention
+
+    cfg = _load(config)
+    kept = kind_retention(cfg)
+    if kept is None or not cfg.elasticsearch.enabled:
+        console.print("nothing to do: [retention] or [elasticsearch] is off", highlight=False)
+        return
+    es = make_client(cfg.elasticsearch)
+    try:
+        names = delete_expired(es, cfg.elasticsearch, kept, dry_run=dry_run)
+    except (RetentionRefused, ApiError) as err:
+        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    finally:
+        es.close()
+    verb = "would delete" if dry_run else "deleted"
+    for name in names:
+        print(f"{verb} {name}")
+    console.print(f"{len(names)} index(es) {verb}", highlight=False)
+
+
 grafana_app = typer.Typer(no_args_is_help=True, help="Grafana: data sources, dashboards and alert rules.")
 app.add_typer(grafana_app, name="grafana")
 

@@ -562,6 +562,46 @@ class LogsConfig(Section):
         return self
 
 
+class RetentionConfig(Section):
+    """How long each kind of data is kept (fleetwatch/retention.py turns this into the stores' tiers).
+
+    InfluxDB: one retention policy (1.x) or bucket (2.x) per tier, created at start. Elasticsearch: the data
+    stream lifecycle where the server has data streams, else fleetwatch deletes daily indices past their age
+    every ``check_interval``."""
+
+    enabled: bool = True
+    # Raw readings, and late readings (stored raw).
+    raw: Duration = timedelta(days=7)
+    # Window aggregates, per window label ("10s", "1m", sliding "1m/10s"). A window not named here keeps its
+    # aggregates 30 days when it is shorter than a minute, 400 days otherwise.
+    windows: dict[str, Duration] = Field(default_factory=lambda: {"10s": timedelta(days=30), "1m": timedelta(days=400)})
+    # Log documents (Elasticsearch).
+    logs: Duration = timedelta(days=30)
+    # Log rates (InfluxDB log_rates and the Elasticsearch log-rates index).
+    log_rates: Duration = timedelta(days=400)
+    # Dead letters (Elasticsearch).
+    dead_letters: Duration = timedelta(days=30)
+    # Alert history (InfluxDB alerts and the Elasticsearch alerts index).
+    alerts: Duration = timedelta(days=400)
+    # The pipeline's own health points (InfluxDB fleetwatch_health and fleetwatch_process).
+    health: Duration = timedelta(days=30)
+    # How often fleetwatch deletes expired daily Elasticsearch indices (when the server has no lifecycle).
+    check_interval: Duration = timedelta(hours=1)
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> RetentionConfig:
+        # InfluxDB's shortest retention policy is one hour; the other stores have no reason to go lower.
+        named = {"raw": self.raw, "logs": self.logs, "log_rates": self.log_rates}
+        named |= {"dead_letters": self.dead_letters, "alerts": self.alerts, "health": self.health}
+        named |= {f'windows."{label}"': d for label, d in self.windows.items()}
+        for key, duration in named.items():
+            if duration < timedelta(hours=1):
+                raise ValueError(f"{key}: expected a duration of at least 1h (got {duration_label(duration)})")
+        if self.check_interval <= timedelta(0):
+            raise ValueError("check_interval must be > 0")
+        return self
+
+
 class DeadLetterConfig(Section):
     # Dead letters go to the Elasticsearch dead-letter index when Elasticsearch is enabled; this durable
     # JSON-lines file holds them otherwise, and while Elasticsearch refuses them.
@@ -601,6 +641,7 @@ class Config(Section):
     elasticsearch: ElasticsearchConfig = ElasticsearchConfig()
     logs: LogsConfig = LogsConfig()
     dead_letters: DeadLetterConfig = DeadLetterConfig()
+    retention: RetentionConfig = RetentionConfig()
     alerts: AlertsConfig = AlertsConfig()
     simulator: SimulatorConfig = SimulatorConfig()
 
@@ -678,7 +719,7 @@ def from_dict(data: dict[str, Any], source: str = "config", env: Mapping[str, st
         cfg = Config.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
-    problems = alert_rule_problems(cfg) + sparkplug_problems(cfg)
+    problems = alert_rule_problems(cfg) + sparkplug_problems(cfg) + retention_problems(cfg)
     if problems:
         raise ConfigError(source, problems)
     return cfg
@@ -704,8 +745,7 @@ def alert_rule_problems(cfg: Config) -> list[str]:
         rules = load_rules(cfg.alerts)
     except ValueError as exc:
         return str(exc).splitlines()
-    windows = {duration_label(t) for t in cfg.windows.tumbling}
-    windows |= {f"{duration_label(s.length)}/{duration_label(s.offset)}" for s in cfg.windows.sliding}
+    windows = computed_windows(cfg)
     quantiles = {quantile_field(q) for q in cfg.windows.quantiles}
     problems = []
     for rule in rules:
@@ -721,6 +761,32 @@ def alert_rule_problems(cfg: Config) -> list[str]:
                 f"alerts: rule {rule.name!r}: stat {rule.stat!r} is not computed "
                 f"(windows.quantiles gives {', '.join(sorted(quantiles)) or 'none'})"
             )
+    return problems
+
+
+def computed_windows(cfg: Config) -> set[str]:
+    """The labels of every window the pipeline computes: ``10s``, ``1m``, sliding ``1m/10s``."""
+    windows = {duration_label(t) for t in cfg.windows.tumbling}
+    return windows | {f"{duration_label(s.length)}/{duration_label(s.offset)}" for s in cfg.windows.sliding}
+
+
+def retention_problems(cfg: Config) -> list[str]:
+    """A retention for a window the pipeline does not compute is a typo; a tier policy next to a single
+    ``influxdb.retention_policy`` is a contradiction."""
+    if not cfg.retention.enabled:
+        return []
+    problems = []
+    windows = computed_windows(cfg)
+    for label in cfg.retention.windows:
+        if label not in windows:
+            problems.append(
+                f'retention.windows."{label}": no such window is computed (windows: {", ".join(sorted(windows))})'
+            )
+    if cfg.influxdb.retention_policy:
+        problems.append(
+            "influxdb.retention_policy: not used while [retention] is enabled (each tier is written to its own "
+            "policy); remove it, or set retention.enabled = false to write everything to that one policy"
+        )
     return problems
 
 

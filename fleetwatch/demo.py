@@ -19,6 +19,7 @@ from rich.table import Table
 
 from fleetwatch.config import Config
 from fleetwatch.labels import duration_label
+from fleetwatch.retention import plan_or_none, qualified
 from fleetwatch.simulator import LogSimulatorStats, SimulatorStats, run_log_simulator, run_simulator
 
 
@@ -145,11 +146,12 @@ def run_demo(config_path: Path, cfg: Config, duration: float, console: Console) 
         log_thread.start()
     start = time.monotonic()
     window_filter = f"\"window\"='10s' AND time >= {started_ns - 60_000_000_000}"
+    agg_10s = qualified(plan_or_none(cfg), "readings_agg", window="10s")
     interrupted = False
     try:
         with Live(console=console, refresh_per_second=2) as live:
             while sim_thread.is_alive() and pipeline.poll() is None:
-                aggregated = _scalar(cfg, f'SELECT sum("count") FROM "readings_agg" WHERE {window_filter}')
+                aggregated = _scalar(cfg, f'SELECT sum("count") FROM {agg_10s} WHERE {window_filter}')
                 live.update(
                     _progress_table(
                         time.monotonic() - start,
@@ -167,7 +169,7 @@ def run_demo(config_path: Path, cfg: Config, duration: float, console: Console) 
             )
             settle_until = time.monotonic() + min(settle, 20.0)
             while time.monotonic() < settle_until and pipeline.poll() is None:
-                aggregated = _scalar(cfg, f'SELECT sum("count") FROM "readings_agg" WHERE {window_filter}')
+                aggregated = _scalar(cfg, f'SELECT sum("count") FROM {agg_10s} WHERE {window_filter}')
                 live.update(
                     _progress_table(
                         time.monotonic() - start,
@@ -240,6 +242,7 @@ def _summary(
     dead_offset: int,
 ) -> None:
     since = f"time >= {started_ns - 60_000_000_000}"
+    plan = plan_or_none(cfg)
     table = Table(title="What landed where", show_header=True)
     table.add_column("store")
     table.add_column("what")
@@ -249,20 +252,22 @@ def _summary(
     db = f"{cfg.influxdb.url} db={cfg.influxdb.database}"
     for length in cfg.windows.tumbling:
         label = duration_label(length)
-        points = _scalar(cfg, f'SELECT count("count") FROM "readings_agg" WHERE "window"=\'{label}\' AND {since}')
-        readings = _scalar(cfg, f'SELECT sum("count") FROM "readings_agg" WHERE "window"=\'{label}\' AND {since}')
+        agg = qualified(plan, "readings_agg", window=label)
+        points = _scalar(cfg, f'SELECT count("count") FROM {agg} WHERE "window"=\'{label}\' AND {since}')
+        readings = _scalar(cfg, f'SELECT sum("count") FROM {agg} WHERE "window"=\'{label}\' AND {since}')
         table.add_row(
             f"InfluxDB {db}",
             f"readings_agg window={label}: points (readings in them; open windows not yet written)",
             f"{points:,.0f} ({readings:,.0f})",
         )
-    late = _scalar(cfg, f'SELECT count("value") FROM "readings_late" WHERE {since}')
+    late = _scalar(cfg, f'SELECT count("value") FROM {qualified(plan, "readings_late")} WHERE {since}')
     table.add_row(f"InfluxDB {db}", "readings_late (late readings, raw)", f"{late:,.0f}")
-    health_points = _scalar(cfg, f'SELECT count("messages_in") FROM "fleetwatch_health" WHERE {since}')
+    health = qualified(plan, "fleetwatch_health")
+    health_points = _scalar(cfg, f'SELECT count("messages_in") FROM {health} WHERE {since}')
     table.add_row(f"InfluxDB {db}", "fleetwatch_health points", f"{health_points:,.0f}")
     since_ms = started_ns // 1_000_000 - 60_000
     if cfg.logs.files or cfg.logs.syslog:
-        rates = _scalar(cfg, f'SELECT count("count") FROM "log_rates" WHERE {since}')
+        rates = _scalar(cfg, f'SELECT count("count") FROM {qualified(plan, "log_rates")} WHERE {since}')
         table.add_row("files / syslog", "log lines written (syslog messages sent)", f"{logs.lines:,} ({logs.syslog:,})")
         table.add_row(f"InfluxDB {db}", "log_rates points (service x window)", f"{rates:,.0f}")
     if cfg.elasticsearch.enabled:
@@ -286,6 +291,6 @@ def _summary(
             + (f" (rules: {', '.join(f'{k}={v}' for k, v in sorted(rules.items()))})" if rules else ""),
             f"{sum(states.values()):,}",
         )
-    alerts = _scalar(cfg, f'SELECT count("value") FROM "alerts" WHERE {since}')
+    alerts = _scalar(cfg, f'SELECT count("value") FROM {qualified(plan, "alerts")} WHERE {since}')
     table.add_row(f"InfluxDB {db}", "alerts points", f"{alerts:,.0f}")
     console.print(table)

@@ -18,10 +18,13 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from fleetwatch.config import Config
+from fleetwatch.retention import plan_or_none
 from flows import health, lifecycle
 from flows.alerts.sink import notification_stats
 from flows.pipeline import WINDOWS_STEP_ID, FlowOptions, build_flow
 from flows.sinks.dead_letters import DeadLetterFile
+from flows.sinks.elasticsearch import make_client
+from flows.sinks.es_retention import RetentionJob, kind_retention
 from flows.sinks.influxdb import InfluxWriterThread, make_writer
 from flows.sinks.writer import flush_all_writers, writers_alive, writers_written
 from flows.window_log import remove_unreferenced
@@ -79,6 +82,16 @@ def _process_gauges() -> dict[str, int]:
 
 def _process_fields() -> str:
     return ",".join(f"{name}={value}i" for name, value in _process_gauges().items())
+
+
+def _start_retention_job(cfg: Config, process_id: int | None) -> RetentionJob | None:
+    """Expired daily Elasticsearch indices are deleted by one process of a cluster (the first), on a thread."""
+    retention = kind_retention(cfg)
+    if retention is None or not cfg.elasticsearch.enabled or process_id not in (None, 0):
+        return None
+    job = RetentionJob(cfg.elasticsearch, retention, cfg.retention.check_interval.total_seconds(), make_client)
+    job.start()
+    return job
 
 
 # Python's cyclic collector, tuned for the window state: at 100,000 series the state is about a million
@@ -178,16 +191,22 @@ def run_pipeline(
     health_writer = None
     if cfg.influxdb.enabled:
         health_sink = InfluxWriterThread(
-            cfg.influxdb, make_writer(cfg.influxdb), DeadLetterFile(cfg.dead_letters.path).write, "health-writer"
+            cfg.influxdb,
+            make_writer(cfg.influxdb, plan_or_none(cfg)),
+            DeadLetterFile(cfg.dead_letters.path).write,
+            "health-writer",
         )
         tags = f",process={process_id}" if process_id is not None else ""
         health_writer = health.HealthWriter(
             health_sink.put, cfg.flow.health_interval.total_seconds(), tags, process_fields=_process_fields
         )
         health_writer.start()
+    retention_job = _start_retention_job(cfg, process_id)
+    status_thread = None
     if status_file is not None:
         status_file.parent.mkdir(parents=True, exist_ok=True)
-        threading.Thread(target=_status_writer, args=(cfg, status_file, stop), daemon=True).start()
+        status_thread = threading.Thread(target=_status_writer, args=(cfg, status_file, stop), daemon=True)
+        status_thread.start()
     if duration is not None:
         timer = threading.Timer(duration, lambda: os.kill(os.getpid(), signal.SIGINT))
         timer.daemon = True
@@ -213,8 +232,13 @@ def run_pipeline(
         stopper.start_watchdog()
         if health_writer is not None:
             health_writer.stop()
+        if retention_job is not None:
+            retention_job.stop()
         left = flush_all_writers(timeout=FLUSH_TIMEOUT)
         stop.set()
+        if status_thread is not None:
+            # Both write the status file through the same temporary file: the last word is the final status.
+            status_thread.join(5)
         if status_file is not None:
             final = _status(cfg)
             final["stopped"] = True

@@ -25,6 +25,8 @@ class Counters:
     windows_closed: int = 0
     points_written: int = 0
     sink_retries: int = 0
+    # Points not written because their retention tier no longer keeps them (replayed history).
+    points_beyond_retention: int = 0
     # MQTT connections closed on a malformed packet (collectors/mqtt/frames.py).
     mqtt_protocol_errors: int = 0
     # Messages of devices missing from the device inventory ([mqtt.devices]).

@@ -51,6 +51,7 @@ from collectors.mqtt.source import MQTTSource
 from collectors.syslog.source import SyslogSource
 from fleetwatch.config import Config, FileInputConfig, SyslogInputConfig
 from fleetwatch.record import DeadLetter, LogEvent, LogLine, LogRate, Reading
+from fleetwatch.retention import plan_or_none
 from flows import health, schema
 from flows.alerts.engine import (
     AlertLogic,
@@ -66,6 +67,7 @@ from flows.log_rates import LogRateLogic, ServiceLimits
 from flows.sinks.buffer import saturated
 from flows.sinks.dead_letters import DeadLetterFile, DeadLetterSink
 from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Record
+from flows.sinks.es_retention import kind_retention
 from flows.sinks.influxdb import InfluxDBSink, LineWriter, make_writer
 from flows.sparkplug import SparkplugLogic, SparkplugResult
 from flows.windows import WindowLogic, WindowResult, WindowSnapshot, WindowSpec
@@ -161,13 +163,18 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
     # store from the writer thread, outside the dataflow.
     on_rejected: Callable[[list[DeadLetter]], None] = dead_file.write
     if cfg.elasticsearch.enabled:
-        dead_letter_writer = ElasticWriterThread(cfg.elasticsearch, dead_file.write, "es-dead-letters")
+        retention = kind_retention(cfg)
+        dead_letter_writer = ElasticWriterThread(
+            cfg.elasticsearch, dead_file.write, "es-dead-letters", retention=retention
+        )
         on_rejected = lambda letters: dead_letter_writer.put(list[Record](letters))  # noqa: E731
         for i, dead in enumerate(dead_streams):
             es_streams.append(op.map(f"dead_letters_{i}", dead, lambda d: ("dead", list[Record](d))))
         if es_streams:
             records = es_streams[0] if len(es_streams) == 1 else op.merge("es_records", *es_streams)
-            sink = ElasticsearchSink(cfg.elasticsearch, dead_file.write, partitions=options.total_workers)
+            sink = ElasticsearchSink(
+                cfg.elasticsearch, dead_file.write, partitions=options.total_workers, retention=retention
+            )
             op.output("elasticsearch", records, sink)
     else:
         for i, dead in enumerate(dead_streams):
@@ -175,7 +182,9 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
 
     if cfg.influxdb.enabled and influx_streams:
         lines = influx_streams[0] if len(influx_streams) == 1 else op.merge("influx_lines", *influx_streams)
-        influx = InfluxDBSink(cfg.influxdb, on_rejected, options.writer_factory, partitions=options.total_workers)
+        influx = InfluxDBSink(
+            cfg.influxdb, on_rejected, options.writer_factory, partitions=options.total_workers, plan=plan_or_none(cfg)
+        )
         op.output("influxdb", lines, influx)
     return flow
 

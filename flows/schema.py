@@ -8,10 +8,10 @@
 - ``<m>_late`` (late readings, raw): tags as raw readings; field ``value``; time = event time.
 - ``fleetwatch_health`` (the pipeline's own health): tag ``worker``; fields ``messages_in``, ``readings``,
   ``parse_errors``, ``dead_letters``, ``late_readings``, ``windows_closed``, ``points_written``,
-  ``sink_retries``, ``mqtt_protocol_errors``, ``unknown_devices``, ``sparkplug_seq_gaps``,
-  ``sparkplug_seq_missed``, ``sparkplug_stale_deaths``, ``sparkplug_metrics_ignored``,
-  ``sparkplug_messages_ignored``, ``syslog_udp_dropped``, ``syslog_tcp_refused``, ``syslog_tcp_idle_closed``,
-  ``mqtt_topic_cache_resets``, ``sink_queue_depth``, ``lag_seconds``,
+  ``sink_retries``, ``points_beyond_retention``, ``mqtt_protocol_errors``, ``unknown_devices``,
+  ``sparkplug_seq_gaps``, ``sparkplug_seq_missed``, ``sparkplug_stale_deaths``, ``sparkplug_metrics_ignored``,
+  ``sparkplug_messages_ignored``, ``mqtt_topic_cache_resets``, ``syslog_udp_dropped``, ``syslog_tcp_refused``,
+  ``syslog_tcp_idle_closed``, ``sink_queue_depth``, ``lag_seconds``,
   ``log_events``, ``log_parse_failures``, ``late_log_events``, ``docs_indexed``, ``es_duplicates``,
   ``es_rejected``, ``es_retries``, ``es_queue_depth``, ``window_snapshots``, ``window_snapshot_bytes``,
   ``window_snapshot_encoded_bytes``, ``window_snapshot_seconds``, ``window_series``; time = write time.
@@ -23,6 +23,8 @@
 - ``log_rates`` (log events per event-time window): tags ``service``, ``window``; fields ``count``,
   ``errors`` (error and worse), ``error_rate`` (errors / count), and one integer field per level seen
   (``info``, ``warn``, ``error``, ..., ``unknown``); time = window start.
+
+Each measurement is written to its retention tier (``fleetwatch.retention``) when ``[retention]`` is on.
 
 ``<m>`` is the subscription's ``measurement`` (default ``readings``). ``window`` is the window length
 (``10s``, ``1m``; sliding windows ``1m/10s``).

@@ -34,7 +34,7 @@ import re
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -51,6 +51,7 @@ from fleetwatch.config import ElasticsearchConfig
 from fleetwatch.record import AlertTransition, DeadLetter, LogEvent, LogRate
 from flows import health
 from flows.alerts.notify import alert_doc, alert_mappings
+from flows.sinks.es_retention import lifecycle_body
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch, retry_forever
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,8 @@ class IndexLayout:
     prefix: str
     data_streams: bool
     replicas: int
+    # Per kind, how long its documents are kept (flows.sinks.es_retention); None or a missing kind: forever.
+    retention: Mapping[str, timedelta] | None = None
 
     def target(self, kind: str, ts_ns: int) -> str:
         """The data stream, or the daily index of the record's own time."""
@@ -273,6 +276,11 @@ class IndexLayout:
         }
         if self.data_streams:
             body["data_stream"] = {}
+            keep = (self.retention or {}).get(kind)
+            if keep is not None:
+                # Elasticsearch deletes the stream's backing indices past this age (data stream lifecycle);
+                # daily indices have no lifecycle: fleetwatch's retention job deletes them.
+                body["template"]["lifecycle"] = lifecycle_body(keep)
         return body
 
 
@@ -348,7 +356,7 @@ class ServerSetup:
 
 # Setup done by this process, per server and prefix: every writer of the process (one per sink partition, and
 # the dead-letter writer) uses it, so templates are installed once.
-_setups: dict[tuple[tuple[str, ...], str, str, int], ServerSetup] = {}
+_setups: dict[tuple[tuple[str, ...], str, str, int, tuple[tuple[str, timedelta], ...]], ServerSetup] = {}
 _setups_lock = threading.Lock()
 
 
@@ -382,10 +390,33 @@ def _install_templates(es: Elasticsearch, cfg: ElasticsearchConfig, layout: Inde
             ) from exc
 
 
-def prepare_layout(es: Elasticsearch, cfg: ElasticsearchConfig) -> ServerSetup:
+def apply_lifecycles(es: Elasticsearch, cfg: ElasticsearchConfig, retention: Mapping[str, timedelta]) -> None:
+    """A template's lifecycle applies to data streams created after it: the streams that exist already (created
+    before retention was configured, or with another one) get theirs set here. A stream not created yet is
+    fine (404): it gets the template's."""
+    for kind, keep in retention.items():
+        name = f"{cfg.index_prefix}-{kind}"
+        try:
+            es.indices.put_data_lifecycle(name=name, data_retention=lifecycle_body(keep)["data_retention"])
+        except ApiError as exc:
+            if exc.status_code == 404:
+                continue
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise RetryableError(f"Elasticsearch answered {exc.status_code} to the lifecycle of {name!r}") from exc
+            hint = " (the user needs manage_data_stream_lifecycle, or manage, on the data streams)"
+            raise ElasticsearchSetupError(
+                f"Elasticsearch at {', '.join(cfg.hosts)} refused the lifecycle of data stream {name!r}: "
+                f"HTTP {exc.status_code} {_api_reason(exc)}" + (hint if exc.status_code in (401, 403) else "")
+            ) from exc
+
+
+def prepare_layout(
+    es: Elasticsearch, cfg: ElasticsearchConfig, retention: Mapping[str, timedelta] | None = None
+) -> ServerSetup:
     """Pick data streams or daily indices and install the index templates, once per process and server (the
     templates are idempotent, but each writer installing them again only adds requests and log lines)."""
-    key = (tuple(cfg.hosts), cfg.index_prefix, cfg.index_mode, cfg.number_of_replicas)
+    kept = tuple(sorted((retention or {}).items()))
+    key = (tuple(cfg.hosts), cfg.index_prefix, cfg.index_mode, cfg.number_of_replicas, kept)
     with _setups_lock:
         setup = _setups.get(key)
         if setup is not None:
@@ -393,9 +424,11 @@ def prepare_layout(es: Elasticsearch, cfg: ElasticsearchConfig) -> ServerSetup:
         try:
             auto = cfg.index_mode == "auto"
             data_streams = server_has_data_streams(es, cfg.index_prefix) if auto else cfg.index_mode == "data_stream"
-            layout = IndexLayout(cfg.index_prefix, data_streams, cfg.number_of_replicas)
+            layout = IndexLayout(cfg.index_prefix, data_streams, cfg.number_of_replicas, retention)
             max_content_length = server_max_content_length(es)
             _install_templates(es, cfg, layout)
+            if data_streams and retention:
+                apply_lifecycles(es, cfg, retention)
         except (TransportConnectionError, ConnectionTimeout) as exc:
             raise RetryableError(f"Elasticsearch unreachable: {exc}") from exc
         except ApiError as exc:
@@ -566,6 +599,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         name: str = "es-writer",
         client_factory: Callable[[ElasticsearchConfig], Elasticsearch] = make_client,
         on_progress: Callable[[BatchWriterThread[Record]], None] | None = None,
+        retention: Mapping[str, timedelta] | None = None,
     ) -> None:
         super().__init__(
             name,
@@ -578,6 +612,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         self.cfg = cfg
         self._es = client_factory(cfg)
         self._on_unstorable = on_unstorable
+        self._retention = retention
         self.setup: ServerSetup | None = None
         self.duplicates = 0
         self.rejected = 0
@@ -586,7 +621,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         self.start()
 
     def prepare(self) -> None:
-        self.setup = prepare_layout(self._es, self.cfg)
+        self.setup = prepare_layout(self._es, self.cfg, self._retention)
 
     @property
     def layout(self) -> IndexLayout | None:
@@ -783,11 +818,13 @@ class ElasticsearchSink(FixedPartitionedSink[list[Record], list[Record]]):
         on_unstorable: DeadLetterCallback,
         partitions: int = 1,
         client_factory: Callable[[ElasticsearchConfig], Elasticsearch] = make_client,
+        retention: Mapping[str, timedelta] | None = None,
     ) -> None:
         self.cfg = cfg
         self.on_unstorable = on_unstorable
         self.partitions = partitions
         self.client_factory = client_factory
+        self.retention = retention
 
     def list_parts(self) -> list[str]:
         return [f"elasticsearch-{i}" for i in range(self.partitions)]
@@ -808,7 +845,7 @@ class _ElasticPartition(StatefulSinkPartition[list[Record], list[Record]]):
         # Built on the worker's thread: these are the counters its operators add to.
         report = ElasticHealthReport(health.counters())
         self._writer = ElasticWriterThread(
-            sink.cfg, sink.on_unstorable, f"es-writer-{name}", sink.client_factory, report.update
+            sink.cfg, sink.on_unstorable, f"es-writer-{name}", sink.client_factory, report.update, sink.retention
         )
 
     def write_batch(self, items: list[list[Record]]) -> None:

@@ -9,11 +9,18 @@ server refuses (400: a field type conflict, a bad line) go to the dead letters w
 
 Writes are idempotent: points carry deterministic timestamps and tags (a window's start, a reading's event
 time), so a batch written twice after a restart lands on the same points.
+
+Retention tiers (``[retention]``, ``fleetwatch.retention``): each line goes to its tier's retention policy
+(1.x) or bucket (2.x), which ``prepare`` creates at start, or changes to the configured duration; a server or
+user that may not do so stops the process with what to create by hand. A line older than its tier keeps is
+not sent (the server would refuse it): it is counted as ``points_beyond_retention``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 import zlib
 from collections.abc import Callable
@@ -26,6 +33,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from fleetwatch.config import InfluxDBConfig
 from fleetwatch.record import DeadLetter
+from fleetwatch.retention import LineRouter, Tier, TierPlan
 from flows import health
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch
 
@@ -45,11 +53,15 @@ class WriteError(Exception):
 
 
 class LineWriter(Protocol):
-    def prepare(self) -> None:
-        """Make the target ready (create the database); raise WriteError."""
+    # The retention tiers the writer writes to, or None: everything to one database/policy or bucket.
+    plan: TierPlan | None
 
-    def write(self, body: bytes) -> None:
-        """POST line protocol (UTF-8); raise WriteError."""
+    def prepare(self) -> None:
+        """Make the target ready (create the database, the tiers' policies or buckets); raise WriteError."""
+
+    def write(self, body: bytes, tier: str | None = None) -> None:
+        """POST line protocol (UTF-8) to ``tier``'s policy or bucket (None: the configured one); raise
+        WriteError."""
 
     def close(self) -> None: ...
 
@@ -63,10 +75,12 @@ def _retry_after(headers: Any) -> float | None:
 
 
 class V1Writer:
-    """``POST /write?db=&rp=&precision=ns`` with basic auth, as InfluxDB 1.x speaks it."""
+    """``POST /write?db=&rp=&precision=ns`` with basic auth, as InfluxDB 1.x speaks it. With retention tiers,
+    one retention policy per tier."""
 
-    def __init__(self, cfg: InfluxDBConfig) -> None:
+    def __init__(self, cfg: InfluxDBConfig, plan: TierPlan | None = None) -> None:
         self._cfg = cfg
+        self.plan = plan
         ca = str(cfg.ca_file) if cfg.ca_file else None
         self._http = urllib3.PoolManager(
             num_pools=2,
@@ -80,6 +94,9 @@ class V1Writer:
         if cfg.retention_policy:
             params["rp"] = cfg.retention_policy
         self._url = f"{cfg.url}/write?{urlencode(params)}"
+        self._tier_urls = {
+            t.name: f"{cfg.url}/write?{urlencode({**params, 'rp': t.name})}" for t in (plan.tiers if plan else ())
+        }
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         password = cfg.resolved_password()
         if cfg.username:
@@ -90,40 +107,84 @@ class V1Writer:
             self._headers["Content-Encoding"] = "gzip"
 
     def prepare(self) -> None:
-        """CREATE DATABASE is idempotent in InfluxDB 1.x."""
-        if not self._cfg.create_database:
+        """CREATE DATABASE is idempotent in InfluxDB 1.x; so is creating the tiers' retention policies here
+        (missing ones are created, ones with another duration altered, others left alone)."""
+        if self._cfg.create_database:
+            hint = "the user may not create databases: create it as an admin and set influxdb.create_database = false"
+            self._statement(f'CREATE DATABASE "{self._cfg.database}"', hint)
+        if self.plan is None:
             return
+        existing = self._retention_policies()
+        for tier in self.plan.tiers:
+            duration = existing.get(tier.name)
+            if duration == int(tier.duration.total_seconds()):
+                continue
+            verb = "CREATE" if duration is None else "ALTER"
+            statement = (
+                f'{verb} RETENTION POLICY "{tier.name}" ON "{self._cfg.database}" DURATION {tier.influx_duration}'
+            )
+            if verb == "CREATE":
+                statement += " REPLICATION 1"
+            self._statement(statement, _v1_tier_hint(self._cfg.database, self.plan))
+            log.info("InfluxDB: retention policy %s %s (%s)", tier.name, verb.lower() + "d", tier.influx_duration)
+
+    def _query(self, statement: str) -> tuple[int, dict[str, Any] | None, str]:
+        """POST one InfluxQL statement; (HTTP status, the statement's result, the answer's text)."""
         try:
             resp = self._http.request(
                 "POST",
                 f"{self._cfg.url}/query",
-                fields={"q": f'CREATE DATABASE "{self._cfg.database}"'},
+                fields={"q": statement},
                 headers={k: v for k, v in self._headers.items() if k == "authorization"},
                 encode_multipart=False,
             )
         except urllib3.exceptions.HTTPError as exc:
             raise WriteError(f"InfluxDB unreachable at {self._cfg.url}: {exc}", retryable=True) from exc
+        text = resp.data[:300].decode("utf-8", "replace")
         if resp.status in RETRYABLE_STATUS:
-            raise WriteError(f"CREATE DATABASE: HTTP {resp.status}", retryable=True, status=resp.status)
-        if resp.status >= 300:
-            answer = resp.data[:200].decode("utf-8", "replace")
-            hint = (
-                " (the user may not create databases: create it as an admin and set influxdb.create_database = false)"
-                if resp.status in (401, 403)
-                else ""
-            )
+            raise WriteError(f"{statement}: HTTP {resp.status}", retryable=True, status=resp.status)
+        try:
+            result = json.loads(resp.data)["results"][0] if resp.status < 300 else None
+        except (ValueError, KeyError, IndexError, TypeError):
+            result = None
+        return resp.status, result, text
+
+    def _statement(self, statement: str, hint: str) -> None:
+        status, result, text = self._query(statement)
+        error = result.get("error") if result is not None else None
+        if status >= 300 or error:
+            detail = f"HTTP {status} {text}" if status >= 300 else str(error)
+            refused = status in (401, 403) or "authoriz" in str(error) or "privilege" in str(error)
             raise WriteError(
-                f'CREATE DATABASE "{self._cfg.database}" refused: HTTP {resp.status} {answer}{hint}',
-                retryable=False,
-                status=resp.status,
+                f"{statement} refused: {detail}" + (f" ({hint})" if refused else ""), retryable=False, status=status
             )
 
-    def write(self, body: bytes) -> None:
+    def _retention_policies(self) -> dict[str, int]:
+        """The database's retention policies: name -> duration in seconds (0: forever)."""
+        statement = f'SHOW RETENTION POLICIES ON "{self._cfg.database}"'
+        status, result, text = self._query(statement)
+        if status >= 300 or result is None or "error" in result:
+            detail = f"HTTP {status} {text}" if status >= 300 else str((result or {}).get("error"))
+            raise WriteError(
+                f"{statement} refused: {detail} ({_v1_tier_hint(self._cfg.database, self.plan)})",
+                retryable=False,
+                status=status,
+            )
+        policies: dict[str, int] = {}
+        for series in result.get("series", []):
+            columns = series.get("columns", [])
+            for row in series.get("values", []):
+                named = dict(zip(columns, row, strict=False))
+                policies[str(named["name"])] = _go_duration_seconds(str(named["duration"]))
+        return policies
+
+    def write(self, body: bytes, tier: str | None = None) -> None:
         data = body
         if self._cfg.gzip:
             data = _gzip(data)
+        url = self._url if tier is None else self._tier_urls[tier]
         try:
-            resp = self._http.request("POST", self._url, body=data, headers=self._headers)
+            resp = self._http.request("POST", url, body=data, headers=self._headers)
         except urllib3.exceptions.HTTPError as exc:
             raise WriteError(f"connection: {exc}", retryable=True) from exc
         if resp.status < 300:
@@ -140,6 +201,25 @@ class V1Writer:
         self._http.clear()
 
 
+def _go_duration_seconds(text: str) -> int:
+    """InfluxDB 1.x writes a policy's duration as Go does: ``168h0m0s``, ``0s`` (forever)."""
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)(h|m|s|ms|us|µs|ns)", text):
+        total += float(number) * {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "us": 1e-6, "µs": 1e-6, "ns": 1e-9}[unit]
+    return int(total)
+
+
+def _v1_tier_hint(database: str, plan: TierPlan | None) -> str:
+    statements = "; ".join(
+        f'CREATE RETENTION POLICY "{t.name}" ON "{database}" DURATION {t.influx_duration} REPLICATION 1'
+        for t in (plan.tiers if plan else ())
+    )
+    return (
+        "the user may not manage retention policies: run as an admin, with the durations of [retention]: "
+        f"{statements}; or set retention.enabled = false"
+    )
+
+
 def _gzip(data: bytes) -> bytes:
     # Level 1: line protocol compresses ~8x even at the fastest level, and CPU is the scarce resource.
     compressor = zlib.compressobj(1, zlib.DEFLATED, 31)
@@ -147,9 +227,11 @@ def _gzip(data: bytes) -> bytes:
 
 
 class V2Writer:
-    """influxdb-client's synchronous write API (``/api/v2/write``): url, token, org, bucket."""
+    """influxdb-client's synchronous write API (``/api/v2/write``): url, token, org, bucket. With retention
+    tiers, one bucket ``<bucket>_<tier>`` per tier, with a DBRP mapping (database ``<bucket>``, retention
+    policy ``<tier>``) so that InfluxQL (Grafana) reads it as in 1.x."""
 
-    def __init__(self, cfg: InfluxDBConfig) -> None:
+    def __init__(self, cfg: InfluxDBConfig, plan: TierPlan | None = None) -> None:
         from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
 
@@ -166,16 +248,94 @@ class V2Writer:
         )
         self._api = self._client.write_api(write_options=SYNCHRONOUS)
         self._cfg = cfg
+        self.plan = plan
+
+    def bucket_of(self, tier: str | None) -> str:
+        return self._cfg.bucket if tier is None else f"{self._cfg.bucket}_{tier}"
 
     def prepare(self) -> None:
-        """Buckets are provisioned with the server (DOCKER_INFLUXDB_INIT_BUCKET); nothing to do."""
+        """Without tiers, the bucket is provisioned with the server (DOCKER_INFLUXDB_INIT_BUCKET). With tiers,
+        each tier's bucket is created with its retention (or its retention changed), and its DBRP mapping
+        created, when the token may; otherwise the process stops saying what to create."""
+        if self.plan is None:
+            return
+        from influxdb_client.rest import ApiException
 
-    def write(self, body: bytes) -> None:
+        try:
+            org_id = self._org_id()
+            for tier in self.plan.tiers:
+                self._ensure_bucket(tier, org_id)
+        except ApiException as exc:
+            status = exc.status or 0
+            if status in RETRYABLE_STATUS:
+                raise WriteError(f"bucket setup: HTTP {status}", retryable=True, status=status) from exc
+            raise WriteError(
+                f"bucket setup refused: HTTP {status} {str(exc.body or exc.reason)[:200]} ({self._bucket_hint()})",
+                retryable=False,
+                status=status,
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise WriteError(f"InfluxDB unreachable at {self._cfg.url}: {exc}", retryable=True) from exc
+
+    def _org_id(self) -> str:
+        orgs = self._client.organizations_api().find_organizations(org=self._cfg.org)
+        if not orgs or orgs[0].id is None:
+            raise WriteError(f"no organization {self._cfg.org!r} ({self._bucket_hint()})", retryable=False)
+        return str(orgs[0].id)
+
+    def _ensure_bucket(self, tier: Tier, org_id: str) -> None:
+        from influxdb_client.client.bucket_api import BucketsApi
+        from influxdb_client.domain.bucket_retention_rules import BucketRetentionRules
+        from influxdb_client.domain.dbrp_create import DBRPCreate
+        from influxdb_client.service.dbr_ps_service import DBRPsService
+
+        buckets = BucketsApi(self._client)
+        name = self.bucket_of(tier.name)
+        seconds = int(tier.duration.total_seconds())
+        rules = [BucketRetentionRules(type="expire", every_seconds=seconds)]
+        bucket = buckets.find_bucket_by_name(name)
+        if bucket is None:
+            bucket = buckets.create_bucket(bucket_name=name, retention_rules=rules, org_id=org_id)
+            log.info("InfluxDB: bucket %s created (%s)", name, tier.influx_duration)
+        elif [r.every_seconds for r in bucket.retention_rules or []] != [seconds]:
+            bucket.retention_rules = rules
+            bucket = buckets.update_bucket(bucket)
+            log.info("InfluxDB: bucket %s retention set to %s", name, tier.influx_duration)
+        dbrps = DBRPsService(self._client.api_client)
+        found = dbrps.get_dbr_ps(org_id=org_id, db=self._cfg.bucket, rp=tier.name)
+        if not found.content:
+            dbrps.post_dbrp(
+                DBRPCreate(
+                    org_id=org_id,
+                    database=self._cfg.bucket,
+                    retention_policy=tier.name,
+                    bucket_id=bucket.id,
+                    default=False,
+                )
+            )
+
+    def _bucket_hint(self) -> str:
+        plan = self.plan
+        creates = "; ".join(
+            f"influx bucket create --org {self._cfg.org} --name {self.bucket_of(t.name)} --retention "
+            f"{t.influx_duration} && influx v1 dbrp create --org {self._cfg.org} --db {self._cfg.bucket} --rp "
+            f"{t.name} --bucket-id <id of {self.bucket_of(t.name)}>"
+            for t in (plan.tiers if plan else ())
+        )
+        return (
+            "the token may not create buckets, or the server has no buckets API: give it read and write access "
+            f"to the org's buckets and DBRP mappings, or create them with an operator token: {creates}; "
+            "or set retention.enabled = false to write to influxdb.bucket alone"
+        )
+
+    def write(self, body: bytes, tier: str | None = None) -> None:
         from influxdb_client.domain.write_precision import WritePrecision
         from influxdb_client.rest import ApiException
 
         try:
-            self._api.write(bucket=self._cfg.bucket, org=self._cfg.org, record=body, write_precision=WritePrecision.NS)  # type: ignore[arg-type]  # a str constant
+            bucket = self.bucket_of(tier)
+            precision = WritePrecision.NS
+            self._api.write(bucket=bucket, org=self._cfg.org, record=body, write_precision=precision)  # type: ignore[arg-type]  # a str constant
         except ApiException as exc:
             status = exc.status or 0
             raise WriteError(
@@ -192,8 +352,8 @@ class V2Writer:
         self._client.close()
 
 
-def make_writer(cfg: InfluxDBConfig) -> LineWriter:
-    return V1Writer(cfg) if cfg.api == "v1" else V2Writer(cfg)
+def make_writer(cfg: InfluxDBConfig, plan: TierPlan | None = None) -> LineWriter:
+    return V1Writer(cfg, plan) if cfg.api == "v1" else V2Writer(cfg, plan)
 
 
 DeadLetterCallback = Callable[[list[DeadLetter]], None]
@@ -222,6 +382,13 @@ class InfluxWriterThread(BatchWriterThread[str]):
         self.cfg = cfg
         self._writer = writer
         self._on_rejected = on_rejected
+        plan = getattr(writer, "plan", None)
+        self._router: LineRouter | None = plan.router() if plan is not None else None
+        # Per tier, how old (ns) a point may be and still be kept.
+        self._keeps_ns = {t.name: int(t.duration.total_seconds() * 1e9) for t in (plan.tiers if plan else ())}
+        # Points not sent because their tier no longer keeps them (health: points_beyond_retention).
+        self.beyond_retention = 0
+        self._beyond_logged_ns = 0
         self.start()
 
     def prepare(self) -> None:
@@ -233,6 +400,39 @@ class InfluxWriterThread(BatchWriterThread[str]):
             raise SetupError(f"InfluxDB at {self.cfg.url}: {err}") from None
 
     def deliver(self, batch: list[str]) -> None:
+        if self._router is None:
+            self._deliver(batch, None)
+            return
+        for tier, lines in self._router.split(batch).items():
+            lines = self._within_retention(tier, lines)
+            if lines:
+                self._deliver(lines, tier)
+
+    def _within_retention(self, tier: str, lines: list[str]) -> list[str]:
+        """The lines whose time the tier still keeps. The server would refuse the others (InfluxDB 1.x: "points
+        beyond retention policy"), and replayed history makes many: they are counted, not dead letters."""
+        now = time.time_ns()
+        cutoff = now - self._keeps_ns[tier]
+        kept = []
+        for line in lines:
+            ts = line[line.rfind(" ") + 1 :]
+            if ts.isdigit() and int(ts) < cutoff:
+                continue
+            kept.append(line)
+        dropped = len(lines) - len(kept)
+        if dropped:
+            self.beyond_retention += dropped
+            if now - self._beyond_logged_ns > 60_000_000_000:
+                self._beyond_logged_ns = now
+                log.info(
+                    "InfluxDB: %d point(s) older than tier %s keeps were not written (%d so far)",
+                    dropped,
+                    tier,
+                    self.beyond_retention,
+                )
+        return kept
+
+    def _deliver(self, batch: list[str], tier: str | None) -> None:
         try:
             body = "\n".join(batch).encode("utf-8")
         except UnicodeEncodeError:
@@ -241,7 +441,7 @@ class InfluxWriterThread(BatchWriterThread[str]):
                 return
             body = "\n".join(batch).encode("utf-8")
         try:
-            self._writer.write(body)
+            self._writer.write(body, tier)
         except WriteError as err:
             if err.retryable:
                 raise RetryableError(str(err), err.retry_after) from err
@@ -250,8 +450,8 @@ class InfluxWriterThread(BatchWriterThread[str]):
                 # alone, so that only they become dead letters (writes are idempotent: lines stored by an
                 # earlier half are simply stored again).
                 middle = len(batch) // 2
-                self.deliver(batch[:middle])
-                self.deliver(batch[middle:])
+                self._deliver(batch[:middle], tier)
+                self._deliver(batch[middle:], tier)
                 return
             if err.status in (400, 413, 422):
                 log.error("InfluxDB refused %d point(s): %s", len(batch), err)
@@ -294,13 +494,15 @@ class InfluxDBSink(FixedPartitionedSink[list[str], list[str]]):
         self,
         cfg: InfluxDBConfig,
         on_rejected: DeadLetterCallback,
-        writer_factory: Callable[[InfluxDBConfig], LineWriter] = make_writer,
+        writer_factory: Callable[[InfluxDBConfig, TierPlan | None], LineWriter] = make_writer,
         partitions: int = 1,
+        plan: TierPlan | None = None,
     ) -> None:
         self.cfg = cfg
         self.on_rejected = on_rejected
         self.writer_factory = writer_factory
         self.partitions = partitions
+        self.plan = plan
 
     def list_parts(self) -> list[str]:
         return [f"influxdb-{i}" for i in range(self.partitions)]
@@ -328,6 +530,8 @@ class HealthReport:
         stats.sink_queue_depth = len(writer.buffer)
         stats.points_written = writer.written
         stats.sink_retries = writer.retries
+        if isinstance(writer, InfluxWriterThread):
+            stats.points_beyond_retention = writer.beyond_retention
 
 
 # Above this many unwritten lines, a snapshot waits for InfluxDB instead of holding them.
@@ -339,7 +543,7 @@ class _InfluxPartition(StatefulSinkPartition[list[str], list[str]]):
         # Built on the worker's thread: these are the counters its operators add to.
         report = HealthReport(health.counters())
         self._thread = InfluxWriterThread(
-            sink.cfg, sink.writer_factory(sink.cfg), sink.on_rejected, f"influx-writer-{index}", report
+            sink.cfg, sink.writer_factory(sink.cfg, sink.plan), sink.on_rejected, f"influx-writer-{index}", report
         )
 
     def write_batch(self, items: list[list[str]]) -> None:

@@ -96,6 +96,10 @@ epoch_interval = "10s"
 [recovery]
 dir = "{tmp_path / "recovery"}"
 
+[retention]
+# These queries read the database's default policy: one policy for everything.
+enabled = false
+
 [influxdb]
 url = "{INFLUX_URL}"
 database = "{db}"

@@ -44,8 +44,10 @@ from dashboards.queries import (
     written_schema,
 )
 from dashboards.snapshot import render_snapshots
-from fleetwatch.config import MQTTConfig, SimulatorConfig
+from fleetwatch.config import Config, InfluxDBConfig, MQTTConfig, SimulatorConfig
+from fleetwatch.retention import TierPlan
 from fleetwatch.simulator import run_log_simulator, run_simulator
+from flows.sinks.influxdb import InfluxWriterThread, V1Writer
 from tests.conftest import ES_URL, INFLUX_URL, MQTT_HOST, MQTT_PORT, REPO, http, influxql
 from tests.integration.harness import Pipeline
 
@@ -195,8 +197,14 @@ class Run:
     results: list[DashboardResult]
 
 
+# The device inventory of the simulated fleet: dev00005 is not listed (its readings go on without these tags).
+INVENTORY = {f"dev{i:05d}": ("TH-2" if i % 2 else "TH-3", "facilities" if i < 3 else "lab") for i in range(5)}
+
+
 def _config(tmp: Path, unique: str, log_dir: Path) -> Path:
     path = tmp / "fleetwatch.toml"
+    devices = ["device,model,owner"] + [f"{d},{model},{owner}" for d, (model, owner) in INVENTORY.items()]
+    (tmp / "devices.csv").write_text("\n".join(devices) + "\n")
     path.write_text(f"""
 [mqtt]
 client_id = "{unique}"
@@ -208,8 +216,12 @@ template = "fwtest/+/{{site}}/{{device}}/{{metric}}"
 format = "number"
 measurement = "readings"
 
+[mqtt.devices]
+file = "{tmp / "devices.csv"}"
+
 [windows]
-tumbling = ["10s"]
+# Both retention tiers the dashboards read; the run is too short to close a 1 min window.
+tumbling = ["10s", "1m"]
 allowed_lateness = "2s"
 
 [flow]
@@ -388,6 +400,8 @@ def test_every_panel_returns_data_of_its_shape(run: Run) -> None:
     assert fleet.variables["site"].options == ["site0", "site1"]
     assert fleet.variables["device"].options == [f"dev{i:05d}" for i in range(6)]
     assert fleet.variables["metric"].options == ["humidity", "pressure", "temperature"]
+    assert fleet.variables["model"].options == ["TH-2", "TH-3"]
+    assert fleet.variables["owner"].options == ["facilities", "lab"]
     # The per-metric panel is repeated once per metric, side by side, as Grafana lays it out.
     repeated = [p for p in fleet.panels if p.scoped]
     assert [(p.title, p.grid[0], p.grid[2]) for p in repeated] == [
@@ -439,7 +453,10 @@ def test_variables_multi_values_and_relative_ranges_are_interpolated_as_grafana_
     # Devices follow the site (its query uses $site); the metric panels repeat per selected metric.
     assert result.variables["device"].options == ["dev00001", "dev00003", "dev00005"]
     # A multi-value variable's selection is a list, even of one value: Grafana makes it an alternation.
-    assert result.variable_queries["device"].endswith('WHERE "site" =~ /^(site1)$/')
+    # The inventory's tags at All are Grafana's custom all value ".*", which also matches a device without them.
+    assert result.variable_queries["device"].endswith(
+        'WHERE "site" =~ /^(site1)$/ AND "model" =~ /^.*$/ AND "owner" =~ /^.*$/'
+    )
     assert [p.title for p in result.panels if p.scoped] == [
         "humidity: 10 s window means",
         "pressure: 10 s window means",
@@ -514,9 +531,10 @@ def test_log_counts_agree_with_the_documents_in_elasticsearch(run: Run) -> None:
         assert sum(v for s in panel.series for _, v in s.non_null()) == events, title
     # log_rates counts only closed windows (and not events that arrived after theirs closed): fewer, and the panels
     # built on it say that they show windows.
-    windows = influxql(
-        run.stores.database, f'SELECT sum("count") FROM "log_rates" WHERE time >= {start_ms}ms AND time <= {end_ms}ms'
-    )["series"][0]["values"][0][1]
+    in_range = f"time >= {start_ms}ms AND time <= {end_ms}ms"
+    windows = influxql(run.stores.database, f'SELECT sum("count") FROM "log_rates"."log_rates" WHERE {in_range}')[
+        "series"
+    ][0]["values"][0][1]
     assert windows <= events
     assert [p.title for p in logs.panels if "log_rates" in json.dumps(p.panel["targets"])] == [
         "Services logging",
@@ -595,14 +613,25 @@ def odd() -> Iterator[OddStore]:
         alert("hot", "firing", 40, f"device=dev00002,metric=temperature,site={SOUTH}"),
         alert("error-burst", "firing", 50, "service=checkout"),
     ]
-    influxql("", f'CREATE DATABASE "{unique}"', "POST")
     try:
-        resp = http.request("POST", f"{INFLUX_URL}/write?db={unique}&precision=ns", body="\n".join(lines).encode())
-        assert resp.status == 204, resp.data
+        _write_tiered(unique, lines)
         span = TimeRange.between((base_ms - 60_000) * 1_000_000, (now_ms + 5_000) * 1_000_000)
         yield OddStore(Stores(INFLUX_URL, unique, ES_URL, unique), base_ms, span, readings, last)
     finally:
         influxql("", f'DROP DATABASE "{unique}"', "POST")
+
+
+def _write_tiered(db: str, lines: list[str]) -> int:
+    """Write as the pipeline does: each line to its retention tier (the default [retention]), through the sink's
+    own writer, which creates the database and its policies. Returns the lines older than their tier keeps."""
+    cfg = InfluxDBConfig(url=INFLUX_URL, database=db)
+    rejected: list[object] = []
+    writer = InfluxWriterThread(cfg, V1Writer(cfg, TierPlan.from_config(Config())), rejected.extend)
+    writer.put(lines)
+    assert writer.flush(30)
+    writer.close()
+    assert rejected == []
+    return writer.beyond_retention
 
 
 def _run(odd: OddStore, uid: str, span: TimeRange | None = None, **variables: str | list[str]) -> DashboardResult:
@@ -675,3 +704,64 @@ def test_no_firing_alert_shows_0(odd: OddStore) -> None:
     # An alert that fired and resolved in the range: the query returns 0.
     resolved = TimeRange.between(base_ns, base_ns + 20_000_000_000)
     assert [v[1:] for v in _stat(_run(odd, "fleetwatch-fleet", resolved), "Alerts firing")] == [(0, "0")]
+
+
+def _agg_line(window: str, device: str, value: float, at_ns: int) -> str:
+    return (
+        f"readings_agg,device={device},metric=temperature,site=north,window={window} count=6i,mean={value},"
+        f"min={value},max={value},first={value},last={value},sum={value * 6},p50={value},p95={value},p99={value} "
+        f"{at_ns}"
+    )
+
+
+def test_panels_read_the_tier_that_keeps_the_range(unique: str) -> None:
+    """Aggregates of today and of 40 days ago, in both tiers as the pipeline writes them: the 10 s aggregates of
+    40 days ago are past what their tier keeps (30 d) and are not stored. The last hour reads the 10 s tier,
+    the last 90 days the 1 min tier (today's points and those of 40 days ago), and an hour 40 days ago the 1 min
+    tier too, although its interval is the 10 s tier's."""
+    now_ns = time.time_ns() // 60_000_000_000 * 60_000_000_000
+    old_ns = now_ns - 40 * 86_400 * 1_000_000_000
+    lines = []
+    for base, value in ((now_ns - 30 * 60_000_000_000, 21.0), (old_ns, 5.0)):
+        # 10 s windows read 21.5 today (5.5 then); 1 min windows 21.0 (5.0): each tier has its own values.
+        lines += [_agg_line("10s", "dev1", value + 0.5, base + i * 10_000_000_000) for i in range(60)]
+        lines += [_agg_line("1m", "dev1", value, base + i * 60_000_000_000) for i in range(10)]
+    try:
+        assert _write_tiered(unique, lines) == 60  # the old 10 s aggregates
+        stores = Stores(INFLUX_URL, unique, ES_URL, unique)
+        fleet = next(d for d in load_dashboards() if d["uid"] == "fleetwatch-fleet")
+
+        def means(span: TimeRange) -> tuple[set[float], int]:
+            result = run_dashboard(fleet, stores, span)
+            assert [p.errors for p in result.panels if p.errors] == []
+            panel = next(p for p in result.panels if p.title == "temperature: 10 s window means")
+            values = {v for s in panel.series for _, v in s.non_null()}
+            readings = next(p for p in result.panels if p.title == "Readings aggregated").stat()
+            return values, int(sum(v.value or 0 for v in readings))
+
+        # Last hour: interval below a minute, the 10 s tier (60 windows of 6 readings).
+        assert means(TimeRange.last("1h")) == ({21.5}, 360)
+        # Last 90 days: a long interval, the 1 min tier, now and 40 days ago.
+        assert means(TimeRange.last("90d")) == ({21.0, 5.0}, 120)
+        # One hour 40 days ago: the 10 s tier no longer has it, the 1 min tier does.
+        old = TimeRange.between(old_ns - 10 * 60_000_000_000, old_ns + 50 * 60_000_000_000)
+        assert means(old) == ({5.0}, 60)
+    finally:
+        influxql("", f'DROP DATABASE "{unique}"', "POST")
+
+
+def test_the_fleet_filters_by_the_device_inventorys_tags(run: Run) -> None:
+    """$model and $owner narrow every panel to the devices the inventory gives those tags; All also keeps the
+    devices the inventory does not list."""
+    fleet = next(d for d in load_dashboards() if d["uid"] == "fleetwatch-fleet")
+
+    def devices(**variables: str) -> tuple[list[str], float | None]:
+        result = run_dashboard(fleet, run.stores, run.time_range, variables=variables or None)
+        reporting = next(p for p in result.panels if p.title == "Devices reporting").stat()[0].value
+        return result.variables["device"].options, reporting
+
+    assert devices() == ([f"dev{i:05d}" for i in range(6)], 6)
+    th2 = sorted(d for d, (model, _) in INVENTORY.items() if model == "TH-2")
+    assert devices(model="TH-2") == (th2, len(th2))
+    lab_th3 = sorted(d for d, (model, owner) in INVENTORY.items() if model == "TH-3" and owner == "lab")
+    assert devices(model="TH-3", owner="lab") == (lab_th3, len(lab_th3))

@@ -150,6 +150,10 @@ epoch_interval = "300ms"
 [recovery]
 dir = "recovery"
 
+[retention]
+# These queries read the database's default policy: one policy for everything.
+enabled = false
+
 [influxdb]
 url = "{INFLUX_URL}"
 database = "{unique}"

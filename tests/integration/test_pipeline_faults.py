@@ -49,6 +49,10 @@ health_interval = "1s"
 [recovery]
 dir = "{path.parent / "recovery"}"
 
+[retention]
+# These queries read the database's default policy: one policy for everything.
+enabled = false
+
 [influxdb]
 url = "{INFLUX_URL}"
 database = "{db}"

@@ -54,6 +54,10 @@ health_interval = "1s"
 [recovery]
 dir = "{path.parent / "recovery"}"
 
+[retention]
+# These queries read the database's default policy: one policy for everything.
+enabled = false
+
 [influxdb]
 url = "{INFLUX_URL}"
 database = "{db}"
@@ -467,6 +471,10 @@ write_raw = true
 max_age = "0s"
 [recovery]
 dir = "{tmp_path / "recovery"}"
+[retention]
+# These queries read the database's default policy: one policy for everything.
+enabled = false
+
 [influxdb]
 database = "{influx_db}"
 flush_interval = "100ms"
@@ -547,6 +555,10 @@ write_raw = true
 max_age = "0s"
 [recovery]
 dir = "{tmp_path / "recovery"}"
+[retention]
+# These queries read the database's default policy: one policy for everything.
+enabled = false
+
 [influxdb]
 database = "{influx_db}"
 flush_interval = "100ms"

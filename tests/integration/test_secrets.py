@@ -92,6 +92,10 @@ health_interval = "1s"
 [recovery]
 dir = "{tmp_path / "recovery"}"
 
+[retention]
+# These queries read the database's default policy: one policy for everything.
+enabled = false
+
 [influxdb]
 url = "{INFLUX_URL}"
 database = "{db}"

@@ -61,9 +61,15 @@ def test_time_filter_has_both_bounds_in_milliseconds_as_grafanas_backend_renders
     variables = {
         name: Variable(name, ["a", "b"], [ALL], multi=True, include_all=True) for name in ("site", "device", "metric")
     }
+    # The device inventory's tags, at All: Grafana's custom all value.
+    variables |= {name: Variable(name, ["x"], [ALL], True, True, ".*") for name in ("model", "owner")}
     query = _query("fleetwatch-fleet", "Readings aggregated")
     sent = influx_panel_query(query, variables, SPAN, (START_NS, END_NS), 10_000)
-    assert sent.endswith('"metric" =~ /^(a|b)$/ AND time >= 1700000000000ms and time <= 1700003600000ms')
+    # Then the 10 s tier's conditions, with $__interval_ms substituted (fleetwatch/retention.py).
+    assert sent.endswith(
+        '"owner" =~ /^.*$/ AND time >= 1700000000000ms and time <= 1700003600000ms AND 10000 < 60000 '
+        "AND time >= now() - 30d"
+    )
     assert "$" not in sent.replace("$/", "")
     # A relative range too: the browser resolves now-1h to the request's from/to before the backend renders it.
     now = END_NS

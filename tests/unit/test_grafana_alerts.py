@@ -75,7 +75,7 @@ def test_example_rules_translation() -> None:
 
     humidity = by_uid["fleetwatch-humidity-band-warning"]
     assert humidity["data"][0]["model"]["query"] == (
-        'SELECT last("p95") AS "value" FROM "readings_agg" WHERE "metric" = \'humidity\' AND "window" = \'1m\''
+        'SELECT last("p95") AS "value" FROM "agg_1m"."readings_agg" WHERE "metric" = \'humidity\' AND "window" = \'1m\''
         " AND $timeFilter GROUP BY *"
     )
     assert humidity["for"] == "2m" and humidity["noDataState"] == "OK"
@@ -85,7 +85,7 @@ def test_example_rules_translation() -> None:
     ]
 
     burst = by_uid["fleetwatch-error-burst-critical"]
-    assert 'FROM "log_rates" WHERE "window" = \'1m\' AND $timeFilter' in burst["data"][0]["model"]["query"]
+    assert 'FROM "log_rates"."log_rates" WHERE "window" = \'1m\' AND $timeFilter' in burst["data"][0]["model"]["query"]
     assert burst["data"][2]["model"]["conditions"][0]["evaluator"] == {"type": "gte", "params": [20.0]}
     assert burst["labels"]["severity"] == "critical"
 
@@ -141,7 +141,7 @@ def test_tag_globs_become_anchored_regexes() -> None:
     assert isinstance(out, list)
     query = out[0]["data"][0]["model"]["query"]
     assert query == (
-        'SELECT last("max") AS "value" FROM /^tas.*_agg$/ WHERE "metric" =~ /^Temp.rature$/'
+        'SELECT last("max") AS "value" FROM "agg_10s"./^tas.*_agg$/ WHERE "metric" =~ /^Temp.rature$/'
         ' AND "room" = \'a/b.c\' AND "site" =~ /^s[0-9].*$/ AND "zone" =~ /^[^x]$/ AND "window" = \'10s\''
         " AND $timeFilter GROUP BY *"
     )
@@ -176,7 +176,8 @@ def test_rate_of_change_on_windows_and_log_rates() -> None:
     (r,) = out
     a, b, c, d = r["data"]
     assert a["model"]["query"] == (
-        'SELECT difference("count") AS "value" FROM "log_rates" WHERE "service" = \'api\' AND "window" = \'1m\''
+        'SELECT difference("count") AS "value" FROM "log_rates"."log_rates" WHERE "service" = \'api\' '
+        "AND \"window\" = '1m'"
         " AND $timeFilter GROUP BY *"
     )
     assert b["model"]["type"] == "reduce" and c["model"] == {**c["model"], "type": "math", "expression": "abs($B)"}
@@ -187,7 +188,8 @@ def test_rate_of_change_on_windows_and_log_rates() -> None:
     per_second = rule(kind="rate_of_change", target="window", window="10s", stat="mean", warning=0.5)
     out = ga.translate_rule(per_second, CFG)
     assert isinstance(out, list)
-    assert 'SELECT derivative("mean", 1s) AS "value" FROM "readings_agg"' in out[0]["data"][0]["model"]["query"]
+    query = out[0]["data"][0]["model"]["query"]
+    assert 'SELECT derivative("mean", 1s) AS "value" FROM "agg_10s"."readings_agg"' in query
 
 
 def test_raw_reading_rules_are_skipped_with_a_reason() -> None:
@@ -209,7 +211,7 @@ def test_deadman_alerts_on_no_data() -> None:
     assert dead["labels"]["severity"] == "warning"  # no critical value given
     query = dead["data"][0]
     assert query["model"]["query"] == (
-        'SELECT sum("count") AS "value" FROM "readings_agg" WHERE "device" = \'d1\' AND "window" = \'1m\''
+        'SELECT sum("count") AS "value" FROM "agg_1m"."readings_agg" WHERE "device" = \'d1\' AND "window" = \'1m\''
         " AND $timeFilter"
     )
     assert "GROUP BY" not in query["model"]["query"]
