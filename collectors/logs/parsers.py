@@ -204,6 +204,7 @@ _ISO_SECOND = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:[.,](\d+))?(Z|[+-]
 # The JSON scanner without json.loads's wrapper; a line is one object, checked by hand.
 _scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 _loads = orjson.loads
+_LONG_DIGITS = re.compile(r"\d{19}")
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
 
@@ -632,12 +633,15 @@ class LogParser:
                 raise _Unparseable("not a JSON object")
         # orjson first (twice as fast); what it refuses goes through the standard library's scanner, which
         # also takes NaN, integers beyond 64 bits and lone surrogates, and words the errors.
-        try:
-            fast = _loads(text)
-        except orjson.JSONDecodeError:
-            pass
-        else:
-            return self._mapped(fast, text, received_ns)
+        # orjson reads an integer below -2**63 as a float, silently: a line with 19 digits in a row or more
+        # (the only way to write one) goes to the standard library, which keeps it exact.
+        if _LONG_DIGITS.search(text) is None:
+            try:
+                fast = _loads(text)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                return self._mapped(fast, text, received_ns)
         try:
             obj, end = _scan_json(text, start)
         except StopIteration:
