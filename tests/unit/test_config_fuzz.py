@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tempfile
 import tomllib
@@ -20,19 +19,11 @@ from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from fleetwatch.config import Config, ConfigError, load
-
-EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+from tests.unit.fuzzing import FUZZ
 
 EXAMPLE_FILE = Path(__file__).resolve().parents[2] / "fleetwatch.example.toml"
 EXAMPLE = tomllib.loads(EXAMPLE_FILE.read_text(encoding="utf-8"))

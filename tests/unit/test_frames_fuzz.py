@@ -16,7 +16,6 @@ unit tests stay fast; `make fuzz` runs many more.
 
 from __future__ import annotations
 
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -24,24 +23,15 @@ from itertools import pairwise
 from typing import Any
 
 import paho.mqtt.client as paho
-from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import event, example, given
 from hypothesis import strategies as st
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties
 
 from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, MalformedPacket, read_publishes
+from tests.unit.fuzzing import FUZZ
 from tests.unit.mqtt_packets import varint
-
-EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
-# No example database: nothing is written into the checkout; a failure prints the example to reproduce it.
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
 
 # Remaining lengths where the variable byte integer grows by a byte. 268,435,455 (the largest) would need a
 # 256 MiB packet.

@@ -14,26 +14,17 @@ FLEETWATCH_FUZZ_EXAMPLES sets the number of examples of each property (a few hun
 from __future__ import annotations
 
 import json
-import os
 import re
 from datetime import UTC, datetime
 from typing import Any
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from collectors.logs.parsers import LEVELS, LogParser
 from fleetwatch.config import FileInputConfig, LogParserName, ParserConfig, SyslogInputConfig
 from fleetwatch.record import LogEvent, LogLine
-
-EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+from tests.unit.fuzzing import FUZZ
 
 S = 1_000_000_000
 R = 1_767_225_600 * S  # receive time: 2026-01-01T00:00:00Z

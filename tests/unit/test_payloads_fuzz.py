@@ -20,10 +20,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from typing import Any
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from collectors.mqtt.parse import MessageBatch, MQTTParser
@@ -38,15 +37,7 @@ from collectors.mqtt.payloads import (
 from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import from_dict
 from fleetwatch.record import parse_series, series_key
-
-EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+from tests.unit.fuzzing import FUZZ
 
 # Every reason a payload decoder or the parser gives (README, "Dead letters").
 REASONS = {

@@ -4,7 +4,6 @@ driven through the parser and the stateful logic as the dataflow drives them, wi
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import time
 import tomllib
@@ -40,9 +39,9 @@ from tests.sparkplug_payloads import (
 )
 from tests.sparkplug_payloads import payload as sp_payload
 from tests.sparkplug_payloads import topic as sp_topic
+from tests.unit.fuzzing import EXAMPLES
 
 NOW_MS = time.time_ns() // 1_000_000
-FUZZ_EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
 DAY_NS = 86_400 * 10**9
 
 
@@ -425,7 +424,7 @@ def _messages(draw: st.DrawFn) -> tuple[str, bytes]:
 VALUE_TYPES = {INT8, INT16, INT32, INT64, UINT32, UINT64, FLOAT, DOUBLE, BOOLEAN, STRING}
 
 
-@settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None, print_blob=True)
+@settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True)
 @given(st.lists(_messages(), max_size=12), st.integers(0, 12))
 def test_any_sequence_of_messages_gives_readings_dead_letters_or_counts_never_an_error(
     messages: list[tuple[str, bytes]], restart_at: int

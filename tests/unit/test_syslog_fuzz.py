@@ -13,23 +13,14 @@ FLEETWATCH_FUZZ_EXAMPLES sets the number of examples of each property (a few hun
 
 from __future__ import annotations
 
-import os
 import socket
 from itertools import pairwise
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from collectors.syslog.source import _Connection, decode, frame
-
-EXAMPLES = int(os.environ.get("FLEETWATCH_FUZZ_EXAMPLES", "300"))
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+from tests.unit.fuzzing import FUZZ
 
 LIMIT = 256
 # An octet count is at most 9 digits and a space: what may wait in the buffer beyond a message's kept part.
