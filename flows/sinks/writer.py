@@ -6,7 +6,7 @@ store is unreachable, then takes up to ``batch_size`` items, or what arrived wit
 and hands them to ``deliver``, which returns only once the batch is stored or dead-lettered: a store
 outage stalls the pipeline, it does not lose data. ``flush`` waits until everything put so far is
 delivered. The Bytewax sinks' snapshots hold what is not yet delivered (``pending_for_epoch``), or wait for
-it when that is a lot, so a committed epoch never has output only in memory.
+it when the store is failing and that is a lot, so a committed epoch never has output only in memory.
 
 Every writer registers itself, and the runner calls ``flush_all_writers`` on the way out.
 """
@@ -134,6 +134,8 @@ class BatchWriterThread(ABC, Generic[T]):
         self.retry_max_delay = retry_max_delay
         self.retries = 0
         self.written = 0
+        # True from a failed attempt until the next batch is stored: the store is down or refusing.
+        self.failing = False
         # The exception that stopped the thread, if one did.
         self.failure: BaseException | None = None
         self._on_progress = on_progress
@@ -167,6 +169,7 @@ class BatchWriterThread(ABC, Generic[T]):
 
     def note_retry(self) -> None:
         self.retries += 1
+        self.failing = True
         self._progress()
 
     def _progress(self) -> None:
@@ -209,6 +212,7 @@ class BatchWriterThread(ABC, Generic[T]):
                 self.buffer.writer_gone()
                 return
             self.buffer.done()
+            self.failing = False
             self._progress()
 
     def _deliver_with_retry(self, batch: list[T]) -> bool:
@@ -249,8 +253,11 @@ def pending_for_epoch(writer: BatchWriterThread[T], limit: int) -> list[T]:
     kept in the snapshot and written again on resume (writes are idempotent). The worker does not wait
     for the store, so a slow write does not hold up the flow.
 
-    Above ``limit`` items (the store is slow or down) the snapshot would grow large; then the epoch waits
-    until everything is stored instead: the flow stalls, the sources stop reading, nothing is given up.
+    While the store answers, everything pending is kept, up to the whole buffer: at fleet scale a window
+    boundary closes a window per series at once (100,000 lines and more), and waiting for the store to take
+    them would stall the flow at every boundary. While the store is failing, above ``limit`` items the
+    snapshot would copy the same large backlog epoch after epoch; then the epoch waits until everything is
+    stored instead: the flow stalls, the sources stop reading, nothing is given up.
     When the process is stopping, or the writer is gone, the snapshot keeps everything instead, so that a
     stop neither hangs on a store that is down nor loses what was not written."""
     started = time.monotonic_ns()
@@ -258,7 +265,7 @@ def pending_for_epoch(writer: BatchWriterThread[T], limit: int) -> list[T]:
         while True:
             if lifecycle.stopping() or not writer.alive():
                 return writer.buffer.pending(None) or []
-            pending = writer.buffer.pending(limit)
+            pending = writer.buffer.pending(limit if writer.failing else None)
             if pending is not None:
                 return pending
             if writer.flush(5.0):

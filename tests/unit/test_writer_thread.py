@@ -116,6 +116,7 @@ def test_an_epoch_waits_for_a_store_that_is_down_and_the_wait_is_a_stall_of_the_
     close on a backlog that only waited for the store."""
     writer = SlowStore(down=True)
     writer.put([f"item{i}" for i in range(50)])
+    _wait_for_a_failed_attempt(writer)
     stalled_before = clock.stalled_ns()
     result: list[list[str]] = []
     waiting = threading.Thread(target=lambda: result.append(pending_for_epoch(writer, limit=10)), daemon=True)
@@ -127,4 +128,36 @@ def test_an_epoch_waits_for_a_store_that_is_down_and_the_wait_is_a_stall_of_the_
     assert result == [[]], "everything was stored before the epoch went on"
     assert writer.stored == [f"item{i}" for i in range(50)]
     assert clock.stalled_ns() - stalled_before >= 1_000_000_000
+    writer.close(1.0)
+
+
+def _wait_for_a_failed_attempt(writer: SlowStore) -> None:
+    deadline = time.monotonic() + 5
+    while not writer.failing and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert writer.failing
+
+
+def test_a_store_that_answers_slowly_does_not_stall_the_epoch_its_backlog_goes_into_the_snapshot() -> None:
+    """A window boundary at fleet scale hands the sink far more lines than the limit at once. While the store
+    keeps answering, the snapshot copies them (resume writes them again) instead of waiting for them."""
+    writer = SlowStore(delay=0.05)
+    writer.put([f"item{i}" for i in range(90)])
+    started = time.monotonic()
+    pending = pending_for_epoch(writer, limit=10)
+    assert time.monotonic() - started < 0.2, "the epoch waited for a store that answers"
+    assert 60 <= len(pending) <= 90
+    assert pending == [f"item{i}" for i in range(90 - len(pending), 90)], "the snapshot is the unstored tail"
+    assert not writer.failing
+    writer.close(10.0)
+
+
+def test_a_store_that_comes_back_is_no_longer_failing() -> None:
+    writer = SlowStore(down=True)
+    writer.put(["a"])
+    _wait_for_a_failed_attempt(writer)
+    writer.down = False
+    assert writer.flush(5.0)
+    assert not writer.failing
+    assert len(pending_for_epoch(writer, limit=0)) == 0
     writer.close(1.0)
