@@ -308,6 +308,8 @@ class InfluxDBConfig(Section):
     token_file: Path | None = None
     # both
     batch_size: int = Field(default=5000, ge=1, le=100_000)
+    # A batch is split into this many write requests sent at once: InfluxDB stores one request on one core.
+    concurrent_requests: int = Field(default=2, ge=1, le=16)
     flush_interval: Duration = timedelta(milliseconds=250)
     gzip: bool = True
     timeout: Duration = timedelta(seconds=10)

@@ -19,7 +19,7 @@ from bytewax.run import cli_main
 
 from fleetwatch.config import Config
 from fleetwatch.retention import plan_or_none
-from flows import health, lifecycle
+from flows import clock, health, lifecycle
 from flows.alerts.sink import notification_stats
 from flows.pipeline import WINDOWS_STEP_ID, FlowOptions, build_flow
 from flows.sinks.dead_letters import DeadLetterFile
@@ -67,6 +67,8 @@ def _status(cfg: Config) -> dict[str, object]:
         bool(parts) and all(parts.values()) and (bool(mqtt) or not cfg.mqtt.subscriptions) and not lifecycle.stopping()
     )
     status["failures"] = lifecycle.failures()
+    # Time the flow has waited for its stores (sinks' buffers full, or an epoch waiting for a failing store).
+    status["stalled_seconds"] = round(clock.stalled_so_far_ns() / 1e9, 3)
     status.update(_process_gauges())
     return status
 

@@ -38,6 +38,12 @@ def stalled_ns() -> int:
     return _stalled_ns
 
 
+def stalled_so_far_ns() -> int:
+    """Every stall so far, the one going on included: the pipeline clock is this far behind wall time."""
+    paused = time.monotonic_ns() - _paused_since if _paused else 0
+    return _stalled_ns + paused
+
+
 def add_stall(ns: int) -> None:
     global _stalled_ns
     with _lock:

@@ -30,7 +30,6 @@ import struct
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -49,6 +48,12 @@ _FORGET_NS = 3600 * 1_000_000_000
 # Window deadlines are kept in buckets of this width: a window closes at most this much after its deadline.
 _DUE_BUCKET_NS = 50_000_000
 _SWEEP_EVERY_NS = 60 * 1_000_000_000
+# Windows closed by one callback at most. At fleet scale a window boundary is due for every series at once
+# (100,000 windows and more); closed in one go, that held the worker for seconds, and nothing was read
+# meanwhile. The rest stay due, and Bytewax calls back at once, after the sources have had their turn.
+_CLOSE_PER_CALL = 10_000
+# Window sizes whose quantile positions are kept (each a few tuples).
+_POSITIONS_KEPT = 10_000
 
 
 class WindowSpec(NamedTuple):
@@ -83,14 +88,17 @@ def _ns(delta: timedelta) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
-@dataclass(frozen=True, slots=True)
-class Aggregate:
+class Aggregate(NamedTuple):
+    """One closed window of one series. A named tuple, not a frozen dataclass: at fleet scale a window
+    boundary builds a hundred thousand of them at once, and a frozen dataclass's constructor costs several
+    times a tuple's."""
+
     measurement: str
     series: str
     window: str
     start_ns: int
     end_ns: int
-    count: int
+    count: int  # type: ignore[assignment]  # (shadows tuple.count, which nothing here uses)
     min: float
     max: float
     mean: float
@@ -117,10 +125,15 @@ def quantile(ordered: Sequence[float], q: float) -> float:
     >>> quantile([1.0, 2.0, 3.0, 4.0], 0.5)
     2.5
     """
-    pos = (len(ordered) - 1) * q
+    lo, hi, frac = _quantile_position(len(ordered), q)
+    return ordered[lo] + frac * (ordered[hi] - ordered[lo])
+
+
+def _quantile_position(count: int, q: float) -> tuple[int, int, float]:
+    """Where quantile ``q`` of ``count`` sorted values lies: the ranks around it and the fraction between."""
+    pos = (count - 1) * q
     lo = math.floor(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (pos - lo) * (ordered[hi] - ordered[lo])
+    return lo, min(lo + 1, count - 1), pos - lo
 
 
 class _Window:
@@ -314,6 +327,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # the biggest cost of a reading.
         self._due: dict[int, list[tuple[str, int, int]]] = {}
         self._due_heap: list[int] = []
+        # The quantiles' positions by window size: the same few sizes recur at every window boundary.
+        self._positions: dict[int, tuple[tuple[float, int, int, float], ...]] = {}
         if resume is None:
             self.state: WindowState = WindowState({}, [])
         elif isinstance(resume, bytes):
@@ -627,8 +642,16 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
     def _pop_deadlines(self, now: int, out: list[Aggregate]) -> None:
         heap = self._due_heap
         series_map = self.state.series
+        budget = _CLOSE_PER_CALL
         while heap and heap[0] * _DUE_BUCKET_NS <= now:
-            for key, index, start in self._due.pop(heapq.heappop(heap)):
+            bucket = heapq.heappop(heap)
+            entries = self._due.pop(bucket)
+            if len(entries) > budget:
+                # Close part of the bucket now; the rest stays due (notify_at is then in the past).
+                entries, self._due[bucket] = entries[:budget], entries[budget:]
+                heapq.heappush(heap, bucket)
+            budget -= len(entries)
+            for key, index, start in entries:
                 series = series_map.get(key)
                 if series is None or (index, start) not in series.windows:
                     continue  # closed earlier by event time
@@ -640,6 +663,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     self._log_close(key, index, start)
                 else:
                     self._schedule(due, key, index, start)
+            if budget <= 0:
+                break
         # A quiet series keeps its clock for a while, so that a straggler is still recognised as late
         # (instead of reopening a window that was already written); then it is forgotten.
         if now - self._last_sweep > _SWEEP_EVERY_NS:
@@ -663,7 +688,12 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         ordered = sorted(values)
         total = math.fsum(ordered)
         mean = total / count
-        stddev = math.sqrt(math.fsum((v - mean) ** 2 for v in ordered) / (count - 1))
+        stddev = math.sqrt(math.fsum([(v - mean) ** 2 for v in ordered]) / (count - 1))
+        positions = self._positions.get(count)
+        if positions is None:
+            positions = tuple((q, *_quantile_position(count, q)) for q in self.quantiles)
+            if len(self._positions) < _POSITIONS_KEPT:
+                self._positions[count] = positions
         return Aggregate(
             series.measurement,
             key,
@@ -678,5 +708,5 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             window.first_v,
             window.last_v,
             stddev,
-            tuple((q, quantile(ordered, q)) for q in self.quantiles),
+            tuple([(q, ordered[lo] + frac * (ordered[hi] - ordered[lo])) for q, lo, hi, frac in positions]),
         )

@@ -144,6 +144,11 @@ class MQTTParser:
     def __init__(self, mqtt: MQTTConfig, windows: WindowsConfig) -> None:
         self._subs = mqtt.subscriptions
         self._templates = [TopicTemplate.parse(s.template) if s.template else None for s in self._subs]
+        # Per subscription, shared by its topics' cache entries (one set per topic was 200 bytes a series).
+        self._skips = [
+            frozenset(s.ignore_fields) | ({s.timestamp_field} if s.timestamp_field else frozenset()) for s in self._subs
+        ]
+        self._scales = [{"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}.get(s.timestamp_unit, 0) for s in self._subs]
         self._max_payload = mqtt.max_payload_bytes
         self._max_future_ns = int(windows.max_future_skew.total_seconds() * 1e9)
         self._max_age_ns = int(windows.max_age.total_seconds() * 1e9)
@@ -180,7 +185,7 @@ class MQTTParser:
 
     def _resolve(self, topic: str) -> _TopicInfo | _Refusal:
         """Topic info, or why its messages are dead letters."""
-        for sub, template in zip(self._subs, self._templates, strict=True):
+        for sub, template, skip, scale in zip(self._subs, self._templates, self._skips, self._scales, strict=True):
             if not topic_matches(sub.topic, topic):
                 continue
             tags: dict[str, str] = {}
@@ -219,8 +224,6 @@ class MQTTParser:
                 if not metric:
                     return _Refusal("topic_mismatch", f"no metric for topic {topic!r}")
                 series = series_key(sub.measurement, {**tags, "metric": metric})
-            skip = frozenset(sub.ignore_fields) | ({sub.timestamp_field} if sub.timestamp_field else set())
-            scale = {"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}.get(sub.timestamp_unit, 0)
             return _TopicInfo(
                 sub,
                 sub.measurement,

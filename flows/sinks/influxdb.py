@@ -24,6 +24,7 @@ import re
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -84,7 +85,7 @@ class V1Writer:
         ca = str(cfg.ca_file) if cfg.ca_file else None
         self._http = urllib3.PoolManager(
             num_pools=2,
-            maxsize=2,
+            maxsize=max(2, cfg.concurrent_requests),
             retries=False,
             timeout=cfg.timeout.total_seconds(),
             cert_reqs="CERT_REQUIRED" if cfg.verify_tls else "CERT_NONE",
@@ -389,6 +390,7 @@ class InfluxWriterThread(BatchWriterThread[str]):
         # Points not sent because their tier no longer keeps them (health: points_beyond_retention).
         self.beyond_retention = 0
         self._beyond_logged_ns = 0
+        self._pool = ThreadPoolExecutor(max(1, cfg.concurrent_requests - 1), thread_name_prefix=name)
         self.start()
 
     def prepare(self) -> None:
@@ -401,12 +403,41 @@ class InfluxWriterThread(BatchWriterThread[str]):
 
     def deliver(self, batch: list[str]) -> None:
         if self._router is None:
-            self._deliver(batch, None)
+            self._deliver_in_parts(batch, None)
             return
         for tier, lines in self._router.split(batch).items():
             lines = self._within_retention(tier, lines)
             if lines:
-                self._deliver(lines, tier)
+                self._deliver_in_parts(lines, tier)
+
+    def _deliver_in_parts(self, batch: list[str], tier: str | None) -> None:
+        """The batch in ``concurrent_requests`` requests sent at once. InfluxDB parses and stores one request
+        on one core; at fleet scale a window boundary hands over 100,000 points and more at once, and two
+        requests in flight take them in about half the time."""
+        parts = self.cfg.concurrent_requests
+        if parts == 1 or len(batch) < 2 * parts:
+            self.written += self._deliver(batch, tier)
+            return
+        size = -(-len(batch) // parts)
+        futures = [
+            self._pool.submit(self._deliver, batch[start : start + size], tier)
+            for start in range(size, len(batch), size)
+        ]
+        errors: list[BaseException] = []
+        written = 0
+        try:
+            written += self._deliver(batch[:size], tier)
+        except Exception as exc:
+            errors.append(exc)
+        for future in futures:
+            try:
+                written += future.result()
+            except Exception as exc:
+                errors.append(exc)
+        if errors:
+            # The whole batch is sent again (writes are idempotent); a refusal that retrying cannot fix wins.
+            raise next((e for e in errors if not isinstance(e, RetryableError)), errors[0])
+        self.written += written
 
     def _within_retention(self, tier: str, lines: list[str]) -> list[str]:
         """The lines whose time the tier still keeps. The server would refuse the others (InfluxDB 1.x: "points
@@ -432,13 +463,14 @@ class InfluxWriterThread(BatchWriterThread[str]):
                 )
         return kept
 
-    def _deliver(self, batch: list[str], tier: str | None) -> None:
+    def _deliver(self, batch: list[str], tier: str | None) -> int:
+        """Sends one request; the number of points stored."""
         try:
             body = "\n".join(batch).encode("utf-8")
         except UnicodeEncodeError:
             batch = self._refuse_unencodable(batch)
             if not batch:
-                return
+                return 0
             body = "\n".join(batch).encode("utf-8")
         try:
             self._writer.write(body, tier)
@@ -450,17 +482,15 @@ class InfluxWriterThread(BatchWriterThread[str]):
                 # alone, so that only they become dead letters (writes are idempotent: lines stored by an
                 # earlier half are simply stored again).
                 middle = len(batch) // 2
-                self._deliver(batch[:middle], tier)
-                self._deliver(batch[middle:], tier)
-                return
+                return self._deliver(batch[:middle], tier) + self._deliver(batch[middle:], tier)
             if err.status in (400, 413, 422):
                 log.error("InfluxDB refused %d point(s): %s", len(batch), err)
                 self._on_rejected([DeadLetter("influxdb_rejected", "influxdb", body, time.time_ns(), str(err))])
-                return
+                return 0
             # 401/403 (credentials), 404 (no such database or bucket): not about a record, and retrying
             # cannot fix it.
             raise SetupError(f"InfluxDB at {self.cfg.url} refused a write: {err}") from None
-        self.written += len(batch)
+        return len(batch)
 
     def _refuse_unencodable(self, batch: list[str]) -> list[str]:
         """Lines that cannot be UTF-8 (lone surrogates) become dead letters; the rest is returned."""
@@ -476,6 +506,7 @@ class InfluxWriterThread(BatchWriterThread[str]):
         return good
 
     def close_target(self) -> None:
+        self._pool.shutdown()
         self._writer.close()
 
 

@@ -53,3 +53,18 @@ def test_v1_writer_rides_out_an_influxdb_outage_without_losing_points(influx_db:
     rows = influx_rows(influx_db, 'SELECT count("v") FROM "outage"')
     assert rows[0]["count"] == sent
     assert rejected == []
+
+
+def test_v1_writer_splits_a_batch_into_concurrent_requests_and_dead_letters_only_the_bad_line(influx_db: str) -> None:
+    cfg = InfluxDBConfig(url=INFLUX_URL, database=influx_db, batch_size=2000, concurrent_requests=2)  # type: ignore[arg-type]
+    rejected: list[DeadLetter] = []
+    writer = InfluxWriterThread(cfg, V1Writer(cfg), rejected.extend)
+    lines = [f"parts,device=d{i % 50} v={i}i {T0 + i * 1000}" for i in range(2000)]
+    lines[1500] = "parts,device=bad v=not-a-number 1"  # in the second request
+    writer.put(lines)
+    assert writer.flush(30)
+    writer.close()
+    assert influx_rows(influx_db, 'SELECT count("v") FROM "parts"')[0]["count"] == 1999
+    assert [letter.reason for letter in rejected] == ["influxdb_rejected"]
+    assert b"device=bad" in rejected[0].raw
+    assert writer.written == 1999
