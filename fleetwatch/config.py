@@ -662,6 +662,7 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
     "FLEETWATCH_MQTT_PASSWORD": ("mqtt", "password"),
     "FLEETWATCH_INFLUXDB_USERNAME": ("influxdb", "username"),
     "FLEETWATCH_INFLUXDB_PASSWORD": ("influxdb", "password"),
+    "FLEETWATCH_INFLUXDB_PASSWORD_FILE": ("influxdb", "password_file"),
     "FLEETWATCH_INFLUXDB_TOKEN": ("influxdb", "token"),
     "FLEETWATCH_ELASTICSEARCH_USERNAME": ("elasticsearch", "username"),
     "FLEETWATCH_ELASTICSEARCH_PASSWORD": ("elasticsearch", "password"),

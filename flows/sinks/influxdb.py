@@ -80,12 +80,12 @@ def credentials_hint(cfg: InfluxDBConfig) -> str:
             "(or FLEETWATCH_INFLUXDB_USERNAME and FLEETWATCH_INFLUXDB_PASSWORD)"
         )
     if cfg.password_file:
-        where = f"influxdb.password_file ({cfg.password_file})"
+        where = f"the password of influxdb.password_file ({cfg.password_file})"
     elif cfg.password is not None:
-        where = "influxdb.password (or FLEETWATCH_INFLUXDB_PASSWORD)"
+        where = "the password of influxdb.password (or FLEETWATCH_INFLUXDB_PASSWORD)"
     else:
-        where = "no password: influxdb.password_file is not set"
-    return f"the server refused influxdb.username {cfg.username!r} with the password of {where}"
+        where = "no password: set influxdb.password_file"
+    return f"the server refused influxdb.username {cfg.username!r} with {where}"
 
 
 def _retry_after(headers: Any) -> float | None:
