@@ -203,7 +203,7 @@ provision_influxdb() {
     403*"create admin user first"*|200*)
       case "$answer" in 200*) log "influxdb: WARNING: the running server does not ask for credentials (started with an older configuration): scripts/stack.sh restart influxdb" ;; esac
       answer="$(influxdb_query <(printf "CREATE USER \"%s\" WITH PASSWORD '%s' WITH ALL PRIVILEGES" "$INFLUXDB_ADMIN" "$password"))"
-      case "$answer" in 200*) log "influxdb: admin user \"$INFLUXDB_ADMIN\" created (password in $pwfile)" ;; *) die "influxdb: creating the admin user failed: $answer" ;; esac
+      case "$answer" in 200*) log "influxdb: admin user \"$INFLUXDB_ADMIN\" set up (password in $pwfile)" ;; *) die "influxdb: creating the admin user failed: $answer" ;; esac
       ;;
     *) die "influxdb: unexpected answer to SHOW USERS without credentials: $answer" ;;
   esac
