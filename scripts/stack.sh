@@ -180,12 +180,13 @@ INFLUXDB_ADMIN="admin"
 
 influxdb_query() { # influxdb_query STATEMENT_FILE [CREDENTIALS_FILE]: the HTTP status, then the body
   # The statement and the credentials travel in files (or pipes), never on a command line that ps shows.
-  local args=(-s -o "$RUN_DIR/influxdb-query.out" -w '%{http_code}' -XPOST http://127.0.0.1:8086/query --data-urlencode "q@$1")
+  local out; out="$(mktemp "$RUN_DIR/influxdb-query.XXXXXX")"
+  local args=(-s -o "$out" -w '%{http_code}' -XPOST http://127.0.0.1:8086/query --data-urlencode "q@$1")
   if [ -n "${2:-}" ]; then args=(-K "$2" "${args[@]}"); fi
   curl "${args[@]}" || true
   printf ' '
-  cat "$RUN_DIR/influxdb-query.out" 2>/dev/null
-  rm -f "$RUN_DIR/influxdb-query.out"
+  cat "$out"
+  rm -f "$out"
 }
 
 provision_influxdb() {
