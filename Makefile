@@ -25,9 +25,13 @@ stack-status:
 	scripts/stack.sh status
 
 ## The main job: simulator + pipeline against the local stack, live progress, then a summary.
+## The local InfluxDB asks for credentials: the demo uses the admin scripts/stack.sh created, its password read
+## from the stack's secrets file (the example config names no credentials).
 demo: venv stack-up
 	mkdir -p .fleetwatch
-	$(BIN)/fleetwatch demo --config fleetwatch.example.toml --duration $(DURATION)
+	FLEETWATCH_INFLUXDB_USERNAME=admin \
+	FLEETWATCH_INFLUXDB_PASSWORD_FILE="$${FLEETWATCH_STACK_DIR:-$(CURDIR)/.stack}/secrets/influxdb-admin.password" \
+	  $(BIN)/fleetwatch demo --config fleetwatch.example.toml --duration $(DURATION)
 
 ## Unit tests and integration tests against the real servers of the local stack.
 test: venv stack-up

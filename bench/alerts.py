@@ -25,6 +25,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.run import PUBLISHER, REPO, RESULTS, build_publisher
+from bench.stack_credentials import INFLUX_AUTH_TOML
 
 BACKGROUND_RATE = int(os.environ.get("BENCH_ALERT_LOAD", "10000"))
 PROBES = int(os.environ.get("BENCH_ALERT_PROBES", "60"))
@@ -111,6 +112,7 @@ enabled = false
 
 [influxdb]
 database = "{unique}"
+{INFLUX_AUTH_TOML}
 [elasticsearch]
 index_prefix = "{unique}"
 [alerts]

@@ -40,6 +40,8 @@ from typing import IO, NamedTuple
 
 import urllib3
 
+from bench.stack_credentials import INFLUX_AUTH_TOML, INFLUX_USER, influx_headers, influx_password
+
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "bench" / "build"
 RESULTS = REPO / "bench" / "results"
@@ -172,6 +174,7 @@ def influxql(db: str, q: str) -> list:
         "POST" if q.startswith(("CREATE", "DROP")) else "GET",
         "http://127.0.0.1:8086/query",
         fields={"db": db, "q": q, "epoch": "ns"},
+        headers=influx_headers(),
     )
     result = json.loads(resp.data)["results"][0]
     return result.get("series", [])
@@ -268,6 +271,7 @@ enabled = false
 
 [influxdb]
 database = "{unique}"
+{INFLUX_AUTH_TOML}
 [dead_letters]
 path = "{tmp / "dead.jsonl"}"
 """)
@@ -350,6 +354,8 @@ def launch_telegraf(config: Path, status: Path, unique: str, qos: int) -> subpro
     conf_path.write_text(conf)
     proc = subprocess.Popen(
         [str(TELEGRAF), "--config", str(conf_path)],
+        # Telegraf reads ${...} in its config from the environment: the password stays out of the file.
+        env={**os.environ, "FW_INFLUXDB_USER": INFLUX_USER, "FW_INFLUXDB_PASSWORD": influx_password()},
         stdout=subprocess.DEVNULL,
         stderr=open(config.parent / "pipeline.log", "w"),  # noqa: SIM115 - lives as long as the process
     )

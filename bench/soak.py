@@ -32,6 +32,7 @@ import uuid
 from pathlib import Path
 
 from bench.run import PUBLISHER, REPO, RESULTS, build_publisher, influxql
+from bench.stack_credentials import INFLUX_AUTH_TOML
 
 MINUTES = float(os.environ.get("SOAK_MINUTES", "30"))
 RATE = int(os.environ.get("SOAK_RATE", "5000"))
@@ -113,6 +114,7 @@ max_age = "0s"
 dir = "{tmp / "recovery"}"
 [influxdb]
 database = "{unique}"
+{INFLUX_AUTH_TOML}
 [elasticsearch]
 index_prefix = "{unique}"
 [[logs.files]]

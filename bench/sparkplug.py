@@ -25,7 +25,8 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.run import RESULTS, _status
+from bench.run import RESULTS, _status, influxql
+from bench.stack_credentials import INFLUX_AUTH_TOML
 from collectors.mqtt.sparkplug import sparkplug_payload_pb2 as pb
 
 MESSAGES = int(os.environ.get("BENCH_SPB_MESSAGES", "50000"))
@@ -55,6 +56,7 @@ qos = 1
 dir = "{tmp / "recovery"}"
 [influxdb]
 database = "{unique}"
+{INFLUX_AUTH_TOML}
 [elasticsearch]
 enabled = false
 [dead_letters]
@@ -142,11 +144,7 @@ def run(fmt: str) -> dict[str, object]:
         seconds = time.monotonic() - started - startup
         counters = _status(status)
         stop(proc)
-        subprocess.run(
-            ["curl", "-s", "-XPOST", "http://127.0.0.1:8086/query", "--data-urlencode", f'q=DROP DATABASE "{unique}"'],
-            check=False,
-            capture_output=True,
-        )
+        influxql("", f'DROP DATABASE "{unique}"')
     return {
         "format": fmt,
         "messages": MESSAGES,

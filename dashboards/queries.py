@@ -182,6 +182,8 @@ class Stores:
     index_prefix: str = "fleetwatch"
     es_auth: tuple[str, str] | None = None
     influx_token: str | None = None
+    # InfluxDB 1.x with authentication: username and password (basic auth, as Grafana's InfluxQL data source).
+    influx_auth: tuple[str, str] | None = None
     timeout: float = 30.0
     http: urllib3.PoolManager = field(default_factory=lambda: urllib3.PoolManager(retries=False))
 
@@ -191,6 +193,8 @@ class Stores:
     def influxql(self, query: str) -> dict[str, Any]:
         """One InfluxQL statement's result (``series`` may be absent: no data)."""
         headers = {"Authorization": f"Token {self.influx_token}"} if self.influx_token else {}
+        if self.influx_auth is not None:
+            headers = urllib3.make_headers(basic_auth=f"{self.influx_auth[0]}:{self.influx_auth[1]}")
         resp = self.http.request(
             "GET",
             f"{self.influx_url}/query",

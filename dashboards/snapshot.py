@@ -81,12 +81,15 @@ def render_snapshots(
     variables: Mapping[str, Mapping[str, str | Sequence[str]]] | None = None,
     es_auth: tuple[str, str] | None = None,
     influx_token: str | None = None,
+    influx_auth: tuple[str, str] | None = None,
     directory: Path = DASHBOARDS_DIR,
 ) -> list[Path]:
     """One PNG per dashboard in ``out_dir`` (``<uid>.png``), drawn from the stores' data in ``time_range``
     (a ``TimeRange``, or ``"1h"``-style text: the last hour). ``variables``: selections by dashboard uid.
     Returns the files written, in dashboard order."""
-    stores = Stores(influx_url, database, es_url, index_prefix, es_auth=es_auth, influx_token=influx_token)
+    stores = Stores(
+        influx_url, database, es_url, index_prefix, es_auth=es_auth, influx_token=influx_token, influx_auth=influx_auth
+    )
     span = time_range if isinstance(time_range, TimeRange) else TimeRange.parse(time_range)
     dashboards = load_dashboards(directory)
     # One step per panel (repeats counted once) and one per drawing.

@@ -156,6 +156,7 @@ def render_dashboard_snapshots(cfg: config_mod.Config, out: Path, time_range: st
             progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what),
             es_auth=es_auth,
             influx_token=token.get_secret_value() if token and cfg.influxdb.api == "v2" else None,
+            influx_auth=cfg.influxdb.v1_credentials(),
         )
 
 

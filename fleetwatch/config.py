@@ -329,6 +329,14 @@ class InfluxDBConfig(Section):
     def resolved_password(self) -> SecretStr | None:
         return read_secret_file(self.password_file, "influxdb.password_file") or self.password
 
+    def v1_credentials(self) -> tuple[str, str] | None:
+        """(username, password) for a 1.x server's basic auth, or None without a username; for the InfluxQL
+        queries fleetwatch runs besides its writes (the demo's summary, dashboard snapshots)."""
+        if self.api != "v1" or not self.username:
+            return None
+        password = self.resolved_password()
+        return self.username, password.get_secret_value() if password else ""
+
     def resolved_token(self) -> SecretStr | None:
         return read_secret_file(self.token_file, "influxdb.token_file") or self.token
 
@@ -654,6 +662,7 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
     "FLEETWATCH_MQTT_PASSWORD": ("mqtt", "password"),
     "FLEETWATCH_INFLUXDB_USERNAME": ("influxdb", "username"),
     "FLEETWATCH_INFLUXDB_PASSWORD": ("influxdb", "password"),
+    "FLEETWATCH_INFLUXDB_PASSWORD_FILE": ("influxdb", "password_file"),
     "FLEETWATCH_INFLUXDB_TOKEN": ("influxdb", "token"),
     "FLEETWATCH_ELASTICSEARCH_USERNAME": ("elasticsearch", "username"),
     "FLEETWATCH_ELASTICSEARCH_PASSWORD": ("elasticsearch", "password"),
@@ -721,7 +730,7 @@ def from_dict(data: dict[str, Any], source: str = "config", env: Mapping[str, st
         cfg = Config.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
-    problems = alert_rule_problems(cfg) + sparkplug_problems(cfg) + retention_problems(cfg)
+    problems = alert_rule_problems(cfg) + sparkplug_problems(cfg) + retention_problems(cfg) + secret_file_problems(cfg)
     if problems:
         raise ConfigError(source, problems)
     return cfg
@@ -732,6 +741,29 @@ def sparkplug_workers_problem(workers: int) -> str:
         "Sparkplug B subscriptions need each edge node's messages in order, which only one MQTT connection "
         f"gives: expected 1 worker (got {workers})"
     )
+
+
+def secret_file_problems(cfg: Config) -> list[str]:
+    """Secret files that cannot be read: found at start, with the key, rather than when a client first needs
+    them (the message names the file, never its content)."""
+    files = [("mqtt.password_file", cfg.mqtt.password_file)]
+    if cfg.influxdb.enabled:
+        files += [
+            ("influxdb.password_file", cfg.influxdb.password_file),
+            ("influxdb.token_file", cfg.influxdb.token_file),
+        ]
+    if cfg.elasticsearch.enabled:
+        files += [
+            ("elasticsearch.password_file", cfg.elasticsearch.password_file),
+            ("elasticsearch.api_key_file", cfg.elasticsearch.api_key_file),
+        ]
+    problems = []
+    for key, path in files:
+        try:
+            read_secret_file(path, key)
+        except ValueError as exc:
+            problems.append(str(exc))
+    return problems
 
 
 def sparkplug_problems(cfg: Config) -> list[str]:

@@ -83,3 +83,6 @@ def read_secret_file(path: Path | None, key: str) -> SecretStr | None:
         return SecretStr(path.read_text(encoding="utf-8").strip())
     except OSError as exc:
         raise ValueError(f"{key}: cannot read secret file {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        # A path with a NUL byte, or a file that is not UTF-8 text.
+        raise ValueError(f"{key}: cannot read secret file {path}: {type(exc).__name__}") from exc

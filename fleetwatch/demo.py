@@ -48,7 +48,13 @@ def _es_count(cfg: Config, kind: str, since_ms: int) -> int:
 def influxql(cfg: Config, query: str) -> list[dict[str, Any]]:
     """Run an InfluxQL query against the configured (v1) InfluxDB; series of the first statement."""
     http = urllib3.PoolManager()
-    resp = http.request("GET", f"{cfg.influxdb.url}/query", fields={"db": cfg.influxdb.database, "q": query})
+    credentials = cfg.influxdb.v1_credentials()
+    headers = urllib3.make_headers(basic_auth=":".join(credentials)) if credentials else {}
+    resp = http.request(
+        "GET", f"{cfg.influxdb.url}/query", fields={"db": cfg.influxdb.database, "q": query}, headers=headers
+    )
+    if resp.status != 200:
+        raise RuntimeError(f"InfluxDB answered {resp.status}: {resp.data[:200].decode('utf-8', 'replace')}")
     result = json.loads(resp.data)["results"][0]
     if "error" in result:
         raise RuntimeError(result["error"])

@@ -174,6 +174,47 @@ start_elasticsearch() {
   if [ -f "$STACK_DIR/elasticsearch/es.pid" ]; then cp "$STACK_DIR/elasticsearch/es.pid" "$RUN_DIR/elasticsearch.pid"; fi
 }
 
+# --- InfluxDB users ---------------------------------------------------------------------------------
+
+INFLUXDB_ADMIN="admin"
+
+influxdb_query() { # influxdb_query STATEMENT_FILE [CREDENTIALS_FILE]: the HTTP status, then the body
+  # The statement and the credentials travel in files (or pipes), never on a command line that ps shows.
+  local out; out="$(mktemp "$RUN_DIR/influxdb-query.XXXXXX")"
+  local args=(-s -o "$out" -w '%{http_code}' -XPOST http://127.0.0.1:8086/query --data-urlencode "q@$1")
+  if [ -n "${2:-}" ]; then args=(-K "$2" "${args[@]}"); fi
+  curl "${args[@]}" || true
+  printf ' '
+  cat "$out"
+  rm -f "$out"
+}
+
+provision_influxdb() {
+  # Authentication is on (provisioning/influxdb/influxdb.conf). InfluxDB 1.x accepts one statement without
+  # credentials while it has no admin, the one creating the first admin; it then refuses every unauthenticated
+  # query and write. The admin's password is generated on first start and kept in $SECRETS_DIR.
+  local pwfile="$SECRETS_DIR/influxdb-$INFLUXDB_ADMIN.password"
+  mkdir -p "$SECRETS_DIR"
+  [ -s "$pwfile" ] || (umask 077; head -c 18 /dev/urandom | base64 | tr -d '/+=' >"$pwfile")
+  local password answer
+  password="$(cat "$pwfile")"
+  answer="$(influxdb_query <(printf 'SHOW USERS'))"
+  case "$answer" in
+    401*) ;;
+    403*"create admin user first"*|200*)
+      case "$answer" in 200*) log "influxdb: WARNING: the running server does not ask for credentials (started with an older configuration): scripts/stack.sh restart influxdb" ;; esac
+      answer="$(influxdb_query <(printf "CREATE USER \"%s\" WITH PASSWORD '%s' WITH ALL PRIVILEGES" "$INFLUXDB_ADMIN" "$password"))"
+      case "$answer" in 200*) log "influxdb: admin user \"$INFLUXDB_ADMIN\" set up (password in $pwfile)" ;; *) die "influxdb: creating the admin user failed: $answer" ;; esac
+      ;;
+    *) die "influxdb: unexpected answer to SHOW USERS without credentials: $answer" ;;
+  esac
+  answer="$(influxdb_query <(printf 'SHOW USERS') <(printf 'user = "%s:%s"\n' "$INFLUXDB_ADMIN" "$password"))"
+  case "$answer" in
+    200*) ;;
+    *) die "influxdb: the admin password in $pwfile is refused ($answer). The users live in $STACK_DIR/influxdb/meta: put the password the server knows back in $pwfile, or stop InfluxDB and remove $STACK_DIR/influxdb to start over" ;;
+  esac
+}
+
 # --- health ------------------------------------------------------------------------------------------
 
 healthy_mosquitto() { mosquitto_sub -h 127.0.0.1 -p 1883 -t '$SYS/broker/version' -C 1 -W 2 >/dev/null 2>&1; }
@@ -240,7 +281,12 @@ cmd_up() {
   local servers; read -r -a servers <<<"$(select_servers "$@")"
   local s
   for s in "${servers[@]}"; do server_up "$s"; done
-  for s in "${servers[@]}"; do wait_healthy "$s"; log "$s healthy"; done
+  for s in "${servers[@]}"; do
+    wait_healthy "$s"
+    # Also when it was running already: a server started before auth was on gets its admin all the same.
+    if [ "$s" = influxdb ]; then provision_influxdb; fi
+    log "$s healthy"
+  done
 }
 
 cmd_down() {

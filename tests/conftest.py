@@ -33,6 +33,11 @@ MQTT_HOST, MQTT_PORT, MQTT_AUTH_PORT = "127.0.0.1", 1883, 1884
 INFLUX_URL = "http://127.0.0.1:8086"
 VM_URL = "http://127.0.0.1:8428"
 ES_URL = "http://127.0.0.1:9200"
+# The local InfluxDB asks for credentials (scripts/stack.sh): its admin's password is generated into the stack's
+# secrets on first start. Pipelines read it from that file (INFLUX_AUTH_TOML), never from their config.
+INFLUX_USER = "admin"
+INFLUX_PASSWORD_FILE = STACK_DIR / "secrets" / f"influxdb-{INFLUX_USER}.password"
+INFLUX_AUTH_TOML = f'username = "{INFLUX_USER}"\npassword_file = "{INFLUX_PASSWORD_FILE}"'
 
 PACKAGES = ("fleetwatch", "collectors", "flows", "dashboards")
 # Tests that may be skipped in CI: node id (or a prefix of it) -> why that is acceptable. Keep it empty unless a
@@ -181,8 +186,20 @@ def mqtt_password(user: str) -> str:
     return (STACK_DIR / "secrets" / f"mqtt-{user}.password").read_text().strip()
 
 
+def influx_headers(user: str = INFLUX_USER, password: str | None = None) -> dict[str, str]:
+    """Basic auth for the local InfluxDB: the stack's admin unless another user is given."""
+    if password is None:
+        password = influx_credentials()[1]
+    return urllib3.make_headers(basic_auth=f"{user}:{password}")
+
+
+def influx_credentials() -> tuple[str, str]:
+    """The stack's admin credentials, for clients that take them as a pair (dashboards.queries.Stores)."""
+    return INFLUX_USER, INFLUX_PASSWORD_FILE.read_text().strip()
+
+
 def influxql(db: str, query: str, method: str = "GET") -> dict:
-    resp = http.request(method, f"{INFLUX_URL}/query", fields={"db": db, "q": query})
+    resp = http.request(method, f"{INFLUX_URL}/query", fields={"db": db, "q": query}, headers=influx_headers())
     assert resp.status == 200, resp.data
     result = json.loads(resp.data)["results"][0]
     assert "error" not in result, result
@@ -206,6 +223,21 @@ def influx_db(unique: str) -> Iterator[str]:
     influxql("", f'CREATE DATABASE "{unique}"', "POST")
     yield unique
     influxql("", f'DROP DATABASE "{unique}"', "POST")
+
+
+@pytest.fixture
+def influx_user(influx_db: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A user of the test's own that is no admin, with ALL privileges on ``influx_db`` only (what a
+    least-privilege deployment gives fleetwatch), and the file holding its password; dropped afterwards."""
+    user = f"{influx_db}-writer"
+    password = uuid.uuid4().hex
+    influxql("", f"CREATE USER \"{user}\" WITH PASSWORD '{password}'", "POST")
+    influxql("", f'GRANT ALL ON "{influx_db}" TO "{user}"', "POST")
+    password_file = tmp_path / "influxdb-writer.password"
+    password_file.write_text(password + "\n")
+    password_file.chmod(0o600)
+    yield user, password_file
+    influxql("", f'DROP USER "{user}"', "POST")
 
 
 @pytest.fixture

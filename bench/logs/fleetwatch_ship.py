@@ -25,6 +25,7 @@ from pathlib import Path
 from bench.logs import es as eslib
 from bench.logs.cpu import CpuMeter, CpuUsage
 from bench.logs.data import Kind
+from bench.stack_credentials import INFLUX_AUTH_TOML
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,6 +66,7 @@ dir = "{workdir / prefix / "recovery"}"
 
 [influxdb]
 database = "fleetwatch_bench"
+{INFLUX_AUTH_TOML}
 
 [elasticsearch]
 index_prefix = "{prefix}"

@@ -65,6 +65,18 @@ FW_TOPIC=$TOPIC FW_QOS=$QOS FW_DB=$DB FW_STATUS=$STATUS_FILE FW_CLIENT_ID=$CLIEN
     fs.writeFileSync(dst, JSON.stringify(render(JSON.parse(fs.readFileSync(src, "utf8"))), null, 1));
   ' "$HERE/flow.json" "$USER_DIR/flows.json"
 
+# The local stack's InfluxDB asks for credentials (scripts/stack.sh). Node-RED keeps a config node's credentials
+# apart from the flow, in flows_cred.json (unencrypted with credentialSecret false): written from the stack's
+# secrets file, readable by this user only, removed with the user dir at the next run.
+STACK_DIR=${FLEETWATCH_STACK_DIR:-$(cd "$HERE/../.." && pwd)/.stack}
+INFLUX_PASSWORD_FILE="$STACK_DIR/secrets/influxdb-admin.password"
+[ -r "$INFLUX_PASSWORD_FILE" ] || { echo "run.sh: cannot read $INFLUX_PASSWORD_FILE (scripts/stack.sh up creates it)" >&2; exit 1; }
+(umask 077; FW_PASSWORD_FILE=$INFLUX_PASSWORD_FILE "$NODE" -e '
+    const fs = require("fs");
+    const password = fs.readFileSync(process.env.FW_PASSWORD_FILE, "utf8").trim();
+    fs.writeFileSync(process.argv[1], JSON.stringify({ fw_influx: { username: "admin", password } }));
+  ' "$USER_DIR/flows_cred.json")
+
 cat >"$USER_DIR/settings.js" <<EOF
 // Written by bench/nodered/run.sh: a headless runtime (no editor, no HTTP server).
 module.exports = {

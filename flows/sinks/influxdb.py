@@ -67,6 +67,27 @@ class LineWriter(Protocol):
     def close(self) -> None: ...
 
 
+def credentials_hint(cfg: InfluxDBConfig) -> str:
+    """What to check when the server answers 401: the keys that give the credentials, never their values."""
+    if cfg.api == "v2":
+        if cfg.token is None and cfg.token_file is None:
+            return "the server asks for a token: set influxdb.token_file (or FLEETWATCH_INFLUXDB_TOKEN)"
+        where = "influxdb.token_file" if cfg.token_file else "influxdb.token (or FLEETWATCH_INFLUXDB_TOKEN)"
+        return f"the server refused the token of {where}"
+    if not cfg.username:
+        return (
+            "the server asks for credentials: set influxdb.username and influxdb.password_file "
+            "(or FLEETWATCH_INFLUXDB_USERNAME and FLEETWATCH_INFLUXDB_PASSWORD)"
+        )
+    if cfg.password_file:
+        where = f"the password of influxdb.password_file ({cfg.password_file})"
+    elif cfg.password is not None:
+        where = "the password of influxdb.password (or FLEETWATCH_INFLUXDB_PASSWORD)"
+    else:
+        where = "no password: set influxdb.password_file"
+    return f"the server refused influxdb.username {cfg.username!r} with {where}"
+
+
 def _retry_after(headers: Any) -> float | None:
     value = headers.get("Retry-After") if headers else None
     try:
@@ -141,7 +162,7 @@ class V1Writer:
             )
         except urllib3.exceptions.HTTPError as exc:
             raise WriteError(f"InfluxDB unreachable at {self._cfg.url}: {exc}", retryable=True) from exc
-        text = resp.data[:300].decode("utf-8", "replace")
+        text = resp.data[:300].decode("utf-8", "replace").strip()
         if resp.status in RETRYABLE_STATUS:
             raise WriteError(f"{statement}: HTTP {resp.status}", retryable=True, status=resp.status)
         try:
@@ -155,6 +176,9 @@ class V1Writer:
         error = result.get("error") if result is not None else None
         if status >= 300 or error:
             detail = f"HTTP {status} {text}" if status >= 300 else str(error)
+            if status == 401:
+                # The credentials, not the privileges: the hint about what the user may do would mislead.
+                hint = credentials_hint(self._cfg)
             refused = status in (401, 403) or "authoriz" in str(error) or "privilege" in str(error)
             raise WriteError(
                 f"{statement} refused: {detail}" + (f" ({hint})" if refused else ""), retryable=False, status=status
@@ -166,8 +190,9 @@ class V1Writer:
         status, result, text = self._query(statement)
         if status >= 300 or result is None or "error" in result:
             detail = f"HTTP {status} {text}" if status >= 300 else str((result or {}).get("error"))
+            hint = credentials_hint(self._cfg) if status == 401 else _v1_tier_hint(self._cfg.database, self.plan)
             raise WriteError(
-                f"{statement} refused: {detail} ({_v1_tier_hint(self._cfg.database, self.plan)})",
+                f"{statement} refused: {detail} ({hint})",
                 retryable=False,
                 status=status,
             )
@@ -190,7 +215,7 @@ class V1Writer:
             raise WriteError(f"connection: {exc}", retryable=True) from exc
         if resp.status < 300:
             return
-        message = f"HTTP {resp.status}: {resp.data[:300].decode('utf-8', 'replace')}"
+        message = f"HTTP {resp.status}: {resp.data[:300].decode('utf-8', 'replace').strip()}"
         raise WriteError(
             message,
             retryable=resp.status in RETRYABLE_STATUS,
@@ -271,7 +296,8 @@ class V2Writer:
             if status in RETRYABLE_STATUS:
                 raise WriteError(f"bucket setup: HTTP {status}", retryable=True, status=status) from exc
             raise WriteError(
-                f"bucket setup refused: HTTP {status} {str(exc.body or exc.reason)[:200]} ({self._bucket_hint()})",
+                f"bucket setup refused: HTTP {status} {str(exc.body or exc.reason)[:200]} "
+                f"({credentials_hint(self._cfg) if status == 401 else self._bucket_hint()})",
                 retryable=False,
                 status=status,
             ) from None
@@ -487,9 +513,11 @@ class InfluxWriterThread(BatchWriterThread[str]):
                 log.error("InfluxDB refused %d point(s): %s", len(batch), err)
                 self._on_rejected([DeadLetter("influxdb_rejected", "influxdb", body, time.time_ns(), str(err))])
                 return 0
-            # 401/403 (credentials), 404 (no such database or bucket): not about a record, and retrying
-            # cannot fix it.
-            raise SetupError(f"InfluxDB at {self.cfg.url} refused a write: {err}") from None
+            # 401/403 (credentials, privileges), 404 (no such database or bucket): not about a record, and
+            # retrying cannot fix it. A refused credential is a configuration error, found here too when the
+            # password changes while fleetwatch runs.
+            hint = f" ({credentials_hint(self.cfg)})" if err.status == 401 else ""
+            raise SetupError(f"InfluxDB at {self.cfg.url} refused a write: {err}{hint}") from None
         return len(batch)
 
     def _refuse_unencodable(self, batch: list[str]) -> list[str]:

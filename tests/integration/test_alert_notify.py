@@ -30,7 +30,7 @@ from flows.alerts.notify import (
     slack_payload,
 )
 from flows.alerts.rules import WebhookConfig
-from tests.conftest import ES_URL, INFLUX_URL, MQTT_HOST, MQTT_PORT, http, influx_rows
+from tests.conftest import ES_URL, INFLUX_URL, MQTT_HOST, MQTT_PORT, http, influx_headers, influx_rows
 from tests.integration.harness import PrivateBroker, free_port, wait_until
 
 AT_NS = 1_795_428_000_123_456_789
@@ -462,6 +462,7 @@ def test_alert_lines_keep_both_transitions_at_one_instant(influx_db: str) -> Non
         "POST",
         f"{INFLUX_URL}/write?db={influx_db}&precision=ns",
         body="\n".join([alert_line(pending), alert_line(firing)]).encode(),
+        headers=influx_headers(),
     )
     assert resp.status == 204, resp.data
     rows = influx_rows(influx_db, "SELECT * FROM alerts WHERE rule = 'high_temp' GROUP BY \"state\"")

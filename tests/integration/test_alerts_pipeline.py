@@ -15,7 +15,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import ES_URL, INFLUX_URL, MQTT_HOST, MQTT_PORT, es_docs, influx_rows
+from tests.conftest import ES_URL, INFLUX_AUTH_TOML, INFLUX_URL, MQTT_HOST, MQTT_PORT, es_docs, influx_rows
 from tests.integration.harness import Pipeline
 from tests.integration.test_readings_pipeline import Publisher
 
@@ -101,6 +101,7 @@ dir = "{tmp_path / "recovery"}"
 enabled = false
 
 [influxdb]
+{INFLUX_AUTH_TOML}
 url = "{INFLUX_URL}"
 database = "{db}"
 flush_interval = "100ms"

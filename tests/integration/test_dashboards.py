@@ -48,7 +48,19 @@ from fleetwatch.config import Config, InfluxDBConfig, MQTTConfig, SimulatorConfi
 from fleetwatch.retention import TierPlan
 from fleetwatch.simulator import run_log_simulator, run_simulator
 from flows.sinks.influxdb import InfluxWriterThread, V1Writer
-from tests.conftest import ES_URL, INFLUX_URL, MQTT_HOST, MQTT_PORT, REPO, http, influxql
+from tests.conftest import (
+    ES_URL,
+    INFLUX_AUTH_TOML,
+    INFLUX_PASSWORD_FILE,
+    INFLUX_URL,
+    INFLUX_USER,
+    MQTT_HOST,
+    MQTT_PORT,
+    REPO,
+    http,
+    influx_credentials,
+    influxql,
+)
 from tests.integration.harness import Pipeline
 
 # Long enough for 10 s windows and log-rate windows to close, alerts to fire and resolve, and the health
@@ -232,6 +244,7 @@ health_interval = "1s"
 enabled = false
 
 [influxdb]
+{INFLUX_AUTH_TOML}
 url = "{INFLUX_URL}"
 database = "{unique}"
 flush_interval = "100ms"
@@ -361,7 +374,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
         time.sleep(2.5)
         pipeline.stop()
         http.request("POST", f"{ES_URL}/{unique}-*/_refresh")
-        stores = Stores(INFLUX_URL, unique, ES_URL, unique)
+        stores = Stores(INFLUX_URL, unique, ES_URL, unique, influx_auth=influx_credentials())
         span = TimeRange.between(started_ns - 60_000_000_000, time.time_ns() + 5_000_000_000)
         yield Run(stores, span, run_all(stores, span))
     finally:
@@ -483,6 +496,7 @@ def test_snapshots_are_one_readable_png_per_dashboard(run: Run, tmp_path: Path) 
         run.stores.index_prefix,
         run.time_range,
         progress=lambda done, total, what: calls.append((done, total, what)),
+        influx_auth=run.stores.influx_auth,
     )
     assert [p.name for p in paths] == [f"fleetwatch-{name}.png" for name in generate.DASHBOARDS]
     for path in paths:
@@ -616,7 +630,9 @@ def odd() -> Iterator[OddStore]:
     try:
         _write_tiered(unique, lines)
         span = TimeRange.between((base_ms - 60_000) * 1_000_000, (now_ms + 5_000) * 1_000_000)
-        yield OddStore(Stores(INFLUX_URL, unique, ES_URL, unique), base_ms, span, readings, last)
+        yield OddStore(
+            Stores(INFLUX_URL, unique, ES_URL, unique, influx_auth=influx_credentials()), base_ms, span, readings, last
+        )
     finally:
         influxql("", f'DROP DATABASE "{unique}"', "POST")
 
@@ -624,7 +640,7 @@ def odd() -> Iterator[OddStore]:
 def _write_tiered(db: str, lines: list[str]) -> int:
     """Write as the pipeline does: each line to its retention tier (the default [retention]), through the sink's
     own writer, which creates the database and its policies. Returns the lines older than their tier keeps."""
-    cfg = InfluxDBConfig(url=INFLUX_URL, database=db)
+    cfg = InfluxDBConfig(url=INFLUX_URL, database=db, username=INFLUX_USER, password_file=INFLUX_PASSWORD_FILE)
     rejected: list[object] = []
     writer = InfluxWriterThread(cfg, V1Writer(cfg, TierPlan.from_config(Config())), rejected.extend)
     writer.put(lines)
@@ -728,7 +744,7 @@ def test_panels_read_the_tier_that_keeps_the_range(unique: str) -> None:
         lines += [_agg_line("1m", "dev1", value, base + i * 60_000_000_000) for i in range(10)]
     try:
         assert _write_tiered(unique, lines) == 60  # the old 10 s aggregates
-        stores = Stores(INFLUX_URL, unique, ES_URL, unique)
+        stores = Stores(INFLUX_URL, unique, ES_URL, unique, influx_auth=influx_credentials())
         fleet = next(d for d in load_dashboards() if d["uid"] == "fleetwatch-fleet")
 
         def means(span: TimeRange) -> tuple[set[float], int]:

@@ -9,7 +9,7 @@ import time
 from fleetwatch.config import InfluxDBConfig
 from fleetwatch.record import DeadLetter
 from flows.sinks.influxdb import InfluxWriterThread, V1Writer, V2Writer
-from tests.conftest import INFLUX_URL, REPO, VM_URL, influx_rows, vm_export
+from tests.conftest import INFLUX_PASSWORD_FILE, INFLUX_URL, INFLUX_USER, REPO, VM_URL, influx_rows, vm_export
 
 T0 = 1_767_225_600 * 1_000_000_000
 
@@ -32,7 +32,14 @@ def test_v2_writer_lands_points_in_victoriametrics(vm_measurement: str) -> None:
 
 
 def test_v1_writer_rides_out_an_influxdb_outage_without_losing_points(influx_db: str) -> None:
-    cfg = InfluxDBConfig(url=INFLUX_URL, database=influx_db, batch_size=500, retry_max_delay="2s")  # type: ignore[arg-type]
+    cfg = InfluxDBConfig(
+        url=INFLUX_URL,
+        database=influx_db,
+        username=INFLUX_USER,
+        password_file=INFLUX_PASSWORD_FILE,
+        batch_size=500,
+        retry_max_delay="2s",
+    )  # type: ignore[arg-type]
     rejected: list[DeadLetter] = []
     writer = InfluxWriterThread(cfg, V1Writer(cfg), rejected.extend)
     sent = 0
@@ -56,7 +63,14 @@ def test_v1_writer_rides_out_an_influxdb_outage_without_losing_points(influx_db:
 
 
 def test_v1_writer_splits_a_batch_into_concurrent_requests_and_dead_letters_only_the_bad_line(influx_db: str) -> None:
-    cfg = InfluxDBConfig(url=INFLUX_URL, database=influx_db, batch_size=2000, concurrent_requests=2)  # type: ignore[arg-type]
+    cfg = InfluxDBConfig(
+        url=INFLUX_URL,
+        database=influx_db,
+        username=INFLUX_USER,
+        password_file=INFLUX_PASSWORD_FILE,
+        batch_size=2000,
+        concurrent_requests=2,
+    )  # type: ignore[arg-type]
     rejected: list[DeadLetter] = []
     writer = InfluxWriterThread(cfg, V1Writer(cfg), rejected.extend)
     lines = [f"parts,device=d{i % 50} v={i}i {T0 + i * 1000}" for i in range(2000)]

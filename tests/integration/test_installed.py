@@ -16,7 +16,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import ES_URL, INFLUX_URL, MQTT_HOST, MQTT_PORT, PACKAGES, REPO, http, influx_rows
+from tests.conftest import ES_URL, INFLUX_AUTH_TOML, INFLUX_URL, MQTT_HOST, MQTT_PORT, PACKAGES, REPO, http, influx_rows
 from tests.integration.harness import crash_lines, log_tail
 
 READINGS = 40
@@ -155,6 +155,7 @@ dir = "recovery"
 enabled = false
 
 [influxdb]
+{INFLUX_AUTH_TOML}
 url = "{INFLUX_URL}"
 database = "{unique}"
 flush_interval = "100ms"

@@ -18,7 +18,7 @@ from fleetwatch.config import ElasticsearchConfig
 from fleetwatch.record import DeadLetter, LogEvent
 from flows.sinks import elasticsearch as es_sink
 from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Record
-from tests.conftest import ES_URL, INFLUX_URL, REPO, es_docs, http, influx_rows
+from tests.conftest import ES_URL, INFLUX_AUTH_TOML, INFLUX_URL, REPO, es_docs, http, influx_rows
 from tests.integration.harness import FLEETWATCH, Pipeline
 
 T0 = "2026-01-01T00:00:"  # event times in the past: log-rate windows close on event time
@@ -45,6 +45,7 @@ dir = "{tmp_path / "recovery"}"
 enabled = false
 
 [influxdb]
+{INFLUX_AUTH_TOML}
 url = "{INFLUX_URL}"
 database = "{db}"
 flush_interval = "100ms"

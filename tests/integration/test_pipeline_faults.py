@@ -15,7 +15,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import INFLUX_URL, MQTT_HOST, MQTT_PORT, es_docs, influx_rows
+from tests.conftest import INFLUX_AUTH_TOML, INFLUX_URL, MQTT_HOST, MQTT_PORT, es_docs, influx_rows
 from tests.integration.harness import Pipeline
 
 S = 1_000_000_000
@@ -54,6 +54,7 @@ dir = "{path.parent / "recovery"}"
 enabled = false
 
 [influxdb]
+{INFLUX_AUTH_TOML}
 url = "{INFLUX_URL}"
 database = "{db}"
 flush_interval = "100ms"

@@ -14,7 +14,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import INFLUX_URL, MQTT_HOST, MQTT_PORT, REPO, es_docs, influx_rows, influxql
+from tests.conftest import INFLUX_AUTH_TOML, INFLUX_URL, MQTT_HOST, MQTT_PORT, REPO, es_docs, influx_rows, influxql
 from tests.integration.harness import Counted, Pipeline, PrivateBroker, free_port
 
 S = 1_000_000_000
@@ -59,6 +59,7 @@ dir = "{path.parent / "recovery"}"
 enabled = false
 
 [influxdb]
+{INFLUX_AUTH_TOML}
 url = "{INFLUX_URL}"
 database = "{db}"
 flush_interval = "100ms"
@@ -476,6 +477,7 @@ dir = "{tmp_path / "recovery"}"
 enabled = false
 
 [influxdb]
+{INFLUX_AUTH_TOML}
 database = "{influx_db}"
 flush_interval = "100ms"
 [dead_letters]
@@ -560,6 +562,7 @@ dir = "{tmp_path / "recovery"}"
 enabled = false
 
 [influxdb]
+{INFLUX_AUTH_TOML}
 database = "{influx_db}"
 flush_interval = "100ms"
 [elasticsearch]

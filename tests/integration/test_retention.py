@@ -20,7 +20,18 @@ from fleetwatch import config as config_mod
 from fleetwatch.config import InfluxDBConfig
 from fleetwatch.retention import TierPlan
 from flows.sinks.influxdb import InfluxWriterThread, V1Writer, V2Writer, WriteError
-from tests.conftest import ES_URL, INFLUX_URL, MQTT_HOST, MQTT_PORT, VM_URL, influx_rows, influxql
+from tests.conftest import (
+    ES_URL,
+    INFLUX_AUTH_TOML,
+    INFLUX_PASSWORD_FILE,
+    INFLUX_URL,
+    INFLUX_USER,
+    MQTT_HOST,
+    MQTT_PORT,
+    VM_URL,
+    influx_rows,
+    influxql,
+)
 from tests.integration.harness import Pipeline
 
 S = 1_000_000_000
@@ -44,7 +55,9 @@ def _count(db: str, source: str) -> int:
 
 def test_v1_tiers_are_retention_policies_and_each_line_lands_in_its_own(unique: str) -> None:
     db = unique
-    cfg = InfluxDBConfig(url=INFLUX_URL, database=db, batch_size=1000)
+    cfg = InfluxDBConfig(
+        url=INFLUX_URL, database=db, username=INFLUX_USER, password_file=INFLUX_PASSWORD_FILE, batch_size=1000
+    )
     plan = _plan()
     now = time.time_ns()
     lines = [
@@ -90,7 +103,7 @@ def test_v1_tiers_are_retention_policies_and_each_line_lands_in_its_own(unique: 
         assert writer.written == len(lines) - 2
 
         # A second start with other durations changes the policies in place, and keeps their data.
-        cfg2 = InfluxDBConfig(url=INFLUX_URL, database=db)
+        cfg2 = InfluxDBConfig(url=INFLUX_URL, database=db, username=INFLUX_USER, password_file=INFLUX_PASSWORD_FILE)
         again = InfluxWriterThread(cfg2, V1Writer(cfg2, _plan(raw="2d", windows={"10s": "3d"})), rejected.extend)
         again.put([f"readings,device=d2,metric=t value=1.0 {now}"])
         assert again.flush(30)
@@ -272,6 +285,7 @@ health_interval = "1s"
 enabled = false
 
 [influxdb]
+{INFLUX_AUTH_TOML}
 url = "{INFLUX_URL}"
 database = "{unique}"
 flush_interval = "100ms"

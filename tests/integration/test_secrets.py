@@ -65,7 +65,7 @@ class Hook:
         self.server.server_close()
 
 
-def write_config(tmp_path: Path, unique: str, db: str, hook: Hook) -> Path:
+def write_config(tmp_path: Path, unique: str, db: str, hook: Hook, influx_user: str) -> Path:
     path = tmp_path / "fleetwatch.toml"
     path.write_text(f"""
 [mqtt]
@@ -99,8 +99,10 @@ enabled = false
 [influxdb]
 url = "{INFLUX_URL}"
 database = "{db}"
-username = "fleetwatch-test"
+username = "{influx_user}"
 password = "{SECRETS["influxdb password"]}"
+# A user that is no admin: the test's database exists already.
+create_database = false
 flush_interval = "100ms"
 
 [elasticsearch]
@@ -135,10 +137,15 @@ path = "{tmp_path / "dead.jsonl"}"
     return path
 
 
-def test_no_secret_appears_in_any_output(tmp_path: Path, unique: str, influx_db: str, es_index: str) -> None:
+def test_no_secret_appears_in_any_output(
+    tmp_path: Path, unique: str, influx_db: str, influx_user: tuple[str, Path], es_index: str
+) -> None:
+    # The InfluxDB password is a real one (the server asks for credentials): the test's own user gets it.
+    user = influx_user[0]
+    influxql("", f"SET PASSWORD FOR \"{user}\" = '{SECRETS['influxdb password']}'", "POST")
     hook = Hook()
     live = Subscriber(f"fwalerts/{unique}/#")
-    config = write_config(tmp_path, unique, influx_db, hook)
+    config = write_config(tmp_path, unique, influx_db, hook, user)
     pipeline = Pipeline(config)
     pub = Publisher()
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import INFLUX_URL, MQTT_HOST, MQTT_PORT, influx_rows
+from tests.conftest import INFLUX_AUTH_TOML, INFLUX_URL, MQTT_HOST, MQTT_PORT, influx_rows
 from tests.integration.harness import Pipeline, wait_until
 from tests.integration.test_readings_pipeline import Publisher
 from tests.sparkplug_payloads import BOOLEAN, DOUBLE, FLOAT, INT16, INT64, OFFLINE_RULE, STRING
@@ -45,6 +45,7 @@ dir = "{path.parent / "recovery"}"
 enabled = false
 
 [influxdb]
+{INFLUX_AUTH_TOML}
 url = "{INFLUX_URL}"
 database = "{db}"
 flush_interval = "100ms"

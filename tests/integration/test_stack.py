@@ -14,12 +14,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import (
     ES_URL,
+    INFLUX_PASSWORD_FILE,
     INFLUX_URL,
     MQTT_AUTH_PORT,
     MQTT_HOST,
     MQTT_PORT,
     VM_URL,
     http,
+    influx_headers,
     influx_rows,
     mqtt_password,
     vm_export,
@@ -137,7 +139,9 @@ def test_influxdb_v1_write_and_query(influx_db: str) -> None:
     body = "\n".join(
         f"probe,device=d{i % 3} value={i}.5 {1_700_000_000_000_000_000 + i * 1_000_000_000}" for i in range(30)
     )
-    resp = http.request("POST", f"{INFLUX_URL}/write?db={influx_db}&precision=ns", body=body.encode())
+    resp = http.request(
+        "POST", f"{INFLUX_URL}/write?db={influx_db}&precision=ns", body=body.encode(), headers=influx_headers()
+    )
     assert resp.status == 204, resp.data
     rows = influx_rows(influx_db, 'SELECT count("value"), sum("value") FROM "probe" GROUP BY "device"')
     assert sorted((r["device"], r["count"], r["sum"]) for r in rows) == [
@@ -145,6 +149,34 @@ def test_influxdb_v1_write_and_query(influx_db: str) -> None:
         ("d1", 10, sum(i + 0.5 for i in range(1, 30, 3))),
         ("d2", 10, sum(i + 0.5 for i in range(2, 30, 3))),
     ]
+
+
+@pytest.mark.parametrize("credentials", ["none", "wrong password", "unknown user"])
+def test_influxdb_refuses_writes_and_queries_without_valid_credentials(influx_db: str, credentials: str) -> None:
+    headers = {
+        "none": {},
+        "wrong password": influx_headers(password="not-" + INFLUX_PASSWORD_FILE.read_text().strip()),
+        "unknown user": influx_headers(user=f"{influx_db}-nobody", password="x"),
+    }[credentials]
+    write = http.request(
+        "POST",
+        f"{INFLUX_URL}/write?db={influx_db}&precision=ns",
+        body=b"probe value=1 1700000000000000000",
+        headers=headers,
+    )
+    query = http.request(
+        "GET", f"{INFLUX_URL}/query", fields={"db": influx_db, "q": "SHOW MEASUREMENTS"}, headers=headers
+    )
+    assert (write.status, query.status) == (401, 401), (write.data, query.data)
+    # Nothing was stored by the refused write, and the health check needs no credentials.
+    assert influx_rows(influx_db, "SELECT * FROM probe") == []
+    assert http.request("GET", f"{INFLUX_URL}/ping").status == 204
+
+
+def test_influxdb_admin_password_is_generated_and_private() -> None:
+    password = INFLUX_PASSWORD_FILE.read_text().strip()
+    assert len(password) >= 20 and password.isalnum()
+    assert INFLUX_PASSWORD_FILE.stat().st_mode & 0o777 == 0o600
 
 
 def test_victoriametrics_accepts_influxdb_client_v2_writes(vm_measurement: str) -> None:

@@ -226,3 +226,24 @@ def test_a_file_that_is_not_utf8_or_cannot_be_read_is_a_config_error(tmp_path: P
     with pytest.raises(config.ConfigError) as err:
         config.load(tmp_path, env={})
     assert err.value.problems == ["cannot read the file: Is a directory"]
+
+
+def test_an_unreadable_secret_file_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-password"
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict({"influxdb": {"username": "fw", "password_file": str(missing)}}, env={})
+    assert err.value.problems == [
+        f"influxdb.password_file: cannot read secret file {missing}: No such file or directory"
+    ]
+    # A store that is off needs no credentials.
+    config.from_dict({"elasticsearch": {"enabled": False, "password_file": str(missing)}}, env={})
+
+
+def test_the_influxdb_password_file_can_come_from_the_environment(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("from-file\n")
+    cfg = config.from_dict(
+        {}, env={"FLEETWATCH_INFLUXDB_USERNAME": "admin", "FLEETWATCH_INFLUXDB_PASSWORD_FILE": str(secret)}
+    )
+    assert cfg.influxdb.v1_credentials() == ("admin", "from-file")
+    assert "from-file" not in repr(cfg)
