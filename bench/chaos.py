@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -150,11 +151,18 @@ def es_hits(index: str, query: dict[str, Any], fields: list[str]) -> list[dict[s
     return hits
 
 
+# Waits for Elasticsearch (before a kill, before a truncation) that timed out: the fault went ahead all the same,
+# and what it then lost shows in the count; the timeouts are a discrepancy of their own.
+wait_timeouts: list[str] = []
+
+
 def wait_es(index: str, query: dict[str, Any], expected: int, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while (es_count(index, query) or 0) < expected:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: fewer than {expected} documents in {index} after {timeout:.0f} s")
+            wait_timeouts.append(what)
+            log(f"{what}: fewer than {expected} documents in {index} after {timeout:.0f} s; going ahead")
+            return
         time.sleep(0.5)
 
 
@@ -304,7 +312,7 @@ class LogWriter(threading.Thread):
             else:
                 # copytruncate loses what the tail has not read at the truncation (README): truncate only once
                 # every line written so far is in Elasticsearch.
-                wait_es(f"{self.unique}-logs*", app_lines(), self.written, 600, "copytruncate")
+                wait_es(f"{self.unique}-logs*", app_lines(), self.written, 300, "copytruncate")
                 shutil.copyfile(self.path, self.archive / f"app.log.{self.rotations}")
                 with open(self.path, "r+b") as f:
                     f.truncate(0)
@@ -573,14 +581,15 @@ class Faults:
         self.done: list[dict[str, Any]] = []
 
     def run(self, seconds: float) -> None:
-        """Rounds of every fault kind in a seeded random order, with seeded random gaps, until ``seconds``."""
+        """Rounds of every fault kind in a seeded random order, with seeded random gaps, until ``seconds`` have
+        passed; the first round always runs to its end, so that a short run has every kind once."""
         end = self.begin + seconds
-        while True:
+        for round_index in itertools.count():
             kinds = list(FAULT_KINDS)
             self.rng.shuffle(kinds)
             for kind in kinds:
                 gap = self.rng.uniform(2.0, 8.0)
-                if time.monotonic() + gap >= end:
+                if round_index > 0 and time.monotonic() + gap >= end:
                     return
                 time.sleep(gap)
                 at = time.monotonic() - self.begin
@@ -748,6 +757,7 @@ def main() -> None:
         **{f"syslog_lines_{k}": v for k, v in syslog_check.items() if k in ("missing", "duplicated", "unexpected")},
         "syslog_documents_not_distinct_ids": syslog_check["documents"] - syslog_check["distinct_ids"],
         "syslog_send_errors": len(syslog.errors),
+        "waits_for_elasticsearch_timed_out": len(wait_timeouts),
         "dead_letters_missing": len(set(load.bad_sources[:bad]) - set(dead_sources)),
         "dead_letters_duplicated": sum(n - 1 for n in dead_sources.values()),
         "dead_letters_unexpected": len(set(dead_sources) - set(load.bad_sources)),
