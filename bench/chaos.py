@@ -174,7 +174,7 @@ class MqttLoad(threading.Thread):
     above THRESHOLD, then one below), and a bad input every BAD_EVERY_S. A message counts as published once the
     broker has completed its QoS 2 handshake."""
 
-    BAD = (
+    BAD: tuple[tuple[str, Callable[[int], bytes]], ...] = (
         ("undecodable", lambda ms: b"{not json"),
         ("invalid_utf8", lambda ms: b"\xff\xfe\xfd"),
         ("non_finite", lambda ms: b'{"ts": %d, "v": 1e999}' % ms),
@@ -187,7 +187,7 @@ class MqttLoad(threading.Thread):
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"{unique}-load", clean_session=False)
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.2, 2)
+        self.client.reconnect_delay_set(0.2, 2)  # type: ignore[arg-type]  # seconds; paho computes with floats too
         self.client.connect("127.0.0.1", 1883)
         self.client.loop_start()
         # Message ids sent and not yet completed (PUBCOMP), by kind; ids paho reported completed, not yet matched.
