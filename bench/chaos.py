@@ -733,7 +733,10 @@ def main() -> None:
             and len({i for i, _ in hook.posts}) >= expected_notifications
         )
 
-    drained = drain(everything_in)
+    # The last windows close ALLOWED_LATENESS after their end: a count taken earlier would miss them (and a
+    # duplicate elsewhere could make the total look complete).
+    settle_until = time.monotonic() + 10 + float(ALLOWED_LATENESS.rstrip("s")) + 10
+    drained = drain(lambda: time.monotonic() >= settle_until and everything_in())
     time.sleep(5)  # anything stored twice shows up now
     log(f"drained: {drained}; stopping fleetwatch")
     exit_code = pipeline.stop()
