@@ -24,8 +24,9 @@ KINDS = {"kill", "sigstop", "broker", "influxdb", "elasticsearch", "rotate_renam
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 @pytest.mark.xfail(
-    reason="under broker restarts and kills, readings and dead letters can be counted twice (RELIABILITY.md, "
-    "Chaos: seed 7, 15 minutes: +1,006 readings, 6 dead letters twice); short rounds are usually exact",
+    reason="a broker restart under load makes fleetwatch count about an epoch of readings (and their dead letters) "
+    "twice: PUBACKs written just before the broker stops are lost and the redeliveries are not recognised "
+    "(RELIABILITY.md, Chaos: seeds 7 and 11)",
     strict=False,
 )
 def test_a_seeded_round_of_faults_loses_and_duplicates_nothing(tmp_path: Path) -> None:
