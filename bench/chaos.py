@@ -73,6 +73,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.run import REPO, RESULTS, _status, http, influxql
 from bench.soak import rss_mb
+from bench.stack_credentials import INFLUX_AUTH_TOML
 from tests.integration.harness import crash_lines
 
 ES_URL = "http://127.0.0.1:9200"
@@ -540,6 +541,7 @@ enabled = false
 [influxdb]
 database = "{unique}"
 retry_max_delay = "2s"
+{INFLUX_AUTH_TOML}
 [elasticsearch]
 index_prefix = "{unique}"
 retry_max_delay = "2s"
