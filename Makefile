@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 DURATION ?= 60
 PYTEST_ARGS ?=
 
-.PHONY: demo test unit lint fuzz stack-up stack-down stack-status bench soak clean venv sparkplug-proto
+.PHONY: demo test unit lint fuzz stack-up stack-down stack-status bench soak chaos clean venv sparkplug-proto
 
 ## The virtualenv holds fleetwatch's wheel, built from this checkout and installed as users install it (not
 ## editable), with the dev extras; rebuilt whenever a packaged file changed (scripts/install.sh). The dependencies
@@ -72,6 +72,14 @@ bench: venv stack-up
 ## may grow (bench/soak.py; results in RELIABILITY.md).
 soak: venv stack-up
 	$(BIN)/python -m bench.soak
+
+## Faults at seeded random moments for CHAOS_MINUTES (30; CHAOS_SEED picks the seed): kill -9 and restart, SIGSTOP,
+## broker restart, InfluxDB and Elasticsearch stopped, log rotation bursts; then an exact count of readings, log
+## lines, dead letters and alert notifications (bench/chaos.py; results in RELIABILITY.md). Restarts the local
+## servers: run it on a stack of its own.
+CHAOS_MINUTES ?= 30
+chaos: venv stack-up
+	CHAOS_MINUTES=$(CHAOS_MINUTES) $(BIN)/python -m bench.chaos
 
 clean:
 	scripts/stack.sh down || true

@@ -175,6 +175,7 @@ class _File:
         "fd",
         "globbed",
         "line_start",
+        "mtime_ns",
         "partial",
         "pending",
         "quiet_since",
@@ -190,6 +191,8 @@ class _File:
         self.fd = fd
         self.source = f"file:{state.path}"
         self.size = size
+        # The modification time at the last check (0: not checked yet).
+        self.mtime_ns = 0
         # Bytes before read_pos have been read; the current line starts at line_start, and its bytes read so
         # far are in partial (at most max_event_bytes + 1).
         self.read_pos = state.offset
@@ -442,18 +445,21 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
 
     def _check(self, tf: _File, now: float) -> None:
         try:
-            size = os.fstat(tf.fd).st_size
+            st = os.fstat(tf.fd)
         except OSError as exc:
             log.warning("%s: cannot stat %s: %s", self._name, tf.state.path, exc.strerror)
             return
+        size, mtime_ns = st.st_size, st.st_mtime_ns
+        changed = size != tf.size or mtime_ns != tf.mtime_ns
         if size < tf.read_pos:
             self._restart_file(tf, f"was truncated to {size} bytes (copytruncate?)")
-        elif size != tf.size and tf.state.fingerprint and not self._same_head(tf):
-            # Truncated and rewritten past our position between two polls.
+        elif changed and tf.state.fingerprint and not self._same_head(tf):
+            # Truncated and rewritten up to or past our position between two polls. The size alone misses a
+            # rewrite to the very size the file had (lines of equal length); the modification time shows it.
             self._restart_file(tf, "has a new first line (truncated and rewritten)")
         elif not tf.state.fingerprint and size:
             self._take_fingerprint(tf)
-        tf.size = size
+        tf.size, tf.mtime_ns = size, mtime_ns
         if not tf.globbed and tf.read_pos >= size and now - tf.quiet_since >= self._rotate_wait:
             self._finish(tf)
             os.close(tf.fd)

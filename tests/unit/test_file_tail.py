@@ -205,6 +205,25 @@ def test_copytruncate_with_a_restart_loses_and_duplicates_nothing(tmp_path: Path
     part.close()
 
 
+def test_copytruncate_rewritten_to_the_same_size_between_two_polls_is_read_again(tmp_path: Path) -> None:
+    """Lines of equal length: the file is truncated and rewritten to exactly the size already read before the
+    tail looks again. Its size says nothing changed; its first line and modification time say otherwise."""
+    log = tmp_path / "app.log"
+    part = build(config([log]))
+    write(log, text(lines("a", 0, 20)))
+    first = drain(part)
+    assert [e.text for e in first] == lines("a", 0, 20)
+    size = log.stat().st_size
+    with log.open("r+b") as f:
+        f.truncate(0)
+        f.write(text(lines("b", 0, 20)).encode())
+    assert log.stat().st_size == size
+    second = drain(part)
+    assert [e.text for e in second] == lines("b", 0, 20)
+    assert not {e.doc_id for e in second} & {e.doc_id for e in first}
+    part.close()
+
+
 def test_content_replaced_in_place_while_not_running_is_read_again(tmp_path: Path) -> None:
     log = tmp_path / "app.log"
     write(log, text(lines("old", 0, 10)))
