@@ -545,8 +545,9 @@ class InfluxDBSink(FixedPartitionedSink[list[str], list[str]]):
     Stateful, so that a committed epoch never loses output: its snapshot holds the lines not yet written
     (usually the last few hundred milliseconds' worth), and a resumed partition writes them again. A
     window closed and forgotten by the window state is therefore either in InfluxDB or in the snapshot.
-    When more than ``SNAPSHOT_MAX_PENDING`` lines wait (InfluxDB slow or down), the snapshot waits for
-    them to be written instead of copying them.
+    While InfluxDB answers, the snapshot holds whatever waits, up to the whole buffer (a window boundary at
+    fleet scale hands over a line per series at once). While it is failing and more than
+    ``SNAPSHOT_MAX_PENDING`` lines wait, the snapshot waits for them to be written instead of copying them.
     """
 
     def __init__(
@@ -593,7 +594,7 @@ class HealthReport:
             stats.points_beyond_retention = writer.beyond_retention
 
 
-# Above this many unwritten lines, a snapshot waits for InfluxDB instead of holding them.
+# Above this many unwritten lines, while InfluxDB is failing, a snapshot waits for it instead of holding them.
 SNAPSHOT_MAX_PENDING = 20_000
 
 
@@ -613,7 +614,7 @@ class _InfluxPartition(StatefulSinkPartition[list[str], list[str]]):
             self._thread.put([line for lines in items for line in lines])
 
     def snapshot(self) -> list[str]:
-        return pending_for_epoch(self._thread, SNAPSHOT_MAX_PENDING)
+        return pending_for_epoch(self._thread, SNAPSHOT_MAX_PENDING, limit_while_answering=self._thread.buffer.capacity)
 
     def close(self) -> None:
         self._thread.close()

@@ -248,16 +248,17 @@ class BatchWriterThread(ABC, Generic[T]):
         return flushed and unwritten == 0
 
 
-def pending_for_epoch(writer: BatchWriterThread[T], limit: int) -> list[T]:
+def pending_for_epoch(writer: BatchWriterThread[T], limit: int, limit_while_answering: int | None = None) -> list[T]:
     """Called from a sink's ``snapshot``: what the epoch produced and the store does not have yet, to be
     kept in the snapshot and written again on resume (writes are idempotent). The worker does not wait
     for the store, so a slow write does not hold up the flow.
 
-    While the store answers, everything pending is kept, up to the whole buffer: at fleet scale a window
-    boundary closes a window per series at once (100,000 lines and more), and waiting for the store to take
-    them would stall the flow at every boundary. While the store is failing, above ``limit`` items the
-    snapshot would copy the same large backlog epoch after epoch; then the epoch waits until everything is
-    stored instead: the flow stalls, the sources stop reading, nothing is given up.
+    Above ``limit`` items the snapshot would copy the same large backlog epoch after epoch; then the epoch
+    waits until everything is stored instead: the flow stalls, the sources stop reading, nothing is given up.
+    ``limit_while_answering`` raises the limit while the store answers (its last attempt did not fail): at
+    fleet scale a window boundary hands the InfluxDB sink a line per series at once (100,000 and more), and
+    waiting for the store to take them would stall the flow at every boundary. Short lines are cheap to copy;
+    log documents are not, so the Elasticsearch sink keeps the one limit.
     When the process is stopping, or the writer is gone, the snapshot keeps everything instead, so that a
     stop neither hangs on a store that is down nor loses what was not written."""
     started = time.monotonic_ns()
@@ -265,7 +266,8 @@ def pending_for_epoch(writer: BatchWriterThread[T], limit: int) -> list[T]:
         while True:
             if lifecycle.stopping() or not writer.alive():
                 return writer.buffer.pending(None) or []
-            pending = writer.buffer.pending(limit if writer.failing else None)
+            answering = limit_while_answering is not None and not writer.failing
+            pending = writer.buffer.pending(limit_while_answering if answering else limit)
             if pending is not None:
                 return pending
             if writer.flush(5.0):

@@ -144,7 +144,7 @@ def test_a_store_that_answers_slowly_does_not_stall_the_epoch_its_backlog_goes_i
     writer = SlowStore(delay=0.05)
     writer.put([f"item{i}" for i in range(90)])
     started = time.monotonic()
-    pending = pending_for_epoch(writer, limit=10)
+    pending = pending_for_epoch(writer, limit=10, limit_while_answering=100)
     assert time.monotonic() - started < 0.2, "the epoch waited for a store that answers"
     assert 60 <= len(pending) <= 90
     assert pending == [f"item{i}" for i in range(90 - len(pending), 90)], "the snapshot is the unstored tail"
@@ -159,5 +159,5 @@ def test_a_store_that_comes_back_is_no_longer_failing() -> None:
     writer.down = False
     assert writer.flush(5.0)
     assert not writer.failing
-    assert len(pending_for_epoch(writer, limit=0)) == 0
+    assert len(pending_for_epoch(writer, limit=0, limit_while_answering=100)) == 0
     writer.close(1.0)
