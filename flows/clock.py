@@ -21,17 +21,20 @@ _paused = 0
 _paused_since = 0
 
 
+def _paused_ns() -> int:
+    """How long the sources have been paused by backpressure so far, if they are now."""
+    return time.monotonic_ns() - _paused_since if _paused else 0
+
+
 def now_ns() -> int:
-    paused = time.monotonic_ns() - _paused_since if _paused else 0
-    return time.time_ns() - _stalled_ns - paused
+    return time.time_ns() - _stalled_ns - _paused_ns()
 
 
 def to_wall_ns(pipeline_ns: int) -> int:
     """A moment on the pipeline clock as wall time: what Bytewax's ``notify_at`` must be given. Returning a
     pipeline-clock moment there would be in the past after any stall, and Bytewax would call ``on_notify``
     again at once, forever."""
-    paused = time.monotonic_ns() - _paused_since if _paused else 0
-    return pipeline_ns + _stalled_ns + paused
+    return pipeline_ns + _stalled_ns + _paused_ns()
 
 
 def stalled_ns() -> int:
@@ -40,8 +43,7 @@ def stalled_ns() -> int:
 
 def stalled_so_far_ns() -> int:
     """Every stall so far, the one going on included: the pipeline clock is this far behind wall time."""
-    paused = time.monotonic_ns() - _paused_since if _paused else 0
-    return _stalled_ns + paused
+    return _stalled_ns + _paused_ns()
 
 
 def add_stall(ns: int) -> None:

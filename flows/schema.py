@@ -54,17 +54,6 @@ def _renamed(series: str, suffix: str) -> str:
     return f"{series[:end]}{suffix}{series[end:]}"
 
 
-# Field names of the quantiles in use ("p95"), formatted once rather than per line.
-_quantile_fields: dict[float, str] = {}
-
-
-def _quantile_field(q: float) -> str:
-    name = _quantile_fields.get(q)
-    if name is None:
-        name = _quantile_fields[q] = quantile_field(q)
-    return name
-
-
 def _float(value: float) -> str:
     return repr(float(value))
 
@@ -75,7 +64,7 @@ def aggregate_line(agg: Aggregate) -> str:
         v = repr(agg.min)
         fields = f"count=1i,min={v},max={v},mean={v},sum={v},first={v},last={v}"
         for q, _ in agg.quantiles:
-            fields += f",{_quantile_field(q)}={v}"
+            fields += f",{quantile_field(q)}={v}"
         return f"{_renamed(agg.series, '_agg')},window={agg.window} {fields} {agg.start_ns}"
     # Every statistic is a float here (the window's values are an array of doubles): repr is their exact
     # shortest form, as _float would give, without a call per field.
@@ -86,7 +75,7 @@ def aggregate_line(agg: Aggregate) -> str:
     if agg.stddev is not None:
         fields += f",stddev={agg.stddev!r}"
     for q, value in agg.quantiles:
-        fields += f",{_quantile_field(q)}={value!r}"
+        fields += f",{quantile_field(q)}={value!r}"
     return f"{_renamed(agg.series, '_agg')},window={agg.window} {fields} {agg.start_ns}"
 
 
