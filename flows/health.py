@@ -29,6 +29,9 @@ class Counters:
     points_beyond_retention: int = 0
     # MQTT connections closed on a malformed packet (collectors/mqtt/frames.py).
     mqtt_protocol_errors: int = 0
+    # QoS 1 redeliveries (DUP) of messages counted already, acknowledged again and dropped (after a restart
+    # or a broker disconnect; collectors/mqtt/source.py).
+    mqtt_redeliveries_dropped: int = 0
     # Messages of devices missing from the device inventory ([mqtt.devices]).
     unknown_devices: int = 0
     # Sparkplug B (flows/sparkplug.py): sequence gaps and the messages they skipped, NDEATHs of an earlier

@@ -173,7 +173,11 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
         if es_streams:
             records = es_streams[0] if len(es_streams) == 1 else op.merge("es_records", *es_streams)
             sink = ElasticsearchSink(
-                cfg.elasticsearch, dead_file.write, partitions=options.total_workers, retention=retention
+                cfg.elasticsearch,
+                dead_file.write,
+                partitions=options.total_workers,
+                retention=retention,
+                recovery_dir=cfg.recovery.dir if options.recovery else None,
             )
             op.output("elasticsearch", records, sink)
     else:

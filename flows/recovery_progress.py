@@ -16,8 +16,19 @@ pinned in pyproject.toml, and tests/integration/test_pipeline_faults.py checks t
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
+from typing import Generic, TypeVar
+
+from flows import lifecycle
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class RecoveryProgress:
@@ -64,3 +75,124 @@ class RecoveryProgress:
         for connection in self._connections:
             connection.close()
         self._connections = []
+
+
+class EpochCommits:
+    """A stateful partition's epochs and which of them are committed, for work that must wait for the commit
+    (acknowledging MQTT messages, storing dead letters).
+
+    Bytewax snapshots a stateful partition once at the end of every epoch, so the partition counts its epochs
+    from the epoch the execution resumed from. The recovery store is opened at the first snapshot: Bytewax has
+    recorded the execution by then. ``owner`` names the partition in errors."""
+
+    def __init__(self, recovery_dir: Path, owner: str) -> None:
+        self.recovery_dir = recovery_dir
+        self.owner = owner
+        self._progress: RecoveryProgress | None = None
+        self._execution = (0, 0, 0)
+        self._next_epoch = 0
+
+    def end_epoch(self) -> int:
+        """Called from ``snapshot``: the epoch that ends with this snapshot."""
+        if self._progress is None:
+            self._progress = RecoveryProgress(self.recovery_dir)
+            self._execution = self._progress.execution()
+            self._next_epoch = self._execution[1]
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        return epoch
+
+    def committed(self) -> int:
+        """The newest committed epoch (-1 before the first snapshot)."""
+        if self._progress is None:
+            return -1
+        committed = self._progress.committed_through(self._execution)
+        if committed >= self._next_epoch:
+            # An epoch committed that this partition has not snapshotted: the count is wrong, and work could
+            # run ahead of the state. Stop rather than risk it.
+            raise RuntimeError(
+                f"{self.owner}: Bytewax committed epoch {committed}, but this partition has only ended epoch "
+                f"{self._next_epoch - 1}; the epoch count does not match this Bytewax version"
+            )
+        return committed
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.close()
+
+
+class AfterCommit(Generic[T]):
+    """Hands items to ``release`` once the epoch that made them is committed, for a sink partition whose
+    writes must not outrun the state (dead letters, see flows/sinks/elasticsearch.py).
+
+    ``end_epoch`` is called from the partition's ``snapshot`` with the items of the epoch that ends. A sink
+    partition is called only when items arrive, so the recovery store is read on a thread of this gate's own,
+    every ``poll`` seconds while items wait. What waits is in ``waiting()`` for the snapshot; an item may be in
+    it and already released (releasing twice must be harmless). An error on the thread stops the process."""
+
+    def __init__(self, recovery_dir: Path, name: str, release: Callable[[list[T]], None], poll: float = 0.05) -> None:
+        self.recovery_dir = recovery_dir
+        self.name = name
+        self._release = release
+        self._poll = poll
+        self._next_epoch: int | None = None
+        self._lock = threading.Lock()
+        self._waiting: deque[tuple[int, list[T]]] = deque()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"{name}-after-commit", daemon=True)
+        self._thread.start()
+
+    def end_epoch(self, items: list[T]) -> None:
+        if self._next_epoch is None:
+            progress = RecoveryProgress(self.recovery_dir)
+            try:
+                self._next_epoch = progress.execution()[1]
+            finally:
+                progress.close()
+        epoch = self._next_epoch
+        self._next_epoch += 1
+        if items:
+            with self._lock:
+                self._waiting.append((epoch, items))
+
+    def waiting(self) -> list[T]:
+        with self._lock:
+            return [item for _, items in self._waiting for item in items]
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def close(self) -> list[T]:
+        """Stop the thread; what still waits (for the caller to deal with)."""
+        self._stop.set()
+        self._thread.join(10)
+        return self.waiting()
+
+    def _run(self) -> None:
+        try:
+            self._release_committed()
+        except BaseException as exc:
+            log.exception("%s: stopped by an unexpected error", self.name)
+            lifecycle.fail(f"{self.name} cannot go on", exc)
+
+    def _release_committed(self) -> None:
+        progress: RecoveryProgress | None = None
+        try:
+            while not self._stop.wait(self._poll):
+                with self._lock:
+                    if not self._waiting:
+                        continue
+                if progress is None:
+                    progress = RecoveryProgress(self.recovery_dir)
+                committed = progress.committed_through(progress.execution())
+                while True:
+                    with self._lock:
+                        if not self._waiting or self._waiting[0][0] > committed:
+                            break
+                        items = self._waiting[0][1]
+                    self._release(items)  # may wait (backpressure); still in waiting() meanwhile
+                    with self._lock:
+                        self._waiting.popleft()
+        finally:
+            if progress is not None:
+                progress.close()

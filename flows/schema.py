@@ -8,8 +8,9 @@
 - ``<m>_late`` (late readings, raw): tags as raw readings; field ``value``; time = event time.
 - ``fleetwatch_health`` (the pipeline's own health): tag ``worker``; fields ``messages_in``, ``readings``,
   ``parse_errors``, ``dead_letters``, ``late_readings``, ``windows_closed``, ``points_written``,
-  ``sink_retries``, ``points_beyond_retention``, ``mqtt_protocol_errors``, ``unknown_devices``,
-  ``sparkplug_seq_gaps``, ``sparkplug_seq_missed``, ``sparkplug_stale_deaths``, ``sparkplug_metrics_ignored``,
+  ``sink_retries``, ``points_beyond_retention``, ``mqtt_protocol_errors``, ``mqtt_redeliveries_dropped``,
+  ``unknown_devices``, ``sparkplug_seq_gaps``, ``sparkplug_seq_missed``, ``sparkplug_stale_deaths``,
+  ``sparkplug_metrics_ignored``,
   ``sparkplug_messages_ignored``, ``mqtt_topic_cache_resets``, ``syslog_udp_dropped``, ``syslog_tcp_refused``,
   ``syslog_tcp_idle_closed``, ``sink_queue_depth``, ``lag_seconds``,
   ``log_events``, ``log_parse_failures``, ``late_log_events``, ``docs_indexed``, ``es_duplicates``,

@@ -33,6 +33,18 @@ NEED_DATA: Literal[0] = 0  # the buffer ends inside a packet (or is empty)
 OTHER_PACKET: Literal[1] = 1  # a complete packet that is not a QoS 0/1 PUBLISH starts at the position
 LIMIT: Literal[2] = 2  # ``limit`` messages were collected
 
+# What the source keeps of a QoS >= 1 message until (and for a while after) it is acknowledged:
+# (packet id, QoS, content key). The content key (``content_key``) tells a redelivery of a message already
+# counted from a new message that reuses its packet id.
+Ack = tuple[int, int, int]
+
+
+def content_key(topic: str, payload: bytes) -> int:
+    """A key of the message's content, equal for a redelivery of the same message. Python's ``hash``: cheap
+    (str and bytes cache theirs) and good enough to tell two messages with one packet id apart; it is
+    salted per process, so keys never outlive it (a snapshot keeps packet ids only)."""
+    return hash((topic, payload))
+
 
 class MalformedPacket(ValueError):
     """A packet from the broker that breaks the MQTT spec: a protocol error, after which the connection must
@@ -63,12 +75,16 @@ def read_publishes(
     pos: int,
     v5: bool,
     messages: list[tuple[str, bytes]],
-    acks: list[tuple[int, int]],
+    acks: list[Ack],
     limit: int,
+    redeliveries_to_paho: bool = False,
 ) -> tuple[int, int]:
     """Collect complete QoS 0/1 PUBLISH packets from ``buf[pos:]`` into ``messages`` (topic, payload), and
-    the (packet id, qos) of QoS 1 ones into ``acks``. Returns (position after the last consumed packet,
+    the ``Ack`` of QoS 1 ones into ``acks``. Returns (position after the last consumed packet,
     NEED_DATA | OTHER_PACKET | LIMIT).
+
+    With ``redeliveries_to_paho``, a QoS 1 PUBLISH with the DUP flag is checked and then left to paho
+    (OTHER_PACKET), so that the source can decide whether it was counted already.
 
     Raises ``MalformedPacket`` at the first PUBLISH that breaks the spec (see the module's docstring). The
     packets before it are collected already, each with its ack: a message and its ack are appended together
@@ -126,7 +142,9 @@ def read_publishes(
             mid = (buf[topic_end] << 8) | buf[topic_end + 1]
             if not mid:
                 raise MalformedPacket("QoS 1 PUBLISH with packet id 0")
-            acks.append((mid, qos))
+            if redeliveries_to_paho and first & 0x08:
+                return pos, OTHER_PACKET
+            acks.append((mid, qos, hash((topic, payload))))  # content_key, inline: once per message
         append((topic, payload))
         pos = packet_end
     return pos, NEED_DATA

@@ -48,17 +48,29 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties
 
 from collectors.mqtt.client import apply_credentials_and_tls
-from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, MalformedPacket, read_publishes
+from collectors.mqtt.frames import (
+    LIMIT,
+    OTHER_PACKET,
+    Ack,
+    MalformedPacket,
+    content_key,
+    read_publishes,
+)
 from collectors.mqtt.parse import MessageBatch
 from fleetwatch.config import MQTTConfig
 from flows import clock, health, lifecycle
-from flows.recovery_progress import RecoveryProgress
+from flows.recovery_progress import EpochCommits
 
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 256 * 1024
 # After a restart or reconnect, redeliveries of already-counted messages arrive first; look this long.
 _DEDUP_WINDOW = 30.0
+# A PUBACK the broker had not read when it stopped is lost with it (and with a kill -9, every one since its
+# last autosave, 30 s in provisioning/): the message comes back after the reconnect, DUP set, though it was
+# counted and acknowledged. So acknowledged messages are remembered for this long, up to one per packet id.
+_ACKS_REMEMBERED_S = 30.0
+_ACKS_REMEMBERED = 65_535
 # While acknowledgements wait for their epoch to commit, the recovery store is read this often.
 _COMMIT_POLL_S = 0.05
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 3.1.1 and 5)
@@ -151,27 +163,34 @@ class _BufferedClient(paho.Client):
         return self.socket() is not None
 
     def fw_read(
-        self, messages: list[tuple[str, bytes]], acks: list[tuple[int, int]], limit: int, fast: bool = True
+        self,
+        messages: list[tuple[str, bytes]],
+        acks: list[Ack],
+        limit: int,
+        redelivered: dict[int, int | None] | None = None,
     ) -> None:
-        """Read what the socket has, up to ``limit`` messages, without blocking. With ``fast`` off every
-        packet goes through paho (and ``on_message``), as redeliveries must while they are deduplicated.
-        A malformed packet closes the connection (see ``_fw_close_for_protocol_error``); nothing is raised."""
+        """Read what the socket has, up to ``limit`` messages, without blocking.
+
+        While ``redelivered`` is given (packet ids of messages counted already, see ``MQTTPartition``), a
+        QoS 1 PUBLISH with DUP set goes through paho (and ``on_message``), which decides whether it was counted;
+        ``read_publishes`` checks it first, so both paths refuse the same packets (paho takes a topic with
+        U+0000, and raises on one that is not UTF-8). A PUBLISH without DUP is a new message: its packet id is
+        forgotten there, before the next packet is looked at. A malformed packet closes the connection (see
+        ``_fw_close_for_protocol_error``); nothing is raised."""
         got = len(messages)
         while True:
+            acked_before = len(acks)
             try:
-                if fast:
-                    pos, status = read_publishes(self._fw_buf, self._fw_pos, self._fw_v5, messages, acks, limit)
-                elif len(messages) >= limit:
-                    pos, status = self._fw_pos, LIMIT
-                else:
-                    # A PUBLISH is checked here before paho gets it, so that both paths refuse the same
-                    # packets: paho takes a topic with U+0000, and raises on one that is not UTF-8.
-                    checked: list[tuple[str, bytes]] = []
-                    _, status = read_publishes(self._fw_buf, self._fw_pos, self._fw_v5, checked, [], 1)
-                    pos, status = self._fw_pos, OTHER_PACKET if checked or status == OTHER_PACKET else NEED_DATA
+                pos, status = read_publishes(
+                    self._fw_buf, self._fw_pos, self._fw_v5, messages, acks, limit, redelivered is not None
+                )
             except MalformedPacket as exc:
                 self._fw_close_for_protocol_error(exc.reason)
                 return
+            finally:
+                if redelivered:
+                    for mid, _, _ in acks[acked_before:]:
+                        redelivered.pop(mid, None)
             self._fw_pos = pos
             if status == LIMIT:
                 break
@@ -189,11 +208,11 @@ class _BufferedClient(paho.Client):
             # paho decides on keepalive pings from the time of the last packet it read.
             self._last_msg_in = time.monotonic()
 
-    def fw_ack(self, acks: list[tuple[int, int]]) -> None:
+    def fw_ack(self, acks: list[Ack]) -> None:
         """Acknowledge messages. QoS 1 PUBACKs go out as one write: paho's ``ack()`` costs a packet, a
         wake-up write and a socket write each, which at fleet rates is more than reading the message."""
         pubacks = bytearray()
-        for mid, qos in acks:
+        for mid, qos, _ in acks:
             if qos == 1:
                 pubacks += _PUBACK.pack(0x40, 2, mid)
             else:
@@ -289,7 +308,12 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
       the execution resumed from: Bytewax snapshots a source partition once at the end of every epoch.
     - The snapshot holds the packet ids counted but not yet acknowledged. After a restart from that
       snapshot, the broker redelivers them (same packet id, DUP set); they are acked and dropped instead of
-      being counted again. The same applies after a broker disconnect.
+      being counted again.
+    - After a broker disconnect, the same holds for the messages counted and not acknowledged, and also for
+      those acknowledged in the last ``_ACKS_REMEMBERED_S``: their PUBACKs may have been lost with the
+      broker. A redelivery (DUP set) is dropped when its packet id and content match such a message. A
+      PUBLISH without DUP that reuses a remembered packet id shows that the broker had the PUBACK: the id
+      is forgotten.
     """
 
     def __init__(self, source: MQTTSource, client_id: str, resume_mids: list[int]) -> None:
@@ -300,16 +324,17 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         health.counters()
         self.client_id = client_id
         self._messages: list[tuple[str, bytes]] = []
-        self._unacked: list[tuple[int, int]] = []
+        self._unacked: list[Ack] = []
         # Acks of snapshotted epochs, oldest first, each sent once its epoch is committed.
-        self._epoch_acks: deque[tuple[int, list[tuple[int, int]]]] = deque()
-        # Read lazily (at the first snapshot): the epoch this partition's next snapshot ends.
-        self._progress: RecoveryProgress | None = None
-        self._execution: tuple[int, int, int] | None = None
-        self._epoch = 0
+        self._epoch_acks: deque[tuple[int, list[Ack]]] = deque()
+        # Acks sent, oldest first, with when: the PUBACKs a broker that stops may not have read.
+        self._recent_acks: deque[tuple[float, list[Ack]]] = deque()
+        self._recent_ack_count = 0
+        self._epochs = EpochCommits(source.recovery_dir, f"MQTT {client_id}") if source.recovery_dir else None
         self._next_commit_check = 0.0
-        # Packet ids already counted whose redelivery must be dropped, and until when to look for them.
-        self._redelivered: set[int] = set(resume_mids)
+        # Packet ids already counted whose redelivery must be dropped, with the content key to match (None:
+        # any content; a snapshot keeps packet ids only), and until when to look for them.
+        self._redelivered: dict[int, int | None] = dict.fromkeys(resume_mids)
         self._dedup_until = time.monotonic() + _DEDUP_WINDOW if resume_mids else 0.0
         self._connected = False
         self._connected_at = 0.0
@@ -399,10 +424,14 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             self._delay_next_attempt()
         self._connected = False
         health.set_ready(f"mqtt:{self.client_id}", False)
-        # Packet ids belong to the session: the broker redelivers what was not acked, with the same ids.
-        # Those already counted are dropped on arrival (and acked then).
-        counted = [mid for mid, qos in self._unacked if qos == 1]
-        counted += [mid for _, acks in self._epoch_acks for mid, qos in acks if qos == 1]
+        # Packet ids belong to the session: the broker redelivers what it has no PUBACK for, with the same
+        # ids. Those already counted are dropped on arrival (and acked then). Later acks of an id win.
+        counted: dict[int, int | None] = {}
+        for _, acks in self._recent_acks:
+            counted.update((mid, key) for mid, qos, key in acks if qos == 1)
+        for _, acks in self._epoch_acks:
+            counted.update((mid, key) for mid, qos, key in acks if qos == 1)
+        counted.update((mid, key) for mid, qos, key in self._unacked if qos == 1)
         self._redelivered.update(counted)
         if counted:
             self._dedup_until = time.monotonic() + _DEDUP_WINDOW
@@ -413,13 +442,17 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._client.fw_reset_buffer()
 
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
-        if msg.dup and msg.qos == 1 and msg.mid in self._redelivered:
-            self._redelivered.discard(msg.mid)
-            self._unacked.append((msg.mid, msg.qos))
-            return
-        self._messages.append((msg.topic, msg.payload))
+        topic, payload = msg.topic, msg.payload
+        key = content_key(topic, payload)
+        if msg.qos and msg.mid in self._redelivered:
+            counted_key = self._redelivered.pop(msg.mid)
+            if msg.dup and msg.qos == 1 and counted_key in (key, None):
+                self._unacked.append((msg.mid, msg.qos, key))  # counted already: acked, not counted again
+                health.counters().mqtt_redeliveries_dropped += 1
+                return
+        self._messages.append((topic, payload))
         if msg.qos:
-            self._unacked.append((msg.mid, msg.qos))
+            self._unacked.append((msg.mid, msg.qos, key))
 
     # -- connection
 
@@ -465,12 +498,20 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         )
         self._delay_next_attempt()
 
-    def _ack(self, acks: list[tuple[int, int]]) -> None:
+    def _ack(self, acks: list[Ack]) -> None:
+        """Acknowledge ``acks`` and remember them (see ``_on_disconnect``); the list is kept, not reused."""
         if not acks or self._client.socket() is None:
             return
         self._client.fw_ack(acks)
-        acks.clear()
         self._client.loop_write()
+        now = time.monotonic()
+        recent = self._recent_acks
+        recent.append((now, acks))
+        self._recent_ack_count += len(acks)
+        while recent and (
+            recent[0][0] < now - _ACKS_REMEMBERED_S or self._recent_ack_count - len(recent[0][1]) >= _ACKS_REMEMBERED
+        ):
+            self._recent_ack_count -= len(recent.popleft()[1])
 
     # -- Bytewax
 
@@ -486,7 +527,9 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             self._idle = True
             return []
         if not self._src.ack_on_snapshot:
-            self._ack(self._unacked)
+            if self._unacked:
+                acks, self._unacked = self._unacked, []
+                self._ack(acks)
         elif self._epoch_acks and time.monotonic() >= self._next_commit_check:
             self._ack_committed()
         if self._src.saturated():
@@ -497,9 +540,10 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             return []
         self._stall.set(False)
         messages = self._messages
-        if self._redelivered and time.monotonic() > self._dedup_until:
-            self._redelivered.clear()
-        client.fw_read(messages, self._unacked, self._src.max_batch, fast=not self._redelivered)
+        redelivered = self._redelivered
+        if redelivered and time.monotonic() > self._dedup_until:
+            redelivered.clear()
+        client.fw_read(messages, self._unacked, self._src.max_batch, redelivered or None)
         if client.socket() is not None:
             client.loop_write()
             client.loop_misc()
@@ -517,35 +561,18 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         return None
 
     def snapshot(self) -> list[int]:
-        if not self._src.ack_on_snapshot:
+        if self._epochs is None:
             return []
-        if self._progress is None:
-            self._start_counting_epochs()
-        self._epoch_acks.append((self._epoch, self._unacked))
+        self._epoch_acks.append((self._epochs.end_epoch(), self._unacked))
         self._unacked = []
-        self._epoch += 1
         self._ack_committed()
-        return [mid for _, acks in self._epoch_acks for mid, qos in acks if qos == 1]
-
-    def _start_counting_epochs(self) -> None:
-        directory = self._src.recovery_dir
-        assert directory is not None
-        self._progress = RecoveryProgress(directory)
-        self._execution = self._progress.execution()
-        self._epoch = self._execution[1]
+        return [mid for _, acks in self._epoch_acks for mid, qos, _ in acks if qos == 1]
 
     def _ack_committed(self) -> None:
         """Acknowledge the messages of every epoch the recovery store shows committed."""
-        assert self._progress is not None and self._execution is not None
+        assert self._epochs is not None
         self._next_commit_check = time.monotonic() + _COMMIT_POLL_S
-        committed = self._progress.committed_through(self._execution)
-        if committed >= self._epoch:
-            # An epoch committed that this partition has not snapshotted: the epoch count is wrong, and acks
-            # could run ahead of the state. Stop rather than risk it.
-            raise RuntimeError(
-                f"MQTT {self.client_id}: Bytewax committed epoch {committed}, but this source has only ended "
-                f"epoch {self._epoch - 1}; the acknowledgement protocol does not match this Bytewax version"
-            )
+        committed = self._epochs.committed()
         acks = self._epoch_acks
         while acks and acks[0][0] <= committed:
             _, epoch_acks = acks.popleft()
@@ -557,9 +584,10 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         there as already counted when that snapshot was committed (their packet ids are in it), or counted
         then if it was not. Without recovery, what entered the dataflow is acknowledged."""
         if not self._src.ack_on_snapshot:
-            self._ack(self._unacked)
-        if self._progress is not None:
-            self._progress.close()
+            acks, self._unacked = self._unacked, []
+            self._ack(acks)
+        if self._epochs is not None:
+            self._epochs.close()
         self._stall.set(False)
         health.set_ready(f"mqtt:{self.client_id}", False)
         client = self._client

@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -51,6 +52,7 @@ from fleetwatch.config import ElasticsearchConfig
 from fleetwatch.record import AlertTransition, DeadLetter, LogEvent, LogRate
 from flows import health
 from flows.alerts.notify import alert_doc, alert_mappings
+from flows.recovery_progress import AfterCommit
 from flows.sinks.es_retention import lifecycle_body
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch, retry_forever
 
@@ -810,7 +812,12 @@ class ElasticsearchSink(FixedPartitionedSink[list[Record], list[Record]]):
 
     Stateful, as the InfluxDB sink: a snapshot holds the documents not yet indexed, and a resumed partition
     sends them again (the server answers 409 for those that made it). Above ``SNAPSHOT_MAX_PENDING`` the
-    snapshot waits for them to be indexed instead."""
+    snapshot waits for them to be indexed instead.
+
+    With recovery on (``recovery_dir``), a batch of dead letters waits until the epoch that made it is
+    committed. Stored before, a dead letter whose message comes back after a crash (the MQTT broker redelivers
+    what the lost epoch read) would be stored again under another id: its id hashes its receive time. Log
+    documents, aggregates and alerts have ids of their content and need no wait."""
 
     def __init__(
         self,
@@ -819,12 +826,14 @@ class ElasticsearchSink(FixedPartitionedSink[list[Record], list[Record]]):
         partitions: int = 1,
         client_factory: Callable[[ElasticsearchConfig], Elasticsearch] = make_client,
         retention: Mapping[str, timedelta] | None = None,
+        recovery_dir: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.on_unstorable = on_unstorable
         self.partitions = partitions
         self.client_factory = client_factory
         self.retention = retention
+        self.recovery_dir = recovery_dir
 
     def list_parts(self) -> list[str]:
         return [f"elasticsearch-{i}" for i in range(self.partitions)]
@@ -835,8 +844,9 @@ class ElasticsearchSink(FixedPartitionedSink[list[Record], list[Record]]):
     def build_part(self, step_id: str, for_part: str, resume_state: list[Record] | None) -> _ElasticPartition:
         partition = _ElasticPartition(self, for_part)
         if resume_state:
+            # Dead letters among them too: they are in a committed snapshot, so their epoch is committed.
             log.info("%s: indexing %d documents left unindexed at the last snapshot", for_part, len(resume_state))
-            partition.write_batch([resume_state])
+            partition.writer.put(resume_state)
         return partition
 
 
@@ -844,19 +854,38 @@ class _ElasticPartition(StatefulSinkPartition[list[Record], list[Record]]):
     def __init__(self, sink: ElasticsearchSink, name: str) -> None:
         # Built on the worker's thread: these are the counters its operators add to.
         report = ElasticHealthReport(health.counters())
-        self._writer = ElasticWriterThread(
+        self.writer = ElasticWriterThread(
             sink.cfg, sink.on_unstorable, f"es-writer-{name}", sink.client_factory, report.update, sink.retention
         )
+        # Dead letters of the current epoch; then, with recovery on, they wait in the gate for its commit.
+        self._letters: list[Record] = []
+        self._gate = AfterCommit(sink.recovery_dir, name, self.writer.put) if sink.recovery_dir else None
 
     def write_batch(self, items: list[list[Record]]) -> None:
         for records in items:
-            self._writer.put(records)
+            # A batch is of one kind: the dead letters of one parsed MQTT batch come on their own.
+            if self._gate is not None and records and isinstance(records[0], DeadLetter):
+                self._letters += records
+            else:
+                self.writer.put(records)
 
     def snapshot(self) -> list[Record]:
-        return pending_for_epoch(self._writer, SNAPSHOT_MAX_PENDING)
+        if self._gate is None:
+            return pending_for_epoch(self.writer, SNAPSHOT_MAX_PENDING)
+        self._gate.end_epoch(self._letters)
+        self._letters = []
+        # Waiting ones first: one released meanwhile is then in both lists, never in neither.
+        letters = self._gate.waiting()
+        return pending_for_epoch(self.writer, SNAPSHOT_MAX_PENDING) + letters
 
     def close(self) -> None:
-        self._writer.close()
+        # A stop: the last snapshot holds what waits still, so that a crash in the stop loses none of it; the
+        # dead letters are stored now all the same, under the ids the snapshot has (a replay gets 409s).
+        if self._gate is not None:
+            self.writer.put(self._gate.close())
+            self.writer.put(self._letters)
+            self._letters = []
+        self.writer.close()
 
 
 def wait_until_searchable(es: Elasticsearch, index: str, expected: int, timeout: float) -> int:

@@ -285,9 +285,16 @@ class PrivateBroker:
 
         assert wait_until(listening, 5), self.log.read_text()
 
+    def freeze(self) -> None:
+        """SIGSTOP: the broker reads nothing more; what clients send waits in its sockets."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
     def stop(self) -> None:
-        """SIGTERM: with persistence, the broker saves its sessions and queues before it exits."""
+        """SIGTERM: with persistence, the broker saves its sessions and queues before it exits. A frozen
+        broker exits as soon as it runs again, without reading what waits in its sockets."""
         if self.proc is not None:
             self.proc.terminate()
+            self.proc.send_signal(signal.SIGCONT)
             self.proc.wait(15)
             self.proc = None

@@ -316,3 +316,31 @@ def test_kill_9_while_commits_are_stalled_loses_nothing(
     total = wait_counted(influx_db, since, published[0])
     pipeline.stop(signal.SIGTERM)
     assert total == published[0]
+
+
+def test_a_dead_letter_of_an_epoch_a_kill_cuts_off_is_stored_once(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """A bad message becomes a dead letter, and the pipeline is killed -9 before the epoch that read it commits.
+    The broker redelivers the message to the restarted pipeline, which makes the dead letter again, with a new
+    receive time and so a new id. It must be stored once: a dead letter waits for its epoch's commit."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    pipeline = Pipeline(config)
+    time.sleep(2.0)  # a few epochs committed: the recovery partitions exist
+    topic = f"fwfault/{unique}/d1/temp"
+    with recovery_writes_stalled(tmp_path / "recovery"):
+        pub = Publisher()
+        pub.send(topic, b"not json")
+        pub.close()
+        pipeline.wait_for("dead_letters", 1)
+        time.sleep(1.5)  # three epochs: time enough to store it, had it not waited
+        pipeline.kill()
+    pipeline = Pipeline(config)
+    pipeline.wait_for("dead_letters", 1)  # made again from the redelivery
+    deadline = time.monotonic() + 30
+    while not (docs := es_docs(f"{unique}-dead-letters*")) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    time.sleep(2.0)  # a second document would be there by now
+    docs = es_docs(f"{unique}-dead-letters*")
+    assert [(d["source"], d["raw"]) for d in docs] == [(f"mqtt:{topic}", "not json")]
+    pipeline.stop(signal.SIGTERM)

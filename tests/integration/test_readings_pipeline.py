@@ -337,6 +337,49 @@ def test_a_broker_restart_mid_stream_at_qos1_counts_every_reading_once(
         broker.stop()
 
 
+def test_acknowledgements_the_broker_never_read_do_not_make_it_count_twice(
+    tmp_path: Path, unique: str, influx_db: str
+) -> None:
+    """fleetwatch acknowledges readings it counted, but the broker stops before it reads those PUBACKs: it
+    saves the messages as unacknowledged and, back up, redelivers them (same packet ids, DUP set). They were
+    counted once and must stay so. The broker is frozen (SIGSTOP) as soon as it has every reading, which
+    it has sent on to fleetwatch then, and fleetwatch reads them from its socket while the broker is frozen:
+    the acknowledgements wait unread in its socket when it is told to stop."""
+    broker = PrivateBroker(tmp_path, free_port(), persistence=True)
+    broker.start()
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db, port=broker.port)
+    config.write_text(config.read_text().replace(f'shared_group = "{unique}"', 'shared_group = ""'))
+    pipeline = Pipeline(config)
+    try:
+        n = 5_000
+        pub = Publisher(port=broker.port)
+        for i in range(n):  # one 10 s window, still open when the redeliveries come: they would count in it
+            pub.send(*reading(unique, f"d{i % 20}", i * 0.001, 1.0))
+        pub.close()  # the broker acknowledged every reading
+        broker.freeze()
+        pipeline.wait_for("messages_in", n)
+        time.sleep(2.0)  # four epochs: every one that counted a reading is committed and acknowledged
+        broker.stop()  # the PUBACKs are still unread
+        broker.start()
+        pub = Publisher(port=broker.port)
+        for d in range(20):  # event time moves on: every window of the stream closes
+            pub.send(*reading(unique, f"d{d}", 500.0, 0.0))
+        pub.close()
+        pipeline.wait_for("messages_in", n + 20)
+        query = f'SELECT sum("count") FROM "readings_agg" WHERE "window" = \'10s\' AND time < {T0 + 100 * S}'
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (influx_rows(influx_db, query) or [{"sum": 0}])[0]["sum"] >= n:
+            time.sleep(0.3)
+        time.sleep(1.0)  # a duplicate would show as a count above n once its window is rewritten
+        assert influx_rows(influx_db, query)[0]["sum"] == n
+        counters = pipeline.counters()
+        assert counters.get("mqtt_redeliveries_dropped", 0) > 0, "the broker redelivered what it had no PUBACK for"
+        assert (counters["messages_in"], counters["late_readings"], counters["dead_letters"]) == (n + 20, 0, 0)
+        pipeline.stop()
+    finally:
+        broker.stop()
+
+
 # Devices may publish at QoS 2; fleetwatch subscribes at QoS 0 or 1 (QoS 2 subscriptions are refused), and the
 # broker delivers at the lower of the two.
 @pytest.mark.parametrize("protocol,publish_qos,qos", [("5", 1, 1), ("5", 2, 1), ("3.1.1", 2, 1), ("3.1.1", 0, 0)])

@@ -29,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties
 
-from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, MalformedPacket, read_publishes
+from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, Ack, MalformedPacket, content_key, read_publishes
 from tests.unit.fuzzing import FUZZ
 from tests.unit.mqtt_packets import varint
 
@@ -247,12 +247,12 @@ def streams(draw: st.DrawFn) -> tuple[bool, list[Publish | bytes]]:
 
 def read_as_the_source_does(
     wire: bytes, cuts: list[int], v5: bool, limit: int
-) -> tuple[list[tuple[str, bytes]], list[tuple[int, int]], list[bytes]]:
+) -> tuple[list[tuple[str, bytes]], list[Ack], list[bytes]]:
     """Feed ``wire`` to read_publishes in the pieces ``cuts`` make, as the source does with socket reads: the
     unconsumed rest of the buffer plus the new bytes; a batch ends at ``limit`` messages; a packet that is not
     a QoS 0/1 PUBLISH is taken whole, as paho would. Returns the messages, acks and the other packets."""
     messages: list[tuple[str, bytes]] = []
-    acks: list[tuple[int, int]] = []
+    acks: list[Ack] = []
     others: list[bytes] = []
     buf, pos = b"", 0
     bounds = [0, *sorted(set(cuts)), len(wire)]
@@ -293,7 +293,7 @@ def test_valid_publishes_split_anywhere_come_back_exactly_as_encoded(
     limit = data.draw(st.integers(1, 8), label="limit")
     assert read_as_the_source_does(wire, cuts, v5, limit) == (
         [(p.topic, p.payload) for p in ours],
-        [(p.mid, 1) for p in ours if p.qos == 1],
+        [(p.mid, 1, content_key(p.topic, p.payload)) for p in ours if p.qos == 1],
         [
             packet
             for item, packet in zip(items, packets, strict=True)
@@ -406,7 +406,7 @@ def without_properties(packet: bytes) -> bytes:
 def test_bytes_after_a_publish_header_raise_only_malformed_packet_and_agree_with_paho(case: tuple[bool, bytes]) -> None:
     v5, data = case
     messages: list[tuple[str, bytes]] = []
-    acks: list[tuple[int, int]] = []
+    acks: list[Ack] = []
     paho_sees = paho_decode(data, v5)
     try:
         pos, status = read_publishes(data, 0, v5, messages, acks, 1)
@@ -431,7 +431,7 @@ def test_bytes_after_a_publish_header_raise_only_malformed_packet_and_agree_with
     [(topic, payload)] = messages
     qos = (data[0] >> 1) & 3
     mid = acks[0][0] if qos else 0
-    assert acks == ([(mid, 1)] if qos else [])
+    assert acks == ([(mid, 1, content_key(topic, payload))] if qos else [])
     assert pos == packet_end(data, 0)
     if isinstance(paho_sees, Refused) and v5:
         # fleetwatch skips MQTT 5 properties by their length without decoding them; paho decodes them. Without

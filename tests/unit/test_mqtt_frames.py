@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, MalformedPacket, read_publishes
+from collectors.mqtt.frames import LIMIT, NEED_DATA, OTHER_PACKET, Ack, MalformedPacket, content_key, read_publishes
 from tests.unit.mqtt_packets import varint
 
 
@@ -24,18 +24,18 @@ def test_qos0_and_qos1_publishes_with_long_payloads() -> None:
     big = b"x" * 70_000  # three-byte remaining length
     buf = publish("a/b", b"1.5") + publish("c", big, qos=1, mid=513) + publish("d/é", b"2", qos=1, mid=7)
     messages: list[tuple[str, bytes]] = []
-    acks: list[tuple[int, int]] = []
+    acks: list[Ack] = []
     pos, status = read_publishes(buf, 0, False, messages, acks, 100)
     assert (pos, status) == (len(buf), NEED_DATA)
     assert messages == [("a/b", b"1.5"), ("c", big), ("d/é", b"2")]
-    assert acks == [(513, 1), (7, 1)]
+    assert acks == [(513, 1, content_key("c", big)), (7, 1, content_key("d/é", b"2"))]
 
 
 def test_mqtt5_properties_are_skipped() -> None:
     props = bytes([0x01, 0x01, 0x03, 0x00, 0x04]) + b"json"  # payload format indicator, content type
     buf = publish("s/t", b"{}", qos=1, mid=1, props=props) + publish("s/u", b"7", props=b"")
     messages: list[tuple[str, bytes]] = []
-    acks: list[tuple[int, int]] = []
+    acks: list[Ack] = []
     read_publishes(buf, 0, True, messages, acks, 100)
     assert messages == [("s/t", b"{}"), ("s/u", b"7")]
 
@@ -45,12 +45,13 @@ def test_an_incomplete_packet_is_left_for_the_next_read(cut: int) -> None:
     second = publish("topic/two", b"22.5", qos=1, mid=9)
     buf = publish("t1", b"1") + second[:cut]
     messages: list[tuple[str, bytes]] = []
-    acks: list[tuple[int, int]] = []
+    acks: list[Ack] = []
     pos, status = read_publishes(buf, 0, False, messages, acks, 100)
     assert status == NEED_DATA and messages == [("t1", b"1")] and acks == []
     rest = buf[pos:] + second[cut:]
     pos, status = read_publishes(rest, 0, False, messages, acks, 100)
-    assert messages[-1] == ("topic/two", b"22.5") and acks == [(9, 1)] and pos == len(rest)
+    assert messages[-1] == ("topic/two", b"22.5") and pos == len(rest)
+    assert acks == [(9, 1, content_key("topic/two", b"22.5"))]
 
 
 def test_other_packets_and_qos2_are_left_to_paho() -> None:
@@ -111,13 +112,13 @@ def test_a_malformed_publish_is_one_exception_with_the_reason(first: int, body: 
     packets before the bad one are collected, each with its ack; nothing of the bad one is."""
     before = publish("ok", b"1", qos=1, mid=5, props=b"" if v5 else None)
     messages: list[tuple[str, bytes]] = []
-    acks: list[tuple[int, int]] = []
+    acks: list[Ack] = []
     with pytest.raises(MalformedPacket, match=re.escape(reason)) as err:
         read_publishes(
             before + raw(first, body) + publish("t", b"2", props=b"" if v5 else None), 0, v5, messages, acks, 9
         )
     assert err.value.reason == str(err.value)
-    assert messages == [("ok", b"1")] and acks == [(5, 1)]
+    assert messages == [("ok", b"1")] and acks == [(5, 1, content_key("ok", b"1"))]
 
 
 def test_a_malformed_length_is_an_error() -> None:

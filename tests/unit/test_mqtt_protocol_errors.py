@@ -36,10 +36,16 @@ def publish(topic: bytes, payload: bytes, v5: bool) -> bytes:
 class FakeBroker:
     """Accepts connections one after another. Each gets a CONNACK (``connack``, or a valid one), a SUBACK,
     then ``scripts[i]`` (the last script again for later connections); it stays open until the client
-    closes it. Records when each connection was accepted and whether the client closed it."""
+    closes it, or, with ``close_after_pubacks``, until the first connection brought that many PUBACKs (a broker
+    that stops before it reads them: its session still holds those messages). Records when each connection was
+    accepted and whether the client closed it."""
 
-    def __init__(self, scripts: list[bytes], v5: bool, connack: bytes | None = None) -> None:
+    def __init__(
+        self, scripts: list[bytes], v5: bool, connack: bytes | None = None, close_after_pubacks: int = 0
+    ) -> None:
         self.scripts = scripts
+        self.close_after_pubacks = close_after_pubacks
+        self.pubacks: list[bytes] = []
         self.v5 = v5
         self.connack = connack
         self.accepted: list[float] = []
@@ -110,6 +116,10 @@ class FakeBroker:
         while (packet := self._read_packet(conn)) is not None:
             if packet[0] == 0xE0:
                 return  # DISCONNECT: the broker closes its side (the partition's close() waits for that)
+            if packet[0] == 0x40:
+                self.pubacks.append(packet)
+                if len(self.accepted) == 1 and len(self.pubacks) == self.close_after_pubacks:
+                    return
         if not self._stop.is_set():
             self.closed_by_client += 1
 
