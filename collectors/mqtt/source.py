@@ -64,7 +64,8 @@ from flows.recovery_progress import EpochCommits
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 256 * 1024
-# After a restart or reconnect, redeliveries of already-counted messages arrive first; look this long.
+# After a restart or reconnect, redeliveries of already-counted messages arrive first: look for them at least
+# this long after the connection is up, and until a new message shows that they are through.
 _DEDUP_WINDOW = 30.0
 # A PUBACK the broker had not read when it stopped is lost with it (and with a kill -9, every one since its
 # last autosave, 30 s in provisioning/): the message comes back after the reconnect, DUP set, though it was
@@ -168,7 +169,7 @@ class _BufferedClient(paho.Client):
         acks: list[Ack],
         limit: int,
         redelivered: dict[int, int | None] | None = None,
-    ) -> None:
+    ) -> int:
         """Read what the socket has, up to ``limit`` messages, without blocking.
 
         While ``redelivered`` is given (packet ids of messages counted already, see ``MQTTPartition``), a
@@ -176,8 +177,10 @@ class _BufferedClient(paho.Client):
         ``read_publishes`` checks it first, so both paths refuse the same packets (paho takes a topic with
         U+0000, and raises on one that is not UTF-8). A PUBLISH without DUP is a new message: its packet id is
         forgotten there, before the next packet is looked at. A malformed packet closes the connection (see
-        ``_fw_close_for_protocol_error``); nothing is raised."""
+        ``_fw_close_for_protocol_error``); nothing is raised. Returns the number of QoS 1 messages read
+        without paho (none with DUP while ``redelivered`` is given); 0 once the connection is gone."""
         got = len(messages)
+        fast_acks = 0
         while True:
             acked_before = len(acks)
             try:
@@ -186,8 +189,9 @@ class _BufferedClient(paho.Client):
                 )
             except MalformedPacket as exc:
                 self._fw_close_for_protocol_error(exc.reason)
-                return
+                return 0
             finally:
+                fast_acks += len(acks) - acked_before
                 if redelivered:
                     for mid, _, _ in acks[acked_before:]:
                         redelivered.pop(mid, None)
@@ -196,17 +200,18 @@ class _BufferedClient(paho.Client):
                 break
             if status == OTHER_PACKET:
                 if not self._fw_paho_reads_one():
-                    return
+                    return 0
                 continue
             filled = self._fw_fill()
             if filled is None:
                 self._fw_paho_reads_one()  # paho sees the closed socket and runs its disconnect handling
-                return
+                return 0
             if not filled:
                 break
         if len(messages) > got:
             # paho decides on keepalive pings from the time of the last packet it read.
             self._last_msg_in = time.monotonic()
+        return fast_acks
 
     def fw_ack(self, acks: list[Ack]) -> None:
         """Acknowledge messages. QoS 1 PUBACKs go out as one write: paho's ``ack()`` costs a packet, a
@@ -333,9 +338,13 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._epochs = EpochCommits(source.recovery_dir, f"MQTT {client_id}") if source.recovery_dir else None
         self._next_commit_check = 0.0
         # Packet ids already counted whose redelivery must be dropped, with the content key to match (None:
-        # any content; a snapshot keeps packet ids only), and until when to look for them.
+        # any content; a snapshot keeps packet ids only). They are forgotten once the connection has been up
+        # for _DEDUP_WINDOW and a new QoS 1 message (no DUP) came: the broker resends what it has in flight
+        # before anything new. Timed from the CONNACK, not the disconnect: a broker that takes long to come
+        # back (or a process paused meanwhile) must not see the redeliveries counted.
         self._redelivered: dict[int, int | None] = dict.fromkeys(resume_mids)
-        self._dedup_until = time.monotonic() + _DEDUP_WINDOW if resume_mids else 0.0
+        self._dedup_until = 0.0
+        self._new_since_connect = False
         self._connected = False
         self._connected_at = 0.0
         self._pending_subscribe: int | None = None
@@ -375,6 +384,8 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             return
         self._connected = True
         self._connected_at = time.monotonic()
+        self._dedup_until = self._connected_at + _DEDUP_WINDOW
+        self._new_since_connect = False
         # The backoff is not reset here but when a connection ends after having worked (_on_disconnect): a
         # broker that accepts and then at once drops the connection, or sends a malformed packet (the same
         # one again after every reconnect, as an unacknowledged message is), is retried ever more slowly.
@@ -433,8 +444,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             counted.update((mid, key) for mid, qos, key in acks if qos == 1)
         counted.update((mid, key) for mid, qos, key in self._unacked if qos == 1)
         self._redelivered.update(counted)
-        if counted:
-            self._dedup_until = time.monotonic() + _DEDUP_WINDOW
+        self._new_since_connect = False
         self._unacked.clear()
         # The epochs stay: the redeliveries of their messages are acked in the current epoch instead.
         for _, acks in self._epoch_acks:
@@ -444,6 +454,8 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
     def _on_message(self, client: paho.Client, userdata: Any, msg: paho.MQTTMessage) -> None:
         topic, payload = msg.topic, msg.payload
         key = content_key(topic, payload)
+        if msg.qos and not msg.dup:
+            self._new_since_connect = True
         if msg.qos and msg.mid in self._redelivered:
             counted_key = self._redelivered.pop(msg.mid)
             if msg.dup and msg.qos == 1 and counted_key in (key, None):
@@ -541,9 +553,10 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._stall.set(False)
         messages = self._messages
         redelivered = self._redelivered
-        if redelivered and time.monotonic() > self._dedup_until:
+        if redelivered and self._connected and self._new_since_connect and time.monotonic() > self._dedup_until:
             redelivered.clear()
-        client.fw_read(messages, self._unacked, self._src.max_batch, redelivered or None)
+        if client.fw_read(messages, self._unacked, self._src.max_batch, redelivered or None):
+            self._new_since_connect = True
         if client.socket() is not None:
             client.loop_write()
             client.loop_misc()

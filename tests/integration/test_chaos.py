@@ -23,12 +23,6 @@ KINDS = {"kill", "sigstop", "broker", "influxdb", "elasticsearch", "rotate_renam
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-@pytest.mark.xfail(
-    reason="a broker restart under load makes fleetwatch count about an epoch of readings (and their dead letters) "
-    "twice: PUBACKs written just before the broker stops are lost and the redeliveries are not recognised "
-    "(RELIABILITY.md, Chaos: seeds 7 and 11)",
-    strict=False,
-)
 def test_a_seeded_round_of_faults_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     out = tmp_path / "chaos.json"
     # bench/ is a tool of the checkout, run as such; it starts the installed `fleetwatch` next to this interpreter.

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
+from collectors.mqtt import source
 from collectors.mqtt.source import MQTTSource
 from fleetwatch.config import MQTTConfig, SubscriptionConfig
 from flows import health
@@ -19,7 +22,17 @@ def publish(topic: bytes, payload: bytes, mid: int, dup: bool = False) -> bytes:
     return bytes([0x3A if dup else 0x32]) + varint(len(body)) + body
 
 
-def test_only_a_redelivery_of_an_acknowledged_message_is_dropped(unique: str) -> None:
+@pytest.mark.parametrize(
+    ("reconnect_s", "window_s"),
+    [(0.1, source._DEDUP_WINDOW), (0.6, 0.2)],
+    ids=["reconnect at once", "reconnect after more than the window"],
+)
+def test_only_a_redelivery_of_an_acknowledged_message_is_dropped(
+    unique: str, reconnect_s: float, window_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window in which redeliveries are looked for starts when the broker accepts the new connection: a
+    broker that takes long to come back (or a paused process) must not have them counted."""
+    monkeypatch.setattr(source, "_DEDUP_WINDOW", window_s)
     first = publish(b"t/a", b"1", 1) + publish(b"t/b", b"2", 2) + publish(b"t/c", b"3", 3)
     second = (
         publish(b"t/a", b"1", 1, dup=True)  # the same message again: counted already, dropped
@@ -32,7 +45,7 @@ def test_only_a_redelivery_of_an_acknowledged_message_is_dropped(unique: str) ->
         host="127.0.0.1",
         port=broker.port,
         client_id=unique,
-        reconnect_min_delay=timedelta(seconds=0.1),
+        reconnect_min_delay=timedelta(seconds=reconnect_s),
         subscriptions=[SubscriptionConfig(topic="t/#", metric="v", qos=1)],
     )
     dropped_before = health.counters().mqtt_redeliveries_dropped
@@ -40,7 +53,7 @@ def test_only_a_redelivery_of_an_acknowledged_message_is_dropped(unique: str) ->
     try:
         messages = drive(part, lambda: len(broker.accepted) == 2)
         messages += drive(part, lambda: len(messages) >= 3 + 3, timeout=3.0)
-        messages += drive(part, lambda: False, timeout=0.2)
+        messages += drive(part, lambda: False, timeout=0.5)  # past the window: nothing is forgotten too early
     finally:
         part.close()
         broker.close()
