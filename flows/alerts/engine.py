@@ -57,6 +57,7 @@ import heapq
 import logging
 import operator
 import pickle
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -91,6 +92,10 @@ from flows.windows import Aggregate
 log = logging.getLogger(__name__)
 
 _NO_TIME = -(2**63)
+# A state's record in a snapshot: the series key's length, the key (UTF-8), then the fields in the order of
+# _State.__getstate__.
+_KEY_LENGTH = struct.Struct("<I")
+_STATE_FIELDS = struct.Struct("<bbqqqdqqq")
 _OK, _PENDING, _FIRING = 0, 1, 2
 _SEVERITIES = ("", "warning", "critical")  # by rank
 _CACHE_MAX = 1_000_000
@@ -268,11 +273,13 @@ class _Rule:
     __slots__ = (
         "deadman",
         "deadman_rank",
+        "dirty",
         "for_ns",
         "levels",
         "name",
         "per_window",
         "rate",
+        "records",
         "renotify_ns",
         "rule",
         "silent_ns",
@@ -283,6 +290,10 @@ class _Rule:
     def __init__(self, rule: AlertRule) -> None:
         self.rule = rule
         self.name = rule.name
+        # The snapshot record of each series' state, and the series whose state changed since the last
+        # snapshot: a snapshot encodes only those and joins the rest (see AlertLogic.snapshot).
+        self.records: dict[str, bytes] = {}
+        self.dirty: set[str] = set()
         self.stat = rule.stat
         self.deadman = rule.kind == "deadman"
         self.deadman_rank = 2 if rule.critical is not None else 1
@@ -413,6 +424,22 @@ class _Caches(dict[str, dict[str, tuple[_Entry, ...]]]):
 # ------------------------------------------------------------------------------------------- the logic
 
 
+def _decode_states(records: bytes) -> dict[str, _State]:
+    """The states of one rule from its snapshot records (see ``AlertLogic.snapshot``)."""
+    states: dict[str, _State] = {}
+    pos = 0
+    while pos < len(records):
+        (length,) = _KEY_LENGTH.unpack_from(records, pos)
+        pos += _KEY_LENGTH.size
+        series = records[pos : pos + length].decode("utf-8", "surrogatepass")
+        pos += length
+        st = _State()
+        st.__setstate__(_STATE_FIELDS.unpack_from(records, pos))
+        pos += _STATE_FIELDS.size
+        states[series] = st
+    return states
+
+
 class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], bytes]):
     """Alert states of one key. ``rules`` may be a shared ``RuleMatcher`` (its series cache then serves every
     logic of the process). ``clock``: system-time ns for deadman rules and idle states (tests move it by hand;
@@ -454,12 +481,18 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
         now = self._now()
         self._next_sweep = now + self._sweep_every
         if resume_state is not None:
-            saved: dict[str, dict[str, _State]] = pickle.loads(resume_state)["states"]
-            for name, states in saved.items():
+            saved = pickle.loads(resume_state)
+            by_rule: dict[str, dict[str, _State]] = (
+                {name: _decode_states(records) for name, records in saved["records"].items()}
+                if saved["version"] == 2
+                else saved["states"]  # version 1: the states pickled whole
+            )
+            for name, states in by_rule.items():
                 if name in self._rules:
                     self.states[name] = states
             for name, states in self.states.items():
                 rule = self._rules[name]
+                rule.dirty.update(states)  # sys_seen is set below
                 self._count += len(states)
                 if not rule.deadman:
                     # The rule may have lost the severity it was firing at: carry on at the one it has.
@@ -531,12 +564,29 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
         return self._count
 
     def snapshot(self) -> bytes:
-        return pickle.dumps({"version": 1, "states": self.states}, protocol=pickle.HIGHEST_PROTOCOL)
+        """Every state, as records: a state's record is encoded when the state changed, and kept; a snapshot
+        joins them. At fleet scale (a rule on every reading of 100,000 series) pickling every state each epoch
+        took half the worker; this costs the change plus a join."""
+        by_rule: dict[str, bytes] = {}
+        for name, rule in self._rules.items():
+            states, records = self.states[name], rule.records
+            for series in rule.dirty:
+                st = states.get(series)
+                if st is None:
+                    records.pop(series, None)
+                    continue
+                key = series.encode("utf-8", "surrogatepass")
+                records[series] = _KEY_LENGTH.pack(len(key)) + key + _STATE_FIELDS.pack(*st.__getstate__())
+            rule.dirty.clear()
+            by_rule[name] = b"".join(records.values())
+        return pickle.dumps({"version": 2, "records": by_rule}, protocol=pickle.HIGHEST_PROTOCOL)
 
     # -- bounded memory
 
     def _evict(self, rule: _Rule, series: str) -> None:
         del self.states[rule.name][series]
+        rule.records.pop(series, None)
+        rule.dirty.discard(series)
         self._count -= 1
         self.evicted += 1
         # The series' cached rule list goes too: a series that does not come back costs nothing more.
@@ -612,6 +662,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
         if st is None:
             st = states[series] = _State()
             self._count += 1
+        rule.dirty.add(series)
         st.sys_seen = now  # alive, even if the observation is out of order
         if ts < st.last_ts or value != value:  # out of order, or NaN
             return
@@ -665,6 +716,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
             self._count += 1
         elif ts < st.last_ts:
             return
+        rule.dirty.add(series)
         if st.phase == _FIRING:
             gap_s = (ts - st.last_ts) / 1e9
             self._emit(out, rule, series, "resolved", st.rank, gap_s, rule.silent_ns / 1e9, st, ts)
@@ -687,6 +739,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
             st = self.states.get(name, {}).get(series)
             if rule is None or st is None or st.queued_at != due:
                 continue  # superseded
+            rule.dirty.add(series)
             st.queued_at = None
             if st.phase == _FIRING:
                 if not rule.renotify_ns:
