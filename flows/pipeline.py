@@ -55,6 +55,7 @@ from fleetwatch.retention import plan_or_none
 from flows import health, schema
 from flows.alerts.engine import (
     AlertLogic,
+    AlertSnapshot,
     Observation,
     observations_from_aggregates,
     observations_from_log_rates,
@@ -383,7 +384,7 @@ def _alerts(
         raise ValueError("alert rules are configured, but no input they watch (readings, windows, log rates) is")
     merged = observed[0] if len(observed) == 1 else op.merge("alert_observations", *observed)
 
-    def build_alerts(resume: bytes | None) -> AlertLogic:
+    def build_alerts(resume: AlertSnapshot | bytes | None) -> AlertLogic:
         return AlertLogic(
             matcher,
             resume,

@@ -35,9 +35,10 @@ Notification ids are deterministic (``notification_id``): every time in them is 
 is its last observation's event time + ``silent_for``; its k-th re-notification ``+ k * renotify``), so a replay after
 a restart produces the same ids and the notifier's journal drops what was already sent.
 
-State snapshots are pickled bytes. After a resume, firing stays firing (nothing is re-sent) and pending keeps its
-``started_ns``. States of rules no longer configured are dropped. A stop (``flows.lifecycle.stopping``) ends the
-input like a finite one; ``on_eof`` emits nothing either way and keeps every state for the snapshot.
+A snapshot holds each state's record, encoded when the state changed (``AlertLogic.snapshot``). After a
+resume, firing stays firing (nothing is re-sent) and pending keeps its ``started_ns``. States of rules no
+longer configured are dropped. A stop (``flows.lifecycle.stopping``) ends the input like a finite one;
+``on_eof`` emits nothing either way and keeps every state for the snapshot.
 
 Memory is bounded: series come and go (devices replaced, services named after containers). The state of a (rule,
 series) that is ok (not pending, not firing, not an armed deadman) is forgotten once its series has been silent for
@@ -440,7 +441,13 @@ def _decode_states(records: bytes) -> dict[str, _State]:
     return states
 
 
-class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], bytes]):
+# What a snapshot is: {"version": 2, "records": {rule name: the rule's state records}}, handed to Bytewax as it is
+# (Bytewax pickles it: pickling it here too copied every record twice). Version 1, pickled bytes of the states
+# themselves, still resumes.
+AlertSnapshot = dict[str, Any]
+
+
+class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], AlertSnapshot | bytes]):
     """Alert states of one key. ``rules`` may be a shared ``RuleMatcher`` (its series cache then serves every
     logic of the process). ``clock``: system-time ns for deadman rules and idle states (tests move it by hand;
     by default the pipeline clock). ``idle_after`` and ``max_states``: ``alerts.state_idle_after`` and
@@ -449,7 +456,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
     def __init__(
         self,
         rules: Sequence[AlertRule] | RuleMatcher,
-        resume_state: bytes | None = None,
+        resume_state: AlertSnapshot | bytes | None = None,
         clock: Callable[[], int] | None = None,
         *,
         idle_after: timedelta = DEFAULT_STATE_IDLE_AFTER,
@@ -481,7 +488,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
         now = self._now()
         self._next_sweep = now + self._sweep_every
         if resume_state is not None:
-            saved = pickle.loads(resume_state)
+            saved = pickle.loads(resume_state) if isinstance(resume_state, bytes) else resume_state
             by_rule: dict[str, dict[str, _State]] = (
                 {name: _decode_states(records) for name, records in saved["records"].items()}
                 if saved["version"] == 2
@@ -563,7 +570,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
         """(rule, series) states held."""
         return self._count
 
-    def snapshot(self) -> bytes:
+    def snapshot(self) -> AlertSnapshot:
         """Every state, as records: a state's record is encoded when the state changed, and kept; a snapshot
         joins them. At fleet scale (a rule on every reading of 100,000 series) pickling every state each epoch
         took half the worker; this costs the change plus a join."""
@@ -579,7 +586,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], by
                 records[series] = _KEY_LENGTH.pack(len(key)) + key + _STATE_FIELDS.pack(*st.__getstate__())
             rule.dirty.clear()
             by_rule[name] = b"".join(records.values())
-        return pickle.dumps({"version": 2, "records": by_rule}, protocol=pickle.HIGHEST_PROTOCOL)
+        return {"version": 2, "records": by_rule}
 
     # -- bounded memory
 
