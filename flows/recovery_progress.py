@@ -135,7 +135,8 @@ class AfterCommit(Generic[T]):
         self.name = name
         self._release = release
         self._poll = poll
-        self._next_epoch: int | None = None
+        # The epoch count, on the partition's thread; the gate's thread reads the store on a connection of its own.
+        self._epochs = EpochCommits(recovery_dir, name)
         self._lock = threading.Lock()
         self._waiting: deque[tuple[int, list[T]]] = deque()
         self._stop = threading.Event()
@@ -143,14 +144,7 @@ class AfterCommit(Generic[T]):
         self._thread.start()
 
     def end_epoch(self, items: list[T]) -> None:
-        if self._next_epoch is None:
-            progress = RecoveryProgress(self.recovery_dir)
-            try:
-                self._next_epoch = progress.execution()[1]
-            finally:
-                progress.close()
-        epoch = self._next_epoch
-        self._next_epoch += 1
+        epoch = self._epochs.end_epoch()
         if items:
             with self._lock:
                 self._waiting.append((epoch, items))
@@ -159,13 +153,11 @@ class AfterCommit(Generic[T]):
         with self._lock:
             return [item for _, items in self._waiting for item in items]
 
-    def alive(self) -> bool:
-        return self._thread.is_alive()
-
     def close(self) -> list[T]:
         """Stop the thread; what still waits (for the caller to deal with)."""
         self._stop.set()
         self._thread.join(10)
+        self._epochs.close()
         return self.waiting()
 
     def _run(self) -> None:
