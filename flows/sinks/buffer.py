@@ -93,14 +93,15 @@ class BoundedBuffer(Generic[T]):
         with self._cond:
             return len(self._taken) + len(self._items)
 
-    def wait_written(self, timeout: float) -> bool:
-        """Wait until every item put so far is stored (the queue is empty and no batch is being written);
-        False after ``timeout`` seconds or once the writer is gone with items left."""
+    def wait_written(self, timeout: float, down_to: int = 0) -> bool:
+        """Wait until every item put so far is stored (the queue is empty and no batch is being written), or
+        with ``down_to`` until at most that many are not; False after ``timeout`` seconds or once the writer
+        is gone with items left."""
         deadline = time.monotonic() + timeout
         with self._cond:
             self._flush_requested = True
             self._cond.notify_all()
-            while self._items or self._taken:
+            while len(self._taken) + len(self._items) > down_to:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._writer_gone:
                     return False

@@ -254,7 +254,10 @@ def pending_for_epoch(writer: BatchWriterThread[T], limit: int, limit_while_answ
     for the store, so a slow write does not hold up the flow.
 
     Above ``limit`` items the snapshot would copy the same large backlog epoch after epoch; then the epoch
-    waits until everything is stored instead: the flow stalls, the sources stop reading, nothing is given up.
+    waits until the store has taken all but ``limit`` of them, and the snapshot holds the rest: the flow
+    stalls, the sources stop reading, nothing is given up. (Waiting until everything is stored left the
+    writer idle after every such wait while the worker refilled its buffer: the logs pipeline ran at
+    two thirds of its rate that way.)
     ``limit_while_answering`` raises the limit while the store answers (its last attempt did not fail): at
     fleet scale a window boundary hands the InfluxDB sink a line per series at once (100,000 and more), and
     waiting for the store to take them would stall the flow at every boundary. Short lines are cheap to copy;
@@ -270,8 +273,8 @@ def pending_for_epoch(writer: BatchWriterThread[T], limit: int, limit_while_answ
             pending = writer.buffer.pending(limit_while_answering if answering else limit)
             if pending is not None:
                 return pending
-            if writer.flush(5.0):
-                return []
+            if writer.buffer.wait_written(5.0, down_to=limit):
+                continue  # the snapshot may hold what is left
             log.warning("epoch waits for %d items to reach %s", writer.buffer.unwritten(), writer.name)
     finally:
         waited = time.monotonic_ns() - started

@@ -111,9 +111,9 @@ def test_a_stop_puts_everything_unwritten_into_the_last_snapshot_instead_of_wait
 
 
 def test_an_epoch_waits_for_a_store_that_is_down_and_the_wait_is_a_stall_of_the_window_clock() -> None:
-    """More unwritten items than a snapshot may hold: the epoch waits for the store (the flow stalls, the
-    sources stop reading), and the time waited is left out of the pipeline clock, so the windows do not
-    close on a backlog that only waited for the store."""
+    """More unwritten items than a snapshot may hold: the epoch waits for the store until the snapshot may
+    hold what is left (the flow stalls, the sources stop reading), and the time waited is left out of the
+    pipeline clock, so the windows do not close on a backlog that only waited for the store."""
     writer = SlowStore(down=True)
     writer.put([f"item{i}" for i in range(50)])
     _wait_for_a_failed_attempt(writer)
@@ -125,10 +125,42 @@ def test_an_epoch_waits_for_a_store_that_is_down_and_the_wait_is_a_stall_of_the_
     assert waiting.is_alive(), "the epoch did not wait for the store"
     writer.down = False  # the store is back
     waiting.join(10)
-    assert result == [[]], "everything was stored before the epoch went on"
-    assert writer.stored == [f"item{i}" for i in range(50)]
+    assert len(result) == 1, "the epoch never went on"
+    held = result[0]
+    assert len(held) <= 10, "the snapshot holds more than its limit"
+    # It waits only until the snapshot may hold the rest, not until the store has everything: draining
+    # the buffer to empty at every such epoch left the writer idle while the worker refilled it.
+    stored = list(writer.stored)
+    assert set(stored) | set(held) == {f"item{i}" for i in range(50)}, "an item is neither stored nor held"
+    assert stored[: 50 - len(held)] == [f"item{i}" for i in range(50 - len(held))]
     assert clock.stalled_ns() - stalled_before >= 1_000_000_000
     writer.close(1.0)
+
+
+def test_an_epoch_over_the_limit_waits_only_until_the_snapshot_may_hold_the_rest() -> None:
+    """The store takes the first 40 items and then hangs: an epoch with 50 unwritten and a limit of 10 goes
+    on once 10 are left, holding them, instead of waiting for a store that has not answered yet."""
+    writer = SlowStore()
+    release = threading.Event()
+    deliver = writer.deliver
+
+    def hang_after_forty(batch: list[str]) -> None:
+        if len(writer.stored) >= 40:
+            release.wait(30)
+        deliver(batch)
+
+    writer.deliver = hang_after_forty  # type: ignore[method-assign]
+    try:
+        writer.put([f"item{i}" for i in range(50)])
+        started = time.monotonic()
+        held = pending_for_epoch(writer, limit=10)
+        waited = time.monotonic() - started
+        assert held == [f"item{i}" for i in range(40, 50)]
+        # Waiting for everything would last until the flush gives up (5 s) on the hanging store.
+        assert waited < 4.0, f"the epoch waited {waited:.1f} s for items its snapshot could hold"
+    finally:
+        release.set()
+        writer.close(5.0)
 
 
 def _wait_for_a_failed_attempt(writer: SlowStore) -> None:
