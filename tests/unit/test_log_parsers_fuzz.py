@@ -273,6 +273,12 @@ def test_combined_access_lines_come_back_as_written(
 def test_an_integer_below_the_64_bit_range_stays_exact() -> None:
     """Found by the property above: orjson read -9223372036854775809 as a float; such lines go through the
     standard library's scanner."""
-    obj = {"big": -9_223_372_036_854_775_809, "huge": 10**30}
+    obj = {"big": -9_223_372_036_854_775_809, "huge": 10**30, "deep": {"list": [1.5, {"id": 2**64}]}}
     event = parse(make_parser("json"), json.dumps(obj))
     assert event.doc.get("fields") == obj
+    assert type(event.doc["fields"]["deep"]["list"][1]["id"]) is int
+
+
+def test_a_large_float_written_as_one_stays_a_float() -> None:
+    event = parse(make_parser("json"), '{"message": "m", "ratio": 1e300, "nested": [-2.5e19]}')
+    assert event.doc.get("fields") == {"ratio": 1e300, "nested": [-2.5e19]}
