@@ -386,6 +386,19 @@ def make_writer(cfg: InfluxDBConfig, plan: TierPlan | None = None) -> LineWriter
 DeadLetterCallback = Callable[[list[DeadLetter]], None]
 
 
+def line_time_ns(line: str) -> int:
+    """The timestamp of a line-protocol line (nanoseconds: every line fleetwatch writes has one), or 0.
+
+    A dead letter for a refused line takes the point's own time, not the time of refusal: its id hashes that
+    time, so the same line refused again after a replay (kill -9, restart) is the same dead letter, stored
+    once."""
+    _, _, last = line.rpartition(" ")
+    try:
+        return int(last) if last.isascii() else 0
+    except ValueError:  # a line without a timestamp ends with its fields
+        return 0
+
+
 class InfluxWriterThread(BatchWriterThread[str]):
     """Drains line protocol into a LineWriter. Usable outside Bytewax (the health writer and the
     benchmark's references use it directly)."""
@@ -511,7 +524,8 @@ class InfluxWriterThread(BatchWriterThread[str]):
                 return self._deliver(batch[:middle], tier) + self._deliver(batch[middle:], tier)
             if err.status in (400, 413, 422):
                 log.error("InfluxDB refused %d point(s): %s", len(batch), err)
-                self._on_rejected([DeadLetter("influxdb_rejected", "influxdb", body, time.time_ns(), str(err))])
+                letter = DeadLetter("influxdb_rejected", "influxdb", body, line_time_ns(batch[0]), str(err))
+                self._on_rejected([letter])
                 return 0
             # 401/403 (credentials, privileges), 404 (no such database or bucket): not about a record, and
             # retrying cannot fix it. A refused credential is a configuration error, found here too when the
@@ -528,7 +542,7 @@ class InfluxWriterThread(BatchWriterThread[str]):
                 line.encode("utf-8")
             except UnicodeEncodeError as exc:
                 raw = line.encode("utf-8", "backslashreplace")
-                self._on_rejected([DeadLetter("invalid_utf8", "influxdb", raw, time.time_ns(), str(exc))])
+                self._on_rejected([DeadLetter("invalid_utf8", "influxdb", raw, line_time_ns(line), str(exc))])
             else:
                 good.append(line)
         return good

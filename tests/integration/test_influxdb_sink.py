@@ -74,11 +74,14 @@ def test_v1_writer_splits_a_batch_into_concurrent_requests_and_dead_letters_only
     rejected: list[DeadLetter] = []
     writer = InfluxWriterThread(cfg, V1Writer(cfg), rejected.extend)
     lines = [f"parts,device=d{i % 50} v={i}i {T0 + i * 1000}" for i in range(2000)]
-    lines[1500] = "parts,device=bad v=not-a-number 1"  # in the second request
+    lines[1500] = f"parts,device=bad v=not-a-number {T0 + 777}"  # in the second request
     writer.put(lines)
     assert writer.flush(30)
     writer.close()
     assert influx_rows(influx_db, 'SELECT count("v") FROM "parts"')[0]["count"] == 1999
     assert [letter.reason for letter in rejected] == ["influxdb_rejected"]
     assert b"device=bad" in rejected[0].raw
+    # The point's own time, not the time of refusal: refused again after a replay, it is the same dead
+    # letter (same id), stored once.
+    assert rejected[0].received_ns == T0 + 777
     assert writer.written == 1999

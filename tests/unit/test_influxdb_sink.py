@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fleetwatch.config import InfluxDBConfig
-from flows.sinks.influxdb import credentials_hint
+from flows.sinks.influxdb import credentials_hint, line_time_ns
 
 
 def test_a_refused_credential_names_the_keys_that_hold_it_and_not_the_secret() -> None:
@@ -28,3 +28,10 @@ def test_a_refused_credential_names_the_keys_that_hold_it_and_not_the_secret() -
         "v2 no token": "the server asks for a token: set influxdb.token_file (or FLEETWATCH_INFLUXDB_TOKEN)",
         "v2 token file": "the server refused the token of influxdb.token_file",
     }
+
+
+def test_a_refused_line_is_dead_lettered_at_its_own_time() -> None:
+    assert line_time_ns('m,device=a v=1.5,s="x y" 1767225600000000000') == 1_767_225_600_000_000_000
+    assert line_time_ns("m v=-1i -5") == -5
+    assert line_time_ns("m v=1i") == 0  # no timestamp: the fields end the line
+    assert line_time_ns("m v=1i ²") == 0
