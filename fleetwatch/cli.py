@@ -37,6 +37,10 @@ def _logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:
+        # The Elasticsearch client logs every request at INFO: a line per bulk request, dozens a second
+        # when logs are shipped. Its warnings and errors still show; --verbose shows every request.
+        logging.getLogger("elastic_transport").setLevel(logging.WARNING)
 
 
 @app.command("check-config")
