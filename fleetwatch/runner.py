@@ -220,6 +220,7 @@ def run_pipeline(
         "in " + str(cfg.recovery.dir) if recovery else "off",
     )
     _tune_garbage_collector()
+    cluster_lost: str | None = None
     try:
         cli_main(
             flow,
@@ -229,6 +230,14 @@ def run_pipeline(
             epoch_interval=cfg.flow.epoch_interval if cfg.flow.epoch_interval > timedelta(0) else None,
             recovery_config=recovery,
         )
+    except BaseException as exc:
+        # In a cluster, Bytewax's communication threads panic when a peer process dies or its connection
+        # breaks; the dataflow cannot go on without the peer's workers. Not a bug of this process: no
+        # traceback, an error that says what to do, and the exit status that makes a supervisor start it
+        # again (every process of the cluster must start again; they resume from the last snapshot).
+        if processes == 1 or type(exc).__name__ != "PanicException":
+            raise
+        cluster_lost = str(exc)
     finally:
         # However the dataflow ended, the flush below is bounded too.
         stopper.start_watchdog()
@@ -247,6 +256,15 @@ def run_pipeline(
             _write_status(status_file, final)
     written = ", ".join(f"{name} {n}" for name, n in sorted(writers_written().items()) if n) or "nothing"
     failures = lifecycle.failures()
+    if cluster_lost is not None:
+        log.error(
+            "fleetwatch: process %s lost the cluster (%s): a peer process stopped or cannot be reached at %s; "
+            "exiting with status 1. Start every process of the cluster again: they resume from the last snapshot",
+            process_id,
+            cluster_lost,
+            ",".join(addresses or []),
+        )
+        return 1
     if left:
         unwritten = ", ".join(f"{name} {n}" for name, n in sorted(left.items()))
         if recovery is not None:

@@ -72,9 +72,17 @@ def _cluster_addresses(args: list[str]) -> str | None:
 
 class Pipeline(Counted):
     def __init__(
-        self, config: Path, workers: int = 1, cluster: list[str] | None = None, ready_timeout: float = READY_TIMEOUT
+        self,
+        config: Path,
+        workers: int = 1,
+        cluster: list[str] | None = None,
+        ready_timeout: float = READY_TIMEOUT,
+        prefix: list[str] | None = None,
+        log_name: str = "pipeline.log",
     ) -> None:
-        """``cluster``: extra arguments (``-i``, ``-a``) for one process of a multi-process cluster.
+        """``cluster``: extra arguments (``-i``, ``-a``) for one process of a multi-process cluster. ``prefix``: a
+        command that runs the program elsewhere (``ip netns exec <host>``; it execs the program, same pid).
+        ``log_name``: the log file in the config's directory (the processes of a cluster each have their own).
 
         Returns once the status file says ``ready``: every MQTT partition has its SUBACK (the broker holds messages
         for the session from then on), every syslog socket is bound and every file input has done its first scan.
@@ -84,7 +92,7 @@ class Pipeline(Counted):
         self.workdir = config.parent.resolve()
         assert not self.workdir.is_relative_to(REPO), f"run pipelines outside the checkout, not in {self.workdir}"
         self.status = self.workdir / f"status-{time.monotonic_ns()}.json"
-        self.log_path = self.workdir / "pipeline.log"
+        self.log_path = self.workdir / log_name
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         # Several pipelines of one test share the log: this one's part starts here.
         self.log_start = self.log.tell()
@@ -93,6 +101,7 @@ class Pipeline(Counted):
         self.checked = False
         self.proc = subprocess.Popen(
             [
+                *(prefix or []),
                 str(FLEETWATCH),
                 "run",
                 "--config",
@@ -160,9 +169,23 @@ class Pipeline(Counted):
         """Stop as a user does (Ctrl-C, or SIGTERM as `docker stop`): the process must flush, exit with
         ``expect_exit`` and leave a clean log. A test that expects a failure gives the exit code and a text the
         log must contain (then the log may show the crash)."""
+        self.send_stop(sig)
+        self.await_stop(sig, expect_exit=expect_exit, expect_in_log=expect_in_log, timeout=timeout)
+
+    def send_stop(self, sig: signal.Signals = signal.SIGINT) -> None:
         code = self.proc.poll()
         assert code is None, f"pipeline had already exited with {code} before stop():\n{self.tail()}"
         self.proc.send_signal(sig)
+
+    def await_stop(
+        self,
+        sig: signal.Signals = signal.SIGINT,
+        *,
+        expect_exit: int = 0,
+        expect_in_log: str | None = None,
+        timeout: float = STOP_TIMEOUT,
+    ) -> None:
+        """The second half of ``stop``: the processes of a cluster are all signalled first, then awaited."""
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
