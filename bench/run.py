@@ -176,7 +176,13 @@ def influxql(db: str, q: str) -> list:
         fields={"db": db, "q": q, "epoch": "ns"},
         headers=influx_headers(),
     )
+    # A refused query (401, a syntax error, a missing database) must stop the benchmark, not read as "no
+    # points yet": the pollers would wait out their timeouts and report the pipeline as slow.
+    if resp.status != 200:
+        raise RuntimeError(f"InfluxQL {q!r} on {db!r}: HTTP {resp.status}: {resp.data[:300]!r}")
     result = json.loads(resp.data)["results"][0]
+    if "error" in result:
+        raise RuntimeError(f"InfluxQL {q!r} on {db!r}: {result['error']}")
     return result.get("series", [])
 
 
