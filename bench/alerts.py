@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.installed import fleetwatch_command
 from bench.run import PUBLISHER, REPO, RESULTS, build_publisher
 from bench.stack_credentials import INFLUX_AUTH_TOML
 
@@ -129,7 +129,7 @@ warning = 0.5
 {FLEET_RULE_TOML if FLEET_RULES else ""}""")
         status = Path(tmp) / "status.json"
         pipeline = subprocess.Popen(
-            [sys.executable, "-m", "fleetwatch", "run", "-c", str(config), "--status-file", str(status)],
+            fleetwatch_command("run", "-c", str(config), "--status-file", str(status)),
             cwd=REPO,
             stderr=open(Path(tmp) / "pipeline.log", "w"),  # noqa: SIM115 - lives as long as the process
         )

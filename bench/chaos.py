@@ -71,6 +71,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.installed import FLEETWATCH
 from bench.run import REPO, RESULTS, _status, http, influxql
 from bench.soak import rss_mb
 from bench.stack_credentials import INFLUX_AUTH_TOML
@@ -78,8 +79,6 @@ from tests.integration.harness import crash_lines
 
 ES_URL = "http://127.0.0.1:9200"
 STACK = REPO / "scripts" / "stack.sh"
-# The installed program next to this interpreter, as users run it (not the checkout's modules).
-FLEETWATCH = Path(sys.executable).parent / "fleetwatch"
 
 RATE = int(os.environ.get("CHAOS_RATE", "200"))
 DEVICES = int(os.environ.get("CHAOS_DEVICES", "50"))

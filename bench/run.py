@@ -40,6 +40,7 @@ from typing import IO, NamedTuple
 
 import urllib3
 
+from bench.installed import fleetwatch_command
 from bench.stack_credentials import INFLUX_AUTH_TOML, INFLUX_USER, influx_headers, influx_password
 
 REPO = Path(__file__).resolve().parent.parent
@@ -299,7 +300,7 @@ PEERS = {"telegraf": Peer("v_count", True)}
 
 def launch_fleetwatch(config: Path, status: Path, unique: str, qos: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "fleetwatch", "run", "-c", str(config), "--status-file", str(status)],
+        fleetwatch_command("run", "-c", str(config), "--status-file", str(status)),
         stderr=open(config.parent / "pipeline.log", "w"),
         cwd=REPO,
     )

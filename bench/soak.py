@@ -31,6 +31,7 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.installed import fleetwatch_command
 from bench.run import PUBLISHER, REPO, RESULTS, build_publisher, influxql
 from bench.stack_credentials import INFLUX_AUTH_TOML
 
@@ -128,7 +129,7 @@ path = "{tmp / "dead.jsonl"}"
 """)
     status = tmp / "status.json"
     pipeline = subprocess.Popen(
-        [sys.executable, "-m", "fleetwatch", "run", "-c", str(config), "--status-file", str(status)],
+        fleetwatch_command("run", "-c", str(config), "--status-file", str(status)),
         cwd=REPO,
         stderr=open(tmp / "pipeline.log", "w"),  # noqa: SIM115 - lives as long as the process
     )

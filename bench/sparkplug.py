@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -25,6 +24,7 @@ from pathlib import Path
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.installed import fleetwatch_command
 from bench.run import RESULTS, _status, influxql
 from bench.stack_credentials import INFLUX_AUTH_TOML
 from collectors.mqtt.sparkplug import sparkplug_payload_pb2 as pb
@@ -79,7 +79,7 @@ def start(path: Path, status: Path) -> tuple[subprocess.Popen[bytes], float]:
     """The process, once its subscription is acknowledged, and the seconds that took."""
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetwatch", "run", "-c", str(path), "--status-file", str(status)],
+        fleetwatch_command("run", "-c", str(path), "--status-file", str(status)),
         stderr=open(path.parent / "pipeline.log", "a"),  # noqa: SIM115
         cwd=path.parent,
     )

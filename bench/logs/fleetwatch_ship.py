@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.installed import fleetwatch_command
 from bench.logs import es as eslib
 from bench.logs.cpu import CpuMeter, CpuUsage
 from bench.logs.data import Kind
@@ -108,16 +109,12 @@ def run_fleetwatch(path: Path, kind: Kind, lines: int, workdir: Path, concurrent
     prefix = f"bench-fw-{uuid.uuid4().hex[:8]}"
     config = write_config(workdir, path, kind, prefix, concurrent_requests)
     log = open(workdir / f"{prefix}.log", "wb")  # noqa: SIM115 - closed below
-    # Byte-compiled before the clock starts, as an installed wheel is (pip compiles at install): without it,
-    # with PYTHONDONTWRITEBYTECODE set, every start compiles fleetwatch's modules from source again.
-    env = {**os.environ, "PYTHONPYCACHEPREFIX": str(workdir / "pycache")}
-    packages = [str(REPO / p) for p in ("fleetwatch", "flows", "collectors", "dashboards")]
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *packages], env=env, check=True)
     indexed0 = eslib.indexing_total(es)
     meter = CpuMeter()
     start = time.monotonic()
-    command = [sys.executable, "-m", "fleetwatch", "run", "-c", str(config)]
-    proc = subprocess.Popen(command, cwd=REPO, stderr=log, env=env)
+    # The installed program (byte-compiled at install, as users have it), not the checkout's modules.
+    command = fleetwatch_command("run", "-c", str(config))
+    proc = subprocess.Popen(command, cwd=workdir, stderr=log)
     profiler = _profiler(proc.pid, kind)
     try:
         elapsed = eslib.wait_for_count(
