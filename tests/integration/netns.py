@@ -118,6 +118,12 @@ class TwoHosts:
             raise
 
     def _make(self, n: int) -> None:
+        # Left over by a run that was killed before its clean-up (same pid modulo 250): start from nothing.
+        for host, ns in self.namespaces.items():
+            with contextlib.suppress(RuntimeError):
+                _ip("link", "del", f"fwu{host}{n}")
+            with contextlib.suppress(RuntimeError):
+                _ip("netns", "del", ns)
         for ns in self.namespaces.values():
             _ip("netns", "add", ns)
             self._made.append(ns)
