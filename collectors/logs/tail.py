@@ -44,7 +44,8 @@ Lifecycle contract:
   read are logged (once) and retried at the next poll.
 - **Polling.** Globs and file sizes are checked every ``poll_interval`` (glob + stat, no inotify), and
   ``next_awake`` sleeps until the next poll or multiline flush unless a batch hit its cap. A batch holds at
-  most ``MAX_BATCH_LINES`` lines and ``MAX_BATCH_BYTES`` bytes, so the worker stays responsive.
+  most ``MAX_BATCH_LINES`` lines and ``MAX_BATCH_BYTES`` bytes, so the worker stays responsive; more after
+  a wait for Bytewax (``collectors.polling``).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from hashlib import blake2b
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from collectors.polling import batch_limit
 from fleetwatch.config import FileInputConfig
 from fleetwatch.record import LogLine
 from flows import clock, health, lifecycle
@@ -71,6 +73,9 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH_LINES = 2000
 MAX_BATCH_BYTES = 4 * 1024 * 1024
+# After a wait for Bytewax (collectors.polling): what one second of a fast file holds.
+MAX_BATCH_LINES_AFTER_WAIT = 40_000
+MAX_BATCH_BYTES_AFTER_WAIT = 32 * 1024 * 1024
 _CHUNK = 128 * 1024
 _FINGERPRINT_BYTES = 256
 # How far back from the end a "read_from = end" start looks for the last newline.
@@ -255,6 +260,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         # Scan now, not at the first next_batch: "read_from = end" means the end as of the start.
         self._scan(now, from_end=resume_state is None and cfg.read_from == "end")
         self._next_poll = now + self._poll_every
+        self._last_call = now
         health.set_ready(f"files:{cfg.name}", True)
 
     # -- opening files
@@ -629,7 +635,9 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if now >= self._next_poll:
             self._scan(now)
             self._next_poll = now + self._poll_every
-        lines, nbytes = MAX_BATCH_LINES, MAX_BATCH_BYTES
+        gap, self._last_call = now - self._last_call, now
+        lines = batch_limit(MAX_BATCH_LINES, MAX_BATCH_LINES_AFTER_WAIT, gap)
+        nbytes = batch_limit(MAX_BATCH_BYTES, MAX_BATCH_BYTES_AFTER_WAIT, gap)
         files = list(self._files.values())
         # Start with a different file each time, so one busy file cannot starve the others.
         self._turn = (self._turn + 1) % max(len(files), 1)

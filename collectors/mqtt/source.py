@@ -57,6 +57,7 @@ from collectors.mqtt.frames import (
     read_publishes,
 )
 from collectors.mqtt.parse import MessageBatch
+from collectors.polling import batch_limit
 from fleetwatch.config import MQTTConfig
 from flows import clock, health, lifecycle
 from flows.recovery_progress import EpochCommits
@@ -287,6 +288,7 @@ class MQTTSource(FixedPartitionedSource[MessageBatch, list[int]]):
         *,
         recovery_dir: Path | None = None,
         max_batch: int = 4096,
+        max_batch_after_wait: int = 65_536,
         saturated: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cfg = cfg
@@ -294,6 +296,8 @@ class MQTTSource(FixedPartitionedSource[MessageBatch, list[int]]):
         self.recovery_dir = recovery_dir
         self.ack_on_snapshot = recovery_dir is not None
         self.max_batch = max_batch
+        # After a wait (see collectors.polling): the broker's in-flight window of QoS 1 messages at most.
+        self.max_batch_after_wait = max_batch_after_wait
         self.saturated = saturated
 
     def list_parts(self) -> list[str]:
@@ -337,6 +341,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._recent_ack_count = 0
         self._epochs = EpochCommits(source.recovery_dir, f"MQTT {client_id}") if source.recovery_dir else None
         self._next_commit_check = 0.0
+        self._last_call = time.monotonic()
         # Packet ids already counted whose redelivery must be dropped, with the content key to match (None:
         # any content; a snapshot keeps packet ids only). They are forgotten once the connection has been up
         # for _DEDUP_WINDOW and a new QoS 1 message (no DUP) came: the broker resends what it has in flight
@@ -555,7 +560,10 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         redelivered = self._redelivered
         if redelivered and self._connected and self._new_since_connect and time.monotonic() > self._dedup_until:
             redelivered.clear()
-        if client.fw_read(messages, self._unacked, self._src.max_batch, redelivered or None):
+        now = time.monotonic()
+        limit = batch_limit(self._src.max_batch, self._src.max_batch_after_wait, now - self._last_call)
+        self._last_call = now
+        if client.fw_read(messages, self._unacked, limit, redelivered or None):
             self._new_since_connect = True
         if client.socket() is not None:
             client.loop_write()

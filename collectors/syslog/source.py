@@ -52,6 +52,7 @@ from hashlib import blake2b
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from collectors.polling import batch_limit
 from fleetwatch.config import SyslogInputConfig
 from fleetwatch.record import LogLine
 from flows import health, lifecycle
@@ -217,6 +218,8 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
     def __init__(self, cfg: SyslogInputConfig, max_batch: int = 4096) -> None:
         self.cfg = cfg
         self._max_batch = max_batch
+        self._batch = max_batch
+        self._last_call = time.monotonic()
         self._limit = cfg.max_event_bytes
         self._udp = cfg.protocol == "udp"
         self._source_prefix = f"syslog:{cfg.protocol}:"
@@ -293,7 +296,7 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         sock = self._sock
         kernel_drops = self._kernel_drops
         try:
-            for _ in range(self._max_batch):
+            for _ in range(self._batch):
                 try:
                     data, ancillary, _flags, address = sock.recvmsg(_DATAGRAM_MAX, _ANCILLARY)
                 except (BlockingIOError, InterruptedError):
@@ -417,6 +420,10 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
             # to the next start, and UDP has no resend (see the module docstring).
             raise StopIteration
         received_ns = time.time_ns()
+        now = time.monotonic()
+        # After a wait for Bytewax (collectors.polling) the socket holds more: take it before the kernel drops.
+        self._batch = batch_limit(self._max_batch, 16 * self._max_batch, now - self._last_call)
+        self._last_call = now
         out: list[LogLine] = []
         for key, _ in self._selector.select(0):
             conn = key.data
