@@ -9,11 +9,13 @@ Lifecycle contract:
   has a fingerprint, the digest of its inode number and its first line (its first 256 bytes if longer), taken
   once that line is complete, and checked again after a restart and whenever the file changes size: a
   reused inode, or content replaced in place, is not read from a stranger's offset.
-- **Doc ids.** ``blake2b(f"{fingerprint}:{generation}:{event_start_offset}")``: the same event read again,
-  after a restart from an older snapshot, gets the same id, so Elasticsearch overwrites instead of
-  duplicating. The inode number is part of the fingerprint because after a ``create`` rotation the new file
-  starts at offset 0 too, and often with the same first line (a banner): without it the new file's events
-  would take the ids of the old file's.
+- **Doc ids.** ``<file key>-<event start offset in hex>``, the file key being
+  ``blake2b(f"{fingerprint}:{generation}")`` (64 bits): the same event read again, after a restart from an
+  older snapshot, gets the same id, so Elasticsearch refuses it instead of duplicating. A file's ids share
+  their prefix and rise with the offset: Elasticsearch checks each explicit id against the index, and that
+  costs less for such ids than for random ones (BENCHMARKS.md, run L8). The inode number is part of the
+  fingerprint because after a ``create`` rotation the new file starts at offset 0 too, and often with the
+  same first line (a banner): without it the new file's events would take the ids of the old file's.
 - **Committed offset.** ``snapshot()`` records, per file, the offset just after the last line of the last
   event emitted whole: the start of a pending multiline event, or of a line whose newline has not arrived
   yet. A restart re-reads from there, so nothing is lost or emitted in halves; an event emitted before the
@@ -109,8 +111,13 @@ class TailState:
     files: list[FileState] = field(default_factory=list)
 
 
+def file_key(fingerprint: str, generation: int) -> str:
+    """The prefix of every id of one file generation (see the module docstring)."""
+    return blake2b(f"{fingerprint}:{generation}".encode(), digest_size=8).hexdigest()
+
+
 def doc_id(fingerprint: str, generation: int, offset: int) -> str:
-    return blake2b(f"{fingerprint}:{generation}:{offset}".encode(), digest_size=16).hexdigest()
+    return f"{file_key(fingerprint, generation)}-{offset:x}"
 
 
 def _fingerprint(ino: int, head: bytes) -> str:
@@ -518,7 +525,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         single = self._start is None
         out = self._out
         name, source, now_ns = self._name, tf.source, self._now_ns
-        id_prefix = f"{tf.state.fingerprint}:{tf.state.generation}:"
+        id_prefix = file_key(tf.state.fingerprint, tf.state.generation) + "-"
         base = tf.read_pos
         pos = n = 0
         end = len(chunk)
@@ -548,8 +555,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                     except UnicodeDecodeError:
                         text = raw.decode("utf-8", errors="replace")
                         flags = ("invalid_utf8",)
-                    key = f"{id_prefix}{tf.line_start}".encode()
-                    out.append(LogLine(text, name, source, blake2b(key, digest_size=16).hexdigest(), now_ns, flags))
+                    out.append(LogLine(text, name, source, f"{id_prefix}{tf.line_start:x}", now_ns, flags))
             n += 1
             pos = nl + 1
             tf.line_start = base + pos
