@@ -631,17 +631,18 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             # End of input: the last snapshot keeps each file's committed offset, and the next start reads
             # on from there.
             raise StopIteration
+        # Every call counts, also a stalled one: only a wait for Bytewax may raise the read limit.
+        now = time.monotonic()
+        gap, self._last_call = now - self._last_call, now
         if self._saturated():
             self._stall.set(True)
             self._more = False
             return []
         self._stall.set(False)
-        now = time.monotonic()
         self._now_ns = time.time_ns()
         if now >= self._next_poll:
             self._scan(now)
             self._next_poll = now + self._poll_every
-        gap, self._last_call = now - self._last_call, now
         lines = batch_limit(MAX_BATCH_LINES, MAX_BATCH_LINES_AFTER_WAIT, gap)
         nbytes = batch_limit(MAX_BATCH_BYTES, MAX_BATCH_BYTES_AFTER_WAIT, gap)
         files = list(self._files.values())

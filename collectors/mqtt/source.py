@@ -533,6 +533,10 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
     # -- Bytewax
 
     def next_batch(self) -> Iterable[MessageBatch]:
+        # Every call counts, also one that does not read (disconnected, saturated sinks): only a wait for
+        # Bytewax may raise the read limit, never a stall of fleetwatch's own.
+        now = time.monotonic()
+        gap, self._last_call = now - self._last_call, now
         if lifecycle.stopping():
             # End of input: Bytewax completes the dataflow and commits a last snapshot. What is not read
             # yet stays unacknowledged in the broker's session for the next start.
@@ -560,9 +564,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         redelivered = self._redelivered
         if redelivered and self._connected and self._new_since_connect and time.monotonic() > self._dedup_until:
             redelivered.clear()
-        now = time.monotonic()
-        limit = batch_limit(self._src.max_batch, self._src.max_batch_after_wait, now - self._last_call)
-        self._last_call = now
+        limit = batch_limit(self._src.max_batch, self._src.max_batch_after_wait, gap)
         if client.fw_read(messages, self._unacked, limit, redelivered or None):
             self._new_since_connect = True
         if client.socket() is not None:
