@@ -562,7 +562,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._stall.set(False)
         messages = self._messages
         redelivered = self._redelivered
-        if redelivered and self._connected and self._new_since_connect and time.monotonic() > self._dedup_until:
+        if redelivered and self._connected and self._new_since_connect and now > self._dedup_until:
             redelivered.clear()
         limit = batch_limit(self._src.max_batch, self._src.max_batch_after_wait, gap)
         if client.fw_read(messages, self._unacked, limit, redelivered or None):

@@ -26,7 +26,8 @@ Design, and why:
     emitted), counted in ``syslog_tcp_idle_closed``.
   - A connection holds at most ``max_event_bytes`` plus a 10-byte octet count between reads (framing runs
     after every read), so TCP buffers stay under ``max_connections`` x ``max_event_bytes``.
-  - Each call reads at most ``max_batch`` datagrams, accepts at most 64 connections and does a bounded number
+  - Each call reads at most ``max_batch`` datagrams (up to 16 times that after a wait for Bytewax,
+    ``collectors.polling``), accepts at most 64 connections and does a bounded number
     of reads per connection, and no socket call blocks: a sender that drips a byte at a time holds up no
     other sender.
 - **No replay.** ``snapshot()`` returns None: UDP syslog is at-most-once (the kernel drops datagrams when
@@ -218,7 +219,6 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
     def __init__(self, cfg: SyslogInputConfig, max_batch: int = 4096) -> None:
         self.cfg = cfg
         self._max_batch = max_batch
-        self._batch = max_batch
         self._last_call = time.monotonic()
         self._limit = cfg.max_event_bytes
         self._udp = cfg.protocol == "udp"
@@ -291,12 +291,12 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         doc_id = blake2b(f"{self.cfg.name}:{peer}:{received_ns}:{seq}".encode(), digest_size=16).hexdigest()
         return LogLine(text, self.cfg.name, self._source_prefix + peer_ip, doc_id, received_ns, flags)
 
-    def _read_datagrams(self, out: list[LogLine], received_ns: int) -> None:
+    def _read_datagrams(self, out: list[LogLine], received_ns: int, max_datagrams: int) -> None:
         limit = self._limit
         sock = self._sock
         kernel_drops = self._kernel_drops
         try:
-            for _ in range(self._batch):
+            for _ in range(max_datagrams):
                 try:
                     data, ancillary, _flags, address = sock.recvmsg(_DATAGRAM_MAX, _ANCILLARY)
                 except (BlockingIOError, InterruptedError):
@@ -422,14 +422,14 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         received_ns = time.time_ns()
         now = time.monotonic()
         # After a wait for Bytewax (collectors.polling) the socket holds more: take it before the kernel drops.
-        self._batch = batch_limit(self._max_batch, 16 * self._max_batch, now - self._last_call)
+        max_datagrams = batch_limit(self._max_batch, 16 * self._max_batch, now - self._last_call)
         self._last_call = now
         out: list[LogLine] = []
         for key, _ in self._selector.select(0):
             conn = key.data
             if conn is None:
                 if self._udp:
-                    self._read_datagrams(out, received_ns)
+                    self._read_datagrams(out, received_ns, max_datagrams)
                 else:
                     self._accept(out, received_ns)
             elif conn.sock.fileno() >= 0:  # not closed by an earlier event of this round
