@@ -360,9 +360,10 @@ class ElasticsearchConfig(Section):
     # (<prefix>-logs-YYYY.MM.DD by event time).
     index_mode: Literal["auto", "data_stream", "daily"] = "auto"
     number_of_replicas: int = Field(default=0, ge=0)
+    # Documents per bulk request.
     batch_size: int = Field(default=2000, ge=1, le=50_000)
-    # A batch is split into this many bulk requests sent at once: one request keeps one server write
-    # thread busy.
+    # Bulk requests in flight at once, each sent by a thread of its own (one request keeps one server write
+    # thread busy, and the server is not idle while the next request is encoded).
     concurrent_requests: int = Field(default=2, ge=1, le=16)
     flush_interval: Duration = timedelta(milliseconds=250)
     timeout: Duration = timedelta(seconds=30)

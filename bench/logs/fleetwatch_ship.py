@@ -52,6 +52,8 @@ class FleetwatchResult:
 
 def write_config(workdir: Path, path: Path, kind: Kind, prefix: str, concurrent_requests: int) -> Path:
     config = workdir / f"{prefix}.toml"
+    # BENCH_LOG_ES_BATCH: documents per bulk request, to compare against the default.
+    es_batch = f"batch_size = {int(os.environ['BENCH_LOG_ES_BATCH'])}" if os.environ.get("BENCH_LOG_ES_BATCH") else ""
     config.write_text(f"""
 [logs]
 rate_window = "1m"
@@ -72,6 +74,7 @@ database = "fleetwatch_bench"
 [elasticsearch]
 index_prefix = "{prefix}"
 concurrent_requests = {concurrent_requests}
+{es_batch}
 
 [dead_letters]
 path = "{workdir / prefix / "dead.jsonl"}"

@@ -34,8 +34,9 @@ class BoundedBuffer(Generic[T]):
         self._cond = threading.Condition()
         # Set by request_flush(): the current take() returns what there is without waiting for a full batch.
         self._flush_requested = False
-        # The last batch taken, until the writer says it is stored (done()): still pending for a snapshot.
-        self._taken: list[T] = []
+        # Per sender lane, the last batch it took, until it says the batch is stored (done()): still pending
+        # for a snapshot. A writer with several lanes has several batches in flight at once.
+        self._taken: dict[int, list[T]] = {}
         # Set once the writer behind this buffer has stopped for good: put() stops blocking, so that the
         # dataflow can end and keep what is unwritten in its last snapshot instead of waiting forever.
         self._writer_gone = False
@@ -64,8 +65,9 @@ class BoundedBuffer(Generic[T]):
                 pos += len(chunk)
                 self._cond.notify_all()
 
-    def take(self, max_items: int, wait: float) -> list[T]:
-        """Up to ``max_items``; waits up to ``wait`` seconds for the batch to fill (time-based flush)."""
+    def take(self, max_items: int, wait: float, lane: int = 0) -> list[T]:
+        """Up to ``max_items`` for sender ``lane``; waits up to ``wait`` seconds for the batch to fill
+        (time-based flush). The batch stays pending until the lane calls ``done``."""
         deadline = time.monotonic() + wait
         with self._cond:
             while len(self._items) < max_items and not self._flush_requested:
@@ -76,22 +78,25 @@ class BoundedBuffer(Generic[T]):
             count = min(max_items, len(self._items))
             popleft = self._items.popleft
             out = [popleft() for _ in range(count)]
-            self._taken = out
+            self._taken[lane] = out
             if not self._items:
                 self._flush_requested = False
             self._cond.notify_all()
             return out
 
-    def done(self) -> None:
-        """The batch last taken is stored."""
+    def done(self, lane: int = 0) -> None:
+        """The batch ``lane`` took last is stored."""
         with self._cond:
-            self._taken = []
+            self._taken.pop(lane, None)
             self._cond.notify_all()
 
+    def _in_flight(self) -> int:
+        return sum(len(batch) for batch in self._taken.values())
+
     def unwritten(self) -> int:
-        """Items not yet stored: the batch being written plus the queue."""
+        """Items not yet stored: the batches being written plus the queue."""
         with self._cond:
-            return len(self._taken) + len(self._items)
+            return self._in_flight() + len(self._items)
 
     def wait_written(self, timeout: float, down_to: int = 0) -> bool:
         """Wait until every item put so far is stored (the queue is empty and no batch is being written), or
@@ -101,7 +106,7 @@ class BoundedBuffer(Generic[T]):
         with self._cond:
             self._flush_requested = True
             self._cond.notify_all()
-            while len(self._taken) + len(self._items) > down_to:
+            while self._in_flight() + len(self._items) > down_to:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._writer_gone:
                     return False
@@ -114,12 +119,12 @@ class BoundedBuffer(Generic[T]):
             self._cond.notify_all()
 
     def pending(self, limit: int | None) -> list[T] | None:
-        """Everything not yet stored (the batch being written, then the queue), or None if that is more
+        """Everything not yet stored (the batches being written, then the queue), or None if that is more
         than ``limit`` items."""
         with self._cond:
-            if limit is not None and len(self._taken) + len(self._items) > limit:
+            if limit is not None and self._in_flight() + len(self._items) > limit:
                 return None
-            return [*self._taken, *self._items]
+            return [*(item for lane in sorted(self._taken) for item in self._taken[lane]), *self._items]
 
     def request_flush(self) -> None:
         with self._cond:

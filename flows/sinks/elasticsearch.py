@@ -35,7 +35,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -610,6 +609,9 @@ class ElasticWriterThread(BatchWriterThread[Record]):
             cfg.flush_interval.total_seconds(),
             cfg.retry_max_delay.total_seconds(),
             on_progress,
+            # One bulk request keeps one of the server's write threads busy. Each lane takes, encodes and
+            # sends its own batches, so the server is never idle while fleetwatch encodes the next request.
+            lanes=cfg.concurrent_requests,
         )
         self.cfg = cfg
         self._es = client_factory(cfg)
@@ -618,7 +620,6 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         self.setup: ServerSetup | None = None
         self.duplicates = 0
         self.rejected = 0
-        self._pool = ThreadPoolExecutor(max(1, cfg.concurrent_requests - 1), thread_name_prefix=name)
         self._counts_lock = threading.Lock()
         self.start()
 
@@ -630,22 +631,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         return self.setup.layout if self.setup is not None else None
 
     def deliver(self, batch: list[Record]) -> None:
-        parts = self.cfg.concurrent_requests
-        if parts == 1 or len(batch) < 2 * parts:
-            self._deliver_part(self._encode(batch))
-            return
-        # One bulk request keeps one of the server's write threads busy; several in flight use its cores. Each
-        # part is encoded while the parts before it are in flight: the server does not wait for the encoding.
-        size = -(-len(batch) // parts)
-        futures = []
-        for start in range(0, len(batch), size):
-            actions = self._encode(batch[start : start + size])
-            if start + size < len(batch):
-                futures.append(self._pool.submit(self._deliver_part, actions))
-            else:
-                self._deliver_part(actions)
-        for future in futures:
-            future.result()
+        self._index(self._encode(batch))
 
     def _encode(self, records: list[Record]) -> list[_Encoded]:
         """The records as bulk actions, with dead letters for those that cannot be sent."""
@@ -663,7 +649,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
             self._on_unstorable(unstorable)
         return actions
 
-    def _deliver_part(self, actions: list[_Encoded]) -> None:
+    def _index(self, actions: list[_Encoded]) -> None:
         pending = actions
 
         def attempt() -> None:
@@ -785,7 +771,6 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         return encoded
 
     def close_target(self) -> None:
-        self._pool.shutdown()
         self._es.close()
 
 

@@ -1,12 +1,15 @@
-"""The writer thread every store sink shares: a bounded buffer drained in batches by one thread.
+"""The writer thread every store sink shares: a bounded buffer drained in batches by one thread, or by one
+thread per lane.
 
 Lifecycle: ``put`` only enqueues (it blocks only while the buffer is full: backpressure, never a drop). The
 thread first prepares the target (creates the database, installs index templates), retrying while the
 store is unreachable, then takes up to ``batch_size`` items, or what arrived within ``flush_interval``,
 and hands them to ``deliver``, which returns only once the batch is stored or dead-lettered: a store
-outage stalls the pipeline, it does not lose data. ``flush`` waits until everything put so far is
-delivered. The Bytewax sinks' snapshots hold what is not yet delivered (``pending_for_epoch``), or wait for
-it when the store is failing and that is a lot, so a committed epoch never has output only in memory.
+outage stalls the pipeline, it does not lose data. A writer with several ``lanes`` runs that loop in as
+many threads on the one buffer, so that a request is in flight while the next batch is prepared.
+``flush`` waits until everything put so far is delivered. The Bytewax sinks' snapshots hold what is not
+yet delivered (``pending_for_epoch``), or wait for it when the store is failing and that is a lot, so a
+committed epoch never has output only in memory.
 
 Every writer registers itself, and the runner calls ``flush_all_writers`` on the way out.
 """
@@ -126,8 +129,10 @@ class BatchWriterThread(ABC, Generic[T]):
         flush_interval: float,
         retry_max_delay: float,
         on_progress: Callable[[BatchWriterThread[T]], None] | None = None,
+        lanes: int = 1,
     ) -> None:
         self.name = name
+        self.lanes = lanes
         self.buffer: BoundedBuffer[T] = BoundedBuffer(capacity)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -141,6 +146,8 @@ class BatchWriterThread(ABC, Generic[T]):
         self._on_progress = on_progress
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # The threads of lanes 1 and up, started once the target is prepared; lane 0 is ``_thread``.
+        self._lane_threads: list[threading.Thread] = []
 
     def start(self) -> None:
         """Subclasses call this at the end of their constructor, once ``deliver`` can run."""
@@ -161,7 +168,8 @@ class BatchWriterThread(ABC, Generic[T]):
         """Release clients and connections."""
 
     def alive(self) -> bool:
-        return self._thread.is_alive() and self.failure is None
+        threads = [self._thread, *self._lane_threads]
+        return all(t.is_alive() for t in threads) and self.failure is None
 
     def put(self, items: list[T]) -> None:
         if items:
@@ -176,9 +184,12 @@ class BatchWriterThread(ABC, Generic[T]):
         if self._on_progress is not None:
             self._on_progress(self)
 
-    def _run(self) -> None:
+    def _run(self, lane: int = 0) -> None:
         try:
-            self._work()
+            if lane == 0:
+                self._work()
+            else:
+                self._drain(lane)
         except SetupError as exc:
             self._failed(exc)
         except BaseException as exc:
@@ -199,8 +210,15 @@ class BatchWriterThread(ABC, Generic[T]):
         ):
             self.buffer.writer_gone()
             return
+        for lane in range(1, self.lanes):
+            thread = threading.Thread(target=self._run, args=(lane,), name=f"{self.name}-{lane}", daemon=True)
+            self._lane_threads.append(thread)
+            thread.start()
+        self._drain(0)
+
+    def _drain(self, lane: int) -> None:
         while not (self._stop.is_set() and not len(self.buffer)):
-            batch = self.buffer.take(self.batch_size, self.flush_interval)
+            batch = self.buffer.take(self.batch_size, self.flush_interval, lane)
             if not batch:
                 continue
             if not self._deliver_with_retry(batch):
@@ -211,7 +229,7 @@ class BatchWriterThread(ABC, Generic[T]):
                 )
                 self.buffer.writer_gone()
                 return
-            self.buffer.done()
+            self.buffer.done(lane)
             self.failing = False
             self._progress()
 
@@ -234,7 +252,9 @@ class BatchWriterThread(ABC, Generic[T]):
         """Flush, then stop the thread. False if items were left unwritten (the store stayed down)."""
         flushed = self.flush(timeout)
         self._stop.set()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for thread in [self._thread, *self._lane_threads]:
+            thread.join(max(0.0, deadline - time.monotonic()))
         with _writers_lock:
             if self in _writers:
                 _writers.remove(self)

@@ -24,8 +24,12 @@ def fresh_lifecycle() -> Iterator[None]:
 class SlowStore(BatchWriterThread[str]):
     """Stores a batch after ``delay`` seconds; ``down`` makes every write fail as retryable."""
 
-    def __init__(self, delay: float = 0.0, down: bool = False, prepare_error: Exception | None = None) -> None:
-        super().__init__("test-writer", capacity=100, batch_size=10, flush_interval=0.001, retry_max_delay=0.05)
+    def __init__(
+        self, delay: float = 0.0, down: bool = False, prepare_error: Exception | None = None, lanes: int = 1
+    ) -> None:
+        super().__init__(
+            "test-writer", capacity=100, batch_size=10, flush_interval=0.001, retry_max_delay=0.05, lanes=lanes
+        )
         self.delay = delay
         self.down = down
         self.prepare_error = prepare_error
@@ -193,3 +197,37 @@ def test_a_store_that_comes_back_is_no_longer_failing() -> None:
     assert not writer.failing
     assert len(pending_for_epoch(writer, limit=0, limit_while_answering=100)) == 0
     writer.close(1.0)
+
+
+def test_lanes_keep_several_batches_in_flight_and_a_snapshot_holds_each_until_it_is_stored() -> None:
+    """With two lanes, a second batch goes out while the first is still with the store (a slow request
+    does not leave the store idle), and until each is stored, a snapshot holds it."""
+    writer = SlowStore(lanes=2)
+    release = threading.Event()
+    in_flight: list[list[str]] = []
+    deliver = writer.deliver
+
+    def held_by_the_store(batch: list[str]) -> None:
+        in_flight.append(batch)
+        release.wait(10)
+        deliver(batch)
+
+    writer.deliver = held_by_the_store  # type: ignore[method-assign]
+    try:
+        writer.put([f"item{i}" for i in range(25)])
+        deadline = time.monotonic() + 5
+        while len(in_flight) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert len(in_flight) == 2, "the second lane did not send while the first waited for the store"
+        assert sorted(in_flight[0] + in_flight[1]) == sorted(f"item{i}" for i in range(20))
+        assert writer.buffer.unwritten() == 25
+        assert sorted(writer.buffer.pending(None) or []) == sorted(f"item{i}" for i in range(25))
+        assert writer.flush(0.2) is False, "flush returned while two batches were not stored"
+        release.set()
+        assert writer.flush(5.0)
+        assert sorted(writer.stored) == sorted(f"item{i}" for i in range(25))
+        assert writer.buffer.pending(None) == []
+    finally:
+        release.set()
+        writer.close(5.0)
+    assert not writer.alive()
