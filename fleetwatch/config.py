@@ -307,8 +307,10 @@ class InfluxDBConfig(Section):
     token: SecretStr | None = None
     token_file: Path | None = None
     # both
+    # Points per write request.
     batch_size: int = Field(default=5000, ge=1, le=100_000)
-    # A batch is split into this many write requests sent at once: InfluxDB stores one request on one core.
+    # Write requests in flight at once, each sent by a thread of its own: InfluxDB stores one request on one
+    # core.
     concurrent_requests: int = Field(default=2, ge=1, le=16)
     flush_interval: Duration = timedelta(milliseconds=250)
     gzip: bool = True

@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -418,9 +418,14 @@ class InfluxWriterThread(BatchWriterThread[str]):
             cfg.flush_interval.total_seconds(),
             cfg.retry_max_delay.total_seconds(),
             health_report.update if health_report is not None else None,
+            # InfluxDB parses and stores one request on one core; at fleet scale a window boundary hands over
+            # 100,000 points and more at once. Each lane sends its own batches, so several requests are in
+            # flight and none waits for the next to be encoded.
+            lanes=cfg.concurrent_requests,
         )
         self.cfg = cfg
         self._writer = writer
+        self._written_lock = threading.Lock()
         self._on_rejected = on_rejected
         plan = getattr(writer, "plan", None)
         self._router: LineRouter | None = plan.router() if plan is not None else None
@@ -429,7 +434,6 @@ class InfluxWriterThread(BatchWriterThread[str]):
         # Points not sent because their tier no longer keeps them (health: points_beyond_retention).
         self.beyond_retention = 0
         self._beyond_logged_ns = 0
-        self._pool = ThreadPoolExecutor(max(1, cfg.concurrent_requests - 1), thread_name_prefix=name)
         self.start()
 
     def prepare(self) -> None:
@@ -442,41 +446,15 @@ class InfluxWriterThread(BatchWriterThread[str]):
 
     def deliver(self, batch: list[str]) -> None:
         if self._router is None:
-            self._deliver_in_parts(batch, None)
-            return
-        for tier, lines in self._router.split(batch).items():
-            lines = self._within_retention(tier, lines)
-            if lines:
-                self._deliver_in_parts(lines, tier)
-
-    def _deliver_in_parts(self, batch: list[str], tier: str | None) -> None:
-        """The batch in ``concurrent_requests`` requests sent at once. InfluxDB parses and stores one request
-        on one core; at fleet scale a window boundary hands over 100,000 points and more at once, and two
-        requests in flight take them in about half the time."""
-        parts = self.cfg.concurrent_requests
-        if parts == 1 or len(batch) < 2 * parts:
-            self.written += self._deliver(batch, tier)
-            return
-        size = -(-len(batch) // parts)
-        futures = [
-            self._pool.submit(self._deliver, batch[start : start + size], tier)
-            for start in range(size, len(batch), size)
-        ]
-        errors: list[BaseException] = []
-        written = 0
-        try:
-            written += self._deliver(batch[:size], tier)
-        except Exception as exc:
-            errors.append(exc)
-        for future in futures:
-            try:
-                written += future.result()
-            except Exception as exc:
-                errors.append(exc)
-        if errors:
-            # The whole batch is sent again (writes are idempotent); a refusal that retrying cannot fix wins.
-            raise next((e for e in errors if not isinstance(e, RetryableError)), errors[0])
-        self.written += written
+            written = self._deliver(batch, None)
+        else:
+            written = 0
+            for tier, lines in self._router.split(batch).items():
+                lines = self._within_retention(tier, lines)
+                if lines:
+                    written += self._deliver(lines, tier)
+        with self._written_lock:
+            self.written += written
 
     def _within_retention(self, tier: str, lines: list[str]) -> list[str]:
         """The lines whose time the tier still keeps. The server would refuse the others (InfluxDB 1.x: "points
@@ -491,7 +469,8 @@ class InfluxWriterThread(BatchWriterThread[str]):
             kept.append(line)
         dropped = len(lines) - len(kept)
         if dropped:
-            self.beyond_retention += dropped
+            with self._written_lock:
+                self.beyond_retention += dropped
             if now - self._beyond_logged_ns > 60_000_000_000:
                 self._beyond_logged_ns = now
                 log.info(
@@ -548,7 +527,6 @@ class InfluxWriterThread(BatchWriterThread[str]):
         return good
 
     def close_target(self) -> None:
-        self._pool.shutdown()
         self._writer.close()
 
 

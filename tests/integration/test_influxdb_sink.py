@@ -62,19 +62,19 @@ def test_v1_writer_rides_out_an_influxdb_outage_without_losing_points(influx_db:
     assert rejected == []
 
 
-def test_v1_writer_splits_a_batch_into_concurrent_requests_and_dead_letters_only_the_bad_line(influx_db: str) -> None:
+def test_v1_writer_sends_from_two_lanes_at_once_and_dead_letters_only_the_bad_line(influx_db: str) -> None:
     cfg = InfluxDBConfig(
         url=INFLUX_URL,
         database=influx_db,
         username=INFLUX_USER,
         password_file=INFLUX_PASSWORD_FILE,
-        batch_size=2000,
+        batch_size=1000,
         concurrent_requests=2,
     )  # type: ignore[arg-type]
     rejected: list[DeadLetter] = []
     writer = InfluxWriterThread(cfg, V1Writer(cfg), rejected.extend)
     lines = [f"parts,device=d{i % 50} v={i}i {T0 + i * 1000}" for i in range(2000)]
-    lines[1500] = f"parts,device=bad v=not-a-number {T0 + 777}"  # in the second request
+    lines[1500] = f"parts,device=bad v=not-a-number {T0 + 777}"  # in the second request, from either lane
     writer.put(lines)
     assert writer.flush(30)
     writer.close()
