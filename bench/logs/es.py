@@ -133,8 +133,11 @@ def wait_for_count(
     start: float,
     timeout_s: float,
     alive: Callable[[], bool] | None = None,
+    first: list[tuple[float, int]] | None = None,
 ) -> float:
     """Poll _count every POLL_S until it reaches n; the seconds since start (time.monotonic()) when it did.
+    ``first`` gets the seconds and the count of the first poll that saw documents: the shipper's start-up
+    (process, index creation, first refresh) is in the time before it, its steady rate after it.
 
     Raises TimeoutError with the last count when n is not reached within timeout_s of start, or as soon as
     alive() says the pipeline has exited."""
@@ -144,6 +147,8 @@ def wait_for_count(
         now = time.monotonic()
         if counted is not None:
             seen = counted
+            if seen and first is not None and not first:
+                first.append((now - start, seen))
             if seen >= n:
                 return now - start
         if now - start > timeout_s:

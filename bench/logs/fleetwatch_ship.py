@@ -44,6 +44,7 @@ class FleetwatchResult:
     seconds: float  # process start to all documents counted
     cpu: CpuUsage
     foreign_docs: int  # documents others indexed on the server during the run
+    first: tuple[float, int]  # seconds after the start when documents were first searchable, and how many
 
     @property
     def lines_per_s(self) -> float:
@@ -120,8 +121,9 @@ def run_fleetwatch(path: Path, kind: Kind, lines: int, workdir: Path, concurrent
     proc = subprocess.Popen(command, cwd=workdir, stderr=log)
     profiler = _profiler(proc.pid, kind)
     try:
+        first: list[tuple[float, int]] = []
         elapsed = eslib.wait_for_count(
-            es, f"{prefix}-logs*", lines, start, timeout_s=900, alive=lambda: proc.poll() is None
+            es, f"{prefix}-logs*", lines, start, timeout_s=900, alive=lambda: proc.poll() is None, first=first
         )
         cpu = meter.stop(proc.pid)
         foreign = eslib.indexing_total(es) - indexed0 - lines
@@ -137,4 +139,4 @@ def run_fleetwatch(path: Path, kind: Kind, lines: int, workdir: Path, concurrent
         log.close()
         es.options(ignore_status=404).indices.delete(index=f"{prefix}-*")
         es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-*")
-    return FleetwatchResult(lines, elapsed, cpu, foreign)
+    return FleetwatchResult(lines, elapsed, cpu, foreign, first[0])

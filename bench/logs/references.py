@@ -41,6 +41,9 @@ class Run:
     seconds: float
     cpu: CpuUsage
     foreign_docs: int
+    # Seconds after the start when documents were first searchable, and how many (None for raw bulk, whose
+    # clock starts at its first request into an index made beforehand).
+    first: tuple[float, int] | None = None
 
     @property
     def lines_per_s(self) -> float:
@@ -82,7 +85,7 @@ def measure_references(
                     runs.append(Run(name, kind, lines, raw.seconds, raw.cpu, raw.foreign_docs))
                 else:
                     rs, _ = eslib.with_retries(name, lambda: rsyslog.run_rsyslog(kind, path, lines))
-                    runs.append(Run(name, kind, lines, rs.seconds, rs.cpu, rs.foreign_docs))
+                    runs.append(Run(name, kind, lines, rs.seconds, rs.cpu, rs.foreign_docs, rs.first))
                 if report is not None:
                     report(runs[-1])
     finally:

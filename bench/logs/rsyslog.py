@@ -74,6 +74,7 @@ class RsyslogResult:
     version: str
     cpu: CpuUsage
     foreign_docs: int  # documents others indexed on the server during the run
+    first: tuple[float, int]  # seconds after the start when documents were first searchable, and how many
 
     @property
     def lines_per_s(self) -> float:
@@ -306,7 +307,10 @@ def run_rsyslog(
             cwd=work,
         )
         try:
-            seconds = eslib.wait_for_count(es, index, lines, start, TIMEOUT_S, alive=lambda: proc.poll() is None)
+            first: list[tuple[float, int]] = []
+            seconds = eslib.wait_for_count(
+                es, index, lines, start, TIMEOUT_S, alive=lambda: proc.poll() is None, first=first
+            )
             cpu = meter.stop(proc.pid)
             foreign = eslib.indexing_total(es) - indexed0 - lines
         except TimeoutError as exc:
@@ -319,7 +323,7 @@ def run_rsyslog(
             log.close()
             if not keep_index:
                 eslib.delete_index(es, index)
-    return RsyslogResult(lines, seconds, batch, workers, version(), cpu, foreign), index
+    return RsyslogResult(lines, seconds, batch, workers, version(), cpu, foreign, first[0]), index
 
 
 def main() -> None:
