@@ -53,7 +53,8 @@ class Relay:
         self._closed = threading.Event()
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, name=f"relay-{listen[0]}:{listen[1]}", daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, name=f"relay-{listen[0]}:{listen[1]}", daemon=True)
+        self._acceptor.start()
 
     def _accept(self) -> None:
         while not self._closed.is_set():
@@ -88,6 +89,10 @@ class Relay:
 
     def close(self) -> None:
         self._closed.set()
+        # The listening socket stays bound while the acceptor waits in accept() on it, even once closed here:
+        # the next test's relay on the same address then failed with "Address already in use". The acceptor
+        # notices the stop within its 0.2 s timeout, and takes no connection after that.
+        self._acceptor.join(5)
         self._server.close()
         with self._lock:
             for sock in self._conns:
