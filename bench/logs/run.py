@@ -11,7 +11,8 @@ are printed as JSON lines and a table.
 
 Environment: ``BENCH_LOG_LINES`` (default 500,000), ``BENCH_LOG_KINDS`` (default ``json,syslog,text``),
 ``BENCH_LOG_REPEAT`` (runs of each shipper per kind, alternating; medians are reported; default 1),
-``BENCH_LOG_PYSPY`` (a directory: profile the fleetwatch runs, see fleetwatch_ship.py).
+``BENCH_LOG_PYSPY`` (a directory: profile the fleetwatch runs, see fleetwatch_ship.py), ``BENCH_LOG_ES_BATCH``
+(fleetwatch's documents per bulk request instead of its default).
 """
 
 from __future__ import annotations

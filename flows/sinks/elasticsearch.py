@@ -620,7 +620,6 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         self.setup: ServerSetup | None = None
         self.duplicates = 0
         self.rejected = 0
-        self._counts_lock = threading.Lock()
         self.start()
 
     def prepare(self) -> None:
@@ -640,7 +639,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         if dead:
             for letter in dead:
                 log.warning("Elasticsearch: %s; stored as a dead letter", letter.detail[:300])
-            with self._counts_lock:
+            with self.counts_lock:
                 self.rejected += len(dead)
             letters, _, unencodable = encode_batch(list[Record](dead), self.setup.layout, self.setup.max_doc_bytes)
             actions += letters
@@ -711,7 +710,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
                 else:
                     rejected += 1
                     again.extend(self._reject(action, item))
-            with self._counts_lock:
+            with self.counts_lock:
                 self.written += written
                 self.duplicates += duplicates
                 self.rejected += rejected

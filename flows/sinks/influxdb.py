@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -425,7 +424,6 @@ class InfluxWriterThread(BatchWriterThread[str]):
         )
         self.cfg = cfg
         self._writer = writer
-        self._written_lock = threading.Lock()
         self._on_rejected = on_rejected
         plan = getattr(writer, "plan", None)
         self._router: LineRouter | None = plan.router() if plan is not None else None
@@ -453,7 +451,7 @@ class InfluxWriterThread(BatchWriterThread[str]):
                 lines = self._within_retention(tier, lines)
                 if lines:
                     written += self._deliver(lines, tier)
-        with self._written_lock:
+        with self.counts_lock:
             self.written += written
 
     def _within_retention(self, tier: str, lines: list[str]) -> list[str]:
@@ -469,7 +467,7 @@ class InfluxWriterThread(BatchWriterThread[str]):
             kept.append(line)
         dropped = len(lines) - len(kept)
         if dropped:
-            with self._written_lock:
+            with self.counts_lock:
                 self.beyond_retention += dropped
             if now - self._beyond_logged_ns > 60_000_000_000:
                 self._beyond_logged_ns = now

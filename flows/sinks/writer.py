@@ -139,6 +139,8 @@ class BatchWriterThread(ABC, Generic[T]):
         self.retry_max_delay = retry_max_delay
         self.retries = 0
         self.written = 0
+        # Guards the counters (``retries``, ``written`` and a subclass's own): every lane updates them.
+        self.counts_lock = threading.Lock()
         # True from a failed attempt until the next batch is stored: the store is down or refusing.
         self.failing = False
         # The exception that stopped the thread, if one did.
@@ -176,7 +178,8 @@ class BatchWriterThread(ABC, Generic[T]):
             self.buffer.put(items)
 
     def note_retry(self) -> None:
-        self.retries += 1
+        with self.counts_lock:
+            self.retries += 1
         self.failing = True
         self._progress()
 
