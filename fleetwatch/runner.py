@@ -20,8 +20,9 @@ from bytewax.run import cli_main
 from fleetwatch.config import Config
 from fleetwatch.retention import plan_or_none
 from flows import clock, health, lifecycle
+from flows.alerts.engine import ALERT_LOG_FOLDER
 from flows.alerts.sink import notification_stats
-from flows.pipeline import WINDOWS_STEP_ID, FlowOptions, build_flow
+from flows.pipeline import ALERTS_STEP_ID, WINDOWS_STEP_ID, FlowOptions, build_flow
 from flows.sinks.dead_letters import DeadLetterFile
 from flows.sinks.elasticsearch import make_client
 from flows.sinks.es_retention import RetentionJob, kind_retention
@@ -50,8 +51,9 @@ def prepare_recovery(cfg: Config, partitions: int, process_id: int | None = None
             time.sleep(0.5)  # let process 0 finish writing the partitions' schema
     if process_id in (None, 0):
         removed = remove_unreferenced(directory, WINDOWS_STEP_ID)
+        removed += remove_unreferenced(directory, ALERTS_STEP_ID, ALERT_LOG_FOLDER)
         if removed:
-            log.info("fleetwatch: removed %d window state log file(s) no snapshot refers to", removed)
+            log.info("fleetwatch: removed %d state log file(s) no snapshot refers to", removed)
     return RecoveryConfig(str(directory), backup_interval=cfg.recovery.backup_interval)
 
 

@@ -76,6 +76,8 @@ from flows.windows import WindowLogic, WindowResult, WindowSnapshot, WindowSpec
 FLOW_ID = "fleetwatch"
 # The windows step, whose snapshots are markers into the window state log (flows.window_log).
 WINDOWS_STEP_ID = f"{FLOW_ID}.windows"
+# The alerts step, whose snapshots at fleet scale are markers into the alert state log.
+ALERTS_STEP_ID = f"{FLOW_ID}.alerts"
 
 
 def window_specs(cfg: Config) -> list[WindowSpec]:
@@ -391,6 +393,8 @@ def _alerts(
             clock=options.window_clock,
             idle_after=cfg.alerts.state_idle_after,
             max_states=cfg.alerts.max_states,
+            recovery_dir=cfg.recovery.dir if options.recovery else None,
+            step_id=ALERTS_STEP_ID,
         )
 
     transitions = op.filter_map_value(

@@ -53,12 +53,13 @@ class WindowLogError(RuntimeError):
 
 
 class WindowLog:
-    """One windows logic's log. ``step_id`` is the Bytewax step whose snapshots hold the markers (for example
-    ``fleetwatch.windows``); ``recovery_dir`` holds Bytewax's partitions, the log goes in a folder inside."""
+    """One stateful logic's log: a windows shard's, or a key's alert states at fleet scale. ``step_id`` is the
+    Bytewax step whose snapshots hold the markers (for example ``fleetwatch.windows``); ``recovery_dir`` holds
+    Bytewax's partitions, the log goes in ``folder`` inside."""
 
-    def __init__(self, recovery_dir: Path, step_id: str, name: str | None = None) -> None:
+    def __init__(self, recovery_dir: Path, step_id: str, name: str | None = None, folder: str = "window-log") -> None:
         self.recovery_dir = recovery_dir
-        self.directory = recovery_dir / "window-log"
+        self.directory = recovery_dir / folder
         self.directory.mkdir(parents=True, exist_ok=True)
         self.step_id = step_id
         self.name = name or uuid.uuid4().hex
@@ -197,10 +198,11 @@ def referenced_logs(recovery_dir: Path, step_id: str) -> list[tuple[str, int]]:
     return found
 
 
-def remove_unreferenced(recovery_dir: Path, step_id: str) -> int:
-    """At start, before the dataflow runs: delete the log files no stored snapshot can resume from (logs of
-    runs that died before their first commit, generations left behind by a crash). Returns how many."""
-    directory = recovery_dir / "window-log"
+def remove_unreferenced(recovery_dir: Path, step_id: str, folder: str = "window-log") -> int:
+    """At start, before the dataflow runs: delete the log files in ``folder`` that no stored snapshot of
+    ``step_id`` can resume from (logs of runs that died before their first commit, generations left behind by
+    a crash, logs of keys Bytewax discarded). Returns how many."""
+    directory = recovery_dir / folder
     if not directory.is_dir():
         return 0
     oldest: dict[str, int] = {}

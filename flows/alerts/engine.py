@@ -35,9 +35,12 @@ Notification ids are deterministic (``notification_id``): every time in them is 
 is its last observation's event time + ``silent_for``; its k-th re-notification ``+ k * renotify``), so a replay after
 a restart produces the same ids and the notifier's journal drops what was already sent.
 
-A snapshot holds each state's record, encoded when the state changed (``AlertLogic.snapshot``). After a
-resume, firing stays firing (nothing is re-sent) and pending keeps its ``started_ns``. States of rules no
-longer configured are dropped. A stop (``flows.lifecycle.stopping``) ends the input like a finite one;
+A snapshot holds each state's record, encoded when the state changed (``AlertLogic.snapshot``). With recovery
+on, a logic holding many states (a rule on every series of a fleet shard) writes them to a log of its own beside
+Bytewax's partitions instead, as the windows do (``flows.window_log``): each epoch appends the states that
+changed (and tombstones of forgotten ones), and the snapshot Bytewax stores is a marker into the log. After a
+resume, firing stays firing (nothing is re-sent) and pending keeps its ``started_ns``. States of rules no longer
+configured are dropped. A stop (``flows.lifecycle.stopping``) ends the input like a finite one;
 ``on_eof`` emits nothing either way and keeps every state for the snapshot.
 
 Memory is bounded: series come and go (devices replaced, services named after containers). The state of a (rule,
@@ -62,6 +65,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
@@ -88,6 +92,7 @@ from flows.alerts.rules import (
     Threshold,
     render_summary,
 )
+from flows.window_log import LOG_FORMAT, LogMarker, WindowLog
 from flows.windows import Aggregate
 
 log = logging.getLogger(__name__)
@@ -103,6 +108,17 @@ _CACHE_MAX = 1_000_000
 _SECOND = 1_000_000_000
 # A key over its cap says so at most this often (seconds of monotonic time).
 _CAP_LOG_INTERVAL = 60.0
+# With recovery on, a logic holding at least this many states keeps them in the alert state log, and its
+# snapshot is a marker: at 100,000 series, joining every record at every epoch (18 MB, then pickled and written
+# to SQLite by Bytewax) was the largest cost of the alerts that did not follow the rate of observations. Fewer
+# states (a service's log-rate key) stay in the snapshot itself, which costs less than a log file per key.
+_LOG_MIN_STATES = 1_000
+# The folder of the alert state logs in the recovery directory (flows.window_log).
+ALERT_LOG_FOLDER = "alert-log"
+# The log's frames: every state (the first frame of a generation), or the changes since the frame before. Both
+# are {rule name: (state records joined, series whose state was forgotten)}, pickled.
+_FRAME_ALL = b"R"
+_FRAME_CHANGES = b"O"
 
 
 def _same_ns(ns: int) -> int:
@@ -441,17 +457,41 @@ def _decode_states(records: bytes) -> dict[str, _State]:
     return states
 
 
+def _state_record(series: str, st: _State) -> bytes:
+    key = series.encode("utf-8", "surrogatepass")
+    return _KEY_LENGTH.pack(len(key)) + key + _STATE_FIELDS.pack(*st.__getstate__())
+
+
+def _replay_log(frames: Iterable[bytes]) -> dict[str, dict[str, _State]]:
+    """Every rule's states from the alert state log's frames, applied in order."""
+    by_rule: dict[str, dict[str, _State]] = {}
+    for frame in frames:
+        kind, body = frame[:1], frame[1:]
+        if kind == _FRAME_ALL:
+            by_rule.clear()
+        elif kind != _FRAME_CHANGES:
+            raise ValueError(f"alert state log frame of an unknown kind {kind!r}")
+        for name, (records, gone) in pickle.loads(body).items():
+            states = by_rule.setdefault(name, {})
+            states.update(_decode_states(records))
+            for series in gone:
+                states.pop(series, None)
+    return by_rule
+
+
 # What a snapshot is: {"version": 2, "records": {rule name: the rule's state records}}, handed to Bytewax as it is
-# (Bytewax pickles it: pickling it here too copied every record twice). Version 1, pickled bytes of the states
-# themselves, still resumes.
-AlertSnapshot = dict[str, Any]
+# (Bytewax pickles it: pickling it here too copied every record twice); or, with the alert state log, a marker
+# into it. Version 1, pickled bytes of the states themselves, still resumes.
+AlertSnapshot = dict[str, Any] | LogMarker
 
 
 class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], AlertSnapshot | bytes]):
     """Alert states of one key. ``rules`` may be a shared ``RuleMatcher`` (its series cache then serves every
     logic of the process). ``clock``: system-time ns for deadman rules and idle states (tests move it by hand;
     by default the pipeline clock). ``idle_after`` and ``max_states``: ``alerts.state_idle_after`` and
-    ``alerts.max_states`` (see the module docstring)."""
+    ``alerts.max_states`` (see the module docstring). ``recovery_dir``: Bytewax's recovery directory, where the
+    alert state log goes once the logic holds many states; None keeps every state in the snapshot (recovery
+    off, tests). ``step_id``: the Bytewax step whose snapshots hold the log's markers."""
 
     def __init__(
         self,
@@ -461,6 +501,8 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
         *,
         idle_after: timedelta = DEFAULT_STATE_IDLE_AFTER,
         max_states: int = DEFAULT_MAX_STATES,
+        recovery_dir: Path | None = None,
+        step_id: str = "fleetwatch.alerts",
     ) -> None:
         if max_states < 1 or idle_after <= timedelta(0):
             raise ValueError("max_states must be >= 1 and idle_after > 0")
@@ -485,36 +527,55 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
         # Only threshold and rate-of-change states are ever idle: deadman states fire on silence instead.
         self._sweepable = any(not rule.deadman for rule in self._rules.values())
         self._next_cap_log = 0.0
+        self._recovery_dir = recovery_dir
+        self._step_id = step_id
+        self._log: WindowLog | None = None
+        # The size of the states in the log's last whole frame, against which the log's growth is measured.
+        self._live_bytes = 0
         now = self._now()
         self._next_sweep = now + self._sweep_every
-        if resume_state is not None:
+        if isinstance(resume_state, tuple):
+            if resume_state[0] != LOG_FORMAT:
+                raise ValueError(f"alert snapshot of an unknown format {resume_state[0]!r}")
+            if recovery_dir is None:
+                raise ValueError("an alert snapshot that refers to the alert state log needs the recovery directory")
+            _, _, log_name, generation, seq = resume_state
+            # The first snapshot after the resume starts a new generation: frames after the marker belong to
+            # epochs that never committed.
+            self._log = WindowLog(recovery_dir, step_id, log_name, ALERT_LOG_FOLDER)
+            self._resume(_replay_log(self._log.replay(generation, seq)), now)
+        elif resume_state is not None:
             saved = pickle.loads(resume_state) if isinstance(resume_state, bytes) else resume_state
-            by_rule: dict[str, dict[str, _State]] = (
+            self._resume(
                 {name: _decode_states(records) for name, records in saved["records"].items()}
                 if saved["version"] == 2
-                else saved["states"]  # version 1: the states pickled whole
+                else saved["states"],  # version 1: the states pickled whole
+                now,
             )
-            for name, states in by_rule.items():
-                if name in self._rules:
-                    self.states[name] = states
-            for name, states in self.states.items():
-                rule = self._rules[name]
-                rule.dirty.update(states)  # sys_seen is set below
-                self._count += len(states)
-                if not rule.deadman:
-                    # The rule may have lost the severity it was firing at: carry on at the one it has.
-                    ranks = {level.rank for level in rule.levels}
-                    for st in states.values():
-                        if st.rank and st.rank not in ranks:
-                            st.rank = max(ranks)
-                        st.sys_seen = now  # the restart counts as an arrival: downtime is not idleness
-                else:
-                    for series, st in states.items():
-                        st.sys_seen = now  # the restart counts as an arrival: downtime is not silence
-                        if st.phase != _FIRING:
-                            self._arm(name, series, st, now + rule.silent_ns)
-                        elif rule.renotify_ns:
-                            self._arm(name, series, st, now + rule.renotify_ns)
+
+    def _resume(self, by_rule: dict[str, dict[str, _State]], now: int) -> None:
+        """Take over the states of a snapshot; states of rules no longer configured are dropped."""
+        for name, states in by_rule.items():
+            if name in self._rules:
+                self.states[name] = states
+        for name, states in self.states.items():
+            rule = self._rules[name]
+            rule.dirty.update(states)  # sys_seen is set below
+            self._count += len(states)
+            if not rule.deadman:
+                # The rule may have lost the severity it was firing at: carry on at the one it has.
+                ranks = {level.rank for level in rule.levels}
+                for st in states.values():
+                    if st.rank and st.rank not in ranks:
+                        st.rank = max(ranks)
+                    st.sys_seen = now  # the restart counts as an arrival: downtime is not idleness
+            else:
+                for series, st in states.items():
+                    st.sys_seen = now  # the restart counts as an arrival: downtime is not silence
+                    if st.phase != _FIRING:
+                        self._arm(name, series, st, now + rule.silent_ns)
+                    elif rule.renotify_ns:
+                        self._arm(name, series, st, now + rule.renotify_ns)
 
     # -- Bytewax callbacks
 
@@ -551,6 +612,9 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
             self._sweep(now)
         # Nothing left to remember (every series of a service's key went idle): Bytewax may drop the key.
         done = not self._count and not self._deadlines
+        if done and self._log is not None:
+            # No snapshot of this logic follows; the log's files go at the next start (remove_unreferenced).
+            self._log.close()
         return ([out] if out else []), (StatefulBatchLogic.DISCARD if done else StatefulBatchLogic.RETAIN)
 
     def on_eof(self) -> tuple[Iterable[list[AlertTransition]], bool]:
@@ -573,7 +637,14 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
     def snapshot(self) -> AlertSnapshot:
         """Every state, as records: a state's record is encoded when the state changed, and kept; a snapshot
         joins them. At fleet scale (a rule on every reading of 100,000 series) pickling every state each epoch
-        took half the worker; this costs the change plus a join."""
+        took half the worker; this costs the change plus a join. With the alert state log, not even the join:
+        only the changed records are written, and the snapshot is a marker."""
+        if self._log is None and self._recovery_dir is not None and self._count >= _LOG_MIN_STATES:
+            self._log = WindowLog(self._recovery_dir, self._step_id, folder=ALERT_LOG_FOLDER)
+            for rule in self._rules.values():
+                rule.records.clear()  # the log keeps them from now on
+        if self._log is not None:
+            return self._append_to_log()
         by_rule: dict[str, bytes] = {}
         for name, rule in self._rules.items():
             states, records = self.states[name], rule.records
@@ -582,18 +653,52 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
                 if st is None:
                     records.pop(series, None)
                     continue
-                key = series.encode("utf-8", "surrogatepass")
-                records[series] = _KEY_LENGTH.pack(len(key)) + key + _STATE_FIELDS.pack(*st.__getstate__())
+                records[series] = _state_record(series, st)
             rule.dirty.clear()
             by_rule[name] = b"".join(records.values())
         return {"version": 2, "records": by_rule}
+
+    def _append_to_log(self) -> LogMarker:
+        """The states changed since the last snapshot as one frame, or every state when a generation starts."""
+        state_log = self._log
+        assert state_log is not None
+        if state_log.generation < 0 or state_log.needs_new_generation(self._live_bytes):
+            every: dict[str, tuple[bytes, list[str]]] = {
+                name: (b"".join([_state_record(series, st) for series, st in self.states[name].items()]), [])
+                for name in self._rules
+            }
+            frame = _FRAME_ALL + pickle.dumps(every, protocol=5)
+            state_log.start_generation(frame)
+            self._live_bytes = len(frame)
+        else:
+            changes: dict[str, tuple[bytes, list[str]]] = {}
+            for name, rule in self._rules.items():
+                if not rule.dirty:
+                    continue
+                states = self.states[name]
+                records: list[bytes] = []
+                gone: list[str] = []
+                for series in rule.dirty:
+                    st = states.get(series)
+                    if st is None:
+                        gone.append(series)
+                    else:
+                        records.append(_state_record(series, st))
+                changes[name] = (b"".join(records), gone)
+            if changes:
+                state_log.append(_FRAME_CHANGES + pickle.dumps(changes, protocol=5))
+        for rule in self._rules.values():
+            rule.dirty.clear()
+        state_log.collect()
+        return state_log.marker(self._now())
 
     # -- bounded memory
 
     def _evict(self, rule: _Rule, series: str) -> None:
         del self.states[rule.name][series]
         rule.records.pop(series, None)
-        rule.dirty.discard(series)
+        # The next snapshot drops its record (the alert state log writes a tombstone).
+        rule.dirty.add(series)
         self._count -= 1
         self.evicted += 1
         # The series' cached rule list goes too: a series that does not come back costs nothing more.

@@ -199,3 +199,44 @@ def test_threshold_alert_notifies_every_channel_once_across_a_kill(
     cleaner.connect(MQTT_HOST, MQTT_PORT)
     cleaner.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
     cleaner.disconnect()
+
+
+def test_a_fleets_alert_states_come_back_from_the_alert_state_log_after_a_kill(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str, webhook: Webhook
+) -> None:
+    """1,200 devices under one rule: more states than a snapshot carries itself, so they go to the alert state
+    log. After kill -9 the firing alert must still be firing: a reading in its warning band sends nothing, and
+    the next one below the clear threshold resolves it. Had the state been lost, the first would fire again."""
+    config = write_config(tmp_path, unique, influx_db, webhook.url)
+    config.write_text(config.read_text().replace('epoch_interval = "10s"', 'epoch_interval = "1s"'))
+    pipeline = Pipeline(config)
+    pub = Publisher()
+    for device in range(1200):
+        send(pub, unique, f"d{device}", 0, 20.0)
+    send(pub, unique, "d0", 1, 35.0)
+    pub.flush()
+    wait_until(lambda: len(webhook.bodies) >= 1)
+    pipeline.wait_for("messages_in", 1201)
+    time.sleep(3.0)  # epochs with the firing state commit
+    logs = list((tmp_path / "recovery" / "alert-log").iterdir())
+    assert logs, "the states went to the alert state log"
+    pipeline.kill()
+
+    pipeline = Pipeline(config)
+    send(pub, unique, "d0", 2, 38.0)
+    send(pub, unique, "d0", 3, 27.0)
+    pub.flush()
+    pipeline.wait_for("messages_in", 2)
+    wait_until(lambda: len(webhook.bodies) >= 2)
+    time.sleep(1.0)
+    pipeline.stop()
+    pub.close()
+
+    assert [(b["state"], b["severity"], b["value"]) for b in webhook.bodies] == [
+        ("firing", "warning", 35.0),
+        ("resolved", "warning", 27.0),
+    ]
+    cleaner = paho.Client(CallbackAPIVersion.VERSION2)
+    cleaner.connect(MQTT_HOST, MQTT_PORT)
+    cleaner.publish(f"fwalerts/{unique}/hot/readings/d0/temp", b"", qos=1, retain=True).wait_for_publish(5)
+    cleaner.disconnect()

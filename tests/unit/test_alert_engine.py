@@ -6,6 +6,7 @@ import pickle
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from fleetwatch.record import AlertTransition, LogRate, Reading
 from flows import clock as pipeline_clock
 from flows import lifecycle
 from flows.alerts.engine import (
+    ALERT_LOG_FOLDER,
     AlertLogic,
     Observation,
     aggregate_series,
@@ -23,6 +25,7 @@ from flows.alerts.engine import (
     observations_from_readings,
 )
 from flows.alerts.rules import AlertRule, RuleMatcher
+from flows.window_log import LOG_FORMAT
 from flows.windows import Aggregate
 
 S = 1_000_000_000
@@ -601,3 +604,69 @@ def test_a_snapshot_after_changes_restores_every_state_as_it_is() -> None:
 
     old_format = pickle.dumps({"version": 1, "states": logic.states})
     assert fields(AlertLogic(rules, old_format, clock=clock).states) == fields(restored.states)
+
+
+def test_many_states_go_to_the_alert_state_log_and_resume_exactly(tmp_path: Path) -> None:
+    """With recovery on and many states, a snapshot is a marker into the alert state log: an epoch writes the
+    states that changed, not all of them. Resuming from the marker gives back every state as it was at that
+    snapshot, evictions included; frames written after it (an epoch that never committed) are not applied."""
+    clock = Clock(T0)
+    rules = [rule(name="hot", warning=80), rule(name="roc", kind="rate_of_change", warning=5)]
+    fleet = [f"readings,device=d{i},metric=temperature" for i in range(3000)]
+    logic = AlertLogic(rules, clock=clock, recovery_dir=tmp_path, step_id="flow.alerts")
+    feed(logic, [obs(50.0 + i % 7, 1, series=s) for i, s in enumerate(fleet)])
+    first = logic.snapshot()
+    assert first[0] == LOG_FORMAT and logic._log is not None
+    whole_frame = logic._log.generation_bytes
+
+    # One epoch's changes: a device fires, a new one arrives, one is forgotten.
+    feed(logic, [obs(90, 30, series=fleet[3]), obs(1, 31, series="readings,device=new,metric=temperature")])
+    logic._evict(logic._rules["hot"], fleet[5])
+    marker = logic.snapshot()
+    assert (marker[2], marker[3], marker[4]) == (first[2], first[3], first[4] + 1), "the same log, one frame on"
+    changes_frame = logic._log.generation_bytes - whole_frame
+    assert changes_frame < whole_frame / 100, (changes_frame, whole_frame)
+
+    def fields(states: dict[str, dict[str, Any]]) -> dict[str, dict[str, tuple]]:
+        return {
+            name: {s: st.__getstate__()[:7] + st.__getstate__()[8:] for s, st in by.items()}
+            for name, by in states.items()
+        }
+
+    at_marker = fields(logic.states)
+    feed(logic, [obs(95, 40, series=fleet[7])])  # after the marker: this epoch never commits
+    logic.snapshot()
+
+    restored = AlertLogic(
+        rules, pickle.loads(pickle.dumps(marker)), clock=clock, recovery_dir=tmp_path, step_id="flow.alerts"
+    )
+    assert fields(restored.states) == at_marker
+    assert fleet[5] not in restored.states["hot"] and fleet[5] in restored.states["roc"]
+    assert restored.states["hot"][fleet[3]].phase == 2  # firing
+    assert restored.states["hot"][fleet[7]].phase == 0
+    # The restored logic starts a new generation with every state at its first snapshot.
+    again = restored.snapshot()
+    assert again[2] == marker[2] and again[3] > marker[3]
+    assert fields(AlertLogic(rules, again, clock=clock, recovery_dir=tmp_path, step_id="flow.alerts").states) == (
+        fields(restored.states)
+    )
+
+
+def test_few_states_stay_in_the_snapshot_and_alert_logs_are_cleaned_apart_from_window_logs(tmp_path: Path) -> None:
+    from flows.window_log import remove_unreferenced
+
+    clock = Clock(T0)
+    service = AlertLogic([rule(name="hot", warning=80)], clock=clock, recovery_dir=tmp_path, step_id="flow.alerts")
+    feed(service, [obs(85, 0)])
+    assert isinstance(service.snapshot(), dict), "a service's few states are not worth a log file"
+    assert not (tmp_path / ALERT_LOG_FOLDER).exists()
+
+    fleet = AlertLogic([rule(name="hot", warning=80)], clock=clock, recovery_dir=tmp_path, step_id="flow.alerts")
+    feed(fleet, [obs(1, 0, series=f"readings,device=d{i},metric=t") for i in range(1500)])
+    assert fleet.snapshot()[0] == LOG_FORMAT
+    window_log = tmp_path / "window-log" / "w.0"
+    window_log.parent.mkdir()
+    window_log.write_bytes(b"")
+    # No Bytewax store refers to the alert log here: it goes; the window logs are another step's.
+    assert remove_unreferenced(tmp_path, "flow.alerts", ALERT_LOG_FOLDER) == 1
+    assert window_log.exists() and not any((tmp_path / ALERT_LOG_FOLDER).iterdir())
