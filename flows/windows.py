@@ -43,6 +43,7 @@ from flows import health, lifecycle
 from flows.window_log import LOG_FORMAT, LogMarker, WindowLog
 
 _NO_TIME = -(2**63)
+_NO_END = 2**63 - 1
 # Series without open windows are forgotten after an hour of silence; checked once a minute.
 _FORGET_NS = 3600 * 1_000_000_000
 # Window deadlines are kept in buckets of this width: a window closes at most this much after its deadline.
@@ -165,7 +166,7 @@ class _Window:
 
 
 class _Series:
-    __slots__ = ("max_ts", "measurement", "sys_at_max", "windows")
+    __slots__ = ("first_end", "max_ts", "measurement", "sys_at_max", "windows")
 
     def __init__(self, measurement: str) -> None:
         self.measurement = measurement
@@ -173,12 +174,18 @@ class _Series:
         self.sys_at_max = 0
         # (spec index, window start) -> window
         self.windows: dict[tuple[int, int], _Window] = {}
+        # No open window ends before this (a lower bound, exact after a scan; _NO_END when none is open): a
+        # newer reading closes windows by event time only once the watermark reaches it. Without it, every
+        # reading that advanced its series scanned the series' windows, and at fleet scale nearly every
+        # reading does (each series gets a reading every few seconds), for a close that is rarely due.
+        self.first_end = _NO_TIME
 
     def __getstate__(self) -> tuple[str, int, int, dict[tuple[int, int], _Window]]:
         return (self.measurement, self.max_ts, self.sys_at_max, self.windows)
 
     def __setstate__(self, state: tuple[str, int, int, dict[tuple[int, int], _Window]]) -> None:
         self.measurement, self.max_ts, self.sys_at_max, self.windows = state
+        self.first_end = _NO_TIME
 
 
 class WindowState(NamedTuple):
@@ -487,8 +494,12 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             self._ops.append((_OP_READINGS, now, values))
         aggregates: list[Aggregate] = []
         series_map = self.state.series
+        lateness = self.lateness_ns
         for key in advanced:
-            self._close_due(key, series_map[key], now, aggregates)
+            series = series_map[key]
+            # (the series' clock is ``now``: its watermark is its newest event time minus the lateness)
+            if series.max_ts - lateness >= series.first_end:
+                self._close_due(key, series, now, aggregates)
         self._pop_deadlines(now, aggregates)
         if aggregates or late:
             return [WindowResult(aggregates, late, late_counts)], StatefulBatchLogic.RETAIN
@@ -535,6 +546,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     if window is None:
                         window = windows[(index, start)] = _Window()
                         schedule(series.sys_at_max + (end + lateness - series.max_ts), key, index, start)
+                        if end < series.first_end:
+                            series.first_end = end
                     window.add(reading.value, ts)
             if is_late:
                 late.append(reading)
@@ -638,10 +651,19 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
 
     def _close_due(self, key: str, series: _Series, now: int, out: list[Aggregate]) -> None:
         watermark = series.max_ts + (now - series.sys_at_max) - self.lateness_ns
+        if watermark < series.first_end:
+            return
         windows = series.windows
-        for index, start in [w for w in windows if w[1] + self.specs[w[0]].length_ns <= watermark]:
-            out.append(self._aggregate(key, series, index, start, windows.pop((index, start))))
-            self._log_close(key, index, start)
+        specs = self.specs
+        first_end = _NO_END
+        for index, start in list(windows):
+            end = start + specs[index].length_ns
+            if end <= watermark:
+                out.append(self._aggregate(key, series, index, start, windows.pop((index, start))))
+                self._log_close(key, index, start)
+            elif end < first_end:
+                first_end = end
+        series.first_end = first_end
 
     def _pop_deadlines(self, now: int, out: list[Aggregate]) -> None:
         heap = self._due_heap
