@@ -77,13 +77,6 @@ class WindowSpec(NamedTuple):
     def sliding(cls, length: timedelta, step: timedelta) -> WindowSpec:
         return cls(f"{duration_label(length)}/{duration_label(step)}", _ns(length), _ns(step))
 
-    def starts(self, ts: int) -> Iterable[int]:
-        """Starts of the windows holding event time ``ts`` (aligned to the Unix epoch)."""
-        start = ts - ts % self.step_ns
-        while start > ts - self.length_ns:
-            yield start
-            start -= self.step_ns
-
 
 def _same_ns(ns: int) -> int:
     return ns
@@ -518,7 +511,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         window state log repeats, with the same clock)."""
         series_map = self.state.series
         lateness = self.lateness_ns
-        specs = self.specs
+        spans = [(index, spec.length_ns, spec.step_ns, spec.label) for index, spec in enumerate(self.specs)]
         dirty = self._dirty
         for reading in readings:
             key = reading.series
@@ -534,21 +527,25 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             watermark = series.max_ts + (now - series.sys_at_max) - lateness
             windows = series.windows
             is_late = False
-            for index, spec in enumerate(specs):
-                for start in spec.starts(ts):
-                    end = start + spec.length_ns
+            for index, length, step, label in spans:
+                # The windows holding ts, aligned to the Unix epoch: one for a tumbling window, length / step
+                # for a sliding one.
+                start = ts - ts % step
+                while start > ts - length:
+                    end = start + length
                     if end <= watermark:
                         if not is_late:
-                            late_counts[spec.label] = late_counts.get(spec.label, 0) + 1
+                            late_counts[label] = late_counts.get(label, 0) + 1
                         is_late = True
-                        continue
-                    window = windows.get((index, start))
-                    if window is None:
-                        window = windows[(index, start)] = _Window()
-                        schedule(series.sys_at_max + (end + lateness - series.max_ts), key, index, start)
-                        if end < series.first_end:
-                            series.first_end = end
-                    window.add(reading.value, ts)
+                    else:
+                        window = windows.get((index, start))
+                        if window is None:
+                            window = windows[(index, start)] = _Window()
+                            schedule(series.sys_at_max + (end + lateness - series.max_ts), key, index, start)
+                            if end < series.first_end:
+                                series.first_end = end
+                        window.add(reading.value, ts)
+                    start -= step
             if is_late:
                 late.append(reading)
 
