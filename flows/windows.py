@@ -403,7 +403,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             kind = op[0]
             if kind == _OP_READINGS:
                 _, now, measurements, keys, values, stamps = op
-                self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, set(), _no_schedule)
+                self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule)
             elif kind == _OP_CLOSES:
                 for key, index, start in zip(op[1], op[2], op[3], strict=True):
                     series = series_map.get(key)
@@ -480,19 +480,15 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         now = self._now()
         late: list[Reading] = []
         late_counts: dict[str, int] = {}
-        advanced: set[str] = set()
+        closing: list[str] = []
         for readings in values:
-            self._add(readings, now, late, late_counts, advanced, self._schedule)
+            self._add(readings, now, late, late_counts, closing, self._schedule)
         if self._ops is not None:
             self._ops.append((_OP_READINGS, now, values))
         aggregates: list[Aggregate] = []
         series_map = self.state.series
-        lateness = self.lateness_ns
-        for key in advanced:
-            series = series_map[key]
-            # (the series' clock is ``now``: its watermark is its newest event time minus the lateness)
-            if series.max_ts - lateness >= series.first_end:
-                self._close_due(key, series, now, aggregates)
+        for key in closing:
+            self._close_due(key, series_map[key], now, aggregates)
         self._pop_deadlines(now, aggregates)
         if aggregates or late:
             return [WindowResult(aggregates, late, late_counts)], StatefulBatchLogic.RETAIN
@@ -504,18 +500,22 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         now: int,
         late: list[Reading],
         late_counts: dict[str, int],
-        advanced: set[str],
+        closing: list[str],
         schedule: Callable[[int, str, int, int], None],
     ) -> None:
         """Add readings that arrived at ``now`` to their series' open windows (the state change a replay of the
-        window state log repeats, with the same clock)."""
+        window state log repeats, with the same clock). ``closing`` gets the series whose newer event time
+        brought their watermark to a window's end (a series may be there more than once)."""
         series_map = self.state.series
         lateness = self.lateness_ns
         spans = [(index, spec.length_ns, spec.step_ns, spec.label) for index, spec in enumerate(self.specs)]
-        dirty = self._dirty
+        # Without the log, the series changed since the last snapshot are encoded again; with it, the log's
+        # frames say what changed, and a set of the series a batch touched would be work for nothing.
+        dirty = self._dirty if self._ops is None else None
         for reading in readings:
             key = reading.series
-            dirty.add(key)
+            if dirty is not None:
+                dirty.add(key)
             ts = reading.ts_ns
             series = series_map.get(key)
             if series is None:
@@ -523,7 +523,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             if ts > series.max_ts:
                 series.max_ts = ts
                 series.sys_at_max = now
-                advanced.add(key)
+                # (the series' clock is now ``now``: its watermark is its newest event time minus the lateness)
+                if ts - lateness >= series.first_end:
+                    closing.append(key)
             watermark = series.max_ts + (now - series.sys_at_max) - lateness
             windows = series.windows
             is_late = False
@@ -682,7 +684,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 due = series.sys_at_max + (end + self.lateness_ns - series.max_ts)
                 if due <= now:
                     out.append(self._aggregate(key, series, index, start, series.windows.pop((index, start))))
-                    self._dirty.add(key)
+                    if self._ops is None:
+                        self._dirty.add(key)
                     self._log_close(key, index, start)
                 else:
                     self._schedule(due, key, index, start)
