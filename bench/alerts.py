@@ -38,6 +38,8 @@ FLEET_RULES = os.environ.get("BENCH_ALERT_FLEET_RULES", "0") != "0"
 # probes measure a pipeline and a store that already hold every series (steady operation), as the
 # fleet-scale rungs of bench/run.py do.
 WARM_UP = os.environ.get("BENCH_ALERT_WARM_UP", "0") != "0"
+# BENCH_ALERT_EPOCH_INTERVAL (e.g. "250ms"): the flow's epoch_interval, to see how the epoch shapes the latency.
+EPOCH_INTERVAL = os.environ.get("BENCH_ALERT_EPOCH_INTERVAL", "")
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -93,6 +95,7 @@ def main() -> None:
     listener.loop_start()
 
     windows = ["10s", "1m"] if FLEET_RULES else ["10s"]
+    flow_toml = f'[flow]\nepoch_interval = "{EPOCH_INTERVAL}"' if EPOCH_INTERVAL else ""
     with tempfile.TemporaryDirectory(prefix="bench-alerts-") as tmp:
         config = Path(tmp) / "bench.toml"
         config.write_text(f"""
@@ -109,6 +112,7 @@ timestamp_unit = "ms"
 [windows]
 tumbling = {json.dumps(windows)}
 allowed_lateness = "2s"
+{flow_toml}
 [recovery]
 dir = "{Path(tmp) / "recovery"}"
 [retention]
