@@ -14,18 +14,13 @@ import uuid
 
 import urllib3
 
+from bench.run import influxql
 from bench.stack_credentials import influx_headers
 
 URL = "http://127.0.0.1:8086"
 POINTS = 100_000
 PER_REQUEST = 5_000
 http = urllib3.PoolManager(maxsize=8)
-
-
-def query(db: str, q: str) -> None:
-    response = http.request("POST", f"{URL}/query", fields={"q": q, "db": db}, headers=influx_headers())
-    if response.status != 200:
-        raise RuntimeError(f"InfluxDB query failed ({response.status}): {response.data[:200]!r}")
 
 
 def boundary(ts_ns: int) -> list[bytes]:
@@ -72,7 +67,7 @@ def main() -> None:
     for compress in (True, False):
         for clients in (1, 2, 4):
             db = f"ingest{uuid.uuid4().hex[:8]}"
-            query("", f'CREATE DATABASE "{db}"')
+            influxql("", f'CREATE DATABASE "{db}"')
             try:
                 for phase, offset in (("new series", 0), ("known series", 10**10)):
                     seconds = write(db, boundary(start_ns + offset), clients, compress)
@@ -81,7 +76,7 @@ def main() -> None:
                         flush=True,
                     )
             finally:
-                query("", f'DROP DATABASE "{db}"')
+                influxql("", f'DROP DATABASE "{db}"')
 
 
 if __name__ == "__main__":
