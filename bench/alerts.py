@@ -24,7 +24,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.installed import fleetwatch_command
-from bench.run import PUBLISHER, REPO, RESULTS, Peer, _warm_up, build_publisher
+from bench.logs import es as eslib
+from bench.run import PUBLISHER, REPO, RESULTS, Peer, _warm_up, build_publisher, influxql
 from bench.stack_credentials import INFLUX_AUTH_TOML
 
 BACKGROUND_RATE = int(os.environ.get("BENCH_ALERT_LOAD", "10000"))
@@ -68,6 +69,23 @@ warning = 1e12
 def main() -> None:
     build_publisher()
     unique = f"bencha{uuid.uuid4().hex[:8]}"
+    try:
+        measure(unique)
+    finally:
+        remove_run_data(unique)
+
+
+def remove_run_data(unique: str) -> None:
+    """The run's InfluxDB database and Elasticsearch indices and templates. Left behind, each fleet-scale run
+    kept its 100,000+ series in InfluxDB 1.x's in-memory index (several GB after a dozen runs) and slowed every
+    later benchmark on the same server."""
+    influxql("", f'DROP DATABASE "{unique}"')
+    es = eslib.client()
+    es.options(ignore_status=404).indices.delete(index=f"{unique}-*")
+    es.options(ignore_status=404).indices.delete_index_template(name=f"{unique}-*")
+
+
+def measure(unique: str) -> None:
     received_webhook: dict[int, float] = {}
     received_mqtt: dict[int, float] = {}
 
