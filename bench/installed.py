@@ -3,10 +3,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 FLEETWATCH = Path(sys.executable).parent / "fleetwatch"
+
+# A harness started with PYTHONPATH pointing at a checkout (to import ``bench`` from outside the repository) would
+# pass it on to every program it starts, and the installed ``fleetwatch`` would then import the checkout's
+# modules instead of the wheel's. Dropped here, before any benchmark starts a process: the harness itself has
+# already imported what it needs.
+os.environ.pop("PYTHONPATH", None)
 
 
 def fleetwatch_command(*args: str) -> list[str]:
