@@ -343,10 +343,11 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # This shard's part of the worker's ``window_series`` gauge, as last reported.
         self._series_counted = 0
         self._last_sweep = self._now()
-        # When each open window closes if no newer reading comes: buckets of _DUE_BUCKET_NS (a dict of
-        # lists, and a heap of bucket numbers). A heap of every window's own deadline cost a tuple
-        # comparison per level per window, with series keys compared on ties: at 100,000 series it was
-        # the biggest cost of a reading.
+        # When each series' earliest open window closes if no newer reading comes (the series' keys, in buckets
+        # of _DUE_BUCKET_NS: a dict of lists, and a heap of bucket numbers; a series is in the bucket its
+        # ``due_bucket`` names, and entries left behind by an earlier schedule are skipped). A heap of every
+        # window's own deadline cost a tuple comparison per level per window, with series keys compared on
+        # ties: at 100,000 series it was the biggest cost of a reading.
         self._due: dict[int, list[str]] = {}
         self._due_heap: list[int] = []
         # The quantiles' positions by window size: the same few sizes recur at every window boundary.

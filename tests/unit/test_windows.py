@@ -99,6 +99,42 @@ def test_windows_close_on_wall_time_when_a_series_goes_quiet() -> None:
     assert [(a.count, a.mean, a.stddev) for a in result.aggregates] == [(1, 5.0, None)]
 
 
+def test_a_quiet_series_closes_each_window_length_at_its_own_end_on_wall_time() -> None:
+    """A series is due once, at its earliest open window's end; after that close it is due again at the next
+    one's. Windows of 10 s and 1 min: each closes on wall time at its own end plus the lateness, once. A
+    reading in between opens an earlier-ending window, and moves the series' clock and with it when the
+    minute closes."""
+    clock = Clock(T0 + 5 * S)
+    specs = [WindowSpec.tumbling(timedelta(seconds=10)), WindowSpec.tumbling(timedelta(minutes=1))]
+    logic = WindowLogic(specs, timedelta(seconds=2), [], clock=clock)
+
+    def due_s() -> float | None:
+        due = logic.notify_at()
+        return None if due is None else round((int(due.timestamp() * S) - T0) / S, 3)
+
+    collect(logic, [reading(1.0, 5)])  # arrives at 5 s of wall time
+    assert due_s() == 12
+    clock.now = T0 + 12 * S
+    assert [(a.window, a.start_ns - T0, a.count) for a in notify_while_due(logic)] == [("10s", 0, 1)]
+    assert due_s() == 62
+    # At 20 s of wall time comes a reading stamped 15 s: the series' clock is now 5 s behind wall time.
+    clock.now = T0 + 20 * S
+    collect(logic, [reading(3.0, 15)])
+    assert due_s() == 27  # its new 10 s window, [10 s, 20 s)
+    clock.now = T0 + 27 * S
+    assert [(a.window, a.start_ns - T0, a.sum) for a in notify_while_due(logic)] == [("10s", 10 * S, 3.0)]
+    # The wake-up planned for 62 s, before the reading moved the series' clock, still comes; it closes nothing.
+    assert due_s() == 62
+    clock.now = T0 + 62 * S
+    assert notify_while_due(logic) == []
+    assert due_s() == 67
+    clock.now = T0 + 66_900_000_000
+    assert notify_while_due(logic) == []
+    clock.now = T0 + 67 * S
+    assert [(a.window, a.count, a.sum) for a in notify_while_due(logic)] == [("1m", 2, 4.0)]
+    assert due_s() is None
+
+
 def test_a_boundary_due_for_a_whole_fleet_closes_in_parts_and_misses_nothing() -> None:
     """25,000 series due at the same moment: each callback closes a part (the worker returns to its sources
     in between), notify_at stays in the past until all are closed, and every window comes out once."""
