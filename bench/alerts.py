@@ -77,8 +77,8 @@ def main() -> None:
 
 def remove_run_data(unique: str) -> None:
     """The run's InfluxDB database and Elasticsearch indices and templates. Left behind, each fleet-scale run
-    kept its 100,000+ series in InfluxDB 1.x's in-memory index (several GB after a dozen runs) and slowed every
-    later benchmark on the same server."""
+    kept its 100,000+ series in InfluxDB 1.x's in-memory index: after a dozen runs the server held 10 GB on the
+    machine every later benchmark shares."""
     influxql("", f'DROP DATABASE "{unique}"')
     es = eslib.client()
     es.options(ignore_status=404).indices.delete(index=f"{unique}-*")
