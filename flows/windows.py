@@ -158,44 +158,27 @@ class _Window:
         self.values.frombytes(raw)
 
 
-def window_key(index: int, start: int, spec_count: int) -> int:
-    """A window's key in its series' dict: one int for (spec index, start). A tuple key cost about 70 bytes per
-    open window more, 14 MB at 100,000 series."""
-    return start * spec_count + index
-
-
-def split_window_key(key: int, spec_count: int) -> tuple[int, int]:
-    """(spec index, start) of a window key (floor division: starts before 1970 come back too)."""
-    start, index = divmod(key, spec_count)
-    return index, start
-
-
 class _Series:
-    __slots__ = ("due_bucket", "first_end", "max_ts", "measurement", "sys_at_max", "windows")
+    __slots__ = ("first_end", "max_ts", "measurement", "sys_at_max", "windows")
 
     def __init__(self, measurement: str) -> None:
         self.measurement = measurement
         self.max_ts = _NO_TIME
         self.sys_at_max = 0
-        # window_key(spec index, window start) -> window
-        self.windows: dict[int, _Window] = {}
+        # (spec index, window start) -> window
+        self.windows: dict[tuple[int, int], _Window] = {}
         # No open window ends before this (a lower bound, exact after a scan; _NO_END when none is open): a
         # newer reading closes windows by event time only once the watermark reaches it. Without it, every
         # reading that advanced its series scanned the series' windows, and at fleet scale nearly every
         # reading does (each series gets a reading every few seconds), for a close that is rarely due.
         self.first_end = _NO_TIME
-        # The deadline bucket where the series is due to be checked for wall-time closes (None: not scheduled).
-        # The series is due there, not each of its windows: one entry per series instead of a tuple per
-        # window, and a window opening after an earlier one adds nothing.
-        self.due_bucket: int | None = None
 
-    def __getstate__(self) -> tuple[str, int, int, dict[int, _Window]]:
+    def __getstate__(self) -> tuple[str, int, int, dict[tuple[int, int], _Window]]:
         return (self.measurement, self.max_ts, self.sys_at_max, self.windows)
 
-    def __setstate__(self, state: tuple[str, int, int, dict[Any, _Window]]) -> None:
+    def __setstate__(self, state: tuple[str, int, int, dict[tuple[int, int], _Window]]) -> None:
         self.measurement, self.max_ts, self.sys_at_max, self.windows = state
         self.first_end = _NO_TIME
-        self.due_bucket = None
 
 
 class WindowState(NamedTuple):
@@ -237,7 +220,7 @@ _OP_READINGS, _OP_CLOSES, _OP_FORGETS, _OP_SHIFT = 0, 1, 2, 3
 _Op = tuple[Any, ...]
 
 
-def _no_schedule(deadline: int, key: str, series: _Series) -> None:
+def _no_schedule(deadline: int, key: str, index: int, start: int) -> None:
     """Deadlines are rebuilt from the state once a replay is done."""
 
 
@@ -266,7 +249,7 @@ def _tombstone(key: str) -> bytes:
     return _SERIES_HEAD.pack(len(key_b), _TOMBSTONE, 0, 0, 0) + key_b
 
 
-def _encode_series(key: str, series: _Series, spec_count: int) -> bytes:
+def _encode_series(key: str, series: _Series) -> bytes:
     key_b = key.encode()
     measurement_b = series.measurement.encode()
     parts = [
@@ -274,14 +257,13 @@ def _encode_series(key: str, series: _Series, spec_count: int) -> bytes:
         key_b,
         measurement_b,
     ]
-    for wkey, w in series.windows.items():
-        index, start = split_window_key(wkey, spec_count)
+    for (index, start), w in series.windows.items():
         parts.append(_WINDOW_HEAD.pack(index, start, w.first_ts, w.first_v, w.last_ts, w.last_v, len(w.values)))
         parts.append(w.values.tobytes())
     return b"".join(parts)
 
 
-def _decode_records(joined: bytes, spec_count: int) -> Iterator[tuple[str, _Series | None, bytes]]:
+def _decode_records(joined: bytes) -> Iterator[tuple[str, _Series | None, bytes]]:
     """Each record's series key, its series (None for a tombstone) and the record's bytes."""
     view = memoryview(joined)
     pos, end = 0, len(joined)
@@ -304,7 +286,7 @@ def _decode_records(joined: bytes, spec_count: int) -> Iterator[tuple[str, _Seri
             window.values.frombytes(view[pos : pos + 8 * n])
             pos += 8 * n
             window.first_ts, window.first_v, window.last_ts, window.last_v = first_ts, first_v, last_ts, last_v
-            series.windows[window_key(index, start, spec_count)] = window
+            series.windows[(index, start)] = window
         yield key, series, joined[start_pos:pos]
 
 
@@ -343,12 +325,11 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # This shard's part of the worker's ``window_series`` gauge, as last reported.
         self._series_counted = 0
         self._last_sweep = self._now()
-        # When each series' earliest open window closes if no newer reading comes (the series' keys, in buckets
-        # of _DUE_BUCKET_NS: a dict of lists, and a heap of bucket numbers; a series is in the bucket its
-        # ``due_bucket`` names, and entries left behind by an earlier schedule are skipped). A heap of every
-        # window's own deadline cost a tuple comparison per level per window, with series keys compared on
-        # ties: at 100,000 series it was the biggest cost of a reading.
-        self._due: dict[int, list[str]] = {}
+        # When each open window closes if no newer reading comes: buckets of _DUE_BUCKET_NS (a dict of
+        # lists, and a heap of bucket numbers). A heap of every window's own deadline cost a tuple
+        # comparison per level per window, with series keys compared on ties: at 100,000 series it was
+        # the biggest cost of a reading.
+        self._due: dict[int, list[tuple[str, int, int]]] = {}
         self._due_heap: list[int] = []
         # The quantiles' positions by window size: the same few sizes recur at every window boundary.
         self._positions: dict[int, tuple[tuple[float, int, int, float], ...]] = {}
@@ -358,11 +339,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             # A snapshot from before series were pickled one by one: the whole shard in one pickle.
             self.state = pickle.loads(resume)
             self._dirty.update(self.state.series)
-            for series in self.state.series.values():
-                by_tuple: dict[Any, _Window] = series.windows  # that format keyed windows by (index, start)
-                series.windows = {window_key(i, st, len(self.specs)): w for (i, st), w in by_tuple.items()}
+            for deadline, key, index, start in self.state.deadlines:
+                self._schedule(deadline, key, index, start)
             self.state.deadlines.clear()
-            self._schedule_open_windows(self.state.series)
         elif len(resume) == 3 and resume[0] == _SNAPSHOT_FORMAT:
             self.state = self._restore(resume[1], [resume[2]])
         elif len(resume) == 5 and resume[0] == LOG_FORMAT:
@@ -388,7 +367,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         series_map: dict[str, _Series] = {}
         blobs = self._blobs
         for joined in frames:
-            for key, series, record in _decode_records(joined, len(self.specs)):
+            for key, series, record in _decode_records(joined):
                 if series is None:
                     series_map.pop(key, None)
                     blobs.pop(key, None)
@@ -407,7 +386,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             kind, body = frame[:1], frame[1:]
             if kind == _FRAME_RECORDS:
                 series_map.clear()
-                for key, series, _ in _decode_records(body, len(self.specs)):
+                for key, series, _ in _decode_records(body):
                     if series is not None:
                         series_map[key] = series
                 self._live_bytes = len(frame)
@@ -426,11 +405,10 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 _, now, measurements, keys, values, stamps = op
                 self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule)
             elif kind == _OP_CLOSES:
-                spec_count = len(self.specs)
                 for key, index, start in zip(op[1], op[2], op[3], strict=True):
                     series = series_map.get(key)
                     if series is not None:
-                        series.windows.pop(window_key(index, start, spec_count), None)
+                        series.windows.pop((index, start), None)
             elif kind == _OP_FORGETS:
                 for key in op[1]:
                     series_map.pop(key, None)
@@ -441,20 +419,11 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 raise ValueError(f"window state log operation of an unknown kind {kind!r}")
 
     def _schedule_open_windows(self, series_map: dict[str, _Series]) -> None:
-        """Deadlines are not in the snapshot: each series is due where its clock puts its earliest open window's
-        end (computed exactly here, so the bound the closes rely on holds after a restore)."""
-        self._due, self._due_heap = {}, []
-        lengths = [spec.length_ns for spec in self.specs]
-        spec_count = len(self.specs)
+        # Deadlines are not in the snapshot: each open window's is where its series' clock puts it.
         for key, series in series_map.items():
-            series.due_bucket = None
-            if not series.windows:
-                series.first_end = _NO_END
-                continue
-            series.first_end = min(
-                st + lengths[i] for i, st in (split_window_key(w, spec_count) for w in series.windows)
-            )
-            self._schedule(series.sys_at_max + (series.first_end + self.lateness_ns - series.max_ts), key, series)
+            for index, start in series.windows:
+                end = start + self.specs[index].length_ns
+                self._schedule(series.sys_at_max + (end + self.lateness_ns - series.max_ts), key, index, start)
 
     def _log_close(self, key: str, index: int, start: int) -> None:
         ops = self._ops
@@ -477,18 +446,14 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         else:
             ops.append((_OP_FORGETS, [key]))
 
-    def _schedule(self, deadline: int, key: str, series: _Series) -> None:
-        """Check ``series`` for wall-time closes at ``deadline``, unless it is already due no later."""
+    def _schedule(self, deadline: int, key: str, index: int, start: int) -> None:
         bucket = -(-deadline // _DUE_BUCKET_NS)  # rounded up: never before the deadline
-        if series.due_bucket is not None and series.due_bucket <= bucket:
-            return
-        series.due_bucket = bucket
         entries = self._due.get(bucket)
         if entries is None:
-            self._due[bucket] = [key]
+            self._due[bucket] = [(key, index, start)]
             heapq.heappush(self._due_heap, bucket)
         else:
-            entries.append(key)
+            entries.append((key, index, start))
 
     def _leave_out_downtime(self, downtime_ns: int) -> None:
         """Shift every wall-time mark by the time between the snapshot and now. Without this, a restart
@@ -504,7 +469,10 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         self._dirty.update(self.state.series)
         if self._ops is not None:
             self._ops.append((_OP_SHIFT, downtime_ns))
-        self._schedule_open_windows(self.state.series)
+        due, self._due, self._due_heap = self._due, {}, []
+        for bucket, entries in due.items():
+            for key, index, start in entries:
+                self._schedule(bucket * _DUE_BUCKET_NS + downtime_ns, key, index, start)
 
     # -- Bytewax callbacks
 
@@ -533,14 +501,13 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         late: list[Reading],
         late_counts: dict[str, int],
         closing: list[str],
-        schedule: Callable[[int, str, _Series], None],
+        schedule: Callable[[int, str, int, int], None],
     ) -> None:
         """Add readings that arrived at ``now`` to their series' open windows (the state change a replay of the
         window state log repeats, with the same clock). ``closing`` gets the series whose newer event time
         brought their watermark to a window's end (a series may be there more than once)."""
         series_map = self.state.series
         lateness = self.lateness_ns
-        spec_count = len(self.specs)
         spans = [(index, spec.length_ns, spec.step_ns, spec.label) for index, spec in enumerate(self.specs)]
         # Without the log, the series changed since the last snapshot are encoded again; with it, the log's
         # frames say what changed, and a set of the series a batch touched would be work for nothing.
@@ -573,11 +540,10 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                             late_counts[label] = late_counts.get(label, 0) + 1
                         is_late = True
                     else:
-                        wkey = start * spec_count + index  # window_key, inline: once per reading and length
-                        window = windows.get(wkey)
+                        window = windows.get((index, start))
                         if window is None:
-                            window = windows[wkey] = _Window()
-                            schedule(series.sys_at_max + (end + lateness - series.max_ts), key, series)
+                            window = windows[(index, start)] = _Window()
+                            schedule(series.sys_at_max + (end + lateness - series.max_ts), key, index, start)
                             if end < series.first_end:
                                 series.first_end = end
                         window.add(reading.value, ts)
@@ -599,14 +565,11 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             return [], StatefulBatchLogic.RETAIN
         # Finite input (tests, replays) ended: every open window is final.
         aggregates: list[Aggregate] = []
-        spec_count = len(self.specs)
         for key, series in self.state.series.items():
-            for wkey in sorted(series.windows, key=lambda w: split_window_key(w, spec_count)):
-                index, start = split_window_key(wkey, spec_count)
-                aggregates.append(self._aggregate(key, series, index, start, series.windows[wkey]))
+            for index, start in sorted(series.windows):
+                aggregates.append(self._aggregate(key, series, index, start, series.windows[(index, start)]))
                 self._log_close(key, index, start)
             series.windows.clear()
-            series.first_end, series.due_bucket = _NO_END, None
             self._dirty.add(key)
         self._due.clear()
         self._due_heap.clear()
@@ -645,9 +608,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         state_log, ops = self._log, self._ops
         assert state_log is not None and ops is not None
         if state_log.generation < 0 or state_log.needs_new_generation(self._live_bytes):
-            frame = _FRAME_RECORDS + b"".join(
-                _encode_series(k, s, len(self.specs)) for k, s in self.state.series.items()
-            )
+            frame = _FRAME_RECORDS + b"".join(_encode_series(k, s) for k, s in self.state.series.items())
             state_log.start_generation(frame)
             self._live_bytes = len(frame)
         elif ops:
@@ -677,7 +638,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     del blobs[key]
                     changes.append(_tombstone(key))
             else:
-                blob = blobs[key] = _encode_series(key, series, len(self.specs))
+                blob = blobs[key] = _encode_series(key, series)
                 live += len(blob)
                 changes.append(blob)
         self._dirty.clear()
@@ -693,45 +654,43 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             return
         windows = series.windows
         specs = self.specs
-        spec_count = len(specs)
         first_end = _NO_END
-        for wkey in list(windows):
-            start, index = divmod(wkey, spec_count)
+        for index, start in list(windows):
             end = start + specs[index].length_ns
             if end <= watermark:
-                out.append(self._aggregate(key, series, index, start, windows.pop(wkey)))
+                out.append(self._aggregate(key, series, index, start, windows.pop((index, start))))
                 self._log_close(key, index, start)
             elif end < first_end:
                 first_end = end
         series.first_end = first_end
 
     def _pop_deadlines(self, now: int, out: list[Aggregate]) -> None:
-        """Close what the series due by ``now`` have due on wall time, ``_CLOSE_PER_CALL`` windows at most (a
-        series' windows are closed together), and schedule each such series at its next open window's end."""
         heap = self._due_heap
         series_map = self.state.series
-        lateness = self.lateness_ns
-        stop_at = len(out) + _CLOSE_PER_CALL
-        while heap and heap[0] * _DUE_BUCKET_NS <= now and len(out) < stop_at:
+        budget = _CLOSE_PER_CALL
+        while heap and heap[0] * _DUE_BUCKET_NS <= now:
             bucket = heapq.heappop(heap)
             entries = self._due.pop(bucket)
-            for done, key in enumerate(entries):
-                if len(out) >= stop_at:
-                    # The rest stays due (notify_at is then in the past, and Bytewax calls back at once).
-                    self._due[bucket] = entries[done:]
-                    heapq.heappush(heap, bucket)
-                    break
+            if len(entries) > budget:
+                # Close part of the bucket now; the rest stays due (notify_at is then in the past).
+                entries, self._due[bucket] = entries[:budget], entries[budget:]
+                heapq.heappush(heap, bucket)
+            budget -= len(entries)
+            for key, index, start in entries:
                 series = series_map.get(key)
-                if series is None or series.due_bucket != bucket:
-                    continue  # forgotten, or due at another time since
-                series.due_bucket = None
-                closed = len(out)
-                self._close_due(key, series, now, out)
-                if len(out) > closed and self._ops is None:
-                    self._dirty.add(key)
-                if series.windows:
-                    # Not due yet (newer readings moved its clock), or the next window: due at its end.
-                    self._schedule(series.sys_at_max + (series.first_end + lateness - series.max_ts), key, series)
+                if series is None or (index, start) not in series.windows:
+                    continue  # closed earlier by event time
+                end = start + self.specs[index].length_ns
+                due = series.sys_at_max + (end + self.lateness_ns - series.max_ts)
+                if due <= now:
+                    out.append(self._aggregate(key, series, index, start, series.windows.pop((index, start))))
+                    if self._ops is None:
+                        self._dirty.add(key)
+                    self._log_close(key, index, start)
+                else:
+                    self._schedule(due, key, index, start)
+            if budget <= 0:
+                break
         # A quiet series keeps its clock for a while, so that a straggler is still recognised as late
         # (instead of reopening a window that was already written); then it is forgotten.
         if now - self._last_sweep > _SWEEP_EVERY_NS:

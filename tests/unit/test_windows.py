@@ -15,7 +15,7 @@ from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.record import Reading
 from flows import health, schema
 from flows.window_log import WindowLogError
-from flows.windows import Aggregate, WindowLogic, WindowSpec, quantile, split_window_key
+from flows.windows import Aggregate, WindowLogic, WindowSpec, quantile
 
 S = 1_000_000_000
 T0 = 1_767_225_600 * S  # 2026-01-01T00:00:00Z, a multiple of every window length used here
@@ -100,10 +100,8 @@ def test_windows_close_on_wall_time_when_a_series_goes_quiet() -> None:
 
 
 def test_a_quiet_series_closes_each_window_length_at_its_own_end_on_wall_time() -> None:
-    """A series is due once, at its earliest open window's end; after that close it is due again at the next
-    one's. Windows of 10 s and 1 min: each closes on wall time at its own end plus the lateness, once. A
-    reading in between opens an earlier-ending window, and moves the series' clock and with it when the
-    minute closes."""
+    """Windows of 10 s and 1 min: each closes on wall time at its own end plus the lateness, once. A reading in
+    between opens an earlier-ending window, and moves the series' clock and with it when the minute closes."""
     clock = Clock(T0 + 5 * S)
     specs = [WindowSpec.tumbling(timedelta(seconds=10)), WindowSpec.tumbling(timedelta(minutes=1))]
     logic = WindowLogic(specs, timedelta(seconds=2), [], clock=clock)
@@ -564,8 +562,7 @@ def _state_of(logic: WindowLogic) -> dict[str, tuple[object, ...]]:
             s.max_ts,
             s.sys_at_max,
             sorted(
-                (*split_window_key(k, len(logic.specs)), w.first_ts, w.first_v, w.last_ts, w.last_v, tuple(w.values))
-                for k, w in s.windows.items()
+                (i, st, w.first_ts, w.first_v, w.last_ts, w.last_v, tuple(w.values)) for (i, st), w in s.windows.items()
             ),
         )
         for key, s in logic.state.series.items()
