@@ -80,9 +80,7 @@ def remove_run_data(unique: str) -> None:
     kept its 100,000+ series in InfluxDB 1.x's in-memory index: after a dozen runs the server held 10 GB on the
     machine every later benchmark shares."""
     influxql("", f'DROP DATABASE "{unique}"')
-    es = eslib.client()
-    es.options(ignore_status=404).indices.delete(index=f"{unique}-*")
-    es.options(ignore_status=404).indices.delete_index_template(name=f"{unique}-*")
+    eslib.delete_pipeline_data(eslib.client(), unique)
 
 
 def measure(unique: str) -> None:

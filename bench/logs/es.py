@@ -92,6 +92,12 @@ def delete_index(es: Elasticsearch, name: str) -> None:
         es.options(ignore_status=404).indices.delete(index=name)
 
 
+def delete_pipeline_data(es: Elasticsearch, prefix: str) -> None:
+    """What a fleetwatch run under ``index_prefix = prefix`` created: its indices and its index templates."""
+    es.options(ignore_status=404).indices.delete(index=f"{prefix}-*")
+    es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-*")
+
+
 OUTAGE = (EsConnectionError, TransportError)
 
 

@@ -137,6 +137,5 @@ def run_fleetwatch(path: Path, kind: Kind, lines: int, workdir: Path, concurrent
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-        es.options(ignore_status=404).indices.delete(index=f"{prefix}-*")
-        es.options(ignore_status=404).indices.delete_index_template(name=f"{prefix}-*")
+        eslib.delete_pipeline_data(es, prefix)
     return FleetwatchResult(lines, elapsed, cpu, foreign, first[0])
