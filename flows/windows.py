@@ -51,12 +51,16 @@ _DUE_BUCKET_NS = 50_000_000
 _SWEEP_EVERY_NS = 60 * 1_000_000_000
 # Windows closed by one callback at most. At fleet scale a window boundary is due for every series at once
 # (100,000 windows and more); closed in one go, that held the worker for seconds, and nothing was read
-# meanwhile. The rest stay due, and Bytewax calls back at once, after the sources have had their turn;
-# except around an epoch's end, where Bytewax runs about six rounds of callbacks (and the steps downstream of
-# them) back to back without reading. So a round must be short: with 10,000 windows a round (closing, InfluxDB
-# lines, alert rules) took about 0.4 s, reading paused for 2-4 s at every 10 s boundary at 100,000 series,
-# and so did every alert.
+# meanwhile. The rest stay due, and the step is called back shortly (_YIELD_NS), after the input. A round must
+# be short: with 10,000 windows a round (closing, InfluxDB lines, alert rules) took about 0.4 s, and reading
+# paused for 2-4 s at every 10 s boundary at 100,000 series, and so did every alert.
 _CLOSE_PER_CALL = 1_000
+# When closes are still due after a callback (its budget ran out), the step asks to be called back this much
+# later rather than at the overdue moment. Bytewax calls a step whose notify_at is in the past again at once;
+# around an epoch's end it did so about twenty times in a row before it polled the input again, so at a
+# fleet boundary reading paused for 0.4-1.5 s (and with it every alert), and the batch read afterwards was
+# large enough to pause it again. A wake-up slightly ahead lets the input run between two rounds.
+_YIELD_NS = 5_000_000
 # Window sizes whose quantile positions are kept (each a few tuples).
 _POSITIONS_KEPT = 10_000
 
@@ -578,8 +582,12 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
     def notify_at(self) -> datetime | None:
         if not self._due_heap:
             return None
+        due = self._due_heap[0] * _DUE_BUCKET_NS
+        now = self._now()
+        if due <= now:
+            due = now + _YIELD_NS  # closes left by a callback's budget: after the input's turn (see _YIELD_NS)
         # Deadlines are on the pipeline clock; Bytewax compares with wall time.
-        return datetime.fromtimestamp(self._to_wall(self._due_heap[0] * _DUE_BUCKET_NS) / 1e9, tz=UTC)
+        return datetime.fromtimestamp(self._to_wall(due) / 1e9, tz=UTC)
 
     def snapshot(self) -> WindowSnapshot:
         """Only the series that changed since the last snapshot are encoded again. With the window state log,

@@ -190,15 +190,17 @@ def observations_from_aggregates(
     only the stats that rules watching the aggregate's series need; without, every stat. A stat the window lacks
     (stddev of one value) gives no observation."""
     out: list[Observation] = []
+    windows = None if matcher is None else matcher.windows
     for agg in aggregates:
+        if windows is not None and agg.window not in windows:
+            continue
         series = aggregate_series(agg)
         if matcher is None:
             stats: Iterable[str] = (*WINDOW_STATS[:8], *(_quantile_stat(q) for q, _ in agg.quantiles))
         else:
-            needed = matcher.stats_for("window", series)
-            if not needed:
+            stats = matcher.stats_for("window", series)  # sorted: a stable order, so the output order is too
+            if not stats:
                 continue
-            stats = sorted(needed)  # a stable order, so the output order is too
         for stat in stats:
             value = _aggregate_stat(agg, stat)
             if value is not None:
@@ -224,7 +226,7 @@ def observations_from_log_rates(rates: Iterable[LogRate], matcher: RuleMatcher |
     out: list[Observation] = []
     for rate in rates:
         series = log_rate_series(rate.service)
-        stats: Iterable[str] = LOG_RATE_STATS if matcher is None else sorted(matcher.stats_for("log_rate", series))
+        stats: Iterable[str] = LOG_RATE_STATS if matcher is None else matcher.stats_for("log_rate", series)
         out += [Observation("log_rate", series, s, _log_rate_stat(rate, s), rate.window_start_ns) for s in stats]
     return out
 

@@ -104,6 +104,13 @@ class RuleMatcher:
         }
         self._caches: dict[str, dict[str, tuple[AlertRule, ...]]] = {t: {} for t in TARGETS}
         self.targets = frozenset(t for t in TARGETS if self._selectors[t])
+        # The window labels some window rule watches: an aggregate of another length is skipped before its
+        # series is even built (at fleet scale a 1 min boundary closes one per series, for no rule).
+        self.windows = frozenset(r.window for r in self.rules if r.target == "window")
+        # Each distinct set of rules a series can match, as one tuple shared by every series matching it (by
+        # rule names), and the stats it needs in a stable order, by that tuple's id (the tuples live here).
+        self._sets: dict[tuple[str, ...], tuple[AlertRule, ...]] = {}
+        self._stats: dict[int, tuple[str, ...]] = {}
 
     def cache(self, target: str) -> Mapping[str, tuple[AlertRule, ...]]:
         """The live cache of a target, for hot loops: ``.get(series)`` is None when not yet known, then ask
@@ -121,6 +128,7 @@ class RuleMatcher:
             if selectors:
                 measurement, tags = parse_series(series)
                 found = tuple(s.rule for s in selectors if s.matches(target, measurement, tags))
+                found = self._sets.setdefault(tuple(r.name for r in found), found)
             else:
                 found = ()
             if len(cache) >= _CACHE_MAX:
@@ -128,6 +136,11 @@ class RuleMatcher:
             cache[series] = found
         return found
 
-    def stats_for(self, target: str, series: str) -> frozenset[str]:
-        """The stats some rule needs from the series (window and log-rate targets)."""
-        return frozenset(rule.stat for rule in self.rules_for(target, series))
+    def stats_for(self, target: str, series: str) -> tuple[str, ...]:
+        """The stats some rule needs from the series (window and log-rate targets), sorted, each once."""
+        rules = self.rules_for(target, series)
+        stats = self._stats.get(id(rules))
+        if stats is None:
+            # (every tuple rules_for returns is kept in _sets, or is the empty tuple: its id stays its own)
+            stats = self._stats[id(rules)] = tuple(sorted({rule.stat for rule in rules}))
+        return stats

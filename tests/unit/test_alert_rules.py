@@ -202,7 +202,7 @@ def test_window_and_log_rate_matching() -> None:
     )
     agg = "readings_agg,device=d1,metric=temperature,site=s1,window=1m"
     assert [r.name for r in matcher.rules_for("window", agg)] == ["p95", "mean"]
-    assert matcher.stats_for("window", agg) == {"p95", "mean"}
+    assert matcher.stats_for("window", agg) == ("mean", "p95")
     assert matcher.rules_for("window", agg.replace("window=1m", "window=10s")) == ()
     assert matcher.rules_for("window", SERIES) == ()  # a raw series is not a window series
     assert [r.name for r in matcher.rules_for("log_rate", "log_rates,service=checkout")] == ["errors"]
