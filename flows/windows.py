@@ -52,14 +52,17 @@ _SWEEP_EVERY_NS = 60 * 1_000_000_000
 # Windows closed by one callback at most. At fleet scale a window boundary is due for every series at once
 # (100,000 windows and more); closed in one go, that held the worker for seconds, and nothing was read
 # meanwhile. The rest stay due, and the step is called back shortly (_YIELD_NS), after the input. A round must
-# be short: with 10,000 windows a round (closing, InfluxDB lines, alert rules) took about 0.4 s, and reading
-# paused for 2-4 s at every 10 s boundary at 100,000 series, and so did every alert.
-_CLOSE_PER_CALL = 1_000
+# be short, because around an epoch's end Bytewax still runs about twenty of them (each with the steps after
+# it: InfluxDB lines, alert rules) before the input's next turn. At 100,000 series with an alert rule on every
+# window, a round of 1,000 took 20-40 ms, so reading paused for 0.4-0.8 s there, and alerts waited as long;
+# with 500, the alerts' p99 went from 0.8-0.9 s to about 0.5 s (BENCHMARKS.md, run P). With 10,000 a round,
+# reading had paused for 2-4 s.
+_CLOSE_PER_CALL = 500
 # When closes are still due after a callback (its budget ran out), the step asks to be called back this much
 # later rather than at the overdue moment. Bytewax calls a step whose notify_at is in the past again at once;
-# around an epoch's end it did so about twenty times in a row before it polled the input again, so at a
-# fleet boundary reading paused for 0.4-1.5 s (and with it every alert), and the batch read afterwards was
-# large enough to pause it again. A wake-up slightly ahead lets the input run between two rounds.
+# it ran about twenty rounds in a row at every epoch's end, and more around it, before it polled the input
+# again: at a fleet boundary reading paused for 0.4-1.5 s (and with it every alert), and the batch read
+# afterwards was large enough to pause it again. A wake-up slightly ahead lets the input run between rounds.
 _YIELD_NS = 5_000_000
 # Window sizes whose quantile positions are kept (each a few tuples).
 _POSITIONS_KEPT = 10_000
