@@ -165,6 +165,18 @@ class _Window:
         self.values.frombytes(raw)
 
 
+def window_key(index: int, start: int, spec_count: int) -> int:
+    """A window's key in its series' dict: one int for (spec index, start). An ``(index, start)`` tuple cost
+    about 70 bytes more per open window."""
+    return start * spec_count + index
+
+
+def split_window_key(key: int, spec_count: int) -> tuple[int, int]:
+    """(spec index, start) of a window key (floor division: starts before 1970 come back too)."""
+    start, index = divmod(key, spec_count)
+    return index, start
+
+
 class _Series:
     __slots__ = ("first_end", "max_ts", "measurement", "sys_at_max", "windows")
 
@@ -172,20 +184,51 @@ class _Series:
         self.measurement = measurement
         self.max_ts = _NO_TIME
         self.sys_at_max = 0
-        # (spec index, window start) -> window
-        self.windows: dict[tuple[int, int], _Window] = {}
+        # window_key(spec index, window start) -> window
+        self.windows: dict[int, _Window] = {}
         # No open window ends before this (a lower bound, exact after a scan; _NO_END when none is open): a
         # newer reading closes windows by event time only once the watermark reaches it. Without it, every
         # reading that advanced its series scanned the series' windows, and at fleet scale nearly every
         # reading does (each series gets a reading every few seconds), for a close that is rarely due.
         self.first_end = _NO_TIME
 
-    def __getstate__(self) -> tuple[str, int, int, dict[tuple[int, int], _Window]]:
+    def __getstate__(self) -> tuple[str, int, int, dict[int, _Window]]:
         return (self.measurement, self.max_ts, self.sys_at_max, self.windows)
 
-    def __setstate__(self, state: tuple[str, int, int, dict[tuple[int, int], _Window]]) -> None:
+    def __setstate__(self, state: tuple[str, int, int, dict[Any, _Window]]) -> None:
         self.measurement, self.max_ts, self.sys_at_max, self.windows = state
         self.first_end = _NO_TIME
+
+
+class _DueBucket:
+    """The windows due in one deadline bucket, in columns (series key, spec index, start): a tuple per window
+    cost about 50 bytes more."""
+
+    __slots__ = ("indexes", "keys", "starts")
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self.indexes = array("i")
+        self.starts = array("q")
+
+    def add(self, key: str, index: int, start: int) -> None:
+        self.keys.append(key)
+        self.indexes.append(index)
+        self.starts.append(start)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def entries(self) -> Iterator[tuple[str, int, int]]:
+        return zip(self.keys, self.indexes, self.starts, strict=True)
+
+    def split(self, count: int) -> tuple[_DueBucket, _DueBucket]:
+        """The first ``count`` entries, and the rest."""
+        head, tail = _DueBucket(), _DueBucket()
+        head.keys, tail.keys = self.keys[:count], self.keys[count:]
+        head.indexes, tail.indexes = self.indexes[:count], self.indexes[count:]
+        head.starts, tail.starts = self.starts[:count], self.starts[count:]
+        return head, tail
 
 
 class WindowState(NamedTuple):
@@ -256,7 +299,7 @@ def _tombstone(key: str) -> bytes:
     return _SERIES_HEAD.pack(len(key_b), _TOMBSTONE, 0, 0, 0) + key_b
 
 
-def _encode_series(key: str, series: _Series) -> bytes:
+def _encode_series(key: str, series: _Series, spec_count: int) -> bytes:
     key_b = key.encode()
     measurement_b = series.measurement.encode()
     parts = [
@@ -264,13 +307,14 @@ def _encode_series(key: str, series: _Series) -> bytes:
         key_b,
         measurement_b,
     ]
-    for (index, start), w in series.windows.items():
+    for wkey, w in series.windows.items():
+        index, start = split_window_key(wkey, spec_count)
         parts.append(_WINDOW_HEAD.pack(index, start, w.first_ts, w.first_v, w.last_ts, w.last_v, len(w.values)))
         parts.append(w.values.tobytes())
     return b"".join(parts)
 
 
-def _decode_records(joined: bytes) -> Iterator[tuple[str, _Series | None, bytes]]:
+def _decode_records(joined: bytes, spec_count: int) -> Iterator[tuple[str, _Series | None, bytes]]:
     """Each record's series key, its series (None for a tombstone) and the record's bytes."""
     view = memoryview(joined)
     pos, end = 0, len(joined)
@@ -293,7 +337,7 @@ def _decode_records(joined: bytes) -> Iterator[tuple[str, _Series | None, bytes]
             window.values.frombytes(view[pos : pos + 8 * n])
             pos += 8 * n
             window.first_ts, window.first_v, window.last_ts, window.last_v = first_ts, first_v, last_ts, last_v
-            series.windows[(index, start)] = window
+            series.windows[window_key(index, start, spec_count)] = window
         yield key, series, joined[start_pos:pos]
 
 
@@ -336,7 +380,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # lists, and a heap of bucket numbers). A heap of every window's own deadline cost a tuple
         # comparison per level per window, with series keys compared on ties: at 100,000 series it was
         # the biggest cost of a reading.
-        self._due: dict[int, list[tuple[str, int, int]]] = {}
+        self._due: dict[int, _DueBucket] = {}
         self._due_heap: list[int] = []
         # The quantiles' positions by window size: the same few sizes recur at every window boundary.
         self._positions: dict[int, tuple[tuple[float, int, int, float], ...]] = {}
@@ -346,6 +390,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             # A snapshot from before series were pickled one by one: the whole shard in one pickle.
             self.state = pickle.loads(resume)
             self._dirty.update(self.state.series)
+            for series in self.state.series.values():
+                by_tuple: dict[Any, _Window] = series.windows  # that format keyed windows by (index, start)
+                series.windows = {window_key(i, st, len(self.specs)): w for (i, st), w in by_tuple.items()}
             for deadline, key, index, start in self.state.deadlines:
                 self._schedule(deadline, key, index, start)
             self.state.deadlines.clear()
@@ -374,7 +421,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         series_map: dict[str, _Series] = {}
         blobs = self._blobs
         for joined in frames:
-            for key, series, record in _decode_records(joined):
+            for key, series, record in _decode_records(joined, len(self.specs)):
                 if series is None:
                     series_map.pop(key, None)
                     blobs.pop(key, None)
@@ -393,7 +440,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             kind, body = frame[:1], frame[1:]
             if kind == _FRAME_RECORDS:
                 series_map.clear()
-                for key, series, _ in _decode_records(body):
+                for key, series, _ in _decode_records(body, len(self.specs)):
                     if series is not None:
                         series_map[key] = series
                 self._live_bytes = len(frame)
@@ -412,10 +459,11 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 _, now, measurements, keys, values, stamps = op
                 self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule)
             elif kind == _OP_CLOSES:
+                spec_count = len(self.specs)
                 for key, index, start in zip(op[1], op[2], op[3], strict=True):
                     series = series_map.get(key)
                     if series is not None:
-                        series.windows.pop((index, start), None)
+                        series.windows.pop(window_key(index, start, spec_count), None)
             elif kind == _OP_FORGETS:
                 for key in op[1]:
                     series_map.pop(key, None)
@@ -427,8 +475,10 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
 
     def _schedule_open_windows(self, series_map: dict[str, _Series]) -> None:
         # Deadlines are not in the snapshot: each open window's is where its series' clock puts it.
+        spec_count = len(self.specs)
         for key, series in series_map.items():
-            for index, start in series.windows:
+            for wkey in series.windows:
+                index, start = split_window_key(wkey, spec_count)
                 end = start + self.specs[index].length_ns
                 self._schedule(series.sys_at_max + (end + self.lateness_ns - series.max_ts), key, index, start)
 
@@ -457,10 +507,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         bucket = -(-deadline // _DUE_BUCKET_NS)  # rounded up: never before the deadline
         entries = self._due.get(bucket)
         if entries is None:
-            self._due[bucket] = [(key, index, start)]
+            entries = self._due[bucket] = _DueBucket()
             heapq.heappush(self._due_heap, bucket)
-        else:
-            entries.append((key, index, start))
+        entries.add(key, index, start)
 
     def _leave_out_downtime(self, downtime_ns: int) -> None:
         """Shift every wall-time mark by the time between the snapshot and now. Without this, a restart
@@ -478,7 +527,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             self._ops.append((_OP_SHIFT, downtime_ns))
         due, self._due, self._due_heap = self._due, {}, []
         for bucket, entries in due.items():
-            for key, index, start in entries:
+            for key, index, start in entries.entries():
                 self._schedule(bucket * _DUE_BUCKET_NS + downtime_ns, key, index, start)
 
     # -- Bytewax callbacks
@@ -515,6 +564,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         brought their watermark to a window's end (a series may be there more than once)."""
         series_map = self.state.series
         lateness = self.lateness_ns
+        spec_count = len(self.specs)
         spans = [(index, spec.length_ns, spec.step_ns, spec.label) for index, spec in enumerate(self.specs)]
         # Without the log, the series changed since the last snapshot are encoded again; with it, the log's
         # frames say what changed, and a set of the series a batch touched would be work for nothing.
@@ -547,9 +597,10 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                             late_counts[label] = late_counts.get(label, 0) + 1
                         is_late = True
                     else:
-                        window = windows.get((index, start))
+                        wkey = start * spec_count + index  # window_key, inline: once per reading and length
+                        window = windows.get(wkey)
                         if window is None:
-                            window = windows[(index, start)] = _Window()
+                            window = windows[wkey] = _Window()
                             schedule(series.sys_at_max + (end + lateness - series.max_ts), key, index, start)
                             if end < series.first_end:
                                 series.first_end = end
@@ -572,9 +623,11 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             return [], StatefulBatchLogic.RETAIN
         # Finite input (tests, replays) ended: every open window is final.
         aggregates: list[Aggregate] = []
+        spec_count = len(self.specs)
         for key, series in self.state.series.items():
-            for index, start in sorted(series.windows):
-                aggregates.append(self._aggregate(key, series, index, start, series.windows[(index, start)]))
+            for index, start in sorted(split_window_key(w, spec_count) for w in series.windows):
+                window = series.windows[window_key(index, start, spec_count)]
+                aggregates.append(self._aggregate(key, series, index, start, window))
                 self._log_close(key, index, start)
             series.windows.clear()
             self._dirty.add(key)
@@ -619,7 +672,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         state_log, ops = self._log, self._ops
         assert state_log is not None and ops is not None
         if state_log.generation < 0 or state_log.needs_new_generation(self._live_bytes):
-            frame = _FRAME_RECORDS + b"".join(_encode_series(k, s) for k, s in self.state.series.items())
+            spec_count = len(self.specs)
+            frame = _FRAME_RECORDS + b"".join(_encode_series(k, s, spec_count) for k, s in self.state.series.items())
             state_log.start_generation(frame)
             self._live_bytes = len(frame)
         elif ops:
@@ -649,7 +703,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     del blobs[key]
                     changes.append(_tombstone(key))
             else:
-                blob = blobs[key] = _encode_series(key, series)
+                blob = blobs[key] = _encode_series(key, series, len(self.specs))
                 live += len(blob)
                 changes.append(blob)
         self._dirty.clear()
@@ -665,11 +719,13 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             return
         windows = series.windows
         specs = self.specs
+        spec_count = len(specs)
         first_end = _NO_END
-        for index, start in list(windows):
+        for wkey in list(windows):
+            start, index = divmod(wkey, spec_count)  # split_window_key, inline
             end = start + specs[index].length_ns
             if end <= watermark:
-                out.append(self._aggregate(key, series, index, start, windows.pop((index, start))))
+                out.append(self._aggregate(key, series, index, start, windows.pop(wkey)))
                 self._log_close(key, index, start)
             elif end < first_end:
                 first_end = end
@@ -678,23 +734,25 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
     def _pop_deadlines(self, now: int, out: list[Aggregate]) -> None:
         heap = self._due_heap
         series_map = self.state.series
+        spec_count = len(self.specs)
         budget = _CLOSE_PER_CALL
         while heap and heap[0] * _DUE_BUCKET_NS <= now:
             bucket = heapq.heappop(heap)
             entries = self._due.pop(bucket)
             if len(entries) > budget:
-                # Close part of the bucket now; the rest stays due (notify_at is then in the past).
-                entries, self._due[bucket] = entries[:budget], entries[budget:]
+                # Close part of the bucket now; the rest stays due (notify_at is then just ahead, _YIELD_NS).
+                entries, self._due[bucket] = entries.split(budget)
                 heapq.heappush(heap, bucket)
             budget -= len(entries)
-            for key, index, start in entries:
+            for key, index, start in entries.entries():
                 series = series_map.get(key)
-                if series is None or (index, start) not in series.windows:
+                wkey = start * spec_count + index
+                if series is None or wkey not in series.windows:
                     continue  # closed earlier by event time
                 end = start + self.specs[index].length_ns
                 due = series.sys_at_max + (end + self.lateness_ns - series.max_ts)
                 if due <= now:
-                    out.append(self._aggregate(key, series, index, start, series.windows.pop((index, start))))
+                    out.append(self._aggregate(key, series, index, start, series.windows.pop(wkey)))
                     if self._ops is None:
                         self._dirty.add(key)
                     self._log_close(key, index, start)

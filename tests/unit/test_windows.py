@@ -15,7 +15,7 @@ from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.record import Reading
 from flows import health, schema
 from flows.window_log import WindowLogError
-from flows.windows import _CLOSE_PER_CALL, _YIELD_NS, Aggregate, WindowLogic, WindowSpec, quantile
+from flows.windows import _CLOSE_PER_CALL, _YIELD_NS, Aggregate, WindowLogic, WindowSpec, quantile, split_window_key
 
 S = 1_000_000_000
 T0 = 1_767_225_600 * S  # 2026-01-01T00:00:00Z, a multiple of every window length used here
@@ -565,7 +565,8 @@ def _state_of(logic: WindowLogic) -> dict[str, tuple[object, ...]]:
             s.max_ts,
             s.sys_at_max,
             sorted(
-                (i, st, w.first_ts, w.first_v, w.last_ts, w.last_v, tuple(w.values)) for (i, st), w in s.windows.items()
+                (*split_window_key(k, len(logic.specs)), w.first_ts, w.first_v, w.last_ts, w.last_v, tuple(w.values))
+                for k, w in s.windows.items()
             ),
         )
         for key, s in logic.state.series.items()
