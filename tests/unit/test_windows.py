@@ -101,6 +101,24 @@ def test_windows_close_on_wall_time_when_a_series_goes_quiet() -> None:
     assert [(a.count, a.mean, a.stddev) for a in result.aggregates] == [(1, 5.0, None)]
 
 
+def test_a_window_closed_on_wall_time_never_opens_again() -> None:
+    """A device goes quiet mid-window, its window closes on wall time, then it sends what it held with
+    newer event times: those readings are late. Opening the window again would emit a second aggregate for
+    the same series and start, which overwrites the first in the store, and the first part would be lost."""
+    clock = Clock(T0)
+    logic = WindowLogic([WindowSpec.tumbling(timedelta(seconds=10))], timedelta(seconds=2), [0.5], clock=clock)
+    collect(logic, [reading(1, 0), reading(2, 4)])
+    clock.now = T0 + 30 * S
+    assert [(a.start_ns, a.count) for a in notify_while_due(logic)] == [(T0, 2)]
+    aggs, late, counts = collect(logic, [reading(3, 5), reading(4, 9)])
+    assert aggs == [] and late == [reading(3, 5), reading(4, 9)] and counts == {"10s": 2}
+    assert logic.on_eof()[0] == []  # no window [0, 10) open again
+    # A reading newer than the quiet series' clock moves it on as always.
+    collect(logic, [reading(5, 35)])
+    (result,), _ = logic.on_eof()  # type: ignore[misc]
+    assert [(a.start_ns, a.count) for a in result.aggregates] == [(T0 + 30 * S, 1)]
+
+
 def test_a_quiet_series_closes_each_window_length_at_its_own_end_on_wall_time() -> None:
     """Windows of 10 s and 1 min: each closes on wall time at its own end plus the lateness, once. A reading in
     between opens an earlier-ending window, and moves the series' clock and with it when the minute closes."""
@@ -339,9 +357,10 @@ def test_the_health_counters_show_what_a_snapshot_encoded_and_handed_over() -> N
     encoded = stats.window_snapshot_encoded_bytes - before.window_snapshot_encoded_bytes
     assert 0 < encoded < len(second[2]) / 500, "one series of 1,000 encoded again"
     assert stats.window_snapshot_bytes - before.window_snapshot_bytes == len(second[2])
+    clock.now = T0 + 20 * S
+    notify_while_due(logic)  # the windows close on wall time
     clock.now = T0 + 3700 * S
-    logic.on_notify()
-    logic.on_notify()  # closes the windows, then (a sweep later) forgets the silent series
+    logic.on_notify()  # an hour after, a sweep forgets the silent series
     clock.now = T0 + 3800 * S
     logic.on_notify()
     before = replace(stats)
@@ -463,6 +482,8 @@ def test_a_forgotten_series_stays_forgotten_after_a_restore(tmp_path: Path) -> N
     logic = _log_logic(tmp_path, clock)
     collect(logic, [reading(1.0, 1, _series(i)) for i in range(3)])
     logic.snapshot()
+    clock.now = T0 + 20 * S
+    logic.on_notify()  # the windows close on wall time; an hour after, the silent series are forgotten
     clock.now = T0 + 3630 * S
     collect(logic, [reading(2.0, 3630, _series(0))])
     clock.now = T0 + 3700 * S
