@@ -1,12 +1,18 @@
-"""The pipeline's wall clock: wall time minus the time the flow spent stalled on a store.
+"""The pipeline's wall clock: wall time minus the time the flow spent stalled.
 
-Windows close on wall time when a series goes quiet (see ``windows``). If the flow stalls because a
-store is down, the readings waiting in the broker are not "quiet series": counting the stall would turn
-the whole backlog into late readings once the store is back. So stalls are subtracted.
+Windows close on wall time when a series goes quiet (see ``windows``). If the flow stalls, the readings
+waiting in the broker, or in epochs the flow cannot complete yet, are not "quiet series": counting the stall
+would turn them into late readings once the flow goes on. So stalls are left out.
 
-Two kinds of stall: an epoch that waits for a store (``add_stall``, measured after the wait), and a source
-that does not read because a sink's buffer is above its high-water mark (``StallMark``: the clock stands
-still from the moment the first source pauses until the last one reads again, however many pause).
+Every stall is a pause: the clock stands still from the moment the first pause starts until the last one
+ends, however many overlap (so no time is left out twice). Three kinds:
+
+- a source that does not read because a sink's buffer is above its high-water mark (``StallMark``);
+- an epoch that waits for a store to take its items (``StallMark`` in ``flows.sinks.writer``);
+- a worker loop that does not come back to its sources (``beat``): a cluster peer out of reach holds every
+  worker of the cluster until the link is back, with readings taken in before the cut in epochs the windows
+  do not see yet. A watcher thread starts the pause once no source has been called for ``_SILENCE_S``
+  past the time it asked to be called again; the next call of any source ends it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from __future__ import annotations
 import threading
 import time
 
-_lock = threading.Lock()
+# Reentrant: the heartbeat's start and end of a pause take it around _pause and _resume.
+_lock = threading.RLock()
 _stalled_ns = 0
 # Sources paused by backpressure right now, and since when (monotonic ns) at least one has been.
 _paused = 0
@@ -47,6 +54,7 @@ def stalled_so_far_ns() -> int:
 
 
 def add_stall(ns: int) -> None:
+    """Leave ``ns`` out of the clock at once (tests use it to move the clock by hand)."""
     global _stalled_ns
     with _lock:
         _stalled_ns += ns
@@ -66,6 +74,66 @@ def _resume() -> None:
         _paused -= 1
         if _paused == 0:
             _stalled_ns += time.monotonic_ns() - _paused_since
+
+
+# The worker loop's heartbeat: the latest moment (monotonic s) by which some source expects its next call.
+# A loop that has not come back this long after it is silent. Above a slow callback of a healthy flow (a
+# fleet boundary's round of closes, a new window-log generation: well under a second), below the allowed
+# lateness of any sensible configuration.
+_SILENCE_S = 1.0
+_expected_by = 0.0
+_silent = False
+# Whether any source beats: a process with none (tests of a single step) is never silent.
+_watching = False
+_watcher: threading.Thread | None = None
+
+
+def beat(next_call_s: float) -> None:
+    """A source was called: the worker loop runs. ``next_call_s``: the monotonic time by which it expects to
+    be called again (now, when it has more to read)."""
+    global _expected_by, _silent, _watching
+    if next_call_s > _expected_by:
+        _expected_by = next_call_s
+    _watching = True
+    if _silent:
+        with _lock:
+            if _silent:
+                _silent = False
+                _resume()
+    elif _watcher is None:
+        _start_watcher()
+
+
+def _start_watcher() -> None:
+    global _watcher
+    with _lock:
+        if _watcher is not None:
+            return
+        _watcher = threading.Thread(target=_watch, name="fleetwatch-clock-watch", daemon=True)
+    _watcher.start()
+
+
+def _watch() -> None:
+    global _silent
+    while True:
+        time.sleep(0.05)
+        if _silent or time.monotonic() <= _expected_by + _SILENCE_S:
+            continue
+        with _lock:
+            if _watching and not _silent and time.monotonic() > _expected_by + _SILENCE_S:
+                _silent = True
+                _pause()
+
+
+def stop_watching() -> None:
+    """No source beats any more (their process, or a test, is done with them): end a silence, start no other
+    until a source beats again."""
+    global _silent, _watching
+    with _lock:
+        _watching = False
+        if _silent:
+            _silent = False
+            _resume()
 
 
 class StallMark:

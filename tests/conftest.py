@@ -136,6 +136,16 @@ def no_pipeline_left_running() -> Iterator[None]:
         pytest.fail("\n\n".join(problems), pytrace=False)
 
 
+@pytest.fixture(autouse=True)
+def sources_stop_beating() -> Iterator[None]:
+    """A source a test called beats the pipeline clock's heartbeat (flows.clock): once the test is done with it,
+    its silence must not stop the clock under the next test."""
+    yield
+    from flows import clock
+
+    clock.stop_watching()
+
+
 def _dockerignored(rel: str, patterns: list[str]) -> bool:
     name = rel.rsplit("/", 1)[-1]
     for pattern in patterns:

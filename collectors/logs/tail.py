@@ -634,6 +634,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         # Every call counts, also a stalled one: only a wait for Bytewax may raise the read limit.
         now = time.monotonic()
         gap, self._last_call = now - self._last_call, now
+        clock.beat(now)
         if self._saturated():
             self._stall.set(True)
             self._more = False
@@ -666,13 +667,16 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
 
     def next_awake(self) -> datetime | None:
         if self._more:
+            clock.beat(time.monotonic())
             return None
         wake = self._next_poll
         if self._start is not None:
             for tf in self._files.values():
                 if tf.pending is not None:
                     wake = min(wake, tf.quiet_since + self._flush_after)
-        return datetime.now(UTC) + timedelta(seconds=max(wake - time.monotonic(), 0.0))
+        now = time.monotonic()
+        clock.beat(max(wake, now))
+        return datetime.now(UTC) + timedelta(seconds=max(wake - now, 0.0))
 
     def snapshot(self) -> TailState:
         files = []

@@ -537,6 +537,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         # Bytewax may raise the read limit, never a stall of fleetwatch's own.
         now = time.monotonic()
         gap, self._last_call = now - self._last_call, now
+        clock.beat(now)
         if lifecycle.stopping():
             # End of input: Bytewax completes the dataflow and commits a last snapshot. What is not read
             # yet stays unacknowledged in the broker's session for the next start.
@@ -579,6 +580,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
 
     def next_awake(self) -> datetime | None:
         # Poll every 2 ms while idle; immediately while messages are flowing.
+        clock.beat(time.monotonic() + (0.002 if self._idle else 0.0))
         if self._idle:
             return datetime.now(UTC) + timedelta(milliseconds=2)
         return None

@@ -56,7 +56,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from collectors.polling import batch_limit
 from fleetwatch.config import SyslogInputConfig
 from fleetwatch.record import LogLine
-from flows import health, lifecycle
+from flows import clock, health, lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -424,6 +424,7 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         # After a wait for Bytewax (collectors.polling) the socket holds more: take it before the kernel drops.
         max_datagrams = batch_limit(self._max_batch, 16 * self._max_batch, now - self._last_call)
         self._last_call = now
+        clock.beat(now)
         out: list[LogLine] = []
         for key, _ in self._selector.select(0):
             conn = key.data
@@ -441,6 +442,7 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
 
     def next_awake(self) -> datetime | None:
         # Idle: look again in 20 ms. Busy: at once, there may be more.
+        clock.beat(time.monotonic() + (_IDLE_WAKE.total_seconds() if self._idle else 0.0))
         return datetime.now(UTC) + _IDLE_WAKE if self._idle else None
 
     def snapshot(self) -> None:

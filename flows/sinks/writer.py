@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# A flush at the end of an epoch longer than this is a stall (the store is slow or down), not work.
-_STALL_NS = 500_000_000
-
 _writers: list[BatchWriterThread[Any]] = []
 _writers_lock = threading.Lock()
 # Items stored, and left unwritten, by writers already closed, by writer name: the stop's summary line
@@ -287,7 +284,8 @@ def pending_for_epoch(writer: BatchWriterThread[T], limit: int, limit_while_answ
     log documents are not, so the Elasticsearch sink keeps the one limit.
     When the process is stopping, or the writer is gone, the snapshot keeps everything instead, so that a
     stop neither hangs on a store that is down nor loses what was not written."""
-    started = time.monotonic_ns()
+    # Window clocks run on pipeline time, which stands still while the flow waits for a store.
+    waiting = clock.StallMark()
     try:
         while True:
             if lifecycle.stopping() or not writer.alive():
@@ -296,11 +294,9 @@ def pending_for_epoch(writer: BatchWriterThread[T], limit: int, limit_while_answ
             pending = writer.buffer.pending(limit_while_answering if answering else limit)
             if pending is not None:
                 return pending
+            waiting.set(True)
             if writer.buffer.wait_written(5.0, down_to=limit):
                 continue  # the snapshot may hold what is left
             log.warning("epoch waits for %d items to reach %s", writer.buffer.unwritten(), writer.name)
     finally:
-        waited = time.monotonic_ns() - started
-        if waited > _STALL_NS:
-            # Window clocks run on pipeline time, which does not advance while the flow waits for a store.
-            clock.add_stall(waited)
+        waiting.set(False)

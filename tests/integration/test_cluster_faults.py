@@ -173,3 +173,30 @@ def test_a_link_cut_for_ten_seconds_loses_nothing_and_counts_nothing_twice(
         f"{total} of 6000 readings in the 10 s aggregates; restarted after the cut: {exited or 'none'}; "
         f"late readings per host: {late}"
     )
+
+
+def test_readings_held_in_a_link_cut_count_in_the_window_that_was_open_when_it_began(
+    tmp_path: Path, unique: str, influx_db: str, hosts: TwoHosts
+) -> None:
+    """The cut begins mid-window: readings up to 15 s are in the windows, [10 s, 20 s) is open and would close
+    on wall time about 7 s later. The cut holds every worker for 10 s, with readings taken in before it. Time in
+    which the cluster cannot go on is not quiet time of the series: the window waits for them, and none is
+    late."""
+    cluster = HostedCluster(hosts, tmp_path, unique, influx_db)
+    cluster.start()
+    pub = Publisher()
+    publish(pub, unique, 0, 1500)
+    cluster.wait_for_messages(1500)
+    time.sleep(2)  # the epochs that carried readings up to 15 s complete
+    hosts.cut()
+    cut_at = time.monotonic()
+    publish(pub, unique, 1500, 3500)
+    time.sleep(max(0.0, 10 - (time.monotonic() - cut_at)))
+    hosts.mend()
+    publish(pub, unique, 5000, 1000)
+    assert not [h for h, p in cluster.procs.items() if p.proc.poll() is not None], "a process exited in the cut"
+    total = close_windows_and_count(pub, unique, influx_db, 6000)
+    late = {host: p.counters().get("late_readings") for host, p in cluster.procs.items()}
+    pub.close()
+    cluster.stop()
+    assert total == 6000 and set(late.values()) == {0}, f"{total} of 6000 counted; late readings per host: {late}"

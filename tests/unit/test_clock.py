@@ -33,3 +33,28 @@ def test_setting_the_same_state_twice_is_one_pause() -> None:
     mark.set(False)
     mark.set(False)
     assert 40_000_000 < clock.stalled_ns() - before < 300_000_000
+
+
+def test_the_clock_stands_still_while_no_source_is_called_and_goes_on_at_the_next_call() -> None:
+    """A worker loop held up (a cluster peer out of reach holds every worker until the link is back): once no
+    source has been called for a second past the time it asked for, the clock stands still until one is."""
+    clock.beat(time.monotonic())
+    start = clock.now_ns()
+    time.sleep(0.5)
+    assert 400_000_000 < clock.now_ns() - start < 700_000_000, "half a second of silence is no stall"
+    time.sleep(2.0)
+    clock.beat(time.monotonic())
+    moved = clock.now_ns() - start
+    assert 900_000_000 < moved < 1_300_000_000, f"the clock moved {moved / 1e9:.2f} s in 2.5 s, 1.5 s of them silent"
+    time.sleep(0.3)
+    assert 1_150_000_000 < clock.now_ns() - start < 1_600_000_000, "the clock did not go on after the call"
+    clock.stop_watching()
+
+
+def test_a_source_that_asked_to_be_called_later_is_not_silent_until_then() -> None:
+    clock.beat(time.monotonic() + 2.0)  # a file tail polling every 2 s
+    start = clock.now_ns()
+    time.sleep(1.5)
+    clock.beat(time.monotonic())
+    assert clock.now_ns() - start > 1_400_000_000
+    clock.stop_watching()
