@@ -226,6 +226,12 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
     def on_notify(self) -> tuple[Iterable[list[LogRate]], bool]:
         now = self._now()
         out = self._close(self._watermark(now))
+        if out and self.sys_at_max < now:
+            # Closed on wall time: carry the clock forward as it stands, so that an event newer than the last one
+            # cannot move the watermark back and open a window written already (its second count would replace
+            # the first document, same id). Such an event is late instead.
+            self.max_ts += now - self.sys_at_max
+            self.sys_at_max = now
         if self.windows:
             return out, StatefulBatchLogic.RETAIN
         self._set_idle()

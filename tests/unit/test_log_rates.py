@@ -63,6 +63,22 @@ def test_a_quiet_service_closes_its_window_by_wall_time_and_state_survives_a_sna
     assert closed(resumed.on_notify()) == []
 
 
+def test_a_window_closed_on_wall_time_never_opens_again() -> None:
+    """A service goes quiet mid-window, its window closes on wall time, then lines with newer event times come
+    (a shipper that held them): they are late. Opening the window again would write a second count with the
+    same id, which replaces the first."""
+    clock = Clock()
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), clock=clock)
+    logic.on_batch([[event(1, "info"), event(4, "error")]])
+    clock.now += 30 * S
+    assert closed(logic.on_notify()) == [LogRate("api", T0, 10 * S, {"info": 1, "error": 1})]
+    assert closed(logic.on_batch([[event(5, "info"), event(9, "warn")]])) == []
+    assert logic.windows == {}
+    # An event newer than the quiet service's clock opens its window as always.
+    logic.on_batch([[event(35, "info")]])
+    assert logic.windows.keys() == {T0 + 30 * S}
+
+
 def test_influx_line_has_a_field_per_level_and_the_error_rate() -> None:
     line = log_rate_line(LogRate("shop api", T0, 60 * S, {"info": 3, "error": 1, "": 1}))
     assert line == (
