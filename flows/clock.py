@@ -137,8 +137,9 @@ def stop_watching() -> None:
 
 
 class StallMark:
-    """One source's part in the backpressure stall: ``set(True)`` while it does not read because a sink is
-    saturated, ``set(False)`` once it reads again (and on close)."""
+    """One party's part in a stall: ``set(True)`` while it holds the flow back (a source that does not read
+    because a sink is saturated, an epoch waiting for a store), ``set(False)`` once it goes on (and on
+    close)."""
 
     __slots__ = ("_on",)
 
