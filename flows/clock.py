@@ -89,8 +89,9 @@ _watcher: threading.Thread | None = None
 
 
 def beat(next_call_s: float) -> None:
-    """A source was called: the worker loop runs. ``next_call_s``: the monotonic time by which it expects to
-    be called again (now, when it has more to read)."""
+    """A source was called: the worker loop runs. Sources beat from ``next_awake``, which Bytewax calls after
+    every ``next_batch``. ``next_call_s``: the monotonic time by which the source expects to be called again
+    (now, when it has more to read)."""
     global _expected_by, _silent, _watching
     if next_call_s > _expected_by:
         _expected_by = next_call_s

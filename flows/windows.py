@@ -278,8 +278,9 @@ def _carry_clock(series: _Series, now: int) -> None:
     in a stalled flow) restarted the clock from its own time, opened the closed window again, and its second
     aggregate overwrote the first in the store (same series, same timestamp): the first part was lost. Now it
     is late, and counted so."""
-    series.max_ts += now - series.sys_at_max
-    series.sys_at_max = now
+    if series.sys_at_max < now:
+        series.max_ts += now - series.sys_at_max
+        series.sys_at_max = now
 
 
 def _no_schedule(deadline: int, key: str, index: int, start: int) -> None:
@@ -470,26 +471,22 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             if kind == _OP_READINGS:
                 _, now, measurements, keys, values, stamps = op
                 self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule)
-            elif kind == _OP_CLOSES:
+            elif kind in (_OP_CLOSES, _OP_QUIET_CLOSES):
+                # (a wall-time close also carries its series' clock to the moment of the close)
+                quiet_at = op[1] if kind == _OP_QUIET_CLOSES else None
                 spec_count = len(self.specs)
-                for key, index, start in zip(op[1], op[2], op[3], strict=True):
+                for key, index, start in zip(*op[-3:], strict=True):
                     series = series_map.get(key)
                     if series is not None:
                         series.windows.pop(window_key(index, start, spec_count), None)
+                        if quiet_at is not None:
+                            _carry_clock(series, quiet_at)
             elif kind == _OP_FORGETS:
                 for key in op[1]:
                     series_map.pop(key, None)
             elif kind == _OP_SHIFT:
                 for series in series_map.values():
                     series.sys_at_max += op[1]
-            elif kind == _OP_QUIET_CLOSES:
-                now, spec_count = op[1], len(self.specs)
-                for key, index, start in zip(op[2], op[3], op[4], strict=True):
-                    series = series_map.get(key)
-                    if series is not None:
-                        series.windows.pop(window_key(index, start, spec_count), None)
-                        if series.sys_at_max < now:
-                            _carry_clock(series, now)
             else:
                 raise ValueError(f"window state log operation of an unknown kind {kind!r}")
 
@@ -788,8 +785,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     if self._ops is None:
                         self._dirty.add(key)
                     self._log_quiet_close(key, index, start, now)
-                    if series.sys_at_max < now:
-                        _carry_clock(series, now)
+                    _carry_clock(series, now)
                 else:
                     self._schedule(due, key, index, start)
             if budget <= 0:

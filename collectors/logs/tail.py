@@ -634,7 +634,6 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         # Every call counts, also a stalled one: only a wait for Bytewax may raise the read limit.
         now = time.monotonic()
         gap, self._last_call = now - self._last_call, now
-        clock.beat(now)
         if self._saturated():
             self._stall.set(True)
             self._more = False

@@ -537,7 +537,6 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         # Bytewax may raise the read limit, never a stall of fleetwatch's own.
         now = time.monotonic()
         gap, self._last_call = now - self._last_call, now
-        clock.beat(now)
         if lifecycle.stopping():
             # End of input: Bytewax completes the dataflow and commits a last snapshot. What is not read
             # yet stays unacknowledged in the broker's session for the next start.

@@ -424,7 +424,6 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         # After a wait for Bytewax (collectors.polling) the socket holds more: take it before the kernel drops.
         max_datagrams = batch_limit(self._max_batch, 16 * self._max_batch, now - self._last_call)
         self._last_call = now
-        clock.beat(now)
         out: list[LogLine] = []
         for key, _ in self._selector.select(0):
             conn = key.data
