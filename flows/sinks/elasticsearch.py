@@ -35,6 +35,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -273,7 +274,6 @@ class IndexLayout:
                 "settings": {"number_of_replicas": self.replicas, "refresh_interval": "1s"},
                 "mappings": template_mappings(kind),
             },
-            "_meta": {"managed_by": "fleetwatch"},
         }
         if self.data_streams:
             body["data_stream"] = {}
@@ -282,7 +282,15 @@ class IndexLayout:
                 # Elasticsearch deletes the stream's backing indices past this age (data stream lifecycle);
                 # daily indices have no lifecycle: fleetwatch's retention job deletes them.
                 body["template"]["lifecycle"] = lifecycle_body(keep)
+        # The digest of everything above, so that a start finds a template already in place from what the
+        # server answers, without writing it again (each write is a cluster-state update on the master).
+        body["_meta"] = {"managed_by": "fleetwatch", "digest": template_digest(body)}
         return body
+
+
+def template_digest(body: Mapping[str, Any]) -> str:
+    """A short digest of a template body, the same for the same body in any key order."""
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
 
 
 # Module names of data streams: "data-streams" since 8.0, "x-pack-data-streams" in 7.x.
@@ -371,24 +379,62 @@ def _api_reason(exc: ApiError) -> str:
     return str(exc.message or body or exc)
 
 
-def _install_templates(es: Elasticsearch, cfg: ElasticsearchConfig, layout: IndexLayout) -> None:
+def installed_template_digests(es: Elasticsearch, prefix: str) -> dict[str, str]:
+    """The digests fleetwatch recorded in the server's templates named ``<prefix>-*``, by name: one request
+    instead of a write per template at every start. Empty when the user may not read templates (then every
+    template is written, as before) or none exists."""
+    try:
+        answer = es.indices.get_index_template(name=f"{prefix}-*")
+    except ApiError as exc:
+        if exc.status_code in (401, 403, 404):
+            return {}
+        raise
+    digests: dict[str, str] = {}
+    for item in answer.get("index_templates", []):
+        meta = item.get("index_template", {}).get("_meta") or {}
+        if meta.get("managed_by") == "fleetwatch" and isinstance(meta.get("digest"), str):
+            digests[item["name"]] = meta["digest"]
+    return digests
+
+
+def _put_template(es: Elasticsearch, cfg: ElasticsearchConfig, name: str, body: dict[str, Any]) -> None:
+    try:
+        es.indices.put_index_template(name=name, **body)
+    except ApiError as exc:
+        if exc.status_code == 429 or exc.status_code >= 500:
+            raise RetryableError(f"Elasticsearch answered {exc.status_code} to index template {name!r}") from exc
+        hint = ""
+        if exc.status_code in (401, 403):
+            hint = (
+                " (check [elasticsearch] username/password or api_key, and that the user may manage index"
+                " templates)"
+            )
+        raise ElasticsearchSetupError(
+            f"Elasticsearch at {', '.join(cfg.hosts)} refused index template {name!r}: "
+            f"HTTP {exc.status_code} {_api_reason(exc)}{hint}"
+        ) from exc
+
+
+def _install_templates(es: Elasticsearch, cfg: ElasticsearchConfig, layout: IndexLayout) -> int:
+    """Write each template the server does not hold as it is now; returns how many were written."""
+    installed = installed_template_digests(es, cfg.index_prefix)
+    stale: list[tuple[str, dict[str, Any]]] = []
     for kind in KINDS:
         name = f"{cfg.index_prefix}-{kind}"
-        try:
-            es.indices.put_index_template(name=name, **layout.template(kind))
-        except ApiError as exc:
-            if exc.status_code == 429 or exc.status_code >= 500:
-                raise RetryableError(f"Elasticsearch answered {exc.status_code} to index template {name!r}") from exc
-            hint = ""
-            if exc.status_code in (401, 403):
-                hint = (
-                    " (check [elasticsearch] username/password or api_key, and that the user may manage index"
-                    " templates)"
-                )
-            raise ElasticsearchSetupError(
-                f"Elasticsearch at {', '.join(cfg.hosts)} refused index template {name!r}: "
-                f"HTTP {exc.status_code} {_api_reason(exc)}{hint}"
-            ) from exc
+        body = layout.template(kind)
+        if installed.get(name) != body["_meta"]["digest"]:
+            stale.append((name, body))
+    if len(stale) > 1:
+        # Independent writes, each a cluster-state update: sent together, they wait on the master once rather
+        # than one after the other (a first start is that much sooner to its first documents). The first
+        # failure, in the order of KINDS, is raised.
+        with ThreadPoolExecutor(len(stale), thread_name_prefix="es-templates") as pool:
+            for _ in pool.map(lambda item: _put_template(es, cfg, *item), stale):
+                pass
+    else:
+        for name, body in stale:
+            _put_template(es, cfg, name, body)
+    return len(stale)
 
 
 def apply_lifecycles(es: Elasticsearch, cfg: ElasticsearchConfig, retention: Mapping[str, timedelta]) -> None:
@@ -427,7 +473,7 @@ def prepare_layout(
             data_streams = server_has_data_streams(es, cfg.index_prefix) if auto else cfg.index_mode == "data_stream"
             layout = IndexLayout(cfg.index_prefix, data_streams, cfg.number_of_replicas, retention)
             max_content_length = server_max_content_length(es)
-            _install_templates(es, cfg, layout)
+            written = _install_templates(es, cfg, layout)
             if data_streams and retention:
                 apply_lifecycles(es, cfg, retention)
         except (TransportConnectionError, ConnectionTimeout) as exc:
@@ -440,11 +486,12 @@ def prepare_layout(
                 f"HTTP {exc.status_code} {_api_reason(exc)}"
             ) from exc
         setup = _setups[key] = ServerSetup(layout, max_content_length)
-    log.info(
-        "Elasticsearch: %s under %s-*, index templates installed",
-        "data streams" if layout.data_streams else "daily indices",
-        cfg.index_prefix,
-    )
+        log.info(
+            "Elasticsearch: %s under %s-*, index templates %s",
+            "data streams" if layout.data_streams else "daily indices",
+            cfg.index_prefix,
+            f"installed ({written} of {len(KINDS)} written)" if written else "already in place",
+        )
     return setup
 
 

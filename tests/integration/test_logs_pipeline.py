@@ -555,6 +555,46 @@ def test_a_clean_start_logs_no_warning_and_installs_the_templates_once(
     assert unstorable == []
 
 
+def test_a_restart_finds_its_templates_in_place_and_writes_none_a_changed_one_is_written_again(
+    unique: str, es_index: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each template write is a cluster-state update: a process that starts against templates it wrote before
+    reads them in one request and writes none. One that differs (here, replicas) is written again, alone."""
+    caplog.set_level(logging.INFO)
+
+    def start(cfg: ElasticsearchConfig) -> list[str]:
+        # A new process: nothing of an earlier setup in memory.
+        monkeypatch.setattr(es_sink, "_setups", {})
+        caplog.clear()
+        unstorable: list[DeadLetter] = []
+        writer = ElasticWriterThread(cfg, unstorable.extend, "es-test")
+        try:
+            writer.put([_event(f"doc-{time.monotonic_ns()}", {"message": "hello"})])
+            assert writer.flush(30) and writer.alive()
+        finally:
+            writer.close(30)
+        assert unstorable == []
+        requests = [r.getMessage() for r in caplog.records if r.name.startswith("elastic_transport")]
+        return [m.split()[1].rsplit("/", 1)[1] for m in requests if m.startswith("PUT ") and "_index_template/" in m]
+
+    cfg = _es_config(unique, index_mode="daily")
+    assert sorted(start(cfg)) == sorted(f"{unique}-{kind}" for kind in es_sink.KINDS)
+    assert start(cfg) == []
+    assert any("index templates already in place" in r.getMessage() for r in caplog.records)
+    # The dead-letter template on its own, changed by hand: only it is written again.
+    resp = http.request(
+        "PUT",
+        f"{ES_URL}/_index_template/{unique}-dead-letters",
+        body=json.dumps({"index_patterns": [f"{unique}-dead-letters*"], "priority": 200, "_meta": {"x": 1}}),
+        headers={"Content-Type": "application/json"},
+    )
+    assert resp.status == 200, resp.data
+    assert start(cfg) == [f"{unique}-dead-letters"]
+    stored = json.loads(http.request("GET", f"{ES_URL}/_index_template/{unique}-dead-letters").data)
+    layout = es_sink.IndexLayout(unique, False, cfg.number_of_replicas)
+    assert stored["index_templates"][0]["index_template"]["_meta"] == layout.template(es_sink.DEAD_LETTERS)["_meta"]
+
+
 def test_a_template_the_server_refuses_stops_the_pipeline_with_its_answer(
     tmp_path: Path, unique: str, influx_db: str, es_index: str
 ) -> None:

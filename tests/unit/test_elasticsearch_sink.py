@@ -4,6 +4,7 @@ are tested against the real server in tests/integration."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -50,6 +51,21 @@ def test_templates_map_text_keyword_and_date_deliberately() -> None:
     dead = layout.template(DEAD_LETTERS)["template"]["mappings"]
     # Raw input is kept but never indexed, so the dead-letter index cannot refuse it.
     assert dead["properties"]["raw"] == {"type": "text", "index": False}
+
+
+def test_a_template_digest_changes_with_its_body_and_only_with_it() -> None:
+    """A start skips writing a template whose recorded digest matches: the digest must change with anything
+    that changes what the server would apply (here replicas, the layout and retention), and not otherwise."""
+    digests = {
+        (replicas, streams, kind): IndexLayout("fw", streams, replicas).template(kind)["_meta"]["digest"]
+        for replicas in (0, 1)
+        for streams in (False, True)
+        for kind in KINDS
+    }
+    assert len(set(digests.values())) == len(digests)
+    assert IndexLayout("fw", False, 0).template(LOGS) == IndexLayout("fw", False, 0).template(LOGS)
+    kept = IndexLayout("fw", True, 0, {LOGS: timedelta(days=7)}).template(LOGS)["_meta"]["digest"]
+    assert kept != digests[(0, True, LOGS)]
 
 
 def test_ids_are_deterministic_so_a_replay_is_answered_409() -> None:
