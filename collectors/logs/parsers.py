@@ -486,7 +486,7 @@ class LogParser:
     def _text_ns(self, text: str, received_ns: int) -> int | None:
         if text == self._last_ts_text:
             return self._last_ts_ns
-        if self._ts_format is None:
+        if self._ts_format is None and not text[:1].isalpha():  # RFC 3164 stamps start with the month
             iso = _ISO_SECOND.match(text)
             if iso is not None:
                 # Consecutive lines mostly share the second and differ in the fraction: the second (with its
@@ -821,13 +821,20 @@ class LogParser:
 def _take_name(obj: dict[str, Any], key: str) -> str | None:
     """``key`` as a string, ``key.name``, or ``{key: {"name": ...}}``: the name, taken out of ``obj``;
     other keys of a nested object stay in the fields."""
+    dotted_key = f"{key}.name"
+    value = obj.get(key)
+    if type(value) is str and dotted_key not in obj:
+        # The usual case (a regex group, a JSON string): nothing else to look at.
+        if value:
+            del obj[key]
+            return value
+        return None
     name = None
-    dotted = obj.pop(f"{key}.name", None)
+    dotted = obj.pop(dotted_key, None)
     if type(dotted) is str and dotted:
         name = dotted
     elif dotted is not None:
-        obj[f"{key}.name"] = dotted  # not a name: keep it as a field
-    value = obj.get(key)
+        obj[dotted_key] = dotted  # not a name: keep it as a field
     if type(value) is str:
         if value:
             del obj[key]
