@@ -636,8 +636,17 @@ class LogParser:
             message = text
         elif type(message) is not str:
             message = _dumps(message)
-        service = _take_name(obj, "service") if "service" in obj or "service.name" in obj else None
-        host = _take_name(obj, "host") if "host" in obj or "host.name" in obj else None
+        # A plain string name (a regex group, most JSON) is taken here; _take_name reads the other shapes.
+        service = obj.get("service")
+        if type(service) is str and service and "service.name" not in obj:
+            del obj["service"]
+        else:
+            service = _take_name(obj, "service") if "service" in obj or "service.name" in obj else None
+        host = obj.get("host")
+        if type(host) is str and host and "host.name" not in obj:
+            del obj["host"]
+        else:
+            host = _take_name(obj, "host") if "host" in obj or "host.name" in obj else None
         ts_ns = None if ts_raw is None else self.timestamp_ns(ts_raw, received_ns)
         return ts_ns, ts_raw, level_raw, message, service, host, None, obj
 
@@ -823,12 +832,6 @@ def _take_name(obj: dict[str, Any], key: str) -> str | None:
     other keys of a nested object stay in the fields."""
     dotted_key = f"{key}.name"
     value = obj.get(key)
-    if type(value) is str and dotted_key not in obj:
-        # The usual case (a regex group, a JSON string): nothing else to look at.
-        if value:
-            del obj[key]
-            return value
-        return None
     name = None
     dotted = obj.pop(dotted_key, None)
     if type(dotted) is str and dotted:
