@@ -363,7 +363,7 @@ class ElasticsearchConfig(Section):
     index_mode: Literal["auto", "data_stream", "daily"] = "auto"
     number_of_replicas: int = Field(default=0, ge=0)
     # Documents per bulk request. With two requests in flight, 2,500 shipped JSON lines and syslog text 7-9 %
-    # faster than 1,000 (BENCHMARKS.md, run L14): the server's cost per request (one translog sync each) is
+    # faster than 1,000 (BENCHMARKS.md, runs L14-L18): the server's cost per request (one translog sync each) is
     # spread over more documents.
     batch_size: int = Field(default=2500, ge=1, le=50_000)
     # Bulk requests in flight at once, each sent by a thread of its own (one request keeps one server write

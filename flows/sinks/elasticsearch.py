@@ -424,16 +424,12 @@ def _install_templates(es: Elasticsearch, cfg: ElasticsearchConfig, layout: Inde
         body = layout.template(kind)
         if installed.get(name) != body["_meta"]["digest"]:
             stale.append((name, body))
-    if len(stale) > 1:
-        # Independent writes, each a cluster-state update: sent together, they wait on the master once rather
-        # than one after the other (a first start is that much sooner to its first documents). The first
-        # failure, in the order of KINDS, is raised.
+    if stale:
+        # Independent writes, each a cluster-state update: sent together rather than one after the other. The
+        # first failure, in the order of KINDS, is raised.
         with ThreadPoolExecutor(len(stale), thread_name_prefix="es-templates") as pool:
             for _ in pool.map(lambda item: _put_template(es, cfg, *item), stale):
                 pass
-    else:
-        for name, body in stale:
-            _put_template(es, cfg, name, body)
     return len(stale)
 
 
@@ -486,12 +482,12 @@ def prepare_layout(
                 f"HTTP {exc.status_code} {_api_reason(exc)}"
             ) from exc
         setup = _setups[key] = ServerSetup(layout, max_content_length)
-        log.info(
-            "Elasticsearch: %s under %s-*, index templates %s",
-            "data streams" if layout.data_streams else "daily indices",
-            cfg.index_prefix,
-            f"installed ({written} of {len(KINDS)} written)" if written else "already in place",
-        )
+    log.info(
+        "Elasticsearch: %s under %s-*, index templates %s",
+        "data streams" if layout.data_streams else "daily indices",
+        cfg.index_prefix,
+        f"installed ({written} of {len(KINDS)} written)" if written else "already in place",
+    )
     return setup
 
 

@@ -548,18 +548,22 @@ def test_a_clean_start_logs_no_warning_and_installs_the_templates_once(
         dead_letters.close(30)
     assert len(es_docs(f"{unique}-logs*")) == 1 and len(es_docs(f"{unique}-dead-letters*")) == 1
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
-    # The client logs every request: "PUT http://.../_index_template/<name> [status:200 duration:...]".
-    requests = [r.getMessage() for r in caplog.records if r.name.startswith("elastic_transport")]
-    puts = [m.split()[1].rsplit("/", 1)[1] for m in requests if m.startswith("PUT ") and "/_index_template/" in m]
-    assert sorted(puts) == sorted(f"{unique}-{kind}" for kind in es_sink.KINDS)
+    assert sorted(_template_puts(caplog)) == sorted(f"{unique}-{kind}" for kind in es_sink.KINDS)
     assert unstorable == []
+
+
+def _template_puts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The index templates written, by name. The client logs every request:
+    "PUT http://.../_index_template/<name> [status:200 duration:...]"."""
+    requests = [r.getMessage() for r in caplog.records if r.name.startswith("elastic_transport")]
+    return [m.split()[1].rsplit("/", 1)[1] for m in requests if m.startswith("PUT ") and "/_index_template/" in m]
 
 
 def test_a_restart_finds_its_templates_in_place_and_writes_none_a_changed_one_is_written_again(
     unique: str, es_index: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each template write is a cluster-state update: a process that starts against templates it wrote before
-    reads them in one request and writes none. One that differs (here, replicas) is written again, alone."""
+    reads them in one request and writes none. One that differs (here, changed by hand) is written again, alone."""
     caplog.set_level(logging.INFO)
 
     def start(cfg: ElasticsearchConfig) -> list[str]:
@@ -574,8 +578,7 @@ def test_a_restart_finds_its_templates_in_place_and_writes_none_a_changed_one_is
         finally:
             writer.close(30)
         assert unstorable == []
-        requests = [r.getMessage() for r in caplog.records if r.name.startswith("elastic_transport")]
-        return [m.split()[1].rsplit("/", 1)[1] for m in requests if m.startswith("PUT ") and "_index_template/" in m]
+        return _template_puts(caplog)
 
     cfg = _es_config(unique, index_mode="daily")
     assert sorted(start(cfg)) == sorted(f"{unique}-{kind}" for kind in es_sink.KINDS)
