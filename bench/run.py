@@ -17,8 +17,11 @@ in steady operation; without it a 20 s run at 100,000 series mostly measures the
 The load comes from bench/publisher.c (libmosquitto), a separate process. A rate is *sustained* when the
 pipeline has received everything within 2 s of the publisher's end (the backlog did not grow). *Lost* is
 readings published minus readings counted in the 10 s aggregates in InfluxDB. *Latency* is window end to
-point visible in InfluxDB, from polling the aggregate count per window every 100 ms. Each JSON result
-line is printed and the whole run lands in bench/results/.
+point visible in InfluxDB, from polling the aggregate count per window every 100 ms. *CPU* is taken from the
+measured publish's start until the pipeline has drained (or stopped waiting): the pipeline process's CPU per
+message received, its cores, InfluxDB's cores and the whole machine's; the cost per message is far less noisy
+than whether a rate was sustained, since all of them share the 2 cores. Each JSON result line is printed and
+the whole run lands in bench/results/.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from typing import IO, NamedTuple
 import urllib3
 
 from bench.installed import fleetwatch_command
+from bench.logs.cpu import TICK, machine_ticks, process_ticks, server_pid
 from bench.stack_credentials import INFLUX_AUTH_TOML, INFLUX_USER, influx_headers, influx_password
 
 REPO = Path(__file__).resolve().parent.parent
@@ -495,6 +499,7 @@ def run_pipeline(
             unique, measured_from_ns or time.time_ns() - 10 * S, peer.count_field, peer.stamp_is_window_end, devices
         )
     )
+    cpu = _CpuSpan(proc.pid, _messages_in(status))
     publish_start = time.monotonic()
     sent_seconds = publish(qos, rate, SECONDS, unique, event_start, devices)
     published = int(rate / PUBLISHERS * SECONDS) * PUBLISHERS
@@ -506,6 +511,7 @@ def run_pipeline(
             drained_in = time.monotonic() - publish_start - sent_seconds
             break
         time.sleep(0.05)
+    cpu_figures = cpu.stop(_messages_in(status))
     if history:  # event time must move on to close the last replayed windows
         publish(qos, 1000, devices / 1000, unique, event_start + 10_000_000, devices)
     counted = 0.0
@@ -548,8 +554,29 @@ def run_pipeline(
         "lost": published - counted,
         "peak_rss_mb": round(rss, 1),
         **{k: round(v, 3) if isinstance(v, float) else v for k, v in latency.items()},
+        **cpu_figures,
         **snapshots,
     }
+
+
+class _CpuSpan:
+    """CPU used from its start to ``stop``: the pipeline's per message received and in cores, InfluxDB's and
+    the machine's in cores."""
+
+    def __init__(self, pipeline_pid: int, messages: int) -> None:
+        self.pid, self.influxd = pipeline_pid, server_pid(b"influxd")
+        self.t0, self.messages = time.monotonic(), messages
+        self.pipeline, self.influx, self.busy = process_ticks(self.pid), process_ticks(self.influxd), machine_ticks()[0]
+
+    def stop(self, messages: int) -> dict[str, float]:
+        seconds = time.monotonic() - self.t0
+        pipeline = (process_ticks(self.pid) - self.pipeline) / TICK
+        return {
+            "cpu_us_per_message": round(pipeline / max(1, messages - self.messages) * 1e6, 2),
+            "cpu_pipeline_cores": round(pipeline / seconds, 2),
+            "cpu_influxdb_cores": round((process_ticks(self.influxd) - self.influx) / TICK / seconds, 2),
+            "cpu_machine_cores": round((machine_ticks()[0] - self.busy) / TICK / seconds, 2),
+        }
 
 
 def _snapshot_figures(before: dict, after: dict) -> dict:

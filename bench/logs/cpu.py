@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-_TICK = os.sysconf("SC_CLK_TCK")
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def machine_ticks() -> tuple[int, int]:
@@ -36,8 +36,9 @@ def process_ticks(pid: int | None) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def elasticsearch_pid() -> int | None:
-    """The local Elasticsearch server's process: a java process whose command line names Elasticsearch."""
+def server_pid(executable: bytes, marker: bytes = b"") -> int | None:
+    """A running process whose executable's name contains ``executable`` and whose command line contains
+    ``marker``: the local stack's servers run one each."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -45,9 +46,14 @@ def elasticsearch_pid() -> int | None:
             cmdline = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"java" in cmdline.split(b"\0", 1)[0] and b"org.elasticsearch.bootstrap.Elasticsearch" in cmdline:
+        if executable in cmdline.split(b"\0", 1)[0].rsplit(b"/", 1)[-1] and marker in cmdline:
             return int(entry.name)
     return None
+
+
+def elasticsearch_pid() -> int | None:
+    """The local Elasticsearch server's process: a java process whose command line names Elasticsearch."""
+    return server_pid(b"java", b"org.elasticsearch.bootstrap.Elasticsearch")
 
 
 @dataclass(frozen=True)
@@ -86,7 +92,7 @@ class CpuMeter:
         # Negative when the server was restarted during the run: its new process is not counted.
         es = max(process_ticks(self.es_pid) - self._es0, 0)
         pipe = process_ticks(pid) - (self._pipe0 if pid == self._pipeline_pid else 0)
-        scale = _TICK * seconds
+        scale = TICK * seconds
         return CpuUsage(es / scale, pipe / scale, max(busy - es - pipe, 0) / scale, iowait / scale)
 
 
