@@ -409,16 +409,23 @@ def _messages_in(status: Path) -> int:
     return int(_status(status).get("messages_in", 0))
 
 
+def _process_and_children(pid: int) -> list[int]:
+    """A pipeline's process and its descendants: Node-RED runs under a shell."""
+    found, i = [pid], 0
+    while i < len(found):
+        try:
+            children = subprocess.run(["pgrep", "-P", str(found[i])], capture_output=True, text=True).stdout
+        except OSError:
+            break
+        found += [int(child) for child in children.split()]
+        i += 1
+    return found
+
+
 def _peak_rss_mb(pid: int) -> float:
-    """VmHWM of the process and its children (Node-RED runs under a shell)."""
+    """VmHWM of the process and its descendants."""
     total = 0
-    try:
-        pids = [pid] + [
-            int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-        ]
-    except OSError:
-        pids = [pid]
-    for p in pids:
+    for p in _process_and_children(pid):
         try:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmHWM:"):
@@ -560,17 +567,20 @@ def run_pipeline(
 
 
 class _CpuSpan:
-    """CPU used from its start to ``stop``: the pipeline's per message received and in cores, InfluxDB's and
-    the machine's in cores."""
+    """CPU used from its start to ``stop``: the pipeline's (its process and descendants) per message received and
+    in cores, InfluxDB's and the machine's in cores."""
 
     def __init__(self, pipeline_pid: int, messages: int) -> None:
-        self.pid, self.influxd = pipeline_pid, server_pid(b"influxd")
+        self.pids, self.influxd = _process_and_children(pipeline_pid), server_pid(b"influxd")
         self.t0, self.messages = time.monotonic(), messages
-        self.pipeline, self.influx, self.busy = process_ticks(self.pid), process_ticks(self.influxd), machine_ticks()[0]
+        self.pipeline, self.influx, self.busy = self._pipeline_ticks(), process_ticks(self.influxd), machine_ticks()[0]
+
+    def _pipeline_ticks(self) -> int:
+        return sum(process_ticks(pid) for pid in self.pids)
 
     def stop(self, messages: int) -> dict[str, float]:
         seconds = time.monotonic() - self.t0
-        pipeline = (process_ticks(self.pid) - self.pipeline) / TICK
+        pipeline = (self._pipeline_ticks() - self.pipeline) / TICK
         return {
             "cpu_us_per_message": round(pipeline / max(1, messages - self.messages) * 1e6, 2),
             "cpu_pipeline_cores": round(pipeline / seconds, 2),
