@@ -309,9 +309,12 @@ class InfluxDBConfig(Section):
     # both
     # Points per write request.
     batch_size: int = Field(default=5000, ge=1, le=100_000)
-    # Write requests in flight at once, each sent by a thread of its own: InfluxDB stores one request on one
-    # core.
-    concurrent_requests: int = Field(default=2, ge=1, le=16)
+    # Write requests in flight at once, each sent by a thread of its own. InfluxDB stores one request on about
+    # one core (more with its garbage collector), so each one more in flight takes a core from whatever shares
+    # the store's machine. One is the default: on a small box that also runs the broker and fleetwatch, two in
+    # flight made each window boundary's points take both cores, and the flow fell behind (BENCHMARKS.md, run
+    # S). Raise it when InfluxDB has cores of its own.
+    concurrent_requests: int = Field(default=1, ge=1, le=16)
     flush_interval: Duration = timedelta(milliseconds=250)
     gzip: bool = True
     timeout: Duration = timedelta(seconds=10)
