@@ -16,6 +16,7 @@ quantiles (``fleetwatch.labels``), the grammar of topic templates (``fleetwatch.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     Field,
@@ -290,6 +292,23 @@ class FlowConfig(Section):
 # ------------------------------------------------------------------------------------------- stores
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether the URL's host is this machine's loopback (``localhost``, 127.0.0.0/8, ``::1``).
+
+    >>> is_loopback_url("http://127.0.0.1:8086"), is_loopback_url("http://[::1]:8086")
+    (True, True)
+    >>> is_loopback_url("http://localhost:8086"), is_loopback_url("https://influxdb:8086")
+    (True, False)
+    """
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class InfluxDBConfig(Section):
     enabled: bool = True
     api: Literal["v1", "v2"] = "v1"
@@ -316,7 +335,10 @@ class InfluxDBConfig(Section):
     # S). Raise it when InfluxDB has cores of its own.
     concurrent_requests: int = Field(default=1, ge=1, le=16)
     flush_interval: Duration = timedelta(milliseconds=250)
-    gzip: bool = True
+    # "auto": gzip'd unless InfluxDB is on this machine's loopback, where compressing costs CPU on both ends
+    # and saves nothing (on the 2-core bench machine it decided whether 100,000 series kept up at 60,000
+    # readings/s: BENCHMARKS.md, run S).
+    gzip: bool | Literal["auto"] = "auto"
     timeout: Duration = timedelta(seconds=10)
     retry_max_delay: Duration = timedelta(seconds=30)
     # Points held in memory while InfluxDB is slow or down; beyond it the flow waits (backpressure).
@@ -330,6 +352,20 @@ class InfluxDBConfig(Section):
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL (got {url_without_secrets(url)!r}...)")
         return url.rstrip("/")
+
+    @field_validator("gzip", mode="before")
+    @classmethod
+    def _gzip(cls, value: object) -> object:
+        # One message for the key, rather than one per member of the union.
+        if value is True or value is False or value == "auto":
+            return value
+        raise ValueError(f'expected true, false or "auto" (got {value!r})')
+
+    def compresses(self) -> bool:
+        """Whether write requests are gzip'd: ``gzip`` as set, or for "auto", when the server is not on loopback."""
+        if self.gzip != "auto":
+            return self.gzip
+        return not is_loopback_url(self.url)
 
     def resolved_password(self) -> SecretStr | None:
         return read_secret_file(self.password_file, "influxdb.password_file") or self.password

@@ -2,9 +2,10 @@
 InfluxDB 2.x, 3.x, 1.8+ and compatible servers).
 
 Lifecycle: each Bytewax worker gets a partition that owns a writer thread (``flows.sinks.writer``) with a
-bounded buffer. ``write_batch`` only enqueues. The writer sends gzip'd batches of ``batch_size`` lines or
-what arrived within ``flush_interval``, and retries retryable failures (429, 5xx, connection errors) with
-capped exponential backoff, forever: a store outage stalls the pipeline, it does not lose data. Points the
+bounded buffer. ``write_batch`` only enqueues. The writer sends batches of ``batch_size`` lines or what arrived
+within ``flush_interval`` (gzip'd unless the server is on loopback, see ``gzip``), and retries retryable failures
+(429, 5xx, connection errors) with capped exponential backoff, forever: a store outage stalls the pipeline, it
+does not lose data. Points the
 server refuses (400: a field type conflict, a bad line) go to the dead letters with the server's answer.
 
 Writes are idempotent: points carry deterministic timestamps and tags (a window's start, a reading's event
@@ -124,7 +125,8 @@ class V1Writer:
             self._headers.update(
                 urllib3.make_headers(basic_auth=f"{cfg.username}:{password.get_secret_value() if password else ''}")
             )
-        if cfg.gzip:
+        self._compress = cfg.compresses()
+        if self._compress:
             self._headers["Content-Encoding"] = "gzip"
 
     def prepare(self) -> None:
@@ -205,7 +207,7 @@ class V1Writer:
 
     def write(self, body: bytes, tier: str | None = None) -> None:
         data = body
-        if self._cfg.gzip:
+        if self._compress:
             data = _gzip(data)
         url = self._url if tier is None else self._tier_urls[tier]
         try:
@@ -265,7 +267,7 @@ class V2Writer:
             url=cfg.url,
             token=token.get_secret_value() if token else "",
             org=cfg.org,
-            enable_gzip=cfg.gzip,
+            enable_gzip=cfg.compresses(),
             timeout=int(cfg.timeout.total_seconds() * 1000),
             verify_ssl=cfg.verify_tls,
             ssl_ca_cert=str(cfg.ca_file) if cfg.ca_file else None,

@@ -1,11 +1,15 @@
-"""What the InfluxDB sink says when the server refuses its credentials: the keys to check, never a secret."""
+"""What the InfluxDB sink says when the server refuses its credentials (the keys to check, never a secret), and when
+it compresses its requests."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from fleetwatch import config
 from fleetwatch.config import InfluxDBConfig
-from flows.sinks.influxdb import credentials_hint, line_time_ns
+from flows.sinks.influxdb import V1Writer, credentials_hint, line_time_ns
 
 
 def test_a_refused_credential_names_the_keys_that_hold_it_and_not_the_secret() -> None:
@@ -35,3 +39,39 @@ def test_a_refused_line_is_dead_lettered_at_its_own_time() -> None:
     assert line_time_ns("m v=-1i -5") == -5
     assert line_time_ns("m v=1i") == 0  # no timestamp: the fields end the line
     assert line_time_ns("m v=1i ²") == 0
+
+
+def test_gzip_auto_compresses_only_when_influxdb_is_not_on_loopback(tmp_path: Path) -> None:
+    compresses = {
+        url: InfluxDBConfig(url=url).compresses()
+        for url in (
+            "http://127.0.0.1:8086",
+            "http://127.0.0.2:8086",
+            "http://localhost:8086",
+            "http://[::1]:8086",
+            "http://influxdb:8086",
+            "https://eu-central-1-1.aws.cloud2.influxdata.com",
+            "http://10.0.0.7:8086",
+        )
+    }
+    assert compresses == {
+        "http://127.0.0.1:8086": False,
+        "http://127.0.0.2:8086": False,
+        "http://localhost:8086": False,
+        "http://[::1]:8086": False,
+        "http://influxdb:8086": True,
+        "https://eu-central-1-1.aws.cloud2.influxdata.com": True,
+        "http://10.0.0.7:8086": True,
+    }
+    # Set explicitly, it holds whatever the host.
+    assert InfluxDBConfig(url="http://127.0.0.1:8086", gzip=True).compresses()
+    assert not InfluxDBConfig(url="http://influxdb:8086", gzip=False).compresses()
+    # The request header follows.
+    assert V1Writer(InfluxDBConfig(url="http://influxdb:8086"))._headers.get("Content-Encoding") == "gzip"
+    assert "Content-Encoding" not in V1Writer(InfluxDBConfig())._headers
+    # Anything else is refused at start, by key.
+    path = tmp_path / "fleetwatch.toml"
+    path.write_text('[influxdb]\ngzip = "sometimes"\n')
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path, env={})
+    assert err.value.problems == ["influxdb.gzip: expected true, false or \"auto\" (got 'sometimes')"]
