@@ -5,8 +5,8 @@ Lifecycle: each Bytewax worker gets a partition that owns a writer thread (``flo
 bounded buffer. ``write_batch`` only enqueues. The writer sends batches of ``batch_size`` lines or what arrived
 within ``flush_interval`` (gzip'd unless the server is on loopback, see ``gzip``), and retries retryable failures
 (429, 5xx, connection errors) with capped exponential backoff, forever: a store outage stalls the pipeline, it
-does not lose data. Points the
-server refuses (400: a field type conflict, a bad line) go to the dead letters with the server's answer.
+does not lose data. Points the server refuses (400: a field type conflict, a bad line) go to the dead letters
+with the server's answer.
 
 Writes are idempotent: points carry deterministic timestamps and tags (a window's start, a reading's event
 time), so a batch written twice after a restart lands on the same points.
