@@ -13,12 +13,22 @@ ends, however many overlap (so no time is left out twice). Three kinds:
   worker of the cluster until the link is back, with readings taken in before the cut in epochs the windows
   do not see yet. A watcher thread starts the pause once no source has been called for ``_SILENCE_S``
   past the time it asked to be called again; the next call of any source ends it.
+
+A process that does not run at all (SIGSTOP, ``docker pause``, a suspended VM or laptop) is no pause: its
+threads, the watcher's too, stop with it, so nothing can start one. The watcher notes the time at each of its
+ticks instead, and a gap between two notes in which the process used no CPU is left out once it runs again
+(``_note_running``). Whichever thread runs first after the freeze notes it: the watcher, or the worker asking
+``now_ns``, so that no window is closed on the frozen time before the readings the broker held meanwhile are
+read.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+
+log = logging.getLogger(__name__)
 
 # Reentrant: the heartbeat's start and end of a pause take it around _pause and _resume.
 _lock = threading.RLock()
@@ -34,7 +44,10 @@ def _paused_ns() -> int:
 
 
 def now_ns() -> int:
-    return time.time_ns() - _stalled_ns - _paused_ns()
+    wall_ns = time.time_ns()
+    if wall_ns - _noted_wall_ns > _FROZEN_NS and _watcher is not None:
+        _note_running(wall_ns)
+    return wall_ns - _stalled_ns - _paused_ns()
 
 
 def to_wall_ns(pipeline_ns: int) -> int:
@@ -105,11 +118,51 @@ def beat(next_call_s: float) -> None:
         _start_watcher()
 
 
+# The watcher's tick, and the least time the process must not have run for a gap between two notes to be left
+# out of the clock: well above any wait of a thread for its turn on a busy machine, and below the allowed
+# lateness of any sensible configuration (a shorter freeze is within it).
+_TICK_S = 0.05
+_FROZEN_NS = 500_000_000
+# When the process was last seen running: wall time, monotonic time and the process's CPU time, in ns.
+_noted_wall_ns = 2**62
+_noted_mono_ns = 0
+_noted_cpu_ns = 0
+
+
+def _note_running(wall_ns: int) -> None:
+    """The process runs at ``wall_ns``. If it did not run for a while before (the wall clock moved on since the
+    last note, and the process's CPU time did not), that time is left out of the clock.
+
+    CPU time tells a frozen process from a watcher that only waited for its turn: while some thread holds the
+    interpreter (a long call into native code), the watcher cannot note, but the process's CPU time goes on.
+    The wall clock (not the monotonic one) is what the window clock runs on, and it goes on while the machine
+    sleeps."""
+    global _noted_wall_ns, _noted_mono_ns, _noted_cpu_ns, _stalled_ns
+    mono_ns, cpu_ns = time.monotonic_ns(), time.process_time_ns()
+    with _lock:
+        if wall_ns < _noted_wall_ns:
+            return  # the other thread noted a later moment meanwhile
+        frozen = (wall_ns - _noted_wall_ns) - (cpu_ns - _noted_cpu_ns) - int(_TICK_S * 1e9)
+        if _paused:
+            # A pause going on since before the freeze leaves out what the monotonic clock counted of it.
+            frozen -= mono_ns - _noted_mono_ns
+        _noted_wall_ns, _noted_mono_ns, _noted_cpu_ns = wall_ns, mono_ns, cpu_ns
+        if frozen <= _FROZEN_NS:
+            return
+        _stalled_ns += frozen
+    log.warning(
+        "fleetwatch: the process did not run for %.1f s (stopped, paused or suspended): the window clock leaves "
+        "that time out, so readings held meanwhile are not late",
+        frozen / 1e9,
+    )
+
+
 def _start_watcher() -> None:
-    global _watcher
+    global _watcher, _noted_wall_ns, _noted_mono_ns, _noted_cpu_ns
     with _lock:
         if _watcher is not None:
             return
+        _noted_wall_ns, _noted_mono_ns, _noted_cpu_ns = time.time_ns(), time.monotonic_ns(), time.process_time_ns()
         _watcher = threading.Thread(target=_watch, name="fleetwatch-clock-watch", daemon=True)
     _watcher.start()
 
@@ -117,7 +170,8 @@ def _start_watcher() -> None:
 def _watch() -> None:
     global _silent
     while True:
-        time.sleep(0.05)
+        time.sleep(_TICK_S)
+        _note_running(time.time_ns())
         if _silent or time.monotonic() <= _expected_by + _SILENCE_S:
             continue
         with _lock:

@@ -90,9 +90,13 @@ class Publisher:
         self.client.loop_stop()
 
 
-def reading(unique: str, device: str, value: float, ts_ns: int | None = None) -> tuple[str, bytes]:
+def reading(unique: str, device: str, value: float, ts_ns: int | None = None, note: str = "") -> tuple[str, bytes]:
+    """``note``: a text field the parser skips (a firmware version, a status line), which makes a payload longer."""
     ms = (ts_ns if ts_ns is not None else time.time_ns()) // 1_000_000
-    return f"fwfault/{unique}/{device}/temp", json.dumps({"ts": ms, "v": value}).encode()
+    doc: dict[str, object] = {"ts": ms, "v": value}
+    if note:
+        doc["note"] = note
+    return f"fwfault/{unique}/{device}/temp", json.dumps(doc).encode()
 
 
 def counted(db: str, since_ns: int, until_ns: int) -> int:
@@ -159,7 +163,9 @@ def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
     pipeline.stop(signal.SIGTERM)
 
 
-def publish_for(unique: str, seconds: float, rate: float, devices: int) -> tuple[threading.Thread, list[int]]:
+def publish_for(
+    unique: str, seconds: float, rate: float, devices: int, note: str = ""
+) -> tuple[threading.Thread, list[int]]:
     """Publish live readings (event time = now) from a thread; the count published goes in the list."""
     published = [0]
 
@@ -168,7 +174,7 @@ def publish_for(unique: str, seconds: float, rate: float, devices: int) -> tuple
         begin = time.monotonic()
         i = 0
         while time.monotonic() - begin < seconds:
-            pub.send(*reading(unique, f"d{i % devices}", float(i % 13)))
+            pub.send(*reading(unique, f"d{i % devices}", float(i % 13), note=note))
             i += 1
             ahead = i / rate - (time.monotonic() - begin)
             if ahead > 0:
@@ -224,6 +230,31 @@ def test_kill_9_and_a_long_restart_neither_lose_nor_overwrite_a_window(
     late = influx_rows(influx_db, f'SELECT count("value") FROM "readings_late" WHERE time >= {since}')
     pipeline.stop(signal.SIGTERM)
     assert (total, late[0]["count"] if late else 0) == (published[0], 0)
+
+
+def test_a_frozen_process_does_not_count_the_frozen_time_on_the_window_clock(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """SIGSTOP for 8 s, then SIGCONT (`docker pause`, a VM or laptop suspended, a debugger): 4 times the allowed
+    lateness. The readings the broker held meanwhile carry event times from the frozen seconds; counting those
+    seconds on the window clock would have closed their windows before they were read, and made them late."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    since = time.time_ns() - 20 * S
+    pipeline = Pipeline(config)
+    # Each device every 2 s, as a fleet reports. What the broker holds after the freeze (2,000 readings of 4 kB)
+    # takes several reads, so most series get no reading in the first batch after it: their windows are due on
+    # the clock alone.
+    thread, published = publish_for(unique, 16.0, 250, devices=500, note="x" * 4000)
+    time.sleep(4.0)
+    pipeline.proc.send_signal(signal.SIGSTOP)
+    time.sleep(8.0)
+    pipeline.proc.send_signal(signal.SIGCONT)
+    thread.join(60)
+    total = wait_counted(influx_db, since, published[0])
+    late = influx_rows(influx_db, f'SELECT count("value") FROM "readings_late" WHERE time >= {since}')
+    pipeline.stop(signal.SIGTERM)
+    assert (total, late[0]["count"] if late else 0) == (published[0], 0)
+    assert "did not run for" in pipeline.log_text(), "the freeze was not reported in the log"
 
 
 def test_a_store_that_refuses_the_setup_stops_the_process_with_the_reason(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import time
 
 from flows import clock
@@ -58,3 +61,39 @@ def test_a_source_that_asked_to_be_called_later_is_not_silent_until_then() -> No
     clock.beat(time.monotonic())
     assert clock.now_ns() - start > 1_400_000_000
     clock.stop_watching()
+
+
+# A worker that looks at the clock in a tight loop for 4 s, and reports the clock's largest step between two
+# looks, and how far the clock fell behind wall time.
+_LOOKING_WORKER = """
+import time
+from flows import clock
+clock.beat(time.monotonic() + 3600)  # a source not due for an hour: no silence pause
+start_wall, start = time.time_ns(), clock.now_ns()
+print("looking", flush=True)
+step = 0
+last = start
+while time.time_ns() - start_wall < 4_000_000_000:
+    now = clock.now_ns()
+    step = max(step, now - last)
+    last = now
+print(step, (time.time_ns() - start_wall) - (clock.now_ns() - start), flush=True)
+"""
+
+
+def test_the_time_a_process_was_stopped_is_left_out_already_at_its_first_look_at_the_clock() -> None:
+    """SIGSTOP for 1.5 s, then SIGCONT (`docker pause`, a suspended VM): every thread stops, the watcher's too.
+    Readings the broker held meanwhile are read after the freeze; the clock must not have moved by the frozen
+    time, not even at the worker's first look after it (it may run before the watcher does)."""
+    child = subprocess.Popen([sys.executable, "-c", _LOOKING_WORKER], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "looking"
+    time.sleep(0.5)
+    child.send_signal(signal.SIGSTOP)
+    time.sleep(1.5)
+    child.send_signal(signal.SIGCONT)
+    out, _ = child.communicate(timeout=30)
+    assert child.returncode == 0
+    step, behind = (int(x) / 1e9 for x in out.split())
+    assert step < 0.3, f"the clock jumped {step:.2f} s at once"
+    assert 1.3 < behind < 1.8, f"the clock is {behind:.2f} s behind wall time after a 1.5 s freeze"
