@@ -320,3 +320,41 @@ def test_a_series_key_with_backslashes_reads_back_and_a_hash_name_is_refused() -
     with pytest.raises(PayloadError) as err:
         decode_telegraf_json(b'{"name": "#cpu", "fields": {"v": 1}}', "auto")
     assert err.value.reason == "undecodable"
+
+
+def test_each_field_of_a_json_topic_keeps_its_own_series_whatever_the_fields_of_each_message() -> None:
+    """A topic's series keys are cached by field name (the first name apart from the others): fields that
+    come and go between messages, in any order, and through either JSON decoder, each name their own series."""
+    cfg = from_dict(
+        {
+            "mqtt": {"subscriptions": [{"topic": "dev/+", "template": "dev/{device}", "format": "json"}]},
+            "windows": {"max_age": "0s"},
+        },
+        env={},
+    )
+    parser = MQTTParser(cfg.mqtt, cfg.windows)
+    payloads = [
+        b'{"temp": 1}',
+        b'{"hum": 2, "temp": 3}',
+        b'{"pres": 4, "hum": 5}',
+        b'{"temp": 6, "hum": 7, "pres": 8}',
+        b'{"x": {"y": 9}, "temp": 10}',  # nested: the general decoder
+        b'{"hum": 11}',
+    ]
+    for _ in range(2):  # the second time every name is cached
+        parsed = parser.parse(MessageBatch(T0, [("dev/d1", p) for p in payloads]))
+        got = [(parse_series(r.series)[1]["metric"], r.value) for r in parsed.readings]
+        assert got == [
+            ("temp", 1.0),
+            ("hum", 2.0),
+            ("temp", 3.0),
+            ("pres", 4.0),
+            ("hum", 5.0),
+            ("temp", 6.0),
+            ("hum", 7.0),
+            ("pres", 8.0),
+            ("x_y", 9.0),
+            ("temp", 10.0),
+            ("hum", 11.0),
+        ]
+        assert {parse_series(r.series)[1]["device"] for r in parsed.readings} == {"d1"}
