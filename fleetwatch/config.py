@@ -77,7 +77,9 @@ class SubscriptionConfig(Section):
     qos: int = 1
     # Topic levels to tags, Telegraf topic_parsing style: "sensors/{site}/{device}/{metric}".
     # "+" skips a level, "#" (last) swallows the rest. {metric} names the reading's metric; without it the
-    # metric comes from the payload's field names (json, influx_line, telegraf_json) or from `metric`.
+    # metric comes from the payload's field names (json, influx_line, telegraf_json) or from `metric`. With it,
+    # a JSON object's field "value" (or one named like the metric) is that metric, and any other numeric field
+    # is "<metric>_<field>".
     template: str | None = None
     format: TopicFormat = "number"
     # For format = "number" without {metric} in the template.

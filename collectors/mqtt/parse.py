@@ -111,6 +111,9 @@ class _TopicInfo:
     metric: str | None = None
     # JSON fields that are not readings: ignore_fields and the timestamp field.
     skip: frozenset[str] = frozenset()
+    # Format json: the metric the template's {metric} names, under which a JSON object's fields are read
+    # (``json_field_metric``); None when the topic names none.
+    topic_metric: str | None = None
     # JSON fast path: format json, and the timestamp field with a fixed epoch unit (ns per unit) if any.
     flat_json: bool = False
     ts_field: str | None = None
@@ -119,6 +122,21 @@ class _TopicInfo:
     unknown_device: bool = False
     # format "sparkplug_b": the topic's group, message type, edge node and device.
     sparkplug: SparkplugTopic | None = None
+
+
+def json_field_metric(topic_metric: str, field: str) -> str:
+    """The metric of a JSON object's numeric field, on a topic whose template names the metric: the topic's
+    metric for a field named ``value`` or named like the metric, ``<metric>_<field>`` for any other (as if the
+    object were nested under the metric's name, the way nested fields are named). Without this, the per-metric
+    topics of one device that all send ``{"value": ...}`` were one series, and their windows mixed, say,
+    temperatures with humidities.
+
+    >>> [json_field_metric("temperature", f) for f in ("value", "temperature", "battery")]
+    ['temperature', 'temperature', 'temperature_battery']
+    """
+    if field == "value" or field == topic_metric:
+        return topic_metric
+    return f"{topic_metric}_{field}"
 
 
 def _file_stamp(path: Path | None) -> tuple[int, int] | None:
@@ -223,7 +241,8 @@ class MQTTParser:
                 else:
                     # The topic's own tags win: they name the series the device has always written.
                     tags = {**extra, **tags}
-            metric = tags.pop("metric", None) or sub.metric
+            topic_metric = tags.pop("metric", None)
+            metric = topic_metric or sub.metric
             if metric is not None:
                 # A fleet has few metric names and many topics: one string per name, not one per topic.
                 metric = sys.intern(metric)
@@ -243,6 +262,7 @@ class MQTTParser:
                 None,
                 metric,
                 skip,
+                topic_metric=metric if topic_metric and sub.format == "json" else None,
                 flat_json=sub.format == "json",
                 ts_field=sub.timestamp_field,
                 ts_scale=scale,
@@ -270,7 +290,8 @@ class MQTTParser:
         more = info.more_metrics
         series = more.get(name) if more is not None else None
         if series is None:
-            series = _encodable(series_key(info.measurement, {**info.tags, "metric": name}))
+            metric = name if info.topic_metric is None else json_field_metric(info.topic_metric, name)
+            series = _encodable(series_key(info.measurement, {**info.tags, "metric": metric}))
             if self._names >= self.name_cache_limit or self._cache_bytes >= self.cache_bytes_limit:
                 self._forget()  # (this message's topic is resolved again with the next message)
             name = sys.intern(name)  # as the metric above: one string per name, shared by every topic

@@ -150,7 +150,8 @@ def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
         influx_db,
         f'SELECT sum("count") FROM "readings_agg" WHERE time >= {start} AND time < {start + 40 * S} GROUP BY "metric"',
     )
-    assert {r["metric"]: r["sum"] for r in by_metric} == {"v": good, "te\\nmp": 1}
+    # The template names the metric (temp): the JSON fields are read under it (collectors.mqtt.parse).
+    assert {r["metric"]: r["sum"] for r in by_metric} == {"temp_v": good, "temp_te\\nmp": 1}
     pipeline.wait_for("dead_letters", len(hostile))
     deadline = time.monotonic() + 15
     dead = es_docs(f"{unique}-dead-letters*")

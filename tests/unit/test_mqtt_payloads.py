@@ -358,3 +358,49 @@ def test_each_field_of_a_json_topic_keeps_its_own_series_whatever_the_fields_of_
             ("hum", 11.0),
         ]
         assert {parse_series(r.series)[1]["device"] for r in parsed.readings} == {"d1"}
+
+
+def test_json_objects_on_topics_that_name_the_metric_keep_the_metrics_apart() -> None:
+    """A device with a topic per metric, each sending ``{"value": ..., "ts": ...}`` (the common shape): every
+    topic is a series of its own metric, not one ``value`` series mixing temperatures and humidities. Other
+    fields are read as nested under the topic's metric, through either JSON decoder."""
+    cfg = from_dict(
+        {
+            "mqtt": {
+                "subscriptions": [
+                    {
+                        "topic": "plant/+/+/+",
+                        "template": "plant/{site}/{device}/{metric}",
+                        "format": "json",
+                        "timestamp_field": "ts",
+                        "timestamp_unit": "ms",
+                        "ignore_fields": ["status"],
+                    }
+                ]
+            },
+            "windows": {"max_age": "0s", "max_future_skew": "100000d"},
+        },
+        env={},
+    )
+    parser = MQTTParser(cfg.mqtt, cfg.windows)
+    ms = T0 // 1_000_000
+    messages = [
+        ("plant/s1/p7/temperature", b'{"ts": %d, "value": 71.5}' % ms),
+        ("plant/s1/p7/humidity", b'{"ts": %d, "value": 40}' % ms),
+        ("plant/s1/p7/humidity", b"41"),  # a bare value: the topic's metric too
+        ("plant/s1/p7/pressure", b'{"ts": %d, "pressure": 1013.2, "battery": 88, "status": 1}' % ms),
+        ("plant/s1/p7/vibration", b'{"ts": %d, "axis": {"x": 0.1}, "value": 0.3}' % ms),  # nested: general path
+    ]
+    for _ in range(2):  # the second time every name is cached
+        parsed = parser.parse(MessageBatch(T0, messages))
+        assert parsed.dead_letters == []
+        got = [(parse_series(r.series)[1]["metric"], r.value) for r in parsed.readings]
+        assert got == [
+            ("temperature", 71.5),
+            ("humidity", 40.0),
+            ("humidity", 41.0),
+            ("pressure", 1013.2),
+            ("pressure_battery", 88.0),
+            ("vibration_axis_x", 0.1),
+            ("vibration", 0.3),
+        ]
