@@ -307,7 +307,9 @@ def test_exact_aggregates_at_20000_series(tmp_path: Path, unique: str, influx_db
     pipeline.stop(signal.SIGTERM)
     assert len(rows) == 20_000
     for row in rows:
-        d, m = int(row["device"][3:]), int(row["metric"][1:])
+        # The topic's last level (x) names the metric: each JSON field mN is read under it, as x_mN.
+        assert row["metric"].startswith("x_m"), row
+        d, m = int(row["device"][3:]), int(row["metric"][3:])
         low, high = sorted((d * 10 + m * 1.0, d * 10 + m * 2.0))
         assert (row["count"], row["sum"], row["min"], row["max"]) == (2, low + high, low, high), row
 
