@@ -12,9 +12,16 @@ The windows keep their state in a log of their own instead, beside Bytewax's rec
   sequence number. Bytewax commits the marker with the epoch, as it commits any state;
 - on resume, the generation in the marker is replayed up to that frame. Frames after it were written for
   epochs that never committed, and are ignored;
-- once a generation has grown to several times the live state, the whole state is written as the first frame
-  of the next generation. An older generation is deleted when no snapshot that Bytewax still keeps refers to
-  it (Bytewax drops a key's older snapshots once a newer one is committed).
+- once a generation has grown to several times the live state, the next generation is written beside it, a
+  part of the state at each snapshot (``begin_generation``, ``append_base``, ``finish_generation``): written
+  whole in one go, the state held the worker for about 0.35 s at 100,000 series, and for seconds at 1,000,000,
+  with every reading and alert waiting. Meanwhile each frame of changes goes to both generations and the
+  markers still refer to the current one, which stays complete on its own. The next one is complete on its own
+  once every series has been written to it: each series' record replaces whatever the changes before it built,
+  and the changes after it follow. Then the markers move to it. The first generation of a log, and the first
+  after a resume, are still written whole at once;
+- an older generation is deleted when no snapshot that Bytewax still keeps refers to it (Bytewax drops a key's
+  older snapshots once a newer one is committed).
 
 A frame is its sequence number (u64), payload length (u64) and the payload's CRC-32 (u32), then the payload:
 series records as ``flows.windows`` encodes them. Each frame is flushed and fsynced before its marker is
@@ -65,9 +72,16 @@ class WindowLog:
         self.name = name or uuid.uuid4().hex
         self.generation = -1
         self.seq = 0
+        # The last frame written to the current generation, which a marker names (frames written only to the
+        # next generation come between).
+        self.current_seq = 0
         self.generation_bytes = 0
         self._file: object = None
         self._fd = -1
+        # The generation being written beside the current one (see begin_generation), and its file.
+        self.next_generation = -1
+        self._next_fd = -1
+        self._next_bytes = 0
         self._next_collect = 0.0
 
     # -- reading
@@ -95,54 +109,108 @@ class WindowLog:
             pos = end
         if last != seq:
             raise WindowLogError(f"window state log {path} ends at frame {last}, the snapshot refers to frame {seq}")
-        self.seq = seq
+        self.seq = self.current_seq = seq
 
     # -- writing
 
     def append(self, payload: bytes) -> int:
-        """Append a frame of changes; returns its sequence number."""
+        """Append a frame of changes (to the next generation too, while one is being written); returns its
+        sequence number."""
         if self._fd < 0:
             raise WindowLogError("append before a generation was started")
         self.seq += 1
-        self._write(payload)
+        frame = self._frame(payload)
+        self.generation_bytes += _write_synced(self._fd, frame)
+        self.current_seq = self.seq
+        if self._next_fd >= 0:
+            self._next_bytes += _write_synced(self._next_fd, frame)
         return self.seq
 
     def start_generation(self, full_state: bytes) -> int:
         """Write the whole state as the first frame of a new generation; returns its sequence number."""
-        previous = self.generation
-        existing = [int(p.suffix[1:]) for p in self.directory.glob(f"{self.name}.*") if p.suffix[1:].isdigit()]
-        self.generation = max([previous, *existing]) + 1
+        self._abandon_next()
+        self.generation = self._new_generation_number()
         if self._fd >= 0:
             os.close(self._fd)
-        self._fd = os.open(self.path(self.generation), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
-        self.generation_bytes = 0
+        self._fd = self._create(self.generation)
         self.seq += 1
-        self._write(full_state)
-        # The directory entry of the new file must be as durable as its contents.
+        self.generation_bytes = _write_synced(self._fd, self._frame(full_state))
+        self.current_seq = self.seq
+        self._sync_directory()
+        self._next_collect = 0.0
+        return self.seq
+
+    # -- the next generation, written a part at a time
+
+    @property
+    def writing_next(self) -> bool:
+        return self._next_fd >= 0
+
+    def begin_generation(self) -> None:
+        """Start the next generation beside the current one. The caller writes the state into it a part at a
+        time (``append_base``), every series once, while ``append`` writes each frame of changes to both; then
+        ``finish_generation``. Until then the markers refer to the current generation."""
+        if self._fd < 0:
+            raise WindowLogError("begin_generation before a generation was started")
+        self._abandon_next()
+        self.next_generation = self._new_generation_number()
+        self._next_fd = self._create(self.next_generation)
+        self._next_bytes = 0
+
+    def append_base(self, payload: bytes) -> int:
+        """Write a part of the state to the next generation only; returns its sequence number."""
+        if self._next_fd < 0:
+            raise WindowLogError("append_base without begin_generation")
+        self.seq += 1
+        self._next_bytes += _write_synced(self._next_fd, self._frame(payload))
+        return self.seq
+
+    def finish_generation(self) -> None:
+        """The next generation holds every series: it becomes the current one, and the markers refer to it."""
+        if self._next_fd < 0:
+            raise WindowLogError("finish_generation without begin_generation")
+        self._sync_directory()
+        os.close(self._fd)
+        self._fd, self._next_fd = self._next_fd, -1
+        self.generation, self.next_generation = self.next_generation, -1
+        self.generation_bytes = self._next_bytes
+        self.current_seq = self.seq
+        self._next_collect = 0.0
+
+    def _abandon_next(self) -> None:
+        # No marker refers to a generation left unfinished. (One left by a crash is deleted by collect, once the
+        # markers refer to a later generation.)
+        if self._next_fd >= 0:
+            os.close(self._next_fd)
+            self.path(self.next_generation).unlink(missing_ok=True)
+            self._next_fd, self.next_generation = -1, -1
+
+    def _new_generation_number(self) -> int:
+        existing = [int(p.suffix[1:]) for p in self.directory.glob(f"{self.name}.*") if p.suffix[1:].isdigit()]
+        return max([self.generation, self.next_generation, *existing]) + 1
+
+    def _create(self, generation: int) -> int:
+        return os.open(self.path(generation), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+
+    def _sync_directory(self) -> None:
+        # The directory entry of a new file must be as durable as its contents.
         dir_fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        self._next_collect = 0.0
-        return self.seq
 
     def needs_new_generation(self, live_bytes: int) -> bool:
         return self.generation_bytes > max(_COMPACT_FACTOR * live_bytes, _COMPACT_MIN_BYTES)
 
     def marker(self, taken_ns: int) -> LogMarker:
-        return (LOG_FORMAT, taken_ns, self.name, self.generation, self.seq)
+        return (LOG_FORMAT, taken_ns, self.name, self.generation, self.current_seq)
 
-    def _write(self, payload: bytes) -> None:
-        frame = _FRAME.pack(self.seq, len(payload), zlib.crc32(payload)) + payload
-        view = memoryview(frame)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
-        os.fsync(self._fd)
-        self.generation_bytes += len(frame)
+    def _frame(self, payload: bytes) -> bytes:
+        return _FRAME.pack(self.seq, len(payload), zlib.crc32(payload)) + payload
 
     def close(self) -> None:
+        self._abandon_next()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -178,6 +246,16 @@ class WindowLog:
         return [
             generation for name, generation in referenced_logs(self.recovery_dir, self.step_id) if name == self.name
         ]
+
+
+def _write_synced(fd: int, frame: bytes) -> int:
+    """Write a whole frame and fsync it; returns its length."""
+    view = memoryview(frame)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    os.fsync(fd)
+    return len(frame)
 
 
 def referenced_logs(recovery_dir: Path, step_id: str) -> list[tuple[str, int]]:

@@ -652,6 +652,57 @@ def test_many_states_go_to_the_alert_state_log_and_resume_exactly(tmp_path: Path
     )
 
 
+def test_a_log_generation_written_in_parts_resumes_on_its_own_to_the_exact_states(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new generation of the alert state log takes the states a part at each snapshot, while states change,
+    fire, are forgotten and come back. From every marker, before, during and after the parts, a logic resumed
+    from the marker's own generation file alone (every other file deleted) holds exactly the states of the one
+    that wrote it."""
+    import random
+
+    from flows import window_log
+    from flows.alerts import engine
+
+    monkeypatch.setattr(window_log, "_COMPACT_MIN_BYTES", 0)
+    monkeypatch.setattr(engine, "_BASE_PART_MIN", 300)
+    rng = random.Random(7)
+    clock = Clock(T0)
+    rules = [rule(name="hot", warning=80), rule(name="roc", kind="rate_of_change", warning=5)]
+    fleet = [f"readings,device=d{i},metric=temperature" for i in range(3000)]
+
+    def build(directory: Path, resume: Any = None) -> AlertLogic:
+        return AlertLogic(rules, resume, clock=clock, recovery_dir=directory, step_id="flow.alerts")
+
+    def fields(states: dict[str, dict[str, Any]]) -> dict[str, dict[str, tuple]]:
+        return {
+            name: {s: st.__getstate__()[:7] + st.__getstate__()[8:] for s, st in by.items()}
+            for name, by in states.items()
+        }
+
+    logic = build(tmp_path / "live")
+    feed(logic, [obs(50.0, 1, series=s) for s in fleet])
+    generations, in_parts = set(), 0
+    for epoch in range(60):
+        at = 2 + epoch
+        feed(logic, [obs(rng.choice([50.0, 60.0, 85.0, 95.0]), at, series=rng.choice(fleet)) for _ in range(400)])
+        for _ in range(rng.randint(0, 30)):
+            name = rng.choice(["hot", "roc"])
+            series = rng.choice(fleet)
+            if series in logic.states[name]:
+                logic._evict(logic._rules[name], series)
+        marker = logic.snapshot()
+        assert logic._log is not None
+        in_parts += logic._log.writing_next
+        generations.add(marker[3])
+        alone = tmp_path / f"alone-{epoch}" / ALERT_LOG_FOLDER
+        alone.mkdir(parents=True)
+        name = f"{marker[2]}.{marker[3]}"
+        (alone / name).write_bytes((tmp_path / "live" / ALERT_LOG_FOLDER / name).read_bytes())
+        assert fields(build(alone.parent, pickle.loads(pickle.dumps(marker))).states) == fields(logic.states)
+    assert len(generations) >= 3 and in_parts >= 10, (generations, in_parts)
+
+
 def test_few_states_stay_in_the_snapshot_and_alert_logs_are_cleaned_apart_from_window_logs(tmp_path: Path) -> None:
     from flows.window_log import remove_unreferenced
 
