@@ -3,7 +3,8 @@
 - ``<m>`` (raw readings, opt-in per subscription): tags = template tags + ``metric``; field ``value``;
   time = event time.
 - ``<m>_agg`` (window aggregates): tags = template tags + ``metric`` + ``window``; fields ``count`` (int),
-  ``min``, ``max``, ``mean``, ``sum``, ``first``, ``last``, ``stddev`` (only when count > 1), ``p50``,
+  ``min``, ``max``, ``mean``, ``sum`` (not beyond a double), ``first``, ``last``, ``stddev`` (only when count > 1
+  and not beyond a double), ``p50``,
   ``p95``, ``p99``; time = window start.
 - ``<m>_late`` (late readings, raw): tags as raw readings; field ``value``; time = event time.
 - ``fleetwatch_health`` (the pipeline's own health): tag ``worker``; fields ``messages_in``, ``readings``,
@@ -69,10 +70,10 @@ def aggregate_line(agg: Aggregate) -> str:
         return f"{_renamed(agg.series, '_agg')},window={agg.window} {fields} {agg.start_ns}"
     # Every statistic is a float here (the window's values are an array of doubles): repr is their exact
     # shortest form, as _float would give, without a call per field.
-    fields = (
-        f"count={agg.count}i,min={agg.min!r},max={agg.max!r},mean={agg.mean!r},"
-        f"sum={agg.sum!r},first={agg.first!r},last={agg.last!r}"
-    )
+    fields = f"count={agg.count}i,min={agg.min!r},max={agg.max!r},mean={agg.mean!r},"
+    if agg.sum is not None:
+        fields += f"sum={agg.sum!r},"
+    fields += f"first={agg.first!r},last={agg.last!r}"
     if agg.stddev is not None:
         fields += f",stddev={agg.stddev!r}"
     for q, value in agg.quantiles:

@@ -107,10 +107,11 @@ class Aggregate(NamedTuple):
     min: float
     max: float
     mean: float
-    sum: float
+    # None when the sum of finite values is beyond a double (about 1.8e308): no store takes an infinity.
+    sum: float | None
     first: float
     last: float
-    # Sample standard deviation; None for a single value (as InfluxQL's STDDEV()).
+    # Sample standard deviation; None for a single value (as InfluxQL's STDDEV()), and when beyond a double.
     stddev: float | None
     # (q, value) pairs, exact, linear interpolation between closest ranks.
     quantiles: tuple[tuple[float, float], ...]
@@ -131,7 +132,36 @@ def quantile(ordered: Sequence[float], q: float) -> float:
     2.5
     """
     lo, hi, frac = _quantile_position(len(ordered), q)
-    return ordered[lo] + frac * (ordered[hi] - ordered[lo])
+    return _between(ordered[lo], ordered[hi], frac)
+
+
+def _between(lo: float, hi: float, frac: float) -> float:
+    """``frac`` of the way from ``lo`` to ``hi``; when ``hi - lo`` is beyond a double (values of opposite signs
+    near the largest), as a weighted mean instead, which cannot overflow."""
+    value = lo + frac * (hi - lo)
+    if value - value != 0.0:
+        value = lo * (1.0 - frac) + hi * frac
+    return value
+
+
+def _scaled_statistics(ordered: Sequence[float]) -> tuple[float | None, float, float | None]:
+    """Sum, mean and sample standard deviation of values whose sum or squares overflow a double, computed on
+    the values scaled by a power of two (exact) and scaled back: the mean always fits; the sum and the standard
+    deviation are None when they do not."""
+    exponent = math.frexp(max(-ordered[0], ordered[-1]))[1]
+    scaled = [math.ldexp(v, -exponent) for v in ordered]
+    count = len(scaled)
+    total = math.fsum(scaled)
+    mean = total / count
+    spread = math.sqrt(math.fsum([(v - mean) ** 2 for v in scaled]) / (count - 1))
+    return _unscaled(total, exponent), math.ldexp(mean, exponent), _unscaled(spread, exponent)
+
+
+def _unscaled(value: float, exponent: int) -> float | None:
+    try:
+        return math.ldexp(value, exponent)
+    except OverflowError:
+        return None
 
 
 def _quantile_position(count: int, q: float) -> tuple[int, int, float]:
@@ -856,9 +886,18 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             end = start + spec.length_ns
             return Aggregate(series.measurement, key, spec.label, start, end, 1, v, v, v, v, v, v, None, quantiles)
         ordered = sorted(values)
-        total = math.fsum(ordered)
-        mean = total / count
-        stddev = math.sqrt(math.fsum([(v - mean) ** 2 for v in ordered]) / (count - 1))
+        total: float | None
+        stddev: float | None
+        try:
+            total = math.fsum(ordered)
+            mean = total / count
+            stddev = math.sqrt(math.fsum([(v - mean) ** 2 for v in ordered]) / (count - 1))
+            if stddev == math.inf:
+                raise OverflowError
+        except OverflowError:
+            # Values near the largest double (1e308 from a device, or a firmware's "no data" marker): the sum
+            # or the squares overflow, and the window would stop the flow at every close, after a restart too.
+            total, mean, stddev = _scaled_statistics(ordered)
         positions = self._positions.get(count)
         if positions is None:
             positions = tuple((q, *_quantile_position(count, q)) for q in self.quantiles)
@@ -878,5 +917,5 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             window.first_v,
             window.last_v,
             stddev,
-            tuple([(q, ordered[lo] + frac * (ordered[hi] - ordered[lo])) for q, lo, hi, frac in positions]),
+            tuple([(q, _between(ordered[lo], ordered[hi], frac)) for q, lo, hi, frac in positions]),
         )

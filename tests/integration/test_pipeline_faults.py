@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as paho
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.conftest import INFLUX_AUTH_TOML, INFLUX_URL, MQTT_HOST, MQTT_PORT, es_docs, influx_rows
@@ -140,18 +141,29 @@ def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
         pub.send(*reading(unique, "d1", float(i), start + i * S // 2))
     # A line break in a JSON key becomes a series of its own, not a broken batch.
     pub.send(f"fwfault/{unique}/d2/temp", json.dumps({"ts": (start + S) // 1_000_000, "te\nmp": 5}).encode())
+    # Finite values near the largest double: their window's sum is beyond a double, its mean is not.
+    huge = [1.7e308, 1.7e308, -1.7e308, 1e308]
+    for i, value in enumerate(huge):
+        pub.send(*reading(unique, "d3", value, start + i * S))
     # Past the windows: they close on event time.
-    pub.send(*reading(unique, "d1", 0.0, start + 50 * S))
-    pub.send(*reading(unique, "d2", 0.0, start + 50 * S))
+    for device in ("d1", "d2", "d3"):
+        pub.send(*reading(unique, device, 0.0, start + 50 * S))
     pub.close()
-    pipeline.wait_for("messages_in", len(hostile) + good + 3)
-    assert wait_counted(influx_db, start, good + 1, timeout=20, until_ns=start + 40 * S) == good + 1
+    pipeline.wait_for("messages_in", len(hostile) + good + len(huge) + 4)
+    expected = good + 1 + len(huge)
+    assert wait_counted(influx_db, start, expected, timeout=20, until_ns=start + 40 * S) == expected
     by_metric = influx_rows(
         influx_db,
         f'SELECT sum("count") FROM "readings_agg" WHERE time >= {start} AND time < {start + 40 * S} GROUP BY "metric"',
     )
     # The template names the metric (temp): the JSON fields are read under it (collectors.mqtt.parse).
-    assert {r["metric"]: r["sum"] for r in by_metric} == {"temp_v": good, "temp_te\\nmp": 1}
+    assert {r["metric"]: r["sum"] for r in by_metric} == {"temp_v": good + len(huge), "temp_te\\nmp": 1}
+    (near_max,) = influx_rows(
+        influx_db,
+        f'SELECT "count", "sum", "mean", "max" FROM "readings_agg" WHERE "device" = \'d3\' AND time = {start}',
+    )
+    assert (near_max["count"], near_max["sum"], near_max["max"]) == (4, None, 1.7e308)
+    assert near_max["mean"] == pytest.approx(sum(v / 4 for v in huge))
     pipeline.wait_for("dead_letters", len(hostile))
     deadline = time.monotonic() + 15
     dead = es_docs(f"{unique}-dead-letters*")
@@ -317,10 +329,11 @@ def test_exact_aggregates_at_20000_series(tmp_path: Path, unique: str, influx_db
 def test_kill_9_while_the_window_log_writes_a_new_generation_loses_nothing(
     tmp_path: Path, unique: str, influx_db: str
 ) -> None:
-    """20,000 series (2,000 devices x 10 fields), 30 readings each into one open window, at QoS 1. Once the window state log holds four times
-    the live state, it writes a new generation a part of the series at each epoch: the pipeline is killed with
-    kill -9 in the middle of that, while the publisher goes on. After the restart every series has its exact
-    count and sum: the unfinished generation was not resumed from, and the one it was to replace still was."""
+    """20,000 series (2,000 devices x 10 fields), 30 readings each into one open window, at QoS 1. Once the
+    window state log holds four times the live state, it writes a new generation a part of the series at each
+    epoch: the pipeline is killed with kill -9 in the middle of that, while the publisher goes on. After the
+    restart every series has its exact count and sum: the unfinished generation was not resumed from, and the
+    one it was to replace still was."""
     from flows.window_log import referenced_logs
 
     config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
 import shutil
@@ -684,3 +685,32 @@ def test_a_generation_written_in_parts_replays_on_its_own_to_the_exact_state(
             again = resumed.snapshot()
             assert again[3] == marker[3] + 2 and _state_of(build(tmp_path / "crash", again)) == _state_of(logic)
     assert len(generations) >= 4 and in_parts >= 10 and crashed, (generations, in_parts)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [1e308, 1.0],
+        [1.7e308, 1.7e308],
+        [1.7e308, 1.7e308, -1.7e308, 1e308],
+        [-1.7976931348623157e308, 1.7976931348623157e308],
+        [1e200, -1e200, 3.0],
+    ],
+)
+def test_values_near_the_largest_double_close_their_window_with_finite_statistics(values: list[float]) -> None:
+    """A device may send any finite value, 1e308 included (some firmwares' "no data"). Their sum and squares
+    overflow a double: the window must still close (the flow stopped there, again after every restart), with
+    every statistic finite or left out, never an infinity a store refuses."""
+    logic = WindowLogic([WindowSpec.tumbling(timedelta(seconds=10))], timedelta(0), [0.5, 0.95], clock=Clock(T0))
+    (agg,), _, _ = collect(logic, [reading(v, 1 + i * 0.1) for i, v in enumerate(values)] + [reading(0.0, 30)])
+    exact_mean = sum(v / len(values) for v in values)
+    assert agg.count == len(values) and agg.mean == pytest.approx(exact_mean, rel=1e-12)
+    assert (agg.min, agg.max) == (min(values), max(values))
+    finite = [agg.mean, *(v for _, v in agg.quantiles), *(v for v in (agg.sum, agg.stddev) if v is not None)]
+    assert all(math.isfinite(v) for v in finite), agg
+    if math.isfinite(math.fsum(v / 2 for v in values) * 2):
+        assert agg.sum == math.fsum(v / 2 for v in values) * 2
+    else:
+        assert agg.sum is None
+    line = schema.aggregate_line(agg)
+    assert "inf" not in line and "nan" not in line, line
