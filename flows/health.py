@@ -32,6 +32,9 @@ class Counters:
     # QoS 1 redeliveries (DUP) of messages counted already, acknowledged again and dropped (after a restart
     # or a broker disconnect; collectors/mqtt/source.py).
     mqtt_redeliveries_dropped: int = 0
+    # Retained messages the broker sent again to a session that was present (it resends them at every
+    # SUBSCRIBE), acknowledged and not counted: the session received them live (collectors/mqtt/source.py).
+    mqtt_retained_skipped: int = 0
     # Messages of devices missing from the device inventory ([mqtt.devices]).
     unknown_devices: int = 0
     # Sparkplug B (flows/sparkplug.py): sequence gaps and the messages they skipped, NDEATHs of an earlier

@@ -144,6 +144,11 @@ def read_publishes(
                 raise MalformedPacket("QoS 1 PUBLISH with packet id 0")
             if redeliveries_to_paho and first & 0x08:
                 return pos, OTHER_PACKET
+        if first & 0x01:
+            # RETAIN: a topic's retained message, sent because a subscription was made. Rare, and the source
+            # decides whether it counts (a persistent session saw it when it was published).
+            return pos, OTHER_PACKET
+        if qos:
             acks.append((mid, qos, hash((topic, payload))))  # content_key, inline: once per message
         append((topic, payload))
         pos = packet_end

@@ -351,6 +351,8 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._dedup_until = 0.0
         self._new_since_connect = False
         self._connected = False
+        # Whether the broker had this session at the last CONNACK (see _on_message: retained messages).
+        self._session_present = False
         self._connected_at = 0.0
         self._pending_subscribe: int | None = None
         # While a sink is saturated this source does not read, and the window clock stands still.
@@ -388,6 +390,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             self._delay_next_attempt()
             return
         self._connected = True
+        self._session_present = bool(flags.session_present)
         self._connected_at = time.monotonic()
         self._dedup_until = self._connected_at + _DEDUP_WINDOW
         self._new_since_connect = False
@@ -461,6 +464,16 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         key = content_key(topic, payload)
         if msg.qos and not msg.dup:
             self._new_since_connect = True
+        if msg.retain and self._session_present and not msg.dup:
+            # A retained message the broker sends again because the subscription was made again. A session
+            # that was present had the subscription when the message was published, and counted it then
+            # (live messages come without RETAIN): counting it now would count it once more at each
+            # reconnect, stamped with the reconnect's time when it carries none of its own. (With DUP it is
+            # the redelivery of one sent before and not acknowledged: counted below unless counted already.)
+            if msg.qos:
+                self._unacked.append((msg.mid, msg.qos, key))
+            health.counters().mqtt_retained_skipped += 1
+            return
         if msg.qos and msg.mid in self._redelivered:
             counted_key = self._redelivered.pop(msg.mid)
             if msg.dup and msg.qos == 1 and counted_key in (key, None):

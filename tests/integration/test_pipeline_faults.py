@@ -176,6 +176,42 @@ def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
     pipeline.stop(signal.SIGTERM)
 
 
+def test_a_retained_message_counts_once_however_often_the_pipeline_restarts(
+    tmp_path: Path, unique: str, influx_db: str
+) -> None:
+    """A device's retained reading (its last value, kept by the broker) is counted when the pipeline's session
+    first subscribes. The broker sends it again at every later SUBSCRIBE: after a stop and after a kill -9 the
+    session is still there, and the message is acknowledged without being counted again. A new retained
+    publication while the pipeline runs arrives live and counts."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    start = (time.time_ns() // (10 * S)) * 10 * S - 60 * S
+    device = paho.Client(CallbackAPIVersion.VERSION2)
+    device.connect(MQTT_HOST, MQTT_PORT)
+    device.loop_start()
+    topic, payload = reading(unique, "d1", 21.5, start + S)
+    device.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    try:
+        pipeline = Pipeline(config)
+        pipeline.wait_for("messages_in", 1)
+        for how in ("stop", "kill"):
+            pipeline.stop() if how == "stop" else pipeline.kill()
+            pipeline = Pipeline(config)  # subscribed: the broker sends the retained message at once
+            time.sleep(1.5)
+            counters = pipeline.counters()
+            assert (counters["messages_in"], counters.get("mqtt_retained_skipped")) == (0, 1), how
+        device.publish(*reading(unique, "d1", 22.5, start + 2 * S), qos=1, retain=True).wait_for_publish(10)
+        device.publish(*reading(unique, "d1", 0.0, start + 50 * S), qos=1).wait_for_publish(10)
+        pipeline.wait_for("messages_in", 2)
+        assert wait_counted(influx_db, start, 2, timeout=20, until_ns=start + 10 * S) == 2
+        late = influx_rows(influx_db, f'SELECT count("value") FROM "readings_late" WHERE time >= {start}')
+        assert not late and pipeline.counters()["mqtt_retained_skipped"] == 1
+        pipeline.stop(signal.SIGTERM)
+    finally:
+        device.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)  # clears the retained message
+        device.disconnect()
+        device.loop_stop()
+
+
 def publish_for(
     unique: str, seconds: float, rate: float, devices: int, note: str = ""
 ) -> tuple[threading.Thread, list[int]]:
