@@ -59,42 +59,47 @@ _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
 
 
-# A backslash is itself in line protocol, except where it would be read as an escape: at the end of a name
-# (it would escape the separator after it), before a character that is escaped, before another backslash,
-# and (for parse_series, which reads the two characters backslash n back as a line break) before n or r.
-# There it is doubled, which line protocol reads as one backslash.
-_BACKSLASH = re.compile(r"\\(?=[\\,= \n\rnr]|\Z)")
+# A backslash is itself in line protocol, except where it would be read as an escape: before a character
+# that is escaped, before another backslash, and (for parse_series, which reads the two characters backslash n
+# back as a line break) before n or r. There it is doubled, which line protocol reads as one backslash.
+# At the end of a name it cannot be written at all: it escapes the separator after it, and doubled it still
+# does in InfluxDB 1.x (which refuses such a tag, and takes the tags after such a measurement as part of its
+# name). It is left out there, as Telegraf leaves it out.
+_BACKSLASH = re.compile(r"\\(?=[\\,= \n\rnr])")
 
 
 def escape_tag(text: str) -> str:
     r"""Escape a tag key or value for line protocol.
 
     >>> print(escape_tag("a b,c=d"), escape_tag("C:\\dir\\"), escape_tag("C:\\dir"))
-    a\ b\,c\=d C:\dir\\ C:\dir
+    a\ b\,c\=d C:\dir C:\dir
     """
     if "\\" in text:
-        text = _BACKSLASH.sub(r"\\\\", text)
+        text = _BACKSLASH.sub(r"\\\\", text.rstrip("\\"))
     return text.translate(_TAG_ESCAPES)
 
 
 def escape_measurement(text: str) -> str:
     if "\\" in text:
-        text = _BACKSLASH.sub(r"\\\\", text)
+        text = _BACKSLASH.sub(r"\\\\", text.rstrip("\\"))
     return text.translate(_MEASUREMENT_ESCAPES)
 
 
 def series_key(measurement: str, tags: dict[str, str]) -> str:
-    """The canonical series key: escaped measurement, then tags sorted by key; empty values are dropped
-    because line protocol cannot carry them.
+    """The canonical series key: escaped measurement, then tags sorted by key; empty keys and values are
+    dropped because line protocol cannot carry them (also when they were only trailing backslashes), and so is
+    a key that reads as the one before it once its trailing backslashes are left out.
 
     >>> series_key("readings", {"site": "s 1", "device": "d1", "metric": "temp"})
     'readings,device=d1,metric=temp,site=s\\\\ 1'
     """
     parts = [escape_measurement(measurement)]
+    previous = ""
     for key in sorted(tags):
-        value = tags[key]
-        if value:
-            parts.append(f"{escape_tag(key)}={escape_tag(value)}")
+        name, value = escape_tag(key), escape_tag(tags[key])
+        if name and value and name != previous:
+            parts.append(f"{name}={value}")
+            previous = name
     return ",".join(parts)
 
 

@@ -76,9 +76,12 @@ class Counters:
     dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
 
     def add_dead(self, reasons: list[str]) -> None:
-        for reason in reasons:
-            self.dead_letters_by_reason[reason] = self.dead_letters_by_reason.get(reason, 0) + 1
-        self.dead_letters += len(reasons)
+        # Under a lock: the sinks' writer threads add the dead letters they make (records a store refused) to
+        # the counters of the worker that owns them, while the worker adds its own.
+        with _dead_lock:
+            for reason in reasons:
+                self.dead_letters_by_reason[reason] = self.dead_letters_by_reason.get(reason, 0) + 1
+            self.dead_letters += len(reasons)
 
     def line_fields(self) -> str:
         parts = []
@@ -96,6 +99,7 @@ _HOST = socket.gethostname().replace(" ", "\\ ").replace(",", "\\,").replace("="
 # thread state (with its thread-locals) that they get is created anew each time they take the GIL.
 _by_thread: dict[int, Counters] = {}
 _lock = threading.Lock()
+_dead_lock = threading.Lock()
 
 
 # Readiness per input partition of this process ("mqtt:<client id>", "syslog:<name>", "files:<name>"):

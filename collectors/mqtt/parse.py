@@ -308,7 +308,6 @@ class MQTTParser:
     # -- per batch
 
     def parse(self, batch: MessageBatch) -> ParsedBatch:
-        received_ns = batch.received_ns
         # Bounds are taken against wall time, not receive time, so that a backlog the broker held while
         # fleetwatch was down is not judged by how long it waited.
         now_ns = time.time_ns()
@@ -324,7 +323,12 @@ class MQTTParser:
         unknown_devices = 0
         sparkplug: dict[str, list[SparkplugMessage]] | None = None
         sparkplug_ignored = 0
+        # Each message gets a receive time of its own, a nanosecond apart in arrival order: two messages of a
+        # batch without a timestamp of their own are two points of the same series in the store, and two
+        # identical bad payloads two dead letters, not one written over the other.
+        received_ns = batch.received_ns - 1
         for topic, payload in batch.messages:
+            received_ns += 1
             try:
                 info = self._info(topic)
                 if isinstance(info, _Refusal):
@@ -450,7 +454,7 @@ class MQTTParser:
                     DeadLetter("undecodable", f"mqtt:{topic}", payload, received_ns, f"{type(exc).__name__}: {exc}")
                 )
         return ParsedBatch(
-            received_ns,
+            batch.received_ns,
             len(batch.messages),
             readings,
             raw,

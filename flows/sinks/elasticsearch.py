@@ -34,9 +34,10 @@ import re
 import threading
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -663,6 +664,9 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         self.setup: ServerSetup | None = None
         self.duplicates = 0
         self.rejected = 0
+        # The dead letters this writer made (documents the server refused or that cannot be sent), by reason,
+        # under counts_lock: the worker's health counts them (ElasticHealthReport).
+        self.dead_reasons: Counter[str] = Counter()
         self.start()
 
     def prepare(self) -> None:
@@ -684,6 +688,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
                 log.warning("Elasticsearch: %s; stored as a dead letter", letter.detail[:300])
             with self.counts_lock:
                 self.rejected += len(dead)
+                self.dead_reasons.update(letter.reason for letter in dead)
             letters, _, unencodable = encode_batch(list[Record](dead), self.setup.layout, self.setup.max_doc_bytes)
             actions += letters
             unstorable += unencodable
@@ -806,6 +811,8 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         # The record's own time keeps the dead letter's id deterministic across replays.
         where = f"elasticsearch:{item.get('_index', action.index)}"
         letter = DeadLetter(reason, where, raw, action.action.ts_ns, detail)
+        with self.counts_lock:
+            self.dead_reasons[reason] += 1
         log.warning("Elasticsearch refused document %s: %s", action.action.doc_id, detail[:300])
         encoded, _, unstorable = encode_batch([letter], self.setup.layout, self.setup.max_doc_bytes)
         if unstorable:
@@ -819,6 +826,8 @@ class ElasticWriterThread(BatchWriterThread[Record]):
 @dataclass
 class ElasticHealthReport:
     counters: health.Counters
+    # The writer's dead letters already added to the counters.
+    dead_reported: Counter[str] = field(default_factory=Counter)
 
     def update(self, writer: BatchWriterThread[Record]) -> None:
         assert isinstance(writer, ElasticWriterThread)
@@ -828,6 +837,11 @@ class ElasticHealthReport:
         stats.es_duplicates = writer.duplicates
         stats.es_rejected = writer.rejected
         stats.es_retries = writer.retries
+        with writer.counts_lock:
+            made = writer.dead_reasons - self.dead_reported
+        if made:
+            self.dead_reported.update(made)
+            stats.add_dead(list(made.elements()))
 
 
 # Above this many unindexed documents, a snapshot waits for Elasticsearch instead of holding them.

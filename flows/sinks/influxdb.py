@@ -594,8 +594,14 @@ class _InfluxPartition(StatefulSinkPartition[list[str], list[str]]):
     def __init__(self, sink: InfluxDBSink, index: int) -> None:
         # Built on the worker's thread: these are the counters its operators add to.
         report = HealthReport(health.counters())
+
+        def on_rejected(letters: list[DeadLetter]) -> None:
+            # Points InfluxDB refused are dead letters of this worker, counted as the parser's are.
+            report.counters.add_dead([letter.reason for letter in letters])
+            sink.on_rejected(letters)
+
         self._thread = InfluxWriterThread(
-            sink.cfg, sink.writer_factory(sink.cfg, sink.plan), sink.on_rejected, f"influx-writer-{index}", report
+            sink.cfg, sink.writer_factory(sink.cfg, sink.plan), on_rejected, f"influx-writer-{index}", report
         )
 
     def write_batch(self, items: list[list[str]]) -> None:

@@ -342,6 +342,8 @@ parser = {{ kind = "json" }}
     append(logs / "app.log", [conflict])
     dead = wait_for_docs(f"{unique}-dead-letters*", 1)
     pipeline.wait_for("es_rejected", 1)
+    pipeline.wait_for("dead_letters", 1)
+    assert pipeline.counters()["dead_letters_by_reason"] == {"mapping_conflict": 1}
     pipeline.stop()
     assert [d["message"] for d in es_docs(f"{unique}-logs*")] == ["fast"]
     assert len(dead) == 1 and dead[0]["reason"] == "mapping_conflict"

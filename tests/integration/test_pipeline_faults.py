@@ -141,6 +141,8 @@ def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
         pub.send(*reading(unique, "d1", float(i), start + i * S // 2))
     # A line break in a JSON key becomes a series of its own, not a broken batch.
     pub.send(f"fwfault/{unique}/d2/temp", json.dumps({"ts": (start + S) // 1_000_000, "te\nmp": 5}).encode())
+    # A backslash at the end of a name cannot be written to InfluxDB 1.x (it refused the point): left out.
+    pub.send(f"fwfault/{unique}/d2/temp", json.dumps({"ts": (start + S) // 1_000_000, "x\\": 6}).encode())
     # Finite values near the largest double: their window's sum is beyond a double, its mean is not.
     huge = [1.7e308, 1.7e308, -1.7e308, 1e308]
     for i, value in enumerate(huge):
@@ -149,15 +151,15 @@ def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
     for device in ("d1", "d2", "d3"):
         pub.send(*reading(unique, device, 0.0, start + 50 * S))
     pub.close()
-    pipeline.wait_for("messages_in", len(hostile) + good + len(huge) + 4)
-    expected = good + 1 + len(huge)
+    pipeline.wait_for("messages_in", len(hostile) + good + len(huge) + 5)
+    expected = good + 2 + len(huge)
     assert wait_counted(influx_db, start, expected, timeout=20, until_ns=start + 40 * S) == expected
     by_metric = influx_rows(
         influx_db,
         f'SELECT sum("count") FROM "readings_agg" WHERE time >= {start} AND time < {start + 40 * S} GROUP BY "metric"',
     )
     # The template names the metric (temp): the JSON fields are read under it (collectors.mqtt.parse).
-    assert {r["metric"]: r["sum"] for r in by_metric} == {"temp_v": good + len(huge), "temp_te\\nmp": 1}
+    assert {r["metric"]: r["sum"] for r in by_metric} == {"temp_v": good + len(huge), "temp_te\\nmp": 1, "temp_x": 1}
     (near_max,) = influx_rows(
         influx_db,
         f'SELECT "count", "sum", "mean", "max" FROM "readings_agg" WHERE "device" = \'d3\' AND time = {start}',
@@ -174,6 +176,37 @@ def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
         ["undecodable", "non_finite", "non_finite", "timestamp_out_of_range", "invalid_utf8"]
     )
     pipeline.stop(signal.SIGTERM)
+
+
+def test_points_influxdb_refuses_are_dead_letters_counted_as_the_parsers_are(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """The database already has readings_agg.count as a float: InfluxDB refuses fleetwatch's aggregates (count
+    is an integer) with a field type conflict. Each refused point is a dead letter in Elasticsearch, and the
+    pipeline's dead_letters count them."""
+    from tests.conftest import INFLUX_URL, http, influx_headers
+
+    start = (time.time_ns() // (10 * S)) * 10 * S - 60 * S
+    seed = http.request(
+        "POST",
+        f"{INFLUX_URL}/write?db={influx_db}",
+        body=f"readings_agg,device=seed count=1.5 {start}".encode(),
+        headers=influx_headers(),
+    )
+    assert seed.status == 204, seed.data
+    pipeline = Pipeline(write_config(tmp_path / "fleetwatch.toml", unique, influx_db))
+    pub = Publisher()
+    pub.send(*reading(unique, "d1", 1.0, start + S))
+    pub.send(*reading(unique, "d1", 2.0, start + 50 * S))  # past the window: it closes on event time
+    pub.close()
+    pipeline.wait_for("dead_letters", 1)
+    assert pipeline.counters()["dead_letters_by_reason"] == {"influxdb_rejected": 1}
+    deadline = time.monotonic() + 15
+    while not (dead := es_docs(f"{unique}-dead-letters*")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    pipeline.stop(signal.SIGTERM)
+    assert [d["reason"] for d in dead] == ["influxdb_rejected"]
+    assert "device=d1" in dead[0]["raw"] and "conflict" in dead[0]["detail"]
 
 
 def test_a_retained_message_counts_once_however_often_the_pipeline_restarts(

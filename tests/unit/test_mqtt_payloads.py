@@ -311,12 +311,14 @@ def test_a_json_string_holding_a_lone_surrogate_is_not_a_number() -> None:
 
 def test_a_series_key_with_backslashes_reads_back_and_a_hash_name_is_refused() -> None:
     """Found by tests/unit/test_payloads_fuzz.py: a name ending in a backslash escaped the comma after it
-    (the tags ran together in InfluxDB), and a Telegraf JSON name starting with "#" made a comment line."""
-    key = series_key("readings", {"metric": "temp\\", "site": "s1"})
-    assert key == "readings,metric=temp\\\\,site=s1"
-    assert parse_series(key) == ("readings", {"metric": "temp\\", "site": "s1"})
+    (the tags ran together in InfluxDB), and a Telegraf JSON name starting with "#" made a comment line. Doubled,
+    such a backslash still escapes the separator in InfluxDB 1.x (it refuses the tag, and reads the tags after
+    such a measurement as part of its name): it is left out, as Telegraf does."""
+    key = series_key("readings\\", {"metric": "temp\\", "site": "s1", "path": "\\\\", "dir\\": "C:\\x"})
+    assert key == "readings,dir=C:\\x,metric=temp,site=s1"
+    assert parse_series(key) == ("readings", {"dir": "C:\\x", "metric": "temp", "site": "s1"})
     [sample] = decode_line_protocol(f"{key} value=1".encode())
-    assert sample.tags == {"metric": "temp\\", "site": "s1"}
+    assert sample.tags == {"dir": "C:\\x", "metric": "temp", "site": "s1"}
     with pytest.raises(PayloadError) as err:
         decode_telegraf_json(b'{"name": "#cpu", "fields": {"v": 1}}', "auto")
     assert err.value.reason == "undecodable"
@@ -404,3 +406,21 @@ def test_json_objects_on_topics_that_name_the_metric_keep_the_metrics_apart() ->
             ("vibration_axis_x", 0.1),
             ("vibration", 0.3),
         ]
+
+
+def test_messages_of_one_batch_without_a_timestamp_each_get_their_own_receive_time() -> None:
+    """A batch is read at one moment, but its messages are distinct arrivals: stamped alike, five quick
+    readings of a series would be one point in the store (the same series and time, each write replacing the
+    one before), and identical bad payloads one dead letter (their id hashes the receive time)."""
+    from flows.sinks.elasticsearch import dead_letter_id
+
+    now = T0 + 3600 * 10**9
+    parser = _parser(max_age="0s", max_future_skew="100000d")
+    messages = [("sensors/s1/d1/temp", b"20.0")] * 3 + [("sensors/s1/d2/temp", b"21.0")] * 2
+    messages += [("sensors/s1/d1/temp", b"nan")] * 2
+    parsed = parser.parse(MessageBatch(now, messages))
+    assert [r.ts_ns for r in parsed.readings] == [now, now + 1, now + 2, now + 3, now + 4]
+    assert [r.ts_ns for r in parsed.raw] == [now, now + 1, now + 2, now + 3, now + 4]
+    assert [d.received_ns for d in parsed.dead_letters] == [now + 5, now + 6]
+    assert len({dead_letter_id(d) for d in parsed.dead_letters}) == 2
+    assert parsed.received_ns == now
