@@ -155,6 +155,9 @@ class LogEvent(NamedTuple):
     service: str
     # The ECS document as indexed: "@timestamp", "message", "log.level", "service.name", ...
     doc: dict[str, object]
+    # False when ts_ns is the receive time because the line had no usable timestamp of its own (none, invalid,
+    # too far ahead, a parse failure): the log-rate windows then count it where its service's clock stands.
+    own_time: bool = True
 
 
 class LogRate(NamedTuple):

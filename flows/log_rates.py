@@ -49,6 +49,8 @@ RateState = tuple[str, int, int, dict[int, dict[str, int]], int]
 _OldRateState = tuple[str, int, int, dict[int, dict[str, int]]]
 
 _SECOND = 1_000_000_000
+# No event yet: the service's clock is not set (the first event sets it, with its receive time if need be).
+_NO_TIME = -(2**63)
 # A forgotten-over-the-cap report at most this often (seconds of monotonic time).
 _CAP_LOG_INTERVAL = 60.0
 
@@ -172,7 +174,7 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         now = self._now()
         open_windows: dict[int, dict[str, int]]
         if resume is None:
-            self.service, self.max_ts, self.sys_at_max, open_windows = "", -(2**63), 0, {}
+            self.service, self.max_ts, self.sys_at_max, open_windows = "", _NO_TIME, 0, {}
         else:
             self.service, self.max_ts, self.sys_at_max, open_windows = resume[:4]
             if len(resume) > 4:
@@ -201,24 +203,32 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         if self._idle:
             self._idle = False
             self._limits.busy(self._key)
+        late = 0
+        window_ns, windows = self.window_ns, self.windows
+        # Event by event, in the order read: the watermark moves with each event, not to the newest of the
+        # batch first. A backlog (a catch-up after downtime, a first start reading a file from its start) comes
+        # in batches spanning minutes: judged against the batch's newest event, all but its last windows were
+        # late.
         for events in values:
             for event in events:
                 self.service = event.service
-                if event.ts_ns > self.max_ts:
-                    self.max_ts, self.sys_at_max = event.ts_ns, now
-        watermark = self._watermark(now)
-        late = 0
-        for events in values:
-            for event in events:
-                start = event.ts_ns - event.ts_ns % self.window_ns
-                if start + self.window_ns <= watermark and start not in self.windows:
+                ts = event.ts_ns
+                if not event.own_time and self.max_ts != _NO_TIME:
+                    # A line without a usable time of its own (a parse failure, a plain-text line) is counted
+                    # where its service's clock stands: in a backlog, among the lines around it. Its receive
+                    # time would move the clock to now, and every older line after it would be late.
+                    ts = self.max_ts + (now - self.sys_at_max)
+                elif ts > self.max_ts:
+                    self.max_ts, self.sys_at_max = ts, now
+                start = ts - ts % window_ns
+                if start not in windows and start + window_ns <= self._watermark(now):
                     late += 1
                     continue
-                counts = self.windows.setdefault(start, {})
+                counts = windows.setdefault(start, {})
                 counts[event.level] = counts.get(event.level, 0) + 1
         if late:
             health.counters().late_log_events += late
-        out = self._close(watermark)
+        out = self._close(self._watermark(now))
         if not self.windows:
             self._set_idle()
         return out, StatefulBatchLogic.RETAIN

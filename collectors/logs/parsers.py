@@ -366,13 +366,14 @@ class LogParser:
     ) -> LogEvent:
         tags = list(line.flags) if line.flags else None
         received = line.received_ns
+        own_time = True
         if ts_ns is None or not _MIN_NS <= ts_ns <= _MAX_NS:
-            ts_ns = received
+            ts_ns, own_time = received, False
             if ts_raw is not None:
                 tags = [*tags, "timestamp_invalid"] if tags else ["timestamp_invalid"]
                 fields[self._ts_key] = ts_raw
         elif ts_ns - received > self._skew:
-            ts_ns = received
+            ts_ns, own_time = received, False
             tags = [*tags, "timestamp_future"] if tags else ["timestamp_future"]
             fields[self._ts_key] = ts_raw
         log: dict[str, Any] = {}
@@ -406,7 +407,7 @@ class LogParser:
             doc["tags"] = tags
         if fields:
             doc["fields"] = fields
-        return LogEvent(line.doc_id, ts_ns, level, service, doc)
+        return LogEvent(line.doc_id, ts_ns, level, service, doc, own_time)
 
     def _name_object(self, name: str) -> dict[str, str]:
         """``{"name": name}``, one object per name shared by the documents (they are read, never changed):
@@ -441,7 +442,7 @@ class LogParser:
         doc["event"] = {"dataset": self._dataset}
         doc["tags"] = [*line.flags, "parse_failure"]
         doc["error"] = {"message": reason}
-        return LogEvent(line.doc_id, line.received_ns, "", self._service, doc)
+        return LogEvent(line.doc_id, line.received_ns, "", self._service, doc, False)
 
     def _default_host(self, source: str) -> str:
         # Syslog without a HOSTNAME: the sender's address ("syslog:<proto>:<peer>") is the best there is.

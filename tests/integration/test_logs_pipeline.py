@@ -287,6 +287,41 @@ parser = {{ kind = "regex", pattern = '^(?P<timestamp>\\S+) (?P<level>[A-Z]+) (?
     assert (billing["count"], billing["errors"], billing["levels"]) == (2, 1, {"info": 1, "error": 1})
 
 
+def test_a_backlog_with_an_unparseable_line_fills_every_log_rate_window(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """A file written before the first start, read from its start: ten minutes of lines, one a second, and one
+    line that is not JSON among them. Every 10 s window gets its count; the unparseable line (stamped with its
+    receive time in Elasticsearch) counts among its neighbours, and nothing is late."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    lines = [
+        json.dumps({"timestamp": (start + timedelta(seconds=i)).isoformat(), "level": "info", "message": f"r{i}"})
+        for i in range(600)
+    ]
+    lines.insert(300, "a crash dump line that is not JSON")
+    append(logs / "app.log", lines)
+    inputs = f"""
+[[logs.files]]
+name = "app"
+paths = ["{logs}/*.log"]
+service = "backlog"
+parser = {{ kind = "json" }}
+"""
+    pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs))
+    wait_for_docs(f"{unique}-logs*", 601)
+    deadline = time.monotonic() + 30
+    query = 'SELECT "count" FROM "log_rates" WHERE "service" = \'backlog\''
+    while len(rows := influx_rows(influx_db, query)) < 60 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    counters = pipeline.counters()
+    pipeline.stop()
+    assert counters["late_log_events"] == 0
+    assert len(rows) == 60 and sum(r["count"] for r in rows) == 601
+    assert sorted(r["count"] for r in rows) == [10] * 59 + [11]
+
+
 def test_syslog_over_udp_and_tcp(tmp_path: Path, unique: str, influx_db: str, es_index: str) -> None:
     udp_port, tcp_port = _free_port(socket.SOCK_DGRAM), _free_port(socket.SOCK_STREAM)
     inputs = f"""

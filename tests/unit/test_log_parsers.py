@@ -65,7 +65,7 @@ def base(message: str, timestamp: str = "2026-01-01T00:00:00.000Z", **more: Any)
 
 def test_none_keeps_the_line_as_the_message() -> None:
     event = parse(file_parser(), "plain text line")
-    assert event == LogEvent("id-1", R, "", "app", base("plain text line"))
+    assert event == LogEvent("id-1", R, "", "app", base("plain text line"), own_time=False)
 
 
 def test_line_flags_become_tags() -> None:
@@ -165,6 +165,7 @@ def test_malformed_json_is_stored_with_parse_failure(text: str, reason: str) -> 
             "tags": ["parse_failure"],
             "error": {"message": event.doc["error"]["message"]},  # type: ignore[index]
         },
+        own_time=False,
     )
 
 

@@ -250,3 +250,53 @@ def test_a_service_is_never_forgotten_while_a_window_is_open() -> None:
         assert (closed((out, discard)), discard) == ([], False)
     clock.now += 35 * S
     assert [r.service for r in closed(busy.on_notify())] == ["busy"]
+
+
+def test_a_backlog_read_in_one_batch_fills_every_window_it_spans() -> None:
+    """A catch-up (a restart after downtime, a first start reading a file from its start) brings minutes of
+    events in one batch, in order. Each counts in its own window: judged against the newest event of the
+    batch, all but the last windows were late and never written."""
+    clock = Clock()
+    logic = LogRateLogic(timedelta(minutes=1), timedelta(seconds=5), clock=clock)
+    late_before = health_late()
+    backlog = [event(second, "error" if second % 10 == 0 else "info") for second in range(600)]
+    rates = closed(logic.on_batch([backlog]))
+    rates += closed(logic.on_eof())
+    assert [(r.window_start_ns - T0, r.total, r.errors) for r in rates] == [
+        (minute * 60 * S, 60, 6) for minute in range(10)
+    ]
+    assert health_late() == late_before
+
+
+def test_a_line_without_a_time_of_its_own_counts_where_its_service_clock_stands() -> None:
+    """A parse failure in a backlog is stamped with its receive time (now). Counted there, it moved the clock
+    to now and every older line after it was late; it counts in the window its neighbours are in. A service
+    that never gives a time (plain text) counts by receive time."""
+    clock = Clock()
+    logic = LogRateLogic(timedelta(minutes=1), timedelta(seconds=5), clock=clock)
+    failure = LogEvent("bad", clock.now, "", "api", {}, own_time=False)
+    backlog = [event(second, "info") for second in range(0, 300, 2)]
+    late_before = health_late()
+    rates = closed(logic.on_batch([[*backlog[:40], failure, *backlog[40:]]]))
+    rates += closed(logic.on_eof())
+    assert [(r.window_start_ns - T0, r.total) for r in rates] == [
+        (0, 30),
+        (60 * S, 31),
+        (120 * S, 30),
+        (180 * S, 30),
+        (240 * S, 30),
+    ]
+    assert health_late() == late_before
+
+    plain = LogRateLogic(timedelta(seconds=10), timedelta(seconds=1), clock=clock)
+    start = clock.now - clock.now % (10 * S)
+    lines = [LogEvent(f"p{i}", start + i * S, "", "plain", {}, own_time=False) for i in range(3)]
+    assert closed(plain.on_batch([lines])) == []
+    clock.now = start + 12 * S
+    assert [(r.window_start_ns, r.total) for r in closed(plain.on_notify())] == [(start, 3)]
+
+
+def health_late() -> int:
+    from flows import health
+
+    return health.counters().late_log_events
