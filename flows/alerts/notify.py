@@ -78,7 +78,9 @@ RETRYABLE_STATUS = frozenset({408, 429})
 def rfc3339(ts_ns: int) -> str:
     """RFC 3339 in UTC with microseconds, as the Elasticsearch sink writes ``@timestamp``."""
     seconds, ns = divmod(ts_ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns // 1000:06d}Z"
+    # The year padded by hand: strftime's %Y gives "1" for year 1 on glibc, which no date parser reads.
+    t = datetime.fromtimestamp(seconds, UTC)
+    return f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:{t.second:02d}.{ns // 1000:06d}Z"
 
 
 def _finite(value: float | None) -> float | None:

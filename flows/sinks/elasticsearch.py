@@ -52,7 +52,7 @@ from elasticsearch.serializer import OrjsonSerializer
 from fleetwatch.config import ElasticsearchConfig
 from fleetwatch.record import AlertTransition, DeadLetter, LogEvent, LogRate
 from flows import health
-from flows.alerts.notify import alert_doc, alert_mappings
+from flows.alerts.notify import alert_doc, alert_mappings, rfc3339
 from flows.recovery_progress import AfterCommit
 from flows.sinks.es_retention import lifecycle_body
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch, retry_forever
@@ -107,9 +107,8 @@ def make_client(cfg: ElasticsearchConfig) -> Elasticsearch:
 
 
 def iso_timestamp(ts_ns: int) -> str:
-    """RFC 3339 in UTC with microseconds: ``2026-11-23T10:00:00.123456Z``."""
-    seconds, ns = divmod(ts_ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ns // 1000:06d}Z"
+    """RFC 3339 in UTC with microseconds: ``2026-11-23T10:00:00.123456Z`` (as alert documents have it)."""
+    return rfc3339(ts_ns)
 
 
 def dead_letter_id(letter: DeadLetter) -> str:
@@ -162,6 +161,10 @@ def template_mappings(kind: str) -> dict[str, Any]:
     """Mappings per kind. Strings that people filter and group by are keywords; free text is text."""
     if kind == LOGS:
         return {
+            # Parsed values are not dates by the look of them: a date-like string mapped fields.<x> as a date,
+            # and every later line whose <x> was not one (an unparseable timestamp kept there, tagged
+            # timestamp_invalid) was refused by the day's index.
+            "date_detection": False,
             "dynamic_templates": [
                 # Extra parsed fields: exact-match keywords unless declared otherwise (ECS's default).
                 {"strings_as_keywords": {"match_mapping_type": "string", "mapping": _keyword()}}
@@ -203,7 +206,14 @@ def template_mappings(kind: str) -> dict[str, Any]:
                 "user_agent": {"properties": {"original": _keyword()}},
                 "source": {"properties": {"address": _keyword()}},
                 "user": {"properties": {"name": _keyword()}},
-                "fields": {"type": "object", "dynamic": True},
+                "fields": {
+                    "type": "object",
+                    "dynamic": True,
+                    # RFC 5424 structured data, whose names any syslog sender chooses: one field for all of it,
+                    # not a mapped field per parameter (a few datagrams filled the index's 1,000 fields, and
+                    # every document with a new field was refused for the rest of the day).
+                    "properties": {"sd": {"type": "flattened"}},
+                },
             },
         }
     if kind == LOG_RATES:
@@ -245,7 +255,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 @functools.lru_cache(maxsize=1024)
 def _utc_day(day: int) -> str:
     """Day ``day`` since the epoch as ``YYYY.MM.DD``: formatted once per day, not once per document."""
-    return (_EPOCH + timedelta(days=day)).strftime("%Y.%m.%d")
+    # The year padded by hand: strftime's %Y gives "1" for year 1 on glibc, a name retention never matched.
+    date = _EPOCH + timedelta(days=day)
+    return f"{date.year:04d}.{date.month:02d}.{date.day:02d}"
 
 
 @dataclass(frozen=True)

@@ -357,6 +357,45 @@ listen = "127.0.0.1:{tcp_port}"
     assert sorted(d["@timestamp"][:21] for d in by_host["web1"]) == ["2026-01-01T00:00:03.5"] * 2
 
 
+def test_date_like_values_and_many_structured_data_names_do_not_make_the_logs_index_refuse_lines(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """A far-future timestamp is kept as text in fields.timestamp: it must not map that field as a date, or the
+    next line whose timestamp is not a date at all is refused. Syslog senders name their structured data
+    freely: 1,200 parameter names (past the index's 1,000 fields) must not make the index refuse lines."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    udp_port = _free_port(socket.SOCK_DGRAM)
+    inputs = f"""
+[[logs.files]]
+name = "app"
+paths = ["{logs}/*.log"]
+parser = {{ kind = "json" }}
+[[logs.syslog]]
+name = "syslog-udp"
+protocol = "udp"
+listen = "127.0.0.1:{udp_port}"
+max_event_bytes = 4096
+"""
+    pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs))
+    append(logs / "app.log", [json.dumps({"timestamp": "2999-01-01T00:00:00Z", "message": "from the future"})])
+    wait_for_docs(f"{unique}-logs*", 1)
+    append(logs / "app.log", [json.dumps({"timestamp": "2026-13-45T99:99:99Z", "message": "not a date"})])
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        for d in range(12):
+            params = " ".join(f'p{d}_{i}="{i}"' for i in range(100))
+            line = f"<14>1 2026-01-01T00:00:0{d % 10}Z h app - - [flood@1 {params}] line {d}"
+            udp.sendto(line.encode(), ("127.0.0.1", udp_port))
+    docs = wait_for_docs(f"{unique}-logs*", 14, timeout=30)
+    dead = es_docs(f"{unique}-dead-letters*")
+    pipeline.stop()
+    assert dead == []
+    tags = {d["message"]: d.get("tags", []) for d in docs}
+    assert tags["from the future"] == ["timestamp_future"] and tags["not a date"] == ["timestamp_invalid"]
+    flood = [d for d in docs if d["message"].startswith("line ")]
+    assert len(flood) == 12 and all(len(d["fields"]["sd"]["flood@1"]) == 100 for d in flood)
+
+
 def test_mapping_conflict_ends_in_the_dead_letter_index(
     tmp_path: Path, unique: str, influx_db: str, es_index: str
 ) -> None:

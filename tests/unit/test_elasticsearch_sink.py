@@ -4,7 +4,7 @@ are tested against the real server in tests/integration."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -175,3 +175,11 @@ def test_server_byte_sizes_are_read_as_elasticsearch_writes_them() -> None:
     assert parse_byte_size("512KB") == 512 * 1024
     assert parse_byte_size("2048b") == parse_byte_size("2048") == 2048
     assert parse_byte_size("lots") is None
+
+
+def test_the_year_is_four_digits_in_timestamps_and_daily_index_names() -> None:
+    """A syslog sender may stamp a message in year 1: strftime's %Y wrote "1", giving an @timestamp no parser
+    reads and an index name (<prefix>-logs-1.01.01) that retention never matched, so never deleted."""
+    year_one = int((datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 10**9
+    assert iso_timestamp(year_one) == "0001-01-01T00:00:00.000000Z"
+    assert IndexLayout("fw", False, 0).target("logs", year_one) == "fw-logs-0001.01.01"
