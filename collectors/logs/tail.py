@@ -15,7 +15,10 @@ Lifecycle contract:
   their prefix and rise with the offset: Elasticsearch checks each explicit id against the index, and that
   costs less for such ids than for random ones (BENCHMARKS.md, run L8). The inode number is part of the
   fingerprint because after a ``create`` rotation the new file starts at offset 0 too, and often with the
-  same first line (a banner): without it the new file's events would take the ids of the old file's.
+  same first line (a banner): without it the new file's events would take the ids of the old file's. A
+  new file whose fingerprint another file has or had anyway (a freed inode reused for a file with the same
+  header line; the same inode on another filesystem) takes a generation past theirs: the fingerprints of
+  finished files are kept in the snapshot (the last 1,000), so a restart gives it the same generation.
 - **Committed offset.** ``snapshot()`` records, per file, the offset just after the last line of the last
   event emitted whole: the start of a pending multiline event, or of a line whose newline has not arrived
   yet. A restart re-reads from there, so nothing is lost or emitted in halves; an event emitted before the
@@ -80,6 +83,9 @@ MAX_BATCH_LINES_AFTER_WAIT = 40_000
 MAX_BATCH_BYTES_AFTER_WAIT = 32 * 1024 * 1024
 _CHUNK = 128 * 1024
 _FINGERPRINT_BYTES = 256
+# Fingerprints of finished files remembered per input, the oldest forgotten first. They are in every snapshot
+# of the input (about 50 bytes each); a collision needs a reused inode and the same first line.
+_FINISHED_KEPT = 1_000
 # How far back from the end a "read_from = end" start looks for the last newline.
 _END_LOOKBACK = 64 * 1024
 # Default for rotate_wait: how long a rotated-away file at EOF is kept open for late writes.
@@ -106,9 +112,12 @@ class FileState:
 
 @dataclass
 class TailState:
-    """A partition's snapshot: one entry per file it follows, including rotated files not yet finished."""
+    """A partition's snapshot: one entry per file it follows, including rotated files not yet finished, and the
+    fingerprints of files it finished (see ``FileTailPartition._unique_generation``)."""
 
     files: list[FileState] = field(default_factory=list)
+    # Fingerprint of a finished file -> the first generation a new file with that fingerprint may take.
+    finished: dict[str, int] = field(default_factory=dict)
 
 
 def file_key(fingerprint: str, generation: int) -> str:
@@ -262,8 +271,12 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         # While a sink is saturated this source does not read, and the window clock stands still.
         self._stall = clock.StallMark()
         now = time.monotonic()
+        # Fingerprint of a finished file -> the next generation free for it (see _unique_generation).
+        self._finished: dict[str, int] = {}
         if resume_state is not None:
             self._parked = list(resume_state.files)
+            # (absent from snapshots of earlier versions)
+            self._finished = dict(getattr(resume_state, "finished", {}))
         # Scan now, not at the first next_batch: "read_from = end" means the end as of the start.
         self._scan(now, from_end=resume_state is None and cfg.read_from == "end")
         self._next_poll = now + self._poll_every
@@ -301,6 +314,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                 entry.path,
                 entry.ino,
             )
+            self._remember_finished(entry)
             return True
         opened = self._open(path)
         if opened is None:
@@ -387,6 +401,28 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             return
         tf.state.fingerprint = _fingerprint(tf.state.ino, head)
         tf.state.fingerprint_len = len(head)
+        self._unique_generation(tf)
+
+    def _unique_generation(self, tf: _File) -> None:
+        """A new file may have the fingerprint of another: its inode reused after a file was deleted and its
+        first line the same (a header, a banner), or the same inode on another filesystem. Both would write
+        the same ids, and Elasticsearch would keep the first file's events and refuse the second's as
+        duplicates. Its generation goes past every other file's with that fingerprint, live or finished.
+        The finished ones are in the snapshot, so a file fingerprinted again after a restart gets the same
+        generation, and its events the same ids."""
+        state = tf.state
+        fingerprint = state.fingerprint
+        others = [f.state for f in self._files.values() if f is not tf]
+        live = [other.generation + 1 for other in others if other.fingerprint == fingerprint]
+        state.generation = max(state.generation, self._finished.get(fingerprint, 0), *live)
+
+    def _remember_finished(self, state: FileState) -> None:
+        if not state.fingerprint:
+            return
+        finished = self._finished
+        finished[state.fingerprint] = max(finished.pop(state.fingerprint, 0), state.generation + 1)
+        if len(finished) > _FINISHED_KEPT:
+            del finished[next(iter(finished))]
 
     def _same_head(self, tf: _File) -> bool:
         head = self._read_head(tf, tf.state.fingerprint_len)
@@ -477,6 +513,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             self._finish(tf)
             os.close(tf.fd)
             del self._files[tf.key]
+            self._remember_finished(tf.state)
             log.info("%s: finished %s (rotated away, read to its end)", self._name, tf.state.path)
 
     def _finish(self, tf: _File) -> None:
@@ -685,7 +722,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                 FileState(s.path, s.dev, s.ino, s.fingerprint, s.fingerprint_len, s.generation, tf.committed())
             )
         files += [FileState(**vars(entry)) for entry in self._parked]
-        return TailState(files)
+        return TailState(files, dict(self._finished))
 
     def close(self) -> None:
         self._stall.set(False)

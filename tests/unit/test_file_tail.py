@@ -387,3 +387,34 @@ def test_ids_do_not_depend_on_how_the_first_line_was_written(tmp_path: Path) -> 
     part = build(config([log]), state)  # from before the truncation: the new content is read again
     assert [(e.text, e.doc_id) for e in drain(part)] == [(e.text, e.doc_id) for e in run1]
     part.close()
+
+
+def test_a_new_file_with_the_fingerprint_of_another_gets_ids_of_its_own(tmp_path: Path, monkeypatch: Any) -> None:
+    """A file's fingerprint is its inode number and its first line. A file deleted and created again may get
+    the same inode (ext4 reuses freed ones at once) and, with a header line, the same first line; the same
+    inode on another filesystem too. Its ids were then the first file's, and Elasticsearch refused its events
+    as duplicates. Here every inode reads as the same, so that only the first line decides."""
+    from collectors.logs import tail
+
+    same_inode = tail._fingerprint
+    monkeypatch.setattr(tail, "_fingerprint", lambda ino, head: same_inode(7, head))
+    header = "#Software: Microsoft Internet Information Services 10.0"
+    first, second, third = tmp_path / "u_ex1.log", tmp_path / "u_ex2.log", tmp_path / "u_ex3.log"
+    part = build(config([tmp_path / "*.log"]))
+    write(first, text([header, "day1 request 1", "day1 request 2"]))
+    day1 = drain(part)
+    first.unlink()
+    time.sleep(0.1)
+    drain(part)  # the deleted file is finished, its fingerprint remembered
+    before_day2 = pickle.loads(pickle.dumps(part.snapshot()))
+    write(second, text([header, "day2 request 1", "day2 request 2", "day2 request 3"]))
+    write(third, text([header, "day2 other 1"]))  # at the same time, the same first line
+    day2 = drain(part)
+    part.close()
+    expected = [header, "day2 request 1", "day2 request 2", "day2 request 3", header, "day2 other 1"]
+    assert sorted(e.text for e in day2) == sorted(expected)
+    assert len(by_id(day1 + day2)) == len(day1) + len(day2), "no id shared by two files"
+    # A restart from before the new files were seen gives them the same ids again (exactly once).
+    again = build(config([tmp_path / "*.log"]), before_day2)
+    assert by_id(drain(again)) == by_id(day2)
+    again.close()
