@@ -89,6 +89,9 @@ class SubscriptionConfig(Section):
     # json: the field holding the event time, and its unit ("auto" guesses s/ms/us/ns by magnitude).
     timestamp_field: str | None = None
     timestamp_unit: TimestampUnit = "auto"
+    # The zone of timestamps written without one ("2026-01-01T10:00:00": Tasmota sends its local time so), an
+    # IANA name; those with a zone or an offset keep theirs.
+    timestamp_timezone: str = "UTC"
     # json: fields that are not readings (beyond the timestamp field).
     ignore_fields: list[str] = Field(default_factory=list)
     # Also write every reading raw, not only the window aggregates.
@@ -120,6 +123,17 @@ class SubscriptionConfig(Section):
                 raise ValueError(f"'+' must be a whole level of the filter (got {topic!r})")
         return topic
 
+    @field_validator("timestamp_timezone")
+    @classmethod
+    def _zone(cls, name: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"expected an IANA time zone name such as 'Europe/Berlin' (got {name!r})") from None
+        return name
+
     @model_validator(mode="after")
     def _template_fits(self) -> SubscriptionConfig:
         if self.format == "sparkplug_b":
@@ -143,6 +157,7 @@ class SubscriptionConfig(Section):
                 ("metric", self.metric is not None),
                 ("timestamp_field", self.timestamp_field is not None),
                 ("timestamp_unit", self.timestamp_unit != "auto"),
+                ("timestamp_timezone", self.timestamp_timezone != "UTC"),
             )
             if given
         ]

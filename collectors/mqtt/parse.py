@@ -7,6 +7,7 @@ the topic belongs to, its tags, its series key) is cached per topic, so a messag
 
 from __future__ import annotations
 
+import functools
 import json
 import json.scanner
 import logging
@@ -14,8 +15,10 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import NamedTuple
+from zoneinfo import ZoneInfo
 
 from collectors.mqtt.payloads import (
     PayloadError,
@@ -122,6 +125,12 @@ class _TopicInfo:
     unknown_device: bool = False
     # format "sparkplug_b": the topic's group, message type, edge node and device.
     sparkplug: SparkplugTopic | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> tzinfo:
+    """A subscription's ``timestamp_timezone`` (validated with the config)."""
+    return UTC if name == "UTC" else ZoneInfo(name)
 
 
 def json_field_metric(topic_metric: str, field: str) -> str:
@@ -522,7 +531,8 @@ class MQTTParser:
         if sub.format == "number":
             return [Sample("", decode_number(payload))]  # only reached for bad payloads: raises
         if sub.format == "json":
-            return decode_json(payload, sub.timestamp_field, sub.timestamp_unit, info.skip, info.metric)
+            zone = _zone(sub.timestamp_timezone)
+            return decode_json(payload, sub.timestamp_field, sub.timestamp_unit, info.skip, info.metric, zone)
         if sub.format == "telegraf_json":
             return decode_telegraf_json(payload, sub.timestamp_unit, info.skip)
         return decode_line_protocol(payload)

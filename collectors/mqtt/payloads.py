@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any, NamedTuple
 
 
@@ -60,10 +60,14 @@ def decode_number(payload: bytes) -> float:
 _UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 
 
-def timestamp_ns(value: Any, unit: str) -> int:
+# The fraction of the seconds in an RFC 3339 time: after hh:mm:ss.
+_SECONDS_FRACTION = re.compile(r"\d\d:\d\d:\d\d[.,](\d+)")
+
+
+def timestamp_ns(value: Any, unit: str, zone: tzinfo = UTC) -> int:
     """Event time in ns from an epoch number (``unit`` s/ms/us/ns, or ``auto`` by magnitude) or an
-    RFC 3339 string. A string without a zone is taken as UTC (Tasmota sends local time without one; set
-    the device to UTC)."""
+    RFC 3339 string, to the nanosecond. A string without a zone is in ``zone`` (a subscription's
+    ``timestamp_timezone``: Tasmota sends its local time without one)."""
     if isinstance(value, bool):
         raise PayloadError("bad_timestamp", f"timestamp {value!r} is a boolean")
     if isinstance(value, int | float):
@@ -94,9 +98,15 @@ def timestamp_ns(value: Any, unit: str) -> int:
             except ValueError:
                 raise PayloadError("bad_timestamp", f"timestamp {value!r} is neither RFC 3339 nor epoch") from None
         if moment.tzinfo is None:
-            moment = moment.replace(tzinfo=UTC)
+            moment = moment.replace(tzinfo=zone)
         delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
-        return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+        ns = (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+        # datetime keeps microseconds: the digits after them (The Things Network and Go services send
+        # nanoseconds) are added here.
+        fraction = _SECONDS_FRACTION.search(text)
+        if fraction is not None and len(fraction[1]) > 6:
+            ns += int(fraction[1][6:9].ljust(3, "0"))
+        return ns
     raise PayloadError("bad_timestamp", f"timestamp {value!r} is neither a number nor a string")
 
 
@@ -144,9 +154,14 @@ def _load_json(payload: bytes) -> Any:
 
 
 def decode_json(
-    payload: bytes, timestamp_field: str | None, timestamp_unit: str, skip: frozenset[str], metric: str | None
+    payload: bytes,
+    timestamp_field: str | None,
+    timestamp_unit: str,
+    skip: frozenset[str],
+    metric: str | None,
+    zone: tzinfo = UTC,
 ) -> list[Sample]:
-    """``skip`` must include ``timestamp_field``."""
+    """``skip`` must include ``timestamp_field``; ``zone``: that of timestamps written without one."""
     doc = _load_json(payload)
     if type(doc) is not dict:
         return [_bare_json_value(doc, metric)]
@@ -155,7 +170,7 @@ def decode_json(
         raw_ts = doc.get(timestamp_field)
         if raw_ts is None:
             raise PayloadError("bad_timestamp", f"timestamp field {timestamp_field!r} is missing")
-        ts = timestamp_ns(raw_ts, timestamp_unit)
+        ts = timestamp_ns(raw_ts, timestamp_unit, zone)
     samples: list[Sample] = []
     _flatten(doc, "", skip, ts, samples)
     if not samples:

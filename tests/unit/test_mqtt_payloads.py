@@ -424,3 +424,44 @@ def test_messages_of_one_batch_without_a_timestamp_each_get_their_own_receive_ti
     assert [d.received_ns for d in parsed.dead_letters] == [now + 5, now + 6]
     assert len({dead_letter_id(d) for d in parsed.dead_letters}) == 2
     assert parsed.received_ns == now
+
+
+def test_timestamps_without_a_zone_are_in_the_subscriptions_zone_and_keep_their_nanoseconds() -> None:
+    """Tasmota sends its local time without a zone: read as UTC, a device in Berlin was an hour in the
+    future (every reading a dead letter) and one in New York five hours in the past. The Things Network
+    stamps nanoseconds, which datetime would cut to microseconds."""
+    from zoneinfo import ZoneInfo
+
+    from fleetwatch.config import ConfigError
+
+    berlin = ZoneInfo("Europe/Berlin")
+    assert timestamp_ns("2026-07-01T12:00:00", "auto", berlin) == timestamp_ns("2026-07-01T10:00:00Z", "auto")
+    assert timestamp_ns("2026-01-01T12:00:00", "auto", berlin) == timestamp_ns("2026-01-01T11:00:00Z", "auto")
+    assert timestamp_ns("2026-07-01T12:00:00+05:00", "auto", berlin) == timestamp_ns("2026-07-01T07:00:00Z", "auto")
+    assert timestamp_ns("2026-01-01T00:00:44.123456789Z", "auto") == T0 + 44_123_456_789
+    assert timestamp_ns("2026-01-01T00:00:44.1234567Z", "auto") == T0 + 44_123_456_700
+    cfg = from_dict(
+        {
+            "mqtt": {
+                "subscriptions": [
+                    {
+                        "topic": "tele/+/SENSOR",
+                        "template": "tele/{device}/#",
+                        "format": "json",
+                        "timestamp_field": "Time",
+                        "timestamp_timezone": "America/New_York",
+                    }
+                ]
+            },
+            "windows": {"max_age": "0s", "max_future_skew": "100000d"},
+        },
+        env={},
+    )
+    parsed = MQTTParser(cfg.mqtt, cfg.windows).parse(
+        MessageBatch(T0, [("tele/plug/SENSOR", b'{"Time":"2025-12-31T19:00:10","ENERGY":{"Power":12}}')])
+    )
+    assert [(r.value, r.ts_ns) for r in parsed.readings] == [(12.0, T0 + 10 * 10**9)]
+    with pytest.raises(ConfigError, match="timestamp_timezone") as err:
+        subscription = {"topic": "t/#", "format": "json", "timestamp_timezone": "CET+1"}
+        from_dict({"mqtt": {"subscriptions": [subscription]}}, env={})
+    assert "IANA" in str(err.value)
