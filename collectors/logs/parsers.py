@@ -290,7 +290,11 @@ class LogParser:
         self._ts_field = parser.timestamp_field
         self._level_field = parser.level_field
         self._msg_field = parser.message_field
-        self._pattern = re.compile(parser.regex) if parser.kind == "regex" and parser.regex else None
+        # With multiline, an event is several lines: "." matches line breaks too, so that a pattern ending in
+        # (?P<message>.*) takes the whole stack trace, as Fluent Bit's /m patterns do. (Without it the lines
+        # after the first were in no field of the document.)
+        flags = re.DOTALL if getattr(input_cfg, "multiline", None) is not None else 0
+        self._pattern = re.compile(parser.regex, flags) if parser.kind == "regex" and parser.regex else None
         # Where a rejected timestamp is kept under "fields".
         self._ts_key = "timestamp" if parser.kind in ("syslog", "common", "combined") else parser.timestamp_field
         kinds: dict[str, Callable[[str, int], _Parsed]] = {
@@ -637,6 +641,9 @@ class LogParser:
             message = text
         elif type(message) is not str:
             message = _dumps(message)
+        elif message[-1:] == "\n":
+            # Docker's json-file driver keeps the line's own newline in "log": not part of the message.
+            message = message.rstrip("\r\n")
         # A plain string name (a regex group, most JSON) is taken here; _take_name reads the other shapes.
         service = obj.get("service")
         if type(service) is str and service and "service.name" not in obj:
@@ -654,7 +661,8 @@ class LogParser:
     def _parse_json(self, text: str, received_ns: int) -> _Parsed:
         start = 0
         if text[:1] != "{":
-            text = text.strip()
+            # (a byte-order mark starts the first line of files some Windows programs write)
+            text = text.strip().removeprefix("\ufeff").lstrip()
             if text[:1] != "{":
                 raise _Unparseable("not a JSON object")
         # orjson first (twice as fast); what it refuses goes through the standard library's scanner, which

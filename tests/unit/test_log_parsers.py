@@ -764,3 +764,24 @@ def test_service_and_dataset_rules() -> None:
     # host_name empty and nothing parsed: no host object.
     no_host = LogParser(FileInputConfig(name="x", paths=["/x"]), "", SKEW)
     assert "host" not in parse(no_host, "m").doc
+
+
+def test_real_world_json_and_multiline_regex_lines() -> None:
+    """A file written with a byte-order mark, Docker's json-file driver (the line's newline kept in "log"),
+    and a stack trace grouped by multiline under a regex parser whose message group ends in ".*"."""
+    from fleetwatch.config import MultilineConfig
+
+    event = parse(file_parser("json"), '\ufeff{"timestamp": "2026-01-01T00:00:05Z", "message": "first line"}')
+    assert (event.doc["message"], event.ts_ns, event.own_time) == ("first line", R + 5 * 10**9, True)
+    docker = '{"log":"listening on :8080\\n","stream":"stderr","time":"2026-01-01T00:00:06.123456789Z"}'
+    event = parse(file_parser("json", message_field="log", timestamp_field="time"), docker)
+    assert (event.doc["message"], event.ts_ns) == ("listening on :8080", R + 6_123_456_000)  # (to the µs)
+    cfg = FileInputConfig(
+        name="app",
+        paths=[PATH],
+        parser=ParserConfig(kind="regex", pattern=r"^(?P<timestamp>\S+) (?P<level>\w+) (?P<message>.*)"),
+        multiline=MultilineConfig(start_pattern=r"^\d{4}-"),
+    )
+    trace = 'ERROR Traceback (most recent call last):\n  File "app.py", line 1\nValueError: boom'
+    event = parse(LogParser(cfg, "host-1", SKEW), f"2026-01-01T00:00:07Z {trace}", flags=("multiline",))
+    assert event.doc["message"] == trace.removeprefix("ERROR ")
