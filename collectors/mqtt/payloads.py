@@ -161,10 +161,25 @@ def decode_json(
     metric: str | None,
     zone: tzinfo = UTC,
 ) -> list[Sample]:
-    """``skip`` must include ``timestamp_field``; ``zone``: that of timestamps written without one."""
+    """``skip`` must include ``timestamp_field``; ``zone``: that of timestamps written without one. A JSON
+    array of objects is several readings at once (a device sending what it buffered, each object with its own
+    timestamp), read object by object; one bad object refuses the whole message."""
     doc = _load_json(payload)
+    if type(doc) is list and doc:
+        samples = []
+        for i, item in enumerate(doc):
+            if type(item) is not dict:
+                raise PayloadError("not_a_number", f"JSON array item {i} is a {type(item).__name__}, not an object")
+            samples += _json_object(item, timestamp_field, timestamp_unit, skip, zone)
+        return samples
     if type(doc) is not dict:
         return [_bare_json_value(doc, metric)]
+    return _json_object(doc, timestamp_field, timestamp_unit, skip, zone)
+
+
+def _json_object(
+    doc: dict[str, Any], timestamp_field: str | None, timestamp_unit: str, skip: frozenset[str], zone: tzinfo
+) -> list[Sample]:
     ts: int | None = None
     if timestamp_field is not None:
         raw_ts = doc.get(timestamp_field)

@@ -465,3 +465,33 @@ def test_timestamps_without_a_zone_are_in_the_subscriptions_zone_and_keep_their_
         subscription = {"topic": "t/#", "format": "json", "timestamp_timezone": "CET+1"}
         from_dict({"mqtt": {"subscriptions": [subscription]}}, env={})
     assert "IANA" in str(err.value)
+
+
+def test_a_json_array_of_objects_is_several_readings_each_with_its_own_time() -> None:
+    """Devices that were offline send what they buffered as one array; each object is a reading with its
+    own timestamp. An item that is not an object refuses the message, with the reason, as a dead letter."""
+    cfg = from_dict(
+        {
+            "mqtt": {
+                "subscriptions": [
+                    {
+                        "topic": "buf/+/+",
+                        "template": "buf/{device}/{metric}",
+                        "format": "json",
+                        "timestamp_field": "ts",
+                    }
+                ]
+            },
+            "windows": {"max_age": "0s", "max_future_skew": "100000d"},
+        },
+        env={},
+    )
+    parser = MQTTParser(cfg.mqtt, cfg.windows)
+    good = b'[{"ts": 1767225600, "value": 20.5}, {"ts": 1767225610, "value": 21.0, "battery": 90}]'
+    bad = b'[{"ts": 1767225600, "value": 1}, 5]'
+    parsed = parser.parse(MessageBatch(T0, [("buf/d1/temp", good), ("buf/d1/temp", bad)]))
+    readings = [(parse_series(r.series)[1]["metric"], r.value, r.ts_ns) for r in parsed.readings]
+    assert readings == [("temp", 20.5, T0), ("temp", 21.0, T0 + 10 * 10**9), ("temp_battery", 90.0, T0 + 10 * 10**9)]
+    assert [(d.reason, d.detail) for d in parsed.dead_letters] == [
+        ("not_a_number", "JSON array item 1 is a int, not an object")
+    ]
