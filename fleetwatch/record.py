@@ -88,18 +88,19 @@ def escape_measurement(text: str) -> str:
 def series_key(measurement: str, tags: dict[str, str]) -> str:
     """The canonical series key: escaped measurement, then tags sorted by key; empty keys and values are
     dropped because line protocol cannot carry them (also when they were only trailing backslashes), and so is
-    a key that reads as the one before it once its trailing backslashes are left out.
+    a key that reads as an earlier one once its trailing backslashes are left out (the first in sorted order
+    stays).
 
     >>> series_key("readings", {"site": "s 1", "device": "d1", "metric": "temp"})
     'readings,device=d1,metric=temp,site=s\\\\ 1'
     """
     parts = [escape_measurement(measurement)]
-    previous = ""
+    used: set[str] = set()
     for key in sorted(tags):
         name, value = escape_tag(key), escape_tag(tags[key])
-        if name and value and name != previous:
+        if name and value and name not in used:
             parts.append(f"{name}={value}")
-            previous = name
+            used.add(name)
     return ",".join(parts)
 
 

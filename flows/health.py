@@ -136,7 +136,9 @@ def totals() -> Counters:
     for c in snapshot:
         for f in fields(Counters):
             if f.name == "dead_letters_by_reason":
-                for reason, n in c.dead_letters_by_reason.items():
+                with _dead_lock:  # (writer threads add reasons)
+                    by_reason = list(c.dead_letters_by_reason.items())
+                for reason, n in by_reason:
                     total.dead_letters_by_reason[reason] = total.dead_letters_by_reason.get(reason, 0) + n
             elif f.name == "lag_seconds":
                 total.lag_seconds = max(total.lag_seconds, c.lag_seconds)

@@ -39,8 +39,8 @@ Decisions, and why:
 - **Syslog**: PRI gives ``log.syslog.priority``, ``log.syslog.facility.code/name`` and
   ``log.syslog.severity.code/name`` and the level; app-name/tag is ``process.name``, a numeric procid/pid
   ``process.pid`` (otherwise ``fields.procid``), MSGID ``log.syslog.msgid`` (ECS 8.7+), the version
-  ``log.syslog.version``; structured data is kept as ``fields.sd`` = ``{sd_id: {param: value}}`` (a param
-  given twice becomes a list).
+  ``log.syslog.version``; structured data is kept as ``log.syslog.structured_data`` = ``{sd_id: {param:
+  value}}`` (ECS's field; a param given twice becomes a list).
 - **regex** uses ``re.search``: a pattern anchored with ``^`` fails fast on lines that do not match, an
   unanchored one is tried at every position.
 - **Hot path.** Every pattern is compiled and every constant computed in ``__init__``; the last timestamp
@@ -290,11 +290,9 @@ class LogParser:
         self._ts_field = parser.timestamp_field
         self._level_field = parser.level_field
         self._msg_field = parser.message_field
-        # With multiline, an event is several lines: "." matches line breaks too, so that a pattern ending in
-        # (?P<message>.*) takes the whole stack trace, as Fluent Bit's /m patterns do. (Without it the lines
-        # after the first were in no field of the document.)
-        flags = re.DOTALL if getattr(input_cfg, "multiline", None) is not None else 0
-        self._pattern = re.compile(parser.regex, flags) if parser.kind == "regex" and parser.regex else None
+        self._pattern = re.compile(parser.regex) if parser.kind == "regex" and parser.regex else None
+        # With multiline, an event is several lines (a stack trace).
+        self._multiline = getattr(input_cfg, "multiline", None) is not None
         # Where a rejected timestamp is kept under "fields".
         self._ts_key = "timestamp" if parser.kind in ("syslog", "common", "combined") else parser.timestamp_field
         kinds: dict[str, Callable[[str, int], _Parsed]] = {
@@ -708,6 +706,10 @@ class LogParser:
         obj = match.groupdict()
         if None in obj.values():  # groups that did not take part are left out
             obj = {k: v for k, v in obj.items() if v is not None}
+        if self._multiline and text[match.end() : match.end() + 1] == "\n" and self._msg_field in obj:
+            # A pattern written for one line stops at the first line break of a multiline event: the lines
+            # after it belong to the message (they were in no field of the document).
+            obj[self._msg_field] += text[match.end() :]
         return self._mapped(obj, text, received_ns)
 
     def _parse_access(self, text: str, received_ns: int) -> _Parsed:
@@ -798,7 +800,8 @@ class LogParser:
         app = None if app == "-" else app
         self._syslog_process(app, None if procid == "-" else procid, extra, fields)
         if sd != "-":
-            fields["sd"] = _structured_data(sd)
+            # ECS's log.syslog.structured_data (a flattened field in the index: senders name their parameters).
+            syslog["structured_data"] = _structured_data(sd)
         if message is None:
             message = ""
         elif message[:1] == "\ufeff":

@@ -166,6 +166,9 @@ def decode_json(
     timestamp), read object by object; one bad object refuses the whole message."""
     doc = _load_json(payload)
     if type(doc) is list and doc:
+        if timestamp_field is None and len(doc) > 1:
+            # Their readings would all have the message's receive time: one point in the store per series.
+            raise PayloadError("bad_timestamp", "a JSON array of several readings needs the timestamp_field setting")
         samples = []
         for i, item in enumerate(doc):
             if type(item) is not dict:

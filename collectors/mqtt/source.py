@@ -46,6 +46,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from collectors.mqtt.client import apply_credentials_and_tls
 from collectors.mqtt.frames import (
@@ -57,6 +58,7 @@ from collectors.mqtt.frames import (
     read_publishes,
 )
 from collectors.mqtt.parse import MessageBatch
+from collectors.mqtt.topics import topic_matches
 from collectors.polling import batch_limit
 from fleetwatch.config import MQTTConfig
 from flows import clock, health, lifecycle
@@ -274,7 +276,12 @@ def subscription_filter(topic: str, shared_group: str | None) -> str:
     return f"$share/{shared_group}/{topic}" if shared_group else topic
 
 
-class MQTTSource(FixedPartitionedSource[MessageBatch, list[int]]):
+# A partition's snapshot: the packet ids counted and not yet acknowledged, and the topic filters the session
+# was subscribed to (older snapshots: the ids alone).
+MQTTState = tuple[list[int], list[str]]
+
+
+class MQTTSource(FixedPartitionedSource[MessageBatch, MQTTState | list[int]]):
     """One partition per connection; run as many partitions as workers so each worker reads.
 
     ``saturated`` is polled before each read (sink backpressure); ``recovery_dir`` is Bytewax's recovery
@@ -303,12 +310,13 @@ class MQTTSource(FixedPartitionedSource[MessageBatch, list[int]]):
     def list_parts(self) -> list[str]:
         return [f"mqtt-{i}" for i in range(self.partitions)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: list[int] | None) -> MQTTPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: MQTTState | list[int] | None) -> MQTTPartition:
         index = int(for_part.rsplit("-", 1)[1])
-        return MQTTPartition(self, f"{self.cfg.client_id}-{index}", resume_state or [])
+        mids, filters = resume_state if isinstance(resume_state, tuple) else (resume_state or [], None)
+        return MQTTPartition(self, f"{self.cfg.client_id}-{index}", mids, filters)
 
 
-class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
+class MQTTPartition(StatefulSourcePartition[MessageBatch, MQTTState | list[int]]):
     """Acknowledgement protocol (with recovery on), so that every QoS 1 message counts exactly once:
 
     - The messages read in an epoch are acknowledged once Bytewax's recovery store shows that epoch
@@ -325,7 +333,9 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
       is forgotten.
     """
 
-    def __init__(self, source: MQTTSource, client_id: str, resume_mids: list[int]) -> None:
+    def __init__(
+        self, source: MQTTSource, client_id: str, resume_mids: list[int], resume_filters: list[str] | None = None
+    ) -> None:
         self._src = source
         self._cfg = cfg = source.cfg
         # Register this worker's health counters now (on its thread), so health is reported from the
@@ -351,8 +361,12 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._dedup_until = 0.0
         self._new_since_connect = False
         self._connected = False
-        # Whether the broker had this session at the last CONNACK (see _on_message: retained messages).
+        # Whether the broker had this session at the last CONNACK, the topic filters the session was
+        # subscribed to before it (None: not known, from a snapshot of an earlier version or none), and the
+        # filters subscribed since (see _on_message: retained messages).
         self._session_present = False
+        self._filters_before: list[str] | None = None
+        self._subscribed: list[str] | None = resume_filters
         self._connected_at = 0.0
         self._pending_subscribe: int | None = None
         # While a sink is saturated this source does not read, and the window clock stands still.
@@ -391,6 +405,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             return
         self._connected = True
         self._session_present = bool(flags.session_present)
+        self._filters_before = self._subscribed if self._session_present else None
         self._connected_at = time.monotonic()
         self._dedup_until = self._connected_at + _DEDUP_WINDOW
         self._new_since_connect = False
@@ -404,7 +419,17 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             self._cfg.port,
             flags.session_present,
         )
-        subs = [(subscription_filter(s.topic, self._cfg.shared_group), s.qos) for s in self._cfg.subscriptions]
+        # MQTT 5: the broker sends a topic's retained message only for a subscription the session did not have
+        # (Retain Handling 1); MQTT 3.1.1 sends it at every SUBSCRIBE (see _on_message).
+        subs: list[tuple[str, Any]] = [
+            (
+                subscription_filter(s.topic, self._cfg.shared_group),
+                SubscribeOptions(qos=s.qos, retainHandling=SubscribeOptions.RETAIN_SEND_IF_NEW_SUB)
+                if self._cfg.protocol == "5"
+                else s.qos,
+            )
+            for s in self._cfg.subscriptions
+        ]
         if subs:
             _, self._pending_subscribe = client.subscribe(subs)
         else:
@@ -416,6 +441,7 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             log.error("MQTT %s: subscription refused: %s", self.client_id, code)
         if mid == self._pending_subscribe and not refused:
             self._pending_subscribe = None
+            self._subscribed = [s.topic for s in self._cfg.subscriptions]
             health.set_ready(f"mqtt:{self.client_id}", True)
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -464,12 +490,14 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         key = content_key(topic, payload)
         if msg.qos and not msg.dup:
             self._new_since_connect = True
-        if msg.retain and self._session_present and not msg.dup:
+        if msg.retain and msg.qos and not msg.dup and self._resent_retained(topic):
             # A retained message the broker sends again because the subscription was made again. A session
-            # that was present had the subscription when the message was published, and counted it then
-            # (live messages come without RETAIN): counting it now would count it once more at each
-            # reconnect, stamped with the reconnect's time when it carries none of its own. (With DUP it is
-            # the redelivery of one sent before and not acknowledged: counted below unless counted already.)
+            # that was present and had that subscription received the message when it was published (live
+            # messages come without RETAIN; at QoS 1 the broker queued it while fleetwatch was away), and
+            # counted it then: counting it now would count it once more at each reconnect, stamped with the
+            # reconnect's time when it carries none of its own. (With DUP it is the redelivery of one sent
+            # before and not acknowledged: counted below unless counted already. At QoS 0 nothing was
+            # queued, so the resent one may be the only copy: counted.)
             if msg.qos:
                 self._unacked.append((msg.mid, msg.qos, key))
             health.counters().mqtt_retained_skipped += 1
@@ -483,6 +511,10 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
         self._messages.append((topic, payload))
         if msg.qos:
             self._unacked.append((msg.mid, msg.qos, key))
+
+    def _resent_retained(self, topic: str) -> bool:
+        before = self._filters_before
+        return before is not None and any(topic_matches(f, topic) for f in before)
 
     # -- connection
 
@@ -597,13 +629,14 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, list[int]]):
             return datetime.now(UTC) + timedelta(milliseconds=2)
         return None
 
-    def snapshot(self) -> list[int]:
+    def snapshot(self) -> MQTTState:
+        filters = list(self._subscribed or [])
         if self._epochs is None:
-            return []
+            return [], filters
         self._epoch_acks.append((self._epochs.end_epoch(), self._unacked))
         self._unacked = []
         self._ack_committed()
-        return [mid for _, acks in self._epoch_acks for mid, qos, _ in acks if qos == 1]
+        return [mid for _, acks in self._epoch_acks for mid, qos, _ in acks if qos == 1], filters
 
     def _ack_committed(self) -> None:
         """Acknowledge the messages of every epoch the recovery store shows committed."""

@@ -181,6 +181,11 @@ def template_mappings(kind: str) -> dict[str, Any]:
                             "properties": {
                                 "facility": {"properties": {"code": {"type": "integer"}, "name": _keyword()}},
                                 "severity": {"properties": {"code": {"type": "integer"}, "name": _keyword()}},
+                                # RFC 5424 structured data, whose names any syslog sender chooses: one field for
+                                # all of it (ECS maps it so), not a mapped field per parameter (a few datagrams
+                                # filled the index's 1,000 fields, and every document with a new field was
+                                # refused for the rest of the day).
+                                "structured_data": {"type": "flattened"},
                             }
                         },
                     }
@@ -206,14 +211,7 @@ def template_mappings(kind: str) -> dict[str, Any]:
                 "user_agent": {"properties": {"original": _keyword()}},
                 "source": {"properties": {"address": _keyword()}},
                 "user": {"properties": {"name": _keyword()}},
-                "fields": {
-                    "type": "object",
-                    "dynamic": True,
-                    # RFC 5424 structured data, whose names any syslog sender chooses: one field for all of it,
-                    # not a mapped field per parameter (a few datagrams filled the index's 1,000 fields, and
-                    # every document with a new field was refused for the rest of the day).
-                    "properties": {"sd": {"type": "flattened"}},
-                },
+                "fields": {"type": "object", "dynamic": True},
             },
         }
     if kind == LOG_RATES:
@@ -849,10 +847,11 @@ class ElasticHealthReport:
         stats.es_duplicates = writer.duplicates
         stats.es_rejected = writer.rejected
         stats.es_retries = writer.retries
+        # (called from each of the writer's lanes: what is new and what is reported change under one lock)
         with writer.counts_lock:
             made = writer.dead_reasons - self.dead_reported
-        if made:
             self.dead_reported.update(made)
+        if made:
             stats.add_dead(list(made.elements()))
 
 

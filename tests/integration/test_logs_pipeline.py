@@ -393,7 +393,7 @@ max_event_bytes = 4096
     tags = {d["message"]: d.get("tags", []) for d in docs}
     assert tags["from the future"] == ["timestamp_future"] and tags["not a date"] == ["timestamp_invalid"]
     flood = [d for d in docs if d["message"].startswith("line ")]
-    assert len(flood) == 12 and all(len(d["fields"]["sd"]["flood@1"]) == 100 for d in flood)
+    assert len(flood) == 12 and all(len(d["log"]["syslog"]["structured_data"]["flood@1"]) == 100 for d in flood)
 
 
 def test_mapping_conflict_ends_in_the_dead_letter_index(

@@ -209,38 +209,54 @@ def test_points_influxdb_refuses_are_dead_letters_counted_as_the_parsers_are(
     assert "device=d1" in dead[0]["raw"] and "conflict" in dead[0]["detail"]
 
 
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
 def test_a_retained_message_counts_once_however_often_the_pipeline_restarts(
-    tmp_path: Path, unique: str, influx_db: str
+    tmp_path: Path, unique: str, influx_db: str, protocol: str
 ) -> None:
     """A device's retained reading (its last value, kept by the broker) is counted when the pipeline's session
-    first subscribes. The broker sends it again at every later SUBSCRIBE: after a stop and after a kill -9 the
-    session is still there, and the message is acknowledged without being counted again. A new retained
-    publication while the pipeline runs arrives live and counts."""
+    first subscribes. After a stop and after a kill -9 the session is still there: MQTT 3.1.1 brokers send the
+    message again at every SUBSCRIBE, and it is acknowledged without being counted again; MQTT 5 is asked not
+    to send it (Retain Handling 1). A filter added to the configuration meanwhile is new to the session: its
+    retained message counts. A new retained publication while the pipeline runs arrives live and counts."""
     config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    config.write_text(config.read_text().replace("[mqtt]\n", f'[mqtt]\nprotocol = "{protocol}"\n', 1))
     start = (time.time_ns() // (10 * S)) * 10 * S - 60 * S
     device = paho.Client(CallbackAPIVersion.VERSION2)
     device.connect(MQTT_HOST, MQTT_PORT)
     device.loop_start()
     topic, payload = reading(unique, "d1", 21.5, start + S)
+    added_topic = f"fwadded/{unique}/d9/temp"
     device.publish(topic, payload, qos=1, retain=True).wait_for_publish(10)
+    device.publish(added_topic, payload, qos=1, retain=True).wait_for_publish(10)
+    skipped = 1 if protocol == "3.1.1" else 0
     try:
         pipeline = Pipeline(config)
         pipeline.wait_for("messages_in", 1)
         for how in ("stop", "kill"):
             pipeline.stop() if how == "stop" else pipeline.kill()
-            pipeline = Pipeline(config)  # subscribed: the broker sends the retained message at once
+            pipeline = Pipeline(config)  # subscribed: a 3.1.1 broker sends the retained message at once
             time.sleep(1.5)
             counters = pipeline.counters()
-            assert (counters["messages_in"], counters.get("mqtt_retained_skipped")) == (0, 1), how
+            assert (counters["messages_in"], counters.get("mqtt_retained_skipped")) == (0, skipped), how
+        pipeline.stop()
+        text = config.read_text()
+        subscription = text[text.index("[[mqtt.subscriptions]]") : text.index("[windows]")]
+        config.write_text(text.replace("[windows]", subscription.replace("fwfault/", "fwadded/") + "[windows]"))
+        pipeline = Pipeline(config)
+        pipeline.wait_for("messages_in", 1)
+        time.sleep(1.5)
+        counters = pipeline.counters()
+        assert (counters["messages_in"], counters.get("mqtt_retained_skipped")) == (1, skipped)
         device.publish(*reading(unique, "d1", 22.5, start + 2 * S), qos=1, retain=True).wait_for_publish(10)
         device.publish(*reading(unique, "d1", 0.0, start + 50 * S), qos=1).wait_for_publish(10)
-        pipeline.wait_for("messages_in", 2)
-        assert wait_counted(influx_db, start, 2, timeout=20, until_ns=start + 10 * S) == 2
+        pipeline.wait_for("messages_in", 3)
+        assert wait_counted(influx_db, start, 3, timeout=20, until_ns=start + 10 * S) == 3  # d1 twice, d9 once
         late = influx_rows(influx_db, f'SELECT count("value") FROM "readings_late" WHERE time >= {start}')
-        assert not late and pipeline.counters()["mqtt_retained_skipped"] == 1
+        assert not late and pipeline.counters()["mqtt_retained_skipped"] == skipped
         pipeline.stop(signal.SIGTERM)
     finally:
-        device.publish(topic, b"", qos=1, retain=True).wait_for_publish(10)  # clears the retained message
+        for retained in (topic, added_topic):  # cleared
+            device.publish(retained, b"", qos=1, retain=True).wait_for_publish(10)
         device.disconnect()
         device.loop_stop()
 

@@ -434,12 +434,11 @@ def test_rfc5424_structured_data_and_procid() -> None:
     assert event.ts_ns == R - 7200 * S + 1_000
     assert event.doc["@timestamp"] == "2025-12-31T22:00:00.000001Z"
     assert event.doc["process"] == {"name": "evntslog", "pid": 8710}
-    assert event.doc["fields"] == {
-        "sd": {
-            "exampleSDID@32473": {"iut": "3", "eventSource": 'Appl"ic]ation', "eventID": "1011"},
-            "examplePriority@32473": {"class": ["high", "low"]},
-        }
+    assert event.doc["log"]["syslog"]["structured_data"] == {  # type: ignore[index]
+        "exampleSDID@32473": {"iut": "3", "eventSource": 'Appl"ic]ation', "eventID": "1011"},
+        "examplePriority@32473": {"class": ["high", "low"]},
     }
+    assert "fields" not in event.doc
     assert (event.level, event.doc["message"]) == ("notice", "msg")
     assert "msgid" not in event.doc["log"]["syslog"]  # type: ignore[index]
 
@@ -768,7 +767,8 @@ def test_service_and_dataset_rules() -> None:
 
 def test_real_world_json_and_multiline_regex_lines() -> None:
     """A file written with a byte-order mark, Docker's json-file driver (the line's newline kept in "log"),
-    and a stack trace grouped by multiline under a regex parser whose message group ends in ".*"."""
+    and a stack trace grouped by multiline under a regex parser written for one line: the lines after the
+    first belong to the message."""
     from fleetwatch.config import MultilineConfig
 
     event = parse(file_parser("json"), '\ufeff{"timestamp": "2026-01-01T00:00:05Z", "message": "first line"}')
@@ -785,3 +785,8 @@ def test_real_world_json_and_multiline_regex_lines() -> None:
     trace = 'ERROR Traceback (most recent call last):\n  File "app.py", line 1\nValueError: boom'
     event = parse(LogParser(cfg, "host-1", SKEW), f"2026-01-01T00:00:07Z {trace}", flags=("multiline",))
     assert event.doc["message"] == trace.removeprefix("ERROR ")
+    # Groups before the message keep to the first line, as the pattern was written.
+    cfg = cfg.model_copy(update={"parser": ParserConfig(kind="regex", pattern=r"^(?P<logger>.*): (?P<message>.*)")})
+    event = parse(LogParser(cfg, "host-1", SKEW), "app.db: query failed\njava.lang.RuntimeException: boom")
+    assert event.doc["fields"] == {"logger": "app.db"}
+    assert event.doc["message"] == "query failed\njava.lang.RuntimeException: boom"

@@ -191,7 +191,7 @@ def test_rfc5424_messages_come_back_as_written(
     assert doc["log"]["syslog"]["priority"] == pri
     assert doc["log"]["syslog"]["severity"]["code"] == pri & 7
     assert doc["message"] == message.removeprefix("\ufeff")
-    assert doc.get("fields", {}).get("sd", {}) == sd
+    assert doc["log"]["syslog"].get("structured_data", {}) == sd
     if moment.timestamp() * S - R <= SKEW:
         assert doc["@timestamp"] == moment.strftime("%Y-%m-%dT%H:%M:%S.") + (
             f"{moment.microsecond:06d}Z" if moment.microsecond % 1000 else f"{moment.microsecond // 1000:03d}Z"

@@ -495,3 +495,20 @@ def test_a_json_array_of_objects_is_several_readings_each_with_its_own_time() ->
     assert [(d.reason, d.detail) for d in parsed.dead_letters] == [
         ("not_a_number", "JSON array item 1 is a int, not an object")
     ]
+
+
+def test_a_json_array_of_readings_without_a_timestamp_field_is_refused_not_stamped_alike() -> None:
+    """Without timestamp_field, every reading of an array would have the message's receive time: one point
+    per series in the store, the others written over. The message is a dead letter that says why."""
+    cfg = from_dict(
+        {
+            "mqtt": {"subscriptions": [{"topic": "arr/+", "template": "arr/{device}", "format": "json"}]},
+            "windows": {"max_age": "0s", "max_future_skew": "100000d"},
+        },
+        env={},
+    )
+    messages = [("arr/d1", b'[{"temp": 1}, {"temp": 2}]'), ("arr/d1", b'[{"temp": 3}]')]
+    parsed = MQTTParser(cfg.mqtt, cfg.windows).parse(MessageBatch(T0, messages))
+    assert [d.reason for d in parsed.dead_letters] == ["bad_timestamp"]
+    assert "timestamp_field" in parsed.dead_letters[0].detail
+    assert [r.value for r in parsed.readings] == [3.0]
