@@ -13,7 +13,7 @@ The windows keep their state in a log of their own instead, beside Bytewax's rec
 - on resume, the generation in the marker is replayed up to that frame. Frames after it were written for
   epochs that never committed, and are ignored;
 - once a generation has grown to several times the live state, the next generation is written beside it, a
-  part of the state at each snapshot (``begin_generation``, ``append_base``, ``finish_generation``): written
+  part of the state at each snapshot (``begin_generation``, ``next_base_part``, ``append_base``): written
   whole in one go, the state held the worker for about 0.35 s at 100,000 series, and for seconds at 1,000,000,
   with every reading and alert waiting. Meanwhile each frame of changes goes to both generations and the
   markers still refer to the current one, which stays complete on its own. The next one is complete on its own
@@ -40,6 +40,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ _FRAME = struct.Struct("<QQI")
 # A new generation starts when the current one holds this many times the live state, and at least this much.
 _COMPACT_FACTOR = 4
 _COMPACT_MIN_BYTES = 4 << 20
+# The next generation takes the state in this many parts, one a snapshot, of at least _BASE_PART_MIN keys (series,
+# or alert states): at 100,000 series a part holds the worker for about 40 ms, where the whole state held it for
+# about 0.35 s (BENCHMARKS.md run U). More parts would write more frames of changes twice (to both generations).
+_BASE_PARTS = 8
+_BASE_PART_MIN = 5_000
 # How often superseded generations are looked for in Bytewax's store while some are waiting for deletion.
 _COLLECT_EVERY_S = 5.0
 
@@ -78,10 +84,14 @@ class WindowLog:
         self.generation_bytes = 0
         self._file: object = None
         self._fd = -1
-        # The generation being written beside the current one (see begin_generation), and its file.
+        # The generation being written beside the current one (see begin_generation), its file, the keys its
+        # state is written for, how many are written and the bytes of their parts.
         self.next_generation = -1
         self._next_fd = -1
         self._next_bytes = 0
+        self._base_keys: list[Any] = []
+        self._base_done = 0
+        self.base_bytes = 0
         self._next_collect = 0.0
 
     # -- reading
@@ -146,29 +156,43 @@ class WindowLog:
     def writing_next(self) -> bool:
         return self._next_fd >= 0
 
-    def begin_generation(self) -> None:
-        """Start the next generation beside the current one. The caller writes the state into it a part at a
-        time (``append_base``), every series once, while ``append`` writes each frame of changes to both; then
-        ``finish_generation``. Until then the markers refer to the current generation."""
+    def begin_generation(self, keys: list[Any]) -> None:
+        """Start the next generation beside the current one, for the state of ``keys`` as it stands. The
+        caller writes the state into it a part at a time: the keys of ``next_base_part``, as one frame to
+        ``append_base``. Meanwhile ``append`` writes each frame of changes to both generations, and the markers
+        refer to the current one; the last part makes the next generation the current one."""
         if self._fd < 0:
             raise WindowLogError("begin_generation before a generation was started")
         self._abandon_next()
         self.next_generation = self._new_generation_number()
         self._next_fd = self._create(self.next_generation)
-        self._next_bytes = 0
+        self._next_bytes = self.base_bytes = self._base_done = 0
+        self._base_keys = keys
 
-    def append_base(self, payload: bytes) -> int:
-        """Write a part of the state to the next generation only; returns its sequence number."""
+    def next_base_part(self) -> list[Any]:
+        """The keys whose state the next ``append_base`` holds."""
+        keys, done = self._base_keys, self._base_done
+        part = keys[done : done + max(_BASE_PART_MIN, -(-len(keys) // _BASE_PARTS))]
+        self._base_done += len(part)
+        return part
+
+    def append_base(self, payload: bytes) -> bool:
+        """Write a part of the state to the next generation only. True when it was the last part: the next
+        generation is then the current one (``base_bytes`` is the size of its state)."""
         if self._next_fd < 0:
             raise WindowLogError("append_base without begin_generation")
         self.seq += 1
-        self._next_bytes += _write_synced(self._next_fd, self._frame(payload))
-        return self.seq
+        frame_bytes = _write_synced(self._next_fd, self._frame(payload))
+        self._next_bytes += frame_bytes
+        self.base_bytes += frame_bytes
+        if self._base_done < len(self._base_keys):
+            return False
+        self._finish_generation()
+        return True
 
-    def finish_generation(self) -> None:
-        """The next generation holds every series: it becomes the current one, and the markers refer to it."""
-        if self._next_fd < 0:
-            raise WindowLogError("finish_generation without begin_generation")
+    def _finish_generation(self) -> None:
+        """The next generation holds every key: it becomes the current one, and the markers refer to it."""
+        self._base_keys = []
         self._sync_directory()
         os.close(self._fd)
         self._fd, self._next_fd = self._next_fd, -1
@@ -184,6 +208,7 @@ class WindowLog:
             os.close(self._next_fd)
             self.path(self.next_generation).unlink(missing_ok=True)
             self._next_fd, self.next_generation = -1, -1
+            self._base_keys = []
 
     def _new_generation_number(self) -> int:
         existing = [int(p.suffix[1:]) for p in self.directory.glob(f"{self.name}.*") if p.suffix[1:].isdigit()]

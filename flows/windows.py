@@ -300,11 +300,6 @@ _FRAME_OPS = b"O"
 # A part of the state, as series records, written to the next generation while it is being written: each
 # record replaces its series whole (whatever the operations before it built there); nothing else is cleared.
 _FRAME_SERIES = b"S"
-# The next generation takes the state in this many parts, one a snapshot (and parts of at least
-# _BASE_PART_MIN series): at 100,000 series a part holds the worker for about 40 ms, where the whole state held
-# it for about 0.35 s. More parts would write more frames of changes twice (to both generations meanwhile).
-_BASE_PARTS = 8
-_BASE_PART_MIN = 5_000
 _OP_READINGS, _OP_CLOSES, _OP_FORGETS, _OP_SHIFT, _OP_QUIET_CLOSES = 0, 1, 2, 3, 4
 # (kind, ...): the fields after the kind depend on it, see _encode_ops and WindowLogic._replay_ops.
 _Op = tuple[Any, ...]
@@ -458,9 +453,6 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             self.state = self._replay(taken_ns, self._log.replay(generation, seq))
         else:
             raise ValueError(f"window snapshot of an unknown format {resume[0]!r}")
-        # While the log's next generation is being written: the series it takes, in parts, and how far it is.
-        self._base_keys: list[str] = []
-        self._base_written = self._base_bytes = 0
         if recovery_dir is not None and self._log is None:
             self._log = WindowLog(recovery_dir, step_id)
         if self._log is not None:
@@ -763,9 +755,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             if not state_log.writing_next and state_log.needs_new_generation(self._live_bytes):
                 # The series as they stand after the frame above: the operations after it go to both
                 # generations, so each series' record in the next one may be written at any later snapshot.
-                state_log.begin_generation()
-                self._base_keys = list(self.state.series)
-                self._base_written = self._base_bytes = 0
+                state_log.begin_generation(list(self.state.series))
             if state_log.writing_next:
                 written += self._write_base_part(state_log)
         ops.clear()
@@ -775,19 +765,13 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
 
     def _write_base_part(self, state_log: WindowLog) -> int:
         """The next part of the series to the log's next generation (those forgotten since it began are left
-        out: the operations say so); the last part makes it the current generation."""
-        keys, done = self._base_keys, self._base_written
-        part = keys[done : done + max(_BASE_PART_MIN, -(-len(keys) // _BASE_PARTS))]
+        out: the operations say so)."""
         series_map, spec_count = self.state.series, len(self.specs)
+        part = state_log.next_base_part()
         records = [_encode_series(key, s, spec_count) for key in part if (s := series_map.get(key)) is not None]
         frame = _FRAME_SERIES + b"".join(records)
-        state_log.append_base(frame)
-        self._base_written += len(part)
-        self._base_bytes += len(frame)
-        if self._base_written >= len(keys):
-            state_log.finish_generation()
-            self._live_bytes = self._base_bytes
-            self._base_keys = []
+        if state_log.append_base(frame):
+            self._live_bytes = state_log.base_bytes
         return len(frame)
 
     def _encode_changed(self, now: int) -> tuple[int, int, WindowSnapshot]:

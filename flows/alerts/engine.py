@@ -119,11 +119,6 @@ ALERT_LOG_FOLDER = "alert-log"
 # are {rule name: (state records joined, series whose state was forgotten)}, pickled.
 _FRAME_ALL = b"R"
 _FRAME_CHANGES = b"O"
-# A new generation of the log takes the states in this many parts, one a snapshot, of at least _BASE_PART_MIN
-# states (as the window state log does, see flows.windows): all at once held the worker for a noticeable pause
-# at 100,000 states, with every alert waiting.
-_BASE_PARTS = 8
-_BASE_PART_MIN = 5_000
 
 
 def _same_ns(ns: int) -> int:
@@ -539,10 +534,6 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
         self._log: WindowLog | None = None
         # The size of the states in the log's last whole frame, against which the log's growth is measured.
         self._live_bytes = 0
-        # While the log's next generation is being written: the (rule, series) states it takes, in parts, and
-        # how far it is.
-        self._base_keys: list[tuple[str, str]] = []
-        self._base_written = self._base_bytes = 0
         now = self._now()
         self._next_sweep = now + self._sweep_every
         if isinstance(resume_state, tuple):
@@ -702,9 +693,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
                 state_log.append(_FRAME_CHANGES + pickle.dumps(changes, protocol=5))
             if not state_log.writing_next and state_log.needs_new_generation(self._live_bytes):
                 # The states as they stand after the frame above; the changes after it go to both generations.
-                state_log.begin_generation()
-                self._base_keys = [(name, series) for name, states in self.states.items() for series in states]
-                self._base_written = self._base_bytes = 0
+                state_log.begin_generation([(name, series) for name, by in self.states.items() for series in by])
             if state_log.writing_next:
                 self._write_base_part(state_log)
         for rule in self._rules.values():
@@ -713,23 +702,16 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
         return state_log.marker(self._now())
 
     def _write_base_part(self, state_log: WindowLog) -> None:
-        """The next part of the states to the log's next generation (states forgotten since it began are left
-        out: the changes say so); the last part makes it the current generation."""
-        keys, done = self._base_keys, self._base_written
-        part = keys[done : done + max(_BASE_PART_MIN, -(-len(keys) // _BASE_PARTS))]
+        """The next part of the (rule, series) states to the log's next generation, as a frame of changes (states
+        forgotten since it began are left out: the changes say so)."""
         records: dict[str, list[bytes]] = {}
-        for name, series in part:
+        for name, series in state_log.next_base_part():
             st = self.states[name].get(series)
             if st is not None:
                 records.setdefault(name, []).append(_state_record(series, st))
         frame = _FRAME_CHANGES + pickle.dumps({name: (b"".join(rs), []) for name, rs in records.items()}, protocol=5)
-        state_log.append_base(frame)
-        self._base_written += len(part)
-        self._base_bytes += len(frame)
-        if self._base_written >= len(keys):
-            state_log.finish_generation()
-            self._live_bytes = self._base_bytes
-            self._base_keys = []
+        if state_log.append_base(frame):
+            self._live_bytes = state_log.base_bytes
 
     # -- bounded memory
 

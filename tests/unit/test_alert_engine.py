@@ -662,10 +662,9 @@ def test_a_log_generation_written_in_parts_resumes_on_its_own_to_the_exact_state
     import random
 
     from flows import window_log
-    from flows.alerts import engine
 
     monkeypatch.setattr(window_log, "_COMPACT_MIN_BYTES", 0)
-    monkeypatch.setattr(engine, "_BASE_PART_MIN", 300)
+    monkeypatch.setattr(window_log, "_BASE_PART_MIN", 300)
     rng = random.Random(7)
     clock = Clock(T0)
     rules = [rule(name="hot", warning=80), rule(name="roc", kind="rate_of_change", warning=5)]

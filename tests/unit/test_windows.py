@@ -639,10 +639,10 @@ def test_a_generation_written_in_parts_replays_on_its_own_to_the_exact_state(
     forgotten (and returning) series go on. From every marker, before, during and after the parts, a logic
     resumed from the marker's own generation file alone (every other file deleted) holds exactly the state of
     the one that wrote it."""
-    from flows import window_log, windows
+    from flows import window_log
 
     monkeypatch.setattr(window_log, "_COMPACT_MIN_BYTES", 0)
-    monkeypatch.setattr(windows, "_BASE_PART_MIN", 3)
+    monkeypatch.setattr(window_log, "_BASE_PART_MIN", 3)
     rng = random.Random(seed)
     specs = [
         WindowSpec.tumbling(timedelta(seconds=10)),
