@@ -596,6 +596,22 @@ def _state_of(logic: WindowLogic) -> dict[str, tuple[object, ...]]:
     }
 
 
+def _random_epoch(logic: WindowLogic, clock: Clock, rng: random.Random, forget: bool) -> None:
+    """One epoch of random readings among 41 series (in order, out of order, late) with wall-time closes; with
+    ``forget``, an hour and more passes after it: everything closes, then the silent series are forgotten."""
+    for _ in range(rng.randint(0, 4)):
+        clock.now += rng.randint(0, 600) * 1_000_000
+        at = (clock.now - T0) / S
+        batch = [reading(rng.random(), at - rng.uniform(-1, 15), _series(rng.randint(0, 40))) for _ in range(20)]
+        logic.on_batch([batch])
+        logic.on_notify()
+    if forget:
+        clock.now += 3700 * S
+        logic.on_notify()
+        clock.now += 61 * S
+        logic.on_notify()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_the_log_replays_to_exactly_the_state_it_was_written_from(tmp_path: Path, seed: int) -> None:
     """Random readings (in order, out of order, late), wall-time closes, series forgotten after an hour of
@@ -614,17 +630,7 @@ def test_the_log_replays_to_exactly_the_state_it_was_written_from(tmp_path: Path
 
     logic = build()
     for epoch in range(80):
-        for _ in range(rng.randint(0, 4)):
-            clock.now += rng.randint(0, 600) * 1_000_000
-            at = (clock.now - T0) / S
-            batch = [reading(rng.random(), at - rng.uniform(-1, 15), _series(rng.randint(0, 40))) for _ in range(20)]
-            logic.on_batch([batch])
-            logic.on_notify()
-        if epoch % 25 == 24:
-            clock.now += 3700 * S  # everything closes, then silent series are forgotten
-            logic.on_notify()
-            clock.now += 61 * S
-            logic.on_notify()
+        _random_epoch(logic, clock, rng, forget=epoch % 25 == 24)
         marker = logic.snapshot()
         if epoch % 5 == 4:
             assert _state_of(build(pickle.loads(pickle.dumps(marker)))) == _state_of(logic)
@@ -656,17 +662,7 @@ def test_a_generation_written_in_parts_replays_on_its_own_to_the_exact_state(
     logic = build(tmp_path / "live")
     generations, in_parts, crashed = set(), 0, False
     for epoch in range(120):
-        for _ in range(rng.randint(0, 4)):
-            clock.now += rng.randint(0, 600) * 1_000_000
-            at = (clock.now - T0) / S
-            batch = [reading(rng.random(), at - rng.uniform(-1, 15), _series(rng.randint(0, 40))) for _ in range(20)]
-            logic.on_batch([batch])
-            logic.on_notify()
-        if epoch % 30 == 29:
-            clock.now += 3700 * S  # everything closes, then silent series are forgotten
-            logic.on_notify()
-            clock.now += 61 * S
-            logic.on_notify()
+        _random_epoch(logic, clock, rng, forget=epoch % 30 == 29)
         marker = logic.snapshot()
         assert logic._log is not None
         in_parts += logic._log.writing_next
