@@ -426,6 +426,18 @@ def test_messages_of_one_batch_without_a_timestamp_each_get_their_own_receive_ti
     assert parsed.received_ns == now
 
 
+def _json_parser(topic: str, template: str, **subscription: str) -> MQTTParser:
+    """A parser of one JSON subscription, with event times of any age accepted."""
+    cfg = from_dict(
+        {
+            "mqtt": {"subscriptions": [{"topic": topic, "template": template, "format": "json", **subscription}]},
+            "windows": {"max_age": "0s", "max_future_skew": "100000d"},
+        },
+        env={},
+    )
+    return MQTTParser(cfg.mqtt, cfg.windows)
+
+
 def test_timestamps_without_a_zone_are_in_the_subscriptions_zone_and_keep_their_nanoseconds() -> None:
     """Tasmota sends its local time without a zone: read as UTC, a device in Berlin was an hour in the
     future (every reading a dead letter) and one in New York five hours in the past. The Things Network
@@ -440,24 +452,10 @@ def test_timestamps_without_a_zone_are_in_the_subscriptions_zone_and_keep_their_
     assert timestamp_ns("2026-07-01T12:00:00+05:00", "auto", berlin) == timestamp_ns("2026-07-01T07:00:00Z", "auto")
     assert timestamp_ns("2026-01-01T00:00:44.123456789Z", "auto") == T0 + 44_123_456_789
     assert timestamp_ns("2026-01-01T00:00:44.1234567Z", "auto") == T0 + 44_123_456_700
-    cfg = from_dict(
-        {
-            "mqtt": {
-                "subscriptions": [
-                    {
-                        "topic": "tele/+/SENSOR",
-                        "template": "tele/{device}/#",
-                        "format": "json",
-                        "timestamp_field": "Time",
-                        "timestamp_timezone": "America/New_York",
-                    }
-                ]
-            },
-            "windows": {"max_age": "0s", "max_future_skew": "100000d"},
-        },
-        env={},
+    parser = _json_parser(
+        "tele/+/SENSOR", "tele/{device}/#", timestamp_field="Time", timestamp_timezone="America/New_York"
     )
-    parsed = MQTTParser(cfg.mqtt, cfg.windows).parse(
+    parsed = parser.parse(
         MessageBatch(T0, [("tele/plug/SENSOR", b'{"Time":"2025-12-31T19:00:10","ENERGY":{"Power":12}}')])
     )
     assert [(r.value, r.ts_ns) for r in parsed.readings] == [(12.0, T0 + 10 * 10**9)]
@@ -470,23 +468,7 @@ def test_timestamps_without_a_zone_are_in_the_subscriptions_zone_and_keep_their_
 def test_a_json_array_of_objects_is_several_readings_each_with_its_own_time() -> None:
     """Devices that were offline send what they buffered as one array; each object is a reading with its
     own timestamp. An item that is not an object refuses the message, with the reason, as a dead letter."""
-    cfg = from_dict(
-        {
-            "mqtt": {
-                "subscriptions": [
-                    {
-                        "topic": "buf/+/+",
-                        "template": "buf/{device}/{metric}",
-                        "format": "json",
-                        "timestamp_field": "ts",
-                    }
-                ]
-            },
-            "windows": {"max_age": "0s", "max_future_skew": "100000d"},
-        },
-        env={},
-    )
-    parser = MQTTParser(cfg.mqtt, cfg.windows)
+    parser = _json_parser("buf/+/+", "buf/{device}/{metric}", timestamp_field="ts")
     good = b'[{"ts": 1767225600, "value": 20.5}, {"ts": 1767225610, "value": 21.0, "battery": 90}]'
     bad = b'[{"ts": 1767225600, "value": 1}, 5]'
     parsed = parser.parse(MessageBatch(T0, [("buf/d1/temp", good), ("buf/d1/temp", bad)]))
@@ -500,15 +482,8 @@ def test_a_json_array_of_objects_is_several_readings_each_with_its_own_time() ->
 def test_a_json_array_of_readings_without_a_timestamp_field_is_refused_not_stamped_alike() -> None:
     """Without timestamp_field, every reading of an array would have the message's receive time: one point
     per series in the store, the others written over. The message is a dead letter that says why."""
-    cfg = from_dict(
-        {
-            "mqtt": {"subscriptions": [{"topic": "arr/+", "template": "arr/{device}", "format": "json"}]},
-            "windows": {"max_age": "0s", "max_future_skew": "100000d"},
-        },
-        env={},
-    )
     messages = [("arr/d1", b'[{"temp": 1}, {"temp": 2}]'), ("arr/d1", b'[{"temp": 3}]')]
-    parsed = MQTTParser(cfg.mqtt, cfg.windows).parse(MessageBatch(T0, messages))
+    parsed = _json_parser("arr/+", "arr/{device}").parse(MessageBatch(T0, messages))
     assert [d.reason for d in parsed.dead_letters] == ["bad_timestamp"]
     assert "timestamp_field" in parsed.dead_letters[0].detail
     assert [r.value for r in parsed.readings] == [3.0]
