@@ -364,7 +364,7 @@ class MQTTParser:
                         value = float(payload)
                     except ValueError:
                         value = math.nan
-                    if value - value == 0.0:  # finite
+                    if value - value == 0.0 and b"_" not in payload:  # finite, and no "1_000"
                         reading = Reading(info.measurement, series, value, received_ns)
                         append(reading)
                         if info.write_raw:
@@ -405,6 +405,8 @@ class MQTTParser:
                                 else:
                                     series = more_metrics.get(key) if more_metrics is not None else None
                                     if series is None:
+                                        if not key:
+                                            break  # no name: the general decoder refuses it
                                         series = self._series(info, Sample(key, 0.0))
                                         first_metric = info.first_metric  # (the call may have set them)
                                         more_metrics = info.more_metrics

@@ -44,14 +44,27 @@ def to_text(payload: bytes) -> str:
         raise PayloadError("invalid_utf8", f"payload is not valid UTF-8: {exc}") from None
 
 
+# A number as devices write it: Python's float() also takes "1_000" and, in text, digits of other scripts
+# ("١٢٣"), which no device means as a reading (Telegraf's value parser refuses both).
+_NUMBER_TEXT = re.compile(r"[ \t\r\n]*[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?[ \t\r\n]*\Z")
+_NON_FINITE_TEXT = re.compile(r"\s*[-+]?(?:inf|infinity|nan)\s*\Z", re.IGNORECASE)
+
+
 def decode_number(payload: bytes) -> float:
-    try:
-        value = float(payload)
-    except ValueError:
-        text = to_text(payload)  # invalid UTF-8 is its own reason
-        raise PayloadError("not_a_number", f"payload {text[:80]!r} is not a number") from None
+    """A bare number (the payload's whitespace and a UTF-8 byte-order mark around it are allowed)."""
+    text = to_text(payload).removeprefix("\ufeff")
+    return number_text(text, "payload")
+
+
+def number_text(text: str, what: str) -> float:
+    """``text`` as a finite reading, or the dead-letter reason why not."""
+    if _NON_FINITE_TEXT.match(text):
+        raise PayloadError("non_finite", f"{what} {text[:80]!r} is not finite")
+    if not _NUMBER_TEXT.match(text):
+        raise PayloadError("not_a_number", f"{what} {text[:80]!r} is not a number")
+    value = float(text)
     if not math.isfinite(value):
-        raise PayloadError("non_finite", f"value {value} is not finite")
+        raise PayloadError("non_finite", f"{what} {text[:80]!r} is beyond a double")
     return value
 
 
@@ -119,6 +132,10 @@ def _flatten(obj: dict[str, Any], prefix: str, skip: frozenset[str], ts: int | N
         if name in skip:
             continue
         kind = type(value)
+        if not name and (kind is float or kind is int or kind is bool or kind is dict):
+            # A reading needs a name: without one it would be written with no metric tag at all (line protocol
+            # has no empty tag value), beside the device's named metrics.
+            raise PayloadError("undecodable", "a JSON field has an empty name")
         if kind is float or kind is int:
             out.append(Sample(name, finite_float(value, name), ts))
         elif kind is bool:
@@ -200,11 +217,7 @@ def _bare_json_value(doc: Any, metric: str | None) -> Sample:
     if isinstance(doc, str):
         # Home Assistant publishes some states as JSON strings: "21.5". (Not encoded back to bytes: a JSON
         # escape such as "\ud800" gives a lone surrogate, which UTF-8 cannot encode.)
-        try:
-            value = float(doc)
-        except ValueError:
-            raise PayloadError("not_a_number", f"JSON string {doc[:80]!r} is not a number") from None
-        return Sample(metric or "value", finite_float(value, metric or "value"))
+        return Sample(metric or "value", number_text(doc, "JSON string"))
     if isinstance(doc, bool) or not isinstance(doc, int | float):
         raise PayloadError("not_a_number", f"JSON {type(doc).__name__} is not a reading")
     return Sample(metric or "value", finite_float(doc, metric or "value"))

@@ -45,12 +45,17 @@ def test_topic_filter_matching() -> None:
 
 def test_number_payloads() -> None:
     assert decode_number(b" 21.5\n") == 21.5
+    assert decode_number(b"\xef\xbb\xbf-3e2") == -300.0  # a byte-order mark, as some Windows tools write
     for payload, reason in [
         (b"abc", "not_a_number"),
         (b"NaN", "non_finite"),
         (b"-inf", "non_finite"),
+        (b"1e999", "non_finite"),
         (b"\xff\xfe", "invalid_utf8"),
         (b"", "not_a_number"),
+        (b"1_000", "not_a_number"),  # float() takes it; no device means it
+        ("١٢٣".encode(), "not_a_number"),
+        (b"0x10", "not_a_number"),
     ]:
         with pytest.raises(PayloadError) as err:
             decode_number(payload)
@@ -487,3 +492,34 @@ def test_a_json_array_of_readings_without_a_timestamp_field_is_refused_not_stamp
     assert [d.reason for d in parsed.dead_letters] == ["bad_timestamp"]
     assert "timestamp_field" in parsed.dead_letters[0].detail
     assert [r.value for r in parsed.readings] == [3.0]
+
+
+def test_json_numbers_in_strings_and_fields_without_a_name() -> None:
+    assert decode_json(b'"21.5"', None, "auto", frozenset(), "temp")[0].value == 21.5
+    for payload in (b'"1_000"', '"١٢٣"'.encode()):
+        with pytest.raises(PayloadError) as err:
+            decode_json(payload, None, "auto", frozenset(), "temp")
+        assert err.value.reason == "not_a_number"
+    with pytest.raises(PayloadError) as err:
+        decode_json(b'{"": 1, "t": 2}', None, "auto", frozenset(), None)
+    assert err.value.reason == "undecodable"
+    # A nested field without a name is named by its parent.
+    assert [s.metric for s in decode_json(b'{"a": {"": 1}}', None, "auto", frozenset(), None)] == ["a_"]
+
+
+def test_the_parser_fast_paths_refuse_what_the_decoders_refuse() -> None:
+    now = T0 + 3600 * 10**9
+    parser = _parser(max_age="0s", max_future_skew="100000d")
+    parsed = parser.parse(
+        MessageBatch(
+            now,
+            [
+                ("sensors/s1/d1/temp", b"1_000"),
+                ("sensors/s1/d1/temp", b"\xef\xbb\xbf7"),
+                ("tele/plug/SENSOR", b'{"Time": 1767225600, "x": 1, "": 2}'),
+                ("tele/plug/SENSOR", b'{"Time": 1767225600, "": 2}'),
+            ],
+        )
+    )
+    assert [r.value for r in parsed.readings] == [7.0]
+    assert [d.reason for d in parsed.dead_letters] == ["not_a_number", "undecodable", "undecodable"]
