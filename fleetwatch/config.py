@@ -457,7 +457,7 @@ class ElasticsearchConfig(Section):
 
 # ------------------------------------------------------------------------------------------- logs
 
-LogParserName = Literal["none", "json", "logfmt", "regex", "common", "combined", "syslog"]
+LogParserName = Literal["none", "json", "logfmt", "regex", "common", "combined", "syslog", "cri"]
 _INPUT_NAME = r"^[A-Za-z0-9_.-]+$"
 
 
@@ -556,6 +556,15 @@ class FileInputConfig(Section):
     # Longer events are cut to this size and flagged "truncated".
     max_event_bytes: int = Field(default=65536, ge=256)
     poll_interval: Duration = timedelta(milliseconds=100)
+
+    @model_validator(mode="after")
+    def _multiline_kind(self) -> FileInputConfig:
+        if self.multiline is not None and self.parser.kind == "cri":
+            raise ValueError(
+                "multiline: not available with parser kind 'cri' (the partial records of a CRI line are joined"
+                " without it; lines of a stack trace are one event each)"
+            )
+        return self
 
     @field_validator("paths")
     @classmethod

@@ -1,8 +1,9 @@
 """Log lines to Elastic Common Schema (ECS) documents, one ``LogParser`` per input.
 
 Parser kinds (``ParserConfig.kind``): ``none`` (the line is the message), ``json`` (one object per line),
-``logfmt``, ``regex`` (named groups), ``common``/``combined`` (Apache/nginx access logs) and ``syslog``
-(RFC 5424 and RFC 3164, detected per line, with or without ``<PRI>`` so syslog files parse too).
+``logfmt``, ``regex`` (named groups), ``common``/``combined`` (Apache/nginx access logs), ``syslog``
+(RFC 5424 and RFC 3164, detected per line, with or without ``<PRI>`` so syslog files parse too) and ``cri``
+(Kubernetes container logs; the file tail joins a line's partial records first).
 
 The document uses nested ECS objects::
 
@@ -190,6 +191,8 @@ _BSD_TS_ALONE = re.compile(_BSD_TS + r"\Z")
 _QUOTED = r'"((?:[^"\\]|\\.)*)"'
 _COMMON = re.compile(rf"(\S+) (\S+) (\S+) \[([^\]]+)\] {_QUOTED} (\d{{3}}|-) (\d+|-)")
 _COMBINED = re.compile(rf"(\S+) (\S+) (\S+) \[([^\]]+)\] {_QUOTED} (\d{{3}}|-) (\d+|-) {_QUOTED} {_QUOTED}")
+# Kubernetes' container runtimes: "<RFC 3339 time> <stream> <tags> <content>", tags "P" or "F" (":"-separated).
+_CRI_RECORD = re.compile(r"(\S+) (stdout|stderr) [^ ]+(?: (.*))?\Z", re.DOTALL)
 _CLF_TS = re.compile(r"(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z")
 
 # logfmt: key, key=value, key="quoted \" value"; the whole line must be such tokens.
@@ -294,7 +297,7 @@ class LogParser:
         # With multiline, an event is several lines (a stack trace).
         self._multiline = getattr(input_cfg, "multiline", None) is not None
         # Where a rejected timestamp is kept under "fields".
-        self._ts_key = "timestamp" if parser.kind in ("syslog", "common", "combined") else parser.timestamp_field
+        self._ts_key = "timestamp" if parser.kind in ("syslog", "common", "combined", "cri") else parser.timestamp_field
         kinds: dict[str, Callable[[str, int], _Parsed]] = {
             "none": self._parse_none,
             "json": self._parse_json,
@@ -303,6 +306,7 @@ class LogParser:
             "common": self._parse_access,
             "combined": self._parse_access,
             "syslog": self._parse_syslog,
+            "cri": self._parse_cri,
         }
         self._parse_kind = kinds[parser.kind]
         self._access = _COMBINED if parser.kind == "combined" else _COMMON
@@ -711,6 +715,15 @@ class LogParser:
             # after it belong to the message (they were in no field of the document).
             obj[self._msg_field] += text[match.end() :]
         return self._mapped(obj, text, received_ns)
+
+    def _parse_cri(self, text: str, received_ns: int) -> _Parsed:
+        """A CRI record (the file tail has joined its partial records): the runtime's time, the stream as
+        ``fields.stream``, the content as the message."""
+        match = _CRI_RECORD.match(text)
+        if match is None:
+            raise _Unparseable("not a CRI log record (<time> <stdout|stderr> <P|F> <content>)")
+        ts_text, stream, content = match.group(1, 2, 3)
+        return self._text_ns(ts_text, received_ns), ts_text, None, content or "", None, None, None, {"stream": stream}
 
     def _parse_access(self, text: str, received_ns: int) -> _Parsed:
         match = self._access.match(text)

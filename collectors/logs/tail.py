@@ -42,6 +42,9 @@ Lifecycle contract:
   next start line arrives or after ``flush_timeout`` without new data from the file; it is flagged
   "multiline" when it has more than one line. A late continuation line, after its event was flushed,
   becomes an event of its own.
+- **CRI** (``parser.kind = "cri"``, the files of Kubernetes' container runtimes): a line the runtime split
+  into partial records (tag ``P``) is one event, the contents joined, from its first record's offset; a run
+  left without its last record (tag ``F``) is emitted after a second without new data, still tagged ``P``.
 - **Size limit.** An event longer than ``max_event_bytes`` is cut there (on a UTF-8 character boundary) and
   flagged "truncated"; the rest of it is skipped. Files are read in chunks, and a line is never held in
   memory beyond the limit, however long it is: an overlong line is emitted as soon as it passes the limit.
@@ -77,6 +80,11 @@ from flows import clock, health, lifecycle
 log = logging.getLogger(__name__)
 
 MAX_BATCH_LINES = 2000
+# CRI log files (Kubernetes): the two streams a record can name, and how long a run of partial records waits
+# for its last one when no more data comes (the runtime writes them together: only a stopped container
+# leaves a run unfinished).
+_CRI_STREAMS = (b"stdout", b"stderr")
+_CRI_FLUSH_TIMEOUT = 1.0
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 # After a wait for Bytewax (collectors.polling): what one second of a fast file holds.
 MAX_BATCH_LINES_AFTER_WAIT = 40_000
@@ -176,17 +184,19 @@ class FileTailSource(FixedPartitionedSource[list[LogLine], TailState]):
 
 
 class _Event:
-    """A multiline event not emitted yet."""
+    """A multiline event, or a run of CRI partial records, not emitted yet."""
 
-    __slots__ = ("lines", "nbytes", "nlines", "start", "truncated")
+    __slots__ = ("lines", "nbytes", "nlines", "start", "stream", "truncated")
 
-    def __init__(self, start: int, line: bytes, truncated: bool) -> None:
+    def __init__(self, start: int, line: bytes, truncated: bool, stream: bytes = b"") -> None:
         self.start = start
         self.lines = [line]
         self.nbytes = len(line)
         # Lines seen, including those dropped after truncation.
         self.nlines = 1
         self.truncated = truncated
+        # CRI: the stream ("stdout"/"stderr") whose partial records these are.
+        self.stream = stream
 
 
 class _File:
@@ -255,7 +265,12 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         self._name = cfg.name
         self._limit = cfg.max_event_bytes
         self._start = re.compile(cfg.multiline.start_pattern) if cfg.multiline else None
-        self._flush_after = cfg.multiline.flush_timeout.total_seconds() if cfg.multiline else 0.0
+        self._cri = cfg.parser.kind == "cri"
+        # Lines may wait in a pending event: multiline, or the partial records of a CRI log line.
+        self._joins = self._start is not None or self._cri
+        self._flush_after = (
+            cfg.multiline.flush_timeout.total_seconds() if cfg.multiline else _CRI_FLUSH_TIMEOUT if self._cri else 0.0
+        )
         # A zero poll interval would make the worker spin.
         self._poll_every = max(cfg.poll_interval.total_seconds(), 0.005)
         self._rotate_wait = rotate_wait
@@ -559,7 +574,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         ``max_lines`` was reached: the rest is read again next time) and the lines completed."""
         limit = self._limit
         # Single lines (no multiline) are emitted inline: this loop is the hot path.
-        single = self._start is None
+        single = not self._joins
         out = self._out
         name, source, now_ns = self._name, tf.source, self._now_ns
         id_prefix = file_key(tf.state.fingerprint, tf.state.generation) + "-"
@@ -616,6 +631,9 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
 
     def _line(self, tf: _File, raw: bytes, start: int, truncated: bool) -> None:
         """A complete line (or the head of an overlong one), starting at byte ``start``."""
+        if self._cri:
+            self._cri_record(tf, raw, start, truncated)
+            return
         if self._start is None:
             self._emit(tf, raw, start, truncated, 1)
             return
@@ -637,16 +655,56 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         pending.lines.append(raw)
         pending.nbytes += len(raw) + 1
 
+    def _cri_record(self, tf: _File, raw: bytes, start: int, truncated: bool) -> None:
+        """A CRI record, ``<time> <stream> <tags> <content>``. The runtime splits a long line into records
+        tagged ``P`` (partial) and a last one tagged ``F``: their contents are joined, without separator,
+        into one event, written as the first record with the tag ``F``. A record of the other stream between
+        them is an event of its own; a line that is no CRI record is passed on as it is (the parser stores
+        it with ``parse_failure``)."""
+        parts = raw.split(b" ", 3)
+        is_record = len(parts) >= 3 and parts[1] in _CRI_STREAMS
+        partial = is_record and parts[2].split(b":", 1)[0] == b"P"
+        pending = tf.pending
+        if pending is not None:
+            if is_record and parts[1] == pending.stream:
+                pending.nlines += 1
+                if not pending.truncated:
+                    content = parts[3] if len(parts) == 4 else b""
+                    room = self._limit - pending.nbytes
+                    if len(content) > room or truncated:
+                        content = cut_utf8(content, max(room, 0))
+                        pending.truncated = True
+                    pending.lines.append(content)
+                    pending.nbytes += len(content)
+                if not partial:
+                    pending.lines[0] = _cri_full(pending.lines[0])
+                    self._emit_pending(tf)
+                return
+            if partial or not is_record:
+                self._emit_pending(tf)
+        if partial:
+            tf.pending = _Event(start, raw, truncated, parts[1])
+            return
+        self._emit(tf, raw, start, truncated, 1)
+
     def _emit_pending(self, tf: _File) -> None:
         pending = tf.pending
         if pending is None:
             return
         tf.pending = None
+        if self._cri:
+            # A run of partial records is one line: never flagged "multiline"; one that ends without its last
+            # record (the container stopped mid-line, or the flush timeout) keeps the tag P.
+            raw = b"".join(pending.lines)
+            self._emit(tf, raw, pending.start, pending.truncated, 1, _cri_unfinished(raw))
+            return
         raw = pending.lines[0] if len(pending.lines) == 1 else b"\n".join(pending.lines)
         self._emit(tf, raw, pending.start, pending.truncated, pending.nlines)
 
-    def _emit(self, tf: _File, raw: bytes, start: int, truncated: bool, nlines: int) -> None:
+    def _emit(self, tf: _File, raw: bytes, start: int, truncated: bool, nlines: int, partial: bool = False) -> None:
         flags: tuple[str, ...] = ("truncated",) if truncated else ()
+        if partial:
+            flags += ("partial",)
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -693,7 +751,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                 lines -= used_lines
                 nbytes -= used_bytes
         self._more = lines <= 0 or nbytes <= 0
-        if self._start is not None:
+        if self._joins:
             now = time.monotonic()
             for tf in files:
                 if tf.pending is not None and now - tf.quiet_since >= self._flush_after:
@@ -706,7 +764,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             clock.beat(time.monotonic())
             return None
         wake = self._next_poll
-        if self._start is not None:
+        if self._joins:
             for tf in self._files.values():
                 if tf.pending is not None:
                     wake = min(wake, tf.quiet_since + self._flush_after)
@@ -730,6 +788,18 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             with contextlib.suppress(OSError):
                 os.close(tf.fd)
         self._files.clear()
+
+
+def _cri_unfinished(record: bytes) -> bool:
+    """Still tagged ``P``: the run lost its last record."""
+    parts = record.split(b" ", 3)
+    return len(parts) >= 3 and parts[2].split(b":", 1)[0] == b"P"
+
+
+def _cri_full(record: bytes) -> bytes:
+    """The first record of a joined run, with its tag ``P`` made ``F``: the event is a whole line."""
+    time_, stream, _tags, *content = record.split(b" ", 3)
+    return b" ".join((time_, stream, b"F", *content))
 
 
 def _find_inode(directory: str, dev: int, ino: int) -> str | None:

@@ -182,6 +182,13 @@ def test_parsers_multiline_and_log_rates(tmp_path: Path, unique: str, influx_db:
             "\tat com.shop.Api.handle(Api.java:7)",
             f"{T0}02Z INFO recovered",
         ],
+        # Kubernetes (containerd): a line split into partial records, a record of the other stream between.
+        "cri": [
+            f"{T0}03.000000001Z stdout P a line the runtime split, ",
+            f"{T0}03.5Z stderr F warning on stderr",
+            f"{T0}04.123456789Z stdout F joined again",
+            "a line from no runtime",
+        ],
     }
     for name, lines in files.items():
         append(logs / f"{name}.log", lines)
@@ -214,10 +221,15 @@ paths = ["{logs}/java.log"]
 service = "cart"
 multiline = {{ start_pattern = '^\\d{{4}}-\\d\\d-\\d\\d', flush_timeout = "300ms" }}
 parser = {{ kind = "regex", pattern = '^(?P<timestamp>\\S+) (?P<level>[A-Z]+) (?P<message>(?s:.*))$' }}
+[[logs.files]]
+name = "cri"
+paths = ["{logs}/cri.log"]
+service = "k8s-app"
+parser = {{ kind = "cri" }}
 """
     config = write_config(tmp_path, unique, influx_db, inputs)
     pipeline = Pipeline(config)
-    expected_docs = 4 + 3 + 3 + 2 + 3 + 2
+    expected_docs = 4 + 3 + 3 + 2 + 3 + 2 + 3
     docs = wait_for_docs(f"{unique}-logs*", expected_docs)
     # A service's 10 s window closes when its clock passes the end plus the lateness: the newest event time
     # advanced by wall time while the service is quiet, so within ~10 s here.
@@ -275,6 +287,16 @@ parser = {{ kind = "regex", pattern = '^(?P<timestamp>\\S+) (?P<level>[A-Z]+) (?
         "\tat com.shop.Api.handle(Api.java:7)",
     ]
     assert "multiline" in trace["tags"]
+
+    joined = by_message["a line the runtime split, joined again"]
+    assert (joined["@timestamp"], joined["fields"], joined["service"]["name"]) == (
+        "2026-01-01T00:00:03.000Z",
+        {"stream": "stdout"},
+        "k8s-app",
+    )
+    assert "tags" not in joined
+    assert by_message["warning on stderr"]["fields"] == {"stream": "stderr"}
+    assert "parse_failure" in by_message["a line from no runtime"]["tags"]
 
     # Log rates: per service and 10 s window, counts by level and the error rate.
     es_rates = {(r["service"]["name"], r["@timestamp"][:19]): r for r in rates}

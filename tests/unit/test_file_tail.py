@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from collectors.logs.tail import MAX_BATCH_LINES, FileTailPartition, FileTailSource, TailState, doc_id
+from collectors.logs.tail import MAX_BATCH_LINES, FileTailPartition, FileTailSource, TailState, doc_id, file_key
 from fleetwatch.config import FileInputConfig
 from fleetwatch.record import LogLine
 
@@ -299,6 +299,58 @@ def test_restart_while_a_multiline_event_is_pending_reemits_it_whole_with_the_sa
     assert entry.offset == len("2024-05-01 09:59:59 INFO before\n")  # the pending event's start
     assert first[0].doc_id == doc_id(entry.fingerprint, entry.generation, entry.offset)
     assert [e.text for e in again[1:]] == ["2024-05-01 10:00:05 INFO after"]
+    part.close()
+
+
+T_CRI = "2026-01-01T00:00:0{}.123456789Z"
+
+
+def test_cri_partial_records_are_joined_into_one_line_and_other_records_pass(tmp_path: Path) -> None:
+    log = tmp_path / "pod_app-0.log"
+    records = [
+        f"{T_CRI.format(1)} stdout F plain line",
+        f"{T_CRI.format(2)} stdout P first half, ",
+        f"{T_CRI.format(2)} stderr F an error between the parts",
+        f"{T_CRI.format(2)} stdout P second half, ",
+        f"{T_CRI.format(3)} stdout F end",
+        f"{T_CRI.format(4)} stdout F ",
+        "not a CRI record",
+        f"{T_CRI.format(5)} stderr P cut off when the container stopped",
+    ]
+    write(log, text(records))
+    part = build(config([log], parser={"kind": "cri"}))
+    events = drain(part, quiet=1.3)  # the unfinished run waits a second for its last record
+    starts = [0]
+    for record in records:
+        starts.append(starts[-1] + len(record) + 1)
+    key = file_key(part.snapshot().files[0].fingerprint, 0)
+    assert [(e.text, e.flags, e.doc_id) for e in events] == [
+        (records[0], (), f"{key}-{starts[0]:x}"),
+        (records[2], (), f"{key}-{starts[2]:x}"),
+        (f"{T_CRI.format(2)} stdout F first half, second half, end", (), f"{key}-{starts[1]:x}"),
+        (records[5], (), f"{key}-{starts[5]:x}"),
+        (records[6], (), f"{key}-{starts[6]:x}"),
+        (records[7], ("partial",), f"{key}-{starts[7]:x}"),
+    ]
+    part.close()
+
+
+def test_a_restart_inside_a_run_of_cri_partial_records_emits_the_line_whole_once(tmp_path: Path) -> None:
+    log = tmp_path / "pod_app-0.log"
+    cfg = config([log], parser={"kind": "cri"}, max_event_bytes=300)
+    head = f"{T_CRI.format(1)} stdout P "
+    write(log, text([f"{T_CRI.format(0)} stdout F before", head + "a" * 200]))
+    part = build(cfg)
+    assert [e.text for e in batch(part)] == [f"{T_CRI.format(0)} stdout F before"]
+    state = part.snapshot()  # the run is pending: the offset is its start
+    part.close()
+    part = build(cfg, state)
+    write(log, text([head + "b" * 200, f"{T_CRI.format(1)} stdout F tail"]))
+    (event,) = drain(part)
+    # Cut at max_event_bytes, on the joined line.
+    assert event.text == f"{T_CRI.format(1)} stdout F " + "a" * 200 + "b" * (300 - len(head) - 200)
+    assert event.flags == ("truncated",)
+    assert event.doc_id.endswith(f"-{len(T_CRI.format(0)) + len(' stdout F before') + 1:x}")
     part.close()
 
 

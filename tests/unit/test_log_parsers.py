@@ -693,6 +693,31 @@ def test_timestamp_precision() -> None:
     assert parse(parser, '{"timestamp":-1.5}').doc["@timestamp"] == "1969-12-31T23:59:58.500Z"
 
 
+# ------------------------------------------------------------------------------------------- CRI
+
+
+def test_cri_records_give_the_runtimes_time_the_stream_and_the_content() -> None:
+    parser = file_parser("cri")
+    event = parse(parser, '2025-12-31T23:59:00.123456789Z stderr F {"level":"error"} boom')
+    assert event.ts_ns == R - 60 * S + 123_456_000
+    assert event.doc["@timestamp"] == "2025-12-31T23:59:00.123456Z"
+    assert event.doc["message"] == '{"level":"error"} boom'
+    assert event.doc["fields"] == {"stream": "stderr"}
+    # An empty line, a zone offset, a record with several tags.
+    assert parse(parser, "2026-01-01T01:00:00+01:00 stdout F ").doc["message"] == ""
+    assert parse(parser, "2026-01-01T01:00:00+01:00 stdout F ").ts_ns == R
+    assert parse(parser, "2026-01-01T10:00:00Z stdout F:x m").doc["message"] == "m"
+    for bad in ("plain text", "2026-01-01T10:00:00Z stdin F m", ""):
+        assert failed(parse(parser, bad))
+    bad_time = parse(parser, "yesterday stdout F m")
+    assert bad_time.doc["tags"] == ["timestamp_invalid"] and bad_time.doc["fields"]["timestamp"] == "yesterday"
+
+
+def test_cri_does_not_go_with_multiline() -> None:
+    with pytest.raises(ValueError, match="multiline: not available with parser kind 'cri'"):
+        FileInputConfig(name="k8s", paths=[PATH], parser=ParserConfig(kind="cri"), multiline={"start_pattern": "^x"})
+
+
 # ------------------------------------------------------------------------------------------- robustness
 
 
@@ -732,7 +757,7 @@ WEIRD = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["none", "json", "logfmt", "regex", "common", "combined", "syslog"])
+@pytest.mark.parametrize("kind", ["none", "json", "logfmt", "regex", "common", "combined", "syslog", "cri"])
 def test_parse_never_raises(kind: LogParserName) -> None:
     extra = {"pattern": r"^(?P<timestamp>\S+) (?P<level>\S+)"} if kind == "regex" else {}
     parser = file_parser(kind, **extra)
