@@ -75,14 +75,16 @@ _MAX_NS = 253_402_300_799 * _NS
 
 LEVELS = ("trace", "debug", "info", "notice", "warn", "error", "critical", "alert", "emergency")
 
+# Besides the usual names: .NET's console logger abbreviations (trce, dbug, fail, crit), Apache's trace1-8,
+# PostgreSQL's debug1-5, Java's finest/finer/fine/severe, zap's dpanic (a panic in development builds only).
 _ALIASES: dict[str, tuple[str, ...]] = {
-    "trace": ("trace", "trc", "verbose", "v", "finest", "finer"),
-    "debug": ("debug", "dbg", "d", "fine", "debug1", "debug2", "debug3", "debug4", "debug5"),
+    "trace": ("trace", "trc", "trce", "verbose", "v", "finest", "finer", *(f"trace{n}" for n in range(1, 9))),
+    "debug": ("debug", "dbg", "dbug", "d", "fine", "debug1", "debug2", "debug3", "debug4", "debug5"),
     "info": ("info", "inf", "i", "information", "informational", "log"),
     "notice": ("notice", "ntc", "n"),
     "warn": ("warn", "warning", "wrn", "w"),
-    "error": ("error", "err", "eror", "e", "severe"),
-    "critical": ("critical", "crit", "crt", "fatal", "ftl", "f"),
+    "error": ("error", "err", "eror", "e", "severe", "fail"),
+    "critical": ("critical", "crit", "crt", "fatal", "ftl", "f", "dpanic"),
     "alert": ("alert", "alrt", "a"),
     "emergency": ("emergency", "emerg", "panic"),
 }

@@ -557,13 +557,13 @@ def test_malformed_syslog(text: str, reason: str) -> None:
 # ------------------------------------------------------------------------------------------- levels
 
 LEVEL_TABLE = {
-    "trace": ["trace", "TRACE", "trc", "verbose", "V", 10, "10"],
-    "debug": ["debug", "Debug", "dbg", "DBG", "d", 7, "7", 20, "debug3"],
+    "trace": ["trace", "TRACE", "trc", "verbose", "V", 10, "10", "trce", "trace1", "trace8"],
+    "debug": ["debug", "Debug", "dbg", "DBG", "d", 7, "7", 20, "debug3", "dbug"],
     "info": ["info", "INFO", "information", "Informational", "I", 6, "6", 30, 30.0, " info "],
     "notice": ["notice", "NOTICE", 5, "5"],
     "warn": ["warn", "WARN", "warning", "Warning", "W", "wrn", 4, "4", 40],
-    "error": ["error", "ERROR", "err", "ERR", "E", 3, "3", 50, "severe"],
-    "critical": ["critical", "crit", "CRIT", "fatal", "FATAL", "F", 2, 60],
+    "error": ["error", "ERROR", "err", "ERR", "E", 3, "3", 50, "severe", "fail"],
+    "critical": ["critical", "crit", "CRIT", "fatal", "FATAL", "F", 2, 60, "dpanic", "DPANIC"],
     "alert": ["alert", "ALERT", 1],
     "emergency": ["emergency", "emerg", "EMERG", "panic", "PANIC", 0, "0"],
 }
@@ -574,7 +574,7 @@ def test_normalize_level(expected: str, value: object) -> None:
     assert normalize_level(value) == expected
 
 
-@pytest.mark.parametrize("value", ["loud", "", None, True, 8, 35, 4.5, "warnings", [], {"level": "info"}])
+@pytest.mark.parametrize("value", ["loud", "", None, True, 8, 35, 4.5, "warnings", "trace9", [], {"level": "info"}])
 def test_unknown_levels(value: object) -> None:
     assert normalize_level(value) == ""
 
