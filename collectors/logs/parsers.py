@@ -63,6 +63,7 @@ import orjson
 
 from fleetwatch.config import FileInputConfig, SyslogInputConfig
 from fleetwatch.record import LogEvent, LogLine
+from fleetwatch.times import from_iso, wall_time
 
 _NS = 1_000_000_000
 _DAY_NS = 86_400 * _NS
@@ -530,7 +531,7 @@ class LogParser:
             if epoch is not None:
                 return self._epoch_text_ns(text, epoch)
             try:
-                moment = datetime.fromisoformat(text)
+                moment = from_iso(text)
             except ValueError:
                 clf = _CLF_TS.match(text)
                 return None if clf is None else self._clf_ns(clf)
@@ -572,7 +573,7 @@ class LogParser:
         if month is None:
             return None
         try:
-            moment = datetime(int(year), month, int(day), int(hh), int(mm), int(ss), tzinfo=UTC)
+            moment = wall_time(int(year), month, int(day), int(hh), int(mm), int(ss), 0, UTC)
         except ValueError:
             return None
         offset = (int(oh) * 3600 + int(om) * 60) * _NS
@@ -617,7 +618,7 @@ class LogParser:
             first, first + 1, first + 2, first + 3, first + 4, first + 5, first + 6
         )
         try:
-            moment = datetime(
+            moment = wall_time(
                 int(year) if year else default_year,
                 _MONTHS[mon],
                 int(day),
@@ -625,7 +626,7 @@ class LogParser:
                 int(mm),
                 int(ss),
                 int((frac + "00000")[:6]) if frac else 0,
-                tzinfo=self._tz or UTC,
+                self._tz or UTC,
             )
         except ValueError:  # Feb 29 of a year that has none, day 31 of a short month
             return None

@@ -20,6 +20,8 @@ import re
 from datetime import UTC, datetime, tzinfo
 from typing import Any, NamedTuple
 
+from fleetwatch.times import from_iso
+
 
 class PayloadError(Exception):
     def __init__(self, reason: str, detail: str) -> None:
@@ -104,7 +106,7 @@ def timestamp_ns(value: Any, unit: str, zone: tzinfo = UTC) -> int:
             except ValueError:
                 raise PayloadError("bad_timestamp", f"timestamp {value!r} is not a number") from None
         try:
-            moment = datetime.fromisoformat(text)
+            moment = from_iso(text)
         except ValueError:
             try:
                 return timestamp_ns(float(text) if "." in text else int(text), "auto")

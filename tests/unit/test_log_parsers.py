@@ -604,6 +604,12 @@ def test_levels_cover_the_model() -> None:
         ("1767225600.123456789", R + 123_456_789),
         ("1767225600123.5", R + 123_500_000),
         ("01/Jan/2026:01:00:00 +0100", R),
+        # A leap second is the first second of the next minute, as POSIX counts time.
+        ("2025-12-31T23:59:60Z", R),
+        ("2025-12-31T23:59:60.5Z", R + S // 2),
+        ("2026-01-01T00:59:60+01:00", R),
+        ("01/Jan/2026:00:59:60 +0100", R),
+        ("Dec 31 2025 23:59:60", R),
     ],
 )
 def test_timestamp_forms(value: object, expected_ns: int) -> None:
@@ -611,7 +617,8 @@ def test_timestamp_forms(value: object, expected_ns: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["yesterday", "2026-13-01T00:00:00Z", "", True, None, [1], float("nan"), "Feb 30 10:00:00"]
+    "value",
+    ["yesterday", "2026-13-01T00:00:00Z", "", True, None, [1], float("nan"), "Feb 30 10:00:00", "2026-01-01T00:00:61Z"],
 )
 def test_bad_timestamps(value: object) -> None:
     assert file_parser("json").timestamp_ns(value, R) is None

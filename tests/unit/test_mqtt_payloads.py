@@ -96,6 +96,8 @@ def test_zigbee2mqtt_payload() -> None:
         ("2026-01-01T00:00:00Z", "rfc3339", T0),
         ("2026-01-01T01:00:00+01:00", "auto", T0),
         ("1767225600000", "ms", T0),
+        ("2025-12-31T23:59:60Z", "rfc3339", T0),  # a leap second: the first second of the next minute
+        ("2025-12-31T23:59:60.250Z", "auto", T0 + 250_000_000),
     ],
 )
 def test_timestamps(value: object, unit: str, expected: int) -> None:
