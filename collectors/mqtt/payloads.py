@@ -20,6 +20,7 @@ import re
 from datetime import UTC, datetime, tzinfo
 from typing import Any, NamedTuple
 
+from fleetwatch.devices import RESERVED_TAGS
 from fleetwatch.times import from_iso
 
 
@@ -134,7 +135,7 @@ def _flatten(obj: dict[str, Any], prefix: str, skip: frozenset[str], ts: int | N
         if name in skip:
             continue
         kind = type(value)
-        if not name and (kind is float or kind is int or kind is bool or kind is dict):
+        if not name and (kind is float or kind is int or kind is bool):
             # A reading needs a name: without one it would be written with no metric tag at all (line protocol
             # has no empty tag value), beside the device's named metrics.
             raise PayloadError("undecodable", "a JSON field has an empty name")
@@ -225,6 +226,19 @@ def _bare_json_value(doc: Any, metric: str | None) -> Sample:
     return Sample(metric or "value", finite_float(doc, metric or "value"))
 
 
+# --- tags ---------------------------------------------------------------------------------------
+
+def _check_tags(tags: dict[str, str], where: str) -> None:
+    """Tags fleetwatch's series carry of their own (``metric``, the field's name; ``window``, on aggregates)
+    are not a payload's: its tag would be overwritten, or make every aggregate of the series a line InfluxDB
+    refuses ("duplicate tags")."""
+    clash = RESERVED_TAGS.intersection(tags)
+    if clash:
+        raise PayloadError(
+            "undecodable", f"{where}: tag {min(clash)!r} is fleetwatch's own (metric, window); rename it in the sender"
+        )
+
+
 # --- line protocol --------------------------------------------------------------------------------
 
 
@@ -285,6 +299,7 @@ def decode_line_protocol(payload: bytes) -> list[Sample]:
         if head[2]:
             for tag in _LP_TAG.finditer(head[2]):
                 tags[_NAME_ESCAPE.sub(r"\1", tag[1])] = _NAME_ESCAPE.sub(r"\1", tag[2])
+            _check_tags(tags, "line protocol")
         pos = head.end()
         fields: list[tuple[str, str]] = []
         while True:
@@ -346,6 +361,7 @@ def _telegraf_metric(metric: Any, timestamp_unit: str, skip: frozenset[str]) -> 
         raise PayloadError("undecodable", f"Telegraf JSON metric {name!r} without a 'fields' object")
     if type(tags) is not dict or any(type(v) is not str for v in tags.values()):
         raise PayloadError("undecodable", f"Telegraf JSON metric {name!r}: 'tags' must map names to strings")
+    _check_tags(tags, f"Telegraf JSON metric {name!r}")
     raw_ts = metric.get("timestamp")
     ts = None if raw_ts is None else timestamp_ns(raw_ts, timestamp_unit)
     samples = []

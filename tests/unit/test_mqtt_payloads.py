@@ -30,7 +30,7 @@ def test_template_levels_become_tags() -> None:
     assert TopicTemplate.parse("tele/{device}/#").tags("tele/plug/SENSOR/extra") == {"device": "plug"}
 
 
-@pytest.mark.parametrize("bad", ["a/{x}/{x}", "a/#/b", "a/{x/b", "a/x+/b"])
+@pytest.mark.parametrize("bad", ["a/{x}/{x}", "a/#/b", "a/{x/b", "a/x+/b", "a/{window}/{metric}"])
 def test_bad_templates_are_refused(bad: str) -> None:
     with pytest.raises(ValueError):
         TopicTemplate.parse(bad)
@@ -297,6 +297,8 @@ def test_line_protocol_reads_names_by_the_published_escaping_rules(
         ("m v=18446744073709551616u", "undecodable"),  # beyond uint64
         ('m v="unterminated', "undecodable"),
         ("m v=1 1_000", "bad_timestamp"),
+        ("m,metric=cpu v=1", "undecodable"),  # fleetwatch's own tags: overwritten, or refused by InfluxDB
+        ("m,host=a,window=5m v=1", "undecodable"),
         ("m v=1 \u0661\u0662", "bad_timestamp"),  # Arabic-Indic digits, which int() takes
         ("m v=1 9223372036854775808", "bad_timestamp"),
     ],
@@ -324,8 +326,8 @@ def test_a_series_key_with_backslashes_reads_back_and_a_hash_name_is_refused() -
     key = series_key("readings\\", {"metric": "temp\\", "site": "s1", "path": "\\\\", "dir\\": "C:\\x"})
     assert key == "readings,dir=C:\\x,metric=temp,site=s1"
     assert parse_series(key) == ("readings", {"dir": "C:\\x", "metric": "temp", "site": "s1"})
-    [sample] = decode_line_protocol(f"{key} value=1".encode())
-    assert sample.tags == {"dir": "C:\\x", "metric": "temp", "site": "s1"}
+    [sample] = decode_line_protocol(f"{key.replace('metric=', 'sensor=')} value=1".encode())
+    assert sample.tags == {"dir": "C:\\x", "sensor": "temp", "site": "s1"}
     with pytest.raises(PayloadError) as err:
         decode_telegraf_json(b'{"name": "#cpu", "fields": {"v": 1}}', "auto")
     assert err.value.reason == "undecodable"
@@ -525,3 +527,8 @@ def test_the_parser_fast_paths_refuse_what_the_decoders_refuse() -> None:
     )
     assert [r.value for r in parsed.readings] == [7.0]
     assert [d.reason for d in parsed.dead_letters] == ["not_a_number", "undecodable", "undecodable"]
+
+
+def test_telegraf_json_tags_named_like_fleetwatchs_own_are_refused() -> None:
+    with pytest.raises(PayloadError, match="tag 'window' is fleetwatch's own"):
+        decode_telegraf_json(b'{"name": "m", "tags": {"window": "5m"}, "fields": {"v": 1}}', "auto")

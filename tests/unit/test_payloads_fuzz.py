@@ -126,6 +126,8 @@ def test_a_json_object_gives_the_readings_of_its_flattened_numbers(doc: dict[str
     except PayloadError as err:
         if err.reason == "no_numeric_fields":
             assert expected == []
+        elif err.reason == "undecodable":
+            assert "" in (name for name, _ in expected)  # a reading needs a name
         else:
             # Only an integer beyond a float's range is refused among valid JSON numbers.
             assert err.reason == "non_finite"
@@ -197,7 +199,8 @@ def field_values(draw: st.DrawFn) -> tuple[str, float | None]:
 def points(draw: st.DrawFn) -> tuple[str, list[tuple[str, float, int | None, str, dict[str, str]]]]:
     """One line and the (metric, value, ts, measurement, tags) of each numeric field in it."""
     measurement = draw(LP_NAMES.filter(lambda m: not m.startswith("#") and m.strip() == m))
-    tags = draw(st.dictionaries(LP_NAMES, LP_NAMES, max_size=3))
+    # (fleetwatch's own tags, metric and window, are refused: tests/unit/test_mqtt_payloads.py)
+    tags = draw(st.dictionaries(LP_NAMES.filter(lambda k: k not in ("metric", "window")), LP_NAMES, max_size=3))
     fields = draw(st.dictionaries(LP_NAMES, field_values(), min_size=1, max_size=4))
     ts = draw(st.none() | st.integers(-(2**63), 2**63 - 1))
     head = escape(measurement, ", ") + "".join(f",{escape(k, ',= ')}={escape(v, ',= ')}" for k, v in tags.items())
