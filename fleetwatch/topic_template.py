@@ -53,7 +53,9 @@ class TopicTemplate:
                     raise ValueError(f"tag {{{name}}} appears twice in template {template!r}")
                 if name == "window":
                     # Aggregates carry a window tag of their own (10s, 1m): InfluxDB refuses a second one.
-                    raise ValueError(f"tag {{window}} in template {template!r} is fleetwatch's own tag; name it otherwise")
+                    raise ValueError(
+                        f"tag {{window}} in template {template!r} is fleetwatch's own tag; name it otherwise"
+                    )
                 seen.add(name)
                 levels.append(("tag", name))
             elif "{" in text or "}" in text or "+" in text:
