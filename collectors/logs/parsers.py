@@ -174,6 +174,10 @@ _RFC5424 = re.compile(
 _SD_ELEMENT = re.compile(r'\[([^\s\]"=]+)((?:[^\]"]|"(?:[^"\\]|\\.)*")*)\]', re.DOTALL)
 _SD_PARAM = re.compile(r'([^\s="\]]+)="((?:[^"\\]|\\.)*)"', re.DOTALL)
 _SD_UNESCAPE = re.compile(r"\\([\"\\\]])")
+# RFC 5424 names are at most 32 characters; longer ones are cut here. Elasticsearch indexes a flattened field as
+# "<names>\0<value>" terms, and refuses a document whose term passes 32,766 bytes (the values are bounded by
+# the mapping's ignore_above).
+_SD_NAME_MAX = 255
 # RFC 3164 as real senders write it: optional <PRI>; "Mmm dd hh:mm:ss" (day space-padded, optional year
 # and fraction) or an RFC 3339 stamp (rsyslog's file format); optional HOSTNAME; TAG[PID]: MSG.
 _BSD_TS = (
@@ -847,7 +851,9 @@ class LogParser:
         if app:
             process["name"] = app
         if procid:
-            if procid.isdigit():
+            # process.pid is a long: a PROCID that is no such number (RFC 5424 allows any 128 printable
+            # characters; str.isdigit also takes "²") is kept as it is written.
+            if procid.isascii() and procid.isdigit() and int(procid) < 2**63:
                 process["pid"] = int(procid)
             else:
                 fields["procid"] = procid
@@ -884,8 +890,9 @@ def _structured_data(sd: str) -> dict[str, dict[str, Any]]:
     """RFC 5424 STRUCTURED-DATA: ``{sd_id: {param: value}}``, a repeated param as a list."""
     out: dict[str, dict[str, Any]] = {}
     for sd_id, params in _SD_ELEMENT.findall(sd):
-        element = out.setdefault(sd_id, {})
+        element = out.setdefault(sd_id[:_SD_NAME_MAX], {})
         for name, value in _SD_PARAM.findall(params):
+            name = name[:_SD_NAME_MAX]
             if "\\" in value:
                 value = _SD_UNESCAPE.sub(r"\1", value)
             if name in element:

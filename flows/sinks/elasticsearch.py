@@ -184,8 +184,9 @@ def template_mappings(kind: str) -> dict[str, Any]:
                                 # RFC 5424 structured data, whose names any syslog sender chooses: one field for
                                 # all of it (ECS maps it so), not a mapped field per parameter (a few datagrams
                                 # filled the index's 1,000 fields, and every document with a new field was
-                                # refused for the rest of the day).
-                                "structured_data": {"type": "flattened"},
+                                # refused for the rest of the day). A value past ignore_above is kept in the
+                                # document but not indexed: Elasticsearch refuses a term above 32,766 bytes.
+                                "structured_data": {"type": "flattened", "ignore_above": 1024},
                             }
                         },
                     }

@@ -464,7 +464,8 @@ class InfluxWriterThread(BatchWriterThread[str]):
         kept = []
         for line in lines:
             ts = line[line.rfind(" ") + 1 :]
-            if ts.isdigit() and int(ts) < cutoff:
+            # (a time before 1970 is negative: a log line stamped 1969 gives such a log rate)
+            if ts.lstrip("-").isdigit() and int(ts) < cutoff:
                 continue
             kept.append(line)
         dropped = len(lines) - len(kept)

@@ -384,7 +384,9 @@ def test_date_like_values_and_many_structured_data_names_do_not_make_the_logs_in
 ) -> None:
     """A far-future timestamp is kept as text in fields.timestamp: it must not map that field as a date, or the
     next line whose timestamp is not a date at all is refused. Syslog senders name their structured data
-    freely: 1,200 parameter names (past the index's 1,000 fields) must not make the index refuse lines."""
+    freely: 1,200 parameter names (past the index's 1,000 fields) must not make the index refuse lines, nor
+    must a value or a name of 40,000 characters (past the longest term Elasticsearch indexes), nor a PROCID
+    beyond a long."""
     logs = tmp_path / "logs"
     logs.mkdir()
     udp_port = _free_port(socket.SOCK_DGRAM)
@@ -397,7 +399,7 @@ parser = {{ kind = "json" }}
 name = "syslog-udp"
 protocol = "udp"
 listen = "127.0.0.1:{udp_port}"
-max_event_bytes = 4096
+max_event_bytes = 65536
 """
     pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs))
     append(logs / "app.log", [json.dumps({"timestamp": "2999-01-01T00:00:00Z", "message": "from the future"})])
@@ -408,7 +410,13 @@ max_event_bytes = 4096
             params = " ".join(f'p{d}_{i}="{i}"' for i in range(100))
             line = f"<14>1 2026-01-01T00:00:0{d % 10}Z h app - - [flood@1 {params}] line {d}"
             udp.sendto(line.encode(), ("127.0.0.1", udp_port))
-    docs = wait_for_docs(f"{unique}-logs*", 14, timeout=30)
+        for line in (
+            f'<14>1 2026-01-01T00:00:00Z h app - - [big@1 p="{"v" * 40_000}"] long value',
+            f'<14>1 2026-01-01T00:00:00Z h app - - [big@1 {"k" * 40_000}="v"] long name',
+            "<14>1 2026-01-01T00:00:00Z h app 9223372036854775808 - - huge procid",
+        ):
+            udp.sendto(line.encode(), ("127.0.0.1", udp_port))
+    docs = wait_for_docs(f"{unique}-logs*", 17, timeout=30)
     dead = es_docs(f"{unique}-dead-letters*")
     pipeline.stop()
     assert dead == []
@@ -416,6 +424,10 @@ max_event_bytes = 4096
     assert tags["from the future"] == ["timestamp_future"] and tags["not a date"] == ["timestamp_invalid"]
     flood = [d for d in docs if d["message"].startswith("line ")]
     assert len(flood) == 12 and all(len(d["log"]["syslog"]["structured_data"]["flood@1"]) == 100 for d in flood)
+    by_message = {d["message"]: d for d in docs}
+    assert by_message["long value"]["log"]["syslog"]["structured_data"] == {"big@1": {"p": "v" * 40_000}}
+    assert by_message["long name"]["log"]["syslog"]["structured_data"] == {"big@1": {"k" * 255: "v"}}
+    assert by_message["huge procid"]["fields"] == {"procid": "9223372036854775808"}
 
 
 def test_mapping_conflict_ends_in_the_dead_letter_index(

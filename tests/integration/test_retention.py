@@ -72,6 +72,8 @@ def test_v1_tiers_are_retention_policies_and_each_line_lands_in_its_own(unique: 
         f"readings,device=d1,metric=t value=3.0 {now - 8 * DAY}",
         f"readings_agg,device=d1,metric=t,window=10s count=3i,mean=1.0 {now - 40 * DAY}",
         f"readings_agg,device=d1,metric=t,window=1m count=9i,mean=1.0 {now - 40 * DAY}",
+        # Before 1970: a negative time.
+        "log_rates,service=old,window=1m count=1i -60000000000",
     ]
     rejected: list[object] = []
     try:
@@ -97,10 +99,10 @@ def test_v1_tiers_are_retention_policies_and_each_line_lands_in_its_own(unique: 
         assert _count(db, '"log_rates"."log_rates"') == 1
         assert _count(db, '"alerts"."alerts"') == 1
         assert _count(db, '"health"."fleetwatch_health"') == 1
-        # Nothing in the database's default policy, nothing refused: the two expired points were counted.
+        # Nothing in the database's default policy, nothing refused: the three expired points were counted.
         assert influx_rows(db, "SHOW MEASUREMENTS") and _count(db, '"autogen"."readings_agg"') == 0
-        assert writer.beyond_retention == 2 and rejected == []
-        assert writer.written == len(lines) - 2
+        assert writer.beyond_retention == 3 and rejected == []
+        assert writer.written == len(lines) - 3
 
         # A second start with other durations changes the policies in place, and keeps their data.
         cfg2 = InfluxDBConfig(url=INFLUX_URL, database=db, username=INFLUX_USER, password_file=INFLUX_PASSWORD_FILE)

@@ -443,6 +443,13 @@ def test_rfc5424_structured_data_and_procid() -> None:
     assert "msgid" not in event.doc["log"]["syslog"]  # type: ignore[index]
 
 
+@pytest.mark.parametrize("procid", ["9223372036854775808", "123456789012345678901234567890", "\u00b2", "\u0661"])
+def test_a_procid_that_is_no_long_is_kept_as_written(procid: str) -> None:
+    event = parse(syslog_parser(), f"<14>1 2026-01-01T00:00:00Z host app {procid} - - hi")
+    assert event.doc["process"] == {"name": "app"} and event.doc["fields"] == {"procid": procid}
+    assert event.doc["host"] == {"name": "host"} and event.doc["message"] == "hi"
+
+
 def test_rfc5424_all_nil() -> None:
     event = parse(syslog_parser(service="edge"), "<14>1 - - - - - -", source="syslog:udp:10.0.0.9")
     assert event.doc == {
