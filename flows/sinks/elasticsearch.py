@@ -54,7 +54,7 @@ from fleetwatch.record import AlertTransition, DeadLetter, LogEvent, LogRate
 from flows import health
 from flows.alerts.notify import alert_doc, alert_mappings, rfc3339
 from flows.recovery_progress import AfterCommit
-from flows.sinks.es_retention import lifecycle_body
+from flows.sinks.es_retention import expired_index, lifecycle_body
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch, retry_forever
 
 log = logging.getLogger(__name__)
@@ -251,6 +251,10 @@ _DAY_NS = 86_400 * 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _ns(delta: timedelta) -> int:
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
 @functools.lru_cache(maxsize=1024)
 def _utc_day(day: int) -> str:
     """Day ``day`` since the epoch as ``YYYY.MM.DD``: formatted once per day, not once per document."""
@@ -268,10 +272,21 @@ class IndexLayout:
     retention: Mapping[str, timedelta] | None = None
 
     def target(self, kind: str, ts_ns: int) -> str:
-        """The data stream, or the daily index of the record's own time."""
+        """The data stream, or the daily index of the record's own time; for a record of a day the kind no
+        longer keeps, the kind's ``expired`` index.
+
+        Each daily index is a shard. A sender's timestamps pick the day, and the retention job would delete
+        the index of a day past retention at its next run: without the ``expired`` index, one syslog datagram
+        per past date opens an index per date, until the node's shard limit refuses every new index, today's
+        included. The record keeps its ``@timestamp``; the retention job deletes the ``expired`` index at each
+        run (``flows.sinks.es_retention``)."""
         if self.data_streams:
             return f"{self.prefix}-{kind}"
-        return f"{self.prefix}-{kind}-{_utc_day(ts_ns // _DAY_NS)}"
+        day = ts_ns // _DAY_NS
+        keep = self.retention.get(kind) if self.retention else None
+        if keep is not None and day < (time.time_ns() - _ns(keep)) // _DAY_NS:
+            return expired_index(self.prefix, kind)
+        return f"{self.prefix}-{kind}-{_utc_day(day)}"
 
     def pattern(self, kind: str) -> str:
         """What dashboards and searches query: every index or the stream of a kind."""

@@ -12,7 +12,9 @@
 
 A daily index holds the records of its day by their own time (a replay lands in the day it happened), so its
 age is its name's date, never its creation date: an index for 2026-11-01 goes once 2026-11-02 00:00 UTC is
-older than the retention. Only names that are exactly a kind's daily name are touched.
+older than the retention. Records of days already past the retention (old log files, a sender's clock, a
+hostile sender) are written to one index per kind, ``<prefix>-<kind>-expired``, not to an index per day: it is
+deleted at every run. Only names that are exactly a kind's daily or expired name are touched.
 
 Failures: a server that is down or busy (connection errors, 429, 5xx) is tried again at the next interval,
 with a warning. A server that refuses (403: the user may not delete indices) stops the process with what
@@ -53,21 +55,31 @@ def lifecycle_body(retention: timedelta) -> dict[str, str]:
     return {"data_retention": duration_label(retention)}
 
 
+def expired_index(prefix: str, kind: str) -> str:
+    """Where the records of days a kind no longer keeps are written (daily indices only)."""
+    return f"{prefix}-{kind}-expired"
+
+
 def expired_daily_indices(
     names: Iterable[str], prefix: str, retention: Mapping[str, timedelta], now: datetime
 ) -> list[str]:
-    """The daily indices among ``names`` whose whole day is older than their kind's retention.
+    """The daily indices among ``names`` whose whole day is older than their kind's retention, and the kinds'
+    expired indices.
 
     >>> from datetime import datetime, timedelta, UTC
     >>> now = datetime(2026, 12, 2, 10, tzinfo=UTC)
     >>> expired_daily_indices(
-    ...     ["fw-logs-2026.11.01", "fw-logs-2026.11.02", "fw-logs-2026.11.01-x", "fw-alerts-2026.11.01"],
+    ...     ["fw-logs-2026.11.01", "fw-logs-2026.11.02", "fw-logs-2026.11.01-x", "fw-alerts-2026.11.01",
+    ...      "fw-logs-expired"],
     ...     "fw", {"logs": timedelta(days=30), "alerts": timedelta(days=400)}, now)
-    ['fw-logs-2026.11.01']
+    ['fw-logs-2026.11.01', 'fw-logs-expired']
     """
     patterns = {kind: re.compile(re.escape(f"{prefix}-{kind}-") + r"(\d{4})\.(\d{2})\.(\d{2})") for kind in retention}
     expired = []
     for name in names:
+        if name in (expired_index(prefix, kind) for kind in retention):
+            expired.append(name)
+            continue
         for kind, pattern in patterns.items():
             match = pattern.fullmatch(name)
             if match is None:

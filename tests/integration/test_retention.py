@@ -168,9 +168,13 @@ def _dated_indices(prefix: str) -> dict[str, bool]:
         f"{prefix}-log-rates-{_day(45)}": False,
         f"{prefix}-alerts-{_day(401)}": True,
         f"{prefix}-alerts-{_day(45)}": False,
+        # Where records of days past retention went: deleted at every run.
+        f"{prefix}-logs-expired": True,
+        f"{prefix}-alerts-expired": True,
         # Not a name fleetwatch gives a daily index: never touched.
         f"{prefix}-logs-{_day(45)}-restored": False,
         f"{prefix}-other-{_day(45)}": False,
+        f"{prefix}-other-expired": False,
     }
     for name in expected:
         _es("PUT", f"/{name}", {"settings": {"number_of_replicas": 0}})
@@ -248,6 +252,19 @@ path = "{tmp_path / "dead.jsonl"}"
         left = _indices(es_index)
         assert not expired & left, left
         assert {name for name, gone in expected.items() if not gone} <= left
+        # Lines of 40 days long past the logs' retention (a sender's clock, an old file): one index for all of
+        # them (until the job's next run), not one each. Today's line goes to today's index.
+        with log_file.open("a") as f:
+            for year in range(1960, 2000):
+                f.write(json.dumps({"timestamp": f"{year}-03-04T00:00:00Z", "message": f"old {year}"}) + "\n")
+        stamps = []
+        while time.monotonic() < deadline + 30 and len(stamps) < 40:
+            time.sleep(0.2)
+            _es("POST", f"/{es_index}-logs-expired/_refresh?ignore_unavailable=true")
+            hits = _es("GET", f"/{es_index}-logs-expired/_search?size=100&ignore_unavailable=true")
+            stamps = sorted(h["_source"]["@timestamp"] for h in hits.get("hits", {}).get("hits", []))
+        assert stamps == [f"{year}-03-04T00:00:00.000Z" for year in range(1960, 2000)]
+        assert _indices(es_index) - left == {f"{es_index}-logs-expired"}
     finally:
         pipeline.stop()
     log = pipeline.log_text()

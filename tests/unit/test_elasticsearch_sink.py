@@ -4,6 +4,7 @@ are tested against the real server in tests/integration."""
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,6 +37,23 @@ def test_daily_indices_follow_the_record_time_and_data_streams_have_one_name() -
     streams = IndexLayout("fw", data_streams=True, replicas=0)
     assert streams.target(LOGS, T0) == "fw-logs"
     assert "data_stream" in streams.template(LOGS) and "data_stream" not in daily.template(LOGS)
+
+
+def test_records_of_days_past_retention_share_one_index_per_kind() -> None:
+    """A sender's timestamps pick the day: days the retention job would delete at once go to one index, not
+    an index (a shard) each."""
+    day = 86_400 * S
+    kept = IndexLayout("fw", data_streams=False, replicas=0, retention={LOGS: timedelta(days=30)})
+    today = time.time_ns() // day * day
+    assert kept.target(LOGS, today) == f"fw-logs-{datetime.fromtimestamp(today // S, UTC):%Y.%m.%d}"
+    assert kept.target(LOGS, today - 29 * day).startswith("fw-logs-2")
+    for old in (today - 31 * day, T0 - 3650 * day, -60 * S, -(2**62)):
+        assert kept.target(LOGS, old) == "fw-logs-expired"
+    # A kind without retention, or retention off: the day's index, whatever the day.
+    assert kept.target("alerts", T0 - 3650 * day) == "fw-alerts-2016.01.04"
+    assert IndexLayout("fw", False, 0).target(LOGS, T0 - 3650 * day) == "fw-logs-2016.01.04"
+    # Data streams have no index per day.
+    assert IndexLayout("fw", True, 0, {LOGS: timedelta(days=30)}).target(LOGS, -60 * S) == "fw-logs"
 
 
 def test_templates_map_text_keyword_and_date_deliberately() -> None:
