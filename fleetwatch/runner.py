@@ -17,6 +17,7 @@ from types import FrameType
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
+from collectors.syslog.source import listen_problems
 from fleetwatch.config import Config
 from fleetwatch.retention import plan_or_none
 from flows import clock, health, lifecycle
@@ -183,6 +184,11 @@ def run_pipeline(
     snapshot keeps."""
     processes = len(addresses) if addresses else 1
     total_workers = workers * processes
+    problems = listen_problems(cfg.logs.syslog)
+    if problems:
+        for problem in problems:
+            log.error("fleetwatch: %s", problem)
+        return 1
     recovery = prepare_recovery(cfg, max(1, total_workers), process_id)
     flow = build_flow(
         cfg, FlowOptions(total_workers=total_workers, recovery=recovery is not None, process_id=process_id)

@@ -201,6 +201,54 @@ def _peer_ip(address: tuple[str, int] | tuple[str, int, int, int]) -> str:
     return ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
 
 
+def open_listener(cfg: SyslogInputConfig) -> tuple[socket.socket, bool]:
+    """The input's bound, non-blocking socket (TCP: listening), and whether the kernel reports the UDP
+    datagrams it drops. Raises OSError (address in use, no permission, no such address)."""
+    udp = cfg.protocol == "udp"
+    host, port = parse_listen(cfg.listen)
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+    family, _, proto, _, sockaddr = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    count_drops = False
+    try:
+        if udp:
+            with contextlib.suppress(OSError):  # a smaller buffer still works
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.receive_buffer_bytes)
+            if _SO_RXQ_OVFL is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
+                    count_drops = True
+        else:
+            # A restart must not wait for the old connections' TIME_WAIT. (Not for UDP: on Linux it
+            # would let two receivers share the port and split the stream silently.)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        if not udp:
+            sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock, count_drops
+
+
+def listen_problems(inputs: list[SyslogInputConfig]) -> list[str]:
+    """What keeps an input from listening, one line each, found before the dataflow starts: a socket that
+    cannot be bound inside Bytewax's worker stops it with a panic and a traceback that names neither the
+    input nor its address."""
+    problems = []
+    for cfg in inputs:
+        try:
+            sock, _ = open_listener(cfg)
+        except OSError as exc:
+            problems.append(
+                f"logs.syslog {cfg.name!r}: cannot listen on {cfg.protocol} {cfg.listen}: {exc.strerror or exc}"
+            )
+        else:
+            sock.close()
+    return problems
+
+
 class SyslogSource(FixedPartitionedSource[list[LogLine], None]):
     """One partition per syslog input (key: the input name); each binds its socket when built."""
 
@@ -233,37 +281,13 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         # The kernel's count of dropped datagrams at the last one read (a uint32 that wraps).
         self._kernel_drops = 0
         self._count_drops = False
-        host, port = parse_listen(cfg.listen)
-        kind = socket.SOCK_DGRAM if self._udp else socket.SOCK_STREAM
-        family, _, proto, _, sockaddr = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            if self._udp:
-                with contextlib.suppress(OSError):  # a smaller buffer still works
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, cfg.receive_buffer_bytes)
-                if _SO_RXQ_OVFL is not None:
-                    try:
-                        sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)
-                        self._count_drops = True
-                    except OSError:
-                        pass
-                if not self._count_drops:
-                    log.warning(
-                        "syslog %s: this system cannot report UDP datagrams dropped on a full receive buffer; "
-                        "syslog_udp_dropped stays 0",
-                        cfg.name,
-                    )
-            else:
-                # A restart must not wait for the old connections' TIME_WAIT. (Not for UDP: on Linux it
-                # would let two receivers share the port and split the stream silently.)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind(sockaddr)
-            if not self._udp:
-                sock.listen(128)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
+        sock, self._count_drops = open_listener(cfg)
+        if self._udp and not self._count_drops:
+            log.warning(
+                "syslog %s: this system cannot report UDP datagrams dropped on a full receive buffer; "
+                "syslog_udp_dropped stays 0",
+                cfg.name,
+            )
         self._sock = sock
         bound = sock.getsockname()
         self.address: tuple[str, int] = (bound[0], bound[1])

@@ -747,3 +747,31 @@ parser = {{ kind = "json" }}
     assert proc.returncode != 0, output
     assert f"refused index template '{unique}-logs'" in output, output
     assert "HTTP 400 illegal_argument_exception" in output and f"{unique}-other" in output, output
+
+
+@pytest.mark.parametrize("protocol", ["udp", "tcp"])
+def test_a_syslog_port_in_use_stops_the_start_with_one_line_naming_the_input(
+    tmp_path: Path, unique: str, influx_db: str, protocol: str
+) -> None:
+    kind = socket.SOCK_DGRAM if protocol == "udp" else socket.SOCK_STREAM
+    with socket.socket(socket.AF_INET, kind) as taken:
+        taken.bind(("127.0.0.1", 0))
+        if protocol == "tcp":
+            taken.listen(1)
+        port = taken.getsockname()[1]
+        inputs = f"""
+[[logs.syslog]]
+name = "edge-{protocol}"
+protocol = "{protocol}"
+listen = "127.0.0.1:{port}"
+"""
+        config = write_config(tmp_path, unique, influx_db, inputs)
+        done = subprocess.run(
+            [str(FLEETWATCH), "run", "--config", str(config)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert f"logs.syslog 'edge-{protocol}': cannot listen on {protocol} 127.0.0.1:{port}: Address already in use" in (
+        " ".join(output.split())
+    ), output
+    assert "Traceback" not in output and "panicked" not in output, output
