@@ -263,6 +263,10 @@ def _readings(
     # only refer to it (flows.window_log): what an epoch writes follows the readings, not the series held.
     log_dir = cfg.recovery.dir if options.recovery else None
 
+    # Each shard holds its share of the series limit.
+    max_series = cfg.windows.max_series
+    shard_max_series = -(-max_series // sharder.shards)
+
     def build_windows(resume: WindowSnapshot | bytes | None) -> WindowLogic:
         return WindowLogic(
             specs,
@@ -272,10 +276,29 @@ def _readings(
             clock=options.window_clock,
             recovery_dir=log_dir,
             step_id=WINDOWS_STEP_ID,
+            max_series=shard_max_series,
         )
 
     windowed = op.stateful_batch("windows", keyed, build_windows)
     watched.readings, watched.windows = watched_readings, windowed
+
+    def refused_series(item: tuple[str, WindowResult]) -> list[DeadLetter] | None:
+        refused = item[1].refused
+        if not refused:
+            return None
+        health.counters().add_dead(["series_limit"] * len(refused))
+        detail = (
+            f"windows.max_series ({max_series}) reached: a reading of a new series is refused until series are "
+            "forgotten (an hour without readings)"
+        )
+        # The reading as the raw line it would have been (the payload is not kept past parsing), stamped with
+        # its event time, so that a replay gives the same dead letter.
+        return [
+            DeadLetter("series_limit", f"series:{r.series}", schema.raw_line(r).encode(), r.ts_ns, detail)
+            for r in refused
+        ]
+
+    dead = op.merge("dead_letters_and_refused", dead, op.filter_map("series_limit", windowed, refused_series))
 
     def to_lines(result: WindowResult) -> list[str] | None:
         stats = health.counters()

@@ -24,9 +24,11 @@ sorting, ties broken by value), so any arrival order (1 worker or many) gives bi
 from __future__ import annotations
 
 import heapq
+import logging
 import math
 import pickle
 import struct
+import sys
 import time
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -41,6 +43,8 @@ from fleetwatch.record import Reading
 from flows import clock as pipeline_clock
 from flows import health, lifecycle
 from flows.window_log import LOG_FORMAT, LogMarker, WindowLog
+
+log = logging.getLogger(__name__)
 
 _NO_TIME = -(2**63)
 _NO_END = 2**63 - 1
@@ -122,6 +126,8 @@ class WindowResult(NamedTuple):
     late: list[Reading]
     # Late readings per window label.
     late_counts: dict[str, int]
+    # Readings of new series the shard had no room for (``max_series``): dead letters.
+    refused: Sequence[Reading] = ()
 
 
 def quantile(ordered: Sequence[float], q: float) -> float:
@@ -401,10 +407,14 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         clock: object = None,
         recovery_dir: Path | None = None,
         step_id: str = "fleetwatch.windows",
+        max_series: int = 0,
     ) -> None:
         """``recovery_dir``: Bytewax's recovery directory, where the window state log goes (snapshots are then
         log markers, see ``flows.window_log``); None keeps whole snapshots (recovery off, tests)."""
         self.specs = tuple(specs)
+        # The most series this shard holds (0: no limit); a reading of another series is refused.
+        self.max_series = max_series or sys.maxsize
+        self._refused_logged = 0.0
         self.lateness_ns = _ns(allowed_lateness)
         self.quantiles = tuple(quantiles)
         # Tests drive windows with a clock they move by hand: any callable returning wall-time ns.
@@ -509,7 +519,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             kind = op[0]
             if kind == _OP_READINGS:
                 _, now, measurements, keys, values, stamps = op
-                self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule)
+                self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule, [])
             elif kind in (_OP_CLOSES, _OP_QUIET_CLOSES):
                 # (a wall-time close also carries its series' clock to the moment of the close)
                 quiet_at = op[1] if kind == _OP_QUIET_CLOSES else None
@@ -605,18 +615,33 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         late: list[Reading] = []
         late_counts: dict[str, int] = {}
         closing: list[str] = []
+        refused: list[Reading] = []
         for readings in values:
-            self._add(readings, now, late, late_counts, closing, self._schedule)
+            self._add(readings, now, late, late_counts, closing, self._schedule, refused)
         if self._ops is not None:
+            # (a replay refuses the same readings: the same series are held when it reaches them)
             self._ops.append((_OP_READINGS, now, values))
         aggregates: list[Aggregate] = []
         series_map = self.state.series
         for key in closing:
             self._close_due(key, series_map[key], now, aggregates)
         self._pop_deadlines(now, aggregates)
-        if aggregates or late:
-            return [WindowResult(aggregates, late, late_counts)], StatefulBatchLogic.RETAIN
+        if refused:
+            self._report_refused(len(refused))
+        if aggregates or late or refused:
+            return [WindowResult(aggregates, late, late_counts, refused)], StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
+
+    def _report_refused(self, count: int) -> None:
+        mono = time.monotonic()
+        if mono - self._refused_logged >= 60:
+            self._refused_logged = mono
+            log.warning(
+                "windows: a shard holds %d series, its share of windows.max_series: %d reading(s) of new series "
+                "went to the dead letters (series_limit); series without readings for an hour are forgotten",
+                len(self.state.series),
+                count,
+            )
 
     def _add(
         self,
@@ -626,10 +651,12 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         late_counts: dict[str, int],
         closing: list[str],
         schedule: Callable[[int, str, int, int], None],
+        refused: list[Reading],
     ) -> None:
         """Add readings that arrived at ``now`` to their series' open windows (the state change a replay of the
         window state log repeats, with the same clock). ``closing`` gets the series whose newer event time
-        brought their watermark to a window's end (a series may be there more than once)."""
+        brought their watermark to a window's end (a series may be there more than once); ``refused`` the
+        readings of new series past ``max_series``."""
         series_map = self.state.series
         lateness = self.lateness_ns
         spec_count = len(self.specs)
@@ -637,14 +664,18 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # Without the log, the series changed since the last snapshot are encoded again; with it, the log's
         # frames say what changed, and a set of the series a batch touched would be work for nothing.
         dirty = self._dirty if self._ops is None else None
+        max_series = self.max_series
         for reading in readings:
             key = reading.series
-            if dirty is not None:
-                dirty.add(key)
             ts = reading.ts_ns
             series = series_map.get(key)
             if series is None:
+                if len(series_map) >= max_series:
+                    refused.append(reading)
+                    continue
                 series = series_map[key] = _Series(reading.measurement)
+            if dirty is not None:
+                dirty.add(key)
             if ts > series.max_ts:
                 series.max_ts = ts
                 series.sys_at_max = now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -646,3 +647,48 @@ def test_health_is_written_while_no_data_flows(tmp_path: Path, unique: str, infl
     pipeline.stop()
     rows = influx_rows(influx_db, 'SELECT count("messages_in") FROM "fleetwatch_health"')
     assert rows and rows[0]["count"] >= 2
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_past_max_series_readings_of_new_series_are_dead_letters_and_the_others_go_on(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str, workers: int
+) -> None:
+    """A topic per message (a cardinality bomb) must not grow the window state without bound: past
+    windows.max_series the readings of new series are dead letters with their reason; the series held keep
+    their exact aggregates. With 2 workers each of the 16 shards holds its share (rounded up)."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    limit = 3 if workers == 1 else 16
+    config.write_text(config.read_text().replace('max_age = "0s"', f'max_age = "0s"\nmax_series = {limit}'))
+    pipeline = Pipeline(config, workers)
+    pub = Publisher()
+    devices = [f"d{i}" for i in range(1 if workers == 1 else 16, 6 if workers == 1 else 200)]
+    for at in range(4):
+        for device in devices:
+            pub.send(*reading(unique, device, at, float(at)))
+    pub.flush()
+    pipeline.wait_for("messages_in", 4 * len(devices))
+    time.sleep(1.5)
+    for device in devices:
+        pub.send(*reading(unique, device, 200.0, 0.0))  # closes the first windows
+    pub.close()
+    pipeline.wait_for("messages_in", 5 * len(devices))
+    deadline = time.monotonic() + 20
+    held: list[dict] = []
+    dead: list[dict] = []
+    while time.monotonic() < deadline:
+        held = [r for r in aggregates(influx_db) if r["window"] == "10s"]
+        dead = es_docs(f"{unique}-dead-letters*")
+        if held and len(held) + len(dead) // 5 == len(devices):
+            break
+        time.sleep(0.5)
+    status = pipeline.counters()
+    pipeline.stop()
+    assert 0 < len(held) <= limit and all(r["count"] == 4 and r["sum"] == 6.0 for r in held)
+    refused = {d["source"] for d in dead}
+    assert len(refused) == len(devices) - len(held) and len(dead) == 5 * len(refused)
+    assert refused == {f"series:readings,device={d},metric=temp_v" for d in devices} - {
+        f"series:readings,device={r['device']},metric=temp_v" for r in held
+    }
+    assert {d["reason"] for d in dead} == {"series_limit"}
+    assert all(b"value=" in base64.b64decode(d["raw_base64"]) for d in dead)
+    assert status["dead_letters"] == len(dead)

@@ -426,6 +426,34 @@ def test_series_that_go_silent_are_forgotten_and_leave_the_snapshot() -> None:
     assert list(restored.state.series) == [_series(0)]
 
 
+def test_past_max_series_readings_of_new_series_are_refused_until_series_are_forgotten(tmp_path: Path) -> None:
+    """A cardinality bomb (a key or a topic per message) must not grow the state without bound: past the limit a
+    reading of a new series comes back refused (the pipeline makes it a dead letter); the series held go on,
+    and a forgotten series leaves room. A replay of the log refuses the same readings."""
+    clock = Clock(T0 + 5 * S)
+    spec = [WindowSpec.tumbling(timedelta(seconds=10))]
+    logic = WindowLogic(spec, timedelta(seconds=2), [], clock=clock, recovery_dir=tmp_path, max_series=3)
+    out, _ = logic.on_batch([[reading(float(i), 1, _series(i)) for i in range(5)] + [reading(9.0, 2, _series(0))]])
+    [result] = out
+    assert [r.series for r in result.refused] == [_series(3), _series(4)]
+    assert sorted(logic.state.series) == [_series(0), _series(1), _series(2)]
+    logic.snapshot()
+    collect(logic, [reading(1.0, 3, _series(1)), reading(1.0, 3, _series(5))])
+    after = logic.snapshot()
+    resumed = WindowLogic(spec, timedelta(seconds=2), [], after, clock=clock, recovery_dir=tmp_path, max_series=3)
+    assert _open_aggregates(resumed) == {_series(0): (2, 9.0), _series(1): (2, 2.0), _series(2): (1, 2.0)}
+    # Series 1 and 2 fall silent and are forgotten an hour later: room for two new ones.
+    clock.now = T0 + 20 * S
+    logic.on_notify()
+    clock.now = T0 + 3630 * S
+    collect(logic, [reading(2.0, 3630, _series(0))])
+    clock.now = T0 + 3700 * S
+    logic.on_notify()
+    out, _ = logic.on_batch([[reading(1.0, 3700, _series(i)) for i in (6, 7, 8)]])
+    assert [r.series for result in out for r in result.refused] == [_series(8)]
+    assert sorted(logic.state.series) == [_series(0), _series(6), _series(7)]
+
+
 # -- the window state log (recovery on)
 
 
