@@ -35,6 +35,8 @@ class Counters:
     # Retained messages the broker sent again to a session that was present (it resends them at every
     # SUBSCRIBE), acknowledged and not counted: the session received them live (collectors/mqtt/source.py).
     mqtt_retained_skipped: int = 0
+    # MQTT messages with an empty payload (a retained message deleted, a device removed): not readings.
+    mqtt_empty_payloads: int = 0
     # Messages of devices missing from the device inventory ([mqtt.devices]).
     unknown_devices: int = 0
     # Sparkplug B (flows/sparkplug.py): sequence gaps and the messages they skipped, NDEATHs of an earlier

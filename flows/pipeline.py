@@ -221,6 +221,8 @@ def _readings(
             stats.unknown_devices += parsed.unknown_devices
         if parsed.sparkplug_ignored:
             stats.sparkplug_messages_ignored += parsed.sparkplug_ignored
+        if parsed.empty_payloads:
+            stats.mqtt_empty_payloads += parsed.empty_payloads
         if parsed.readings:
             stats.lag_seconds = max(0.0, (time.time_ns() - parsed.readings[-1].ts_ns) / 1e9)
         return parsed

@@ -87,6 +87,9 @@ class ParsedBatch(NamedTuple):
     sparkplug: list[tuple[str, list[SparkplugMessage]]] | None = None
     # Sparkplug B messages that carry no readings (NCMD, DCMD, STATE).
     sparkplug_ignored: int = 0
+    # Empty payloads: what a client publishes to delete a retained message (and Home Assistant to remove a
+    # device), which subscribers receive too. No reading, and no bad input.
+    empty_payloads: int = 0
 
 
 class _Refusal(NamedTuple):
@@ -330,6 +333,7 @@ class MQTTParser:
         if self._devices.file is not None:
             self._reload_inventory_if_changed()
         unknown_devices = 0
+        empty_payloads = 0
         sparkplug: dict[str, list[SparkplugMessage]] | None = None
         sparkplug_ignored = 0
         # Each message gets a receive time of its own, a nanosecond apart in arrival order: two messages of a
@@ -432,6 +436,9 @@ class MQTTParser:
                 try:
                     samples = self._decode(info, payload)
                 except PayloadError as err:
+                    if not payload:  # (looked at here, off the fast paths, which an empty payload fails)
+                        empty_payloads += 1
+                        continue
                     dead.append(DeadLetter(err.reason, f"mqtt:{topic}", payload, received_ns, err.detail))
                     continue
                 for sample in samples:
@@ -473,6 +480,7 @@ class MQTTParser:
             unknown_devices,
             list(sparkplug.items()) if sparkplug else None,
             sparkplug_ignored,
+            empty_payloads,
         )
 
     @staticmethod

@@ -532,3 +532,23 @@ def test_the_parser_fast_paths_refuse_what_the_decoders_refuse() -> None:
 def test_telegraf_json_tags_named_like_fleetwatchs_own_are_refused() -> None:
     with pytest.raises(PayloadError, match="tag 'window' is fleetwatch's own"):
         decode_telegraf_json(b'{"name": "m", "tags": {"window": "5m"}, "fields": {"v": 1}}', "auto")
+
+
+def test_empty_payloads_are_counted_not_dead_letters() -> None:
+    """An empty payload deletes a retained message (and the broker passes it to the subscribers): no reading, no
+    bad input. On a topic no subscription reads, it is still that topic's dead letter."""
+    parser = _parser(max_age="0s", max_future_skew="100000d")
+    parsed = parser.parse(
+        MessageBatch(
+            T0,
+            [
+                ("sensors/s1/d1/temp", b""),
+                ("tele/plug/SENSOR", b""),
+                ("lp/s2/x", b""),
+                ("sensors/s1/d1", b""),
+                ("sensors/s1/d1/temp", b" "),
+            ],
+        )
+    )
+    assert parsed.empty_payloads == 3 and parsed.readings == []
+    assert [d.reason for d in parsed.dead_letters] == ["topic_mismatch", "not_a_number"]

@@ -383,6 +383,7 @@ PAYLOADS = st.one_of(
 @FUZZ
 @given(messages=st.lists(st.tuples(TOPICS, PAYLOADS), min_size=1, max_size=8))
 def test_every_message_of_a_batch_ends_as_readings_or_one_dead_letter(messages: list[tuple[str, bytes]]) -> None:
+    """(or, empty, as a count of empty payloads)"""
     parser = _parser()
     received_ns = 1_767_225_600_000_000_000
     readings = dead = 0
@@ -394,6 +395,8 @@ def test_every_message_of_a_batch_ends_as_readings_or_one_dead_letter(messages: 
             assert letter.reason in REASONS, letter.reason
             assert letter.detail
             assert (letter.source, letter.raw) == (f"mqtt:{topic}", payload)
+        elif not payload:
+            assert alone.empty_payloads == 1 and not alone.readings  # counted: a retained message deleted
         else:
             assert alone.readings, f"{payload!r} on {topic!r} left neither readings nor a dead letter"
         for reading in alone.readings:
