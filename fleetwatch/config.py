@@ -461,7 +461,7 @@ class ElasticsearchConfig(Section):
 
 # ------------------------------------------------------------------------------------------- logs
 
-LogParserName = Literal["none", "json", "logfmt", "regex", "common", "combined", "syslog", "cri"]
+LogParserName = Literal["none", "json", "logfmt", "regex", "common", "combined", "syslog", "cri", "docker"]
 _INPUT_NAME = r"^[A-Za-z0-9_.-]+$"
 
 
@@ -563,10 +563,10 @@ class FileInputConfig(Section):
 
     @model_validator(mode="after")
     def _multiline_kind(self) -> FileInputConfig:
-        if self.multiline is not None and self.parser.kind == "cri":
+        if self.multiline is not None and self.parser.kind in ("cri", "docker"):
             raise ValueError(
-                "multiline: not available with parser kind 'cri' (the partial records of a CRI line are joined"
-                " without it; lines of a stack trace are one event each)"
+                f"multiline: not available with parser kind {self.parser.kind!r} (the partial records of a"
+                " container's line are joined without it; lines of a stack trace are one event each)"
             )
         return self
 

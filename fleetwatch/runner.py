@@ -184,7 +184,9 @@ def run_pipeline(
     snapshot keeps."""
     processes = len(addresses) if addresses else 1
     total_workers = workers * processes
-    problems = listen_problems(cfg.logs.syslog)
+    # (One process: in a cluster the process that owns an input's partition binds it, and another process of
+    # the same host would find the port taken by it.)
+    problems = listen_problems(cfg.logs.syslog) if processes == 1 else []
     if problems:
         for problem in problems:
             log.error("fleetwatch: %s", problem)

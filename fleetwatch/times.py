@@ -22,7 +22,7 @@ def from_iso(text: str) -> datetime:
         leap = _LEAP_SECOND.search(text)
         if leap is None:
             raise
-        return datetime.fromisoformat(text[: leap.start()] + "59" + text[leap.end() :]) + timedelta(seconds=1)
+        return _next_second(datetime.fromisoformat(text[: leap.start()] + "59" + text[leap.end() :]))
 
 
 def wall_time(
@@ -31,4 +31,11 @@ def wall_time(
     """``datetime(...)``, but second 60 is the first second of the next minute. Raises ValueError."""
     leap = second == 60
     moment = datetime(year, month, day, hour, minute, 59 if leap else second, microsecond, tzinfo=tz)
-    return moment + timedelta(seconds=1) if leap else moment
+    return _next_second(moment) if leap else moment
+
+
+def _next_second(moment: datetime) -> datetime:
+    try:
+        return moment + timedelta(seconds=1)
+    except OverflowError:  # 9999-12-31T23:59:60: past datetime's range, a bad time like any other
+        raise ValueError(f"{moment.isoformat()} plus a leap second is beyond year 9999") from None

@@ -414,7 +414,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         self.specs = tuple(specs)
         # The most series this shard holds (0: no limit); a reading of another series is refused.
         self.max_series = max_series or sys.maxsize
-        self._refused_logged = 0.0
+        self._refused_logged = -math.inf
         self.lateness_ns = _ns(allowed_lateness)
         self.quantiles = tuple(quantiles)
         # Tests drive windows with a clock they move by hand: any callable returning wall-time ns.
@@ -519,7 +519,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             kind = op[0]
             if kind == _OP_READINGS:
                 _, now, measurements, keys, values, stamps = op
-                self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule, [])
+                self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule, None)
             elif kind in (_OP_CLOSES, _OP_QUIET_CLOSES):
                 # (a wall-time close also carries its series' clock to the moment of the close)
                 quiet_at = op[1] if kind == _OP_QUIET_CLOSES else None
@@ -619,7 +619,12 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         for readings in values:
             self._add(readings, now, late, late_counts, closing, self._schedule, refused)
         if self._ops is not None:
-            # (a replay refuses the same readings: the same series are held when it reaches them)
+            if refused:
+                # The log holds what was added, and a replay adds it all: it must not decide again with the
+                # series it holds at that point (a generation written in parts has not restored them all yet)
+                # or with a max_series changed since.
+                gone = {id(r) for r in refused}
+                values = [[r for r in readings if id(r) not in gone] for readings in values]
             self._ops.append((_OP_READINGS, now, values))
         aggregates: list[Aggregate] = []
         series_map = self.state.series
@@ -651,12 +656,12 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         late_counts: dict[str, int],
         closing: list[str],
         schedule: Callable[[int, str, int, int], None],
-        refused: list[Reading],
+        refused: list[Reading] | None,
     ) -> None:
         """Add readings that arrived at ``now`` to their series' open windows (the state change a replay of the
         window state log repeats, with the same clock). ``closing`` gets the series whose newer event time
         brought their watermark to a window's end (a series may be there more than once); ``refused`` the
-        readings of new series past ``max_series``."""
+        readings of new series past ``max_series`` (None: a replay, which adds every reading)."""
         series_map = self.state.series
         lateness = self.lateness_ns
         spec_count = len(self.specs)
@@ -664,13 +669,14 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # Without the log, the series changed since the last snapshot are encoded again; with it, the log's
         # frames say what changed, and a set of the series a batch touched would be work for nothing.
         dirty = self._dirty if self._ops is None else None
-        max_series = self.max_series
+        max_series = self.max_series if refused is not None else sys.maxsize
         for reading in readings:
             key = reading.series
             ts = reading.ts_ns
             series = series_map.get(key)
             if series is None:
                 if len(series_map) >= max_series:
+                    assert refused is not None  # (None only in a replay, which has no limit)
                     refused.append(reading)
                     continue
                 series = series_map[key] = _Series(reading.measurement)

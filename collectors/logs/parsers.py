@@ -2,8 +2,9 @@
 
 Parser kinds (``ParserConfig.kind``): ``none`` (the line is the message), ``json`` (one object per line),
 ``logfmt``, ``regex`` (named groups), ``common``/``combined`` (Apache/nginx access logs), ``syslog``
-(RFC 5424 and RFC 3164, detected per line, with or without ``<PRI>`` so syslog files parse too) and ``cri``
-(Kubernetes container logs; the file tail joins a line's partial records first).
+(RFC 5424 and RFC 3164, detected per line, with or without ``<PRI>`` so syslog files parse too), ``cri``
+(Kubernetes container logs) and ``docker`` (Docker's json-file driver); for these two the file tail joins the
+partial records of a line first.
 
 The document uses nested ECS objects::
 
@@ -300,11 +301,15 @@ class LogParser:
         self._ts_field = parser.timestamp_field
         self._level_field = parser.level_field
         self._msg_field = parser.message_field
+        if parser.kind == "docker":
+            # Docker's json-file driver: {"log": "<line>\n", "stream": "stdout", "time": "<RFC 3339>"}; the
+            # stream, and the "attrs" of --log-opt labels/env, are kept under fields.
+            self._ts_field, self._msg_field = "time", "log"
         self._pattern = re.compile(parser.regex) if parser.kind == "regex" and parser.regex else None
         # With multiline, an event is several lines (a stack trace).
         self._multiline = getattr(input_cfg, "multiline", None) is not None
         # Where a rejected timestamp is kept under "fields".
-        self._ts_key = "timestamp" if parser.kind in ("syslog", "common", "combined", "cri") else parser.timestamp_field
+        self._ts_key = "timestamp" if parser.kind in ("syslog", "common", "combined", "cri") else self._ts_field
         kinds: dict[str, Callable[[str, int], _Parsed]] = {
             "none": self._parse_none,
             "json": self._parse_json,
@@ -314,6 +319,7 @@ class LogParser:
             "combined": self._parse_access,
             "syslog": self._parse_syslog,
             "cri": self._parse_cri,
+            "docker": self._parse_json,
         }
         self._parse_kind = kinds[parser.kind]
         self._access = _COMBINED if parser.kind == "combined" else _COMMON

@@ -42,9 +42,12 @@ Lifecycle contract:
   next start line arrives or after ``flush_timeout`` without new data from the file; it is flagged
   "multiline" when it has more than one line. A late continuation line, after its event was flushed,
   becomes an event of its own.
-- **CRI** (``parser.kind = "cri"``, the files of Kubernetes' container runtimes): a line the runtime split
-  into partial records (tag ``P``) is one event, the contents joined, from its first record's offset; a run
-  left without its last record (tag ``F``) is emitted after a second without new data, still tagged ``P``.
+- **Container logs** (``parser.kind = "cri"``, the files of Kubernetes' container runtimes, and ``"docker"``,
+  Docker's json-file driver): a line the runtime split into partial records (CRI tag ``P``; Docker: a "log"
+  without its newline, at 16 KiB) is one event, the contents joined, from its first record's offset. Whole
+  lines of the other stream read meanwhile are held and emitted after it, so that the committed offset (the
+  run's start) never lies before an emitted event. A run left without its last record is emitted after a
+  second without a record of its stream, as it is (CRI: still tagged ``P``), flagged "partial".
 - **Size limit.** An event longer than ``max_event_bytes`` is cut there (on a UTF-8 character boundary) and
   flagged "truncated"; the rest of it is skipped. Files are read in chunks, and a line is never held in
   memory beyond the limit, however long it is: an overlong line is emitted as soon as it passes the limit.
@@ -69,6 +72,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from hashlib import blake2b
+from typing import NamedTuple
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
@@ -80,11 +84,9 @@ from flows import clock, health, lifecycle
 log = logging.getLogger(__name__)
 
 MAX_BATCH_LINES = 2000
-# CRI log files (Kubernetes): the two streams a record can name, and how long a run of partial records waits
-# for its last one when no more data comes (the runtime writes them together: only a stopped container
-# leaves a run unfinished).
-_CRI_STREAMS = (b"stdout", b"stderr")
-_CRI_FLUSH_TIMEOUT = 1.0
+# Container log files: how long a run of partial records waits for its last one when no more data comes (the
+# runtime writes them together: only a stopped container leaves a run unfinished).
+_PARTIAL_FLUSH_TIMEOUT = 1.0
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 # After a wait for Bytewax (collectors.polling): what one second of a fast file holds.
 MAX_BATCH_LINES_AFTER_WAIT = 40_000
@@ -184,19 +186,24 @@ class FileTailSource(FixedPartitionedSource[list[LogLine], TailState]):
 
 
 class _Event:
-    """A multiline event, or a run of CRI partial records, not emitted yet."""
+    """A multiline event, or a run of a container's partial records, not emitted yet."""
 
-    __slots__ = ("lines", "nbytes", "nlines", "start", "stream", "truncated")
+    __slots__ = ("deferred", "lines", "nbytes", "nlines", "start", "stream", "truncated", "updated")
 
-    def __init__(self, start: int, line: bytes, truncated: bool, stream: bytes = b"") -> None:
+    def __init__(self, start: int, line: bytes, truncated: bool, stream: bytes = b"", now: float = 0.0) -> None:
         self.start = start
         self.lines = [line]
         self.nbytes = len(line)
         # Lines seen, including those dropped after truncation.
         self.nlines = 1
         self.truncated = truncated
-        # CRI: the stream ("stdout"/"stderr") whose partial records these are.
+        # Container runs: the stream ("stdout"/"stderr") whose partial records these are, when the last of
+        # them was read, and the whole lines of the other stream read meanwhile (raw, start, truncated), held
+        # until the run ends: emitted before it, they would be past the committed offset (the run's start),
+        # and read and counted again after a restart.
         self.stream = stream
+        self.updated = now
+        self.deferred: list[tuple[bytes, int, bool]] = []
 
 
 class _File:
@@ -265,11 +272,15 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         self._name = cfg.name
         self._limit = cfg.max_event_bytes
         self._start = re.compile(cfg.multiline.start_pattern) if cfg.multiline else None
-        self._cri = cfg.parser.kind == "cri"
-        # Lines may wait in a pending event: multiline, or the partial records of a CRI log line.
-        self._joins = self._start is not None or self._cri
+        self._container = _CONTAINER_FORMATS.get(cfg.parser.kind)
+        # Lines may wait in a pending event: multiline, or the partial records of a container's log line.
+        self._joins = self._start is not None or self._container is not None
         self._flush_after = (
-            cfg.multiline.flush_timeout.total_seconds() if cfg.multiline else _CRI_FLUSH_TIMEOUT if self._cri else 0.0
+            cfg.multiline.flush_timeout.total_seconds()
+            if cfg.multiline
+            else _PARTIAL_FLUSH_TIMEOUT
+            if self._container is not None
+            else 0.0
         )
         # A zero poll interval would make the worker spin.
         self._poll_every = max(cfg.poll_interval.total_seconds(), 0.005)
@@ -631,8 +642,8 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
 
     def _line(self, tf: _File, raw: bytes, start: int, truncated: bool) -> None:
         """A complete line (or the head of an overlong one), starting at byte ``start``."""
-        if self._cri:
-            self._cri_record(tf, raw, start, truncated)
+        if self._container is not None:
+            self._container_record(tf, raw, start, truncated)
             return
         if self._start is None:
             self._emit(tf, raw, start, truncated, 1)
@@ -655,48 +666,64 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         pending.lines.append(raw)
         pending.nbytes += len(raw) + 1
 
-    def _cri_record(self, tf: _File, raw: bytes, start: int, truncated: bool) -> None:
-        """A CRI record, ``<time> <stream> <tags> <content>``. The runtime splits a long line into records
-        tagged ``P`` (partial) and a last one tagged ``F``: their contents are joined, without separator,
-        into one event, written as the first record with the tag ``F``. A record of the other stream between
-        them is an event of its own; a line that is no CRI record is passed on as it is (the parser stores
-        it with ``parse_failure``)."""
-        parts = raw.split(b" ", 3)
-        is_record = len(parts) >= 3 and parts[1] in _CRI_STREAMS
-        partial = is_record and parts[2].split(b":", 1)[0] == b"P"
+    def _container_record(self, tf: _File, raw: bytes, start: int, truncated: bool) -> None:
+        """A record of a container runtime's log file (``_CONTAINER_FORMATS``). The runtime splits a long line
+        into partial records: their contents are joined, without separator, into one event at the first
+        record's offset, written as one record. A record of the other stream between them is an event of its
+        own; a line that is no record is passed on as it is (the parser stores it with ``parse_failure``)."""
+        assert self._container is not None
+        split, join = self._container
+        record = split(raw)
         pending = tf.pending
         if pending is not None:
-            if is_record and parts[1] == pending.stream:
+            if record is not None and record.stream == pending.stream:
                 pending.nlines += 1
                 if not pending.truncated:
-                    content = parts[3] if len(parts) == 4 else b""
+                    content = record.content
                     room = self._limit - pending.nbytes
                     if len(content) > room or truncated:
-                        content = cut_utf8(content, max(room, 0))
+                        content = _cut_content(content, max(room, 0), escaped=join is _docker_join)
                         pending.truncated = True
                     pending.lines.append(content)
                     pending.nbytes += len(content)
-                if not partial:
-                    pending.lines[0] = _cri_full(pending.lines[0])
-                    self._emit_pending(tf)
+                pending.updated = time.monotonic()
+                if not record.partial:
+                    tf.pending = None
+                    joined = join(pending.lines[0], pending.lines[1:], True)
+                    self._emit(tf, joined, pending.start, pending.truncated, 1)
+                    self._emit_deferred(tf, pending)
                 return
-            if partial or not is_record:
-                self._emit_pending(tf)
-        if partial:
-            tf.pending = _Event(start, raw, truncated, parts[1])
+            if record is not None and not record.partial and len(pending.deferred) < MAX_BATCH_LINES:
+                pending.deferred.append((raw, start, truncated))
+                return
+            # A partial record of the other stream (one run waits at a time), a line that is no record, or
+            # too many lines held: the run ends unfinished.
+            self._emit_pending(tf)
+        if record is not None and record.partial:
+            tf.pending = _Event(start, raw, truncated, record.stream, time.monotonic())
             return
         self._emit(tf, raw, start, truncated, 1)
+
+    def _emit_deferred(self, tf: _File, pending: _Event) -> None:
+        for raw, start, truncated in pending.deferred:
+            self._emit(tf, raw, start, truncated, 1)
+
+    def _quiet_since(self, tf: _File, pending: _Event) -> float:
+        """Since when a pending event has had no line: for a container run, no record of its own stream (the
+        other stream's lines do not keep it waiting)."""
+        return pending.updated if self._container is not None else tf.quiet_since
 
     def _emit_pending(self, tf: _File) -> None:
         pending = tf.pending
         if pending is None:
             return
         tf.pending = None
-        if self._cri:
-            # A run of partial records is one line: never flagged "multiline"; one that ends without its last
-            # record (the container stopped mid-line, or the flush timeout) keeps the tag P.
-            raw = b"".join(pending.lines)
-            self._emit(tf, raw, pending.start, pending.truncated, 1, _cri_unfinished(raw))
+        if self._container is not None:
+            # A run of partial records whose last record never came (the container stopped mid-line, or the
+            # flush timeout): what there is, one line, flagged "partial".
+            joined = self._container[1](pending.lines[0], pending.lines[1:], False)
+            self._emit(tf, joined, pending.start, pending.truncated, 1, partial=True)
+            self._emit_deferred(tf, pending)
             return
         raw = pending.lines[0] if len(pending.lines) == 1 else b"\n".join(pending.lines)
         self._emit(tf, raw, pending.start, pending.truncated, pending.nlines)
@@ -754,7 +781,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if self._joins:
             now = time.monotonic()
             for tf in files:
-                if tf.pending is not None and now - tf.quiet_since >= self._flush_after:
+                if tf.pending is not None and now - self._quiet_since(tf, tf.pending) >= self._flush_after:
                     self._emit_pending(tf)
         out, self._out = self._out, []
         return [out] if out else []
@@ -767,7 +794,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if self._joins:
             for tf in self._files.values():
                 if tf.pending is not None:
-                    wake = min(wake, tf.quiet_since + self._flush_after)
+                    wake = min(wake, self._quiet_since(tf, tf.pending) + self._flush_after)
         now = time.monotonic()
         clock.beat(max(wake, now))
         return datetime.now(UTC) + timedelta(seconds=max(wake - now, 0.0))
@@ -790,16 +817,85 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         self._files.clear()
 
 
-def _cri_unfinished(record: bytes) -> bool:
-    """Still tagged ``P``: the run lost its last record."""
-    parts = record.split(b" ", 3)
-    return len(parts) >= 3 and parts[2].split(b":", 1)[0] == b"P"
+# -- container log files
 
 
-def _cri_full(record: bytes) -> bytes:
-    """The first record of a joined run, with its tag ``P`` made ``F``: the event is a whole line."""
-    time_, stream, _tags, *content = record.split(b" ", 3)
-    return b" ".join((time_, stream, b"F", *content))
+class _Record(NamedTuple):
+    """What the tail needs of a container runtime's log record: its stream, whether the runtime split the line
+    there (more records of it follow), and its content as it is written in the record."""
+
+    stream: bytes
+    partial: bool
+    content: bytes
+
+
+_CRI_STREAMS = (b"stdout", b"stderr")
+
+
+def _cri_split(raw: bytes) -> _Record | None:
+    """CRI (containerd, CRI-O): ``<time> <stream> <tags> <content>``; tag ``P`` is a partial record, ``F`` the
+    last (tags are ``:``-separated)."""
+    parts = raw.split(b" ", 3)
+    if len(parts) < 3 or parts[1] not in _CRI_STREAMS:
+        return None
+    return _Record(parts[1], parts[2].split(b":", 1)[0] == b"P", parts[3] if len(parts) == 4 else b"")
+
+
+def _cri_join(first: bytes, rest: list[bytes], complete: bool) -> bytes:
+    """The run as one record: the first, tagged ``F`` when the run is complete, then the others' contents."""
+    if complete:
+        time_, stream, _tags, *content = first.split(b" ", 3)
+        first = b" ".join((time_, stream, b"F", *content))
+    return first + b"".join(rest)
+
+
+# Docker's json-file driver: {"log":"<line>\n","stream":"stdout","time":"..."} in this key order. The "log"
+# value ends at this (a quote inside it is escaped), and a line the driver split at 16 KiB has no "\n".
+_DOCKER_HEAD = b'{"log":"'
+_DOCKER_LOG_END = b'","stream":"'
+
+
+def _docker_split(raw: bytes) -> _Record | None:
+    end = raw.find(_DOCKER_LOG_END)
+    if not raw.startswith(_DOCKER_HEAD) or end < 0:
+        return None
+    stream_end = raw.find(b'"', end + len(_DOCKER_LOG_END))
+    content = raw[len(_DOCKER_HEAD) : end]
+    return _Record(raw[end + len(_DOCKER_LOG_END) : stream_end], not _ends_with_newline_escape(content), content)
+
+
+def _ends_with_newline_escape(body: bytes) -> bool:
+    """The JSON string body ends with the escape ``\\n`` (not with an escaped backslash then ``n``)."""
+    if not body.endswith(b"\\n"):
+        return False
+    backslashes = len(body) - 1 - len(body[:-1].rstrip(b"\\"))
+    return backslashes % 2 == 1
+
+
+def _docker_join(first: bytes, rest: list[bytes], complete: bool) -> bytes:
+    """The run as one record: the first record with the others' "log" contents after its own."""
+    end = first.find(_DOCKER_LOG_END)
+    return first[:end] + b"".join(rest) + first[end:]
+
+
+def _cut_content(content: bytes, limit: int, escaped: bool) -> bytes:
+    """``content`` cut to at most ``limit`` bytes on a UTF-8 boundary, and, for a JSON string body, not inside
+    an escape sequence (which would make the record no JSON)."""
+    cut = cut_utf8(content, limit)
+    if escaped:
+        i = cut.rfind(b"\\", max(0, len(cut) - 6))
+        if i >= 0:
+            run = len(cut[: i + 1]) - len(cut[: i + 1].rstrip(b"\\"))  # backslashes ending at i
+            if run % 2 == 1 and len(cut) - i < (6 if cut[i + 1 : i + 2] == b"u" else 2):
+                cut = cut[:i]
+    return cut
+
+
+# Parser kinds whose files the tail reads record by record, joining split lines: how to read and join records.
+_CONTAINER_FORMATS: dict[str, tuple[Callable[[bytes], _Record | None], Callable[[bytes, list[bytes], bool], bytes]]] = {
+    "cri": (_cri_split, _cri_join),
+    "docker": (_docker_split, _docker_join),
+}
 
 
 def _find_inode(directory: str, dev: int, ino: int) -> str | None:

@@ -189,6 +189,17 @@ def test_parsers_multiline_and_log_rates(tmp_path: Path, unique: str, influx_db:
             f"{T0}04.123456789Z stdout F joined again",
             "a line from no runtime",
         ],
+        # Docker's json-file driver (compact JSON, as Go writes it): a 40,000-character line split at 16 KiB, and
+        # a whole line.
+        "docker": [
+            json.dumps(record, separators=(",", ":"))
+            for record in (
+                {"log": "x" * 16_384, "stream": "stdout", "time": f"{T0}05.1Z"},
+                {"log": "x" * 16_384, "stream": "stdout", "time": f"{T0}05.1Z"},
+                {"log": "x" * 7_232 + "\n", "stream": "stdout", "time": f"{T0}05.2Z"},
+                {"log": "listening on :8080\n", "stream": "stderr", "time": f"{T0}06Z"},
+            )
+        ],
     }
     for name, lines in files.items():
         append(logs / f"{name}.log", lines)
@@ -226,10 +237,15 @@ name = "cri"
 paths = ["{logs}/cri.log"]
 service = "k8s-app"
 parser = {{ kind = "cri" }}
+[[logs.files]]
+name = "docker"
+paths = ["{logs}/docker.log"]
+service = "web"
+parser = {{ kind = "docker" }}
 """
     config = write_config(tmp_path, unique, influx_db, inputs)
     pipeline = Pipeline(config)
-    expected_docs = 4 + 3 + 3 + 2 + 3 + 2 + 3
+    expected_docs = 4 + 3 + 3 + 2 + 3 + 2 + 3 + 2
     docs = wait_for_docs(f"{unique}-logs*", expected_docs)
     # A service's 10 s window closes when its clock passes the end plus the lateness: the newest event time
     # advanced by wall time while the service is quiet, so within ~10 s here.
@@ -297,6 +313,13 @@ parser = {{ kind = "cri" }}
     assert "tags" not in joined
     assert by_message["warning on stderr"]["fields"] == {"stream": "stderr"}
     assert "parse_failure" in by_message["a line from no runtime"]["tags"]
+    long_line = by_message["x" * 40_000]
+    assert (long_line["@timestamp"], long_line["fields"], "tags" in long_line) == (
+        "2026-01-01T00:00:05.100Z",
+        {"stream": "stdout"},
+        False,
+    )
+    assert by_message["listening on :8080"]["fields"] == {"stream": "stderr"}
 
     # Log rates: per service and 10 s window, counts by level and the error rate.
     es_rates = {(r["service"]["name"], r["@timestamp"][:19]): r for r in rates}

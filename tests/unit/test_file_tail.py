@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -324,10 +325,12 @@ def test_cri_partial_records_are_joined_into_one_line_and_other_records_pass(tmp
     for record in records:
         starts.append(starts[-1] + len(record) + 1)
     key = file_key(part.snapshot().files[0].fingerprint, 0)
+    # The stderr line read while the run waited comes after it: nothing is emitted past the run's start, the
+    # offset a snapshot commits meanwhile.
     assert [(e.text, e.flags, e.doc_id) for e in events] == [
         (records[0], (), f"{key}-{starts[0]:x}"),
-        (records[2], (), f"{key}-{starts[2]:x}"),
         (f"{T_CRI.format(2)} stdout F first half, second half, end", (), f"{key}-{starts[1]:x}"),
+        (records[2], (), f"{key}-{starts[2]:x}"),
         (records[5], (), f"{key}-{starts[5]:x}"),
         (records[6], (), f"{key}-{starts[6]:x}"),
         (records[7], ("partial",), f"{key}-{starts[7]:x}"),
@@ -352,6 +355,88 @@ def test_a_restart_inside_a_run_of_cri_partial_records_emits_the_line_whole_once
     assert event.flags == ("truncated",)
     assert event.doc_id.endswith(f"-{len(T_CRI.format(0)) + len(' stdout F before') + 1:x}")
     part.close()
+
+
+def _docker(log: str, stream: str = "stdout", at: int = 1) -> str:
+    return json.dumps({"log": log, "stream": stream, "time": T_CRI.format(at)}, separators=(",", ":"))
+
+
+def test_docker_json_lines_split_at_16k_are_joined_into_one_record(tmp_path: Path) -> None:
+    log = tmp_path / "abc-json.log"
+    records = [
+        _docker("plain line\n", at=1),
+        _docker("first part, ", at=2),
+        _docker("an error between the parts\n", stream="stderr", at=2),
+        _docker('second part with a quote " and a backslash \\, ', at=2),
+        _docker("end\n", at=3),
+        _docker("C:\\n", at=4),  # ends with a backslash and an "n", not with a newline: a partial record
+    ]
+    write(log, text(records))
+    part = build(config([log], parser={"kind": "docker"}))
+    events = drain(part, quiet=1.3)
+    assert [(json.loads(e.text), e.flags) for e in events] == [
+        (json.loads(records[0]), ()),
+        (
+            {
+                "log": 'first part, second part with a quote " and a backslash \\, end\n',
+                "stream": "stdout",
+                "time": T_CRI.format(2),
+            },
+            (),
+        ),
+        (json.loads(records[2]), ()),
+        (json.loads(records[5]), ("partial",)),
+    ]
+    starts = [0]
+    for record in records:
+        starts.append(starts[-1] + len(record) + 1)
+    assert [e.doc_id.rsplit("-", 1)[1] for e in events] == [f"{starts[i]:x}" for i in (0, 1, 2, 5)]
+    part.close()
+
+
+def test_a_joined_docker_record_cut_at_the_size_limit_stays_json(tmp_path: Path) -> None:
+    """The joined "log" passes max_event_bytes: it is cut, and never inside an escape sequence."""
+    limit = 256
+    for pad in range(8):
+        log = tmp_path / f"pad{pad}-json.log"
+        write(log, text([_docker("a" * 150), _docker("x" * pad + "\u00e9\\\"" * 8), _docker("end\n")]))
+        part = build(config([log], parser={"kind": "docker"}, max_event_bytes=limit))
+        (event,) = drain(part)
+        assert event.flags == ("truncated",) and len(event.text.encode()) <= limit
+        assert json.loads(event.text)["log"].startswith("a" * 150 + "x" * pad)
+        part.close()
+
+
+def test_container_runs_never_emit_past_the_committed_offset_and_wait_a_second_for_their_own_stream(
+    tmp_path: Path,
+) -> None:
+    """While a run waits for its last record, the other stream's lines are held: a restart from a snapshot
+    taken meanwhile reads them again, and they must not have been emitted before. Those lines do not keep
+    the run waiting past a second without a record of its own."""
+    log = tmp_path / "pod_app-0.log"
+    cfg = config([log], parser={"kind": "cri"})
+    write(log, text([f"{T_CRI.format(1)} stdout P half, ", f"{T_CRI.format(1)} stderr F err 1"]))
+    part = build(cfg)
+    assert drain(part, quiet=0.3) == []
+    state = part.snapshot()
+    assert state.files[0].offset == 0
+    deadline = time.monotonic() + 1.6
+    events: list[LogLine] = []
+    n = 2
+    while time.monotonic() < deadline:  # stderr keeps coming, stdout never finishes its line
+        write(log, text([f"{T_CRI.format(2)} stderr F err {n}"]))
+        n += 1
+        events += batch(part)
+        time.sleep(0.05)
+    events += drain(part, quiet=0.2)
+    assert events[0].text == f"{T_CRI.format(1)} stdout P half, " and events[0].flags == ("partial",)
+    assert [e.text.rsplit(" ", 1)[1] for e in events[1:]] == [str(i) for i in range(1, n)]
+    part.close()
+    # A restart from the snapshot taken while the run waited: the same events, the same ids, once each.
+    again = build(cfg, state)
+    replay = drain(again, quiet=1.3)
+    assert [(e.text, e.doc_id) for e in replay] == [(e.text, e.doc_id) for e in events]
+    again.close()
 
 
 def test_long_events_are_truncated_on_a_character_boundary_and_the_rest_skipped(tmp_path: Path) -> None:

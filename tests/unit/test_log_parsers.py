@@ -625,7 +625,19 @@ def test_timestamp_forms(value: object, expected_ns: int) -> None:
 
 @pytest.mark.parametrize(
     "value",
-    ["yesterday", "2026-13-01T00:00:00Z", "", True, None, [1], float("nan"), "Feb 30 10:00:00", "2026-01-01T00:00:61Z"],
+    [
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        "",
+        True,
+        None,
+        [1],
+        float("nan"),
+        "Feb 30 10:00:00",
+        "2026-01-01T00:00:61Z",
+        "9999-12-31T23:59:60Z",  # a leap second past year 9999
+        "Dec 31 9999 23:59:60",
+    ],
 )
 def test_bad_timestamps(value: object) -> None:
     assert file_parser("json").timestamp_ns(value, R) is None
@@ -727,9 +739,19 @@ def test_cri_records_give_the_runtimes_time_the_stream_and_the_content() -> None
     assert bad_time.doc["tags"] == ["timestamp_invalid"] and bad_time.doc["fields"]["timestamp"] == "yesterday"
 
 
-def test_cri_does_not_go_with_multiline() -> None:
-    with pytest.raises(ValueError, match="multiline: not available with parser kind 'cri'"):
-        FileInputConfig(name="k8s", paths=[PATH], parser=ParserConfig(kind="cri"), multiline={"start_pattern": "^x"})
+@pytest.mark.parametrize("kind", ["cri", "docker"])
+def test_container_kinds_do_not_go_with_multiline(kind: LogParserName) -> None:
+    with pytest.raises(ValueError, match=f"multiline: not available with parser kind '{kind}'"):
+        FileInputConfig(name="k8s", paths=[PATH], parser=ParserConfig(kind=kind), multiline={"start_pattern": "^x"})
+
+
+def test_docker_json_file_records() -> None:
+    parser = file_parser("docker")
+    line = '{"log":"GET /health 200\\n","stream":"stdout","attrs":{"tag":"web"},"time":"2025-12-31T23:59:00.5Z"}'
+    event = parse(parser, line)
+    assert (event.ts_ns, event.doc["message"]) == (R - 60 * S + S // 2, "GET /health 200")
+    assert event.doc["fields"] == {"stream": "stdout", "attrs": {"tag": "web"}}
+    assert failed(parse(parser, "not json")) and failed(parse(parser, '{"log":"cut at the size li'))
 
 
 # ------------------------------------------------------------------------------------------- robustness
@@ -771,7 +793,7 @@ WEIRD = [
 ]
 
 
-@pytest.mark.parametrize("kind", ["none", "json", "logfmt", "regex", "common", "combined", "syslog", "cri"])
+@pytest.mark.parametrize("kind", ["none", "json", "logfmt", "regex", "common", "combined", "syslog", "cri", "docker"])
 def test_parse_never_raises(kind: LogParserName) -> None:
     extra = {"pattern": r"^(?P<timestamp>\S+) (?P<level>\S+)"} if kind == "regex" else {}
     parser = file_parser(kind, **extra)

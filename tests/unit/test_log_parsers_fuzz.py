@@ -29,7 +29,7 @@ from tests.unit.fuzzing import FUZZ
 S = 1_000_000_000
 R = 1_767_225_600 * S  # receive time: 2026-01-01T00:00:00Z
 SKEW = 300 * S
-KINDS: list[LogParserName] = ["none", "json", "logfmt", "regex", "common", "combined", "syslog", "cri"]
+KINDS: list[LogParserName] = ["none", "json", "logfmt", "regex", "common", "combined", "syslog", "cri", "docker"]
 ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.(\d{3}|\d{6})Z\Z")
 # What error.message starts with when a kind's own check failed, not a Python exception.
 EXCEPTION_NAME = re.compile(r"[A-Z][A-Za-z]*(Error|Exception|Warning): ")

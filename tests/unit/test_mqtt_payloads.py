@@ -552,3 +552,9 @@ def test_empty_payloads_are_counted_not_dead_letters() -> None:
     )
     assert parsed.empty_payloads == 3 and parsed.readings == []
     assert [d.reason for d in parsed.dead_letters] == ["topic_mismatch", "not_a_number"]
+
+
+def test_a_leap_second_past_year_9999_is_a_bad_timestamp() -> None:
+    with pytest.raises(PayloadError) as err:
+        timestamp_ns("9999-12-31T23:59:60Z", "rfc3339")
+    assert err.value.reason == "bad_timestamp"

@@ -15,7 +15,7 @@ import pytest
 
 from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.record import Reading
-from flows import health, schema
+from flows import health, schema, window_log
 from flows.window_log import WindowLogError
 from flows.windows import _CLOSE_PER_CALL, _YIELD_NS, Aggregate, WindowLogic, WindowSpec, quantile, split_window_key
 
@@ -452,6 +452,37 @@ def test_past_max_series_readings_of_new_series_are_refused_until_series_are_for
     out, _ = logic.on_batch([[reading(1.0, 3700, _series(i)) for i in (6, 7, 8)]])
     assert [r.series for result in out for r in result.refused] == [_series(8)]
     assert sorted(logic.state.series) == [_series(0), _series(6), _series(7)]
+
+
+def test_a_replay_adds_what_the_run_added_whatever_max_series_says_then(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log holds the readings that were added. A replay must not decide again: in the middle of a
+    generation written in parts it holds fewer series than the run did, and max_series may have changed."""
+    monkeypatch.setattr(window_log, "_COMPACT_MIN_BYTES", 0)
+    monkeypatch.setattr(window_log, "_COMPACT_FACTOR", 1)
+    monkeypatch.setattr(window_log, "_BASE_PART_MIN", 1)
+    monkeypatch.setattr(window_log, "_BASE_PARTS", 2)
+    clock = Clock(T0 + 5 * S)
+    spec = [WindowSpec.tumbling(timedelta(seconds=10))]
+
+    def logic(resume: object = None, max_series: int = 2) -> WindowLogic:
+        lateness = timedelta(seconds=2)
+        return WindowLogic(spec, lateness, [], resume, clock=clock, recovery_dir=tmp_path, max_series=max_series)  # type: ignore[arg-type]
+
+    run = logic()
+    run.on_batch([[reading(1.0, 1, "A"), reading(1.0, 1, "B")]])
+    run.snapshot()
+    while not run._log.writing_next:  # type: ignore[union-attr]
+        run.on_batch([[reading(1.0, 1, "A")]])
+        run.snapshot()
+    out, _ = run.on_batch([[reading(5.0, 2, "C"), reading(7.0, 2, "B")]])
+    assert [r.series for result in out for r in result.refused] == ["C"]
+    marker = pickle.loads(pickle.dumps(run.snapshot()))
+    held = _open_aggregates(run)
+    assert set(held) == {"A", "B"}
+    assert _open_aggregates(logic(marker)) == held
+    assert _open_aggregates(logic(marker, max_series=1)) == held  # a lower limit since: nothing accepted is lost
 
 
 # -- the window state log (recovery on)
