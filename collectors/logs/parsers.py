@@ -298,6 +298,11 @@ class LogParser:
         self._skew = max_future_skew_ns
         self._tz: ZoneInfo | None = None if parser.timezone in ("UTC", "Etc/UTC") else ZoneInfo(parser.timezone)
         self._ts_format = parser.timestamp_format
+        # A format without a year (Android logcat's "%m-%d %H:%M:%S.%f", syslog-like "%b %d %H:%M:%S") is read
+        # in a leap year (so that Feb 29 parses), then placed in a year by the RFC 3164 rule (_yearless_ns).
+        self._yearless = parser.timestamp_format is not None and not any(
+            directive in parser.timestamp_format for directive in ("%Y", "%y", "%G", "%c", "%x")
+        )
         self._ts_field = parser.timestamp_field
         self._level_field = parser.level_field
         self._msg_field = parser.message_field
@@ -521,7 +526,8 @@ class LogParser:
                         self._canonical_ts, self._canonical_ns = text, iso_ns
                     return iso_ns
         ns = self._text_ns_uncached(text.strip(), received_ns)
-        if ns is not None and not text[:1].isalpha():  # RFC 3164 stamps depend on the receive year
+        # (RFC 3164 stamps, and times in a format without a year, depend on the receive year)
+        if ns is not None and not text[:1].isalpha() and not self._yearless:
             self._last_ts_text, self._last_ts_ns = text, ns
         return ns
 
@@ -530,11 +536,15 @@ class LogParser:
             return None
         if self._ts_format is not None:
             try:
-                moment = datetime.strptime(text, self._ts_format)  # noqa: DTZ007 - the zone is added below
+                if self._yearless:
+                    moment = datetime.strptime(f"2000 {text}", f"%Y {self._ts_format}")  # noqa: DTZ007 - zone below
+                else:
+                    moment = datetime.strptime(text, self._ts_format)  # noqa: DTZ007 - the zone is added below
             except ValueError:
                 pass
             else:
-                return _dt_ns(moment if moment.tzinfo else moment.replace(tzinfo=self._tz or UTC))
+                moment = moment if moment.tzinfo else moment.replace(tzinfo=self._tz or UTC)
+                return self._yearless_ns(moment, received_ns) if self._yearless else _dt_ns(moment)
         first = text[0]
         if first.isdigit() or first == "-":
             epoch = _EPOCH_TEXT.match(text)
@@ -619,6 +629,29 @@ class LogParser:
             return previous  # type: ignore[return-value]
         if end - received_ns < _DAY_NS and match.group(first) == "Jan":
             following = self._bsd_in_year(match, first, recv_year + 1)
+            if following is not None and following - received_ns <= _DAY_NS:
+                return following
+        return ns
+
+    @staticmethod
+    def _yearless_ns(moment: datetime, received_ns: int) -> int | None:
+        """A time written without its year, in the year the RFC 3164 rule gives (``_bsd_ns``): the receive
+        year, or the one before if that puts it more than a day ahead, or the next for a January time received
+        in the last day of December."""
+        tz = moment.tzinfo
+        year = datetime.fromtimestamp(received_ns // _NS, tz).year
+
+        def in_year(y: int) -> int | None:
+            try:
+                return _dt_ns(moment.replace(year=y))
+            except ValueError:  # Feb 29 of a year that has none, or past year 9999
+                return None
+
+        ns = in_year(year)
+        if ns is None or ns - received_ns > _DAY_NS:
+            return in_year(year - 1)
+        if moment.month == 1 and received_ns - ns > 300 * _DAY_NS:
+            following = in_year(year + 1)
             if following is not None and following - received_ns <= _DAY_NS:
                 return following
         return ns

@@ -664,6 +664,27 @@ def test_timestamp_format() -> None:
     assert zoned.timestamp_ns("2026-01-01T00:00:00Z", R) == R
 
 
+def test_a_timestamp_format_without_a_year_takes_the_receive_year_by_the_rfc3164_rule() -> None:
+    """Android logcat and syslog-like formats write no year: strptime alone gives 1900 (and the retention job
+    would delete the day's index at once)."""
+    logcat = file_parser(
+        "regex",
+        pattern=r"^(?P<timestamp>\d\d-\d\d \S+)\s+\d+\s+\d+ (?P<level>\w) (?P<message>.*)",
+        timestamp_format="%m-%d %H:%M:%S.%f",
+    )
+    event = parse(logcat, "12-31 23:59:58.811  1702  2395 D WindowManager: hi", received=R)
+    assert (event.ts_ns, event.level) == (R - 2 * S + 811_000_000, "debug")  # last year: else a year ahead
+    assert parse(logcat, "01-01 00:00:30.000  1 1 I x: y", received=R).ts_ns == R + 30 * S
+    # A January time received on the last day of December belongs to the next year.
+    assert parse(logcat, "01-01 00:03:00.000  1 1 I x: y", received=R - 60 * S).ts_ns == R + 180 * S
+    # Feb 29 parses in a leap year; in a year without one it is no time.
+    leap_year = 1_709_251_200 * S  # 2024-03-01T00:00:00Z
+    assert parse(logcat, "02-29 12:00:00.000  1 1 I x: y", received=leap_year).ts_ns == leap_year - 12 * 3600 * S
+    assert "timestamp_invalid" in parse(logcat, "02-29 12:00:00.000  1 1 I x: y", received=R).doc["tags"]
+    berlin = file_parser("json", timestamp_format="%b %d %H:%M:%S", timezone="Europe/Berlin")
+    assert berlin.timestamp_ns("Jan 01 01:00:00", R) == R
+
+
 def test_rfc3164_year_inference() -> None:
     parser = syslog_parser()
 
