@@ -618,7 +618,8 @@ def encode_batch(
             # The record's own time keeps the dead letter's id deterministic, unless that time is the problem.
             at = action.ts_ns if action is not None and index else time.time_ns()
             detail = f"document {doc_id} cannot be written as JSON: {str(exc)[:1000]}"
-            dead.append(DeadLetter("unserializable", f"elasticsearch:{where}", _raw_of(source), at, _clean(detail)))
+            letter = DeadLetter("unserializable", f"elasticsearch:{where}/{doc_id}", _raw_of(source), at, _clean(detail))
+            dead.append(letter)
             continue
         if len(body) > max_doc_bytes:
             if isinstance(record, DeadLetter):
@@ -630,7 +631,7 @@ def encode_batch(
                 f"to this server may carry (http.max_content_length); raw holds its first {kept} bytes, the "
                 "local dead-letter file all of it"
             )
-            letter = DeadLetter("too_large", f"elasticsearch:{index}", body, action.ts_ns, detail)
+            letter = DeadLetter("too_large", f"elasticsearch:{index}/{action.doc_id}", body, action.ts_ns, detail)
             unstorable.append(letter)
             dead.append(letter._replace(raw=body[:kept]))
             continue
@@ -831,11 +832,13 @@ class ElasticWriterThread(BatchWriterThread[Record]):
                 f"HTTP 413 for a request of this one document ({len(raw)} bytes): {detail}; raw holds its first "
                 f"{kept} bytes, the local dead-letter file all of it"
             )
-            whole = DeadLetter(reason, f"elasticsearch:{action.index}", raw, action.action.ts_ns, detail)
+            where = f"elasticsearch:{action.index}/{action.action.doc_id}"
+            whole = DeadLetter(reason, where, raw, action.action.ts_ns, detail)
             self._on_unstorable([whole])
             raw = raw[:kept]
-        # The record's own time keeps the dead letter's id deterministic across replays.
-        where = f"elasticsearch:{item.get('_index', action.index)}"
+        # The record's own time keeps the dead letter's id deterministic across replays; the document's id in its
+        # source keeps two identical documents refused (the same line twice in a second) two dead letters.
+        where = f"elasticsearch:{item.get('_index', action.index)}/{action.action.doc_id}"
         letter = DeadLetter(reason, where, raw, action.action.ts_ns, detail)
         with self.counts_lock:
             self.dead_reasons[reason] += 1

@@ -470,17 +470,22 @@ parser = {{ kind = "json" }}
     pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs))
     # The first document maps fields.duration_ms as a number; the second cannot be stored in that index.
     wait_for_docs(f"{unique}-logs*", 1)
-    append(logs / "app.log", [conflict])
-    dead = wait_for_docs(f"{unique}-dead-letters*", 1)
-    pipeline.wait_for("es_rejected", 1)
-    pipeline.wait_for("dead_letters", 1)
-    assert pipeline.counters()["dead_letters_by_reason"] == {"mapping_conflict": 1}
+    # The same line twice (a repeated log line, the same second): two documents refused, two dead letters.
+    append(logs / "app.log", [conflict, conflict])
+    dead = wait_for_docs(f"{unique}-dead-letters*", 2)
+    pipeline.wait_for("es_rejected", 2)
+    pipeline.wait_for("dead_letters", 2)
+    assert pipeline.counters()["dead_letters_by_reason"] == {"mapping_conflict": 2}
     pipeline.stop()
     assert [d["message"] for d in es_docs(f"{unique}-logs*")] == ["fast"]
-    assert len(dead) == 1 and dead[0]["reason"] == "mapping_conflict"
-    assert dead[0]["source"].startswith(f"elasticsearch:{unique}-logs-")
-    assert "duration_ms" in dead[0]["detail"]
-    assert json.loads(dead[0]["raw"])["fields"]["duration_ms"] == "very slow"
+    assert len(dead) == 2 and {d["reason"] for d in dead} == {"mapping_conflict"}
+    # The source names the index and the refused document's own id.
+    second = len(first) + 1
+    third = second + len(conflict) + 1
+    assert sorted(d["source"].rsplit("-", 1)[1] for d in dead) == sorted([f"{second:x}", f"{third:x}"])
+    assert all(d["source"].startswith(f"elasticsearch:{unique}-logs-") for d in dead)
+    assert all("duration_ms" in d["detail"] for d in dead)
+    assert all(json.loads(d["raw"])["fields"]["duration_ms"] == "very slow" for d in dead)
 
 
 def test_elasticsearch_outage_of_30s_under_load_loses_nothing(
@@ -633,7 +638,7 @@ def test_documents_that_cannot_be_sent_are_dead_letters_and_the_rest_of_the_batc
         "object": "unserializable",
         "huge": "too_large",
     }
-    assert all(d["source"] == f"elasticsearch:{unique}-logs-2026.01.01" for d in dead.values())
+    assert all(d["source"].startswith(f"elasticsearch:{unique}-logs-2026.01.01/") for d in dead.values())
     assert json.loads(_raw(dead["surrogate"]))["fields"] == {"\ud800": 1}
     assert "fields.ratio" in dead["nan"]["detail"] and b"NaN" in _raw(dead["nan"])
     assert "object object" in _raw(dead["object"]).decode()

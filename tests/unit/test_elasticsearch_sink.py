@@ -167,7 +167,7 @@ def test_each_unserialisable_document_becomes_its_own_dead_letter() -> None:
     assert "fields.ratio" in by_id["nan"].detail and b"NaN" in by_id["nan"].raw
     assert "values[1]" in by_id["inf"].detail
     assert "object object" in by_id["object"].raw.decode()
-    assert by_id["too-large"].source == "elasticsearch:fw-logs-2026.01.01"
+    assert by_id["too-large"].source == "elasticsearch:fw-logs-2026.01.01/too-large"
     assert "4096" in by_id["too-large"].detail
     # Dead letters are kept under the record's own time (deterministic ids), except when that time is the
     # problem.
