@@ -618,8 +618,8 @@ def encode_batch(
             # The record's own time keeps the dead letter's id deterministic, unless that time is the problem.
             at = action.ts_ns if action is not None and index else time.time_ns()
             detail = f"document {doc_id} cannot be written as JSON: {str(exc)[:1000]}"
-            letter = DeadLetter("unserializable", f"elasticsearch:{where}/{doc_id}", _raw_of(source), at, _clean(detail))
-            dead.append(letter)
+            origin = f"elasticsearch:{where}/{doc_id}"
+            dead.append(DeadLetter("unserializable", origin, _raw_of(source), at, _clean(detail)))
             continue
         if len(body) > max_doc_bytes:
             if isinstance(record, DeadLetter):
