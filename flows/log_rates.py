@@ -204,34 +204,52 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
             self._idle = False
             self._limits.busy(self._key)
         late = 0
-        window_ns, windows = self.window_ns, self.windows
         # Event by event, in the order read: the watermark moves with each event, not to the newest of the
         # batch first. A backlog (a catch-up after downtime, a first start reading a file from its start) comes
         # in batches spanning minutes: judged against the batch's newest event, all but its last windows were
         # late.
+        # Lines without a time of their own read before the service has a clock (a file's banner before its
+        # first stamped line): counted once the batch gives the clock, else at their receive time.
+        waiting: list[LogEvent] = []
         for events in values:
             for event in events:
                 self.service = event.service
                 ts = event.ts_ns
-                if not event.own_time and self.max_ts != _NO_TIME:
+                if not event.own_time:
+                    if self.max_ts == _NO_TIME:
+                        waiting.append(event)
+                        continue
                     # A line without a usable time of its own (a parse failure, a plain-text line) is counted
                     # where its service's clock stands: in a backlog, among the lines around it. Its receive
                     # time would move the clock to now, and every older line after it would be late.
                     ts = self.max_ts + (now - self.sys_at_max)
                 elif ts > self.max_ts:
                     self.max_ts, self.sys_at_max = ts, now
-                start = ts - ts % window_ns
-                if start not in windows and start + window_ns <= self._watermark(now):
-                    late += 1
-                    continue
-                counts = windows.setdefault(start, {})
-                counts[event.level] = counts.get(event.level, 0) + 1
+                late += self._count(ts, event.level, now)
+                if waiting:
+                    clock = self.max_ts + (now - self.sys_at_max)
+                    late += sum(self._count(clock, w.level, now) for w in waiting)
+                    waiting.clear()
+        for event in waiting:  # no stamped line in the batch: the receive time is all there is
+            if event.ts_ns > self.max_ts:
+                self.max_ts, self.sys_at_max = event.ts_ns, now
+            late += self._count(event.ts_ns, event.level, now)
         if late:
             health.counters().late_log_events += late
         out = self._close(self._watermark(now))
         if not self.windows:
             self._set_idle()
         return out, StatefulBatchLogic.RETAIN
+
+    def _count(self, ts: int, level: str, now: int) -> int:
+        """Count an event at ``ts`` in its window; 1 if that window was closed already (a late event)."""
+        window_ns = self.window_ns
+        start = ts - ts % window_ns
+        if start not in self.windows and start + window_ns <= self._watermark(now):
+            return 1
+        counts = self.windows.setdefault(start, {})
+        counts[level] = counts.get(level, 0) + 1
+        return 0
 
     def on_notify(self) -> tuple[Iterable[list[LogRate]], bool]:
         now = self._now()

@@ -296,6 +296,20 @@ def test_a_line_without_a_time_of_its_own_counts_where_its_service_clock_stands(
     assert [(r.window_start_ns, r.total) for r in closed(plain.on_notify())] == [(start, 3)]
 
 
+def test_lines_without_a_time_before_a_services_first_stamped_line_count_with_it() -> None:
+    """A file read from its start whose first lines have no time (the MySQL slow log's banner): counted at
+    their receive time, they set the clock to now and every stamped line after them was late."""
+    clock = Clock()
+    logic = LogRateLogic(timedelta(minutes=1), timedelta(seconds=5), clock=clock)
+    banner = [LogEvent(f"b{i}", clock.now, "", "api", {}, own_time=False) for i in range(3)]
+    backlog = [event(second, "info") for second in range(0, 120, 2)]
+    late_before = health_late()
+    rates = closed(logic.on_batch([[*banner, *backlog]]))
+    rates += closed(logic.on_eof())
+    assert [(r.window_start_ns - T0, r.total) for r in rates] == [(0, 33), (60 * S, 30)]
+    assert health_late() == late_before
+
+
 def health_late() -> int:
     from flows import health
 
