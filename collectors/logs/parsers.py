@@ -77,15 +77,16 @@ _MAX_NS = 253_402_300_799 * _NS
 
 LEVELS = ("trace", "debug", "info", "notice", "warn", "error", "critical", "alert", "emergency")
 
-# Besides the usual names: .NET's console logger abbreviations (trce, dbug, fail, crit), Apache's trace1-8,
-# PostgreSQL's debug1-5, Java's finest/finer/fine/severe, zap's dpanic (a panic in development builds only).
+# Besides the usual names: .NET's console logger abbreviations (trce, dbug, fail, crit), Serilog's (vrb),
+# Apache's trace1-8, PostgreSQL's debug1-5, Java's finest/finer/fine/severe, zap's dpanic (a panic in
+# development builds only), MySQL's note, structlog's exception.
 _ALIASES: dict[str, tuple[str, ...]] = {
-    "trace": ("trace", "trc", "trce", "verbose", "v", "finest", "finer", *(f"trace{n}" for n in range(1, 9))),
+    "trace": ("trace", "trc", "trce", "vrb", "verbose", "v", "finest", "finer", *(f"trace{n}" for n in range(1, 9))),
     "debug": ("debug", "dbg", "dbug", "d", "fine", "debug1", "debug2", "debug3", "debug4", "debug5"),
     "info": ("info", "inf", "i", "information", "informational", "log"),
-    "notice": ("notice", "ntc", "n"),
+    "notice": ("notice", "ntc", "n", "note"),
     "warn": ("warn", "warning", "wrn", "w"),
-    "error": ("error", "err", "eror", "e", "severe", "fail"),
+    "error": ("error", "err", "eror", "e", "severe", "fail", "exception"),
     "critical": ("critical", "crit", "crt", "fatal", "ftl", "f", "dpanic"),
     "alert": ("alert", "alrt", "a"),
     "emergency": ("emergency", "emerg", "panic"),
@@ -108,6 +109,7 @@ _LEVEL_NUMBERS: dict[int, str] = {
     60: "critical",
 }
 _LEVEL_NAMES: dict[str, str] = {}
+_LEVEL_OFFSET = re.compile(r"([A-Za-z]+)[+-]\d+")
 for _level, _names in _ALIASES.items():
     for _name in _names:
         # The usual spellings hit on the first lookup; anything else is stripped and lower-cased first.
@@ -130,6 +132,8 @@ def normalize_level(value: object) -> str:
         level = _LEVEL_NAMES.get(value)
         if level is None:
             level = _LEVEL_NAMES.get(value.strip().lower(), "")
+            if not level and (offset := _LEVEL_OFFSET.fullmatch(value.strip())) is not None:
+                level = _LEVEL_NAMES.get(offset[1].lower(), "")  # Go slog's levels between levels: "INFO+2"
         return level
     if type(value) is int:  # not bool: True is no level
         return _LEVEL_NUMBERS.get(value, "")
@@ -751,6 +755,10 @@ class LogParser:
     def _parse_regex(self, text: str, received_ns: int) -> _Parsed:
         assert self._pattern is not None  # config guarantees a pattern for kind "regex"
         match = self._pattern.search(text)
+        if match is None and self._multiline and "\n" in text:
+            # A pattern ending in "$" (as grok and Fluent Bit patterns do, where it matches at a line's end)
+            # matches only the first line of a multiline event: the rest is appended to the message below.
+            match = self._pattern.search(text, 0, text.index("\n"))
         if match is None:
             raise _Unparseable("line does not match the pattern")
         obj = match.groupdict()

@@ -564,12 +564,12 @@ def test_malformed_syslog(text: str, reason: str) -> None:
 # ------------------------------------------------------------------------------------------- levels
 
 LEVEL_TABLE = {
-    "trace": ["trace", "TRACE", "trc", "verbose", "V", 10, "10", "trce", "trace1", "trace8"],
-    "debug": ["debug", "Debug", "dbg", "DBG", "d", 7, "7", 20, "debug3", "dbug"],
+    "trace": ["trace", "TRACE", "trc", "verbose", "V", 10, "10", "trce", "trace1", "trace8", "VRB"],
+    "debug": ["debug", "Debug", "dbg", "DBG", "d", 7, "7", 20, "debug3", "dbug", "DEBUG-4"],
     "info": ["info", "INFO", "information", "Informational", "I", 6, "6", 30, 30.0, " info "],
-    "notice": ["notice", "NOTICE", 5, "5"],
+    "notice": ["notice", "NOTICE", 5, "5", "Note"],
     "warn": ["warn", "WARN", "warning", "Warning", "W", "wrn", 4, "4", 40],
-    "error": ["error", "ERROR", "err", "ERR", "E", 3, "3", 50, "severe", "fail"],
+    "error": ["error", "ERROR", "err", "ERR", "E", 3, "3", 50, "severe", "fail", "exception", "ERROR+2"],
     "critical": ["critical", "crit", "CRIT", "fatal", "FATAL", "F", 2, 60, "dpanic", "DPANIC"],
     "alert": ["alert", "ALERT", 1],
     "emergency": ["emergency", "emerg", "EMERG", "panic", "PANIC", 0, "0"],
@@ -872,3 +872,8 @@ def test_real_world_json_and_multiline_regex_lines() -> None:
     event = parse(LogParser(cfg, "host-1", SKEW), "app.db: query failed\njava.lang.RuntimeException: boom")
     assert event.doc["fields"] == {"logger": "app.db"}
     assert event.doc["message"] == "query failed\njava.lang.RuntimeException: boom"
+    # A pattern ending in "$", as grok and Fluent Bit patterns do: it matches the first line.
+    pattern = r"^(?P<timestamp>\S+) (?P<level>[A-Z]+) (?P<message>.*)$"
+    cfg = cfg.model_copy(update={"parser": ParserConfig(kind="regex", pattern=pattern)})
+    event = parse(LogParser(cfg, "host-1", SKEW), f"2026-01-01T00:00:07Z {trace}", flags=("multiline",))
+    assert (event.doc["message"], event.level, event.ts_ns) == (trace.removeprefix("ERROR "), "error", R + 7 * S)
