@@ -560,6 +560,23 @@ class FileInputConfig(Section):
     # Longer events are cut to this size and flagged "truncated".
     max_event_bytes: int = Field(default=65536, ge=256)
     poll_interval: Duration = timedelta(milliseconds=100)
+    # The files' character encoding: UTF-8, or a single-byte one ("latin-1", "cp1252", "iso-8859-15", ...).
+    encoding: str = "utf-8"
+
+    @field_validator("encoding")
+    @classmethod
+    def _single_byte(cls, name: str) -> str:
+        import codecs
+
+        try:
+            codec = codecs.lookup(name)
+        except LookupError:
+            raise ValueError(f"unknown encoding {name!r} (expected 'utf-8', 'latin-1', 'cp1252', ...)") from None
+        # Lines are split on the byte "\n": an encoding that writes characters in several bytes (UTF-16, ...)
+        # would split inside them.
+        if codec.name != "utf-8" and len(bytes(range(256)).decode(codec.name, errors="replace")) != 256:
+            raise ValueError(f"expected UTF-8 or a single-byte encoding such as 'latin-1' or 'cp1252' (got {name!r})")
+        return name
 
     @model_validator(mode="after")
     def _multiline_kind(self) -> FileInputConfig:

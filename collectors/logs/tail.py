@@ -51,7 +51,10 @@ Lifecycle contract:
 - **Size limit.** An event longer than ``max_event_bytes`` is cut there (on a UTF-8 character boundary) and
   flagged "truncated"; the rest of it is skipped. Files are read in chunks, and a line is never held in
   memory beyond the limit, however long it is: an overlong line is emitted as soon as it passes the limit.
-- **Never raises.** Invalid UTF-8 is replaced and flagged "invalid_utf8"; files that cannot be opened or
+- **Encoding.** UTF-8, or the input's single-byte ``encoding`` (Latin-1, Windows-1252, ...): lines are split
+  on the byte ``\\n`` either way.
+- **Never raises.** Invalid UTF-8 is replaced and flagged "invalid_utf8" (bytes another encoding has no
+  character for: "invalid_encoding"); files that cannot be opened or
   read are logged (once) and retried at the next poll.
 - **Polling.** Globs and file sizes are checked every ``poll_interval`` (glob + stat, no inotify), and
   ``next_awake`` sleeps until the next poll or multiline flush unless a batch hit its cap. A batch holds at
@@ -61,6 +64,7 @@ Lifecycle contract:
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import glob
 import logging
@@ -273,6 +277,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         self._limit = cfg.max_event_bytes
         self._start = re.compile(cfg.multiline.start_pattern) if cfg.multiline else None
         self._container = _CONTAINER_FORMATS.get(cfg.parser.kind)
+        self._encoding = codecs.lookup(cfg.encoding).name
         # Lines may wait in a pending event: multiline, or the partial records of a container's log line.
         self._joins = self._start is not None or self._container is not None
         self._flush_after = (
@@ -585,7 +590,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         ``max_lines`` was reached: the rest is read again next time) and the lines completed."""
         limit = self._limit
         # Single lines (no multiline) are emitted inline: this loop is the hot path.
-        single = not self._joins
+        single = not self._joins and self._encoding == "utf-8"
         out = self._out
         name, source, now_ns = self._name, tf.source, self._now_ns
         id_prefix = file_key(tf.state.fingerprint, tf.state.generation) + "-"
@@ -733,10 +738,10 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if partial:
             flags += ("partial",)
         try:
-            text = raw.decode("utf-8")
+            text = raw.decode(self._encoding)
         except UnicodeDecodeError:
-            text = raw.decode("utf-8", errors="replace")
-            flags += ("invalid_utf8",)
+            text = raw.decode(self._encoding, errors="replace")
+            flags += ("invalid_utf8",) if self._encoding == "utf-8" else ("invalid_encoding",)
         if nlines > 1:
             flags += ("multiline",)
         state = tf.state

@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from collectors.logs.tail import MAX_BATCH_LINES, FileTailPartition, FileTailSource, TailState, doc_id, file_key
 from fleetwatch.config import FileInputConfig
 from fleetwatch.record import LogLine
@@ -437,6 +439,24 @@ def test_container_runs_never_emit_past_the_committed_offset_and_wait_a_second_f
     replay = drain(again, quiet=1.3)
     assert [(e.text, e.doc_id) for e in replay] == [(e.text, e.doc_id) for e in events]
     again.close()
+
+
+def test_a_single_byte_encoding_reads_the_characters_the_file_has(tmp_path: Path) -> None:
+    log = tmp_path / "legacy.log"
+    write(log, "Müller: Größe 3½\nok\n".encode("latin-1") + b"\x81 undefined in cp1252\n")
+    events = drain(build(config([log], encoding="latin-1")))
+    expected = [("Müller: Größe 3½", ()), ("ok", ()), ("\x81 undefined in cp1252", ())]
+    assert [(e.text, e.flags) for e in events] == expected
+    cp1252 = drain(build(config([log], encoding="cp1252")))
+    assert [(e.text, e.flags) for e in cp1252][2] == ("\ufffd undefined in cp1252", ("invalid_encoding",))
+    # UTF-8, the default: the same bytes are invalid, replaced and flagged.
+    assert drain(build(config([log])))[0].flags == ("invalid_utf8",)
+
+
+def test_an_encoding_that_writes_characters_in_several_bytes_is_refused_at_start() -> None:
+    for name in ("utf-16", "utf-16-le", "shift_jis", "no-such-codec"):
+        with pytest.raises(ValueError, match="encoding"):
+            FileInputConfig(name="app", paths=["/tmp/x.log"], encoding=name)
 
 
 def test_long_events_are_truncated_on_a_character_boundary_and_the_rest_skipped(tmp_path: Path) -> None:
