@@ -495,6 +495,11 @@ class ParserConfig(Section):
     timezone: str = "UTC"
     level_field: str = "level"
     message_field: str = "message"
+    # The keys naming the service and the host (journald's "_SYSTEMD_UNIT" and "_HOSTNAME", bunyan's "name");
+    # unset: "service"/"service.name" and "host"/"host.name". A dotted key also finds a nested one
+    # ("log.level" reads {"log": {"level": ...}}), for every *_field.
+    service_field: str | None = None
+    host_field: str | None = None
 
     @property
     def regex(self) -> str | None:

@@ -32,8 +32,9 @@ Decisions, and why:
   level leaves ``LogEvent.level`` empty (so the rate windows count it apart) and ``log.level`` holds the
   original, lower-cased, so nothing is lost.
 - **Mapped fields** (json, logfmt, regex): ``parser.timestamp_field``, ``parser.level_field``,
-  ``parser.message_field``, ``service``/``service.name`` and ``host``/``host.name``. Every other key goes
-  under ``fields`` as parsed (JSON types kept, nothing flattened). No message field: the raw line.
+  ``parser.message_field``, ``service``/``service.name`` and ``host``/``host.name`` (or the keys
+  ``parser.service_field`` and ``parser.host_field`` name). A dotted name also finds a nested key. Every other
+  key goes under ``fields`` as parsed (JSON types kept, nothing flattened). No message field: the raw line.
 - **service.name**: the parsed service (syslog: the app-name/tag), else the input's ``service``, else the
   input's name. **event.dataset**: the input's ``dataset``, else ``<input service or name>.log``; it is
   fixed per input, so the number of datasets is bounded by the configuration, not by what lines say.
@@ -310,6 +311,8 @@ class LogParser:
         self._ts_field = parser.timestamp_field
         self._level_field = parser.level_field
         self._msg_field = parser.message_field
+        self._service_field = parser.service_field
+        self._host_field = parser.host_field
         if parser.kind == "docker":
             # Docker's json-file driver: {"log": "<line>\n", "stream": "stdout", "time": "<RFC 3339>"}; the
             # stream, and the "attrs" of --log-opt labels/env, are kept under fields.
@@ -687,8 +690,14 @@ class LogParser:
     def _mapped(self, obj: dict[str, Any], text: str, received_ns: int) -> _Parsed:
         """json, logfmt and regex: take the mapped keys out; the rest are the fields."""
         ts_raw = obj.pop(self._ts_field, None)
+        if ts_raw is None and "." in self._ts_field:
+            ts_raw = _pop_path(obj, self._ts_field)
         level_raw = obj.pop(self._level_field, None)
+        if level_raw is None and "." in self._level_field:
+            level_raw = _pop_path(obj, self._level_field)
         message = obj.pop(self._msg_field, None)
+        if message is None and "." in self._msg_field:
+            message = _pop_path(obj, self._msg_field)
         if message is None:
             message = text
         elif type(message) is not str:
@@ -696,6 +705,8 @@ class LogParser:
         elif message[-1:] == "\n":
             # Docker's json-file driver keeps the line's own newline in "log": not part of the message.
             message = message.rstrip("\r\n")
+        if self._service_field is not None or self._host_field is not None:
+            return self._named_by_fields(obj, text, received_ns, ts_raw, level_raw, message)
         # A plain string name (a regex group, most JSON) is taken here; _take_name reads the other shapes.
         service = obj.get("service")
         if type(service) is str and service and "service.name" not in obj:
@@ -709,6 +720,28 @@ class LogParser:
             host = _take_name(obj, "host") if "host" in obj or "host.name" in obj else None
         ts_ns = None if ts_raw is None else self.timestamp_ns(ts_raw, received_ns)
         return ts_ns, ts_raw, level_raw, message, service, host, None, obj
+
+    def _named_by_fields(
+        self, obj: dict[str, Any], text: str, received_ns: int, ts_raw: object, level_raw: object, message: str
+    ) -> _Parsed:
+        """``_mapped`` with ``service_field`` or ``host_field`` set: a non-empty string there names the service
+        (or host) and leaves the fields; anything else stays a field."""
+        names: list[str | None] = []
+        for key, default in ((self._service_field, "service"), (self._host_field, "host")):
+            if key is None:
+                names.append(_take_name(obj, default) if default in obj or f"{default}.name" in obj else None)
+                continue
+            value = obj.get(key, _MISSING)
+            if value is _MISSING and "." in key:
+                value = _get_path(obj, key)
+            if type(value) is str and value:
+                if obj.pop(key, None) is None:
+                    _pop_path(obj, key)
+                names.append(value)
+            else:
+                names.append(None)
+        ts_ns = None if ts_raw is None else self.timestamp_ns(ts_raw, received_ns)
+        return ts_ns, ts_raw, level_raw, message, names[0], names[1], None, obj
 
     def _parse_json(self, text: str, received_ns: int) -> _Parsed:
         start = 0
@@ -906,6 +939,36 @@ class LogParser:
                 fields["procid"] = procid
         if process:
             extra["process"] = process
+
+
+def _get_path(obj: dict[str, Any], key: str) -> Any:
+    """The value at a dotted ``key`` in nested objects (``log.level`` in ``{"log": {"level": ...}}``), or
+    ``_MISSING``."""
+    node: Any = obj
+    for part in key.split("."):
+        if type(node) is not dict or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _pop_path(obj: dict[str, Any], key: str) -> Any:
+    """The value at a dotted ``key`` in nested objects, taken out (None when there is none); objects left
+    empty by it go too."""
+    parts = key.split(".")
+    trail: list[dict[str, Any]] = [obj]
+    for part in parts[:-1]:
+        node = trail[-1].get(part)
+        if type(node) is not dict:
+            return None
+        trail.append(node)
+    value = trail[-1].pop(parts[-1], None)
+    if value is not None:
+        for parent, part in zip(reversed(trail[:-1]), reversed(parts[:-1]), strict=True):
+            if parent[part]:
+                break
+            del parent[part]
+    return value
 
 
 def _take_name(obj: dict[str, Any], key: str) -> str | None:

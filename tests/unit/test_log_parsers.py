@@ -740,6 +740,33 @@ def test_timestamp_precision() -> None:
     assert parse(parser, '{"timestamp":-1.5}').doc["@timestamp"] == "1969-12-31T23:59:58.500Z"
 
 
+def test_service_and_host_fields_and_nested_keys() -> None:
+    """journald's JSON export names its unit and host in keys of its own; ECS-style objects nest the level."""
+    journald = file_parser(
+        "json",
+        timestamp_field="__REALTIME_TIMESTAMP",
+        message_field="MESSAGE",
+        level_field="PRIORITY",
+        service_field="_SYSTEMD_UNIT",
+        host_field="_HOSTNAME",
+    )
+    line = (
+        '{"__REALTIME_TIMESTAMP": "1767225600000000", "MESSAGE": "Started nginx", "PRIORITY": "6", '
+        '"_SYSTEMD_UNIT": "nginx.service", "_HOSTNAME": "web-1", "_PID": "1"}'
+    )
+    event = parse(journald, line)
+    assert (event.ts_ns, event.level, event.service) == (R, "info", "nginx.service")
+    assert event.doc["host"] == {"name": "web-1"} and event.doc["fields"] == {"_PID": "1"}
+    # Not a string: no name, the value stays a field (and the input's service applies).
+    event = parse(journald, '{"MESSAGE": "m", "_SYSTEMD_UNIT": 7}')
+    assert event.service == "app" and event.doc["fields"] == {"_SYSTEMD_UNIT": 7}
+    nested = file_parser("json", level_field="log.level", service_field="service.id", timestamp_field="@timestamp")
+    line = '{"@timestamp": "2026-01-01T00:00:00Z", "log": {"level": "WARN", "logger": "db"}, "service": {"id": "s1"}}'
+    event = parse(nested, line)
+    assert (event.ts_ns, event.level, event.service) == (R, "warn", "s1")
+    assert event.doc["fields"] == {"log": {"logger": "db"}}  # the emptied "service" object is gone too
+
+
 # ------------------------------------------------------------------------------------------- CRI
 
 
