@@ -500,6 +500,10 @@ class ParserConfig(Section):
     # ("log.level" reads {"log": {"level": ...}}), for every *_field.
     service_field: str | None = None
     host_field: str | None = None
+    # cri and docker: how the application wrote the line inside the runtime's record. "json" or "logfmt": read
+    # as those kinds are (the *_field settings apply to it), the runtime's time when the line has none; a line
+    # that is not in that format stays the message.
+    message_format: Literal["text", "json", "logfmt"] = "text"
 
     @property
     def regex(self) -> str | None:

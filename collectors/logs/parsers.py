@@ -313,15 +313,17 @@ class LogParser:
         self._msg_field = parser.message_field
         self._service_field = parser.service_field
         self._host_field = parser.host_field
-        if parser.kind == "docker":
-            # Docker's json-file driver: {"log": "<line>\n", "stream": "stdout", "time": "<RFC 3339>"}; the
-            # stream, and the "attrs" of --log-opt labels/env, are kept under fields.
-            self._ts_field, self._msg_field = "time", "log"
         self._pattern = re.compile(parser.regex) if parser.kind == "regex" and parser.regex else None
         # With multiline, an event is several lines (a stack trace).
         self._multiline = getattr(input_cfg, "multiline", None) is not None
         # Where a rejected timestamp is kept under "fields".
-        self._ts_key = "timestamp" if parser.kind in ("syslog", "common", "combined", "cri") else self._ts_field
+        self._ts_key = (
+            "timestamp"
+            if parser.kind in ("syslog", "common", "combined", "cri")
+            else "time"
+            if parser.kind == "docker"
+            else parser.timestamp_field
+        )
         kinds: dict[str, Callable[[str, int], _Parsed]] = {
             "none": self._parse_none,
             "json": self._parse_json,
@@ -331,8 +333,11 @@ class LogParser:
             "combined": self._parse_access,
             "syslog": self._parse_syslog,
             "cri": self._parse_cri,
-            "docker": self._parse_json,
+            "docker": self._parse_docker,
         }
+        # cri and docker: the kind that reads the application's line inside the runtime's record.
+        inner_kinds: dict[str, Callable[[str, int], _Parsed]] = {"json": self._parse_json, "logfmt": self._parse_logfmt}
+        self._inner = inner_kinds.get(parser.message_format)
         self._parse_kind = kinds[parser.kind]
         self._access = _COMBINED if parser.kind == "combined" else _COMMON
         # One-entry caches: consecutive lines mostly share a timestamp text and a second.
@@ -810,7 +815,39 @@ class LogParser:
         if match is None:
             raise _Unparseable("not a CRI log record (<time> <stdout|stderr> <P|F> <content>)")
         ts_text, stream, content = match.group(1, 2, 3)
-        return self._text_ns(ts_text, received_ns), ts_text, None, content or "", None, None, None, {"stream": stream}
+        return self._container_line(content or "", ts_text, {"stream": stream}, received_ns)
+
+    def _parse_docker(self, text: str, received_ns: int) -> _Parsed:
+        """A record of Docker's json-file driver (the file tail has joined its partial records): ``{"log":
+        "<line>\\n", "stream": "stdout", "time": "<RFC 3339>"}``. The line, without its newline, is the message;
+        the stream, and the ``attrs`` of ``--log-opt labels/env``, are kept under fields."""
+        try:
+            record = _loads(text)
+        except orjson.JSONDecodeError:
+            record = None
+        if type(record) is not dict or type(record.get("log")) is not str:
+            raise _Unparseable('not a Docker json-file record ({"log": ..., "stream": ..., "time": ...})')
+        line = record.pop("log")
+        if line[-1:] == "\n":
+            line = line[:-2] if line[-2:] == "\r\n" else line[:-1]
+        return self._container_line(line, record.pop("time", None), record, received_ns)
+
+    def _container_line(self, line: str, ts_raw: object, fields: dict[str, Any], received_ns: int) -> _Parsed:
+        """The application's line inside a container runtime's record, read with ``message_format``."""
+        ts_ns = None if ts_raw is None else self.timestamp_ns(ts_raw, received_ns)
+        if self._inner is not None and line:
+            try:
+                inner = self._inner(line, received_ns)
+            except _Unparseable:
+                pass  # not in that format (a line the application wrote otherwise): the message as it is
+            else:
+                line_ns, line_ts_raw, level, message, service, host, extra, line_fields = inner
+                if line_ns is None:
+                    if line_ts_raw is not None:
+                        line_fields[self._ts_field] = line_ts_raw  # unreadable: kept, the runtime's time used
+                    line_ns, line_ts_raw = ts_ns, ts_raw
+                return line_ns, line_ts_raw, level, message, service, host, extra, {**fields, **line_fields}
+        return ts_ns, ts_raw, None, line, None, None, None, fields
 
     def _parse_access(self, text: str, received_ns: int) -> _Parsed:
         match = self._access.match(text)

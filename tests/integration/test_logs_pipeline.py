@@ -188,6 +188,7 @@ def test_parsers_multiline_and_log_rates(tmp_path: Path, unique: str, influx_db:
             f"{T0}03.5Z stderr F warning on stderr",
             f"{T0}04.123456789Z stdout F joined again",
             "a line from no runtime",
+            f'{T0}07Z stdout F {{"level": "warn", "message": "JSON inside", "ts": "{T0}06.5Z"}}',
         ],
         # Docker's json-file driver (compact JSON, as Go writes it): a 40,000-character line split at 16 KiB, and
         # a whole line.
@@ -236,7 +237,7 @@ parser = {{ kind = "regex", pattern = '^(?P<timestamp>\\S+) (?P<level>[A-Z]+) (?
 name = "cri"
 paths = ["{logs}/cri.log"]
 service = "k8s-app"
-parser = {{ kind = "cri" }}
+parser = {{ kind = "cri", message_format = "json", timestamp_field = "ts" }}
 [[logs.files]]
 name = "docker"
 paths = ["{logs}/docker.log"]
@@ -245,7 +246,7 @@ parser = {{ kind = "docker" }}
 """
     config = write_config(tmp_path, unique, influx_db, inputs)
     pipeline = Pipeline(config)
-    expected_docs = 4 + 3 + 3 + 2 + 3 + 2 + 3 + 2
+    expected_docs = 4 + 3 + 3 + 2 + 3 + 2 + 4 + 2
     docs = wait_for_docs(f"{unique}-logs*", expected_docs)
     # A service's 10 s window closes when its clock passes the end plus the lateness: the newest event time
     # advanced by wall time while the service is quiet, so within ~10 s here.
@@ -313,6 +314,12 @@ parser = {{ kind = "docker" }}
     assert "tags" not in joined
     assert by_message["warning on stderr"]["fields"] == {"stream": "stderr"}
     assert "parse_failure" in by_message["a line from no runtime"]["tags"]
+    inside = by_message["JSON inside"]
+    assert (inside["log"]["level"], inside["@timestamp"], inside["fields"]) == (
+        "warn",
+        "2026-01-01T00:00:06.500Z",
+        {"stream": "stdout"},
+    )
     long_line = by_message["x" * 40_000]
     assert (long_line["@timestamp"], long_line["fields"], "tags" in long_line) == (
         "2026-01-01T00:00:05.100Z",

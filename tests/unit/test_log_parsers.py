@@ -787,6 +787,26 @@ def test_cri_records_give_the_runtimes_time_the_stream_and_the_content() -> None
     assert bad_time.doc["tags"] == ["timestamp_invalid"] and bad_time.doc["fields"]["timestamp"] == "yesterday"
 
 
+def test_the_applications_json_or_logfmt_line_inside_a_container_record() -> None:
+    """Kubernetes applications mostly log JSON: message_format reads it inside the runtime's record, with the
+    *_field settings, and the runtime's time when the line has none."""
+    cri = file_parser("cri", message_format="json", timestamp_field="ts", message_field="msg")
+    event = parse(cri, '2025-12-31T23:59:00Z stderr F {"level":"error","msg":"boom","ts":1767225540.5,"user":"u1"}')
+    assert (event.ts_ns, event.level, event.doc["message"]) == (R - 60 * S + S // 2, "error", "boom")
+    assert event.doc["fields"] == {"stream": "stderr", "user": "u1"}
+    untimed = parse(cri, '2025-12-31T23:59:00Z stdout F {"level":"info","msg":"no time"}')
+    assert (untimed.ts_ns, untimed.level) == (R - 60 * S, "info")
+    bad_time = parse(cri, '2025-12-31T23:59:00Z stdout F {"msg":"m","ts":"yesterday"}')
+    assert bad_time.ts_ns == R - 60 * S and bad_time.doc["fields"] == {"stream": "stdout", "ts": "yesterday"}
+    plain = parse(cri, "2025-12-31T23:59:00Z stdout F Started in 3 s")
+    assert (plain.doc["message"], plain.level, "tags" in plain.doc) == ("Started in 3 s", "", False)
+    docker = file_parser("docker", message_format="logfmt")
+    line = '{"log":"level=warn msg=\\"disk 91%\\"\\n","stream":"stdout","time":"2025-12-31T23:59:30Z"}'
+    event = parse(docker, line)
+    assert (event.ts_ns, event.level, event.doc["message"]) == (R - 30 * S, "warn", 'level=warn msg="disk 91%"')
+    assert event.doc["fields"] == {"stream": "stdout", "msg": "disk 91%"}
+
+
 @pytest.mark.parametrize("kind", ["cri", "docker"])
 def test_container_kinds_do_not_go_with_multiline(kind: LogParserName) -> None:
     with pytest.raises(ValueError, match=f"multiline: not available with parser kind '{kind}'"):
