@@ -706,7 +706,11 @@ class LogParser:
         if message is None:
             message = text
         elif type(message) is not str:
-            message = _dumps(message)
+            # journald's JSON export (its key MESSAGE) writes a message that is not valid UTF-8 as its bytes.
+            if self._msg_field == "MESSAGE" and type(message) is list and all(_is_byte(b) for b in message):
+                message = bytes(message).decode("utf-8", errors="replace")
+            else:
+                message = _dumps(message)
         elif message[-1:] == "\n":
             # Docker's json-file driver keeps the line's own newline in "log": not part of the message.
             message = message.rstrip("\r\n")
@@ -976,6 +980,10 @@ class LogParser:
                 fields["procid"] = procid
         if process:
             extra["process"] = process
+
+
+def _is_byte(value: object) -> bool:
+    return type(value) is int and 0 <= value < 256
 
 
 def _get_path(obj: dict[str, Any], key: str) -> Any:

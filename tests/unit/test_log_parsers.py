@@ -757,6 +757,8 @@ def test_service_and_host_fields_and_nested_keys() -> None:
     event = parse(journald, line)
     assert (event.ts_ns, event.level, event.service) == (R, "info", "nginx.service")
     assert event.doc["host"] == {"name": "web-1"} and event.doc["fields"] == {"_PID": "1"}
+    # journald writes a message that is not valid UTF-8 as its bytes.
+    assert parse(journald, '{"MESSAGE": [104, 105, 255]}').doc["message"] == "hi\ufffd"
     # Not a string: no name, the value stays a field (and the input's service applies).
     event = parse(journald, '{"MESSAGE": "m", "_SYSTEMD_UNIT": 7}')
     assert event.service == "app" and event.doc["fields"] == {"_SYSTEMD_UNIT": 7}
