@@ -29,6 +29,8 @@ class Counters:
     points_beyond_retention: int = 0
     # MQTT connections closed on a malformed packet (collectors/mqtt/frames.py).
     mqtt_protocol_errors: int = 0
+    # MQTT connections that ended without fleetwatch asking (broker restart, network, session taken over).
+    mqtt_disconnects: int = 0
     # QoS 1 redeliveries (DUP) of messages counted already, acknowledged again and dropped (after a restart
     # or a broker disconnect; collectors/mqtt/source.py).
     mqtt_redeliveries_dropped: int = 0

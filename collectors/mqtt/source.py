@@ -78,6 +78,8 @@ _ACKS_REMEMBERED = 65_535
 # While acknowledgements wait for their epoch to commit, the recovery store is read this often.
 _COMMIT_POLL_S = 0.05
 _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (MQTT 3.1.1 and 5)
+# MQTT 5 DISCONNECT reason code "Session taken over".
+_SESSION_TAKEN_OVER = 0x8E
 # A connection that lasted less than this was not a working one: the next attempt waits for the backoff.
 _WORKING_CONNECTION = 1.0
 # What paho 2.1's packet reader raises, instead of returning MQTT_ERR_PROTOCOL, on packets it cannot decode
@@ -447,6 +449,15 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, MQTTState | list[int]]
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         protocol_error = self._client.fw_take_protocol_error()
         if self._connected:
+            health.counters().mqtt_disconnects += 1
+            if getattr(reason, "value", None) == _SESSION_TAKEN_OVER:
+                # MQTT 5 says why (3.1.1 only closes the connection): the broker gives this session, and the
+                # messages queued for it, to whichever client connected last with this id.
+                log.error(
+                    "MQTT %s: the broker closed this session because another client connected with the same client "
+                    "id; that client now receives this session's messages. mqtt.client_id must be unique",
+                    self.client_id,
+                )
             worked = time.monotonic() - self._connected_at >= _WORKING_CONNECTION
             if worked:
                 self._backoff = self._cfg.reconnect_min_delay.total_seconds()

@@ -166,3 +166,31 @@ def test_a_65535_byte_topic_and_payloads_at_the_limit_through_the_broker(unique:
     parsed = MQTTParser(cfg, WindowsConfig()).parse(MessageBatch(time.time_ns(), got))
     assert [(parse_series(r.series)[1]["device"], r.value) for r in parsed.readings] == [(device, 1.5), ("d1", 21.5)]
     assert [(d.reason, d.raw) for d in parsed.dead_letters] == [("oversized", at_limit + b" ")]
+
+
+def test_another_client_taking_the_session_over_is_named_in_an_error(
+    unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A second client connecting with fleetwatch's client id takes its session and the messages queued for
+    it. MQTT 5 says so in the DISCONNECT: the log must say it, not only "disconnected"."""
+    from flows import health
+
+    cfg = source_config(unique, MQTT_PORT, protocol="5", reconnect_min_delay="2s", reconnect_max_delay="2s")
+    partition = MQTTSource(cfg).build_part("mqtt", "mqtt-0", None)
+    before = health.counters().mqtt_disconnects
+    try:
+        read_for(partition, 1.0)
+        intruder = paho.Client(CallbackAPIVersion.VERSION2, client_id=partition.client_id, protocol=paho.MQTTv5)
+        intruder.connect(MQTT_HOST, MQTT_PORT)
+        intruder.loop_start()
+        try:
+            with caplog.at_level("ERROR", logger="collectors.mqtt.source"):
+                read_for(partition, 1.0)
+        finally:
+            intruder.disconnect()
+            intruder.loop_stop()
+    finally:
+        partition.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("another client connected with the same client id" in e for e in errors), errors
+    assert health.counters().mqtt_disconnects > before
