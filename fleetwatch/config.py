@@ -577,14 +577,27 @@ class FileInputConfig(Section):
     def _single_byte(cls, name: str) -> str:
         import codecs
 
+        expected = f"expected UTF-8 or a single-byte encoding such as 'latin-1' or 'cp1252' (got {name!r})"
         try:
             codec = codecs.lookup(name)
         except LookupError:
-            raise ValueError(f"unknown encoding {name!r} (expected 'utf-8', 'latin-1', 'cp1252', ...)") from None
-        # Lines are split on the byte "\n": an encoding that writes characters in several bytes (UTF-16, ...)
-        # would split inside them.
-        if codec.name != "utf-8" and len(bytes(range(256)).decode(codec.name, errors="replace")) != 256:
-            raise ValueError(f"expected UTF-8 or a single-byte encoding such as 'latin-1' or 'cp1252' (got {name!r})")
+            raise ValueError(f"unknown encoding: {expected}") from None
+        if codec.name == "utf-8":
+            return name
+        # Lines are split on the byte "\n": each byte must be one character on its own, whatever comes before
+        # it (UTF-16, Shift JIS and ISO-2022 are not), with no escapes read (unicode_escape) and no transform
+        # of bytes (hex, base64, rot13).
+        # (every byte, then the shift sequences of the stateful encodings: ISO-2022, HZ, SO/SI)
+        sample = bytes(range(256)) + b"\x1b$B!!\x1b(B~{!!~}\x0e!!\x0f"
+        try:
+            whole = sample.decode(codec.name, errors="replace")
+            alone = "".join(bytes([b]).decode(codec.name, errors="replace") for b in sample)
+            escapes_kept = b"\\u00e9".decode(codec.name) == "\\u00e9"
+        except (LookupError, TypeError, ValueError):
+            raise ValueError(expected) from None
+        one_per_byte = len(whole) == len(sample) and whole == alone
+        if not getattr(codec, "_is_text_encoding", True) or not one_per_byte or not escapes_kept:
+            raise ValueError(expected)
         return name
 
     @model_validator(mode="after")

@@ -850,7 +850,8 @@ class LogParser:
                     if line_ts_raw is not None:
                         line_fields[self._ts_field] = line_ts_raw  # unreadable: kept, the runtime's time used
                     line_ns, line_ts_raw = ts_ns, ts_raw
-                return line_ns, line_ts_raw, level, message, service, host, extra, {**fields, **line_fields}
+                # (the runtime's stream and attrs win over the application's keys of those names)
+                return line_ns, line_ts_raw, level, message, service, host, extra, {**line_fields, **fields}
         return ts_ns, ts_raw, None, line, None, None, None, fields
 
     def _parse_access(self, text: str, received_ns: int) -> _Parsed:
@@ -1007,12 +1008,13 @@ def _pop_path(obj: dict[str, Any], key: str) -> Any:
         if type(node) is not dict:
             return None
         trail.append(node)
-    value = trail[-1].pop(parts[-1], None)
-    if value is not None:
-        for parent, part in zip(reversed(trail[:-1]), reversed(parts[:-1]), strict=True):
-            if parent[part]:
-                break
-            del parent[part]
+    value = trail[-1].pop(parts[-1], _MISSING)
+    if value is _MISSING:
+        return None
+    for parent, part in zip(reversed(trail[:-1]), reversed(parts[:-1]), strict=True):
+        if parent[part]:
+            break
+        del parent[part]
     return value
 
 

@@ -275,6 +275,10 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         self._saturated = saturated
         self._name = cfg.name
         self._limit = cfg.max_event_bytes
+        # How long a line may be before the tail cuts it as it reads: a container runtime's record must be read
+        # whole to be a record (Docker's closes with its stream and time, and escapes can make a 16 KiB part
+        # six times longer), so for those kinds the event limit applies to the record's content instead.
+        self._line_limit = self._limit if cfg.parser.kind not in _CONTAINER_FORMATS else max(self._limit, 256 * 1024)
         self._start = re.compile(cfg.multiline.start_pattern) if cfg.multiline else None
         self._container = _CONTAINER_FORMATS.get(cfg.parser.kind)
         self._encoding = codecs.lookup(cfg.encoding).name
@@ -554,7 +558,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if tf.partial and not tf.skipping:
             raw = bytes(tf.partial).removesuffix(b"\r")
             tf.partial.clear()
-            self._line(tf, cut_utf8(raw, self._limit), tf.line_start, len(raw) > self._limit)
+            self._line(tf, cut_utf8(raw, self._line_limit), tf.line_start, len(raw) > self._line_limit)
         if tf.pending is not None:
             self._emit_pending(tf)
         tf.partial.clear()
@@ -588,7 +592,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
     def _consume(self, tf: _File, chunk: bytes, max_lines: int) -> tuple[int, int]:
         """Split a chunk read at ``tf.read_pos`` into lines; returns the bytes consumed (all unless
         ``max_lines`` was reached: the rest is read again next time) and the lines completed."""
-        limit = self._limit
+        limit = self._line_limit
         # Single lines (no multiline) are emitted inline: this loop is the hot path.
         single = not self._joins and self._encoding == "utf-8"
         out = self._out
@@ -634,13 +638,13 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if tf.skipping:
             return
         # One byte more than the limit: it may be the "\r" of a line exactly at the limit.
-        room = self._limit + 1 - len(tf.partial)
+        room = self._line_limit + 1 - len(tf.partial)
         if len(data) <= room:
             tf.partial += data
             return
         # Too long: hand on its head now and skip the rest, rather than hold an unbounded line.
         tf.partial += data[:room]
-        raw = cut_utf8(bytes(tf.partial), self._limit)
+        raw = cut_utf8(bytes(tf.partial), self._line_limit)
         tf.partial.clear()
         tf.skipping = True
         self._line(tf, raw, tf.line_start, True)
@@ -654,7 +658,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             self._emit(tf, raw, start, truncated, 1)
             return
         pending = tf.pending
-        if pending is None or self._start.search(raw.decode("utf-8", errors="replace")):
+        if pending is None or self._start.search(raw.decode(self._encoding, errors="replace")):
             if pending is not None:
                 self._emit_pending(tf)
             tf.pending = _Event(start, raw, truncated)
@@ -679,6 +683,9 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         assert self._container is not None
         split, join = self._container
         record = split(raw)
+        if record is not None and len(raw) > self._limit:
+            # Past max_event_bytes: the content is cut, the record kept whole (so that it still is one).
+            raw, truncated = _fit_record(raw, record, self._limit, join is _docker_join), True
         pending = tf.pending
         if pending is not None:
             if record is not None and record.stream == pending.stream:
@@ -881,6 +888,17 @@ def _docker_join(first: bytes, rest: list[bytes], complete: bool) -> bytes:
     """The run as one record: the first record with the others' "log" contents after its own."""
     end = first.find(_DOCKER_LOG_END)
     return first[:end] + b"".join(rest) + first[end:]
+
+
+def _fit_record(raw: bytes, record: _Record, limit: int, docker: bool) -> bytes:
+    """A record longer than ``limit`` with its content cut so that the whole is at most ``limit`` bytes (or its
+    content empty): a Docker record stays JSON."""
+    content = record.content
+    kept = _cut_content(content, max(len(content) - (len(raw) - limit), 0), escaped=docker)
+    if docker:
+        end = raw.find(_DOCKER_LOG_END)
+        return raw[: len(_DOCKER_HEAD)] + kept + raw[end:]
+    return raw[: len(raw) - len(content)] + kept  # CRI: the content ends the record
 
 
 def _cut_content(content: bytes, limit: int, escaped: bool) -> bytes:

@@ -113,10 +113,24 @@ class _BufferedClient(paho.Client):
         self._fw_linger = 0.0
         # Why the last connection was closed for a protocol error, until fw_take_protocol_error reads it.
         self._fw_protocol_error: str | None = None
+        # The reason code of the broker's MQTT 5 DISCONNECT, when it sent one.
+        self._fw_disconnect_reason: int | None = None
 
     def fw_reset_buffer(self) -> None:
         self._fw_buf = b""
         self._fw_pos = 0
+
+    def fw_take_disconnect_reason(self) -> int | None:
+        """The reason code of the DISCONNECT the broker just sent (MQTT 5), or None; reading clears it."""
+        reason, self._fw_disconnect_reason = self._fw_disconnect_reason, None
+        return reason
+
+    def _handle_disconnect(self) -> None:
+        # paho 2.1 reads a DISCONNECT's reason code only when properties follow it; Mosquitto sends the code
+        # alone (e0 01 8e for "session taken over"), and paho reports a normal disconnection.
+        packet = self._in_packet["packet"]
+        self._fw_disconnect_reason = packet[0] if self._in_packet["remaining_length"] >= 1 and packet else None
+        super()._handle_disconnect()
 
     def fw_take_protocol_error(self) -> str | None:
         """The reason the connection was just closed for a protocol error, or None; reading clears it."""
@@ -448,9 +462,10 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, MQTTState | list[int]]
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         protocol_error = self._client.fw_take_protocol_error()
+        reason_code = self._client.fw_take_disconnect_reason()
         if self._connected:
             health.counters().mqtt_disconnects += 1
-            if getattr(reason, "value", None) == _SESSION_TAKEN_OVER:
+            if reason_code == _SESSION_TAKEN_OVER:
                 # MQTT 5 says why (3.1.1 only closes the connection): the broker gives this session, and the
                 # messages queued for it, to whichever client connected last with this id.
                 log.error(

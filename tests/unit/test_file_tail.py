@@ -409,6 +409,28 @@ def test_a_joined_docker_record_cut_at_the_size_limit_stays_json(tmp_path: Path)
         part.close()
 
 
+def test_container_records_past_max_event_bytes_are_cut_in_their_content_and_stay_records(tmp_path: Path) -> None:
+    """Escapes can make a Docker record of a 16 KiB part several times longer: a record past the limit is read
+    whole, and its content cut, so that it is still a record (JSON, with its stream and time) and still joins
+    the rest of its line."""
+    limit = 256
+    docker = tmp_path / "abc-json.log"
+    write(docker, text([_docker("<" * 300), _docker("end\n"), _docker("<" * 400 + "\n", at=2)]))
+    events = drain(build(config([docker], parser={"kind": "docker"}, max_event_bytes=limit)))
+    assert [e.flags for e in events] == [("truncated",), ("truncated",)]
+    assert all(len(e.text.encode()) <= limit for e in events)
+    first, second = (json.loads(e.text) for e in events)
+    assert first["log"].strip("<") == "" and first["time"] == T_CRI.format(1) and second["time"] == T_CRI.format(2)
+    cri = tmp_path / "pod_app-0.log"
+    write(cri, text([f"{T_CRI.format(1)} stdout F " + "x" * 400, f"{T_CRI.format(2)} stdout F ok"]))
+    events = drain(build(config([cri], parser={"kind": "cri"}, max_event_bytes=limit)))
+    head = f"{T_CRI.format(1)} stdout F "
+    assert [(e.text, e.flags) for e in events] == [
+        (head + "x" * (limit - len(head)), ("truncated",)),
+        (f"{T_CRI.format(2)} stdout F ok", ()),
+    ]
+
+
 def test_container_runs_never_emit_past_the_committed_offset_and_wait_a_second_for_their_own_stream(
     tmp_path: Path,
 ) -> None:
@@ -453,8 +475,15 @@ def test_a_single_byte_encoding_reads_the_characters_the_file_has(tmp_path: Path
     assert drain(build(config([log])))[0].flags == ("invalid_utf8",)
 
 
+def test_a_multiline_start_pattern_reads_lines_in_the_files_encoding(tmp_path: Path) -> None:
+    log = tmp_path / "legacy.log"
+    write(log, "Änderung 1\n  detail\nÄnderung 2\n".encode("latin-1"))
+    cfg = config([log], encoding="latin-1", multiline={"start_pattern": "^[A-ZÄÖÜ]", "flush_timeout": 0.1})
+    assert [e.text for e in drain(build(cfg), quiet=0.3)] == ["Änderung 1\n  detail", "Änderung 2"]
+
+
 def test_an_encoding_that_writes_characters_in_several_bytes_is_refused_at_start() -> None:
-    for name in ("utf-16", "utf-16-le", "shift_jis", "no-such-codec"):
+    for name in ("utf-16", "utf-16-le", "shift_jis", "iso2022_jp", "hz", "rot13", "hex", "raw_unicode_escape", "nope"):
         with pytest.raises(ValueError, match="encoding"):
             FileInputConfig(name="app", paths=["/tmp/x.log"], encoding=name)
 

@@ -767,6 +767,8 @@ def test_service_and_host_fields_and_nested_keys() -> None:
     event = parse(nested, line)
     assert (event.ts_ns, event.level, event.service) == (R, "warn", "s1")
     assert event.doc["fields"] == {"log": {"logger": "db"}}  # the emptied "service" object is gone too
+    # A nested null: taken out as no level, and the object it leaves empty goes too.
+    assert "fields" not in parse(nested, '{"log": {"level": null}}').doc
 
 
 # ------------------------------------------------------------------------------------------- CRI
@@ -800,6 +802,8 @@ def test_the_applications_json_or_logfmt_line_inside_a_container_record() -> Non
     assert (untimed.ts_ns, untimed.level) == (R - 60 * S, "info")
     bad_time = parse(cri, '2025-12-31T23:59:00Z stdout F {"msg":"m","ts":"yesterday"}')
     assert bad_time.ts_ns == R - 60 * S and bad_time.doc["fields"] == {"stream": "stdout", "ts": "yesterday"}
+    # The runtime's stream wins over a key of the application's of that name.
+    assert parse(cri, '2025-12-31T23:59:00Z stdout F {"msg":"m","stream":"x"}').doc["fields"] == {"stream": "stdout"}
     plain = parse(cri, "2025-12-31T23:59:00Z stdout F Started in 3 s")
     assert (plain.doc["message"], plain.level, "tags" in plain.doc) == ("Started in 3 s", "", False)
     docker = file_parser("docker", message_format="logfmt")
