@@ -302,6 +302,11 @@ class IndexLayout:
                 "mappings": template_mappings(kind),
             },
         }
+        if kind == LOGS:
+            # As Elastic's own logs templates do: a value that does not fit its field's type (a number field
+            # that one line writes as text) is kept in the document, not indexed, and named in _ignored; the
+            # document is stored. (A conflict of shapes, an object where a value was, is still refused.)
+            body["template"]["settings"]["index.mapping.ignore_malformed"] = True
         if self.data_streams:
             body["data_stream"] = {}
             keep = (self.retention or {}).get(kind)

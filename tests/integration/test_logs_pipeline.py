@@ -463,10 +463,13 @@ max_event_bytes = 65536
 def test_mapping_conflict_ends_in_the_dead_letter_index(
     tmp_path: Path, unique: str, influx_db: str, es_index: str
 ) -> None:
+    """A value that does not fit its field's type is kept unindexed, as Elastic's logs templates do; an object
+    where a value was (or the reverse) cannot be stored at all, and is a dead letter."""
     logs = tmp_path / "logs"
     logs.mkdir()
-    first = json.dumps({"timestamp": f"{T0}01Z", "message": "fast", "duration_ms": 12})
-    conflict = json.dumps({"timestamp": f"{T0}02Z", "message": "slow", "duration_ms": "very slow"})
+    first = json.dumps({"timestamp": f"{T0}01Z", "message": "fast", "duration_ms": 12, "err": "timeout"})
+    malformed = json.dumps({"timestamp": f"{T0}02Z", "message": "slow", "duration_ms": "very slow"})
+    conflict = json.dumps({"timestamp": f"{T0}03Z", "message": "shape", "err": {"code": 7}})
     append(logs / "app.log", [first])
     inputs = f"""
 [[logs.files]]
@@ -475,24 +478,28 @@ paths = ["{logs}/*.log"]
 parser = {{ kind = "json" }}
 """
     pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs))
-    # The first document maps fields.duration_ms as a number; the second cannot be stored in that index.
+    # The first document maps fields.duration_ms as a number and fields.err as a keyword.
     wait_for_docs(f"{unique}-logs*", 1)
     # The same line twice (a repeated log line, the same second): two documents refused, two dead letters.
-    append(logs / "app.log", [conflict, conflict])
+    append(logs / "app.log", [malformed, conflict, conflict])
     dead = wait_for_docs(f"{unique}-dead-letters*", 2)
     pipeline.wait_for("es_rejected", 2)
     pipeline.wait_for("dead_letters", 2)
     assert pipeline.counters()["dead_letters_by_reason"] == {"mapping_conflict": 2}
+    docs = wait_for_docs(f"{unique}-logs*", 2)
     pipeline.stop()
-    assert [d["message"] for d in es_docs(f"{unique}-logs*")] == ["fast"]
+    assert sorted(d["message"] for d in docs) == ["fast", "slow"]
+    resp = http.request("GET", f"{ES_URL}/{unique}-logs*/_search?q=message:slow")
+    [slow] = json.loads(resp.data)["hits"]["hits"]
+    assert slow["_ignored"] == ["fields.duration_ms"] and slow["_source"]["fields"]["duration_ms"] == "very slow"
     assert len(dead) == 2 and {d["reason"] for d in dead} == {"mapping_conflict"}
     # The source names the index and the refused document's own id.
-    second = len(first) + 1
+    second = len(first) + 1 + len(malformed) + 1
     third = second + len(conflict) + 1
     assert sorted(d["source"].rsplit("-", 1)[1] for d in dead) == sorted([f"{second:x}", f"{third:x}"])
     assert all(d["source"].startswith(f"elasticsearch:{unique}-logs-") for d in dead)
-    assert all("duration_ms" in d["detail"] for d in dead)
-    assert all(json.loads(d["raw"])["fields"]["duration_ms"] == "very slow" for d in dead)
+    assert all("err" in d["detail"] for d in dead)
+    assert all(json.loads(d["raw"])["fields"]["err"] == {"code": 7} for d in dead)
 
 
 def test_elasticsearch_outage_of_30s_under_load_loses_nothing(

@@ -69,6 +69,9 @@ def test_templates_map_text_keyword_and_date_deliberately() -> None:
     dead = layout.template(DEAD_LETTERS)["template"]["mappings"]
     # Raw input is kept but never indexed, so the dead-letter index cannot refuse it.
     assert dead["properties"]["raw"] == {"type": "text", "index": False}
+    # Log events keep a value that does not fit its field's type; the strict kinds refuse it.
+    assert layout.template(LOGS)["template"]["settings"]["index.mapping.ignore_malformed"] is True
+    assert "index.mapping.ignore_malformed" not in layout.template(DEAD_LETTERS)["template"]["settings"]
 
 
 def test_a_template_digest_changes_with_its_body_and_only_with_it() -> None:
