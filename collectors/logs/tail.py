@@ -192,7 +192,7 @@ class FileTailSource(FixedPartitionedSource[list[LogLine], TailState]):
 class _Event:
     """A multiline event, or a run of a container's partial records, not emitted yet."""
 
-    __slots__ = ("deferred", "lines", "nbytes", "nlines", "start", "stream", "truncated", "updated")
+    __slots__ = ("deferred", "deferred_bytes", "lines", "nbytes", "nlines", "start", "stream", "truncated", "updated")
 
     def __init__(self, start: int, line: bytes, truncated: bool, stream: bytes = b"", now: float = 0.0) -> None:
         self.start = start
@@ -208,6 +208,7 @@ class _Event:
         self.stream = stream
         self.updated = now
         self.deferred: list[tuple[bytes, int, bool]] = []
+        self.deferred_bytes = 0
 
 
 class _File:
@@ -705,8 +706,10 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                     self._emit(tf, joined, pending.start, pending.truncated, 1)
                     self._emit_deferred(tf, pending)
                 return
-            if record is not None and not record.partial and len(pending.deferred) < MAX_BATCH_LINES:
+            held = len(pending.deferred) < MAX_BATCH_LINES and pending.deferred_bytes + len(raw) <= MAX_BATCH_BYTES
+            if record is not None and not record.partial and held:
                 pending.deferred.append((raw, start, truncated))
+                pending.deferred_bytes += len(raw)
                 return
             # A partial record of the other stream (one run waits at a time), a line that is no record, or
             # too many lines held: the run ends unfinished.
