@@ -81,6 +81,8 @@ _PUBACK = struct.Struct("!BBH")  # fixed header, remaining length 2, packet id (
 # MQTT 5 DISCONNECT reason code "Session taken over".
 _SESSION_TAKEN_OVER = 0x8E
 # A connection that lasted less than this was not a working one: the next attempt waits for the backoff.
+# After this many such connections in a row, closed by the broker, the log says what may be the cause.
+_SHORT_CLOSES_TOLD = 3
 _WORKING_CONNECTION = 1.0
 # What paho 2.1's packet reader raises, instead of returning MQTT_ERR_PROTOCOL, on packets it cannot decode
 # (found by feeding it random packets of every type). Any of them means a malformed packet.
@@ -384,6 +386,8 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, MQTTState | list[int]]
         self._filters_before: list[str] | None = None
         self._subscribed: list[str] | None = resume_filters
         self._connected_at = 0.0
+        # Connections in a row the broker closed before they worked (see _on_disconnect).
+        self._short_closes = 0
         self._pending_subscribe: int | None = None
         # While a sink is saturated this source does not read, and the window clock stands still.
         self._stall = clock.StallMark()
@@ -476,6 +480,21 @@ class MQTTPartition(StatefulSourcePartition[MessageBatch, MQTTState | list[int]]
             worked = time.monotonic() - self._connected_at >= _WORKING_CONNECTION
             if worked:
                 self._backoff = self._cfg.reconnect_min_delay.total_seconds()
+                self._short_closes = 0
+            elif protocol_error is None and reason_code != _SESSION_TAKEN_OVER:
+                self._short_closes += 1
+                if self._short_closes == _SHORT_CLOSES_TOLD:
+                    # What MQTT 3.1.1 (and brokers that send no reason) leave to guess: the same client id
+                    # used twice (two fleetwatch processes with one config) makes the broker close each
+                    # connection as the other one connects.
+                    log.error(
+                        "MQTT %s: the broker closed %d connections in a row within %.0f s of accepting them: another "
+                        "client connecting with this client id (mqtt.client_id must be unique, also between "
+                        "fleetwatch processes) or a broker limit does this",
+                        self.client_id,
+                        self._short_closes,
+                        _WORKING_CONNECTION,
+                    )
             if protocol_error is not None or not worked:
                 # A broker that accepts and then drops at once, or that sent a malformed packet, must not be
                 # reconnected to in a tight loop.

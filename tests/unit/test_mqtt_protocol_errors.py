@@ -237,3 +237,19 @@ def test_while_redeliveries_are_deduplicated_paho_gets_only_checked_publishes(cl
         messages += drive(part, lambda: False, timeout=0.2)
         assert messages == [("t/1", b"1")]
         assert protocol_errors()[f"{client_id}-0"] == 1 and len(broker.accepted) == 2
+
+
+@pytest.mark.parametrize("disconnect", [b"\xe0\x01\x8e", b"\xe0\x02\x8e\x00"], ids=["code alone", "no properties"])
+def test_a_session_taken_over_is_an_error_that_says_so(
+    disconnect: bytes, client_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An MQTT 5 broker that gives the session to another client with the same id says so in its DISCONNECT
+    (reason 0x8E), which paho 2.1 reads only when properties follow it."""
+    caplog.set_level(logging.WARNING, logger="collectors.mqtt.source")
+    broker = FakeBroker([disconnect], v5=True)
+    before = health.counters().mqtt_disconnects
+    with partition(broker, client_id, True) as part:
+        drive(part, lambda: len(broker.accepted) == 2)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and all("another client connected with the same client id" in e for e in errors), errors
+    assert health.counters().mqtt_disconnects >= before + 1
