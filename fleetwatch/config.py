@@ -569,7 +569,8 @@ class FileInputConfig(Section):
     # Longer events are cut to this size and flagged "truncated".
     max_event_bytes: int = Field(default=65536, ge=256)
     poll_interval: Duration = timedelta(milliseconds=100)
-    # The files' character encoding: UTF-8, or a single-byte one ("latin-1", "cp1252", "iso-8859-15", ...).
+    # The files' character encoding: UTF-8, UTF-16 ("utf-16-le", as Windows writes it, or "utf-16-be"), or a
+    # single-byte one ("latin-1", "cp1252", "iso-8859-15", ...).
     encoding: str = "utf-8"
 
     @field_validator("encoding")
@@ -577,13 +578,21 @@ class FileInputConfig(Section):
     def _single_byte(cls, name: str) -> str:
         import codecs
 
-        expected = f"expected UTF-8 or a single-byte encoding such as 'latin-1' or 'cp1252' (got {name!r})"
+        expected = (
+            f"expected 'utf-8', 'utf-16-le', 'utf-16-be' or a single-byte encoding such as 'latin-1' or 'cp1252' "
+            f"(got {name!r})"
+        )
         try:
             codec = codecs.lookup(name)
         except LookupError:
             raise ValueError(f"unknown encoding: {expected}") from None
-        if codec.name == "utf-8":
+        if codec.name in ("utf-8", "utf-16-le", "utf-16-be"):
             return name
+        if codec.name == "utf-16":
+            raise ValueError(
+                "name the byte order: 'utf-16-le' (as Windows writes UTF-16) or 'utf-16-be'; a byte-order mark at "
+                "the start of a file is left out either way"
+            )
         # Lines are split on the byte "\n": each byte must be one character on its own, whatever comes before
         # it (UTF-16, Shift JIS and ISO-2022 are not), with no escapes read (unicode_escape) and no transform
         # of bytes (hex, base64, rot13).
@@ -602,6 +611,10 @@ class FileInputConfig(Section):
 
     @model_validator(mode="after")
     def _multiline_kind(self) -> FileInputConfig:
+        import codecs
+
+        if self.parser.kind in ("cri", "docker") and codecs.lookup(self.encoding).name != "utf-8":
+            raise ValueError(f"encoding: parser kind {self.parser.kind!r} reads UTF-8 (container runtimes write it)")
         if self.multiline is not None and self.parser.kind in ("cri", "docker"):
             raise ValueError(
                 f"multiline: not available with parser kind {self.parser.kind!r} (the partial records of a"

@@ -51,8 +51,9 @@ Lifecycle contract:
 - **Size limit.** An event longer than ``max_event_bytes`` is cut there (on a UTF-8 character boundary) and
   flagged "truncated"; the rest of it is skipped. Files are read in chunks, and a line is never held in
   memory beyond the limit, however long it is: an overlong line is emitted as soon as it passes the limit.
-- **Encoding.** UTF-8, or the input's single-byte ``encoding`` (Latin-1, Windows-1252, ...): lines are split
-  on the byte ``\\n`` either way.
+- **Encoding.** UTF-8, UTF-16 (LE or BE: lines end with the two bytes of ``\\n`` at an even offset, the
+  byte-order mark is left out, an odd last byte waits for its pair) or a single-byte ``encoding`` (Latin-1,
+  Windows-1252, ...: lines are split on the byte ``\\n``).
 - **Never raises.** Invalid UTF-8 is replaced and flagged "invalid_utf8" (bytes another encoding has no
   character for: "invalid_encoding"); files that cannot be opened or
   read are logged (once) and retried at the next poll.
@@ -88,6 +89,8 @@ from flows import clock, health, lifecycle
 log = logging.getLogger(__name__)
 
 MAX_BATCH_LINES = 2000
+# Encodings whose lines the tail splits two bytes at a time (FileInputConfig.encoding).
+_WIDE_NEWLINES = ("utf-16-le", "utf-16-be")
 # Container log files: how long a run of partial records waits for its last one when no more data comes (the
 # runtime writes them together: only a stopped container leaves a run unfinished).
 _PARTIAL_FLUSH_TIMEOUT = 1.0
@@ -283,6 +286,11 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         self._start = re.compile(cfg.multiline.start_pattern) if cfg.multiline else None
         self._container = _CONTAINER_FORMATS.get(cfg.parser.kind)
         self._encoding = codecs.lookup(cfg.encoding).name
+        # UTF-16 files: a character is two bytes (a surrogate pair four), lines end with the two bytes of "\n" at
+        # an even offset, and a file may start with its byte-order mark (left out of the first line).
+        self._wide = self._encoding in _WIDE_NEWLINES
+        self._newline = "\n".encode(self._encoding) if self._wide else b"\n"
+        self._cr = "\r".encode(self._encoding) if self._wide else b"\r"
         # Lines may wait in a pending event: multiline, or the partial records of a container's log line.
         self._joins = self._start is not None or self._container is not None
         self._flush_after = (
@@ -400,19 +408,41 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         self._files[key] = tf
         log.info("%s: opened %s (inode %d) at offset %d", self._name, path, st.st_ino, state.offset)
 
-    @staticmethod
-    def _end_position(fd: int, size: int) -> int:
+    def _end_position(self, fd: int, size: int) -> int:
         """Just after the last newline, so a line being written now is read whole rather than as a tail
         fragment; the end itself if the last ``_END_LOOKBACK`` bytes hold no newline."""
         n = min(size, _END_LOOKBACK)
+        if self._wide:
+            size -= size % 2  # (half a character at the end: read once it is whole)
+            n = min(size, _END_LOOKBACK)
         try:
             tail = os.pread(fd, n, size - n)
         except OSError:
             return size
-        nl = tail.rfind(b"\n")
+        nl = self._last_newline(tail)
         if nl >= 0:
-            return size - len(tail) + nl + 1
+            return size - len(tail) + nl + len(self._newline)
         return 0 if n == size else size
+
+    def _last_newline(self, data: bytes) -> int:
+        """Where the last newline of ``data`` (read from an even offset) starts, or -1."""
+        nl = data.rfind(self._newline)
+        while self._wide and nl > 0 and nl % 2:
+            nl = data.rfind(self._newline, 0, nl + 1)
+        return nl if not (self._wide and nl % 2) else -1
+
+    def _cut(self, data: bytes, limit: int) -> bytes:
+        """``data`` cut to at most ``limit`` bytes on a character boundary of the file's encoding."""
+        if not self._wide:
+            return cut_utf8(data, limit)
+        if len(data) <= limit:
+            return data
+        cut = limit - limit % 2
+        # A high surrogate last would be half a pair.
+        unit = data[cut - 2 : cut]
+        if len(unit) == 2 and 0xD8 <= (unit[1] if self._encoding == "utf-16-le" else unit[0]) <= 0xDB:
+            cut -= 2
+        return data[:cut]
 
     # -- fingerprints and truncation
 
@@ -557,9 +587,9 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if not tf.state.fingerprint:
             self._take_fingerprint(tf, final=True)
         if tf.partial and not tf.skipping:
-            raw = bytes(tf.partial).removesuffix(b"\r")
+            raw = bytes(tf.partial).removesuffix(self._cr)
             tf.partial.clear()
-            self._line(tf, cut_utf8(raw, self._line_limit), tf.line_start, len(raw) > self._line_limit)
+            self._line(tf, self._cut(raw, self._line_limit), tf.line_start, len(raw) > self._line_limit)
         if tf.pending is not None:
             self._emit_pending(tf)
         tf.partial.clear()
@@ -593,6 +623,8 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
     def _consume(self, tf: _File, chunk: bytes, max_lines: int) -> tuple[int, int]:
         """Split a chunk read at ``tf.read_pos`` into lines; returns the bytes consumed (all unless
         ``max_lines`` was reached: the rest is read again next time) and the lines completed."""
+        if self._wide:
+            return self._consume_wide(tf, chunk, max_lines)
         limit = self._line_limit
         # Single lines (no multiline) are emitted inline: this loop is the hot path.
         single = not self._joins and self._encoding == "utf-8"
@@ -635,17 +667,54 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         tf.read_pos += pos
         return pos, n
 
+    def _consume_wide(self, tf: _File, chunk: bytes, max_lines: int) -> tuple[int, int]:
+        """``_consume`` for UTF-16: newlines at even offsets only (the file is read from even offsets), an odd
+        last byte left for the next read, the byte-order mark left out of the first line."""
+        chunk = chunk[: len(chunk) - len(chunk) % 2]
+        newline, cr = self._newline, self._cr
+        base = tf.read_pos
+        pos = n = 0
+        end = len(chunk)
+        while pos < end and n < max_lines:
+            nl = chunk.find(newline, pos)
+            while nl >= 0 and nl % 2:
+                nl = chunk.find(newline, nl + 1)
+            if nl < 0:
+                self._grow_partial(tf, chunk[pos:])
+                pos = end
+                break
+            if tf.skipping:
+                tf.skipping = False
+            else:
+                raw = chunk[pos:nl]
+                if tf.partial:
+                    raw = bytes(tf.partial) + raw
+                    tf.partial.clear()
+                if raw.endswith(cr):
+                    raw = raw[: -len(cr)]
+                if tf.line_start == 0 and raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+                    raw = raw[2:]
+                if len(raw) > self._line_limit:
+                    self._line(tf, self._cut(raw, self._line_limit), tf.line_start, True)
+                else:
+                    self._line(tf, raw, tf.line_start, False)
+            n += 1
+            pos = nl + len(newline)
+            tf.line_start = base + pos
+        tf.read_pos += pos
+        return pos, n
+
     def _grow_partial(self, tf: _File, data: bytes) -> None:
         if tf.skipping:
             return
-        # One byte more than the limit: it may be the "\r" of a line exactly at the limit.
-        room = self._line_limit + 1 - len(tf.partial)
+        # One "\r" more than the limit: it may end a line exactly at the limit.
+        room = self._line_limit + len(self._cr) - len(tf.partial)
         if len(data) <= room:
             tf.partial += data
             return
         # Too long: hand on its head now and skip the rest, rather than hold an unbounded line.
         tf.partial += data[:room]
-        raw = cut_utf8(bytes(tf.partial), self._line_limit)
+        raw = self._cut(bytes(tf.partial), self._line_limit)
         tf.partial.clear()
         tf.skipping = True
         self._line(tf, raw, tf.line_start, True)
@@ -667,9 +736,9 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         pending.nlines += 1
         if pending.truncated:
             return
-        room = self._limit - pending.nbytes - 1  # the "\n" that joins the lines
+        room = self._limit - pending.nbytes - len(self._newline)  # the "\n" that joins the lines
         if len(raw) > room or truncated:
-            raw = cut_utf8(raw, max(room, 0))
+            raw = self._cut(raw, max(room, 0))
             pending.truncated = True
             if not raw:
                 return
@@ -740,7 +809,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             self._emit(tf, joined, pending.start, pending.truncated, 1, partial=True)
             self._emit_deferred(tf, pending)
             return
-        raw = pending.lines[0] if len(pending.lines) == 1 else b"\n".join(pending.lines)
+        raw = pending.lines[0] if len(pending.lines) == 1 else self._newline.join(pending.lines)
         self._emit(tf, raw, pending.start, pending.truncated, pending.nlines)
 
     def _emit(self, tf: _File, raw: bytes, start: int, truncated: bool, nlines: int, partial: bool = False) -> None:

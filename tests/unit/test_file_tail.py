@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import os
 import pickle
@@ -482,8 +483,46 @@ def test_a_multiline_start_pattern_reads_lines_in_the_files_encoding(tmp_path: P
     assert [e.text for e in drain(build(cfg), quiet=0.3)] == ["Änderung 1\n  detail", "Änderung 2"]
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_files_as_windows_writes_them(tmp_path: Path, encoding: str) -> None:
+    """SQL Server's ERRORLOG, PowerShell transcripts: a byte-order mark, CRLF, characters beyond the BMP, a
+    newline's two bytes across two other characters ("ਊĀ", "Āਊ"), a line cut mid-character by a writer, and a
+    restart."""
+    log = tmp_path / "ERRORLOG"
+    bom = codecs.BOM_UTF16_LE if encoding == "utf-16-le" else codecs.BOM_UTF16_BE
+    lines = ["2026-01-01 10:00:00.12 Server  Microsoft SQL Server 2022", "Größe ਊĀ Āਊ 😀 ok", ""]
+    data = bom + "".join(f"{line}\r\n" for line in lines).encode(encoding)
+    write(log, data + "half".encode(encoding) + "l".encode(encoding)[:1])  # an odd last byte
+    cfg = config([log], encoding=encoding)
+    part = build(cfg)
+    events = drain(part)
+    assert [(e.text, e.flags) for e in events] == [(line, ()) for line in lines]
+    state = part.snapshot()
+    part.close()
+    write(log, "l".encode(encoding)[1:] + " line\r\n".encode(encoding))
+    again = build(cfg, state)
+    assert [e.text for e in drain(again)] == ["halfl line"]
+    offsets = [e.doc_id.rsplit("-", 1)[1] for e in events]
+    assert offsets[0] == "0" and all(int(o, 16) % 2 == 0 for o in offsets)
+    again.close()
+    # A line past max_event_bytes is cut between characters, never inside a surrogate pair.
+    long = tmp_path / "long"
+    long.mkdir()
+    write(long / "ERRORLOG", ("x" + "😀" * 100 + "\r\nafter\r\n").encode(encoding))
+    cut = drain(build(config([long / "ERRORLOG"], encoding=encoding, max_event_bytes=256)))
+    assert [(e.text, e.flags) for e in cut] == [("x" + "😀" * 63, ("truncated",)), ("after", ())]
+    # read_from = end starts after the last whole line.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write(fresh / "ERRORLOG", data + "partial".encode(encoding))
+    tail = build(config([fresh / "ERRORLOG"], encoding=encoding, read_from="end"))
+    write(fresh / "ERRORLOG", " line\r\nnext\r\n".encode(encoding))
+    assert [e.text for e in drain(tail)] == ["partial line", "next"]
+    tail.close()
+
+
 def test_an_encoding_that_writes_characters_in_several_bytes_is_refused_at_start() -> None:
-    for name in ("utf-16", "utf-16-le", "shift_jis", "iso2022_jp", "hz", "rot13", "hex", "raw_unicode_escape", "nope"):
+    for name in ("utf-16", "utf-32", "shift_jis", "iso2022_jp", "hz", "rot13", "hex", "raw_unicode_escape", "nope"):
         with pytest.raises(ValueError, match="encoding"):
             FileInputConfig(name="app", paths=["/tmp/x.log"], encoding=name)
 
