@@ -622,11 +622,16 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
 
     def _consume(self, tf: _File, chunk: bytes, max_lines: int) -> tuple[int, int]:
         """Split a chunk read at ``tf.read_pos`` into lines; returns the bytes consumed (all unless
-        ``max_lines`` was reached: the rest is read again next time) and the lines completed."""
-        if self._wide:
-            return self._consume_wide(tf, chunk, max_lines)
+        ``max_lines`` was reached: the rest is read again next time) and the lines completed. UTF-16: newlines
+        at even offsets only (files are read from even offsets), an odd last byte left for the next read, the
+        byte-order mark left out of the first line."""
+        wide = self._wide
+        if wide:
+            chunk = chunk[: len(chunk) - len(chunk) % 2]
+        newline, cr = self._newline, self._cr
+        step, cr_len = len(newline), len(cr)
         limit = self._line_limit
-        # Single lines (no multiline) are emitted inline: this loop is the hot path.
+        # Single UTF-8 lines (no multiline, no container records) are emitted inline: this loop is the hot path.
         single = not self._joins and self._encoding == "utf-8"
         out = self._out
         name, source, now_ns = self._name, tf.source, self._now_ns
@@ -635,7 +640,10 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         pos = n = 0
         end = len(chunk)
         while pos < end and n < max_lines:
-            nl = chunk.find(b"\n", pos)
+            nl = chunk.find(newline, pos)
+            if wide:
+                while nl >= 0 and nl % 2:  # the newline's bytes across two other characters
+                    nl = chunk.find(newline, nl + 1)
             if nl < 0:
                 self._grow_partial(tf, chunk[pos:])
                 pos = end
@@ -647,10 +655,12 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                 if tf.partial:
                     raw = bytes(tf.partial) + raw
                     tf.partial.clear()
-                if raw.endswith(b"\r"):
-                    raw = raw[:-1]
+                if raw.endswith(cr):
+                    raw = raw[:-cr_len]
+                if wide and tf.line_start == 0 and raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+                    raw = raw[2:]
                 if len(raw) > limit:
-                    self._line(tf, cut_utf8(raw, limit), tf.line_start, True)
+                    self._line(tf, self._cut(raw, limit), tf.line_start, True)
                 elif not single:
                     self._line(tf, raw, tf.line_start, False)
                 else:
@@ -662,44 +672,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                         flags = ("invalid_utf8",)
                     out.append(LogLine(text, name, source, f"{id_prefix}{tf.line_start:x}", now_ns, flags))
             n += 1
-            pos = nl + 1
-            tf.line_start = base + pos
-        tf.read_pos += pos
-        return pos, n
-
-    def _consume_wide(self, tf: _File, chunk: bytes, max_lines: int) -> tuple[int, int]:
-        """``_consume`` for UTF-16: newlines at even offsets only (the file is read from even offsets), an odd
-        last byte left for the next read, the byte-order mark left out of the first line."""
-        chunk = chunk[: len(chunk) - len(chunk) % 2]
-        newline, cr = self._newline, self._cr
-        base = tf.read_pos
-        pos = n = 0
-        end = len(chunk)
-        while pos < end and n < max_lines:
-            nl = chunk.find(newline, pos)
-            while nl >= 0 and nl % 2:
-                nl = chunk.find(newline, nl + 1)
-            if nl < 0:
-                self._grow_partial(tf, chunk[pos:])
-                pos = end
-                break
-            if tf.skipping:
-                tf.skipping = False
-            else:
-                raw = chunk[pos:nl]
-                if tf.partial:
-                    raw = bytes(tf.partial) + raw
-                    tf.partial.clear()
-                if raw.endswith(cr):
-                    raw = raw[: -len(cr)]
-                if tf.line_start == 0 and raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-                    raw = raw[2:]
-                if len(raw) > self._line_limit:
-                    self._line(tf, self._cut(raw, self._line_limit), tf.line_start, True)
-                else:
-                    self._line(tf, raw, tf.line_start, False)
-            n += 1
-            pos = nl + len(newline)
+            pos = nl + step
             tf.line_start = base + pos
         tf.read_pos += pos
         return pos, n
@@ -743,7 +716,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             if not raw:
                 return
         pending.lines.append(raw)
-        pending.nbytes += len(raw) + 1
+        pending.nbytes += len(raw) + len(self._newline)
 
     def _container_record(self, tf: _File, raw: bytes, start: int, truncated: bool) -> None:
         """A record of a container runtime's log file (``_CONTAINER_FORMATS``). The runtime splits a long line
