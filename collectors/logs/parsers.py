@@ -714,43 +714,38 @@ class LogParser:
         elif message[-1:] == "\n":
             # Docker's json-file driver keeps the line's own newline in "log": not part of the message.
             message = message.rstrip("\r\n")
-        if self._service_field is not None or self._host_field is not None:
-            return self._named_by_fields(obj, text, received_ns, ts_raw, level_raw, message)
-        # A plain string name (a regex group, most JSON) is taken here; _take_name reads the other shapes.
-        service = obj.get("service")
-        if type(service) is str and service and "service.name" not in obj:
-            del obj["service"]
+        if self._service_field is None and self._host_field is None:
+            # A plain string name (a regex group, most JSON) is taken here; _take_name reads the other shapes.
+            service = obj.get("service")
+            if type(service) is str and service and "service.name" not in obj:
+                del obj["service"]
+            else:
+                service = _take_name(obj, "service") if "service" in obj or "service.name" in obj else None
+            host = obj.get("host")
+            if type(host) is str and host and "host.name" not in obj:
+                del obj["host"]
+            else:
+                host = _take_name(obj, "host") if "host" in obj or "host.name" in obj else None
         else:
-            service = _take_name(obj, "service") if "service" in obj or "service.name" in obj else None
-        host = obj.get("host")
-        if type(host) is str and host and "host.name" not in obj:
-            del obj["host"]
-        else:
-            host = _take_name(obj, "host") if "host" in obj or "host.name" in obj else None
+            service = self._named_by_field(obj, self._service_field, "service")
+            host = self._named_by_field(obj, self._host_field, "host")
         ts_ns = None if ts_raw is None else self.timestamp_ns(ts_raw, received_ns)
         return ts_ns, ts_raw, level_raw, message, service, host, None, obj
 
-    def _named_by_fields(
-        self, obj: dict[str, Any], text: str, received_ns: int, ts_raw: object, level_raw: object, message: str
-    ) -> _Parsed:
-        """``_mapped`` with ``service_field`` or ``host_field`` set: a non-empty string there names the service
-        (or host) and leaves the fields; anything else stays a field."""
-        names: list[str | None] = []
-        for key, default in ((self._service_field, "service"), (self._host_field, "host")):
-            if key is None:
-                names.append(_take_name(obj, default) if default in obj or f"{default}.name" in obj else None)
-                continue
-            value = obj.get(key, _MISSING)
-            if value is _MISSING and "." in key:
-                value = _get_path(obj, key)
-            if type(value) is str and value:
-                if obj.pop(key, None) is None:
-                    _pop_path(obj, key)
-                names.append(value)
-            else:
-                names.append(None)
-        ts_ns = None if ts_raw is None else self.timestamp_ns(ts_raw, received_ns)
-        return ts_ns, ts_raw, level_raw, message, names[0], names[1], None, obj
+    @staticmethod
+    def _named_by_field(obj: dict[str, Any], key: str | None, default: str) -> str | None:
+        """With ``service_field`` or ``host_field`` set: a non-empty string at ``key`` names the service (or
+        host) and leaves the fields; anything else stays a field. Unset: ``default`` as ``_mapped`` reads it."""
+        if key is None:
+            return _take_name(obj, default) if default in obj or f"{default}.name" in obj else None
+        value = obj.get(key, _MISSING)
+        if value is _MISSING and "." in key:
+            value = _get_path(obj, key)
+        if type(value) is not str or not value:
+            return None
+        if obj.pop(key, None) is None:
+            _pop_path(obj, key)
+        return value
 
     def _parse_json(self, text: str, received_ns: int) -> _Parsed:
         start = 0
