@@ -270,8 +270,8 @@ class WindowsConfig(Section):
     max_age: Duration = timedelta(days=30)
     quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.95, 0.99])
     # At most this many series hold window state (about 1.5 KB each); a reading of a new series past it is a
-    # dead letter (series_limit) until series are forgotten (an hour without readings). Each shard of the
-    # series (8 per worker with several workers) holds its share. 0: no limit.
+    # dead letter (series_limit) until silent series are forgotten (an hour after their last window closed).
+    # Each shard of the series (8 per worker with several workers) holds its share. 0: no limit.
     max_series: int = Field(default=2_000_000, ge=0)
 
     @field_validator("tumbling")

@@ -290,8 +290,8 @@ def _readings(
             return None
         health.counters().add_dead(["series_limit"] * len(refused))
         detail = (
-            f"windows.max_series ({max_series}) reached: a reading of a new series is refused until series are "
-            "forgotten (an hour without readings)"
+            f"windows.max_series ({max_series}) reached: a reading of a new series is refused until silent series "
+            "are forgotten (an hour after their last window closed)"
         )
         # The reading as the raw line it would have been (the payload is not kept past parsing), stamped with
         # its event time, so that a replay gives the same dead letter.

@@ -643,7 +643,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             self._refused_logged = mono
             log.warning(
                 "windows: a shard holds %d series, its share of windows.max_series: %d reading(s) of new series "
-                "went to the dead letters (series_limit); series without readings for an hour are forgotten",
+                "went to the dead letters (series_limit); silent series are forgotten an hour after their last window",
                 len(self.state.series),
                 count,
             )
