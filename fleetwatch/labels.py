@@ -12,14 +12,14 @@ import functools
 from datetime import timedelta
 
 
-def _ns(delta: timedelta) -> int:
-    # Exact integer nanoseconds: total_seconds() is a float and would round long windows.
+def duration_ns(delta: timedelta) -> int:
+    """Exact integer nanoseconds: total_seconds() is a float and would round long windows."""
     return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
 def duration_label(delta: timedelta) -> str:
     """``10s``, ``1m``, ``1h30m``, ``250ms``: the window tag value in InfluxDB."""
-    ms = _ns(delta) // 1_000_000
+    ms = duration_ns(delta) // 1_000_000
     if ms % 1000:
         return f"{ms}ms"
     seconds = ms // 1000

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
-from fleetwatch.labels import duration_label
+from fleetwatch.labels import duration_label, duration_ns
 from fleetwatch.record import Reading
 from flows import clock as pipeline_clock
 from flows import health, lifecycle
@@ -81,20 +81,16 @@ class WindowSpec(NamedTuple):
 
     @classmethod
     def tumbling(cls, length: timedelta) -> WindowSpec:
-        ns = _ns(length)
+        ns = duration_ns(length)
         return cls(duration_label(length), ns, ns)
 
     @classmethod
     def sliding(cls, length: timedelta, step: timedelta) -> WindowSpec:
-        return cls(f"{duration_label(length)}/{duration_label(step)}", _ns(length), _ns(step))
+        return cls(f"{duration_label(length)}/{duration_label(step)}", duration_ns(length), duration_ns(step))
 
 
 def _same_ns(ns: int) -> int:
     return ns
-
-
-def _ns(delta: timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
 class Aggregate(NamedTuple):
@@ -415,7 +411,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # The most series this shard holds (0: no limit); a reading of another series is refused.
         self.max_series = max_series or sys.maxsize
         self._refused_logged = -math.inf
-        self.lateness_ns = _ns(allowed_lateness)
+        self.lateness_ns = duration_ns(allowed_lateness)
         self.quantiles = tuple(quantiles)
         # Tests drive windows with a clock they move by hand: any callable returning wall-time ns.
         self._now = clock if callable(clock) else pipeline_clock.now_ns

@@ -50,6 +50,7 @@ from elasticsearch import ApiError, Elasticsearch
 from elasticsearch.serializer import OrjsonSerializer
 
 from fleetwatch.config import ElasticsearchConfig
+from fleetwatch.labels import duration_ns
 from fleetwatch.record import AlertTransition, DeadLetter, LogEvent, LogRate
 from flows import health
 from flows.alerts.notify import alert_doc, alert_mappings, rfc3339
@@ -251,10 +252,6 @@ _DAY_NS = 86_400 * 1_000_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _ns(delta: timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
-
-
 @functools.lru_cache(maxsize=1024)
 def _utc_day(day: int) -> str:
     """Day ``day`` since the epoch as ``YYYY.MM.DD``: formatted once per day, not once per document."""
@@ -284,7 +281,7 @@ class IndexLayout:
             return f"{self.prefix}-{kind}"
         day = ts_ns // _DAY_NS
         keep = self.retention.get(kind) if self.retention else None
-        if keep is not None and day < (time.time_ns() - _ns(keep)) // _DAY_NS:
+        if keep is not None and day < (time.time_ns() - duration_ns(keep)) // _DAY_NS:
             return expired_index(self.prefix, kind)
         return f"{self.prefix}-{kind}-{_utc_day(day)}"
 
