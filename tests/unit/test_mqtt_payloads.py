@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from collectors.mqtt.parse import MessageBatch, MQTTParser
+from collectors.mqtt.parse import MessageBatch, MQTTParser, ParsedBatch
 from collectors.mqtt.payloads import (
     PayloadError,
     decode_json,
@@ -511,19 +511,19 @@ def test_json_numbers_in_strings_and_fields_without_a_name() -> None:
     assert [s.metric for s in decode_json(b'{"a": {"": 1}}', None, "auto", frozenset(), None)] == ["a_"]
 
 
+def _parse_any_time(messages: list[tuple[str, bytes]]) -> ParsedBatch:
+    """``messages`` through the test subscriptions, with no bound on event times."""
+    return _parser(max_age="0s", max_future_skew="100000d").parse(MessageBatch(T0, messages))
+
+
 def test_the_parser_fast_paths_refuse_what_the_decoders_refuse() -> None:
-    now = T0 + 3600 * 10**9
-    parser = _parser(max_age="0s", max_future_skew="100000d")
-    parsed = parser.parse(
-        MessageBatch(
-            now,
-            [
-                ("sensors/s1/d1/temp", b"1_000"),
-                ("sensors/s1/d1/temp", b"\xef\xbb\xbf7"),
-                ("tele/plug/SENSOR", b'{"Time": 1767225600, "x": 1, "": 2}'),
-                ("tele/plug/SENSOR", b'{"Time": 1767225600, "": 2}'),
-            ],
-        )
+    parsed = _parse_any_time(
+        [
+            ("sensors/s1/d1/temp", b"1_000"),
+            ("sensors/s1/d1/temp", b"\xef\xbb\xbf7"),
+            ("tele/plug/SENSOR", b'{"Time": 1767225600, "x": 1, "": 2}'),
+            ("tele/plug/SENSOR", b'{"Time": 1767225600, "": 2}'),
+        ]
     )
     assert [r.value for r in parsed.readings] == [7.0]
     assert [d.reason for d in parsed.dead_letters] == ["not_a_number", "undecodable", "undecodable"]
@@ -537,18 +537,14 @@ def test_telegraf_json_tags_named_like_fleetwatchs_own_are_refused() -> None:
 def test_empty_payloads_are_counted_not_dead_letters() -> None:
     """An empty payload deletes a retained message (and the broker passes it to the subscribers): no reading, no
     bad input. On a topic no subscription reads, it is still that topic's dead letter."""
-    parser = _parser(max_age="0s", max_future_skew="100000d")
-    parsed = parser.parse(
-        MessageBatch(
-            T0,
-            [
-                ("sensors/s1/d1/temp", b""),
-                ("tele/plug/SENSOR", b""),
-                ("lp/s2/x", b""),
-                ("sensors/s1/d1", b""),
-                ("sensors/s1/d1/temp", b" "),
-            ],
-        )
+    parsed = _parse_any_time(
+        [
+            ("sensors/s1/d1/temp", b""),
+            ("tele/plug/SENSOR", b""),
+            ("lp/s2/x", b""),
+            ("sensors/s1/d1", b""),
+            ("sensors/s1/d1/temp", b" "),
+        ]
     )
     assert parsed.empty_payloads == 3 and parsed.readings == []
     assert [d.reason for d in parsed.dead_letters] == ["topic_mismatch", "not_a_number"]
