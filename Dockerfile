@@ -5,10 +5,14 @@
 
 # Stage 1: the wheel, built from the same files as `pip install .` and `make venv` (.dockerignore keeps the rest of
 # the checkout out). dashboards/provisioning is a link to provisioning/grafana: the Grafana files are package data.
+# setup.py compiles the per-reading modules with mypyc: the stage needs a C compiler (the image has Python's headers).
 FROM python:3.11-slim AS wheel
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md fleetwatch.example.toml ./
+COPY pyproject.toml setup.py README.md fleetwatch.example.toml ./
 COPY fleetwatch ./fleetwatch
 COPY collectors ./collectors
 COPY flows ./flows

@@ -212,7 +212,9 @@ def split_window_key(key: int, spec_count: int) -> tuple[int, int]:
 class _Series:
     __slots__ = ("first_end", "max_ts", "measurement", "sys_at_max", "windows")
 
-    def __init__(self, measurement: str) -> None:
+    # (The default is for pickle, which makes the object before __setstate__ fills it: compiled, the class
+    # calls __init__ there too.)
+    def __init__(self, measurement: str = "") -> None:
         self.measurement = measurement
         self.max_ts = _NO_TIME
         self.sys_at_max = 0

@@ -23,7 +23,7 @@ sources_hash() {
   {
     find "${SOURCES[@]}" -name __pycache__ -prune -o -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
     find "${SOURCES[@]}" -type l -printf '%p -> %l\n' | LC_ALL=C sort
-    sha256sum pyproject.toml README.md
+    sha256sum pyproject.toml setup.py README.md
   } | sha256sum | cut -d' ' -f1
 }
 

@@ -395,11 +395,12 @@ class MQTTParser:
                     if type(doc) is dict and oldest_ok <= ts <= newest_ok:
                         first_metric, more_metrics = info.first_metric, info.more_metrics
                         found: list[Reading] = []
-                        for key, value in doc.items():
-                            kind = type(value)
+                        # (`field`, a name of its own: compiled, `value` is a float everywhere in parse())
+                        for key, field in doc.items():
+                            kind = type(field)
                             if (kind is float or kind is int) and key not in info.skip:
                                 try:
-                                    number = float(value)
+                                    number = float(field)
                                 except OverflowError:
                                     break  # an integer beyond float range: the general decoder refuses it
                                 if number - number != 0:
@@ -415,7 +416,7 @@ class MQTTParser:
                                         first_metric = info.first_metric  # (the call may have set them)
                                         more_metrics = info.more_metrics
                                 found.append(Reading(info.measurement, series, number, ts))
-                            elif kind is not str and value is not None and key not in info.skip:
+                            elif kind is not str and field is not None and key not in info.skip:
                                 break  # nested, boolean or list: general decoder
                         else:
                             if found:

@@ -4,7 +4,9 @@ tests/integration/test_installed.py."""
 
 from __future__ import annotations
 
+import ast
 import configparser
+import importlib
 import zipfile
 from pathlib import Path
 
@@ -67,3 +69,33 @@ def test_the_console_script(built_wheel: Path, wheel_files: set[str]) -> None:
         parser = configparser.ConfigParser()
         parser.read_string(wheel.read(entry_points).decode())
     assert dict(parser["console_scripts"]) == {"fleetwatch": "fleetwatch.cli:app"}
+
+
+def compiled_modules() -> list[str]:
+    """setup.py's COMPILED_MODULES, read without running setup.py."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    (listed,) = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "COMPILED_MODULES" for t in node.targets)
+    ]
+    return [ast.literal_eval(item) for item in listed.elts]  # type: ignore[attr-defined]
+
+
+def test_the_hot_modules_are_compiled_in_the_wheel_and_their_source_ships_too(wheel_files: set[str]) -> None:
+    modules = compiled_modules()
+    assert {"flows/windows.py", "collectors/mqtt/parse.py"} <= set(modules)
+    for module in modules:
+        stem = module.removesuffix(".py")
+        assert module in wheel_files
+        assert [p for p in wheel_files if p.startswith(stem + ".cpython-") and p.endswith(".so")], module
+    # mypyc's runtime for the group, at the wheel's top level.
+    assert [p for p in wheel_files if p.startswith("fleetwatch_compiled__mypyc.") and p.endswith(".so")]
+
+
+def test_the_installed_hot_modules_are_the_compiled_ones() -> None:
+    # What the tests and benchmarks run: the import must pick the compiled module over the .py beside it.
+    for module in compiled_modules():
+        name = module.removesuffix(".py").replace("/", ".")
+        file = importlib.import_module(name).__file__ or ""
+        assert file.endswith(".so") and "site-packages" in file, (name, file)
