@@ -2,8 +2,8 @@
 
 Everything else about the package is in pyproject.toml. The modules below run once or more for every reading
 (read, parse, window, aggregate, alert rules, line protocol); compiled from the same typed source, they cost about
-a quarter less CPU per message at 100,000 series (BENCHMARKS.md, run W). The .py files ship beside the compiled
-ones, and Python imports the compiled one.
+30 % less CPU per message at 100,000 series (BENCHMARKS.md, run W). The .py files ship beside the compiled ones,
+and Python imports the compiled one.
 
 ``FLEETWATCH_PURE_PYTHON=1`` builds a pure-Python wheel instead (for a platform without a C compiler): the same
 behaviour, slower. Without it a failed compilation fails the build, so a slow wheel is never built by accident.
