@@ -11,6 +11,7 @@ behaviour, slower. Without it a failed compilation fails the build, so a slow wh
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from setuptools import Extension, setup
@@ -25,15 +26,27 @@ COMPILED_MODULES = [
     "flows/windows.py",
 ]
 
+# The libraries whose classes compiled classes extend.
+_TYPED_BASES = ["bytewax", "paho.mqtt"]
+
 
 def compiled_extensions() -> list[Extension]:
     if os.environ.get("FLEETWATCH_PURE_PYTHON") == "1":
         return []
     from mypyc.build import mypycify
 
-    # The build environment holds mypy and setuptools only: the libraries these modules import (Bytewax, paho)
-    # are typed Any there, as they are where their stubs are partial. The project's mypy settings (strict, for
-    # `make lint`) are not the compiler's business: --config-file= leaves them out.
+    # The compiled classes extend Bytewax's and paho's (WindowLogic, AlertLogic, MQTTSource, the MQTT client).
+    # Where mypy cannot find those libraries their bases are Any, and mypyc then builds classes that crash the
+    # process (a segmentation fault at the first attribute lookup that misses). pyproject.toml's build
+    # requirements bring them; a build that lacks them stops here instead of shipping such a wheel.
+    missing = [name for name in _TYPED_BASES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise SystemExit(
+            f"setup.py: cannot compile without {', '.join(missing)} in the build environment (pyproject.toml "
+            "[build-system] requires them); FLEETWATCH_PURE_PYTHON=1 builds the pure-Python wheel"
+        )
+    # The project's mypy settings (strict, for `make lint`) are not the compiler's business: --config-file= leaves
+    # them out.
     return mypycify(
         ["--config-file=", "--ignore-missing-imports", "--python-version=3.11", *COMPILED_MODULES],
         group_name="fleetwatch_compiled",
