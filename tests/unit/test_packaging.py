@@ -8,10 +8,14 @@ import ast
 import configparser
 import importlib
 import zipfile
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from collectors.mqtt.source import MQTTSource
+from fleetwatch.config import from_dict
+from flows.windows import WindowLogic, WindowSpec
 from tests.conftest import PACKAGES, REPO
 
 
@@ -99,3 +103,13 @@ def test_the_installed_hot_modules_are_the_compiled_ones() -> None:
         name = module.removesuffix(".py").replace("/", ".")
         file = importlib.import_module(name).__file__ or ""
         assert file.endswith(".so") and "site-packages" in file, (name, file)
+
+
+def test_compiled_classes_that_extend_library_classes_answer_a_missing_attribute() -> None:
+    # Compiled where mypy could not see Bytewax and paho, these classes had an Any base, and the first attribute
+    # lookup that missed crashed the process (Bytewax's isinstance check of a source against a protocol does one).
+    cfg = from_dict({"mqtt": {"subscriptions": [{"topic": "t/+/+", "template": "t/{device}/{metric}"}]}}, env={})
+    source = MQTTSource(cfg.mqtt, 1, recovery_dir=None)
+    logic = WindowLogic([WindowSpec.tumbling(timedelta(seconds=10))], timedelta(seconds=2), [], None)
+    for obj in (source, logic):
+        assert not hasattr(obj, "_no_such_attribute")
