@@ -44,10 +44,12 @@ Lifecycle contract:
   becomes an event of its own.
 - **Container logs** (``parser.kind = "cri"``, the files of Kubernetes' container runtimes, and ``"docker"``,
   Docker's json-file driver): a line the runtime split into partial records (CRI tag ``P``; Docker: a "log"
-  without its newline, at 16 KiB) is one event, the contents joined, from its first record's offset. Whole
-  lines of the other stream read meanwhile are held and emitted after it, so that the committed offset (the
-  run's start) never lies before an emitted event. A run left without its last record is emitted after a
-  second without a record of its stream, as it is (CRI: still tagged ``P``), flagged "partial".
+  without its newline, at 16 KiB) is one event, the contents joined, from its first record's offset. Each
+  stream has its own run (a container may split a stdout and a stderr line at once). Lines of the other
+  stream read meanwhile, whole or joined, are held and emitted after the older run, so that the committed
+  offset (that run's start) never lies before an emitted event. A run left without its last record is
+  emitted after a second without a record of its stream, as it is (CRI: still tagged ``P``), flagged
+  "partial".
 - **Size limit.** An event longer than ``max_event_bytes`` is cut there (on a UTF-8 character boundary) and
   flagged "truncated"; the rest of it is skipped. Files are read in chunks, and a line is never held in
   memory beyond the limit, however long it is: an overlong line is emitted as soon as it passes the limit.
@@ -195,7 +197,18 @@ class FileTailSource(FixedPartitionedSource[list[LogLine], TailState]):
 class _Event:
     """A multiline event, or a run of a container's partial records, not emitted yet."""
 
-    __slots__ = ("deferred", "deferred_bytes", "lines", "nbytes", "nlines", "start", "stream", "truncated", "updated")
+    __slots__ = (
+        "deferred",
+        "deferred_bytes",
+        "lines",
+        "nbytes",
+        "nlines",
+        "other",
+        "start",
+        "stream",
+        "truncated",
+        "updated",
+    )
 
     def __init__(self, start: int, line: bytes, truncated: bool, stream: bytes = b"", now: float = 0.0) -> None:
         self.start = start
@@ -205,13 +218,16 @@ class _Event:
         self.nlines = 1
         self.truncated = truncated
         # Container runs: the stream ("stdout"/"stderr") whose partial records these are, when the last of
-        # them was read, and the whole lines of the other stream read meanwhile (raw, start, truncated), held
-        # until the run ends: emitted before it, they would be past the committed offset (the run's start),
-        # and read and counted again after a restart.
+        # them was read, and the events of the other stream read meanwhile (raw, start, truncated, partial),
+        # held until the run ends: emitted before it, they would be past the committed offset (the run's
+        # start), and read and counted again after a restart.
         self.stream = stream
         self.updated = now
-        self.deferred: list[tuple[bytes, int, bool]] = []
+        self.deferred: list[tuple[bytes, int, bool, bool]] = []
         self.deferred_bytes = 0
+        # The other stream's run, when both streams split a line at once (a container writing long lines to
+        # stdout and stderr); it started after this one, and its line is held with the others when it ends.
+        self.other: _Event | None = None
 
 
 class _File:
@@ -590,8 +606,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             raw = bytes(tf.partial).removesuffix(self._cr)
             tf.partial.clear()
             self._line(tf, self._cut(raw, self._line_limit), tf.line_start, len(raw) > self._line_limit)
-        if tf.pending is not None:
-            self._emit_pending(tf)
+        self._emit_runs(tf)
         tf.partial.clear()
         tf.skipping = False
         tf.line_start = tf.read_pos
@@ -731,44 +746,88 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             raw, truncated = _fit_record(raw, record, self._limit, join is _docker_join), True
         pending = tf.pending
         if pending is not None:
-            if record is not None and record.stream == pending.stream:
-                pending.nlines += 1
-                if not pending.truncated:
-                    content = record.content
-                    room = self._limit - pending.nbytes
-                    if len(content) > room or truncated:
-                        content = _cut_content(content, max(room, 0), escaped=join is _docker_join)
-                        pending.truncated = True
-                    pending.lines.append(content)
-                    pending.nbytes += len(content)
-                pending.updated = time.monotonic()
+            run = None if record is None else pending if record.stream == pending.stream else pending.other
+            if record is not None and run is not None:
+                self._extend_run(run, record, truncated, join is _docker_join)
                 if not record.partial:
-                    tf.pending = None
-                    joined = join(pending.lines[0], pending.lines[1:], True)
-                    self._emit(tf, joined, pending.start, pending.truncated, 1)
-                    self._emit_deferred(tf, pending)
+                    joined = join(run.lines[0], run.lines[1:], True)
+                    if run is pending:
+                        tf.pending = pending.other
+                        self._emit(tf, joined, pending.start, pending.truncated, 1)
+                        self._emit_deferred(tf, pending)
+                    else:
+                        pending.other = None
+                        self._hold(tf, pending, joined, run.start, run.truncated, False)
                 return
-            held = len(pending.deferred) < MAX_BATCH_LINES and pending.deferred_bytes + len(raw) <= MAX_BATCH_BYTES
-            if record is not None and not record.partial and held:
-                pending.deferred.append((raw, start, truncated))
-                pending.deferred_bytes += len(raw)
+            if record is not None and record.partial and pending.other is None:
+                # The other stream split a line too: its run waits beside this one.
+                pending.other = _Event(start, raw, truncated, record.stream, time.monotonic())
                 return
-            # A partial record of the other stream (one run waits at a time), a line that is no record, or
-            # too many lines held: the run ends unfinished.
-            self._emit_pending(tf)
+            if record is not None and not record.partial:
+                self._hold(tf, pending, raw, start, truncated, False)
+                return
+            # A line that is no record: the runs end unfinished.
+            self._emit_runs(tf)
         if record is not None and record.partial:
             tf.pending = _Event(start, raw, truncated, record.stream, time.monotonic())
             return
         self._emit(tf, raw, start, truncated, 1)
 
+    def _extend_run(self, run: _Event, record: _Record, truncated: bool, escaped: bool) -> None:
+        """Adds a record's content to the run of its stream (cut at max_event_bytes)."""
+        run.nlines += 1
+        if not run.truncated:
+            content = record.content
+            room = self._limit - run.nbytes
+            if len(content) > room or truncated:
+                content = _cut_content(content, max(room, 0), escaped=escaped)
+                run.truncated = True
+            run.lines.append(content)
+            run.nbytes += len(content)
+        run.updated = time.monotonic()
+
+    def _hold(self, tf: _File, pending: _Event, raw: bytes, start: int, truncated: bool, partial: bool) -> None:
+        """An event of the other stream, read while ``pending`` waits: held until it ends, or, when too much is
+        held already, emitted after the runs end unfinished."""
+        if len(pending.deferred) < MAX_BATCH_LINES and pending.deferred_bytes + len(raw) <= MAX_BATCH_BYTES:
+            pending.deferred.append((raw, start, truncated, partial))
+            pending.deferred_bytes += len(raw)
+            return
+        self._emit_runs(tf)
+        self._emit(tf, raw, start, truncated, 1, partial=partial)
+
     def _emit_deferred(self, tf: _File, pending: _Event) -> None:
-        for raw, start, truncated in pending.deferred:
-            self._emit(tf, raw, start, truncated, 1)
+        # Each started before the other stream's run that may still wait (tf.pending now): that run started
+        # after them, and once it waits, every record of its stream is its own.
+        for raw, start, truncated, partial in pending.deferred:
+            self._emit(tf, raw, start, truncated, 1, partial=partial)
+
+    def _emit_runs(self, tf: _File) -> None:
+        """Every pending event, unfinished (both container runs, oldest first)."""
+        while tf.pending is not None:
+            self._emit_pending(tf)
+
+    def _expire(self, tf: _File, now: float) -> None:
+        """Ends the container runs (or the multiline event) that have waited ``flush_after`` for a line."""
+        pending = tf.pending
+        if pending is None:
+            return
+        other = pending.other
+        if other is not None and now - other.updated >= self._flush_after and now - pending.updated < self._flush_after:
+            assert self._container is not None
+            pending.other = None
+            joined = self._container[1](other.lines[0], other.lines[1:], False)
+            self._hold(tf, pending, joined, other.start, other.truncated, True)
+        elif now - self._quiet_since(tf, pending) >= self._flush_after:
+            self._emit_pending(tf)
+            self._expire(tf, now)  # the other stream's run, now the oldest, may have waited as long
 
     def _quiet_since(self, tf: _File, pending: _Event) -> float:
         """Since when a pending event has had no line: for a container run, no record of its own stream (the
         other stream's lines do not keep it waiting)."""
-        return pending.updated if self._container is not None else tf.quiet_since
+        if self._container is None:
+            return tf.quiet_since
+        return pending.updated if pending.other is None else min(pending.updated, pending.other.updated)
 
     def _emit_pending(self, tf: _File) -> None:
         pending = tf.pending
@@ -777,7 +836,9 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         tf.pending = None
         if self._container is not None:
             # A run of partial records whose last record never came (the container stopped mid-line, or the
-            # flush timeout): what there is, one line, flagged "partial".
+            # flush timeout): what there is, one line, flagged "partial". The other stream's run, if any, waits
+            # on.
+            tf.pending = pending.other
             joined = self._container[1](pending.lines[0], pending.lines[1:], False)
             self._emit(tf, joined, pending.start, pending.truncated, 1, partial=True)
             self._emit_deferred(tf, pending)
@@ -838,8 +899,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if self._joins:
             now = time.monotonic()
             for tf in files:
-                if tf.pending is not None and now - self._quiet_since(tf, tf.pending) >= self._flush_after:
-                    self._emit_pending(tf)
+                self._expire(tf, now)
         out, self._out = self._out, []
         return [out] if out else []
 

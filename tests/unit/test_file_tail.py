@@ -464,6 +464,79 @@ def test_container_runs_never_emit_past_the_committed_offset_and_wait_a_second_f
     again.close()
 
 
+def test_runs_of_both_streams_at_once_are_each_joined_whole_and_a_restart_between_them_emits_each_once(
+    tmp_path: Path,
+) -> None:
+    """A container writing long lines to stdout and stderr at the same time: the runtime interleaves the partial
+    records of both. Each stream's line is one event, whole, with the id of its first record."""
+    log = tmp_path / "pod_app-0.log"
+    cfg = config([log], parser={"kind": "cri"})
+    records = [
+        f"{T_CRI.format(1)} stdout P out 1, ",
+        f"{T_CRI.format(1)} stderr P err 1, ",
+        f"{T_CRI.format(1)} stdout P out 2, ",
+        f"{T_CRI.format(1)} stderr F err end",
+        f"{T_CRI.format(2)} stderr F err whole",
+        f"{T_CRI.format(2)} stderr P err 3, ",
+        f"{T_CRI.format(2)} stdout F out end",
+        f"{T_CRI.format(3)} stderr F err 3 end",
+    ]
+    starts = [0]
+    for record in records:
+        starts.append(starts[-1] + len(record) + 1)
+    write(log, text(records[:5]))
+    part = build(cfg)
+    assert batch(part) == []  # both runs wait; the stderr lines are held behind the stdout run
+    state = part.snapshot()
+    assert state.files[0].offset == 0  # the older run's start
+    write(log, text(records[5:]))
+    events = drain(part)
+    key = file_key(part.snapshot().files[0].fingerprint, 0)
+    expected = [
+        (f"{T_CRI.format(1)} stdout F out 1, out 2, out end", (), f"{key}-{starts[0]:x}"),
+        (f"{T_CRI.format(1)} stderr F err 1, err end", (), f"{key}-{starts[1]:x}"),
+        (records[4], (), f"{key}-{starts[4]:x}"),
+        (f"{T_CRI.format(2)} stderr F err 3, err 3 end", (), f"{key}-{starts[5]:x}"),
+    ]
+    assert [(e.text, e.flags, e.doc_id) for e in events] == expected
+    part.close()
+    # A restart from the snapshot taken while both runs waited: the same events, the same ids, once each.
+    again = build(cfg, state)
+    assert [(e.text, e.flags, e.doc_id) for e in drain(again)] == expected
+    again.close()
+
+
+def test_a_run_of_the_other_stream_that_never_ends_is_emitted_partial_after_the_older_run(tmp_path: Path) -> None:
+    log = tmp_path / "pod_app-0.log"
+    write(
+        log,
+        text(
+            [
+                f"{T_CRI.format(1)} stdout P out 1, ",
+                f"{T_CRI.format(1)} stderr P cut off when the container stopped",
+                f"{T_CRI.format(1)} stdout F out end",
+            ]
+        ),
+    )
+    part = build(config([log], parser={"kind": "cri"}))
+    events = drain(part, quiet=1.3)  # the unfinished stderr run waits a second for its last record
+    assert [(e.text, e.flags) for e in events] == [
+        (f"{T_CRI.format(1)} stdout F out 1, out end", ()),
+        (f"{T_CRI.format(1)} stderr P cut off when the container stopped", ("partial",)),
+    ]
+    part.close()
+    # Both unfinished: the older first; the stderr run's own second ends it even while stdout goes on.
+    log2 = tmp_path / "pod_app-1.log"
+    write(log2, text([f"{T_CRI.format(1)} stdout P a, ", f"{T_CRI.format(1)} stderr P b, "]))
+    part = build(config([log2], parser={"kind": "cri"}))
+    events = drain(part, quiet=1.3)
+    assert [(e.text, e.flags) for e in events] == [
+        (f"{T_CRI.format(1)} stdout P a, ", ("partial",)),
+        (f"{T_CRI.format(1)} stderr P b, ", ("partial",)),
+    ]
+    part.close()
+
+
 def test_a_single_byte_encoding_reads_the_characters_the_file_has(tmp_path: Path) -> None:
     log = tmp_path / "legacy.log"
     write(log, "Müller: Größe 3½\nok\n".encode("latin-1") + b"\x81 undefined in cp1252\n")
