@@ -24,7 +24,10 @@ Decisions, and why:
   (unit guessed by magnitude), ``parser.timestamp_format`` (strptime, tried first when set), access-log
   ``10/Oct/2000:13:55:36 -0700`` and RFC 3164 ``Oct 11 22:14:15`` (year: the receive year in the
   timezone; the previous year if that is more than a day ahead, the next one for a January stamp received
-  in late December). Unparseable: receive time, tag ``timestamp_invalid``; more than ``max_future_skew``
+  in late December). A zone abbreviation (``%Z`` in the format) is read as Go's ``time.Parse`` reads it:
+  UTC/GMT/Z, or an abbreviation of ``parser.timezone`` (CET and CEST for Europe/Berlin) with the offset it
+  has there; any other is refused (``strptime`` itself takes only UTC and GMT, and drops even those).
+  Unparseable: receive time, tag ``timestamp_invalid``; more than ``max_future_skew``
   ahead: receive time, tag ``timestamp_future``. In both cases the original value is kept as
   ``fields.<timestamp_field>`` (``fields.timestamp`` for syslog and access logs). ``@timestamp`` has
   millisecond precision, microsecond when the time has sub-millisecond digits.
@@ -57,7 +60,7 @@ import json.scanner
 import math
 import re
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -232,6 +235,53 @@ def _dt_ns(moment: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * _NS + delta.microseconds * 1_000
 
 
+# A zone abbreviation in a timestamp (strptime's %Z): a word of letters, and the names that mean UTC.
+_ZONE_WORD = re.compile(r"(?<![A-Za-z])[A-Za-z]{1,6}(?![A-Za-z])")
+_UTC_NAMES = frozenset({"UTC", "GMT", "Z", "UT", "UCT"})
+
+
+def _zone_named(name: str, naive: datetime, tz: ZoneInfo | None) -> tzinfo | None:
+    """The offset a zone abbreviation has at ``naive`` in ``tz`` (None: UTC): UTC's names, or an abbreviation of
+    ``tz`` itself, which also tells the two readings of a wall time that a clock change repeats apart.
+
+    >>> berlin, repeated = ZoneInfo("Europe/Berlin"), datetime(2026, 10, 25, 2, 30)
+    >>> _zone_named("CEST", repeated, berlin), _zone_named("CET", repeated, berlin)
+    (datetime.timezone(datetime.timedelta(seconds=7200)), datetime.timezone(datetime.timedelta(seconds=3600)))
+    >>> _zone_named("gmt", datetime(2026, 1, 1), berlin), _zone_named("EST", datetime(2026, 1, 1), berlin)
+    (datetime.timezone.utc, None)
+    """
+    upper = name.upper()
+    if upper in _UTC_NAMES:
+        return UTC
+    if tz is None:
+        return None
+    for fold in (0, 1):
+        aware = naive.replace(tzinfo=tz, fold=fold)
+        if (aware.tzname() or "").upper() == upper:
+            return timezone(aware.utcoffset() or timedelta(0))
+    # The zone's other season named ("CEST" on a January date): the offset that name has there, as Go reads it.
+    for month in (1, 7):
+        probe = datetime(naive.year, month, 1, tzinfo=tz)
+        if (probe.tzname() or "").upper() == upper:
+            return timezone(probe.utcoffset() or timedelta(0))
+    return None
+
+
+def _strptime_zone_named(text: str, offset_format: str, tz: ZoneInfo | None) -> datetime | None:
+    """``text`` read with a format whose ``%Z`` was made ``%z`` (``offset_format``): the zone word is found by
+    trying the words of ``text`` from the end, each in turn replaced by an offset strptime accepts."""
+    words = list(_ZONE_WORD.finditer(text))
+    for word in reversed(words):
+        try:
+            # (the format has %z in the place of %Z: the stand-in offset is replaced below)
+            naive = datetime.strptime(text[: word.start()] + "+0000" + text[word.end() :], offset_format)  # noqa: DTZ007
+        except ValueError:
+            continue
+        zone = _zone_named(word[0], naive.replace(tzinfo=None), tz)
+        return None if zone is None else naive.replace(tzinfo=zone)
+    return None
+
+
 def _epoch_ns(value: float) -> int | None:
     """Epoch number to ns, unit by magnitude: seconds until year 5138, then ms, us, ns."""
     magnitude = abs(value)  # compared to floats exactly, even for ints too large to be floats
@@ -303,6 +353,12 @@ class LogParser:
         self._skew = max_future_skew_ns
         self._tz: ZoneInfo | None = None if parser.timezone in ("UTC", "Etc/UTC") else ZoneInfo(parser.timezone)
         self._ts_format = parser.timestamp_format
+        # A format naming the zone by abbreviation (%Z) is read with an offset in its place (_strptime_zone_named).
+        self._zone_format = (
+            parser.timestamp_format.replace("%Z", "%z")
+            if parser.timestamp_format and "%Z" in parser.timestamp_format and "%z" not in parser.timestamp_format
+            else None
+        )
         # A format without a year (Android logcat's "%m-%d %H:%M:%S.%f", syslog-like "%b %d %H:%M:%S") is read
         # in a leap year (so that Feb 29 parses), then placed in a year by the RFC 3164 rule (_yearless_ns).
         self._yearless = parser.timestamp_format is not None and not any(
@@ -546,7 +602,16 @@ class LogParser:
     def _text_ns_uncached(self, text: str, received_ns: int) -> int | None:
         if not text:
             return None
-        if self._ts_format is not None:
+        if self._zone_format is not None:
+            # (Yearless formats: read in a leap year, as below.)
+            moment_or_none = (
+                _strptime_zone_named(f"2000 {text}", f"%Y {self._zone_format}", self._tz)
+                if self._yearless
+                else _strptime_zone_named(text, self._zone_format, self._tz)
+            )
+            if moment_or_none is not None:
+                return self._yearless_ns(moment_or_none, received_ns) if self._yearless else _dt_ns(moment_or_none)
+        elif self._ts_format is not None:
             try:
                 if self._yearless:
                     moment = datetime.strptime(f"2000 {text}", f"%Y {self._ts_format}")  # noqa: DTZ007 - zone below

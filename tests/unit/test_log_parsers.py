@@ -664,6 +664,31 @@ def test_timestamp_format() -> None:
     assert zoned.timestamp_ns("2026-01-01T00:00:00Z", R) == R
 
 
+def test_a_zone_abbreviation_in_the_format_is_read_in_the_configured_timezone() -> None:
+    """``%Z``: strptime alone refuses "CEST" and reads "UTC" without its zone (so the configured timezone was
+    applied to it). The abbreviations of ``timezone`` count with their offset there, as in Go's time.Parse."""
+    berlin = file_parser("json", timestamp_format="%Y-%m-%d %H:%M:%S %Z", timezone="Europe/Berlin")
+    assert berlin.timestamp_ns("2026-01-01 01:00:00 CET", R) == R
+    assert berlin.timestamp_ns("2026-01-01 00:00:00 UTC", R) == R
+    assert berlin.timestamp_ns("2026-01-01 00:00:00 GMT", R) == R
+    summer = 1_782_864_000 * S  # 2026-07-01T00:00:00Z
+    assert berlin.timestamp_ns("2026-07-01 02:00:00 CEST", summer) == summer
+    # The hour the autumn clock change repeats: the abbreviation tells which one it is.
+    change = 1_792_890_000 * S  # 2026-10-25T01:00:00Z, 03:00 CEST became 02:00 CET
+    assert berlin.timestamp_ns("2026-10-25 02:30:00 CEST", change) == change - 30 * 60 * S
+    assert berlin.timestamp_ns("2026-10-25 02:30:00 CET", change) == change + 30 * 60 * S
+    # A name of another zone is no time here (strptime guessing "EST" wrong would be worse).
+    assert berlin.timestamp_ns("2026-01-01 01:00:00 EST", R) is None
+    event = parse(berlin, '{"timestamp":"2026-01-01 01:00:00 EST","message":"m"}', received=R + S)
+    assert event.ts_ns == R + S and "timestamp_invalid" in event.doc["tags"]
+    # The month's name is a word too; the zone is the last one that fits the format. UTC configured: UTC names.
+    access = file_parser("json", timestamp_format="%d %b %Y %H:%M:%S %Z")
+    assert access.timestamp_ns("01 Jan 2026 00:00:00 UTC", R) == R
+    assert access.timestamp_ns("01 Jan 2026 00:00:00 CET", R) is None
+    yearless = file_parser("json", timestamp_format="%b %d %H:%M:%S %Z", timezone="Europe/Berlin")
+    assert yearless.timestamp_ns("Jan 01 01:00:00 CET", R) == R
+
+
 def test_a_timestamp_format_without_a_year_takes_the_receive_year_by_the_rfc3164_rule() -> None:
     """Android logcat and syslog-like formats write no year: strptime alone gives 1900 (and the retention job
     would delete the day's index at once)."""
