@@ -461,6 +461,8 @@ class ElasticsearchConfig(Section):
 
 # ------------------------------------------------------------------------------------------- logs
 
+# The levels a log event's log.level is normalised to, least severe first.
+LogLevelName = Literal["trace", "debug", "info", "notice", "warn", "error", "critical", "alert", "emergency"]
 LogParserName = Literal["none", "json", "logfmt", "regex", "common", "combined", "syslog", "cri", "docker"]
 _INPUT_NAME = r"^[A-Za-z0-9_.-]+$"
 
@@ -494,6 +496,9 @@ class ParserConfig(Section):
     # Timezone for timestamps written without one (syslog RFC 3164, many access logs): an IANA name.
     timezone: str = "UTC"
     level_field: str = "level"
+    # The level of a line that names none: Serilog's compact JSON (CLEF, level_field "@l") leaves Information
+    # out, as some loggers leave out their default level. Unset: such a line has no level.
+    default_level: LogLevelName | None = None
     message_field: str = "message"
     # The keys naming the service and the host (journald's "_SYSTEMD_UNIT" and "_HOSTNAME", bunyan's "name");
     # unset: "service"/"service.name" and "host"/"host.name". A dotted key also finds a nested one

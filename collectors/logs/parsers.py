@@ -61,12 +61,12 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
-from typing import Any
+from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
 import orjson
 
-from fleetwatch.config import FileInputConfig, SyslogInputConfig
+from fleetwatch.config import FileInputConfig, LogLevelName, SyslogInputConfig
 from fleetwatch.record import LogEvent, LogLine
 from fleetwatch.times import from_iso, wall_time
 
@@ -79,7 +79,7 @@ _MAX_NS = 253_402_300_799 * _NS
 
 # ------------------------------------------------------------------------------------------- levels
 
-LEVELS = ("trace", "debug", "info", "notice", "warn", "error", "critical", "alert", "emergency")
+LEVELS: tuple[str, ...] = get_args(LogLevelName)
 
 # Besides the usual names: .NET's console logger abbreviations (trce, dbug, fail, crit), Serilog's (vrb),
 # Apache's trace1-8, PostgreSQL's debug1-5, Java's finest/finer/fine/severe, zap's dpanic (a panic in
@@ -366,6 +366,7 @@ class LogParser:
         )
         self._ts_field = parser.timestamp_field
         self._level_field = parser.level_field
+        self._default_level = parser.default_level
         self._msg_field = parser.message_field
         self._service_field = parser.service_field
         self._host_field = parser.host_field
@@ -473,6 +474,8 @@ class LogParser:
         if level_raw is not None and level_raw != "":
             level = (_LEVEL_NAMES.get(level_raw) if type(level_raw) is str else None) or normalize_level(level_raw)
             log["level"] = level or (level_raw if type(level_raw) is str else _dumps(level_raw)).strip().lower()
+        elif self._default_level is not None:
+            level = log["level"] = self._default_level
         source = line.source
         if source != self._last_source:
             self._last_source = source

@@ -70,6 +70,10 @@ def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path
         ('[[logs.files]]\nname = "a"\npaths = ["/l"]\nmultiline = { start_pattern = "[" }\n', "logs.files[0]"),
         ('[[logs.files]]\nname = "a"\npaths = ["/l"]\n[[logs.syslog]]\nname = "a"\n', "logs"),
         ('[[logs.syslog]]\nname = "s"\nlisten = "5514"\n', "logs.syslog[0].listen"),
+        (
+            '[[logs.files]]\nname = "a"\npaths = ["/l"]\nparser = { kind = "json", default_level = "loud" }\n',
+            "logs.files[0].parser.default_level: Input should be 'trace'",
+        ),
         ('[[logs.syslog]]\nname = "s"\nparser = { kind = "syslog", timezone = "Mars/Base" }\n', "logs.syslog[0]"),
         ('[logs]\nrate_idle_after = "0s"\n', "logs: rate_idle_after must be > 0"),
         ("[logs]\nrate_max_services = 0\n", "logs.rate_max_services: Input should be greater than or equal to 1"),

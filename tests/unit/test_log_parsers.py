@@ -135,6 +135,18 @@ def test_json_unknown_level_keeps_the_original_lower_cased() -> None:
     assert event.level == "" and event.doc["log"] == {"level": "loud", "file": {"path": PATH}}
 
 
+def test_a_line_that_names_no_level_gets_the_default_level() -> None:
+    """Serilog's compact JSON (CLEF) leaves @l out for Information; the default fills only what is missing."""
+    clef = file_parser("json", timestamp_field="@t", level_field="@l", message_field="@m", default_level="info")
+    event = parse(clef, '{"@t":"2026-01-01T00:00:00Z","@m":"Started","@mt":"Started"}')
+    assert (event.level, event.doc["log"]["level"], event.ts_ns) == ("info", "info", R)
+    warned = parse(clef, '{"@t":"2026-01-01T00:00:00Z","@m":"Slow","@l":"Warning"}')
+    assert (warned.level, warned.doc["log"]["level"]) == ("warn", "warn")
+    assert parse(file_parser("json"), '{"message":"m"}').level == ""
+    with pytest.raises(ValueError, match="default_level"):
+        file_parser("json", default_level="loud")
+
+
 @pytest.mark.parametrize(
     ("text", "reason"),
     [
