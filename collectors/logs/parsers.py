@@ -24,7 +24,8 @@ Decisions, and why:
   (unit guessed by magnitude), ``parser.timestamp_format`` (strptime, tried first when set), access-log
   ``10/Oct/2000:13:55:36 -0700`` and RFC 3164 ``Oct 11 22:14:15`` (year: the receive year in the
   timezone; the previous year if that is more than a day ahead, the next one for a January stamp received
-  in late December). A zone abbreviation (``%Z`` in the format) is read as Go's ``time.Parse`` reads it:
+  in late December). A zone abbreviation (``%Z`` in the format, or a word after an ISO 8601 time, as in
+  PostgreSQL's ``2026-12-05 10:00:00.123 UTC``) is read as Go's ``time.Parse`` reads it:
   UTC/GMT/Z, or an abbreviation of ``parser.timezone`` (CET and CEST for Europe/Berlin) with the offset it
   has there; any other is refused (``strptime`` itself takes only UTC and GMT, and drops even those).
   Unparseable: receive time, tag ``timestamp_invalid``; more than ``max_future_skew``
@@ -238,6 +239,8 @@ def _dt_ns(moment: datetime) -> int:
 # A zone abbreviation in a timestamp (strptime's %Z): a word of letters, and the names that mean UTC.
 _ZONE_WORD = re.compile(r"(?<![A-Za-z])[A-Za-z]{1,6}(?![A-Za-z])")
 _UTC_NAMES = frozenset({"UTC", "GMT", "Z", "UT", "UCT"})
+# An ISO 8601 time followed by a zone word, as PostgreSQL's %m and Rails write it: "2026-12-05 10:00:00.123 UTC".
+_ISO_ZONE_WORD = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?) ([A-Za-z]{1,6})\Z")
 
 
 def _zone_named(name: str, naive: datetime, tz: ZoneInfo | None) -> tzinfo | None:
@@ -633,6 +636,9 @@ class LogParser:
             try:
                 moment = from_iso(text)
             except ValueError:
+                zoned = _ISO_ZONE_WORD.match(text)
+                if zoned is not None:
+                    return self._iso_zone_word_ns(zoned)
                 clf = _CLF_TS.match(text)
                 return None if clf is None else self._clf_ns(clf)
             return _dt_ns(moment if moment.tzinfo else moment.replace(tzinfo=self._tz or UTC))
@@ -665,6 +671,15 @@ class LogParser:
         )
         ns = magnitude * scale + (int((frac + "000000000")[:digits]) if digits else 0)
         return -ns if text[0] == "-" else ns
+
+    def _iso_zone_word_ns(self, match: re.Match[str]) -> int | None:
+        """``2026-12-05 10:00:00.123 UTC``: the zone word is read as ``%Z`` is (``_zone_named``)."""
+        try:
+            naive = from_iso(match[1])
+        except ValueError:
+            return None
+        zone = _zone_named(match[2], naive, self._tz)
+        return None if zone is None else _dt_ns(naive.replace(tzinfo=zone))
 
     def _clf_ns(self, match: re.Match[str]) -> int | None:
         """``10/Oct/2000:13:55:36 -0700``."""

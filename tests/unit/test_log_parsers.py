@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from collectors.logs.parsers import LEVELS, LogParser, normalize_level
 from fleetwatch.config import FileInputConfig, LogParserName, ParserConfig, SyslogInputConfig
 from fleetwatch.record import LogEvent, LogLine
+from tests.conftest import REPO
 
 S = 1_000_000_000
 R = 1_767_225_600 * S  # receive time: 2026-01-01T00:00:00Z
@@ -319,6 +321,50 @@ def test_regex_builtin_rsyslog_traditional() -> None:
     bad_day = parse(parser, "Feb 30 10:00:00 gw-1 app[1]: x", received=dec_2)
     assert bad_day.ts_ns == dec_2 and bad_day.doc["tags"] == ["timestamp_invalid"]
     assert bad_day.doc["fields"] == {"pid": "1", "timestamp": "Feb 30 10:00:00"}
+
+
+# The start pattern README gives for PostgreSQL's log: DETAIL, HINT, STATEMENT, ... lines continue an event.
+POSTGRESQL_START = (
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z]+ \[\d+\] "
+    r"(?!(?:\S*@\S* )?(?:DETAIL|HINT|STATEMENT|CONTEXT|QUERY|LOCATION):  )"
+)
+
+
+def test_regex_builtin_postgresql_reads_the_default_log_line_prefix_and_its_continuation_lines() -> None:
+    parser = file_parser("regex", pattern="postgresql", timezone="Europe/Berlin")
+    ready = parse(parser, "2026-01-01 01:00:00.250 CET [4242] LOG:  database system is ready to accept connections")
+    assert (ready.ts_ns, ready.level, ready.doc["message"]) == (
+        R + 250_000_000,
+        "info",
+        "database system is ready to accept connections",
+    )
+    assert ready.doc["fields"] == {"pid": "4242"}
+    # Debian's prefix adds user@database; an error with its DETAIL and STATEMENT lines joined (multiline).
+    lines = [
+        '2026-01-01 00:00:01.000 UTC [77] shop@orders ERROR:  duplicate key value violates unique constraint "pk"',
+        "2026-01-01 00:00:01.000 UTC [77] shop@orders DETAIL:  Key (id)=(1) already exists.",
+        "2026-01-01 00:00:01.000 UTC [77] shop@orders STATEMENT:  INSERT INTO orders VALUES (1)",
+        '2026-01-01 00:00:02.000 UTC [78] FATAL:  password authentication failed for user "x"',
+    ]
+    starts = [re.search(POSTGRESQL_START, line) is not None for line in lines]
+    assert starts == [True, False, False, True]
+    error = parse(parser, "\n".join(lines[:3]))
+    assert (error.ts_ns, error.level) == (R + S, "error")
+    assert error.doc["message"].startswith('duplicate key value violates unique constraint "pk"\n')
+    assert error.doc["message"].endswith("STATEMENT:  INSERT INTO orders VALUES (1)")
+    assert error.doc["fields"] == {"pid": "77", "user": "shop", "database": "orders"}
+    fatal = parse(parser, lines[3])
+    assert (fatal.level, fatal.ts_ns, fatal.doc["fields"]) == ("critical", R + 2 * S, {"pid": "78"})
+    # The start pattern tested here is the one README gives.
+    assert f"start_pattern = '{POSTGRESQL_START}'" in (REPO / "README.md").read_text(encoding="utf-8")
+
+
+def test_an_iso_time_followed_by_a_zone_word_is_recognised_without_a_format() -> None:
+    berlin = file_parser("json", timezone="Europe/Berlin")
+    assert berlin.timestamp_ns("2026-01-01 00:00:00 UTC", R) == R
+    assert berlin.timestamp_ns("2026-01-01T01:00:00.5 CET", R) == R + S // 2
+    assert berlin.timestamp_ns("2026-01-01 01:00:00 PST", R) is None
+    assert file_parser("json").timestamp_ns("2026-01-01 00:00 GMT", R) == R
 
 
 def test_regex_pattern_names_only_the_builtin_ones() -> None:
