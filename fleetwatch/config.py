@@ -570,6 +570,10 @@ class FileInputConfig(Section):
 
     name: str = Field(pattern=_INPUT_NAME)
     paths: list[str] = Field(min_length=1)
+    # Paths the globs match but the tail leaves alone (fnmatch patterns, "*" spans "/"). By default the
+    # compressed files logrotate leaves beside the logs ("app.log.2.gz" under "app.log*"): read as text they
+    # would be a stream of invalid_utf8 events. An empty list reads everything the globs match.
+    exclude: list[str] = Field(default_factory=lambda: ["*.gz", "*.bz2", "*.xz", "*.zst", "*.lz4", "*.zip"])
     # Where to start in a file seen for the first time: "start" or "end". Files that appear while running
     # are always read from the start.
     read_from: Literal["start", "end"] = "start"

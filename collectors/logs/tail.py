@@ -59,6 +59,9 @@ Lifecycle contract:
 - **Never raises.** Invalid UTF-8 is replaced and flagged "invalid_utf8" (bytes another encoding has no
   character for: "invalid_encoding"); files that cannot be opened or
   read are logged (once) and retried at the next poll.
+- **Excluded paths.** A path the globs match and an ``exclude`` pattern too (fnmatch; by default the compressed
+  files logrotate leaves, ``*.gz`` and the like) is not followed. A followed file renamed to such a path is
+  still read to its end.
 - **Polling.** Globs and file sizes are checked every ``poll_interval`` (glob + stat, no inotify), and
   ``next_awake`` sleeps until the next poll or multiline flush unless a batch hit its cap. A batch holds at
   most ``MAX_BATCH_LINES`` lines and ``MAX_BATCH_BYTES`` bytes, so the worker stays responsive; more after
@@ -69,6 +72,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import fnmatch
 import glob
 import logging
 import os
@@ -538,8 +542,11 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             # Before the globs: a file of the state must not be taken for a new one.
             self._parked = [entry for entry in self._parked if not self._resume(entry, now)]
         seen: dict[tuple[int, int], str] = {}
+        exclude = self._cfg.exclude
         for pattern in self._cfg.paths:
             for path in sorted(glob.glob(pattern, recursive=True)):
+                if exclude and any(fnmatch.fnmatchcase(path, excluded) for excluded in exclude):
+                    continue
                 try:
                     st = os.stat(path)
                 except OSError:

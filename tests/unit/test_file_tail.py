@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import codecs
+import gzip
 import json
 import os
 import pickle
@@ -534,6 +535,31 @@ def test_a_run_of_the_other_stream_that_never_ends_is_emitted_partial_after_the_
         (f"{T_CRI.format(1)} stdout P a, ", ("partial",)),
         (f"{T_CRI.format(1)} stderr P b, ", ("partial",)),
     ]
+    part.close()
+
+
+def test_compressed_rotations_beside_the_logs_are_left_alone_and_exclude_names_more(tmp_path: Path) -> None:
+    """Under a glob such as ``app.log*``, logrotate's ``app.log.2.gz`` would be read as text: a stream of
+    invalid_utf8 events. By default compressed files are excluded; ``exclude`` replaces that list."""
+    write(tmp_path / "app.log", text(["current"]))
+    write(tmp_path / "app.log.1", text(["rotated"]))
+    write(tmp_path / "app.log.2.gz", gzip.compress(text(["compressed"]).encode()))
+    write(tmp_path / "app.log.debug", text(["debug"]))
+    glob_all = [tmp_path / "app.log*"]
+
+    def followed(part: FileTailPartition) -> list[str]:
+        return sorted(Path(entry.path).name for entry in part.snapshot().files)
+
+    part = build(config(glob_all))
+    assert sorted(e.text for e in drain(part)) == ["current", "debug", "rotated"]
+    assert followed(part) == ["app.log", "app.log.1", "app.log.debug"]
+    part.close()
+    part = build(config(glob_all, exclude=["*.debug", "*.gz"]))
+    assert sorted(e.text for e in drain(part)) == ["current", "rotated"]
+    part.close()
+    part = build(config(glob_all, exclude=[]))
+    drain(part)
+    assert followed(part) == ["app.log", "app.log.1", "app.log.2.gz", "app.log.debug"]
     part.close()
 
 
