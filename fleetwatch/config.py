@@ -477,6 +477,12 @@ REGEX_PATTERNS: dict[str, str] = {
         r"^(?P<timestamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (?P<host>\S+) "
         r"(?P<service>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<message>(?s:.*))"
     ),
+    # rsyslog's high-precision file format (RSYSLOG_FileFormat, the default of newer distributions):
+    # "2026-12-02T09:40:14.123456+01:00 host sshd[123]: message". The same fields as rsyslog_traditional.
+    "rsyslog_file": (
+        r"^(?P<timestamp>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)) (?P<host>\S+) "
+        r"(?P<service>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<message>(?s:.*))"
+    ),
     # PostgreSQL's stderr log with the default log_line_prefix '%m [%p] ' (and Debian's '%m [%p] %q%u@%d '):
     # "2026-12-05 10:00:00.123 UTC [4242] app@shop ERROR:  message". The level is the severity (LOG, ERROR,
     # FATAL, ...); DETAIL, HINT, STATEMENT and CONTEXT lines continue the line before (README: multiline).
@@ -494,7 +500,7 @@ class ParserConfig(Section):
     kind: LogParserName = "none"
     # regex: a Python pattern with named groups; "timestamp", "level", "message", "service" and "host" are
     # mapped to ECS fields, other groups are kept under the input's field namespace. Or the name of a
-    # built-in pattern (REGEX_PATTERNS): "rsyslog_traditional", "postgresql".
+    # built-in pattern (REGEX_PATTERNS): "rsyslog_traditional", "rsyslog_file", "postgresql".
     pattern: str | None = None
     # Where the timestamp is and how it is written, for json/logfmt/regex (RFC 3339 and epoch numbers
     # are recognised without a format); a strptime format otherwise.

@@ -21,7 +21,8 @@ Decisions, and why:
   of duplicating. No receive-time field is written, except ``@timestamp`` itself when the line has no usable
   timestamp (then it is the receive time), and the year of an RFC 3164 timestamp, which is inferred from it.
 - **Timestamps** become UTC: RFC 3339/ISO 8601 (no zone: ``parser.timezone``), epoch s/ms/us/ns numbers
-  (unit guessed by magnitude), ``parser.timestamp_format`` (strptime, tried first when set), access-log
+  (unit guessed by magnitude), Go's ``2026/12/05 10:00:00`` (no zone: ``parser.timezone``),
+  ``parser.timestamp_format`` (strptime, tried first when set), access-log
   ``10/Oct/2000:13:55:36 -0700`` and RFC 3164 ``Oct 11 22:14:15`` (year: the receive year in the
   timezone; the previous year if that is more than a day ahead, the next one for a January stamp received
   in late December). A zone abbreviation (``%Z`` in the format, or a word after an ISO 8601 time, as in
@@ -239,6 +240,8 @@ def _dt_ns(moment: datetime) -> int:
 # A zone abbreviation in a timestamp (strptime's %Z): a word of letters, and the names that mean UTC.
 _ZONE_WORD = re.compile(r"(?<![A-Za-z])[A-Za-z]{1,6}(?![A-Za-z])")
 _UTC_NAMES = frozenset({"UTC", "GMT", "Z", "UT", "UCT"})
+# A date written with slashes, then a time: "2026/12/05 10:00:00" (Go's log package).
+_SLASHED_DATE = re.compile(r"\d{4}/\d\d/\d\d[ T]\d\d:\d\d")
 # An ISO 8601 time followed by a zone word, as PostgreSQL's %m and Rails write it: "2026-12-05 10:00:00.123 UTC".
 _ISO_ZONE_WORD = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?) ([A-Za-z]{1,6})\Z")
 
@@ -639,6 +642,9 @@ class LogParser:
                 zoned = _ISO_ZONE_WORD.match(text)
                 if zoned is not None:
                     return self._iso_zone_word_ns(zoned)
+                if _SLASHED_DATE.match(text) is not None:
+                    # Go's log package and many C programs: "2026/12/05 10:00:00.123456", no zone.
+                    return self._text_ns_uncached(f"{text[:4]}-{text[5:7]}-{text[8:]}", received_ns)
                 clf = _CLF_TS.match(text)
                 return None if clf is None else self._clf_ns(clf)
             return _dt_ns(moment if moment.tzinfo else moment.replace(tzinfo=self._tz or UTC))

@@ -367,6 +367,28 @@ def test_an_iso_time_followed_by_a_zone_word_is_recognised_without_a_format() ->
     assert file_parser("json").timestamp_ns("2026-01-01 00:00 GMT", R) == R
 
 
+def test_regex_builtin_rsyslog_file_reads_the_high_precision_format() -> None:
+    parser = file_parser("regex", pattern="rsyslog_file")
+    event = parse(parser, "2026-01-01T01:00:00.250000+01:00 gw-1 sshd[123]: Accepted publickey for deploy")
+    assert (event.ts_ns, event.service, event.doc["host"], event.doc["fields"]) == (
+        R + 250_000_000,
+        "sshd",
+        {"name": "gw-1"},
+        {"pid": "123"},
+    )
+    assert event.doc["message"] == "Accepted publickey for deploy"
+    assert failed(parse(parser, "Dec  2 09:40:14 gw-1 sshd[123]: traditional"))
+
+
+def test_gos_slashed_date_is_recognised_in_the_configured_timezone() -> None:
+    assert file_parser("json").timestamp_ns("2026/01/01 00:00:00", R) == R
+    assert file_parser("json").timestamp_ns("2026/01/01 00:00:00.123456", R) == R + 123_456_000
+    assert file_parser("json", timezone="Europe/Berlin").timestamp_ns("2026/01/01 01:00:00", R) == R
+    assert file_parser("json").timestamp_ns("2026/13/01 00:00:00", R) is None
+    go = file_parser("regex", pattern=r"^(?P<timestamp>\S+ \S+) (?P<message>.*)")
+    assert parse(go, "2026/01/01 00:00:01 listening on :8080").ts_ns == R + S
+
+
 def test_regex_pattern_names_only_the_builtin_ones() -> None:
     assert ParserConfig(kind="regex", pattern="rsyslog_traditional").regex is not None
     with pytest.raises(ValueError, match="or is one of 'rsyslog_traditional'"):
