@@ -483,6 +483,19 @@ REGEX_PATTERNS: dict[str, str] = {
         r"^(?P<timestamp>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)) (?P<host>\S+) "
         r"(?P<service>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<message>(?s:.*))"
     ),
+    # nginx's error log: "2026/12/05 10:00:00 [error] 1234#5678: *42 open() failed ..., client: 1.2.3.4". The
+    # time has no zone (parser.timezone); fields.pid, fields.tid and the connection number.
+    "nginx_error": (
+        r"^(?P<timestamp>\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) \[(?P<level>[a-z]+)\] (?P<pid>\d+)#(?P<tid>\d+): "
+        r"(?:\*(?P<connection>\d+) )?(?P<message>(?s:.*))"
+    ),
+    # Apache httpd's error log, 2.4 ("[Thu Jan 01 00:00:00.123456 2026] [core:error] [pid 12:tid 34] [client
+    # 1.2.3.4:5678] AH00126: ...") and 2.2 ("[Thu Jan 01 00:00:00 2026] [error] [client 1.2.3.4] ...").
+    "apache_error": (
+        r"^\[(?P<timestamp>[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d(?:\.\d+)? \d{4})\] "
+        r"\[(?:(?P<module>[^:\]\s]+):)?(?P<level>[a-z]+\d?)\] (?:\[pid (?P<pid>\d+)(?::tid (?P<tid>\d+))?\] )?"
+        r"(?:\[client (?P<client>[^\]]+)\] )?(?P<message>(?s:.*))"
+    ),
     # PostgreSQL's stderr log with the default log_line_prefix '%m [%p] ' (and Debian's '%m [%p] %q%u@%d '):
     # "2026-12-05 10:00:00.123 UTC [4242] app@shop ERROR:  message". The level is the severity (LOG, ERROR,
     # FATAL, ...); DETAIL, HINT, STATEMENT and CONTEXT lines continue the line before (README: multiline).
@@ -500,7 +513,8 @@ class ParserConfig(Section):
     kind: LogParserName = "none"
     # regex: a Python pattern with named groups; "timestamp", "level", "message", "service" and "host" are
     # mapped to ECS fields, other groups are kept under the input's field namespace. Or the name of a
-    # built-in pattern (REGEX_PATTERNS): "rsyslog_traditional", "rsyslog_file", "postgresql".
+    # built-in pattern (REGEX_PATTERNS): "rsyslog_traditional", "rsyslog_file", "nginx_error", "apache_error",
+    # "postgresql".
     pattern: str | None = None
     # Where the timestamp is and how it is written, for json/logfmt/regex (RFC 3339 and epoch numbers
     # are recognised without a format); a strptime format otherwise.

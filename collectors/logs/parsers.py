@@ -21,7 +21,8 @@ Decisions, and why:
   of duplicating. No receive-time field is written, except ``@timestamp`` itself when the line has no usable
   timestamp (then it is the receive time), and the year of an RFC 3164 timestamp, which is inferred from it.
 - **Timestamps** become UTC: RFC 3339/ISO 8601 (no zone: ``parser.timezone``), epoch s/ms/us/ns numbers
-  (unit guessed by magnitude), Go's ``2026/12/05 10:00:00`` (no zone: ``parser.timezone``),
+  (unit guessed by magnitude), Go's ``2026/12/05 10:00:00`` and C's ``Thu Jan  1 00:00:00 2026`` (no zone:
+  ``parser.timezone``), RFC 2822 ``Thu, 01 Jan 2026 00:00:00 GMT``,
   ``parser.timestamp_format`` (strptime, tried first when set), access-log
   ``10/Oct/2000:13:55:36 -0700`` and RFC 3164 ``Oct 11 22:14:15`` (year: the receive year in the
   timezone; the previous year if that is more than a day ahead, the next one for a January stamp received
@@ -63,6 +64,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
+from email.utils import parsedate_to_datetime
 from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
@@ -240,6 +242,24 @@ def _dt_ns(moment: datetime) -> int:
 # A zone abbreviation in a timestamp (strptime's %Z): a word of letters, and the names that mean UTC.
 _ZONE_WORD = re.compile(r"(?<![A-Za-z])[A-Za-z]{1,6}(?![A-Za-z])")
 _UTC_NAMES = frozenset({"UTC", "GMT", "Z", "UT", "UCT"})
+# C's asctime/ctime (and Apache's error log, with microseconds): "Thu Jan  1 00:00:00 2026".
+_CTIME = re.compile(r"[A-Z][a-z]{2} ([A-Z][a-z]{2}) ([ \d]?\d) (\d\d):(\d\d):(\d\d)(?:\.(\d+))? (\d{4})\Z")
+# RFC 2822 / HTTP dates: "Thu, 01 Jan 2026 00:00:00 GMT", "1 Jan 2026 00:00:00 +0100"; the zone an offset or a
+# name RFC 822 defines (any other is no zone it knows, and parsedate would read it as UTC).
+_RFC2822 = re.compile(
+    r"(?:[A-Z][a-z]{2}, )?\d{1,2} [A-Z][a-z]{2} \d{4} \d\d:\d\d(?::\d\d)? (?:[+-]\d{4}|UTC?|GMT|Z|[ECMP][SD]T)\Z"
+)
+
+
+def _rfc2822_ns(text: str) -> int | None:
+    """An RFC 2822 date (``_RFC2822``); "-0000", an unknown offset by the RFC, is read as UTC."""
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return _dt_ns(moment if moment.tzinfo else moment.replace(tzinfo=UTC))
+
+
 # A date written with slashes, then a time: "2026/12/05 10:00:00" (Go's log package).
 _SLASHED_DATE = re.compile(r"\d{4}/\d\d/\d\d[ T]\d\d:\d\d")
 # An ISO 8601 time followed by a zone word, as PostgreSQL's %m and Rails write it: "2026-12-05 10:00:00.123 UTC".
@@ -646,7 +666,9 @@ class LogParser:
                     # Go's log package and many C programs: "2026/12/05 10:00:00.123456", no zone.
                     return self._text_ns_uncached(f"{text[:4]}-{text[5:7]}-{text[8:]}", received_ns)
                 clf = _CLF_TS.match(text)
-                return None if clf is None else self._clf_ns(clf)
+                if clf is not None:
+                    return self._clf_ns(clf)
+                return _rfc2822_ns(text) if _RFC2822.match(text) is not None else None
             return _dt_ns(moment if moment.tzinfo else moment.replace(tzinfo=self._tz or UTC))
         if first.isalpha():
             # The match is kept for the next line with the same text; the value depends on the receive time.
@@ -657,7 +679,26 @@ class LogParser:
                 self._bsd_text, self._bsd_match = text, bsd
             if bsd is not None:
                 return self._bsd_ns(bsd, 2, received_ns)
+            ctime = _CTIME.match(text)
+            if ctime is not None:
+                return self._ctime_ns(ctime)
+            if _RFC2822.match(text) is not None:
+                return _rfc2822_ns(text)
         return None
+
+    def _ctime_ns(self, match: re.Match[str]) -> int | None:
+        """``Thu Jan  1 00:00:00 2026`` (C's asctime, Python's time.ctime) and Apache's error log
+        ``Thu Jan 01 00:00:00.123456 2026``: no zone, so parser.timezone."""
+        mon, day, hh, mm, ss, frac, year = match.groups()
+        month = _MONTHS.get(mon)
+        if month is None:
+            return None
+        micro = int((frac + "00000")[:6]) if frac else 0
+        try:
+            moment = wall_time(int(year), month, int(day), int(hh), int(mm), int(ss), micro, self._tz or UTC)
+        except ValueError:
+            return None
+        return _dt_ns(moment)
 
     @staticmethod
     def _epoch_text_ns(text: str, match: re.Match[str]) -> int | None:

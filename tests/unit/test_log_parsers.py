@@ -389,6 +389,51 @@ def test_gos_slashed_date_is_recognised_in_the_configured_timezone() -> None:
     assert parse(go, "2026/01/01 00:00:01 listening on :8080").ts_ns == R + S
 
 
+def test_regex_builtin_nginx_error() -> None:
+    parser = file_parser("regex", pattern="nginx_error")
+    event = parse(
+        parser,
+        '2026/01/01 00:00:01 [error] 1234#5678: *42 open() "/srv/x" failed (2: No such file or directory), '
+        'client: 10.0.0.1, server: shop, request: "GET /x HTTP/1.1", host: "shop"',
+    )
+    assert (event.ts_ns, event.level) == (R + S, "error")
+    assert event.doc["fields"] == {"pid": "1234", "tid": "5678", "connection": "42"}
+    assert event.doc["message"].startswith('open() "/srv/x" failed')
+    started = parse(parser, "2026/01/01 00:00:02 [notice] 1#1: start worker processes")
+    assert (started.level, started.doc["fields"], started.doc["message"]) == (
+        "notice",
+        {"pid": "1", "tid": "1"},
+        "start worker processes",
+    )
+
+
+def test_regex_builtin_apache_error_reads_both_httpd_formats() -> None:
+    parser = file_parser("regex", pattern="apache_error", timezone="Europe/Berlin")
+    event = parse(
+        parser,
+        "[Thu Jan 01 01:00:00.250000 2026] [core:error] [pid 12:tid 34] [client 10.0.0.1:5678] "
+        "AH00126: Invalid URI in request GET /x HTTP/1.1",
+    )
+    assert (event.ts_ns, event.level) == (R + 250_000_000, "error")
+    assert event.doc["fields"] == {"module": "core", "pid": "12", "tid": "34", "client": "10.0.0.1:5678"}
+    assert event.doc["message"] == "AH00126: Invalid URI in request GET /x HTTP/1.1"
+    old = parse(parser, "[Thu Jan  1 01:00:01 2026] [warn] [client 10.0.0.2] File does not exist: /x")
+    assert (old.ts_ns, old.level, old.doc["fields"]) == (R + S, "warn", {"client": "10.0.0.2"})
+    traced = parse(parser, "[Thu Jan 01 01:00:02.000001 2026] [ssl:trace3] [pid 5] ssl handshake")
+    assert (traced.level, traced.ts_ns) == ("trace", R + 2 * S + 1_000)
+
+
+def test_ctime_and_rfc2822_dates_are_recognised() -> None:
+    berlin = file_parser("json", timezone="Europe/Berlin")
+    assert berlin.timestamp_ns("Thu Jan  1 01:00:00 2026", R) == R  # no zone: the configured one
+    assert berlin.timestamp_ns("Thu, 01 Jan 2026 00:00:00 GMT", R) == R  # its own zone
+    assert berlin.timestamp_ns("1 Jan 2026 01:00:00 +0100", R) == R
+    assert berlin.timestamp_ns("Wed, 31 Dec 2025 19:00:00 EST", R) == R
+    assert berlin.timestamp_ns("Thu Feb 30 00:00:00 2026", R) is None
+    assert berlin.timestamp_ns("Thu, 30 Feb 2026 00:00:00 GMT", R) is None
+    assert file_parser("json").timestamp_ns("Thu, 01 Jan 2026 00:00:00 CET", R) is None  # no name RFC 822 has
+
+
 def test_regex_pattern_names_only_the_builtin_ones() -> None:
     assert ParserConfig(kind="regex", pattern="rsyslog_traditional").regex is not None
     with pytest.raises(ValueError, match="or is one of 'rsyslog_traditional'"):
