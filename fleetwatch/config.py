@@ -496,6 +496,20 @@ REGEX_PATTERNS: dict[str, str] = {
         r"\[(?:(?P<module>[^:\]\s]+):)?(?P<level>[a-z]+\d?)\] (?:\[pid (?P<pid>\d+)(?::tid (?P<tid>\d+))?\] )?"
         r"(?:\[client (?P<client>[^\]]+)\] )?(?P<message>(?s:.*))"
     ),
+    # Kubernetes components and other Go programs using klog/glog: "I1205 10:00:00.123456    1234 main.go:42] message".
+    # The letter is the level (I, W, E, F); the time has no year (RFC 3164's year rule) and no zone.
+    "klog": (
+        r"^(?P<level>[IWEF])(?P<timestamp>\d{4} \d\d:\d\d:\d\d\.\d+)\s+(?P<pid>\d+) (?P<source>[^\s\]]+)\] "
+        r"(?P<message>(?s:.*))"
+    ),
+    # Spring Boot's console and file format, 3.x ("2026-12-05T10:00:00.123+01:00  INFO 4242 --- [shop] [main]
+    # c.e.ShopApplication : Started") and 2.x (a space in the time, no application name). Stack traces follow
+    # on lines of their own: multiline with start_pattern '^\d{4}-\d\d-\d\d'.
+    "spring_boot": (
+        r"^(?P<timestamp>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d[.,]\d+(?:Z|[+-]\d\d:?\d\d)?)\s+(?P<level>[A-Z]+) "
+        r"(?P<pid>\d+) --- (?:\[(?P<application>[^\]]*)\] )?\[\s*(?P<thread>[^\]]*)\] (?P<logger>\S+)\s*: "
+        r"(?P<message>(?s:.*))"
+    ),
     # PostgreSQL's stderr log with the default log_line_prefix '%m [%p] ' (and Debian's '%m [%p] %q%u@%d '):
     # "2026-12-05 10:00:00.123 UTC [4242] app@shop ERROR:  message". The level is the severity (LOG, ERROR,
     # FATAL, ...); DETAIL, HINT, STATEMENT and CONTEXT lines continue the line before (README: multiline).
@@ -506,6 +520,10 @@ REGEX_PATTERNS: dict[str, str] = {
 }
 
 
+# The built-in patterns whose timestamps no automatic form reads: the strptime format that goes with them.
+REGEX_TIMESTAMP_FORMATS: dict[str, str] = {"klog": "%m%d %H:%M:%S.%f"}
+
+
 class ParserConfig(Section):
     """How the lines of one input become fields. ``common``/``combined`` are the Apache/nginx access-log
     formats; ``syslog`` reads RFC 5424 and RFC 3164."""
@@ -514,7 +532,7 @@ class ParserConfig(Section):
     # regex: a Python pattern with named groups; "timestamp", "level", "message", "service" and "host" are
     # mapped to ECS fields, other groups are kept under the input's field namespace. Or the name of a
     # built-in pattern (REGEX_PATTERNS): "rsyslog_traditional", "rsyslog_file", "nginx_error", "apache_error",
-    # "postgresql".
+    # "klog", "spring_boot", "postgresql".
     pattern: str | None = None
     # Where the timestamp is and how it is written, for json/logfmt/regex (RFC 3339 and epoch numbers
     # are recognised without a format); a strptime format otherwise.
@@ -536,6 +554,13 @@ class ParserConfig(Section):
     # as those kinds are (the *_field settings apply to it), the runtime's time when the line has none; a line
     # that is not in that format stays the message.
     message_format: Literal["text", "json", "logfmt"] = "text"
+
+    @property
+    def time_format(self) -> str | None:
+        """``timestamp_format``, or the one of the built-in pattern (``REGEX_TIMESTAMP_FORMATS``) when unset."""
+        if self.timestamp_format is None and self.kind == "regex" and self.pattern is not None:
+            return REGEX_TIMESTAMP_FORMATS.get(self.pattern)
+        return self.timestamp_format
 
     @property
     def regex(self) -> str | None:

@@ -378,17 +378,15 @@ class LogParser:
         self._host = host_name
         self._skew = max_future_skew_ns
         self._tz: ZoneInfo | None = None if parser.timezone in ("UTC", "Etc/UTC") else ZoneInfo(parser.timezone)
-        self._ts_format = parser.timestamp_format
+        ts_format = self._ts_format = parser.time_format
         # A format naming the zone by abbreviation (%Z) is read with an offset in its place (_strptime_zone_named).
         self._zone_format = (
-            parser.timestamp_format.replace("%Z", "%z")
-            if parser.timestamp_format and "%Z" in parser.timestamp_format and "%z" not in parser.timestamp_format
-            else None
+            ts_format.replace("%Z", "%z") if ts_format and "%Z" in ts_format and "%z" not in ts_format else None
         )
         # A format without a year (Android logcat's "%m-%d %H:%M:%S.%f", syslog-like "%b %d %H:%M:%S") is read
         # in a leap year (so that Feb 29 parses), then placed in a year by the RFC 3164 rule (_yearless_ns).
-        self._yearless = parser.timestamp_format is not None and not any(
-            directive in parser.timestamp_format for directive in ("%Y", "%y", "%G", "%c", "%x")
+        self._yearless = ts_format is not None and not any(
+            directive in ts_format for directive in ("%Y", "%y", "%G", "%c", "%x")
         )
         self._ts_field = parser.timestamp_field
         self._level_field = parser.level_field

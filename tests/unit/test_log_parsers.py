@@ -434,6 +434,43 @@ def test_ctime_and_rfc2822_dates_are_recognised() -> None:
     assert file_parser("json").timestamp_ns("Thu, 01 Jan 2026 00:00:00 CET", R) is None  # no name RFC 822 has
 
 
+def test_regex_builtin_klog_reads_the_level_letter_and_the_yearless_time() -> None:
+    parser = file_parser("regex", pattern="klog")
+    event = parse(
+        parser, "I0101 00:00:01.250000    1234 controller.go:42] Starting workers count=2", received=R + 5 * S
+    )
+    assert (event.ts_ns, event.level, event.doc["message"]) == (R + S + 250_000_000, "info", "Starting workers count=2")
+    assert event.doc["fields"] == {"pid": "1234", "source": "controller.go:42"}
+    # December's line read in January belongs to the year before (the RFC 3164 rule).
+    late = parse(parser, "E1231 23:59:59.000000 7 main.go:1] boom", received=R + 5 * S)
+    assert (late.ts_ns, late.level) == (R - S, "error")
+    assert parse(parser, "W0101 00:00:00.000001 7 a.go:9] w").level == "warn"
+    assert parse(parser, "F0101 00:00:00.000001 7 a.go:9] f").level == "critical"
+    # An explicit timestamp_format still wins over the pattern's.
+    assert ParserConfig(kind="regex", pattern="klog", timestamp_format="%H").time_format == "%H"
+    assert ParserConfig(kind="regex", pattern="klog").time_format == "%m%d %H:%M:%S.%f"
+
+
+def test_regex_builtin_spring_boot_reads_both_major_versions() -> None:
+    parser = file_parser("regex", pattern="spring_boot")
+    three = parse(
+        parser,
+        "2026-01-01T01:00:00.123+01:00  INFO 4242 --- [shop] [           main] c.e.ShopApplication"
+        "                      : Started ShopApplication in 1.9 seconds",
+    )
+    assert (three.ts_ns, three.level) == (R + 123_000_000, "info")
+    assert three.doc["fields"] == {
+        "pid": "4242",
+        "application": "shop",
+        "thread": "main",
+        "logger": "c.e.ShopApplication",
+    }
+    assert three.doc["message"] == "Started ShopApplication in 1.9 seconds"
+    two = parse(parser, "2026-01-01 00:00:02.500 ERROR 17 --- [nio-8080-exec-1] o.a.c.c.C.[.[.[/] : Servlet failed")
+    assert (two.ts_ns, two.level, two.doc["message"]) == (R + 2_500_000_000, "error", "Servlet failed")
+    assert two.doc["fields"] == {"pid": "17", "thread": "nio-8080-exec-1", "logger": "o.a.c.c.C.[.[.[/]"}
+
+
 def test_regex_pattern_names_only_the_builtin_ones() -> None:
     assert ParserConfig(kind="regex", pattern="rsyslog_traditional").regex is not None
     with pytest.raises(ValueError, match="or is one of 'rsyslog_traditional'"):
