@@ -405,6 +405,17 @@ class LogParser:
             if parser.kind == "docker"
             else parser.timestamp_field
         )
+        # json and logfmt (and the lines inside cri/docker records): a *_field left at its default also finds
+        # the keys the usual loggers write instead (_FALLBACK_KEYS), so that zero configuration reads logrus,
+        # zap, pino, bunyan, slog, ECS, Serilog and Google Cloud lines. A key set in the config is the only one.
+        chosen = parser.model_fields_set
+        self._ts_fallbacks = () if "timestamp_field" in chosen else _FALLBACK_KEYS["timestamp"]
+        self._level_fallbacks = () if "level_field" in chosen else _FALLBACK_KEYS["level"]
+        self._msg_fallbacks = () if "message_field" in chosen else _FALLBACK_KEYS["message"]
+        # Where this line's timestamp was found (a fallback key, or timestamp_field); json and logfmt keep an
+        # unreadable one there (_ts_key), the lines inside container records too (_container_line).
+        self._ts_found = parser.timestamp_field
+        self._own_ts_key = parser.kind in ("json", "logfmt")
         kinds: dict[str, Callable[[str, int], _Parsed]] = {
             "none": self._parse_none,
             "json": self._parse_json,
@@ -825,12 +836,23 @@ class LogParser:
         ts_raw = obj.pop(self._ts_field, None)
         if ts_raw is None and "." in self._ts_field:
             ts_raw = _pop_path(obj, self._ts_field)
+        self._ts_found = self._ts_field
+        if ts_raw is None and self._ts_fallbacks:
+            found, ts_raw = _pop_first(obj, self._ts_fallbacks)
+            if ts_raw is not None:
+                self._ts_found = found
+        if self._own_ts_key:
+            self._ts_key = self._ts_found  # an unreadable timestamp is kept under its own key
         level_raw = obj.pop(self._level_field, None)
         if level_raw is None and "." in self._level_field:
             level_raw = _pop_path(obj, self._level_field)
+        if level_raw is None and self._level_fallbacks:
+            level_raw = _pop_first(obj, self._level_fallbacks)[1]
         message = obj.pop(self._msg_field, None)
         if message is None and "." in self._msg_field:
             message = _pop_path(obj, self._msg_field)
+        if message is None and self._msg_fallbacks:
+            message = _pop_first(obj, self._msg_fallbacks)[1]
         if message is None:
             message = text
         elif type(message) is not str:
@@ -854,6 +876,8 @@ class LogParser:
                 del obj["host"]
             else:
                 host = _take_name(obj, "host") if "host" in obj or "host.name" in obj else None
+            if host is None and type(obj.get("hostname")) is str and obj["hostname"]:
+                host = obj.pop("hostname")  # bunyan's and pino's key
         else:
             service = self._named_by_field(obj, self._service_field, "service")
             host = self._named_by_field(obj, self._host_field, "host")
@@ -971,7 +995,7 @@ class LogParser:
                 line_ns, line_ts_raw, level, message, service, host, extra, line_fields = inner
                 if line_ns is None:
                     if line_ts_raw is not None:
-                        line_fields[self._ts_field] = line_ts_raw  # unreadable: kept, the runtime's time used
+                        line_fields[self._ts_found] = line_ts_raw  # unreadable: kept, the runtime's time used
                     line_ns, line_ts_raw = ts_ns, ts_raw
                 # (the runtime's stream and attrs win over the application's keys of those names)
                 return line_ns, line_ts_raw, level, message, service, host, extra, {**line_fields, **fields}
@@ -1108,6 +1132,35 @@ class LogParser:
 
 def _is_byte(value: object) -> bool:
     return type(value) is int and 0 <= value < 256
+
+
+# The keys a json or logfmt line's time, level and message are looked for under when the *_field setting is left
+# at its default and that key is absent: logrus, bunyan, pino and slog write "time", zap "ts", Serilog's CLEF
+# "@t"/"@l"/"@m", ECS "@timestamp" and "log.level", Google Cloud "severity", python-json-logger "levelname",
+# structlog "event" (taken only when it is a string: ECS's event is an object).
+_FALLBACK_KEYS: dict[str, tuple[str, ...]] = {
+    "timestamp": ("@timestamp", "time", "ts", "@t"),
+    "level": ("log.level", "severity", "levelname", "lvl", "loglevel", "@l"),
+    "message": ("msg", "@m", "event"),
+}
+
+
+def _pop_first(obj: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, Any]:
+    """The first of ``keys`` (a dotted one also nested) present with a value, taken out of ``obj``: (key,
+    value), or ("", None). "event" counts only as a string."""
+    for key in keys:
+        value = obj.get(key)
+        nested = value is None and "." in key
+        if nested:
+            value = _get_path(obj, key)
+        if value is None or value is _MISSING or (key == "event" and type(value) is not str):
+            continue
+        if nested:
+            _pop_path(obj, key)
+        else:
+            del obj[key]
+        return key, value
+    return "", None
 
 
 def _get_path(obj: dict[str, Any], key: str) -> Any:

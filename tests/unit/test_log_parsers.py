@@ -132,6 +132,111 @@ def test_json_message_missing_or_not_a_string() -> None:
     assert event.doc["message"] == '{"a":[2],"b":1}'
 
 
+@pytest.mark.parametrize(
+    ("logger", "line", "ts_ns", "level", "message", "fields"),
+    [
+        (
+            "logrus",
+            '{"level":"warning","msg":"slow","time":"2026-01-01T01:00:00+01:00","user":7}',
+            0,
+            "warn",
+            "slow",
+            {"user": 7},
+        ),
+        (
+            "zap",
+            '{"level":"error","ts":1767225600.5,"caller":"a.go:1","msg":"boom"}',
+            S // 2,
+            "error",
+            "boom",
+            {"caller": "a.go:1"},
+        ),
+        ("pino", '{"level":30,"time":1767225600000,"pid":1,"hostname":"h","msg":"up"}', 0, "info", "up", {"pid": 1}),
+        (
+            "bunyan",
+            '{"name":"api","hostname":"h","pid":2,"level":50,"msg":"x","time":"2026-01-01T00:00:00Z","v":0}',
+            0,
+            "error",
+            "x",
+            {"name": "api", "pid": 2, "v": 0},
+        ),
+        (
+            "slog",
+            'time=2026-01-01T00:00:00Z level=INFO msg="started" port=8080',
+            0,
+            "info",
+            "started",
+            {"port": "8080"},
+        ),
+        (
+            "ECS",
+            '{"@timestamp":"2026-01-01T00:00:00Z","log.level":"error","message":"m","a":1}',
+            0,
+            "error",
+            "m",
+            {"a": 1},
+        ),
+        (
+            "ECS nested",
+            '{"@timestamp":"2026-01-01T00:00:00Z","log":{"level":"warn"},"message":"m"}',
+            0,
+            "warn",
+            "m",
+            None,
+        ),
+        (
+            "CLEF",
+            '{"@t":"2026-01-01T00:00:00Z","@l":"Warning","@m":"disk","@mt":"disk"}',
+            0,
+            "warn",
+            "disk",
+            {"@mt": "disk"},
+        ),
+        ("Google Cloud", '{"severity":"ERROR","message":"m","time":"2026-01-01T00:00:00Z"}', 0, "error", "m", None),
+        ("structlog", '{"event":"login","level":"info","timestamp":"2026-01-01T00:00:00Z"}', 0, "info", "login", None),
+        (
+            "python-json-logger",
+            '{"asctime":"x","levelname":"ERROR","message":"m","timestamp":"2026-01-01T00:00:00Z"}',
+            0,
+            "error",
+            "m",
+            {"asctime": "x"},
+        ),
+    ],
+)
+def test_the_usual_loggers_lines_are_read_without_configuration(
+    logger: str, line: str, ts_ns: int, level: str, message: str, fields: dict[str, Any] | None
+) -> None:
+    kind: LogParserName = "logfmt" if line[0] != "{" else "json"
+    event = parse(file_parser(kind), line, received=R + 60 * S)
+    assert (event.ts_ns - R, event.level, event.doc["message"], event.doc.get("fields")) == (
+        ts_ns,
+        level,
+        message,
+        fields,
+    ), logger
+    assert "tags" not in event.doc, logger
+    if '"hostname"' in line:
+        assert event.doc["host"] == {"name": "h"}, logger
+
+
+def test_a_field_set_in_the_config_is_the_only_key_read_for_it() -> None:
+    """Only a *_field left at its default looks at the other loggers' keys; an unreadable fallback time is
+    kept under its own key."""
+    explicit = file_parser("json", timestamp_field="timestamp", message_field="message", level_field="level")
+    event = parse(explicit, '{"time":"2026-01-01T00:00:00Z","msg":"m","severity":"error"}', received=R + S)
+    assert (event.ts_ns, event.level, event.doc["message"]) == (
+        R + S,
+        "",
+        '{"time":"2026-01-01T00:00:00Z","msg":"m","severity":"error"}',
+    )
+    bad = parse(file_parser("json"), '{"time":"soon","msg":"m"}', received=R + S)
+    assert (bad.ts_ns, bad.doc["tags"], bad.doc["fields"]) == (R + S, ["timestamp_invalid"], {"time": "soon"})
+    # ECS's event object is no message.
+    ecs = parse(file_parser("json"), '{"event":{"code":"4625"},"message":"m"}')
+    assert ecs.doc["message"] == "m" and ecs.doc["fields"] == {"event": {"code": "4625"}}
+
+
 def test_json_unknown_level_keeps_the_original_lower_cased() -> None:
     event = parse(file_parser("json"), '{"level":"LOUD","message":"x"}')
     assert event.level == "" and event.doc["log"] == {"level": "loud", "file": {"path": PATH}}
@@ -996,8 +1101,9 @@ def test_the_applications_json_or_logfmt_line_inside_a_container_record() -> Non
     docker = file_parser("docker", message_format="logfmt")
     line = '{"log":"level=warn msg=\\"disk 91%\\"\\n","stream":"stdout","time":"2025-12-31T23:59:30Z"}'
     event = parse(docker, line)
-    assert (event.ts_ns, event.level, event.doc["message"]) == (R - 30 * S, "warn", 'level=warn msg="disk 91%"')
-    assert event.doc["fields"] == {"stream": "stdout", "msg": "disk 91%"}
+    # message_field left at its default also finds "msg" (the usual loggers' key).
+    assert (event.ts_ns, event.level, event.doc["message"]) == (R - 30 * S, "warn", "disk 91%")
+    assert event.doc["fields"] == {"stream": "stdout"}
 
 
 @pytest.mark.parametrize("kind", ["cri", "docker"])
