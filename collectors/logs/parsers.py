@@ -407,8 +407,11 @@ class LogParser:
         )
         # json and logfmt (and the lines inside cri/docker records): a *_field left at its default also finds
         # the keys the usual loggers write instead (_FALLBACK_KEYS), so that zero configuration reads logrus,
-        # zap, pino, bunyan, slog, ECS, Serilog and Google Cloud lines. A key set in the config is the only one.
-        chosen = parser.model_fields_set
+        # zap, pino, bunyan, slog, ECS, Serilog and Google Cloud lines. A key set in the config is the only one,
+        # and a regex names its own groups.
+        chosen = (
+            parser.model_fields_set if parser.kind != "regex" else {"timestamp_field", "level_field", "message_field"}
+        )
         self._ts_fallbacks = () if "timestamp_field" in chosen else _FALLBACK_KEYS["timestamp"]
         self._level_fallbacks = () if "level_field" in chosen else _FALLBACK_KEYS["level"]
         self._msg_fallbacks = () if "message_field" in chosen else _FALLBACK_KEYS["message"]

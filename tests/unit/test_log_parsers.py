@@ -232,6 +232,9 @@ def test_a_field_set_in_the_config_is_the_only_key_read_for_it() -> None:
     )
     bad = parse(file_parser("json"), '{"time":"soon","msg":"m"}', received=R + S)
     assert (bad.ts_ns, bad.doc["tags"], bad.doc["fields"]) == (R + S, ["timestamp_invalid"], {"time": "soon"})
+    # A regex names its groups: a group "msg" is a field.
+    regex = parse(file_parser("regex", pattern=r"(?P<level>\w+) (?P<msg>.*)"), "ERROR boom")
+    assert (regex.doc["message"], regex.doc["fields"]) == ("ERROR boom", {"msg": "boom"})
     # ECS's event object is no message.
     ecs = parse(file_parser("json"), '{"event":{"code":"4625"},"message":"m"}')
     assert ecs.doc["message"] == "m" and ecs.doc["fields"] == {"event": {"code": "4625"}}
