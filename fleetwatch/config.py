@@ -467,21 +467,19 @@ LogParserName = Literal["none", "json", "logfmt", "regex", "common", "combined",
 _INPUT_NAME = r"^[A-Za-z0-9_.-]+$"
 
 
+# What rsyslog's file formats write after the time: "host sshd[123]: message".
+_RSYSLOG_AFTER_TIME = r"(?P<host>\S+) (?P<service>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<message>(?s:.*))"
 # Built-in patterns for kind "regex", chosen by name (``pattern = "rsyslog_traditional"``). A name can never
 # be mistaken for a user's pattern: a user's pattern needs a named group, "(?P<...>".
 REGEX_PATTERNS: dict[str, str] = {
     # rsyslog's default file format (RSYSLOG_TraditionalFileFormat: /var/log/syslog, /var/log/messages):
     # "Dec  2 09:40:14 host sshd[123]: message". No priority, no year (the year rule of RFC 3164 applies),
     # no zone (parser.timezone). The tag before "[pid]" is the service, the pid goes to fields.pid.
-    "rsyslog_traditional": (
-        r"^(?P<timestamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) (?P<host>\S+) "
-        r"(?P<service>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<message>(?s:.*))"
-    ),
+    "rsyslog_traditional": r"^(?P<timestamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) " + _RSYSLOG_AFTER_TIME,
     # rsyslog's high-precision file format (RSYSLOG_FileFormat, the default of newer distributions):
     # "2026-12-02T09:40:14.123456+01:00 host sshd[123]: message". The same fields as rsyslog_traditional.
     "rsyslog_file": (
-        r"^(?P<timestamp>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)) (?P<host>\S+) "
-        r"(?P<service>[^\s\[:]+)(?:\[(?P<pid>\d+)\])?: ?(?P<message>(?s:.*))"
+        r"^(?P<timestamp>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)) " + _RSYSLOG_AFTER_TIME
     ),
     # nginx's error log: "2026/12/05 10:00:00 [error] 1234#5678: *42 open() failed ..., client: 1.2.3.4". The
     # time has no zone (parser.timezone); fields.pid, fields.tid and the connection number.
