@@ -9,12 +9,16 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from fleetwatch import config as config_mod
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    # Markdown: the help texts' paragraphs are rewrapped to the terminal, and "[retention]" is shown as written
+    # (in rich markup it is a style tag and vanishes).
+    rich_markup_mode="markdown",
     help="fleetwatch: IoT readings and service logs into InfluxDB, Elasticsearch and Grafana.",
 )
 console = Console(stderr=True)
@@ -23,11 +27,34 @@ DEFAULT_CONFIG = Path("fleetwatch.toml")
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="TOML config file.")]
 
 
+def _error(message: object) -> None:
+    # Escaped: a message naming a config section ("[retention]") would otherwise lose it as a style tag.
+    console.print(f"[red]error:[/red] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"fleetwatch {version('fleetwatch')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_print_version, is_eager=True, help="Show the installed version and exit."),
+    ] = False,
+) -> None:
+    pass
+
+
 def _load(path: Path) -> config_mod.Config:
     try:
         return config_mod.load(path)
     except config_mod.ConfigError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        _error(err)
         raise typer.Exit(2) from None
 
 
@@ -50,7 +77,7 @@ def check_config(
 ) -> None:
     """Validate a config file without running anything."""
     if file is not None and config is not None and file != config:
-        console.print("[red]error:[/red] give the config file once, as an argument or with --config")
+        _error("give the config file once, as an argument or with --config")
         raise typer.Exit(2)
     file = file or config or DEFAULT_CONFIG
     cfg = _load(file)
@@ -58,9 +85,12 @@ def check_config(
 
     es = f"Elasticsearch at {', '.join(cfg.elasticsearch.hosts)}" if cfg.elasticsearch.enabled else "Elasticsearch off"
     console.print(
-        f"[green]ok[/green] {file}: {len(cfg.mqtt.subscriptions)} subscription(s), "
-        f"{len(cfg.logs.files)} log file input(s), {len(cfg.logs.syslog)} syslog input(s), "
-        f"{len(load_rules(cfg.alerts))} alert rule(s); InfluxDB {cfg.influxdb.api} at {cfg.influxdb.url}, {es}",
+        "[green]ok[/green] "
+        + escape(
+            f"{file}: {len(cfg.mqtt.subscriptions)} subscription(s), "
+            f"{len(cfg.logs.files)} log file input(s), {len(cfg.logs.syslog)} syslog input(s), "
+            f"{len(load_rules(cfg.alerts))} alert rule(s); InfluxDB {cfg.influxdb.api} at {cfg.influxdb.url}, {es}"
+        ),
         highlight=False,
         soft_wrap=True,
     )
@@ -80,18 +110,18 @@ def run(
     status_file: Annotated[
         Path | None, typer.Option(help="Write progress counters here (JSON, 4 times a second).")
     ] = None,
-    verbose: bool = False,
+    verbose: Annotated[bool, typer.Option(help="Log at DEBUG level, with every request to Elasticsearch.")] = False,
 ) -> None:
     """Run the pipeline: readings, logs and alerts to InfluxDB and Elasticsearch (Ctrl-C stops and flushes)."""
     _logging(verbose)
     cfg = _load(config)
     if (process_id is None) != (addresses is None):
-        console.print("[red]error:[/red] --process-id and --addresses go together")
+        _error("--process-id and --addresses go together")
         raise typer.Exit(2)
     total_workers = (workers or cfg.flow.workers) * (len(addresses.split(",")) if addresses else 1)
     if total_workers > 1 and cfg.mqtt.sparkplug_subscriptions():
         problem = config_mod.sparkplug_workers_problem(total_workers)
-        console.print(f"[red]error:[/red] --workers/--addresses: {problem}", highlight=False, soft_wrap=True)
+        _error(f"--workers/--addresses: {problem}")
         raise typer.Exit(2)
     from fleetwatch.runner import run_pipeline
 
@@ -174,7 +204,7 @@ def snapshot(
     dashboards' own queries: for places where Grafana is not running."""
     cfg = _load(config)
     for path in render_dashboard_snapshots(cfg, out, last):
-        console.print(str(path), highlight=False, soft_wrap=True)
+        console.print(str(path), highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -193,13 +223,13 @@ def retention(
     cfg = _load(config)
     kept = kind_retention(cfg)
     if kept is None or not cfg.elasticsearch.enabled:
-        console.print("nothing to do: [retention] or [elasticsearch] is off", highlight=False)
+        console.print("nothing to do: [retention] or [elasticsearch] is off", highlight=False, markup=False)
         return
     es = make_client(cfg.elasticsearch)
     try:
         names = delete_expired(es, cfg.elasticsearch, kept, dry_run=dry_run)
     except (RetentionRefused, ApiError) as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        _error(err)
         raise typer.Exit(1) from None
     finally:
         es.close()
@@ -209,7 +239,9 @@ def retention(
     console.print(f"{len(names)} index(es) {verb}", highlight=False)
 
 
-grafana_app = typer.Typer(no_args_is_help=True, help="Grafana: data sources, dashboards and alert rules.")
+grafana_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode="markdown", help="Grafana: data sources, dashboards and alert rules."
+)
 app.add_typer(grafana_app, name="grafana")
 
 
@@ -229,15 +261,15 @@ def grafana_sync(
     if token_file is not None:
         token = token_file.read_text(encoding="utf-8").strip()
     if not token:
-        console.print("[red]error:[/red] give --token, --token-file or FLEETWATCH_GRAFANA_TOKEN")
+        _error("give --token, --token-file or FLEETWATCH_GRAFANA_TOKEN")
         raise typer.Exit(2)
     try:
         report = sync(url, token, config_path=config)
     except SyncError as err:
-        console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+        _error(err)
         raise typer.Exit(1) from None
     for line in report.lines():
-        console.print(line, highlight=False, soft_wrap=True)
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

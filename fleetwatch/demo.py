@@ -15,6 +15,7 @@ from typing import Any
 import urllib3
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from fleetwatch.config import Config
@@ -196,7 +197,7 @@ def run_demo(config_path: Path, cfg: Config, duration: float, console: Console) 
         except subprocess.TimeoutExpired:
             pipeline.kill()
     if sim_error:
-        console.print(f"[red]simulator failed:[/red] {sim_error[0]}")
+        console.print(f"[red]simulator failed:[/red] {escape(str(sim_error[0]))}", highlight=False, soft_wrap=True)
         return 1
     if pipeline.returncode not in (0, -signal.SIGINT, 130) and not interrupted:
         console.print(f"[red]pipeline exited with {pipeline.returncode}[/red]; see .fleetwatch/demo-pipeline.log")
@@ -209,7 +210,7 @@ def run_demo(config_path: Path, cfg: Config, duration: float, console: Console) 
     )
     console.print("Dashboard snapshots (the Grafana dashboards' panels, from the same queries):")
     for path in paths:
-        console.print(f"  {path}", highlight=False, soft_wrap=True)
+        console.print(f"  {path}", highlight=False, markup=False, soft_wrap=True)
     return 0
 
 

@@ -64,6 +64,21 @@ def test_help(installed: Path, elsewhere: Path) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_version_is_the_installed_distribution(installed: Path, elsewhere: Path) -> None:
+    result = run([str(installed / "fleetwatch"), "--version"], elsewhere)
+    assert result.returncode == 0, result.stdout + result.stderr
+    shown = run([str(installed / "pip"), "show", "fleetwatch"], elsewhere).stdout
+    version = next(line.split(":", 1)[1].strip() for line in shown.splitlines() if line.startswith("Version:"))
+    assert result.stdout.strip() == f"fleetwatch {version}"
+
+
+def test_help_shows_config_sections_as_written(installed: Path, elsewhere: Path) -> None:
+    # A config section in brackets is literal text in the help, not a style tag that vanishes.
+    result = run([str(installed / "fleetwatch"), "retention", "--help"], elsewhere)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "([retention])" in " ".join(result.stdout.split())
+
+
 def test_check_config_of_the_example(installed: Path, elsewhere: Path) -> None:
     result = run([str(installed / "fleetwatch"), "check-config", str(REPO / "fleetwatch.example.toml")], elsewhere)
     assert result.returncode == 0, result.stdout + result.stderr
