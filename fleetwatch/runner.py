@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import signal
 import threading
 import time
@@ -107,19 +108,45 @@ def _start_retention_job(cfg: Config, process_id: int | None) -> RetentionJob | 
 GC_THRESHOLDS = (50_000, 20, 10)
 
 
+def _raise_open_files_limit() -> None:
+    """Raise the soft limit of open files to the hard one, as Go programs do at start: every followed log file,
+    syslog client and server connection holds a descriptor, and the soft limit is often 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (OSError, ValueError) as exc:
+        log.info("fleetwatch: open-files limit stays at %d (cannot raise it to %d: %s)", soft, target, exc)
+
+
 def _tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _write_status(path: Path, status: dict[str, object]) -> None:
-    tmp = path.with_suffix(".tmp")
+    # A name of this process's own: two processes given the same file must not rename each other's.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(status))
     os.replace(tmp, path)
 
 
 def _status_writer(cfg: Config, path: Path, stop: threading.Event, interval: float = 0.25) -> None:
+    failing = ""
     while not stop.wait(interval):
-        _write_status(path, _status(cfg))
+        try:
+            _write_status(path, _status(cfg))
+        except OSError as exc:
+            # A full disk or a removed directory passes; the status file is for watching, the pipeline goes
+            # on. Said once per kind of failure, and again when it works.
+            if str(exc) != failing:
+                log.warning("fleetwatch: cannot write the status file %s: %s (retrying)", path, exc)
+                failing = str(exc)
+        else:
+            if failing:
+                log.info("fleetwatch: the status file %s is written again", path)
+                failing = ""
 
 
 # How long the dataflow may take to end after a stop is asked for (sources end, the last snapshot is
@@ -183,6 +210,7 @@ def run_pipeline(
     status: 0 after a clean stop, 1 when a part of the pipeline failed or output was left unwritten that no
     snapshot keeps."""
     processes = len(addresses) if addresses else 1
+    _raise_open_files_limit()
     total_workers = workers * processes
     # (One process: in a cluster the process that owns an input's partition binds it, and another process of
     # the same host would find the port taken by it.)
@@ -263,7 +291,10 @@ def run_pipeline(
         if status_file is not None:
             final = _status(cfg)
             final["stopped"] = True
-            _write_status(status_file, final)
+            try:
+                _write_status(status_file, final)
+            except OSError as exc:
+                log.warning("fleetwatch: cannot write the final status to %s: %s", status_file, exc)
     written = ", ".join(f"{name} {n}" for name, n in sorted(writers_written().items()) if n) or "nothing"
     failures = lifecycle.failures()
     if cluster_lost is not None:

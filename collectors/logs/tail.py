@@ -59,6 +59,11 @@ Lifecycle contract:
 - **Never raises.** Invalid UTF-8 is replaced and flagged "invalid_utf8" (bytes another encoding has no
   character for: "invalid_encoding"); files that cannot be opened or
   read are logged (once) and retried at the next poll.
+- **Open files.** Every followed file holds a descriptor. All inputs of a process together hold at most
+  ``open_files_budget()`` (a share of the process's limit, which ``fleetwatch run`` raises to its hard limit
+  as Go programs do): past it, new files wait, named in a warning, until followed files are finished. A glob
+  that cannot read a directory (out of descriptors, permissions) returns nothing rather than failing: a
+  followed file still at its path is therefore still matched, never taken for rotated away and read again.
 - **Excluded paths.** A path the globs match and an ``exclude`` pattern too (fnmatch; by default the compressed
   files logrotate leaves, ``*.gz`` and the like) is not followed. A followed file renamed to such a path is
   still read to its end.
@@ -77,7 +82,9 @@ import glob
 import logging
 import os
 import re
+import resource
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -113,6 +120,44 @@ _FINISHED_KEPT = 1_000
 _END_LOOKBACK = 64 * 1024
 # Default for rotate_wait: how long a rotated-away file at EOF is kept open for late writes.
 ROTATE_WAIT = 5.0
+# Descriptors left for all else a process opens: connections to the servers and from syslog clients, the
+# recovery database, modules imported late. Out of descriptors, none of those works (nor the log line saying so).
+_RESERVED_FDS = 256
+
+
+def open_files_budget() -> int:
+    """How many files the tails of this process may hold open together: the open-files limit less a reserve
+    (a quarter of the limit, at least 256), at least 16."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 1 << 20
+    return max(16, soft - max(_RESERVED_FDS, soft // 4))
+
+
+class _OpenFiles:
+    """The descriptors held by every tail of this process (all inputs, all workers)."""
+
+    lock = threading.Lock()
+    held = 0
+
+    @classmethod
+    def reserve(cls) -> bool:
+        with cls.lock:
+            if cls.held >= open_files_budget():
+                return False
+            cls.held += 1
+            return True
+
+    @classmethod
+    def release(cls) -> None:
+        with cls.lock:
+            cls.held -= 1
+
+
+def _close(fd: int) -> None:
+    _OpenFiles.release()
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 @dataclass
@@ -240,6 +285,7 @@ class _File:
     __slots__ = (
         "fd",
         "globbed",
+        "globbed_path",
         "line_start",
         "mtime_ns",
         "partial",
@@ -269,6 +315,8 @@ class _File:
         self.pending: _Event | None = None
         # At a path one of the globs matches (else rotated away or deleted).
         self.globbed = True
+        # The path at which a glob last found it (None: not found by a glob yet, as a file of the state).
+        self.globbed_path: str | None = None
         # Time of the last data read, or of the rotation: flush timeouts and rotate_wait count from it.
         self.quiet_since = now
 
@@ -326,6 +374,11 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         self._files: dict[tuple[int, int], _File] = {}
         # Paths that failed to open or stat: logged once until they work again.
         self._failing: set[str] = set()
+        # Paths not opened at the last scan because the process's open-files budget was spent.
+        self._waiting: set[str] = set()
+        self._waited: set[str] = set()
+        # Whether the globs last missed followed files that are still at their paths (unreadable directory).
+        self._globs_missed = False
         # Files from the state that exist but cannot be opened now: kept in snapshots, retried at each poll.
         self._parked: list[FileState] = []
         self._out: list[LogLine] = []
@@ -350,9 +403,13 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
     # -- opening files
 
     def _open(self, path: str) -> tuple[int, os.stat_result] | None:
+        if not _OpenFiles.reserve():
+            self._waiting.add(path)
+            return None
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
+            _OpenFiles.release()
             if path not in self._failing:
                 self._failing.add(path)
                 log.warning("%s: cannot open %s: %s (retrying at every poll)", self._name, path, exc.strerror)
@@ -360,7 +417,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         try:
             st = os.fstat(fd)
         except OSError:
-            os.close(fd)
+            _close(fd)
             return None
         self._failing.discard(path)
         return fd, st
@@ -385,7 +442,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             return False
         fd, st = opened
         if (st.st_dev, st.st_ino) != key:  # replaced between the lookup and the open
-            os.close(fd)
+            _close(fd)
             return False
         state = FileState(path, entry.dev, entry.ino, entry.fingerprint, entry.fingerprint_len, entry.generation)
         state.offset = entry.offset
@@ -409,7 +466,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                 return entry.path
         except OSError:
             pass
-        return _find_inode(os.path.dirname(entry.path), entry.dev, entry.ino)
+        return _find_near(entry.path, entry.dev, entry.ino)
 
     def _track_new(self, path: str, now: float, from_end: bool) -> None:
         opened = self._open(path)
@@ -418,7 +475,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         fd, st = opened
         key = (st.st_dev, st.st_ino)
         if key in self._files or not stat.S_ISREG(st.st_mode):
-            os.close(fd)
+            _close(fd)
             return
         state = FileState(path, st.st_dev, st.st_ino)
         tf = _File(state, fd, st.st_size, now)
@@ -538,6 +595,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
     def _scan(self, now: float, from_end: bool = False) -> None:
         """Match the globs: open new files, notice renames and rotations, check sizes and truncation, and
         forget rotated files that are done."""
+        self._waited, self._waiting = self._waiting, set()
         if self._parked:
             # Before the globs: a file of the state must not be taken for a new one.
             self._parked = [entry for entry in self._parked if not self._resume(entry, now)]
@@ -559,20 +617,55 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             if tf is None:
                 if key not in parked:
                     self._track_new(path, now, from_end)
+                    if key in self._files:
+                        self._files[key].globbed_path = path
                 continue
             if tf.state.path != path:
                 log.info("%s: %s was renamed to %s", self._name, tf.state.path, path)
                 tf.set_path(path)
             tf.globbed = True
+            tf.globbed_path = path
+        missed = 0
         for key, tf in list(self._files.items()):
             if tf.globbed and key not in seen:
-                tf.globbed = False
-                tf.quiet_since = now
-                self._rotated_away(tf)
+                if tf.globbed_path is not None and _still_at(tf.globbed_path, key):
+                    # The globs are fixed and matched this path before: a glob that lost a path which still
+                    # names the same file could not read a directory (out of descriptors, permissions).
+                    missed += 1
+                else:
+                    tf.globbed = False
+                    tf.quiet_since = now
+                    self._rotated_away(tf)
             self._check(tf, now)
+        self._report_scan(missed)
+
+    def _report_scan(self, missed: int) -> None:
+        """Warn when files wait for the open-files budget, or the globs could not read a directory; once, until
+        that changes."""
+        if missed and not self._globs_missed:
+            log.warning(
+                "%s: the globs missed %d followed file(s) still at their paths (a directory could not be read: "
+                "out of file descriptors, or permissions); they are still followed",
+                self._name,
+                missed,
+            )
+        self._globs_missed = missed > 0
+        if self._waiting and not self._waited:
+            log.warning(
+                "%s: %d file(s) wait to be followed, such as %s: this process's tails hold %d open files, their "
+                "budget under the open-files limit of %d; raise the limit (ulimit -n, systemd's LimitNOFILE) or "
+                "narrow the globs. They are opened as followed files are finished",
+                self._name,
+                len(self._waiting),
+                min(self._waiting),
+                _OpenFiles.held,
+                resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+            )
+        elif self._waited and not self._waiting:
+            log.info("%s: no more files wait for the open-files budget", self._name)
 
     def _rotated_away(self, tf: _File) -> None:
-        new_path = _find_inode(os.path.dirname(tf.state.path), tf.state.dev, tf.state.ino)
+        new_path = _find_near(tf.state.path, tf.state.dev, tf.state.ino)
         if new_path == tf.state.path:
             log.info("%s: %s is not matched by the globs; reading it to its end", self._name, new_path)
         elif new_path is not None:
@@ -600,7 +693,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         tf.size, tf.mtime_ns = size, mtime_ns
         if not tf.globbed and tf.read_pos >= size and now - tf.quiet_since >= self._rotate_wait:
             self._finish(tf)
-            os.close(tf.fd)
+            _close(tf.fd)
             del self._files[tf.key]
             self._remember_finished(tf.state)
             log.info("%s: finished %s (rotated away, read to its end)", self._name, tf.state.path)
@@ -936,8 +1029,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
     def close(self) -> None:
         self._stall.set(False)
         for tf in self._files.values():
-            with contextlib.suppress(OSError):
-                os.close(tf.fd)
+            _close(tf.fd)
         self._files.clear()
 
 
@@ -1031,6 +1123,27 @@ _CONTAINER_FORMATS: dict[str, tuple[Callable[[bytes], _Record | None], Callable[
     "cri": (_cri_split, _cri_join),
     "docker": (_docker_split, _docker_join),
 }
+
+
+def _still_at(path: str, key: tuple[int, int]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == key
+
+
+def _find_near(path: str, dev: int, ino: int) -> str | None:
+    """Where a file last seen at ``path`` is now: a name in that path's directory, or, when the path is a
+    symbolic link (Kubernetes' /var/log/containers/*.log), in the directory of the file it points to, where the
+    runtime rotates it."""
+    directory = os.path.dirname(path)
+    found = _find_inode(directory, dev, ino)
+    if found is None:
+        target_dir = os.path.dirname(os.path.realpath(path))
+        if target_dir != os.path.realpath(directory or "."):
+            found = _find_inode(target_dir, dev, ino)
+    return found
 
 
 def _find_inode(directory: str, dev: int, ino: int) -> str | None:

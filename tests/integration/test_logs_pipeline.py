@@ -150,6 +150,40 @@ poll_interval = "50ms"
     assert es_docs(f"{unique}-dead-letters*") == []
 
 
+@pytest.mark.parametrize("limit", ["1024:", "300:300"])
+def test_more_files_than_the_open_files_limit_neither_crash_nor_read_twice(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str, limit: str
+) -> None:
+    """1,500 files under a soft limit of 1,024 open files (systemd's default): the pipeline raises its soft
+    limit to the hard one and reads every file once. Under a hard limit of 300 as well, the files past the
+    tails' budget wait, named in a warning, while the pipeline runs on; none is read twice."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for i in range(1500):
+        append(logs / f"f{i:04d}.log", [json_line(i)])
+    inputs = f"""
+[[logs.files]]
+name = "many"
+paths = ["{logs}/*.log"]
+parser = {{ kind = "json" }}
+poll_interval = "200ms"
+"""
+    pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs), prefix=["prlimit", f"--nofile={limit}"])
+    if limit == "1024:":
+        pipeline.wait_for("log_events", 1500, timeout=90)
+        docs = wait_for_docs(f"{unique}-logs*", 1500)
+        assert sorted(d["fields"]["seq"] for d in docs) == list(range(1500))
+        assert "wait to be followed" not in pipeline.log_text()
+    else:
+        budget = 300 - 256
+        pipeline.wait_for("log_events", budget, timeout=60)
+        time.sleep(2)  # several polls: nothing more is opened, nothing is read again
+        docs = wait_for_docs(f"{unique}-logs*", budget)
+        assert sorted(d["fields"]["seq"] for d in docs) == list(range(budget))
+        assert f"1456 file(s) wait to be followed, such as {logs}/f0044.log" in pipeline.log_text()
+    pipeline.stop()
+
+
 def test_parsers_multiline_and_log_rates(tmp_path: Path, unique: str, influx_db: str, es_index: str) -> None:
     """Every parser on its own file, malformed lines among them, a multiline stack trace, and the log
     rates per service and level in Elasticsearch and InfluxDB."""

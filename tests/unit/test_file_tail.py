@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from collectors.logs import tail
 from collectors.logs.tail import MAX_BATCH_LINES, FileTailPartition, FileTailSource, TailState, doc_id, file_key
 from fleetwatch.config import FileInputConfig
 from fleetwatch.record import LogLine
@@ -403,7 +404,7 @@ def test_a_joined_docker_record_cut_at_the_size_limit_stays_json(tmp_path: Path)
     limit = 256
     for pad in range(8):
         log = tmp_path / f"pad{pad}-json.log"
-        write(log, text([_docker("a" * 150), _docker("x" * pad + "\u00e9\\\"" * 8), _docker("end\n")]))
+        write(log, text([_docker("a" * 150), _docker("x" * pad + '\u00e9\\"' * 8), _docker("end\n")]))
         part = build(config([log], parser={"kind": "docker"}, max_event_bytes=limit))
         (event,) = drain(part)
         assert event.flags == ("truncated",) and len(event.text.encode()) <= limit
@@ -742,3 +743,73 @@ def test_a_new_file_with_the_fingerprint_of_another_gets_ids_of_its_own(tmp_path
     again = build(config([tmp_path / "*.log"]), before_day2)
     assert by_id(drain(again)) == by_id(day2)
     again.close()
+
+
+def test_a_glob_that_cannot_read_its_directory_does_not_make_followed_files_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = tmp_path / "app.log"
+    write(log, text(lines("a", 0, 100)))
+    part = build(config([tmp_path / "*.log"]))
+    first = drain(part)
+    # Out of descriptors (or denied), glob's scandir fails and glob returns nothing: for longer than
+    # rotate_wait, while the file grows.
+    real_glob = tail.glob.glob
+    monkeypatch.setattr(tail.glob, "glob", lambda pattern, recursive=False: [])
+    write(log, text(lines("a", 100, 150)))
+    during = drain(part, quiet=0.2)
+    monkeypatch.setattr(tail.glob, "glob", real_glob)
+    write(log, text(lines("a", 150, 200)))
+    after = drain(part)
+    events = first + during + after
+    assert [e.text for e in events] == lines("a", 0, 200)
+    assert len(by_id(events)) == 200
+    assert [f.generation for f in part.snapshot().files] == [0]
+    assert any("the globs missed 1 followed file(s) still at their paths" in r.message for r in caplog.records)
+    part.close()
+
+
+def test_files_past_the_open_files_budget_wait_for_followed_files_to_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    budget = tail._OpenFiles.held + 2
+    monkeypatch.setattr(tail, "open_files_budget", lambda: budget)
+    for i in range(4):
+        write(tmp_path / f"f{i}.log", text(lines(f"f{i}", 0, 10)))
+    part = build(config([tmp_path / "*.log"]))
+    assert sorted(e.text for e in drain(part)) == lines("f0", 0, 10) + lines("f1", 0, 10)
+    assert tail._OpenFiles.held == budget
+    assert any("2 file(s) wait to be followed, such as" in r.message for r in caplog.records)
+    # The first two are rotated away: once finished, their descriptors go to the two that waited.
+    for i in range(2):
+        os.rename(tmp_path / f"f{i}.log", tmp_path / f"f{i}.log.1")
+    rest = drain(part, quiet=0.3)
+    assert sorted(e.text for e in rest) == lines("f2", 0, 10) + lines("f3", 0, 10)
+    assert sorted(f.path for f in part.snapshot().files) == [str(tmp_path / "f2.log"), str(tmp_path / "f3.log")]
+    part.close()
+    assert tail._OpenFiles.held == budget - 2
+
+
+def test_a_symlinked_file_rotated_while_not_running_is_found_beside_its_target(tmp_path: Path) -> None:
+    # Kubernetes: /var/log/containers/<pod>_<ns>_<container>-<id>.log links to /var/log/pods/.../0.log, which
+    # the kubelet rotates in its own directory (0.log -> 0.log.<time>) and writes anew.
+    pods, containers = tmp_path / "pods", tmp_path / "containers"
+    pods.mkdir()
+    containers.mkdir()
+    write(pods / "0.log", text(lines("a", 0, 100)))
+    (containers / "pod_ns_app-1.log").symlink_to(pods / "0.log")
+    cfg = config([containers / "*.log"])
+    part = build(cfg)
+    run1 = drain(part)
+    state = pickle.loads(pickle.dumps(part.snapshot()))
+    part.close()
+
+    write(pods / "0.log", text(lines("a", 100, 150)))
+    os.rename(pods / "0.log", pods / "0.log.20261205-094000")
+    write(pods / "0.log", text(lines("b", 0, 20)))
+    part = build(cfg, state)
+    run2 = drain(part, quiet=0.2)
+    assert [e.text for e in run1 + run2 if e.text.startswith("a")] == lines("a", 0, 150)
+    assert sorted(e.text for e in run2 if e.text.startswith("b")) == lines("b", 0, 20)
+    assert len(by_id(run1 + run2)) == 170
+    part.close()
