@@ -83,13 +83,14 @@ def check_config(
     cfg = _load(file)
     from flows.alerts.rules import load_rules
 
-    es = f"Elasticsearch at {', '.join(cfg.elasticsearch.hosts)}" if cfg.elasticsearch.enabled else "Elasticsearch off"
+    es = f"Elasticsearch at {cfg.elasticsearch.shown_hosts}" if cfg.elasticsearch.enabled else "Elasticsearch off"
     console.print(
         "[green]ok[/green] "
         + escape(
             f"{file}: {len(cfg.mqtt.subscriptions)} subscription(s), "
             f"{len(cfg.logs.files)} log file input(s), {len(cfg.logs.syslog)} syslog input(s), "
-            f"{len(load_rules(cfg.alerts))} alert rule(s); InfluxDB {cfg.influxdb.api} at {cfg.influxdb.url}, {es}"
+            f"{len(load_rules(cfg.alerts))} alert rule(s); "
+            f"InfluxDB {cfg.influxdb.api} at {cfg.influxdb.shown_url}, {es}"
         ),
         highlight=False,
         soft_wrap=True,

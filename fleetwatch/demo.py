@@ -256,7 +256,7 @@ def _summary(
     table.add_column("count", justify="right")
     table.add_row("MQTT", "published by the simulator (broken on purpose)", f"{sim.published:,} ({sim.bad:,})")
     table.add_row("pipeline", "messages received", f"{status.get('messages_in', 0):,}")
-    db = f"{cfg.influxdb.url} db={cfg.influxdb.database}"
+    db = f"{cfg.influxdb.shown_url} db={cfg.influxdb.database}"
     for length in cfg.windows.tumbling:
         label = duration_label(length)
         agg = qualified(plan, "readings_agg", window=label)
@@ -278,7 +278,7 @@ def _summary(
         table.add_row("files / syslog", "log lines written (syslog messages sent)", f"{logs.lines:,} ({logs.syslog:,})")
         table.add_row(f"InfluxDB {db}", "log_rates points (service x window)", f"{rates:,.0f}")
     if cfg.elasticsearch.enabled:
-        es = ", ".join(cfg.elasticsearch.hosts)
+        es = cfg.elasticsearch.shown_hosts
         es_request(cfg, "POST", f"/{cfg.elasticsearch.index_prefix}-*/_refresh?ignore_unavailable=true")
         table.add_row(f"Elasticsearch {es}", "log documents", f"{_es_count(cfg, 'logs', since_ms):,}")
         table.add_row(f"Elasticsearch {es}", "log-rate documents", f"{_es_count(cfg, 'log-rates', since_ms):,}")

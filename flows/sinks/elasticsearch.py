@@ -439,7 +439,7 @@ def _put_template(es: Elasticsearch, cfg: ElasticsearchConfig, name: str, body: 
                 " templates)"
             )
         raise ElasticsearchSetupError(
-            f"Elasticsearch at {', '.join(cfg.hosts)} refused index template {name!r}: "
+            f"Elasticsearch at {cfg.shown_hosts} refused index template {name!r}: "
             f"HTTP {exc.status_code} {_api_reason(exc)}{hint}"
         ) from exc
 
@@ -477,7 +477,7 @@ def apply_lifecycles(es: Elasticsearch, cfg: ElasticsearchConfig, retention: Map
                 raise RetryableError(f"Elasticsearch answered {exc.status_code} to the lifecycle of {name!r}") from exc
             hint = " (the user needs manage_data_stream_lifecycle, or manage, on the data streams)"
             raise ElasticsearchSetupError(
-                f"Elasticsearch at {', '.join(cfg.hosts)} refused the lifecycle of data stream {name!r}: "
+                f"Elasticsearch at {cfg.shown_hosts} refused the lifecycle of data stream {name!r}: "
                 f"HTTP {exc.status_code} {_api_reason(exc)}" + (hint if exc.status_code in (401, 403) else "")
             ) from exc
 
@@ -507,7 +507,7 @@ def prepare_layout(
             if exc.status_code == 429 or exc.status_code >= 500:
                 raise RetryableError(f"Elasticsearch answered {exc.status_code}") from exc
             raise ElasticsearchSetupError(
-                f"Elasticsearch at {', '.join(cfg.hosts)} refused fleetwatch's setup: "
+                f"Elasticsearch at {cfg.shown_hosts} refused fleetwatch's setup: "
                 f"HTTP {exc.status_code} {_api_reason(exc)}"
             ) from exc
         setup = _setups[key] = ServerSetup(layout, max_content_length)

@@ -104,7 +104,7 @@ def _refused(exc: ApiError, what: str, cfg: ElasticsearchConfig) -> RetentionRef
             f" (the user needs the index privileges view_index_metadata and delete_index on {cfg.index_prefix}-*,"
             " or set retention.enabled = false and expire the indices another way)"
         )
-    return RetentionRefused(f"Elasticsearch at {', '.join(cfg.hosts)} refused {what}: HTTP {exc.status_code}{hint}")
+    return RetentionRefused(f"Elasticsearch at {cfg.shown_hosts} refused {what}: HTTP {exc.status_code}{hint}")
 
 
 def delete_expired(

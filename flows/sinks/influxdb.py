@@ -162,7 +162,7 @@ class V1Writer:
                 encode_multipart=False,
             )
         except urllib3.exceptions.HTTPError as exc:
-            raise WriteError(f"InfluxDB unreachable at {self._cfg.url}: {exc}", retryable=True) from exc
+            raise WriteError(f"InfluxDB unreachable at {self._cfg.shown_url}: {exc}", retryable=True) from exc
         text = resp.data[:300].decode("utf-8", "replace").strip()
         if resp.status in RETRYABLE_STATUS:
             raise WriteError(f"{statement}: HTTP {resp.status}", retryable=True, status=resp.status)
@@ -303,7 +303,7 @@ class V2Writer:
                 status=status,
             ) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise WriteError(f"InfluxDB unreachable at {self._cfg.url}: {exc}", retryable=True) from exc
+            raise WriteError(f"InfluxDB unreachable at {self._cfg.shown_url}: {exc}", retryable=True) from exc
 
     def _org_id(self) -> str:
         orgs = self._client.organizations_api().find_organizations(org=self._cfg.org)
@@ -442,7 +442,7 @@ class InfluxWriterThread(BatchWriterThread[str]):
         except WriteError as err:
             if err.retryable:
                 raise RetryableError(str(err), err.retry_after) from err
-            raise SetupError(f"InfluxDB at {self.cfg.url}: {err}") from None
+            raise SetupError(f"InfluxDB at {self.cfg.shown_url}: {err}") from None
 
     def deliver(self, batch: list[str]) -> None:
         if self._router is None:
@@ -511,7 +511,7 @@ class InfluxWriterThread(BatchWriterThread[str]):
             # retrying cannot fix it. A refused credential is a configuration error, found here too when the
             # password changes while fleetwatch runs.
             hint = f" ({credentials_hint(self.cfg)})" if err.status == 401 else ""
-            raise SetupError(f"InfluxDB at {self.cfg.url} refused a write: {err}{hint}") from None
+            raise SetupError(f"InfluxDB at {self.cfg.shown_url} refused a write: {err}{hint}") from None
         return len(batch)
 
     def _refuse_unencodable(self, batch: list[str]) -> list[str]:

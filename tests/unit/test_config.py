@@ -140,6 +140,27 @@ def test_check_config_command_rejects_a_broken_file_and_names_the_key(tmp_path: 
     assert ok.exit_code == 0, ok.output
 
 
+def test_check_config_names_a_config_section_and_shows_no_password_written_into_a_url(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fleetwatch.cli import app
+
+    path = tmp_path / "urls.toml"
+    path.write_text(
+        '[influxdb]\nurl = "http://admin:pw-in-url-1@127.0.0.1:8086"\n'
+        '[elasticsearch]\nhosts = ["https://elastic:pw-in-url-2@es.example:9200"]\n'
+    )
+    ok = CliRunner().invoke(app, ["check-config", str(path)])
+    assert ok.exit_code == 0, ok.output
+    assert "at http://127.0.0.1:8086, Elasticsearch at https://es.example:9200" in ok.output
+    assert "pw-in-url" not in ok.output
+    # A message naming a section in brackets keeps it (not taken for a style tag).
+    path.write_text('[elasticsearch]\nindex_prefix = "Upper"\n')
+    bad = CliRunner().invoke(app, ["check-config", str(path)])
+    assert bad.exit_code == 2
+    assert "^[a-z0-9][a-z0-9_.-]*$" in bad.output
+
+
 def test_alert_rules_must_watch_windows_and_quantiles_the_pipeline_computes(tmp_path: Path) -> None:
     rules = tmp_path / "rules.toml"
     rules.write_text('[[rules]]\nname = "p90"\ntarget = "window"\nwindow = "1m"\nstat = "p90"\nwarning = 1.0\n')

@@ -9,7 +9,7 @@ import pytest
 
 from fleetwatch import config
 from fleetwatch.config import InfluxDBConfig
-from flows.sinks.influxdb import V1Writer, credentials_hint, line_time_ns
+from flows.sinks.influxdb import V1Writer, WriteError, credentials_hint, line_time_ns
 
 
 def test_a_refused_credential_names_the_keys_that_hold_it_and_not_the_secret() -> None:
@@ -75,3 +75,11 @@ def test_gzip_auto_compresses_only_when_influxdb_is_not_on_loopback(tmp_path: Pa
     with pytest.raises(config.ConfigError) as err:
         config.load(path, env={})
     assert err.value.problems == ["influxdb.gzip: expected true, false or \"auto\" (got 'sometimes')"]
+
+
+def test_a_store_that_cannot_be_reached_is_named_without_the_password_in_its_url() -> None:
+    writer = V1Writer(InfluxDBConfig(url="http://admin:pw-in-url-3@127.0.0.1:1"))
+    with pytest.raises(WriteError) as err:
+        writer.prepare()
+    assert "InfluxDB unreachable at http://127.0.0.1:1:" in str(err.value)
+    assert "pw-in-url" not in str(err.value)
