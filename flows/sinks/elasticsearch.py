@@ -267,6 +267,8 @@ class IndexLayout:
     replicas: int
     # Per kind, how long its documents are kept (flows.sinks.es_retention); None or a missing kind: forever.
     retention: Mapping[str, timedelta] | None = None
+    # The server takes index.mapping.total_fields.ignore_dynamic_beyond_limit (Elasticsearch 8.14 and later).
+    fields_beyond_limit: bool = False
 
     def target(self, kind: str, ts_ns: int) -> str:
         """The data stream, or the daily index of the record's own time; for a record of a day the kind no
@@ -304,6 +306,11 @@ class IndexLayout:
             # that one line writes as text) is kept in the document, not indexed, and named in _ignored; the
             # document is stored. (A conflict of shapes, an object where a value was, is still refused.)
             body["template"]["settings"]["index.mapping.ignore_malformed"] = True
+            if self.fields_beyond_limit:
+                # One service that logs a key per user or request would otherwise fill the day's 1,000 fields,
+                # after which every document with a field not yet mapped is refused, other services' too. Past
+                # the limit a new field is kept in the document, not indexed, and named in _ignored.
+                body["template"]["settings"]["index.mapping.total_fields.ignore_dynamic_beyond_limit"] = True
         if self.data_streams:
             body["data_stream"] = {}
             keep = (self.retention or {}).get(kind)
@@ -324,6 +331,21 @@ def template_digest(body: Mapping[str, Any]) -> str:
 
 # Module names of data streams: "data-streams" since 8.0, "x-pack-data-streams" in 7.x.
 _DATA_STREAM_MODULES = {"data-streams", "x-pack-data-streams"}
+
+
+def server_version(es: Elasticsearch) -> tuple[int, int]:
+    """The server's (major, minor) version; (0, 0) when it cannot be read (no ``monitor`` privilege)."""
+    try:
+        # The node's own info: "GET /" is not served by every distribution (the integration-test one refuses it).
+        info = es.nodes.info(node_id="_local", filter_path="nodes.*.version")
+        number = next((str(node.get("version", "")) for node in info.get("nodes", {}).values()), "")
+    except ApiError as exc:
+        if exc.status_code not in (401, 403, 404, 405):
+            raise
+        return (0, 0)
+    major, _, rest = number.partition(".")
+    minor = rest.partition(".")[0]
+    return (int(major), int(minor)) if major.isdigit() and minor.isdigit() else (0, 0)
 
 
 def server_has_data_streams(es: Elasticsearch, prefix: str) -> bool:
@@ -496,7 +518,8 @@ def prepare_layout(
         try:
             auto = cfg.index_mode == "auto"
             data_streams = server_has_data_streams(es, cfg.index_prefix) if auto else cfg.index_mode == "data_stream"
-            layout = IndexLayout(cfg.index_prefix, data_streams, cfg.number_of_replicas, retention)
+            beyond_limit = server_version(es) >= (8, 14)
+            layout = IndexLayout(cfg.index_prefix, data_streams, cfg.number_of_replicas, retention, beyond_limit)
             max_content_length = server_max_content_length(es)
             written = _install_templates(es, cfg, layout)
             if data_streams and retention:

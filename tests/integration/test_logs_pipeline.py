@@ -536,6 +536,35 @@ parser = {{ kind = "json" }}
     assert all(json.loads(d["raw"])["fields"]["err"] == {"code": 7} for d in dead)
 
 
+def test_a_service_logging_a_key_per_request_does_not_get_other_services_refused(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """1,100 lines that each bring a field of their own, past the 1,000 fields a daily index maps; then a
+    line of another service with a field not seen yet. Every document is stored: fields past the limit are
+    kept in the document unindexed, and named in _ignored."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    noisy = [json.dumps({"timestamp": f"{T0}01Z", "message": f"noisy {i}", f"user_{i}": "x"}) for i in range(1100)]
+    append(logs / "noisy.log", noisy)
+    inputs = f"""
+[[logs.files]]
+name = "app"
+paths = ["{logs}/*.log"]
+parser = {{ kind = "json" }}
+"""
+    pipeline = Pipeline(write_config(tmp_path, unique, influx_db, inputs))
+    wait_for_docs(f"{unique}-logs*", 1100)
+    append(logs / "other.log", [json.dumps({"timestamp": f"{T0}02Z", "message": "other", "user": "bob"})])
+    docs = wait_for_docs(f"{unique}-logs*", 1101)
+    counters = pipeline.counters()
+    pipeline.stop()
+    assert len(docs) == 1101
+    assert counters.get("dead_letters", 0) == 0, counters
+    resp = http.request("GET", f"{ES_URL}/{unique}-logs*/_search?q=message:other")
+    [other] = json.loads(resp.data)["hits"]["hits"]
+    assert other["_source"]["fields"]["user"] == "bob"
+
+
 def test_elasticsearch_outage_of_30s_under_load_loses_nothing(
     tmp_path: Path, unique: str, influx_db: str, es_index: str
 ) -> None:
