@@ -24,6 +24,16 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 DEFAULT_CONFIG = Path("fleetwatch.toml")
+EXAMPLE_CONFIG = Path("fleetwatch.example.toml")
+
+
+def installed_example_config() -> Path:
+    """The example config the wheel ships (in the dashboards package, beside the dashboards it names)."""
+    from importlib.resources import files
+
+    return Path(str(files("dashboards") / EXAMPLE_CONFIG.name))
+
+
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="TOML config file.")]
 
 
@@ -50,12 +60,16 @@ def main(
     pass
 
 
-def _load(path: Path) -> config_mod.Config:
+def _load(path: Path, to_run: bool = True) -> config_mod.Config:
+    """The config, or exit 2 with every problem named. ``to_run``: it must also have an input."""
     try:
-        return config_mod.load(path)
+        cfg = config_mod.load(path)
+        if to_run and (problems := config_mod.run_problems(cfg)):
+            raise config_mod.ConfigError(str(path), problems)
     except config_mod.ConfigError as err:
         _error(err)
         raise typer.Exit(2) from None
+    return cfg
 
 
 def _logging(verbose: bool) -> None:
@@ -100,9 +114,11 @@ def check_config(
 @app.command()
 def run(
     config: ConfigOption = DEFAULT_CONFIG,
-    workers: Annotated[int | None, typer.Option("--workers", "-w", help="Worker threads in this process.")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", "-w", min=1, help="Worker threads in this process.")
+    ] = None,
     process_id: Annotated[
-        int | None, typer.Option("--process-id", "-i", help="This process's index in a cluster.")
+        int | None, typer.Option("--process-id", "-i", min=0, help="This process's index in a cluster.")
     ] = None,
     addresses: Annotated[
         str | None, typer.Option("--addresses", "-a", help="Cluster: host:port of every process, comma-separated.")
@@ -118,6 +134,9 @@ def run(
     cfg = _load(config)
     if (process_id is None) != (addresses is None):
         _error("--process-id and --addresses go together")
+        raise typer.Exit(2)
+    if addresses is not None and process_id is not None and (problem := _cluster_problem(addresses, process_id)):
+        _error(problem)
         raise typer.Exit(2)
     total_workers = (workers or cfg.flow.workers) * (len(addresses.split(",")) if addresses else 1)
     if total_workers > 1 and cfg.mqtt.sparkplug_subscriptions():
@@ -138,29 +157,54 @@ def run(
         raise typer.Exit(status)
 
 
+def _cluster_problem(addresses: str, process_id: int) -> str | None:
+    listed = addresses.split(",")
+    for address in listed:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            return f"--addresses: expected host:port of every process, comma-separated (got {address!r})"
+    if process_id >= len(listed):
+        return f"--process-id: expected an index into the {len(listed)} --addresses, below {len(listed)}"
+    return None
+
+
 @app.command()
 def simulate(
     config: ConfigOption = DEFAULT_CONFIG,
-    duration: Annotated[float, typer.Option(help="Seconds to publish.")] = 60.0,
-    devices: Annotated[int | None, typer.Option(help="Override simulator.devices.")] = None,
+    duration: Annotated[float, typer.Option(min=0, help="Seconds to publish.")] = 60.0,
+    devices: Annotated[int | None, typer.Option(min=1, help="Override simulator.devices.")] = None,
 ) -> None:
     """Publish simulated device readings (and some broken payloads) over MQTT."""
     _logging(False)
-    cfg = _load(config)
+    cfg = _load(config, to_run=False)
     sim = cfg.simulator if devices is None else cfg.simulator.model_copy(update={"devices": devices})
-    from fleetwatch.simulator import run_simulator
+    from fleetwatch.simulator import SimulatorError, run_simulator
 
-    stats = run_simulator(sim, cfg.mqtt, duration)
+    try:
+        stats = run_simulator(sim, cfg.mqtt, duration)
+    except SimulatorError as err:
+        _error(err)
+        raise typer.Exit(1) from None
     # One machine-readable line on stdout for scripts (the demo reads it).
     print(f"published={stats.published} bad={stats.bad}", flush=True)
 
 
 @app.command()
 def demo(
-    config: ConfigOption = Path("fleetwatch.example.toml"),
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="TOML config file. Default: fleetwatch.example.toml here, else the one installed with fleetwatch.",
+            show_default=False,
+        ),
+    ] = None,
     duration: Annotated[float, typer.Option(help="Seconds to run.")] = 60.0,
 ) -> None:
     """Run the simulator and the pipeline with live progress, then summarise what landed where."""
+    if config is None:
+        config = EXAMPLE_CONFIG if EXAMPLE_CONFIG.exists() else installed_example_config()
     cfg = _load(config)
     from fleetwatch.demo import run_demo
 
@@ -203,7 +247,14 @@ def snapshot(
 ) -> None:
     """Render every dashboard's panels from the real stores into PNG images (one per dashboard), with the
     dashboards' own queries: for places where Grafana is not running."""
-    cfg = _load(config)
+    from dashboards.queries import TimeRange
+
+    try:
+        TimeRange.parse(last).bounds_ns()
+    except ValueError:
+        _error(f"--last: expected a duration such as 1h or 30m, or <start_ns>..<end_ns> (got {last!r})")
+        raise typer.Exit(2) from None
+    cfg = _load(config, to_run=False)
     for path in render_dashboard_snapshots(cfg, out, last):
         console.print(str(path), highlight=False, markup=False, soft_wrap=True)
 
@@ -216,12 +267,13 @@ def retention(
     """Delete the daily Elasticsearch indices past their retention ([retention]) once, as `fleetwatch run`
     does every retention.check_interval: for cron, or to see what would go. Data streams and InfluxDB expire
     by themselves."""
+    from elastic_transport import TransportError
     from elasticsearch import ApiError
 
     from flows.sinks.elasticsearch import make_client
     from flows.sinks.es_retention import RetentionRefused, delete_expired, kind_retention
 
-    cfg = _load(config)
+    cfg = _load(config, to_run=False)
     kept = kind_retention(cfg)
     if kept is None or not cfg.elasticsearch.enabled:
         console.print("nothing to do: [retention] or [elasticsearch] is off", highlight=False, markup=False)
@@ -231,6 +283,9 @@ def retention(
         names = delete_expired(es, cfg.elasticsearch, kept, dry_run=dry_run)
     except (RetentionRefused, ApiError) as err:
         _error(err)
+        raise typer.Exit(1) from None
+    except TransportError as err:
+        _error(f"Elasticsearch at {cfg.elasticsearch.shown_hosts} cannot be reached: {err.message}")
         raise typer.Exit(1) from None
     finally:
         es.close()
@@ -260,7 +315,11 @@ def grafana_sync(
     from dashboards.sync import SyncError, sync
 
     if token_file is not None:
-        token = token_file.read_text(encoding="utf-8").strip()
+        try:
+            token = token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            _error(f"--token-file: cannot read {str(token_file)!r}: {getattr(err, 'strerror', None) or err}")
+            raise typer.Exit(2) from None
     if not token:
         _error("give --token, --token-file or FLEETWATCH_GRAFANA_TOKEN")
         raise typer.Exit(2)

@@ -111,6 +111,7 @@ def _progress_table(
 
 def run_demo(config_path: Path, cfg: Config, duration: float, console: Console) -> int:
     started_ns = time.time_ns()
+    Path(".fleetwatch").mkdir(exist_ok=True)
     status_file = Path(".fleetwatch/demo-status.json")
     status_file.unlink(missing_ok=True)
     dead_path = cfg.dead_letters.path

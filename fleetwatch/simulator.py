@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import socket
+import ssl
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -24,6 +27,7 @@ from datetime import UTC, datetime
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collectors.mqtt.client import apply_credentials_and_tls
 from fleetwatch.config import MQTTConfig, SimulatorConfig
 
 # Broken payloads the pipeline must dead-letter, one of each kind.
@@ -48,6 +52,40 @@ def topics(cfg: SimulatorConfig) -> list[tuple[str, str]]:
     return out
 
 
+class SimulatorError(RuntimeError):
+    """The simulator cannot publish: the broker cannot be reached, or refused it."""
+
+
+def connect(mqtt: MQTTConfig, client_id: str, timeout: float = 10.0) -> paho.Client:
+    """A publishing client connected as the config says (credentials, TLS, protocol), once the broker accepted
+    it; else SimulatorError with the broker's answer."""
+    protocol = paho.MQTTv5 if mqtt.protocol == "5" else paho.MQTTv311
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    client.max_queued_messages_set(0)
+    apply_credentials_and_tls(client, mqtt)
+    answered = threading.Event()
+    refusal: list[str] = []
+
+    def on_connect(client: paho.Client, userdata: object, flags: object, reason: object, props: object) -> None:
+        if getattr(reason, "is_failure", False):
+            refusal.append(str(reason))
+        answered.set()
+
+    client.on_connect = on_connect
+    where = f"the MQTT broker at {mqtt.host}:{mqtt.port}"
+    try:
+        client.connect(mqtt.host, mqtt.port, keepalive=30)
+    except (OSError, ssl.SSLError) as exc:
+        raise SimulatorError(f"cannot connect to {where}: {exc}") from None
+    client.loop_start()
+    if not answered.wait(timeout) or refusal:
+        client.disconnect()
+        client.loop_stop()
+        answer = refusal[0] if refusal else f"no answer in {timeout:g} s"
+        raise SimulatorError(f"{where} refused the simulator: {answer}")
+    return client
+
+
 def run_simulator(
     sim: SimulatorConfig,
     mqtt: MQTTConfig,
@@ -55,13 +93,9 @@ def run_simulator(
     on_progress: Callable[[SimulatorStats], None] | None = None,
 ) -> SimulatorStats:
     rng = random.Random(sim.seed)
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"fleetwatch-sim-{rng.randrange(1 << 30)}")
-    client.max_queued_messages_set(0)
-    if mqtt.username:
-        password = mqtt.resolved_password()
-        client.username_pw_set(mqtt.username, password.get_secret_value() if password else None)
-    client.connect(mqtt.host, mqtt.port, keepalive=30)
-    client.loop_start()
+    # The seed makes the readings repeatable; the client id must differ between simulators running at once,
+    # or the broker disconnects one for the other.
+    client = connect(mqtt, f"fleetwatch-sim-{os.getpid()}-{os.urandom(3).hex()}")
     stats = SimulatorStats()
     all_topics = topics(sim)
     interval = sim.interval.total_seconds()

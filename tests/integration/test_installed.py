@@ -16,7 +16,19 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import ES_URL, INFLUX_AUTH_TOML, INFLUX_URL, MQTT_HOST, MQTT_PORT, PACKAGES, REPO, http, influx_rows
+from tests.conftest import (
+    ES_URL,
+    INFLUX_AUTH_TOML,
+    INFLUX_PASSWORD_FILE,
+    INFLUX_URL,
+    INFLUX_USER,
+    MQTT_HOST,
+    MQTT_PORT,
+    PACKAGES,
+    REPO,
+    http,
+    influx_rows,
+)
 from tests.integration.harness import crash_lines, log_tail
 
 READINGS = 40
@@ -77,6 +89,29 @@ def test_help_shows_config_sections_as_written(installed: Path, elsewhere: Path)
     result = run([str(installed / "fleetwatch"), "retention", "--help"], elsewhere)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "([retention])" in " ".join(result.stdout.split())
+
+
+def test_the_demo_runs_in_an_empty_directory_with_the_installed_example(installed: Path, elsewhere: Path) -> None:
+    # As the README's first command, without the checkout: the example config comes with the wheel, and the
+    # demo makes the folder it writes to.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")} | {
+        "FLEETWATCH_INFLUXDB_USERNAME": INFLUX_USER,
+        "FLEETWATCH_INFLUXDB_PASSWORD_FILE": str(INFLUX_PASSWORD_FILE),
+    }
+    result = subprocess.run(
+        [str(installed / "fleetwatch"), "demo", "--duration", "6"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    pngs = sorted(p.name for p in (elsewhere / ".fleetwatch" / "snapshots").glob("*.png"))
+    assert "fleetwatch-fleet.png" in pngs, pngs
+    assert crash_lines((elsewhere / ".fleetwatch" / "demo-pipeline.log").read_text()) == []
 
 
 def test_check_config_of_the_example(installed: Path, elsewhere: Path) -> None:

@@ -76,6 +76,14 @@ def test_bad_retention_config_names_the_key(sections: dict[str, object], problem
     assert any(problem in p for p in caught.value.problems), caught.value.problems
 
 
+def test_windows_of_other_lengths_need_no_retention_entry_and_keep_their_default() -> None:
+    # The default retention.windows names "10s" and "1m": not an error when those windows are not computed.
+    cfg = _cfg(windows={"tumbling": ["5m"]})
+    tiers = {t.name: (t.window, t.duration.days) for t in TierPlan.from_config(cfg).tiers}
+    assert tiers["agg_5m"] == ("5m", 400)
+    assert "agg_10s" not in tiers
+
+
 def test_retention_off_keeps_one_policy_and_allows_retention_policy() -> None:
     cfg = _cfg(retention={"enabled": False}, influxdb={"retention_policy": "autogen"})
     assert plan_or_none(cfg) is None and kind_retention(cfg) is None
