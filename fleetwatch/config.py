@@ -45,6 +45,16 @@ from fleetwatch.topic_template import TopicTemplate
 __all__ = ["Config", "ConfigError", "Duration", "Section", "from_dict", "load", "parse_duration"]
 
 
+def _check_url_port(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        valid = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port past 65535, or not a number
+        valid = False
+    if not valid:
+        raise ValueError(f"expected a host and a port from 1 to 65535 (got {url_without_secrets(url)!r})")
+
+
 # ------------------------------------------------------------------------------------------- MQTT
 
 
@@ -68,6 +78,22 @@ TopicFormat = Literal["number", "json", "influx_line", "telegraf_json", "sparkpl
 # Sparkplug B topics: spBv1.0/<group>/<type>/<node>[/<device>] (collectors/mqtt/sparkplug).
 SPARKPLUG_NAMESPACE = "spBv1.0"
 TimestampUnit = Literal["auto", "s", "ms", "us", "ns", "rfc3339"]
+
+
+def _template_never_fits(topic_filter: str, template: TopicTemplate) -> str | None:
+    """Why no topic the filter matches can fit the template, if that is certain from their levels."""
+    levels = topic_filter.split("/")
+    open_filter = levels[-1] == "#"
+    if open_filter:
+        levels = levels[:-1]
+    for i, ((kind, text), level) in enumerate(zip(template.levels, levels, strict=False)):
+        if kind == "literal" and level not in ("+", text):
+            return f"level {i + 1} is {level!r} in the filter and {text!r} in the template"
+    if not open_filter and len(template.levels) > len(levels):
+        return f"the template has {len(template.levels)} levels, the filter's topics {len(levels)}"
+    if not open_filter and not template.open_ended and len(template.levels) < len(levels):
+        return f"the template has {len(template.levels)} levels, the filter's topics {len(levels)} (end it with '#')"
+    return None
 
 
 class SubscriptionConfig(Section):
@@ -123,6 +149,17 @@ class SubscriptionConfig(Section):
                 raise ValueError(f"'+' must be a whole level of the filter (got {topic!r})")
         return topic
 
+    @field_validator("measurement")
+    @classmethod
+    def _measurement(cls, name: str) -> str:
+        # Line protocol leaves a name's trailing backslashes out, and reads a line that starts with "#" as a
+        # comment: InfluxDB would drop every point of the measurement without a word.
+        if not name.rstrip("\\"):
+            raise ValueError(f"expected a measurement name (got {name!r})")
+        if name.startswith("#"):
+            raise ValueError(f"expected a measurement name not starting with '#' (got {name!r})")
+        return name
+
     @field_validator("timestamp_timezone")
     @classmethod
     def _zone(cls, name: str) -> str:
@@ -139,7 +176,9 @@ class SubscriptionConfig(Section):
         if self.format == "sparkplug_b":
             return self._sparkplug_fits()
         if self.template is not None:
-            TopicTemplate.parse(self.template)  # raises ValueError naming the problem
+            template = TopicTemplate.parse(self.template)  # raises ValueError naming the problem
+            if problem := _template_never_fits(self.topic, template):
+                raise ValueError(f"template {self.template!r} can never fit topic filter {self.topic!r}: {problem}")
         if (
             self.format == "number"
             and self.metric is None
@@ -232,6 +271,14 @@ class MQTTConfig(Section):
     def _checks(self) -> MQTTConfig:
         if self.reconnect_min_delay > self.reconnect_max_delay:
             raise ValueError("reconnect_min_delay must not exceed reconnect_max_delay")
+        first: dict[str, int] = {}
+        for i, sub in enumerate(self.subscriptions):
+            if sub.topic in first:
+                # A topic goes to the first subscription whose filter matches it: this one would get nothing.
+                raise ValueError(
+                    f"subscriptions[{i}]: the same topic filter {sub.topic!r} as subscriptions[{first[sub.topic]}]"
+                )
+            first[sub.topic] = i
         return self
 
     def resolved_password(self) -> SecretStr | None:
@@ -377,6 +424,7 @@ class InfluxDBConfig(Section):
     def _url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL (got {url_without_secrets(url)!r}...)")
+        _check_url_port(url)
         return url.rstrip("/")
 
     @field_validator("gzip", mode="before")
@@ -451,6 +499,7 @@ class ElasticsearchConfig(Section):
         for host in hosts:
             if not host.startswith(("http://", "https://")):
                 raise ValueError(f"expected http:// or https:// URLs (got {url_without_secrets(host)!r}...)")
+            _check_url_port(host)
         return [h.rstrip("/") for h in hosts]
 
     @model_validator(mode="after")
@@ -925,7 +974,8 @@ def from_dict(data: dict[str, Any], source: str = "config", env: Mapping[str, st
         cfg = Config.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
-    problems = alert_rule_problems(cfg) + sparkplug_problems(cfg) + retention_problems(cfg) + secret_file_problems(cfg)
+    problems = alert_rule_problems(cfg) + sparkplug_problems(cfg) + retention_problems(cfg)
+    problems += secret_file_problems(cfg) + tls_file_problems(cfg)
     if problems:
         raise ConfigError(source, problems)
     return cfg
@@ -959,6 +1009,37 @@ def secret_file_problems(cfg: Config) -> list[str]:
         except ValueError as exc:
             problems.append(str(exc))
     return problems
+
+
+def tls_file_problems(cfg: Config) -> list[str]:
+    """Certificate and key files of enabled TLS that cannot be read: found at start, with the key, rather than
+    as a failure inside the first connection."""
+    files: list[tuple[str, Path | None]] = []
+    if cfg.mqtt.tls.enabled:
+        tls = cfg.mqtt.tls
+        files += [("mqtt.tls.ca_file", tls.ca_file), ("mqtt.tls.cert_file", tls.cert_file)]
+        files += [("mqtt.tls.key_file", tls.key_file)]
+    if cfg.influxdb.enabled:
+        files.append(("influxdb.ca_file", cfg.influxdb.ca_file))
+    if cfg.elasticsearch.enabled:
+        files.append(("elasticsearch.ca_file", cfg.elasticsearch.ca_file))
+    problems = []
+    for key, path in files:
+        if path is None:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            problems.append(f"{key}: expected a readable file (got {str(path)!r}: {exc.strerror})")
+    return problems
+
+
+def run_problems(cfg: Config) -> list[str]:
+    """What a valid config still lacks to be run: something to read."""
+    if cfg.mqtt.subscriptions or cfg.logs.files or cfg.logs.syslog:
+        return []
+    return ["expected at least one input: [[mqtt.subscriptions]], [[logs.files]] or [[logs.syslog]] (got none)"]
 
 
 def sparkplug_problems(cfg: Config) -> list[str]:
@@ -1006,7 +1087,10 @@ def retention_problems(cfg: Config) -> list[str]:
         return []
     problems = []
     windows = computed_windows(cfg)
-    for label in cfg.retention.windows:
+    # Only labels the file names: the defaults ("10s", "1m") are for the default windows, and a window not
+    # named keeps its aggregates as long as the default of its length.
+    named = cfg.retention.windows if "windows" in cfg.retention.model_fields_set else {}
+    for label in named:
         if label not in windows:
             problems.append(
                 f'retention.windows."{label}": no such window is computed (windows: {", ".join(sorted(windows))})'

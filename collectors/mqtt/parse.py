@@ -260,7 +260,7 @@ class MQTTParser:
                 metric = sys.intern(metric)
             series = None
             if sub.format == "number":
-                if not metric:
+                if not metric or not metric.rstrip("\\"):  # (trailing backslashes are left out of a tag)
                     return _Refusal("topic_mismatch", f"no metric for topic {topic!r}")
                 series = series_key(sub.measurement, {**tags, "metric": metric})
             return _TopicInfo(
@@ -410,7 +410,7 @@ class MQTTParser:
                                 else:
                                     series = more_metrics.get(key) if more_metrics is not None else None
                                     if series is None:
-                                        if not key:
+                                        if not key.rstrip("\\"):
                                             break  # no name: the general decoder refuses it
                                         series = self._series(info, Sample(key, 0.0))
                                         first_metric = info.first_metric  # (the call may have set them)
@@ -540,7 +540,8 @@ class MQTTParser:
         sub = info.sub
         assert sub is not None
         if sub.format == "number":
-            return [Sample("", decode_number(payload))]  # only reached for bad payloads: raises
+            # Reached for what float() refuses: bad payloads (it raises), or a number after a byte-order mark.
+            return [Sample(info.metric or "", decode_number(payload))]
         if sub.format == "json":
             zone = _zone(sub.timestamp_timezone)
             return decode_json(payload, sub.timestamp_field, sub.timestamp_unit, info.skip, info.metric, zone)

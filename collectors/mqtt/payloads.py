@@ -135,9 +135,10 @@ def _flatten(obj: dict[str, Any], prefix: str, skip: frozenset[str], ts: int | N
         if name in skip:
             continue
         kind = type(value)
-        if not name and (kind is float or kind is int or kind is bool):
+        if not name.rstrip("\\") and (kind is float or kind is int or kind is bool):
             # A reading needs a name: without one it would be written with no metric tag at all (line protocol
-            # has no empty tag value), beside the device's named metrics.
+            # has no empty tag value, and a tag's trailing backslashes are left out), beside the device's named
+            # metrics.
             raise PayloadError("undecodable", "a JSON field has an empty name")
         if kind is float or kind is int:
             out.append(Sample(name, finite_float(value, name), ts))
@@ -163,7 +164,11 @@ def finite_float(value: float, name: str) -> float:
 def _load_json(payload: bytes) -> Any:
     """The payload as JSON, or the dead-letter reason why not."""
     try:
-        return json.loads(payload)
+        # Decoded here, strictly: json.loads of bytes lets the UTF-8 bytes of a lone surrogate ("\xed\xa0\x80")
+        # through, which no UTF-8 text holds. UTF-16 and UTF-32 JSON (RFC 8259 allows them once) still read.
+        encoding = json.detect_encoding(payload)
+        text = payload.decode("utf-8-sig" if encoding == "utf-8" else encoding)
+        return json.loads(text)
     except UnicodeDecodeError as exc:
         raise PayloadError("invalid_utf8", f"payload is not valid UTF-8: {exc}") from None
     except ValueError as exc:
@@ -232,7 +237,8 @@ def _check_tags(tags: dict[str, str], where: str) -> None:
     """Tags fleetwatch's series carry of their own (``metric``, the field's name; ``window``, on aggregates)
     are not a payload's: its tag would be overwritten, or make every aggregate of the series a line InfluxDB
     refuses ("duplicate tags")."""
-    clash = RESERVED_TAGS.intersection(tags)
+    # As written to InfluxDB: a key's trailing backslashes are left out ("window\\" is "window").
+    clash = RESERVED_TAGS.intersection(key.rstrip("\\") for key in tags)
     if clash:
         raise PayloadError(
             "undecodable", f"{where}: tag {min(clash)!r} is fleetwatch's own (metric, window); rename it in the sender"
@@ -353,7 +359,7 @@ def _telegraf_metric(metric: Any, timestamp_unit: str, skip: frozenset[str]) -> 
     if type(metric) is not dict:
         raise PayloadError("undecodable", f"Telegraf JSON metric is a {type(metric).__name__}, not an object")
     name, fields, tags = metric.get("name"), metric.get("fields"), metric.get("tags", {})
-    if type(name) is not str or not name:
+    if type(name) is not str or not name.rstrip("\\"):
         raise PayloadError("undecodable", "Telegraf JSON metric without a 'name'")
     if name[0] == "#":  # the line written to InfluxDB would be a comment, and dropped without a word
         raise PayloadError("undecodable", f"Telegraf JSON metric name {name[:40]!r} starts with '#'")

@@ -53,6 +53,27 @@ def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path
     [
         ('[[mqtt.subscriptions]]\ntopic = "s/+"\nformat = "number"\n', "mqtt.subscriptions[0]"),
         ('[[mqtt.subscriptions]]\ntopic = "s/+"\ntemplate = "s/{a}/{a}"\nmetric = "x"\n', "mqtt.subscriptions[0]"),
+        (
+            '[[mqtt.subscriptions]]\ntopic = "s/+"\nmetric = "m"\nmeasurement = "#m"\n',
+            "mqtt.subscriptions[0].measurement: expected a measurement name not starting with '#'",
+        ),
+        (
+            '[[mqtt.subscriptions]]\ntopic = "s/+"\nmetric = "m"\nmeasurement = "\\\\"\n',
+            "mqtt.subscriptions[0].measurement: expected a measurement name",
+        ),
+        (
+            '[[mqtt.subscriptions]]\ntopic = "s/+"\ntemplate = "t/{device}"\nmetric = "m"\n',
+            "can never fit topic filter 's/+': level 1 is 's' in the filter and 't' in the template",
+        ),
+        (
+            '[[mqtt.subscriptions]]\ntopic = "s/+"\ntemplate = "s/{site}/{device}"\nmetric = "m"\n',
+            "the template has 3 levels, the filter's topics 2",
+        ),
+        (
+            '[[mqtt.subscriptions]]\ntopic = "s/+"\nmetric = "m"\n'
+            '[[mqtt.subscriptions]]\ntopic = "s/+"\nmetric = "n"\n',
+            "mqtt: subscriptions[1]: the same topic filter 's/+' as subscriptions[0]",
+        ),
         ('[windows]\nsliding = [{ length = "1m", offset = "7s" }]\n', "windows.sliding[0]"),
         ("[windows]\nquantiles = [1.5]\n", "windows.quantiles"),
         ('[influxdb]\nurl = "localhost:8086"\n', "influxdb.url"),
@@ -140,6 +161,10 @@ def test_check_config_command_rejects_a_broken_file_and_names_the_key(tmp_path: 
     assert ok.exit_code == 0, ok.output
 
 
+_SUBSCRIPTION = '[[mqtt.subscriptions]]\ntopic = "a/+/+"\ntemplate = "a/{device}/{metric}"\n'
+_NOTHING_LISTENS = "127.0.0.1:1"
+
+
 def test_check_config_names_a_config_section_and_shows_no_password_written_into_a_url(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -148,7 +173,7 @@ def test_check_config_names_a_config_section_and_shows_no_password_written_into_
     path = tmp_path / "urls.toml"
     path.write_text(
         '[influxdb]\nurl = "http://admin:pw-in-url-1@127.0.0.1:8086"\n'
-        '[elasticsearch]\nhosts = ["https://elastic:pw-in-url-2@es.example:9200"]\n'
+        '[elasticsearch]\nhosts = ["https://elastic:pw-in-url-2@es.example:9200"]\n' + _SUBSCRIPTION
     )
     ok = CliRunner().invoke(app, ["check-config", str(path)])
     assert ok.exit_code == 0, ok.output
@@ -159,6 +184,63 @@ def test_check_config_names_a_config_section_and_shows_no_password_written_into_
     bad = CliRunner().invoke(app, ["check-config", str(path)])
     assert bad.exit_code == 2
     assert "^[a-z0-9][a-z0-9_.-]*$" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("args", "config_text", "code", "message"),
+    [
+        (["check-config"], "", 2, "expected at least one input: [[mqtt.subscriptions]], [[logs.files]]"),
+        (
+            ["check-config"],
+            '[mqtt.tls]\nenabled = true\nca_file = "/nonexistent/ca.pem"\n' + _SUBSCRIPTION,
+            2,
+            "mqtt.tls.ca_file: expected a readable file (got '/nonexistent/ca.pem': No such file or directory)",
+        ),
+        (
+            ["check-config"],
+            '[influxdb]\nurl = "http://127.0.0.1:99999"\n' + _SUBSCRIPTION,
+            2,
+            "influxdb.url: expected a host and a port from 1 to 65535 (got 'http://127.0.0.1:99999')",
+        ),
+        # The default retention.windows names 10s and 1m; other windows are no error.
+        (["check-config"], '[windows]\ntumbling = ["5m"]\n' + _SUBSCRIPTION, 0, "ok "),
+        (["run", "-i", "0", "-a", "127.0.0.1:x"], _SUBSCRIPTION, 2, "--addresses: expected host:port of every"),
+        (["run", "-i", "2", "-a", "h:1,h:2"], _SUBSCRIPTION, 2, "--process-id: expected an index into the 2"),
+        (["run", "-w", "0"], _SUBSCRIPTION, 2, "--workers"),
+        (
+            ["simulate", "--duration", "1"],
+            "[mqtt]\nport = 1\n",
+            1,
+            "error: cannot connect to the MQTT broker at 127.0.0.1:1:",
+        ),
+        (
+            ["retention", "--dry-run"],
+            f'[elasticsearch]\nhosts = ["http://{_NOTHING_LISTENS}"]\n',
+            1,
+            f"error: Elasticsearch at http://{_NOTHING_LISTENS} cannot be reached",
+        ),
+        (["snapshot", "--last", "banana"], "", 2, "--last: expected a duration such as 1h or 30m"),
+        (
+            ["grafana", "sync", "--url", f"http://{_NOTHING_LISTENS}", "--token-file", "/nonexistent"],
+            "",
+            2,
+            "--token-file: cannot read '/nonexistent'",
+        ),
+    ],
+)
+def test_a_user_error_ends_in_one_message_naming_what_to_fix_and_no_traceback(
+    tmp_path: Path, args: list[str], config_text: str, code: int, message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from fleetwatch.cli import app
+
+    path = tmp_path / "fleetwatch.toml"
+    path.write_text(config_text)
+    result = CliRunner().invoke(app, [*args, "--config", str(path)])
+    assert result.exit_code == code, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
 def test_alert_rules_must_watch_windows_and_quantiles_the_pipeline_computes(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ def _parser(**mqtt: object) -> MQTTParser:
                     },
                     {"topic": "n/+/+", "template": "n/{device}/{metric}"},
                     {"topic": "lp/#", "format": "influx_line"},
+                    {"topic": "tg/#", "format": "telegraf_json"},
                 ],
                 **mqtt,
             },
@@ -47,10 +48,21 @@ HOSTILE = [
     ("ts/d1", b'{"ts": ' + b"9" * 400 + b', "v": 1}', "timestamp_out_of_range"),
     ("j/d1", b'{"\\ud800": 1}', "invalid_utf8"),
     ("j/d1", b'{"a": {"\\udfff": 1}}', "invalid_utf8"),
+    # The UTF-8 bytes of a lone surrogate in a string: not UTF-8 either.
+    ("j/d1", b'{"v": 1, "s": "\xed\xa0\x80"}', "invalid_utf8"),
+    # Names that line protocol would write empty (a tag's trailing backslashes are left out) or as fleetwatch's
+    # own tag: no reading without its metric tag, no aggregate InfluxDB refuses for a duplicate tag.
+    ("j/d1", b'{"\\\\": 5}', "undecodable"),
+    ("lp/x", b"m,window\\\\=w v=1", "undecodable"),
+    ("tg/x", b'{"name": "m", "tags": {"window\\\\": "x"}, "fields": {"v": 7}}', "undecodable"),
+    ("tg/x", b'{"name": "\\\\", "fields": {"v": 7}}', "undecodable"),
+    ("n/d1/\\", b"1", "topic_mismatch"),
 ]
 
 
-@pytest.mark.parametrize(("topic", "payload", "reason"), HOSTILE, ids=[h[1][:20].decode() for h in HOSTILE])
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"), HOSTILE, ids=[h[1][:20].decode(errors="replace") for h in HOSTILE]
+)
 def test_a_hostile_payload_is_a_dead_letter_and_the_batch_goes_on(topic: str, payload: bytes, reason: str) -> None:
     parser = _parser()
     parsed = parser.parse(MessageBatch(1, [("j/d0", b'{"v": 1}'), (topic, payload), ("n/d2/temp", b"2.5")]))
@@ -62,11 +74,15 @@ def test_a_hostile_payload_is_a_dead_letter_and_the_batch_goes_on(topic: str, pa
         reading.series.encode("utf-8")
 
 
+def test_a_number_after_a_byte_order_mark_keeps_its_topics_metric() -> None:
+    parsed = _parser().parse(MessageBatch(1, [("n/d1/temp", b"21.0"), ("n/d1/temp", b"\xef\xbb\xbf21.5")]))
+    assert not parsed.dead_letters
+    assert [(r.series, r.value) for r in parsed.readings] == [("readings,device=d1,metric=temp", v) for v in (21, 21.5)]
+
+
 def test_a_newline_in_a_topic_level_or_key_never_breaks_a_line() -> None:
     parser = _parser()
-    parsed = parser.parse(
-        MessageBatch(1, [("n/dev\nice/temp", b"1"), ("j/d1", b'{"te\\nmp": 2}'), ("n/d\r/x", b"3")])
-    )
+    parsed = parser.parse(MessageBatch(1, [("n/dev\nice/temp", b"1"), ("j/d1", b'{"te\\nmp": 2}'), ("n/d\r/x", b"3")]))
     assert not parsed.dead_letters
     for reading in parsed.readings:
         assert "\n" not in reading.series and "\r" not in reading.series
