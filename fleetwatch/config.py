@@ -22,7 +22,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -625,6 +625,20 @@ class ParserConfig(Section):
         if self.pattern is None:
             return None
         return REGEX_PATTERNS.get(self.pattern, self.pattern)
+
+    @field_validator("timestamp_format")
+    @classmethod
+    def _strptime_format(cls, fmt: str | None) -> str | None:
+        if fmt is None:
+            return None
+        try:
+            datetime.strptime("", fmt)  # noqa: DTZ007 - only the format is looked at
+        except ValueError as exc:
+            # An empty text fits no useful format; a directive strptime does not know ("%Q") or a lone "%" is
+            # an error of the format itself, which would make every line's time invalid.
+            if "does not match format" not in str(exc):
+                raise ValueError(f"expected a strptime format such as '%d/%b/%Y:%H:%M:%S %z' ({exc})") from None
+        return fmt
 
     @model_validator(mode="after")
     def _pattern(self) -> ParserConfig:

@@ -78,6 +78,11 @@ _IDLE_SWEEP_SECONDS = 1.0
 _REFUSAL_LOG_SECONDS = 60.0
 _IDLE_WAKE = timedelta(milliseconds=20)
 _OCTET_COUNT = re.compile(rb"[1-9][0-9]{0,8} ")
+# An octet count past 16 MiB (or 16 times max_event_bytes, if more) is not taken for one: a frame past the limit
+# is cut there and its rest skipped, and one bogus count ("999999999 ") would have the rest of the connection
+# skipped with it. rsyslog falls back to newline framing on such a count as well ("framing error ... change to
+# octet stuffing"); so does fleetwatch, for that message.
+_OCTET_COUNT_MAX = 16 << 20
 _DIGITS = re.compile(rb"[0-9]{1,9}\Z")
 
 
@@ -144,6 +149,8 @@ def frame(conn: _Connection, limit: int, final: bool, out: list[tuple[bytes, boo
             continue
         if 0x31 <= buf[pos] <= 0x39:  # a nonzero digit: perhaps an octet count
             header = _OCTET_COUNT.match(buf, pos)
+            if header is not None and int(buf[pos : header.end() - 1]) > max(_OCTET_COUNT_MAX, 16 * limit):
+                header = None
             if header is not None:
                 start = header.end()
                 length = int(buf[pos : start - 1])

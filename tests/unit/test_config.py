@@ -96,6 +96,10 @@ def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path
             "logs.files[0].parser.default_level: Input should be 'trace'",
         ),
         ('[[logs.syslog]]\nname = "s"\nparser = { kind = "syslog", timezone = "Mars/Base" }\n', "logs.syslog[0]"),
+        (
+            '[[logs.files]]\nname = "a"\npaths = ["/l"]\nparser = { kind = "json", timestamp_format = "%d %Q" }\n',
+            "logs.files[0].parser.timestamp_format: expected a strptime format such as",
+        ),
         ('[logs]\nrate_idle_after = "0s"\n', "logs: rate_idle_after must be > 0"),
         ("[logs]\nrate_max_services = 0\n", "logs.rate_max_services: Input should be greater than or equal to 1"),
         ('[alerts]\nstate_idle_after = "0s"\n', "alerts.state_idle_after: expected a duration > 0"),

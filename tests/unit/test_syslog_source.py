@@ -261,6 +261,18 @@ def test_framing_digits_without_a_space_are_text() -> None:
     ]
 
 
+def test_framing_an_octet_count_far_past_the_limit_is_text_and_the_messages_after_it_are_read() -> None:
+    # One bogus count must not have the rest of the connection skipped: the line is read as newline-framed.
+    stream = b"999999999 <13>Dec  5 09:40:00 h app: one\n<13>Dec  5 09:40:01 h app: two\n"
+    assert _frame_bytewise(stream) == [
+        (b"999999999 <13>Dec  5 09:40:00 h app: one", False),
+        (b"<13>Dec  5 09:40:01 h app: two", False),
+    ]
+    # A count past the limit but within reason is a frame, cut at the limit, its rest skipped.
+    big = b"<14>" + b"z" * (4 * LIMIT)
+    assert _frame_bytewise(b"%d %s<13>after\n" % (len(big), big)) == [(big[:LIMIT], True), (b"<13>after", False)]
+
+
 def test_decode_flags() -> None:
     assert decode("é".encode(), False) == ("é", ())
     assert decode("aé".encode()[:2], True) == ("a", ("truncated",))  # cut inside a character
