@@ -362,6 +362,28 @@ def _holds_huge_float(value: dict[str, Any] | list[Any]) -> bool:
     return False
 
 
+def _storable(value: Any) -> Any:
+    """A value the standard library's JSON scanner read, as Elasticsearch can store it: NaN, infinities and
+    integers past 64 bits as their text (JSON has no NaN; Elasticsearch's long ends at 2**63), lone surrogates
+    ("\\ud800", which UTF-8 cannot encode) replaced. One such value in a line must not cost the whole event."""
+    kind = type(value)
+    if kind is str:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return value
+    if kind is float:
+        return value if math.isfinite(value) else "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
+    if kind is int:
+        return value if -(1 << 63) <= value < 1 << 63 else str(value)
+    if kind is dict:
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if kind is list:
+        return [_storable(v) for v in value]
+    return value
+
+
 class LogParser:
     """Parses the lines of one input. Build one per input and keep it: ``__init__`` does the expensive part.
 
@@ -929,7 +951,7 @@ class LogParser:
             raise _Unparseable(f"invalid JSON: {exc}") from None
         if end != len(text) and text[end:].strip():
             raise _Unparseable(f"invalid JSON: extra data at column {end + 1}")
-        return self._mapped(obj, text, received_ns)
+        return self._mapped(_storable(obj), text, received_ns)
 
     def _parse_logfmt(self, text: str, received_ns: int) -> _Parsed:
         if "=" not in text or _LOGFMT_LINE.fullmatch(text) is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import orjson
 import pytest
 
 from collectors.logs.parsers import LEVELS, LogParser, normalize_level
@@ -291,13 +292,19 @@ def test_malformed_json_is_stored_with_parse_failure(text: str, reason: str) -> 
     )
 
 
-def test_json_that_only_the_standard_library_reads() -> None:
-    # NaN, integers beyond 64 bits and lone surrogates: what orjson refuses is read as json.loads reads it.
-    text = '{"message":"x\\ud800","n":NaN,"big":123456789012345678901234567890,"timestamp":"2026-01-01T00:00:01Z"}'
+def test_json_that_only_the_standard_library_reads_is_stored_with_its_odd_values_as_text() -> None:
+    # NaN (Python's json.dumps writes it), infinities, integers beyond 64 bits and lone surrogates: orjson
+    # refuses them, json.loads reads them, and neither JSON nor Elasticsearch can hold them as they are. The
+    # event is kept, those values as text.
+    text = (
+        '{"message":"x\\ud800","n":NaN,"inf":-Infinity,"big":123456789012345678901234567890,'
+        '"\\udfff":1,"timestamp":"2026-01-01T00:00:01Z"}'
+    )
     event = parse(file_parser("json"), text)
-    assert not failed(event) and event.ts_ns == R + S and event.doc["message"] == "x\ud800"
+    assert not failed(event) and event.ts_ns == R + S and event.doc["message"] == "x\ufffd"
     fields: Any = event.doc["fields"]
-    assert fields["big"] == 123456789012345678901234567890 and fields["n"] != fields["n"]  # NaN
+    assert fields == {"n": "NaN", "inf": "-Infinity", "big": "123456789012345678901234567890", "\ufffd": 1}
+    orjson.dumps(event.doc)  # what the Elasticsearch sink sends
 
 
 def test_rfc3339_seconds_shared_between_lines() -> None:
