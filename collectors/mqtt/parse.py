@@ -162,14 +162,26 @@ def _file_stamp(path: Path | None) -> tuple[int, int] | None:
     return (stat.st_mtime_ns, stat.st_size)
 
 
+# InfluxDB's limit on a series key (tsdb.MaxKeyLength), less room for what an aggregate adds ("_agg" and
+# ",window=<label>") or a late reading ("_late"): a key the raw point fits but its aggregate does not would
+# have every window of the series refused.
+MAX_SERIES_KEY_BYTES = 65_535 - 64
+
+
 def _encodable(series: str) -> str:
     """A series key that can be written: JSON escapes such as ``"\\ud800"`` give lone surrogates, which
-    no store accepts and which would make the writer refuse a whole batch."""
+    no store accepts and which would make the writer refuse a whole batch; and it fits InfluxDB's limit."""
+    size = len(series)
     if not series.isascii():
         try:
-            series.encode("utf-8")
+            size = len(series.encode("utf-8"))
         except UnicodeEncodeError:
             raise PayloadError("invalid_utf8", f"name {series!r} is not valid Unicode (a lone surrogate)") from None
+    if size > MAX_SERIES_KEY_BYTES:
+        raise PayloadError(
+            "series_too_long",
+            f"series key of {size} bytes ({series[:100]!r}...): InfluxDB takes at most {MAX_SERIES_KEY_BYTES} for it",
+        )
     return series
 
 
@@ -262,7 +274,10 @@ class MQTTParser:
             if sub.format == "number":
                 if not metric or not metric.rstrip("\\"):  # (trailing backslashes are left out of a tag)
                     return _Refusal("topic_mismatch", f"no metric for topic {topic!r}")
-                series = series_key(sub.measurement, {**tags, "metric": metric})
+                try:
+                    series = _encodable(series_key(sub.measurement, {**tags, "metric": metric}))
+                except PayloadError as err:
+                    return _Refusal(err.reason, err.detail)
             return _TopicInfo(
                 sub,
                 sub.measurement,

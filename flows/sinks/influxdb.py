@@ -216,7 +216,7 @@ class V1Writer:
             raise WriteError(f"connection: {exc}", retryable=True) from exc
         if resp.status < 300:
             return
-        message = f"HTTP {resp.status}: {resp.data[:300].decode('utf-8', 'replace').strip()}"
+        message = f"HTTP {resp.status}: {_answer(resp.data.decode('utf-8', 'replace'))}"
         raise WriteError(
             message,
             retryable=resp.status in RETRYABLE_STATUS,
@@ -245,6 +245,13 @@ def _v1_tier_hint(database: str, plan: TierPlan | None) -> str:
         "the user may not manage retention policies: run as an admin, with the durations of [retention]: "
         f"{statements}; or set retention.enabled = false"
     )
+
+
+def _answer(text: str, keep: int = 300) -> str:
+    """A server's error text, short: its start and its end. InfluxDB quotes the refused line first
+    ("unable to parse '<line>': <reason>"), and the reason is at the end."""
+    text = text.strip()
+    return text if len(text) <= keep else f"{text[: keep // 2]} ... {text[-keep // 2 :]}"
 
 
 def _gzip(data: bytes) -> bytes:
@@ -367,7 +374,7 @@ class V2Writer:
         except ApiException as exc:
             status = exc.status or 0
             raise WriteError(
-                f"HTTP {status}: {str(exc.body)[:300]}",
+                f"HTTP {status}: {_answer(str(exc.body))}",
                 retryable=status in RETRYABLE_STATUS,
                 retry_after=_retry_after(exc.headers),
                 status=status,

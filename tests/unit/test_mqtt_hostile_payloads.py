@@ -57,6 +57,9 @@ HOSTILE = [
     ("tg/x", b'{"name": "m", "tags": {"window\\\\": "x"}, "fields": {"v": 7}}', "undecodable"),
     ("tg/x", b'{"name": "\\\\", "fields": {"v": 7}}', "undecodable"),
     ("n/d1/\\", b"1", "topic_mismatch"),
+    # Series keys InfluxDB would take for raw points but not with an aggregate's "_agg" and window tag.
+    ("n/d1/" + "L" * 65_480, b"1", "series_too_long"),
+    ("j/d1", b'{"' + b"k" * 65_500 + b'": 1}', "series_too_long"),
 ]
 
 
