@@ -40,6 +40,7 @@ from typing import Any
 import urllib3
 
 from dashboards.generate import DASHBOARDS, DASHBOARDS_DIR, DATASOURCES, Datasource
+from fleetwatch.config_base import url_without_secrets
 
 ALL = "$__all"
 # Grafana sizes $__interval by the panel's width in pixels (its maxDataPoints); this is a 1920 px wide screen.
@@ -195,13 +196,16 @@ class Stores:
         headers = {"Authorization": f"Token {self.influx_token}"} if self.influx_token else {}
         if self.influx_auth is not None:
             headers = urllib3.make_headers(basic_auth=f"{self.influx_auth[0]}:{self.influx_auth[1]}")
-        resp = self.http.request(
-            "GET",
-            f"{self.influx_url}/query",
-            fields={"db": self.database, "q": query, "epoch": "ms"},
-            headers=headers,
-            timeout=self.timeout,
-        )
+        try:
+            resp = self.http.request(
+                "GET",
+                f"{self.influx_url}/query",
+                fields={"db": self.database, "q": query, "epoch": "ms"},
+                headers=headers,
+                timeout=self.timeout,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise QueryError(f"InfluxDB at {url_without_secrets(self.influx_url)} cannot be reached: {exc}") from None
         try:
             body = json.loads(resp.data)
         except ValueError as exc:
@@ -217,7 +221,10 @@ class Stores:
         headers = {"Content-Type": "application/x-ndjson" if ndjson else "application/json"}
         if self.es_auth is not None:
             headers.update(urllib3.make_headers(basic_auth=f"{self.es_auth[0]}:{self.es_auth[1]}"))
-        resp = self.http.request(method, f"{self.es_url}{path}", body=body, headers=headers, timeout=self.timeout)
+        try:
+            resp = self.http.request(method, f"{self.es_url}{path}", body=body, headers=headers, timeout=self.timeout)
+        except urllib3.exceptions.HTTPError as exc:
+            raise QueryError(f"Elasticsearch at {url_without_secrets(self.es_url)} cannot be reached: {exc}") from None
         try:
             parsed: dict[str, Any] = json.loads(resp.data)
         except ValueError as exc:

@@ -83,10 +83,12 @@ def render_snapshots(
     influx_token: str | None = None,
     influx_auth: tuple[str, str] | None = None,
     directory: Path = DASHBOARDS_DIR,
+    failures: list[str] | None = None,
 ) -> list[Path]:
     """One PNG per dashboard in ``out_dir`` (``<uid>.png``), drawn from the stores' data in ``time_range``
     (a ``TimeRange``, or ``"1h"``-style text: the last hour). ``variables``: selections by dashboard uid.
-    Returns the files written, in dashboard order."""
+    ``failures``: gets "<dashboard>: <panel>: <error>" for each panel whose query failed (drawn in its place
+    too). Returns the files written, in dashboard order."""
     stores = Stores(
         influx_url, database, es_url, index_prefix, es_auth=es_auth, influx_token=influx_token, influx_auth=influx_auth
     )
@@ -110,6 +112,8 @@ def render_snapshots(
             if panel.panel_id not in seen:
                 seen.add(panel.panel_id)
                 done += 1
+                if panel.errors and failures is not None:
+                    failures.append(f"{title}: {panel.title}: {panel.errors[0]}")
             report(f"{title}: {panel.title}")
 
         report(f"{dashboard['title']}: variables")

@@ -211,10 +211,14 @@ def demo(
     raise typer.Exit(run_demo(config, cfg, duration, console))
 
 
-def render_dashboard_snapshots(cfg: config_mod.Config, out: Path, time_range: str) -> list[Path]:
-    """The dashboards' panels from the configured stores to PNG files, with a progress bar."""
+def render_dashboard_snapshots(
+    cfg: config_mod.Config, out: Path, time_range: str, failures: list[str] | None = None
+) -> list[Path]:
+    """The dashboards' panels from the configured stores to PNG files, with a progress bar; a panel whose query
+    failed is named in a warning (the store down, say), and drawn with its error."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from dashboards.queries import QueryError
     from dashboards.snapshot import render_snapshots
 
     es_auth = None
@@ -223,20 +227,31 @@ def render_dashboard_snapshots(cfg: config_mod.Config, out: Path, time_range: st
         es_auth = (cfg.elasticsearch.username, password.get_secret_value() if password else "")
     token = cfg.influxdb.resolved_token()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    failures = [] if failures is None else failures
+    paths: list[Path] = []
     with Progress(*columns, console=console) as bar:
         task = bar.add_task("snapshots", total=None)
-        return render_snapshots(
-            out,
-            cfg.influxdb.url,
-            cfg.influxdb.database,
-            cfg.elasticsearch.hosts[0],
-            cfg.elasticsearch.index_prefix,
-            time_range,
-            progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what),
-            es_auth=es_auth,
-            influx_token=token.get_secret_value() if token and cfg.influxdb.api == "v2" else None,
-            influx_auth=cfg.influxdb.v1_credentials(),
-        )
+        try:
+            paths = render_snapshots(
+                out,
+                cfg.influxdb.url,
+                cfg.influxdb.database,
+                cfg.elasticsearch.hosts[0],
+                cfg.elasticsearch.index_prefix,
+                time_range,
+                progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what),
+                es_auth=es_auth,
+                influx_token=token.get_secret_value() if token and cfg.influxdb.api == "v2" else None,
+                influx_auth=cfg.influxdb.v1_credentials(),
+                failures=failures,
+            )
+        except QueryError as err:  # the dashboards' variables could not be read: no dashboard can be drawn
+            failures.append(f"no dashboard drawn: {err}")
+    for failure in failures[:10]:
+        console.print(f"[yellow]warning:[/yellow] {escape(failure)}", highlight=False, soft_wrap=True)
+    if len(failures) > 10:
+        console.print(f"[yellow]warning:[/yellow] and {len(failures) - 10} more panels failed", highlight=False)
+    return paths
 
 
 @app.command()
@@ -246,7 +261,7 @@ def snapshot(
     last: Annotated[str, typer.Option(help="Time range: the last '1h', '30m', ... or '<start_ns>..<end_ns>'.")] = "1h",
 ) -> None:
     """Render every dashboard's panels from the real stores into PNG images (one per dashboard), with the
-    dashboards' own queries: for places where Grafana is not running."""
+    dashboards' own queries: for places where Grafana is not running. Exits 1 if a panel's query failed."""
     from dashboards.queries import TimeRange
 
     try:
@@ -255,8 +270,11 @@ def snapshot(
         _error(f"--last: expected a duration such as 1h or 30m, or <start_ns>..<end_ns> (got {last!r})")
         raise typer.Exit(2) from None
     cfg = _load(config, to_run=False)
-    for path in render_dashboard_snapshots(cfg, out, last):
+    failures: list[str] = []
+    for path in render_dashboard_snapshots(cfg, out, last, failures):
         console.print(str(path), highlight=False, markup=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -225,6 +225,12 @@ def test_check_config_names_a_config_section_and_shows_no_password_written_into_
         ),
         (["snapshot", "--last", "banana"], "", 2, "--last: expected a duration such as 1h or 30m"),
         (
+            ["snapshot", "--last", "5m"],
+            f'[influxdb]\nurl = "http://{_NOTHING_LISTENS}"\n[elasticsearch]\nhosts = ["http://{_NOTHING_LISTENS}"]\n',
+            1,
+            f"warning: no dashboard drawn: InfluxDB at http://{_NOTHING_LISTENS} cannot be reached",
+        ),
+        (
             ["grafana", "sync", "--url", f"http://{_NOTHING_LISTENS}", "--token-file", "/nonexistent"],
             "",
             2,
