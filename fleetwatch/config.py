@@ -1050,10 +1050,15 @@ def tls_file_problems(cfg: Config) -> list[str]:
 
 
 def run_problems(cfg: Config) -> list[str]:
-    """What a valid config still lacks to be run: something to read."""
-    if cfg.mqtt.subscriptions or cfg.logs.files or cfg.logs.syslog:
-        return []
-    return ["expected at least one input: [[mqtt.subscriptions]], [[logs.files]] or [[logs.syslog]] (got none)"]
+    """What a valid config still lacks to be run: something to read, and somewhere to write."""
+    problems = []
+    if not (cfg.mqtt.subscriptions or cfg.logs.files or cfg.logs.syslog):
+        problems.append(
+            "expected at least one input: [[mqtt.subscriptions]], [[logs.files]] or [[logs.syslog]] (got none)"
+        )
+    if not (cfg.influxdb.enabled or cfg.elasticsearch.enabled):
+        problems.append("expected influxdb.enabled or elasticsearch.enabled: with both off nothing is stored")
+    return problems
 
 
 def sparkplug_problems(cfg: Config) -> list[str]:

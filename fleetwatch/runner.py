@@ -155,6 +155,15 @@ STOP_TIMEOUT = 30.0
 FLUSH_TIMEOUT = 30.0
 
 
+def _stop_after_duration(duration: float) -> None:
+    # As a first Ctrl-C does (the watchdog bounds it too); a signal still forces the exit.
+    log.info(
+        "fleetwatch: --duration of %g s reached, stopping (sources end, the last epoch is committed, sinks flush)",
+        duration,
+    )
+    lifecycle.request_stop()
+
+
 class _Stopper:
     """SIGINT and SIGTERM ask the dataflow to end (``lifecycle.request_stop``); a second signal, or a stop
     that takes longer than ``STOP_TIMEOUT``, exits at once with a non-zero status."""
@@ -219,6 +228,14 @@ def run_pipeline(
         for problem in problems:
             log.error("fleetwatch: %s", problem)
         return 1
+    for key, folder in (("recovery.dir", cfg.recovery.dir), ("dead_letters.path", cfg.dead_letters.path.parent)):
+        if key == "recovery.dir" and not cfg.recovery.enabled:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.error("fleetwatch: %s: cannot create the folder %s: %s", key, folder, exc.strerror)
+            return 2
     recovery = prepare_recovery(cfg, max(1, total_workers), process_id)
     flow = build_flow(
         cfg, FlowOptions(total_workers=total_workers, recovery=recovery is not None, process_id=process_id)
@@ -248,7 +265,7 @@ def run_pipeline(
         status_thread = threading.Thread(target=_status_writer, args=(cfg, status_file, stop), daemon=True)
         status_thread.start()
     if duration is not None:
-        timer = threading.Timer(duration, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer = threading.Timer(duration, _stop_after_duration, args=(duration,))
         timer.daemon = True
         timer.start()
     log.info(
@@ -259,6 +276,7 @@ def run_pipeline(
     )
     _tune_garbage_collector()
     cluster_lost: str | None = None
+    state_mismatch: str | None = None
     try:
         cli_main(
             flow,
@@ -268,6 +286,11 @@ def run_pipeline(
             epoch_interval=cfg.flow.epoch_interval if cfg.flow.epoch_interval > timedelta(0) else None,
             recovery_config=recovery,
         )
+    except RuntimeError as exc:
+        # The recovery state names partitions this config does not have (an input renamed or removed).
+        if "routing map" not in str(exc):
+            raise
+        state_mismatch = str(exc)
     except BaseException as exc:
         # In a cluster, Bytewax's communication threads panic when a peer process dies or its connection
         # breaks; the dataflow cannot go on without the peer's workers. Not a bug of this process: no
@@ -297,6 +320,15 @@ def run_pipeline(
                 log.warning("fleetwatch: cannot write the final status to %s: %s", status_file, exc)
     written = ", ".join(f"{name} {n}" for name, n in sorted(writers_written().items()) if n) or "nothing"
     failures = lifecycle.failures()
+    if state_mismatch is not None:
+        log.error(
+            "fleetwatch: the recovery state in %s was written by a config with other inputs (%s): an input was "
+            "renamed or removed. Restore the config, or start with an empty recovery.dir (what that state had "
+            "not yet written is then lost); exiting with status 2",
+            cfg.recovery.dir,
+            state_mismatch.split(")", 1)[-1].strip(),
+        )
+        return 2
     if cluster_lost is not None:
         log.error(
             "fleetwatch: process %s lost the cluster (%s): a peer process stopped or cannot be reached at %s; "

@@ -184,6 +184,22 @@ poll_interval = "200ms"
     pipeline.stop()
 
 
+def test_an_input_renamed_over_existing_recovery_state_stops_the_start_with_what_to_do(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    port = _free_port(socket.SOCK_DGRAM)
+    inputs = f'[[logs.syslog]]\nname = "{{}}"\nlisten = "127.0.0.1:{port}"\n'
+    config = write_config(tmp_path, unique, influx_db, inputs.format("before"))
+    Pipeline(config).stop()
+    write_config(tmp_path, unique, influx_db, inputs.format("after"))
+    result = subprocess.run(
+        [str(FLEETWATCH), "run", "--config", str(config)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert f"the recovery state in {tmp_path / 'recovery'} was written by a config with other inputs" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_parsers_multiline_and_log_rates(tmp_path: Path, unique: str, influx_db: str, es_index: str) -> None:
     """Every parser on its own file, malformed lines among them, a multiline stack trace, and the log
     rates per service and level in Elasticsearch and InfluxDB."""

@@ -196,6 +196,18 @@ def test_check_config_names_a_config_section_and_shows_no_password_written_into_
         (["check-config"], "", 2, "expected at least one input: [[mqtt.subscriptions]], [[logs.files]]"),
         (
             ["check-config"],
+            "[influxdb]\nenabled = false\n[elasticsearch]\nenabled = false\n" + _SUBSCRIPTION,
+            2,
+            "expected influxdb.enabled or elasticsearch.enabled: with both off nothing is stored",
+        ),
+        (
+            ["run"],
+            '[recovery]\ndir = "/proc/no/such"\n' + _SUBSCRIPTION,
+            2,
+            "",
+        ),
+        (
+            ["check-config"],
             '[mqtt.tls]\nenabled = true\nca_file = "/nonexistent/ca.pem"\n' + _SUBSCRIPTION,
             2,
             "mqtt.tls.ca_file: expected a readable file (got '/nonexistent/ca.pem': No such file or directory)",
