@@ -15,6 +15,9 @@ from fleetwatch.record import parse_series
 from flows import health
 
 MAX_TOPIC = 65_535
+# The longest topic of make_parser's template whose series key still fits InfluxDB's limit with an aggregate's
+# "_agg" and window tag (collectors.mqtt.parse.MAX_SERIES_KEY_BYTES).
+FITTING_TOPIC = MAX_TOPIC - 100
 
 
 def make_parser(**mqtt: Any) -> MQTTParser:
@@ -58,21 +61,23 @@ def test_a_payload_at_max_payload_bytes_is_read_and_one_byte_more_is_a_dead_lett
 
 def test_a_65535_byte_topic_is_read_in_full_or_refused_as_a_dead_letter() -> None:
     parser = make_parser()
-    ascii_topic = long_topic("s/site/", "/temp")
-    wide_topic = long_topic("s/site/", "/temp", char="\U0001f600")  # 4-byte characters
+    ascii_topic = long_topic("s/site/", "/temp", FITTING_TOPIC)
+    wide_topic = long_topic("s/site/", "/temp", FITTING_TOPIC, char="\U0001f600")  # 4-byte characters
+    longest = long_topic("s/site/", "/temp")
     unmatched = long_topic("other/", "/temp")
     too_deep = long_topic("s/site/", "/temp/extra")
-    for topic in (ascii_topic, wide_topic, unmatched, too_deep):
+    for topic in (longest, unmatched, too_deep):
         assert len(topic.encode()) == MAX_TOPIC
-    parsed = parser.parse(
-        MessageBatch(time.time_ns(), [(ascii_topic, b"1"), (wide_topic, b"2"), (unmatched, b"3"), (too_deep, b"4")])
-    )
+    messages = [(ascii_topic, b"1"), (wide_topic, b"2"), (longest, b"3"), (unmatched, b"4"), (too_deep, b"5")]
+    parsed = parser.parse(MessageBatch(time.time_ns(), messages))
     assert [r.value for r in parsed.readings] == [1.0, 2.0]
     for reading, topic in zip(parsed.readings, (ascii_topic, wide_topic), strict=True):
         measurement, tags = parse_series(reading.series)
         assert (measurement, tags["site"], tags["metric"]) == ("readings", "site", "temp")
         assert tags["device"] == topic.split("/")[2]
+    # A device level of 65,510 bytes: the raw point's key would fit InfluxDB, the aggregate's would not.
     assert [(d.reason, d.source) for d in parsed.dead_letters] == [
+        ("series_too_long", f"mqtt:{longest}"),
         ("topic_mismatch", f"mqtt:{unmatched}"),
         ("topic_mismatch", f"mqtt:{too_deep}"),
     ]
@@ -119,7 +124,7 @@ def test_the_cache_estimate_is_not_below_what_the_cache_holds() -> None:
         return [(f"s/site/dev{b}_{i}/temperature", b"1.5") for i in range(1_000)]
 
     def long(b: int, char: str) -> list[tuple[str, bytes]]:
-        return [(long_topic(f"s/site/{b}_{i}_", "/temp", char=char), b"1.5") for i in range(10)]
+        return [(long_topic(f"s/site/{b}_{i}_", "/temp", FITTING_TOPIC, char=char), b"1.5") for i in range(10)]
 
     def fields(b: int) -> list[tuple[str, bytes]]:
         return [(f"j/dev{b}_{i}", json_payload) for i in range(1_000)]
