@@ -228,9 +228,10 @@ def run_pipeline(
         for problem in problems:
             log.error("fleetwatch: %s", problem)
         return 1
-    for key, folder in (("recovery.dir", cfg.recovery.dir), ("dead_letters.path", cfg.dead_letters.path.parent)):
-        if key == "recovery.dir" and not cfg.recovery.enabled:
-            continue
+    folders = {"dead_letters.path": cfg.dead_letters.path.parent}
+    if cfg.recovery.enabled:
+        folders["recovery.dir"] = cfg.recovery.dir
+    for key, folder in folders.items():
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
