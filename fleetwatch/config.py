@@ -381,11 +381,6 @@ class InfluxDBConfig(Section):
     enabled: bool = True
     api: Literal["v1", "v2"] = "v1"
     url: str = "http://127.0.0.1:8086"
-
-    @property
-    def shown_url(self) -> str:
-        """The URL as messages show it: without a user or password written into it."""
-        return url_without_secrets(self.url)
     # v1
     database: str = "fleetwatch"
     retention_policy: str | None = None
@@ -418,6 +413,11 @@ class InfluxDBConfig(Section):
     buffer_max_points: int = Field(default=200_000, ge=1)
     verify_tls: bool = True
     ca_file: Path | None = None
+
+    @property
+    def shown_url(self) -> str:
+        """The URL as messages show it: without a user or password written into it."""
+        return url_without_secrets(self.url)
 
     @field_validator("url")
     @classmethod
@@ -461,11 +461,6 @@ class ElasticsearchConfig(Section):
 
     enabled: bool = True
     hosts: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:9200"], min_length=1)
-
-    @property
-    def shown_hosts(self) -> str:
-        """The hosts as messages show them: without a user or password written into their URLs."""
-        return ", ".join(url_without_secrets(host) for host in self.hosts)
     # Auth: an API key (base64 "id:key" as Kibana shows it), or username and password.
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
@@ -492,6 +487,11 @@ class ElasticsearchConfig(Section):
     retry_max_delay: Duration = timedelta(seconds=30)
     # Documents held in memory while Elasticsearch is slow or down; beyond it the flow waits.
     buffer_max_docs: int = Field(default=50_000, ge=1)
+
+    @property
+    def shown_hosts(self) -> str:
+        """The hosts as messages show them: without a user or password written into their URLs."""
+        return ", ".join(url_without_secrets(host) for host in self.hosts)
 
     @field_validator("hosts")
     @classmethod
