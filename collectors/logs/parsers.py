@@ -230,6 +230,8 @@ _loads = orjson.loads
 # orjson reads an integer outside the 64-bit range as a float, silently; every such float is at least this
 # large (2**63 is 9.22e18), so a float below it came from a number written as one.
 _ORJSON_INT_AS_FLOAT = 9.2e18
+# Elasticsearch's long (what a JSON integer is mapped as) ends before this.
+_LONG_END = 1 << 63
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
 
@@ -348,16 +350,19 @@ _SHARED_NAMES = 10_000
 _Parsed = tuple[int | None, object, object, str, str | None, str | None, dict[str, Any] | None, dict[str, Any]]
 
 
-def _holds_huge_float(value: dict[str, Any] | list[Any]) -> bool:
-    """A float of magnitude 2**63 or more anywhere in a decoded JSON value: perhaps an integer orjson could
-    not hold."""
+def _holds_huge_number(value: dict[str, Any] | list[Any]) -> bool:
+    """A float of magnitude 2**63 or more anywhere in a decoded JSON value (perhaps an integer orjson could not
+    hold), or an integer past Elasticsearch's long (orjson reads integers up to 2**64 - 1 exactly)."""
     items: Iterable[Any] = value.values() if type(value) is dict else value
     for item in items:
         kind = type(item)
         if kind is float:
             if not -_ORJSON_INT_AS_FLOAT < item < _ORJSON_INT_AS_FLOAT:
                 return True
-        elif (kind is dict or kind is list) and _holds_huge_float(item):
+        elif kind is int:
+            if item >= _LONG_END:
+                return True
+        elif (kind is dict or kind is list) and _holds_huge_number(item):
             return True
     return False
 
@@ -376,7 +381,7 @@ def _storable(value: Any) -> Any:
     if kind is float:
         return value if math.isfinite(value) else "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
     if kind is int:
-        return value if -(1 << 63) <= value < 1 << 63 else str(value)
+        return value if -_LONG_END <= value < _LONG_END else str(value)
     if kind is dict:
         return {_storable(k): _storable(v) for k, v in value.items()}
     if kind is list:
@@ -934,14 +939,15 @@ class LogParser:
         # orjson first (twice as fast); what it refuses goes through the standard library's scanner, which
         # also takes NaN and lone surrogates, and words the errors. orjson reads an integer outside the 64-bit
         # range as a float, silently: a line with a float that large goes to the standard library too, which
-        # keeps such integers exact. (Looking for 19 digits in a row in the text instead cost three times
-        # what orjson takes to decode the line.)
+        # keeps such integers exact, and so does a line with an integer from 2**63 to 2**64 - 1, which orjson
+        # reads but Elasticsearch's long cannot hold (_storable keeps it as text). (Looking for 19 digits in a
+        # row in the text instead cost three times what orjson takes to decode the line.)
         try:
             fast = _loads(text)
         except orjson.JSONDecodeError:
             pass
         else:
-            if type(fast) is dict and not _holds_huge_float(fast):
+            if type(fast) is dict and not _holds_huge_number(fast):
                 return self._mapped(fast, text, received_ns)
         try:
             obj, end = _scan_json(text, start)

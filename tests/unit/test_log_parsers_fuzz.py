@@ -122,6 +122,7 @@ def as_stored(value: Any) -> Any:
 
 @FUZZ
 @given(obj=st.dictionaries(st.text(max_size=8).filter(lambda k: k not in MAPPED), JSON_VALUES, max_size=6))
+@example(obj={"": 2**63})
 def test_a_json_line_keeps_every_other_key_under_fields(obj: dict[str, Any]) -> None:
     line = json.dumps(obj)
     event = parse(make_parser("json"), line)
@@ -282,16 +283,21 @@ def test_combined_access_lines_come_back_as_written(
 
 
 def test_an_integer_past_the_64_bit_range_stays_exact_as_text() -> None:
-    """Found by the property above: orjson read -9223372036854775809 as a float; such lines go through the
-    standard library's scanner. Neither JSON encoders nor Elasticsearch's long take them as numbers: their
-    digits are kept as text, and the integers at the range's ends stay numbers."""
+    """Found by the property above: orjson read -9223372036854775809 as a float, and 2**63 as an integer that
+    Elasticsearch's long cannot hold; such lines go through the standard library's scanner. Neither JSON
+    encoders nor Elasticsearch's long take them as numbers: their digits are kept as text, and the integers at
+    the range's ends stay numbers."""
     obj = {"big": -9_223_372_036_854_775_809, "huge": 10**30, "deep": {"list": [1.5, {"id": 2**64}]}}
+    # (orjson reads these two as integers, exactly: Elasticsearch's long still cannot hold them)
+    unsigned = {"": 2**63, "u64": 2**64 - 1}
     edges = {"low": -(2**63), "high": 2**63 - 1}
-    event = parse(make_parser("json"), json.dumps(obj | edges))
+    event = parse(make_parser("json"), json.dumps(obj | unsigned | edges))
     assert event.doc.get("fields") == {
         "big": "-9223372036854775809",
         "huge": "1" + "0" * 30,
         "deep": {"list": [1.5, {"id": "18446744073709551616"}]},
+        "": "9223372036854775808",
+        "u64": "18446744073709551615",
         **edges,
     }
 
