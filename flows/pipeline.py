@@ -279,6 +279,7 @@ def _readings(
             recovery_dir=log_dir,
             step_id=WINDOWS_STEP_ID,
             max_series=shard_max_series,
+            format_line=schema.aggregate_line,
         )
 
     windowed = op.stateful_batch("windows", keyed, build_windows)
@@ -306,7 +307,7 @@ def _readings(
         stats = health.counters()
         stats.windows_closed += len(result.aggregates)
         stats.late_readings += len(result.late)
-        lines = [schema.aggregate_line(a) for a in result.aggregates]
+        lines = list(result.lines)  # (the aggregates' lines, formatted by the window step: see build_windows)
         lines += [schema.late_line(r) for r in result.late]
         return lines or None
 

@@ -17,7 +17,16 @@ from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.record import Reading
 from flows import health, schema, window_log
 from flows.window_log import WindowLogError
-from flows.windows import _CLOSE_PER_CALL, _YIELD_NS, Aggregate, WindowLogic, WindowSpec, quantile, split_window_key
+from flows.windows import (
+    _AHEAD_COST,
+    _CLOSE_PER_CALL,
+    _YIELD_NS,
+    Aggregate,
+    WindowLogic,
+    WindowSpec,
+    quantile,
+    split_window_key,
+)
 
 S = 1_000_000_000
 T0 = 1_767_225_600 * S  # 2026-01-01T00:00:00Z, a multiple of every window length used here
@@ -177,6 +186,79 @@ def test_a_boundary_due_for_a_whole_fleet_closes_in_parts_and_misses_nothing() -
     assert [a.mean for a in sorted(closed, key=lambda a: int(a.series.split(",")[1][8:]))] == [
         float(i % 7) for i in range(25_000)
     ]
+
+
+def test_a_fleet_boundary_is_computed_while_its_lateness_runs_and_closes_in_bigger_rounds() -> None:
+    """With a line format, the step computes each window's aggregate and line once an eighth of the allowed
+    lateness has passed after its end, in rounds; at the deadline a close only hands them over, so a round closes
+    _AHEAD_COST times as many windows. What comes out is what closing without computing ahead gives."""
+    fleet = [f"readings,device=d{i},metric=t" for i in range(6_000)]
+    batch = [reading(i % 7 + 0.5, 6, series) for i, series in enumerate(fleet)]
+    batch += [reading(i % 3, 6, series) for i, series in enumerate(fleet)]
+
+    def closed_by(format_line: object) -> tuple[list[Aggregate], list[str], list[int]]:
+        clock = Clock(T0 + 6 * S)
+        logic = WindowLogic(
+            [WindowSpec.tumbling(timedelta(seconds=10))],
+            timedelta(seconds=2),
+            [0.5, 0.99],
+            clock=clock,
+            format_line=format_line,  # type: ignore[arg-type]
+        )
+        collect(logic, batch)
+        due = logic.notify_at()
+        assert due is not None
+        if format_line is not None:
+            # Computing ahead starts a quarter of a second after the end (2 s / 8), while it is on its way.
+            assert abs(int(due.timestamp() * S) - (T0 + 10 * S + 250_000_000)) <= 1_000  # (a datetime's µs)
+            clock.now = T0 + 10 * S + 250_000_000
+            while (due := logic.notify_at()) is not None and int(due.timestamp() * S) < T0 + 12 * S - 1_000:
+                clock.now = max(clock.now + _YIELD_NS, int(due.timestamp() * S) + 1_000)
+                assert logic.on_notify()[0] == []  # nothing closes before the deadline
+        aggregates: list[Aggregate] = []
+        lines: list[str] = []
+        rounds: list[int] = []
+        clock.now = T0 + 12 * S
+        while (due := logic.notify_at()) is not None:
+            clock.now = max(clock.now, int(due.timestamp() * S) + 1_000)
+            for result in logic.on_notify()[0]:
+                aggregates += result.aggregates
+                lines += result.lines
+                rounds.append(len(result.aggregates))
+        return aggregates, lines, rounds
+
+    ahead, ahead_lines, ahead_rounds = closed_by(schema.aggregate_line)
+    plain, plain_lines, plain_rounds = closed_by(None)
+    assert ahead == plain and len(ahead) == 6_000
+    assert ahead_lines == [schema.aggregate_line(a) for a in plain] and plain_lines == []
+    assert plain_rounds == [_CLOSE_PER_CALL] * 12
+    assert ahead_rounds == [_CLOSE_PER_CALL * _AHEAD_COST] * 3
+
+
+def test_a_reading_after_a_window_was_computed_ahead_is_in_its_aggregate() -> None:
+    """A reading that arrives within the allowed lateness, after the window's aggregate and line were computed,
+    undoes them: the close computes them again with it."""
+    clock = Clock(T0 + 1 * S)
+    logic = WindowLogic(
+        [WindowSpec.tumbling(timedelta(seconds=10))],
+        timedelta(seconds=2),
+        [0.5],
+        clock=clock,
+        format_line=schema.aggregate_line,
+    )
+    collect(logic, [reading(1, 1)])
+    clock.now = T0 + 9 * S
+    collect(logic, [reading(2, 9)])
+    clock.now = T0 + 10 * S + 500_000_000
+    assert logic.on_notify()[0] == []  # (computed ahead: the lateness has begun)
+    clock.now = T0 + 11 * S
+    assert collect(logic, [reading(6, 8)]) == ([], [], {})  # late by wall time, within the lateness
+    clock.now = T0 + 12 * S
+    [result] = logic.on_notify()[0]
+    [aggregate] = result.aggregates
+    assert (aggregate.count, aggregate.sum, aggregate.max, aggregate.last) == (3, 9.0, 6.0, 2.0)
+    assert list(result.lines) == [schema.aggregate_line(aggregate)]
+    assert "count=3i" in result.lines[0]
 
 
 def test_several_lengths_and_sliding_windows_at_once() -> None:
