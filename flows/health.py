@@ -51,8 +51,10 @@ class Counters:
     # Times the MQTT parser's topic cache was full (mqtt.topic_cache_max_topics or _max_bytes) and started over.
     mqtt_topic_cache_resets: int = 0
     # Syslog: datagrams the kernel dropped because the receive buffer was full (counted when the next one
-    # arrives), TCP connections closed at once for max_connections, and closed after idle_timeout.
+    # arrives), datagrams with nothing but line ends or NULs in them (no message: not stored), TCP connections
+    # closed at once for max_connections, and closed after idle_timeout.
     syslog_udp_dropped: int = 0
+    syslog_udp_empty: int = 0
     syslog_tcp_refused: int = 0
     syslog_tcp_idle_closed: int = 0
     # Logs and Elasticsearch.

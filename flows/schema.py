@@ -14,8 +14,8 @@
   ``mqtt_retained_skipped``, ``mqtt_empty_payloads``,
   ``unknown_devices``, ``sparkplug_seq_gaps``, ``sparkplug_seq_missed``, ``sparkplug_stale_deaths``,
   ``sparkplug_metrics_ignored``,
-  ``sparkplug_messages_ignored``, ``mqtt_topic_cache_resets``, ``syslog_udp_dropped``, ``syslog_tcp_refused``,
-  ``syslog_tcp_idle_closed``, ``sink_queue_depth``, ``lag_seconds``,
+  ``sparkplug_messages_ignored``, ``mqtt_topic_cache_resets``, ``syslog_udp_dropped``, ``syslog_udp_empty``,
+  ``syslog_tcp_refused``, ``syslog_tcp_idle_closed``, ``sink_queue_depth``, ``lag_seconds``,
   ``log_events``, ``log_parse_failures``, ``late_log_events``, ``docs_indexed``, ``es_duplicates``,
   ``es_rejected``, ``es_retries``, ``es_queue_depth``, ``window_snapshots``, ``window_snapshot_bytes``,
   ``window_snapshot_encoded_bytes``, ``window_snapshot_seconds``, ``window_series``; time = write time.

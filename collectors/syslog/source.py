@@ -349,6 +349,7 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
     ) -> None:
         data = data.rstrip(b"\r\n\0")
         if not data:
+            health.counters().syslog_udp_empty += 1  # (no message to store; counted, as an empty MQTT payload is)
             return
         peer_ip = _peer_ip(address)
         truncated = len(data) > limit

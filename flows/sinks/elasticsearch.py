@@ -686,6 +686,35 @@ def bulk_requests(actions: list[_Encoded], max_bytes: int) -> Iterator[tuple[lis
         yield actions[start:], b"".join(parts)
 
 
+# Documents refused or unsendable are logged at most this often (each one is counted and becomes a dead letter).
+_REFUSAL_LOG_SECONDS = 60.0
+
+
+class _RefusalLog:
+    """The WARNING lines of documents that became dead letters: the first at once, then at most one a minute
+    with how many came since. A sender whose every line the server refuses (thousands a second) must not bury
+    the pipeline's log; the dead letters and the ``es_rejected`` and ``dead_letters`` counters have them all."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._logged_at = -_REFUSAL_LOG_SECONDS
+        self._unlogged = 0
+
+    def refused(self, what: str) -> None:
+        with self._lock:
+            self._unlogged += 1
+            now = time.monotonic()
+            if now - self._logged_at < _REFUSAL_LOG_SECONDS:
+                return
+            count, self._unlogged, self._logged_at = self._unlogged, 0, now
+        log.warning(
+            "Elasticsearch: %d document(s) stored as dead letters since the last such message (logged at most once "
+            "a minute; every one is counted); the latest: %s",
+            count,
+            what,
+        )
+
+
 class ElasticWriterThread(BatchWriterThread[Record]):
     """Bulk-indexes records; usable outside Bytewax (dead letters of the InfluxDB writers, the benchmark)."""
 
@@ -719,6 +748,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         # The dead letters this writer made (documents the server refused or that cannot be sent), by reason,
         # under counts_lock: the worker's health counts them (ElasticHealthReport).
         self.dead_reasons: Counter[str] = Counter()
+        self._refusals = _RefusalLog()
         self.start()
 
     def prepare(self) -> None:
@@ -737,7 +767,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         actions, dead, unstorable = encode_batch(records, self.setup.layout, self.setup.max_doc_bytes)
         if dead:
             for letter in dead:
-                log.warning("Elasticsearch: %s; stored as a dead letter", letter.detail[:300])
+                self._refusals.refused(letter.detail[:300])
             with self.counts_lock:
                 self.rejected += len(dead)
                 self.dead_reasons.update(letter.reason for letter in dead)
@@ -867,7 +897,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         letter = DeadLetter(reason, where, raw, action.action.ts_ns, detail)
         with self.counts_lock:
             self.dead_reasons[reason] += 1
-        log.warning("Elasticsearch refused document %s: %s", action.action.doc_id, detail[:300])
+        self._refusals.refused(f"refused document {action.action.doc_id}: {detail[:300]}")
         encoded, _, unstorable = encode_batch([letter], self.setup.layout, self.setup.max_doc_bytes)
         if unstorable:
             self._on_unstorable(unstorable)

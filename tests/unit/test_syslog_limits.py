@@ -99,6 +99,25 @@ def test_a_udp_flood_at_twice_the_read_rate_stays_bounded_and_every_drop_is_coun
     assert peak < 1_000_000, peak
 
 
+def test_empty_udp_datagrams_are_counted_and_not_stored() -> None:
+    """A datagram of nothing, or of line ends and NULs only, holds no message: counted, as an empty MQTT
+    payload is, so that a misconfigured sender shows in the health measurement instead of vanishing."""
+    part = partition(max_event_bytes=LIMIT)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    before = health.counters().syslog_udp_empty
+    try:
+        for payload in (b"", b"\n", b"\r\n\0", b"<13>kept"):
+            sender.sendto(payload, part.address)
+        got = collect_until(part, lambda got: len(got) == 1)
+        time.sleep(0.05)
+        got += lines(part)
+    finally:
+        sender.close()
+        part.close()
+    assert [line.text for line in got] == ["<13>kept"]
+    assert health.counters().syslog_udp_empty - before == 3
+
+
 # ------------------------------------------------------------------------------------------- TCP
 
 
