@@ -85,6 +85,10 @@ _AHEAD_PER_CALL = 1_000
 # work for its window. Below _AHEAD_MIN_LATENESS_NS of lateness nothing is computed ahead.
 _AHEAD_START_FRACTION = 8
 _AHEAD_MIN_LATENESS_NS = 200_000_000
+# Lines held ahead by a worker at most (about 37 MB): a 10 s boundary of 100,000 series fits; at a minute
+# boundary (200,000 windows) the rest are formatted at their close. Unbounded, the lines held ahead and the
+# sink's buffer of the lines closed before them took a rung at 100,000 series past 400 MB.
+AHEAD_MAX_LINES = 100_000
 # Window sizes whose quantile positions are kept (each a few tuples).
 _POSITIONS_KEPT = 10_000
 
@@ -441,11 +445,13 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         step_id: str = "fleetwatch.windows",
         max_series: int = 0,
         format_line: Callable[[Aggregate], str] | None = None,
+        max_ahead: int = AHEAD_MAX_LINES,
     ) -> None:
         """``recovery_dir``: Bytewax's recovery directory, where the window state log goes (snapshots are then
         log markers, see ``flows.window_log``); None keeps whole snapshots (recovery off, tests).
         ``format_line``: the store's line of an aggregate; with it, each result carries its aggregates' lines,
-        computed ahead of the close while the allowed lateness runs (see ``_ripen``)."""
+        computed ahead of the close while the allowed lateness runs (see ``_ripen``), ``max_ahead`` of them at
+        most."""
         self.specs = tuple(specs)
         self.format_line = format_line
         # The most series this shard holds (0: no limit); a reading of another series is refused.
@@ -482,6 +488,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         lateness = self.lateness_ns
         ahead = format_line is not None and lateness >= _AHEAD_MIN_LATENESS_NS
         self._ahead_ns = lateness - lateness // _AHEAD_START_FRACTION if ahead else 0
+        self._ahead_held = 0
+        self._ahead_max = max_ahead
         # The quantiles' positions by window size: the same few sizes recur at every window boundary.
         self._positions: dict[int, tuple[tuple[float, int, int, float], ...]] = {}
         if resume is None:
@@ -752,6 +760,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                             schedule(series.sys_at_max + (end + lateness - series.max_ts), key, index, start)
                             if end < series.first_end:
                                 series.first_end = end
+                        if window.ahead is not None:
+                            self._ahead_held -= 1  # (add clears it)
                         window.add(reading.value, ts)
                     start -= step
             if is_late:
@@ -897,6 +907,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         ahead = window.ahead
         if ahead is not None:
             lines.append(ahead)
+            self._ahead_held -= 1
             return 1
         if self.format_line is not None:
             lines.append(self.format_line(aggregate))
@@ -974,6 +985,12 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         format_line = self.format_line
         assert format_line is not None  # (nothing is computed ahead without it: _ahead_ns is 0)
         lead = self._ahead_ns
+        budget = min(budget, self._ahead_max - self._ahead_held)
+        if budget <= 0:
+            # As many lines held as allowed: the windows due to be computed now are formatted at their close.
+            while heap and heap[0] * _DUE_BUCKET_NS <= now:
+                del buckets[heapq.heappop(heap)]
+            return
         while heap and heap[0] * _DUE_BUCKET_NS <= now and budget > 0:
             bucket = heapq.heappop(heap)
             entries = buckets.pop(bucket)
@@ -995,6 +1012,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     _add_to_bucket(buckets, heap, ripe_at, key, index, start)
                     continue
                 window.ahead = format_line(self._aggregate(key, series, index, start, window))
+                self._ahead_held += 1
 
     def _aggregate(self, key: str, series: _Series, index: int, start: int, window: _Window) -> Aggregate:
         spec = self.specs[index]

@@ -235,6 +235,39 @@ def test_a_fleet_boundary_is_computed_while_its_lateness_runs_and_closes_in_bigg
     assert ahead_rounds == [_CLOSE_PER_CALL * _AHEAD_COST] * (6_000 // (_CLOSE_PER_CALL * _AHEAD_COST))
 
 
+def test_lines_held_ahead_stop_at_max_ahead_and_the_rest_are_formatted_at_their_close() -> None:
+    clock = Clock(T0 + 6 * S)
+    logic = WindowLogic(
+        [WindowSpec.tumbling(timedelta(seconds=10))],
+        timedelta(seconds=2),
+        [0.5],
+        clock=clock,
+        format_line=schema.aggregate_line,
+        max_ahead=2_500,
+    )
+    fleet = [f"readings,device=d{i},metric=t" for i in range(6_000)]
+    collect(logic, [reading(i % 5, 6, series) for i, series in enumerate(fleet)])
+    calls = 0
+    clock.now = T0 + 10 * S + 250_000_000
+    while (due := logic.notify_at()) is not None and int(due.timestamp() * S) < T0 + 12 * S - 1_000:
+        clock.now = max(clock.now + _YIELD_NS, int(due.timestamp() * S) + 1_000)
+        assert logic.on_notify()[0] == []
+        calls += 1
+    held = [w.ahead for series in logic.state.series.values() for w in series.windows.values()]
+    assert sum(line is not None for line in held) == 2_500
+    assert calls <= 4, "the windows left out were not dropped from the schedule: the step kept waking up"
+    clock.now = T0 + 12 * S
+    aggregates: list[Aggregate] = []
+    lines: list[str] = []
+    while (due := logic.notify_at()) is not None:
+        clock.now = max(clock.now, int(due.timestamp() * S) + 1_000)
+        for result in logic.on_notify()[0]:
+            aggregates += result.aggregates
+            lines += result.lines
+    assert len(aggregates) == 6_000 and lines == [schema.aggregate_line(a) for a in aggregates]
+    assert logic._ahead_held == 0
+
+
 def test_a_reading_after_a_window_was_computed_ahead_is_in_its_aggregate() -> None:
     """A reading that arrives within the allowed lateness, after the window's line was computed, undoes it: the
     close formats it again with the reading in."""
@@ -259,6 +292,7 @@ def test_a_reading_after_a_window_was_computed_ahead_is_in_its_aggregate() -> No
     assert (aggregate.count, aggregate.sum, aggregate.max, aggregate.last) == (3, 9.0, 6.0, 2.0)
     assert list(result.lines) == [schema.aggregate_line(aggregate)]
     assert "count=3i" in result.lines[0]
+    assert logic._ahead_held == 0
 
 
 def test_several_lengths_and_sliding_windows_at_once() -> None:
