@@ -208,7 +208,6 @@ class _Window:
         self.ahead: str | None = None
 
     def add(self, value: float, ts: int) -> None:
-        self.ahead = None
         self.values.append(value)
         if self.first_ts == _NO_TIME or ts < self.first_ts or (ts == self.first_ts and value < self.first_v):
             self.first_ts, self.first_v = ts, value
@@ -760,7 +759,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                             if end < series.first_end:
                                 series.first_end = end
                         if window.ahead is not None:
-                            self._ahead_held -= 1  # (add clears it)
+                            window.ahead = None  # (computed without this reading)
+                            self._ahead_held -= 1
                         window.add(reading.value, ts)
                     start -= step
             if is_late:
