@@ -55,6 +55,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from collectors.polling import batch_limit
 from fleetwatch.config import SyslogInputConfig
+from fleetwatch.log_throttle import LogThrottle
 from fleetwatch.record import LogLine
 from flows import clock, health, lifecycle
 
@@ -283,8 +284,7 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         self._max_connections = cfg.max_connections
         self._idle_timeout = cfg.idle_timeout.total_seconds()
         self._next_sweep = time.monotonic() + min(_IDLE_SWEEP_SECONDS, self._idle_timeout)
-        self._refusals_unlogged = 0
-        self._refusal_logged_at = -_REFUSAL_LOG_SECONDS
+        self._refusals = LogThrottle(_REFUSAL_LOG_SECONDS)
         # The kernel's count of dropped datagrams at the last one read (a uint32 that wraps).
         self._kernel_drops = 0
         self._count_drops = False
@@ -379,18 +379,15 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
 
     def _refused(self, address: tuple[str, int]) -> None:
         health.counters().syslog_tcp_refused += 1
-        self._refusals_unlogged += 1
-        now = time.monotonic()
-        if now - self._refusal_logged_at >= _REFUSAL_LOG_SECONDS:
+        refusals = self._refusals.count()
+        if refusals:
             log.warning(
                 "syslog %s: %d connection(s) refused at max_connections %d (the latest from %s)",
                 self.cfg.name,
-                self._refusals_unlogged,
+                refusals,
                 self._max_connections,
                 _peer_ip(address),
             )
-            self._refusal_logged_at = now
-            self._refusals_unlogged = 0
 
     def _read_stream(self, conn: _Connection, out: list[LogLine], received_ns: int) -> None:
         closed = False

@@ -51,6 +51,7 @@ from elasticsearch.serializer import OrjsonSerializer
 
 from fleetwatch.config import ElasticsearchConfig
 from fleetwatch.labels import duration_ns
+from fleetwatch.log_throttle import LogThrottle
 from fleetwatch.record import AlertTransition, DeadLetter, LogEvent, LogRate
 from flows import health
 from flows.alerts.notify import alert_doc, alert_mappings, rfc3339
@@ -686,35 +687,6 @@ def bulk_requests(actions: list[_Encoded], max_bytes: int) -> Iterator[tuple[lis
         yield actions[start:], b"".join(parts)
 
 
-# Documents refused or unsendable are logged at most this often (each one is counted and becomes a dead letter).
-_REFUSAL_LOG_SECONDS = 60.0
-
-
-class _RefusalLog:
-    """The WARNING lines of documents that became dead letters: the first at once, then at most one a minute
-    with how many came since. A sender whose every line the server refuses (thousands a second) must not bury
-    the pipeline's log; the dead letters and the ``es_rejected`` and ``dead_letters`` counters have them all."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._logged_at = -_REFUSAL_LOG_SECONDS
-        self._unlogged = 0
-
-    def refused(self, what: str) -> None:
-        with self._lock:
-            self._unlogged += 1
-            now = time.monotonic()
-            if now - self._logged_at < _REFUSAL_LOG_SECONDS:
-                return
-            count, self._unlogged, self._logged_at = self._unlogged, 0, now
-        log.warning(
-            "Elasticsearch: %d document(s) stored as dead letters since the last such message (logged at most once "
-            "a minute; every one is counted); the latest: %s",
-            count,
-            what,
-        )
-
-
 class ElasticWriterThread(BatchWriterThread[Record]):
     """Bulk-indexes records; usable outside Bytewax (dead letters of the InfluxDB writers, the benchmark)."""
 
@@ -748,7 +720,9 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         # The dead letters this writer made (documents the server refused or that cannot be sent), by reason,
         # under counts_lock: the worker's health counts them (ElasticHealthReport).
         self.dead_reasons: Counter[str] = Counter()
-        self._refusals = _RefusalLog()
+        # A sender whose every line the server refuses makes thousands of dead letters a second: logged once a
+        # minute (the dead letters and the es_rejected and dead_letters counters have them all).
+        self._refusals = LogThrottle()
         self.start()
 
     def prepare(self) -> None:
@@ -767,7 +741,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         actions, dead, unstorable = encode_batch(records, self.setup.layout, self.setup.max_doc_bytes)
         if dead:
             for letter in dead:
-                self._refusals.refused(letter.detail[:300])
+                self._log_refusal(letter.detail)
             with self.counts_lock:
                 self.rejected += len(dead)
                 self.dead_reasons.update(letter.reason for letter in dead)
@@ -897,11 +871,21 @@ class ElasticWriterThread(BatchWriterThread[Record]):
         letter = DeadLetter(reason, where, raw, action.action.ts_ns, detail)
         with self.counts_lock:
             self.dead_reasons[reason] += 1
-        self._refusals.refused(f"refused document {action.action.doc_id}: {detail[:300]}")
+        self._log_refusal(f"refused document {action.action.doc_id}: {detail}")
         encoded, _, unstorable = encode_batch([letter], self.setup.layout, self.setup.max_doc_bytes)
         if unstorable:
             self._on_unstorable(unstorable)
         return encoded
+
+    def _log_refusal(self, detail: str) -> None:
+        events = self._refusals.count()
+        if events:
+            log.warning(
+                "Elasticsearch: %d document(s) stored as dead letters since the last such message (logged at most "
+                "once a minute; every one is counted); the latest: %s",
+                events,
+                detail[:300],
+            )
 
     def close_target(self) -> None:
         self._es.close()

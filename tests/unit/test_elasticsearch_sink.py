@@ -18,7 +18,6 @@ from flows.sinks.elasticsearch import (
     LOGS,
     IndexLayout,
     Record,
-    _RefusalLog,
     dead_letter_id,
     encode_batch,
     iso_timestamp,
@@ -205,23 +204,3 @@ def test_the_year_is_four_digits_in_timestamps_and_daily_index_names() -> None:
     year_one = int((datetime(1, 1, 1, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()) * 10**9
     assert iso_timestamp(year_one) == "0001-01-01T00:00:00.000000Z"
     assert IndexLayout("fw", False, 0).target("logs", year_one) == "fw-logs-0001.01.01"
-
-
-def test_refused_documents_are_logged_once_a_minute_with_how_many_came_since(monkeypatch: Any, caplog: Any) -> None:
-    """A sender whose every line Elasticsearch refuses makes thousands of dead letters a second: the first is
-    logged at once, the rest in one line a minute that says how many (each is still counted and stored)."""
-    clock = [1_000.0]
-    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
-    refusals = _RefusalLog()
-    with caplog.at_level("WARNING", logger="flows.sinks.elasticsearch"):
-        for i in range(5_000):
-            refusals.refused(f"refused document d{i}: mapper_parsing_exception")
-            clock[0] += 0.001  # 5 s in all
-        assert len(caplog.records) == 1
-        clock[0] += 60
-        refusals.refused("refused document last: mapper_parsing_exception")
-    first, second = (r.getMessage() for r in caplog.records)
-    assert first.startswith("Elasticsearch: 1 document(s) stored as dead letters")
-    assert first.endswith("the latest: refused document d0: mapper_parsing_exception")
-    assert second.startswith("Elasticsearch: 5000 document(s) stored as dead letters")
-    assert second.endswith("the latest: refused document last: mapper_parsing_exception")
