@@ -283,9 +283,12 @@ def test_a_reading_after_a_window_was_computed_ahead_is_in_its_aggregate() -> No
     clock.now = T0 + 9 * S
     collect(logic, [reading(2, 9)])
     clock.now = T0 + 10 * S + 500_000_000
-    assert logic.on_notify()[0] == []  # (computed ahead: the lateness has begun)
+    assert logic.on_notify()[0] == []
+    [window] = logic.state.series["readings,device=d1,metric=t"].windows.values()
+    assert window.ahead is not None and "count=2i,min=1.0,max=2.0" in window.ahead  # (the lateness has begun)
     clock.now = T0 + 11 * S
     assert collect(logic, [reading(6, 8)]) == ([], [], {})  # late by wall time, within the lateness
+    assert window.ahead is None
     clock.now = T0 + 12 * S
     [result] = logic.on_notify()[0]
     [aggregate] = result.aggregates
