@@ -188,6 +188,34 @@ def test_a_boundary_due_for_a_whole_fleet_closes_in_parts_and_misses_nothing() -
     ]
 
 
+def compute_ahead(logic: WindowLogic, clock: Clock, start_ns: int, deadline_ns: int) -> int:
+    """Call the step as Bytewax does from ``start_ns`` until just before the deadline: nothing closes meanwhile
+    (lines are computed ahead). Returns the number of calls."""
+    calls = 0
+    clock.now = start_ns
+    while (due := logic.notify_at()) is not None and int(due.timestamp() * S) < deadline_ns - 1_000:
+        clock.now = max(clock.now + _YIELD_NS, int(due.timestamp() * S) + 1_000)
+        assert logic.on_notify()[0] == []
+        calls += 1
+    return calls
+
+
+def close_all(logic: WindowLogic, clock: Clock, deadline_ns: int) -> tuple[list[Aggregate], list[str], list[int]]:
+    """Call the step as Bytewax does from the deadline until nothing is due: the aggregates, their lines, and
+    how many windows each call closed."""
+    aggregates: list[Aggregate] = []
+    lines: list[str] = []
+    rounds: list[int] = []
+    clock.now = deadline_ns
+    while (due := logic.notify_at()) is not None:
+        clock.now = max(clock.now, int(due.timestamp() * S) + 1_000)
+        for result in logic.on_notify()[0]:
+            aggregates += result.aggregates
+            lines += result.lines
+            rounds.append(len(result.aggregates))
+    return aggregates, lines, rounds
+
+
 def test_a_fleet_boundary_is_computed_while_its_lateness_runs_and_closes_in_bigger_rounds() -> None:
     """With a line format, the step computes each window's line once an eighth of the allowed lateness has passed
     after its end, in rounds; at the deadline a close hands it over with the aggregate, so a round closes
@@ -211,21 +239,8 @@ def test_a_fleet_boundary_is_computed_while_its_lateness_runs_and_closes_in_bigg
         if format_line is not None:
             # Computing ahead starts a quarter of a second after the end (2 s / 8), while it is on its way.
             assert abs(int(due.timestamp() * S) - (T0 + 10 * S + 250_000_000)) <= 1_000  # (a datetime's µs)
-            clock.now = T0 + 10 * S + 250_000_000
-            while (due := logic.notify_at()) is not None and int(due.timestamp() * S) < T0 + 12 * S - 1_000:
-                clock.now = max(clock.now + _YIELD_NS, int(due.timestamp() * S) + 1_000)
-                assert logic.on_notify()[0] == []  # nothing closes before the deadline
-        aggregates: list[Aggregate] = []
-        lines: list[str] = []
-        rounds: list[int] = []
-        clock.now = T0 + 12 * S
-        while (due := logic.notify_at()) is not None:
-            clock.now = max(clock.now, int(due.timestamp() * S) + 1_000)
-            for result in logic.on_notify()[0]:
-                aggregates += result.aggregates
-                lines += result.lines
-                rounds.append(len(result.aggregates))
-        return aggregates, lines, rounds
+            compute_ahead(logic, clock, T0 + 10 * S + 250_000_000, T0 + 12 * S)
+        return close_all(logic, clock, T0 + 12 * S)
 
     ahead, ahead_lines, ahead_rounds = closed_by(schema.aggregate_line)
     plain, plain_lines, plain_rounds = closed_by(None)
@@ -247,23 +262,11 @@ def test_lines_held_ahead_stop_at_max_ahead_and_the_rest_are_formatted_at_their_
     )
     fleet = [f"readings,device=d{i},metric=t" for i in range(6_000)]
     collect(logic, [reading(i % 5, 6, series) for i, series in enumerate(fleet)])
-    calls = 0
-    clock.now = T0 + 10 * S + 250_000_000
-    while (due := logic.notify_at()) is not None and int(due.timestamp() * S) < T0 + 12 * S - 1_000:
-        clock.now = max(clock.now + _YIELD_NS, int(due.timestamp() * S) + 1_000)
-        assert logic.on_notify()[0] == []
-        calls += 1
+    calls = compute_ahead(logic, clock, T0 + 10 * S + 250_000_000, T0 + 12 * S)
     held = [w.ahead for series in logic.state.series.values() for w in series.windows.values()]
     assert sum(line is not None for line in held) == 2_500
     assert calls <= 4, "the windows left out were not dropped from the schedule: the step kept waking up"
-    clock.now = T0 + 12 * S
-    aggregates: list[Aggregate] = []
-    lines: list[str] = []
-    while (due := logic.notify_at()) is not None:
-        clock.now = max(clock.now, int(due.timestamp() * S) + 1_000)
-        for result in logic.on_notify()[0]:
-            aggregates += result.aggregates
-            lines += result.lines
+    aggregates, lines, _ = close_all(logic, clock, T0 + 12 * S)
     assert len(aggregates) == 6_000 and lines == [schema.aggregate_line(a) for a in aggregates]
     assert logic._ahead_held == 0
 
