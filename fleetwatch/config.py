@@ -311,6 +311,11 @@ class WindowsConfig(Section):
     sliding: list[SlidingWindowConfig] = Field(default_factory=list)
     # A window stays open this long after its end (in event time) for out-of-order readings.
     allowed_lateness: Duration = timedelta(seconds=5)
+    # Write each window's aggregate to InfluxDB once an eighth of the allowed lateness has passed, and again at
+    # its close only if a late reading changed it (the same point, overwritten). Dashboards see a window
+    # shortly after its end, and a fleet boundary reaches the store over the lateness instead of in one burst
+    # after it. Off: a window is written once, at its close. Alert rules see windows at their close either way.
+    write_early: bool = True
     # Readings stamped further in the future than this (vs. receive time) are dead letters.
     max_future_skew: Duration = timedelta(minutes=5)
     # Readings older than this (vs. receive time) are dead letters; 0 accepts any age (history replay).

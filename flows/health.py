@@ -23,6 +23,8 @@ class Counters:
     dead_letters: int = 0
     late_readings: int = 0
     windows_closed: int = 0
+    # Windows written early (windows.write_early) that a late reading changed: written again at their close.
+    windows_rewritten: int = 0
     points_written: int = 0
     sink_retries: int = 0
     # Points not written because their retention tier no longer keeps them (replayed history).

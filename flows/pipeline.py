@@ -71,7 +71,7 @@ from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Re
 from flows.sinks.es_retention import kind_retention
 from flows.sinks.influxdb import InfluxDBSink, LineWriter, make_writer
 from flows.sparkplug import SparkplugLogic, SparkplugResult
-from flows.windows import AHEAD_MAX_LINES, WindowLogic, WindowResult, WindowSnapshot, WindowSpec
+from flows.windows import WindowLogic, WindowResult, WindowSnapshot, WindowSpec
 
 FLOW_ID = "fleetwatch"
 # The windows step, whose snapshots are markers into the window state log (flows.window_log).
@@ -268,8 +268,6 @@ def _readings(
     # Each shard holds its share of the series limit.
     max_series = cfg.windows.max_series
     shard_max_series = -(-max_series // sharder.shards)
-    # ... and of the lines a worker holds ahead of their windows' close.
-    shard_max_ahead = max(1, AHEAD_MAX_LINES * options.total_workers // sharder.shards)
 
     def build_windows(resume: WindowSnapshot | bytes | None) -> WindowLogic:
         return WindowLogic(
@@ -282,7 +280,7 @@ def _readings(
             step_id=WINDOWS_STEP_ID,
             max_series=shard_max_series,
             format_line=schema.aggregate_line,
-            max_ahead=shard_max_ahead,
+            write_early=cfg.windows.write_early,
         )
 
     windowed = op.stateful_batch("windows", keyed, build_windows)
@@ -310,7 +308,7 @@ def _readings(
         stats = health.counters()
         stats.windows_closed += len(result.aggregates)
         stats.late_readings += len(result.late)
-        lines = list(result.lines)  # (the aggregates' lines, formatted by the window step: see build_windows)
+        lines = list(result.lines)  # (the windows' lines, formatted by the window step: see build_windows)
         lines += [schema.late_line(r) for r in result.late]
         return lines or None
 

@@ -8,7 +8,7 @@
   ``p95``, ``p99``; time = window start.
 - ``<m>_late`` (late readings, raw): tags as raw readings; field ``value``; time = event time.
 - ``fleetwatch_health`` (the pipeline's own health): tag ``worker``; fields ``messages_in``, ``readings``,
-  ``parse_errors``, ``dead_letters``, ``late_readings``, ``windows_closed``, ``points_written``,
+  ``parse_errors``, ``dead_letters``, ``late_readings``, ``windows_closed``, ``windows_rewritten``, ``points_written``,
   ``sink_retries``, ``points_beyond_retention``, ``mqtt_protocol_errors``, ``mqtt_disconnects``,
   ``mqtt_redeliveries_dropped``,
   ``mqtt_retained_skipped``, ``mqtt_empty_payloads``,

@@ -69,27 +69,27 @@ _CLOSE_PER_CALL = 500
 # again: at a fleet boundary reading paused for 0.4-1.5 s (and with it every alert), and the batch read
 # afterwards was large enough to pause it again. A wake-up slightly ahead lets the input run between rounds.
 _YIELD_NS = 5_000_000
-# A window's line is computed ahead, while its allowed lateness runs (see WindowLogic._ripen): at a fleet
-# boundary, formatting (about 8 µs a window of eleven statistics, two thirds of a close) no longer stands between
-# the deadline and the store. The close computes the aggregate again (about 4 µs: it is what alert rules see) and
-# hands over the line computed ahead, unless a late reading changed the window meanwhile. Only the line is kept
-# (about 375 bytes; with the aggregate it was 1.2 KB, 240 MB for the 200,000 windows of a minute boundary at
-# 100,000 series). A closing round's budget counts a window computed ahead as a third of one formatted at its
-# close.
-_AHEAD_COST = 3
-_CLOSE_UNITS = _CLOSE_PER_CALL * _AHEAD_COST
-# Windows computed ahead by one callback at most: nothing is emitted then, so the round may be longer than a
-# closing one (about 12 ms), and a boundary of 100,000 windows is computed within 2 s of lateness.
-_AHEAD_PER_CALL = 1_000
-# Computing ahead starts this fraction of the allowed lateness after the window's end, when the readings that
-# were on their way at the end (in the broker, in the flow) have been added; a reading after that undoes the
-# work for its window. Below _AHEAD_MIN_LATENESS_NS of lateness nothing is computed ahead.
-_AHEAD_START_FRACTION = 8
-_AHEAD_MIN_LATENESS_NS = 200_000_000
-# Lines held ahead by a worker at most (about 37 MB): a 10 s boundary of 100,000 series fits; at a minute
-# boundary (200,000 windows) the rest are formatted at their close. Unbounded, the lines held ahead and the
-# sink's buffer of the lines closed before them took a rung at 100,000 series past 400 MB.
-AHEAD_MAX_LINES = 100_000
+# A window is written early (WindowLogic(write_early=True), the pipeline's default): once a fraction of its
+# allowed lateness has passed, the step formats its line and hands it to the store, in rounds, while the rest of
+# the lateness runs (see WindowLogic._write_early). Dashboards then see a window a fraction of the lateness after its
+# end instead of after all of it, and at a fleet boundary the store takes the lines over the lateness instead of
+# in one burst after it. A reading that comes afterwards, within the lateness, marks the window changed, and its
+# close writes it again: same series and timestamp, so the store keeps the final values (as a replay after a
+# restart does). The close always computes the aggregate (about 4 µs; it is what alert rules see), and formats
+# the line (about 8 µs of eleven statistics) only for a window not written early, or changed since: a closing
+# round's budget counts a window written early as a third of one formatted at its close.
+_FORMAT_COST = 3
+_CLOSE_UNITS = _CLOSE_PER_CALL * _FORMAT_COST
+# Windows written early by one callback at most: a boundary of 100,000 windows is written within 2 s of
+# lateness, and a round (about 12 ms) leaves the input its turns.
+_EARLY_PER_CALL = 1_000
+# Writing early starts this fraction of the allowed lateness after the window's end, when the readings that
+# were on their way at the end (in the broker, in the flow) have been added; a reading after that costs the
+# window a second write. Below _EARLY_MIN_LATENESS_NS of lateness every window is written at its close.
+_EARLY_START_FRACTION = 8
+_EARLY_MIN_LATENESS_NS = 200_000_000
+# _Window.written: not written yet; written early and unchanged since; written early and changed since.
+_NOT_WRITTEN, _WRITTEN, _CHANGED = 0, 1, 2
 # Window sizes whose quantile positions are kept (each a few tuples).
 _POSITIONS_KEPT = 10_000
 
@@ -146,7 +146,8 @@ class WindowResult(NamedTuple):
     late_counts: dict[str, int]
     # Readings of new series the shard had no room for (``max_series``): dead letters.
     refused: Sequence[Reading] = ()
-    # Each aggregate's line, in the same order, when the step formats them (``WindowLogic(format_line=...)``).
+    # The lines to write, when the step formats them (``WindowLogic(format_line=...)``): those of the windows
+    # written early in this call, and of the closed windows not written early or changed since.
     lines: Sequence[str] = ()
 
 
@@ -198,14 +199,14 @@ def _quantile_position(count: int, q: float) -> tuple[int, int, float]:
 
 
 class _Window:
-    __slots__ = ("ahead", "first_ts", "first_v", "last_ts", "last_v", "values")
+    __slots__ = ("first_ts", "first_v", "last_ts", "last_v", "values", "written")
 
     def __init__(self) -> None:
         self.values = array("d")
         self.first_ts = self.last_ts = _NO_TIME
         self.first_v = self.last_v = 0.0
-        # Its line, computed ahead of the close (None until then, and after any change).
-        self.ahead: str | None = None
+        # Whether the store holds it as it stands (_NOT_WRITTEN, _WRITTEN early, _CHANGED since).
+        self.written = _NOT_WRITTEN
 
     def add(self, value: float, ts: int) -> None:
         self.values.append(value)
@@ -219,7 +220,8 @@ class _Window:
 
     def __setstate__(self, state: tuple[int, float, int, float, bytes]) -> None:
         self.first_ts, self.first_v, self.last_ts, self.last_v, raw = state
-        self.ahead = None
+        # (not kept: after a restart the window is written again, early or at its close)
+        self.written = _NOT_WRITTEN
         self.values = array("d")
         self.values.frombytes(raw)
 
@@ -443,13 +445,13 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         step_id: str = "fleetwatch.windows",
         max_series: int = 0,
         format_line: Callable[[Aggregate], str] | None = None,
-        max_ahead: int = AHEAD_MAX_LINES,
+        write_early: bool = True,
     ) -> None:
         """``recovery_dir``: Bytewax's recovery directory, where the window state log goes (snapshots are then
         log markers, see ``flows.window_log``); None keeps whole snapshots (recovery off, tests).
-        ``format_line``: the store's line of an aggregate; with it, each result carries its aggregates' lines,
-        computed ahead of the close while the allowed lateness runs (see ``_ripen``), ``max_ahead`` of them at
-        most."""
+        ``format_line``: the store's line of an aggregate; with it, results carry the lines to write, and with
+        ``write_early`` a window's line is written while its allowed lateness runs (see ``_write_early``), and again at
+        its close only if a reading changed it meanwhile."""
         self.specs = tuple(specs)
         self.format_line = format_line
         # The most series this shard holds (0: no limit); a reading of another series is refused.
@@ -479,15 +481,13 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # the biggest cost of a reading.
         self._due: dict[int, _DueBucket] = {}
         self._due_heap: list[int] = []
-        # When each open window is computed ahead (see _ripen), in buckets as the deadlines are; how long before
+        # When each open window is written early (see _write_early), in buckets as the deadlines are; how long before
         # its deadline that is (0: not at all).
-        self._ripe: dict[int, _DueBucket] = {}
-        self._ripe_heap: list[int] = []
+        self._early: dict[int, _DueBucket] = {}
+        self._early_heap: list[int] = []
         lateness = self.lateness_ns
-        ahead = format_line is not None and lateness >= _AHEAD_MIN_LATENESS_NS
-        self._ahead_ns = lateness - lateness // _AHEAD_START_FRACTION if ahead else 0
-        self._ahead_held = 0
-        self._ahead_max = max_ahead
+        early = format_line is not None and write_early and lateness >= _EARLY_MIN_LATENESS_NS
+        self._early_ns = lateness - lateness // _EARLY_START_FRACTION if early else 0
         # The quantiles' positions by window size: the same few sizes recur at every window boundary.
         self._positions: dict[int, tuple[tuple[float, int, int, float], ...]] = {}
         if resume is None:
@@ -631,10 +631,10 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             ops.append((_OP_FORGETS, [key]))
 
     def _schedule(self, deadline: int, key: str, index: int, start: int) -> None:
-        """A new window's deadline, and when it is computed ahead."""
+        """A new window's deadline, and when it is written early."""
         _add_to_bucket(self._due, self._due_heap, deadline, key, index, start)
-        if self._ahead_ns:
-            _add_to_bucket(self._ripe, self._ripe_heap, deadline - self._ahead_ns, key, index, start)
+        if self._early_ns:
+            _add_to_bucket(self._early, self._early_heap, deadline - self._early_ns, key, index, start)
 
     def _leave_out_downtime(self, downtime_ns: int) -> None:
         """Shift every wall-time mark by the time between the snapshot and now. Without this, a restart
@@ -651,7 +651,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         if self._ops is not None:
             self._ops.append((_OP_SHIFT, downtime_ns))
         due, self._due, self._due_heap = self._due, {}, []
-        self._ripe, self._ripe_heap = {}, []  # (scheduled again with the deadlines)
+        self._early, self._early_heap = {}, []  # (scheduled again with the deadlines)
         for bucket, entries in due.items():
             for key, index, start in entries.entries():
                 self._schedule(bucket * _DUE_BUCKET_NS + downtime_ns, key, index, start)
@@ -682,7 +682,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         self._pop_deadlines(now, aggregates, lines)
         if refused:
             self._report_refused(len(refused))
-        if aggregates or late or refused:
+        if aggregates or late or refused or lines:
             return [WindowResult(aggregates, late, late_counts, refused, lines)], StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
 
@@ -758,9 +758,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                             schedule(series.sys_at_max + (end + lateness - series.max_ts), key, index, start)
                             if end < series.first_end:
                                 series.first_end = end
-                        if window.ahead is not None:
-                            window.ahead = None  # (computed without this reading)
-                            self._ahead_held -= 1
+                        if window.written:
+                            window.written = _CHANGED  # (written without this reading: again at the close)
                         window.add(reading.value, ts)
                     start -= step
             if is_late:
@@ -770,7 +769,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         aggregates: list[Aggregate] = []
         lines: list[str] = []
         self._pop_deadlines(self._now(), aggregates, lines)
-        if aggregates:
+        if aggregates or lines:
             return [WindowResult(aggregates, [], {}, (), lines)], StatefulBatchLogic.RETAIN
         return [], StatefulBatchLogic.RETAIN
 
@@ -792,16 +791,16 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             self._dirty.add(key)
         self._due.clear()
         self._due_heap.clear()
-        self._ripe.clear()
-        self._ripe_heap.clear()
+        self._early.clear()
+        self._early_heap.clear()
         return ([WindowResult(aggregates, [], {}, (), lines)] if aggregates else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
         if not self._due_heap:
             return None
         due = self._due_heap[0] * _DUE_BUCKET_NS
-        if self._ripe_heap:
-            due = min(due, self._ripe_heap[0] * _DUE_BUCKET_NS)
+        if self._early_heap:
+            due = min(due, self._early_heap[0] * _DUE_BUCKET_NS)
         now = self._now()
         if due <= now:
             due = now + _YIELD_NS  # closes left by a callback's budget: after the input's turn (see _YIELD_NS)
@@ -899,18 +898,18 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
     def _emit(
         self, key: str, series: _Series, index: int, start: int, window: _Window, out: list[Aggregate], lines: list[str]
     ) -> int:
-        """A closed window's aggregate, and its line when the step formats them: the line computed ahead, or
-        formatted now. Returns its cost in a closing round's units (see _AHEAD_COST)."""
+        """A closed window's aggregate, and its line when the step formats them, unless it was written early and
+        is unchanged since. Returns its cost in a closing round's units (see _FORMAT_COST)."""
         aggregate = self._aggregate(key, series, index, start, window)
         out.append(aggregate)
-        ahead = window.ahead
-        if ahead is not None:
-            lines.append(ahead)
-            self._ahead_held -= 1
+        written = window.written
+        if written == _WRITTEN:
             return 1
         if self.format_line is not None:
             lines.append(self.format_line(aggregate))
-        return _AHEAD_COST
+            if written == _CHANGED:
+                health.counters().windows_rewritten += 1
+        return _FORMAT_COST
 
     def _close_due(self, key: str, series: _Series, now: int, out: list[Aggregate], lines: list[str]) -> None:
         watermark = series.max_ts + (now - series.sys_at_max) - self.lateness_ns
@@ -963,8 +962,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 entries.taken = taken
                 self._due[bucket] = entries
                 heapq.heappush(heap, bucket)
-        if budget > 0 and self._ahead_ns:
-            self._ripen(now, min(budget, _AHEAD_PER_CALL))
+        if budget > 0 and self._early_ns:
+            self._write_early(now, min(budget, _EARLY_PER_CALL), lines)
         # A quiet series keeps its clock for a while, so that a straggler is still recognised as late
         # (instead of reopening a window that was already written); then it is forgotten.
         if now - self._last_sweep > _SWEEP_EVERY_NS:
@@ -974,23 +973,16 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 self._dirty.add(key)
                 self._log_forget(key)
 
-    def _ripen(self, now: int, budget: int) -> None:
-        """Compute ahead the lines of up to ``budget`` windows whose allowed lateness has begun (a fraction of it
-        has passed, _AHEAD_START_FRACTION), so that their close only hands them over. A line is the one a close
-        would format (from the same aggregate, of the same values): a reading added meanwhile clears it, and the
-        close formats it again."""
-        heap, buckets = self._ripe_heap, self._ripe
+    def _write_early(self, now: int, budget: int, lines: list[str]) -> None:
+        """Write early the lines of up to ``budget`` windows whose allowed lateness has begun (a fraction of it
+        has passed, _EARLY_START_FRACTION). A line is the one a close would format (from the same aggregate, of
+        the same values): a reading added meanwhile marks the window changed, and its close writes it again."""
+        heap, buckets = self._early_heap, self._early
         series_map = self.state.series
         specs, spec_count = self.specs, len(self.specs)
         format_line = self.format_line
-        assert format_line is not None  # (nothing is computed ahead without it: _ahead_ns is 0)
-        lead = self._ahead_ns
-        budget = min(budget, self._ahead_max - self._ahead_held)
-        if budget <= 0:
-            # As many lines held as allowed: the windows due to be computed now are formatted at their close.
-            while heap and heap[0] * _DUE_BUCKET_NS <= now:
-                del buckets[heapq.heappop(heap)]
-            return
+        assert format_line is not None  # (nothing is written early without it: _early_ns is 0)
+        lead = self._early_ns
         while heap and heap[0] * _DUE_BUCKET_NS <= now and budget > 0:
             bucket = heapq.heappop(heap)
             entries = buckets.pop(bucket)
@@ -1008,16 +1000,16 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 if series is None:
                     continue
                 window = series.windows.get(start * spec_count + index)
-                if window is None or window.ahead is not None:
-                    continue  # closed already, or computed
+                if window is None or window.written:
+                    continue  # closed already, or written
                 end = start + specs[index].length_ns
-                ripe_at = series.sys_at_max + (end + self.lateness_ns - series.max_ts) - lead
-                if ripe_at > now:
+                early_at = series.sys_at_max + (end + self.lateness_ns - series.max_ts) - lead
+                if early_at > now:
                     # (its series' clock was moved on by a downtime left out: not yet; a later bucket)
-                    _add_to_bucket(buckets, heap, ripe_at, key, index, start)
+                    _add_to_bucket(buckets, heap, early_at, key, index, start)
                     continue
-                window.ahead = format_line(self._aggregate(key, series, index, start, window))
-                self._ahead_held += 1
+                lines.append(format_line(self._aggregate(key, series, index, start, window)))
+                window.written = _WRITTEN
 
     def _aggregate(self, key: str, series: _Series, index: int, start: int, window: _Window) -> Aggregate:
         spec = self.specs[index]

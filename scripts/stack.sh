@@ -138,7 +138,7 @@ start_mosquitto() {
 start_influxdb() {
   mkdir -p "$STACK_DIR/influxdb"
   render "$REPO_DIR/provisioning/influxdb/influxdb.conf" "$STACK_DIR/influxdb/influxdb.conf"
-  nohup influxd -config "$STACK_DIR/influxdb/influxdb.conf" >>"$LOG_DIR/influxdb.log" 2>&1 &
+  GOGC="${INFLUXDB_GOGC:-100}" nohup influxd -config "$STACK_DIR/influxdb/influxdb.conf" >>"$LOG_DIR/influxdb.log" 2>&1 &
   echo $! >"$RUN_DIR/influxdb.pid"
 }
 

@@ -18,8 +18,10 @@ from fleetwatch.record import Reading
 from flows import health, schema, window_log
 from flows.window_log import WindowLogError
 from flows.windows import (
-    _AHEAD_COST,
+    _CHANGED,
     _CLOSE_PER_CALL,
+    _FORMAT_COST,
+    _WRITTEN,
     _YIELD_NS,
     Aggregate,
     WindowLogic,
@@ -188,21 +190,24 @@ def test_a_boundary_due_for_a_whole_fleet_closes_in_parts_and_misses_nothing() -
     ]
 
 
-def compute_ahead(logic: WindowLogic, clock: Clock, start_ns: int, deadline_ns: int) -> int:
-    """Call the step as Bytewax does from ``start_ns`` until just before the deadline: nothing closes meanwhile
-    (lines are computed ahead). Returns the number of calls."""
+def write_early(logic: WindowLogic, clock: Clock, start_ns: int, deadline_ns: int) -> tuple[list[str], int]:
+    """Call the step as Bytewax does from ``start_ns`` until just before the deadline: nothing closes meanwhile,
+    lines are written early. Returns those lines and the number of calls."""
+    lines: list[str] = []
     calls = 0
     clock.now = start_ns
     while (due := logic.notify_at()) is not None and int(due.timestamp() * S) < deadline_ns - 1_000:
         clock.now = max(clock.now + _YIELD_NS, int(due.timestamp() * S) + 1_000)
-        assert logic.on_notify()[0] == []
+        for result in logic.on_notify()[0]:
+            assert result.aggregates == [], "a window closed before its deadline"
+            lines += result.lines
         calls += 1
-    return calls
+    return lines, calls
 
 
 def close_all(logic: WindowLogic, clock: Clock, deadline_ns: int) -> tuple[list[Aggregate], list[str], list[int]]:
-    """Call the step as Bytewax does from the deadline until nothing is due: the aggregates, their lines, and
-    how many windows each call closed."""
+    """Call the step as Bytewax does from the deadline until nothing is due: the aggregates, the lines written
+    at the close, and how many windows each call closed."""
     aggregates: list[Aggregate] = []
     lines: list[str] = []
     rounds: list[int] = []
@@ -216,64 +221,49 @@ def close_all(logic: WindowLogic, clock: Clock, deadline_ns: int) -> tuple[list[
     return aggregates, lines, rounds
 
 
-def test_a_fleet_boundary_is_computed_while_its_lateness_runs_and_closes_in_bigger_rounds() -> None:
-    """With a line format, the step computes each window's line once an eighth of the allowed lateness has passed
-    after its end, in rounds; at the deadline a close hands it over with the aggregate, so a round closes
-    _AHEAD_COST times as many windows. What comes out is what closing without computing ahead gives."""
+def test_a_fleet_boundary_is_written_while_its_lateness_runs_and_closes_in_bigger_rounds() -> None:
+    """With a line format, the step writes each window's line once an eighth of the allowed lateness has passed
+    after its end, in rounds; at the deadline the close only computes the aggregate (for alert rules), so a
+    round closes _FORMAT_COST times as many windows. The lines are those closing without writing early gives."""
     fleet = [f"readings,device=d{i},metric=t" for i in range(6_000)]
     batch = [reading(i % 7 + 0.5, 6, series) for i, series in enumerate(fleet)]
     batch += [reading(i % 3, 6, series) for i, series in enumerate(fleet)]
 
-    def closed_by(format_line: object) -> tuple[list[Aggregate], list[str], list[int]]:
+    def closed(early: bool) -> tuple[list[str], list[Aggregate], list[str], list[int]]:
         clock = Clock(T0 + 6 * S)
         logic = WindowLogic(
             [WindowSpec.tumbling(timedelta(seconds=10))],
             timedelta(seconds=2),
             [0.5, 0.99],
             clock=clock,
-            format_line=format_line,  # type: ignore[arg-type]
+            format_line=schema.aggregate_line,
+            write_early=early,
         )
         collect(logic, batch)
         due = logic.notify_at()
         assert due is not None
-        if format_line is not None:
-            # Computing ahead starts a quarter of a second after the end (2 s / 8), while it is on its way.
+        early_lines: list[str] = []
+        if early:
+            # Writing early starts a quarter of a second after the end (2 s / 8), while it is on its way.
             assert abs(int(due.timestamp() * S) - (T0 + 10 * S + 250_000_000)) <= 1_000  # (a datetime's µs)
-            compute_ahead(logic, clock, T0 + 10 * S + 250_000_000, T0 + 12 * S)
-        return close_all(logic, clock, T0 + 12 * S)
+            early_lines, _ = write_early(logic, clock, T0 + 10 * S + 250_000_000, T0 + 12 * S)
+        else:
+            assert abs(int(due.timestamp() * S) - (T0 + 12 * S)) <= 1_000
+        return early_lines, *close_all(logic, clock, T0 + 12 * S)
 
-    ahead, ahead_lines, ahead_rounds = closed_by(schema.aggregate_line)
-    plain, plain_lines, plain_rounds = closed_by(None)
-    assert ahead == plain and len(ahead) == 6_000
-    assert ahead_lines == [schema.aggregate_line(a) for a in plain] and plain_lines == []
+    early_lines, early, early_close_lines, early_rounds = closed(True)
+    _, plain, plain_lines, plain_rounds = closed(False)
+    assert early == plain and len(early) == 6_000
+    assert plain_lines == [schema.aggregate_line(a) for a in plain]
+    assert early_lines == plain_lines and early_close_lines == []
     assert plain_rounds == [_CLOSE_PER_CALL] * 12
-    assert ahead_rounds == [_CLOSE_PER_CALL * _AHEAD_COST] * (6_000 // (_CLOSE_PER_CALL * _AHEAD_COST))
+    assert early_rounds == [_CLOSE_PER_CALL * _FORMAT_COST] * (6_000 // (_CLOSE_PER_CALL * _FORMAT_COST))
 
 
-def test_lines_held_ahead_stop_at_max_ahead_and_the_rest_are_formatted_at_their_close() -> None:
-    clock = Clock(T0 + 6 * S)
-    logic = WindowLogic(
-        [WindowSpec.tumbling(timedelta(seconds=10))],
-        timedelta(seconds=2),
-        [0.5],
-        clock=clock,
-        format_line=schema.aggregate_line,
-        max_ahead=2_500,
-    )
-    fleet = [f"readings,device=d{i},metric=t" for i in range(6_000)]
-    collect(logic, [reading(i % 5, 6, series) for i, series in enumerate(fleet)])
-    calls = compute_ahead(logic, clock, T0 + 10 * S + 250_000_000, T0 + 12 * S)
-    held = [w.ahead for series in logic.state.series.values() for w in series.windows.values()]
-    assert sum(line is not None for line in held) == 2_500
-    assert calls <= 4, "the windows left out were not dropped from the schedule: the step kept waking up"
-    aggregates, lines, _ = close_all(logic, clock, T0 + 12 * S)
-    assert len(aggregates) == 6_000 and lines == [schema.aggregate_line(a) for a in aggregates]
-    assert logic._ahead_held == 0
-
-
-def test_a_reading_after_a_window_was_computed_ahead_is_in_its_aggregate() -> None:
-    """A reading that arrives within the allowed lateness, after the window's line was computed, undoes it: the
-    close formats it again with the reading in."""
+def test_a_reading_after_a_window_was_written_early_has_the_close_write_it_again() -> None:
+    """A reading that arrives within the allowed lateness, after the window was written early, changes it: the
+    close writes it again with the reading in (the same point: the store keeps the final values), and counts
+    it. A window nothing changed is not written twice."""
     clock = Clock(T0 + 1 * S)
     logic = WindowLogic(
         [WindowSpec.tumbling(timedelta(seconds=10))],
@@ -282,23 +272,28 @@ def test_a_reading_after_a_window_was_computed_ahead_is_in_its_aggregate() -> No
         clock=clock,
         format_line=schema.aggregate_line,
     )
-    collect(logic, [reading(1, 1)])
+    other = "readings,device=d2,metric=t"
+    collect(logic, [reading(1, 1), reading(5, 1, other)])
     clock.now = T0 + 9 * S
     collect(logic, [reading(2, 9)])
-    clock.now = T0 + 10 * S + 500_000_000
-    assert logic.on_notify()[0] == []
+    clock.now = T0 + 10 * S + 500_000_000  # (the lateness has begun)
+    [early] = logic.on_notify()[0]
+    assert early.aggregates == [] and len(early.lines) == 2
+    assert "device=d1" in early.lines[0] and "count=2i,min=1.0,max=2.0" in early.lines[0]
     [window] = logic.state.series["readings,device=d1,metric=t"].windows.values()
-    assert window.ahead is not None and "count=2i,min=1.0,max=2.0" in window.ahead  # (the lateness has begun)
+    assert window.written == _WRITTEN
     clock.now = T0 + 11 * S
     assert collect(logic, [reading(6, 8)]) == ([], [], {})  # late by wall time, within the lateness
-    assert window.ahead is None
+    assert window.written == _CHANGED
+    rewritten = health.counters().windows_rewritten
     clock.now = T0 + 12 * S
     [result] = logic.on_notify()[0]
-    [aggregate] = result.aggregates
-    assert (aggregate.count, aggregate.sum, aggregate.max, aggregate.last) == (3, 9.0, 6.0, 2.0)
-    assert list(result.lines) == [schema.aggregate_line(aggregate)]
+    first, unchanged = result.aggregates
+    assert (first.count, first.sum, first.max, first.last) == (3, 9.0, 6.0, 2.0)
+    assert (unchanged.series, unchanged.count) == (other, 1)
+    assert list(result.lines) == [schema.aggregate_line(first)]
     assert "count=3i" in result.lines[0]
-    assert logic._ahead_held == 0
+    assert health.counters().windows_rewritten == rewritten + 1
 
 
 def test_several_lengths_and_sliding_windows_at_once() -> None:
