@@ -692,3 +692,47 @@ def test_past_max_series_readings_of_new_series_are_dead_letters_and_the_others_
     assert {d["reason"] for d in dead} == {"series_limit"}
     assert all(b"value=" in base64.b64decode(d["raw_base64"]) for d in dead)
     assert status["dead_letters"] == len(dead)
+
+
+def test_a_live_window_is_written_early_and_its_close_writes_the_late_reading_in(
+    tmp_path: Path, unique: str, influx_db: str
+) -> None:
+    """With live event times, a 10 s window is in InfluxDB half a second after its end (an eighth of the 4 s
+    allowed lateness), before it closes. A reading that comes within the lateness afterwards changes it, and the
+    close writes the point again: what InfluxDB keeps is the final aggregate."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    windows = 'tumbling = ["10s", "1m"]\nallowed_lateness = "2s"\nmax_age = "0s"'
+    assert windows in config.read_text()
+    config.write_text(config.read_text().replace(windows, 'tumbling = ["10s"]\nallowed_lateness = "4s"'))
+    pipeline = Pipeline(config)
+    pub = Publisher()
+    # A window that starts from now on, so that both of its readings below are in it.
+    start_ns = (time.time_ns() // (10 * S) + 1) * 10 * S
+    time.sleep(max(0.0, (start_ns - time.time_ns()) / S) + 0.1)
+
+    def send(device: str, at_ns: int, value: float) -> None:
+        pub.send(f"fwtest/{unique}/{device}/temp", json.dumps({"ts": at_ns // 1_000_000, "v": value}).encode())
+        pub.flush()
+
+    send("d1", start_ns + 100_000_000, 1.0)
+    send("d2", start_ns + 100_000_000, 5.0)
+    end_ns = start_ns + 10 * S
+    query = f'SELECT "count", "sum", "max" FROM "readings_agg" WHERE time = {start_ns} GROUP BY "device"'
+    while not (rows := influx_rows(influx_db, query)) or len(rows) < 2:
+        assert time.time_ns() < end_ns + 4 * S, "the window was not written before its allowed lateness ran out"
+        time.sleep(0.05)
+    seen_ns = time.time_ns()
+    assert seen_ns >= end_ns, "a window was written before its end"
+    assert {r["device"]: (r["count"], r["sum"]) for r in rows} == {"d1": (1, 1.0), "d2": (1, 5.0)}
+    # Within the lateness (the window closes 4 s after its end, by this series' clock): not late.
+    send("d1", start_ns + 9 * S, 3.0)
+    pipeline.wait_for("windows_closed", 2, timeout=20)
+    final = {"d1": (2, 4.0, 3.0), "d2": (1, 5.0, 5.0)}
+    deadline = time.monotonic() + 10
+    while (stored := {r["device"]: (r["count"], r["sum"], r["max"]) for r in influx_rows(influx_db, query)}) != final:
+        assert time.monotonic() < deadline, f"InfluxDB keeps {stored}, not the final aggregates {final}"
+        time.sleep(0.1)
+    counters = pipeline.counters()
+    assert (counters["windows_rewritten"], counters["late_readings"]) == (1, 0)
+    pub.close()
+    pipeline.stop()
