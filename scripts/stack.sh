@@ -7,6 +7,9 @@
 #   scripts/stack.sh status             one line per server
 #   scripts/stack.sh restart SERVER     stop and start one server (outage tests use it)
 #
+# FLEETWATCH_INFLUXDB_GOGC sets influxd's Go GC target (Go's default, 100, unless set): BENCHMARKS.md run AA
+# measured how much of InfluxDB's CPU goes to its garbage collector with it.
+#
 # Installing is idempotent: Debian packages are installed only when their binary is missing, and the
 # Elasticsearch distribution is downloaded from Maven Central once and checked against its SHA-1.
 set -euo pipefail
@@ -138,7 +141,7 @@ start_mosquitto() {
 start_influxdb() {
   mkdir -p "$STACK_DIR/influxdb"
   render "$REPO_DIR/provisioning/influxdb/influxdb.conf" "$STACK_DIR/influxdb/influxdb.conf"
-  GOGC="${INFLUXDB_GOGC:-100}" nohup influxd -config "$STACK_DIR/influxdb/influxdb.conf" >>"$LOG_DIR/influxdb.log" 2>&1 &
+  GOGC="${FLEETWATCH_INFLUXDB_GOGC:-100}" nohup influxd -config "$STACK_DIR/influxdb/influxdb.conf" >>"$LOG_DIR/influxdb.log" 2>&1 &
   echo $! >"$RUN_DIR/influxdb.pid"
 }
 
