@@ -314,7 +314,8 @@ class WindowsConfig(Section):
     # Write each window's aggregate to InfluxDB once an eighth of the allowed lateness has passed, and again at
     # its close only if a late reading changed it (the same point, overwritten). Dashboards see a window
     # shortly after its end, and a fleet boundary reaches the store over the lateness instead of in one burst
-    # after it. Off: a window is written once, at its close. Alert rules see windows at their close either way.
+    # after it. Off (or a lateness under 200 ms): a window is written once, at its close. Alert rules see
+    # windows at their close either way.
     write_early: bool = True
     # Readings stamped further in the future than this (vs. receive time) are dead letters.
     max_future_skew: Duration = timedelta(minutes=5)

@@ -75,9 +75,11 @@ _YIELD_NS = 5_000_000
 # end instead of after all of it, and at a fleet boundary the store takes the lines over the lateness instead of
 # in one burst after it. A reading that comes afterwards, within the lateness, marks the window changed, and its
 # close writes it again: same series and timestamp, so the store keeps the final values (as a replay after a
-# restart does). The close always computes the aggregate (about 4 µs; it is what alert rules see), and formats
-# the line (about 8 µs of eleven statistics) only for a window not written early, or changed since: a closing
-# round's budget counts a window written early as a third of one formatted at its close.
+# restart does). The close always computes the aggregate (about 2 µs; it is what alert rules see), and formats
+# the line (about 7 µs of eleven statistics) only for a window not written early, or changed since: a closing
+# round's budget counts a window written early as a third of one formatted at its close. One thing an overwrite
+# cannot do is remove a field: if a late reading takes a window's sum or stddev beyond a double (values near
+# 1e308), the value written early stays in InfluxDB beside the final count, min, max and quantiles.
 _FORMAT_COST = 3
 _CLOSE_UNITS = _CLOSE_PER_CALL * _FORMAT_COST
 # Windows written early by one callback at most: a boundary of 100,000 windows is written within 2 s of
