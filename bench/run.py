@@ -191,6 +191,9 @@ def influxql(db: str, q: str) -> list:
     return result.get("series", [])
 
 
+# The allowed lateness of the pipelines under test (bench_config).
+ALLOWED_LATENESS_S = 2
+
 # Above this many devices the latency poller watches only the publisher's sampled devices (bench/publisher.c,
 # site "sample", 500 of them evenly spaced). Counting every series every 100 ms costs InfluxDB 1.x a
 # query over all of them: at 100,000 series that kept a core busy and slowed the writes of the pipeline
@@ -286,7 +289,7 @@ timestamp_field = "ts"
 timestamp_unit = "ms"
 [windows]
 tumbling = {windows}
-allowed_lateness = "2s"
+allowed_lateness = "{ALLOWED_LATENESS_S}s"
 max_age = "0s"
 [recovery]
 dir = "{tmp / "recovery"}"
@@ -543,9 +546,9 @@ def run_pipeline(
         # cores, every 0.5 s. Run while the last windows are still being written, it slowed their writes and so
         # the latency measured for them; it waits until the last window is due and the sampled series have
         # had nothing new for a while.
-        # (the last window with readings ends at the next 10 s boundary; the bench's allowed lateness is 2 s)
+        # (the last window with readings ends at the next 10 s boundary)
         last_end_ns = (published_until_ns // (10 * S) + 1) * 10 * S
-        poller.wait_quiet(last_end_ns + 2 * S, 2.0, settle)
+        poller.wait_quiet(last_end_ns + ALLOWED_LATENESS_S * S, 2.0, settle)
     window_filter = f"WHERE \"window\" = '10s' AND time >= {measured_from_ns}"
     if history:
         window_filter += f" AND time < {(event_start + 5_000_000) * 10**6}"
