@@ -718,8 +718,9 @@ def test_a_live_window_is_written_early_and_its_close_writes_the_late_reading_in
     send("d2", start_ns + 100_000_000, 5.0)
     end_ns = start_ns + 10 * S
     query = f'SELECT "count", "sum", "max" FROM "readings_agg" WHERE time = {start_ns} GROUP BY "device"'
+    # Half the lateness at most: the reading below must still come within it.
     while not (rows := influx_rows(influx_db, query)) or len(rows) < 2:
-        assert time.time_ns() < end_ns + 4 * S, "the window was not written before its allowed lateness ran out"
+        assert time.time_ns() < end_ns + 2 * S, "the window was not written within half its allowed lateness"
         time.sleep(0.05)
     seen_ns = time.time_ns()
     assert seen_ns >= end_ns, "a window was written before its end"
