@@ -226,9 +226,8 @@ class VisibilityPoller:
         # is the end of its window (plus its delay), so its latency is measured from the stamp itself.
         self.end_offset_ns = 0 if stamp_is_window_end else 10 * S
         self.seen: dict[int, int] = {}
-        self.latencies: list[float] = []
-        # The same latencies per window start: a boundary's p99 shows what the p99 over the run hides (which
-        # boundary was slow: a minute boundary's, the first one's).
+        # The latencies by window start: a boundary's p99 shows what the p99 over the run hides (which boundary
+        # was slow: a minute boundary's, the first one's).
         self.by_window: dict[int, list[float]] = {}
         # When a sampled point last became visible (monotonic).
         self.last_seen = time.monotonic()
@@ -249,9 +248,8 @@ class VisibilityPoller:
                     continue
                 before = self.seen.get(start, 0)
                 if count > before:
-                    latencies = [(now - (start + self.end_offset_ns)) / S] * (count - before)
-                    self.latencies += latencies
-                    self.by_window.setdefault(start, []).extend(latencies)
+                    latency = (now - (start + self.end_offset_ns)) / S
+                    self.by_window.setdefault(start, []).extend([latency] * (count - before))
                     self.seen[start] = count
                     self.last_seen = time.monotonic()
 
@@ -269,24 +267,23 @@ class VisibilityPoller:
     def result(self) -> dict:
         self.stop.set()
         self.thread.join()
-        lat = sorted(self.latencies)
+        lat = sorted(latency for window in self.by_window.values() for latency in window)
         if not lat:
             return {}
         return {
             "latency_p50_s": lat[len(lat) // 2],
-            "latency_p99_s": lat[int(len(lat) * 0.99)],
+            "latency_p99_s": _p99(lat),
             "latency_points": len(lat),
             # Per window, by its start (seconds past the minute) in time order: p99 and the sampled points.
             "latency_p99_by_window": [
-                {"start_s": start // S % 60, "p99_s": _p99(window), "points": len(window)}
+                {"start_s": start // S % 60, "p99_s": round(_p99(sorted(window)), 3), "points": len(window)}
                 for start, window in sorted(self.by_window.items())
             ],
         }
 
 
-def _p99(values: list[float]) -> float:
-    ordered = sorted(values)
-    return round(ordered[int(len(ordered) * 0.99)], 3)
+def _p99(ordered: list[float]) -> float:
+    return ordered[int(len(ordered) * 0.99)]
 
 
 def bench_config(tmp: Path, unique: str, qos: int, windows: str = '["10s"]') -> Path:
