@@ -38,6 +38,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import orjson
+
 from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.record import LogRate, Reading, escape_tag
 from flows.windows import Aggregate
@@ -62,25 +64,56 @@ def _float(value: float) -> str:
     return repr(float(value))
 
 
+# A window's line has up to ten statistics, and at a fleet boundary 100,000 lines and more are formatted at once.
+# repr of a double with 17 significant digits (a mean, a quantile between two readings) takes about 0.7 µs, most
+# of a line's time; orjson formats all of a line's doubles in one call about five times faster. It gives the same
+# digits (the shortest form that reads back as the same double), and differs only in notation: decimals where
+# repr writes an exponent between 1e-5 and 1e-4, and exponents without padding (1e-7 for 1e-07). Line protocol
+# and every store read both as the same double. The values here are finite (the window step keeps sums and
+# deviations beyond a double out), so orjson never writes its null.
+_dumps = orjson.dumps
+
+# The field of each configured quantile (p50, p99_9, ...), made once.
+_quantile_fields: dict[float, str] = {}
+
+
+def _quantile_field(q: float) -> str:
+    name = _quantile_fields.get(q)
+    if name is None:
+        name = _quantile_fields[q] = quantile_field(q)
+    return name
+
+
 def aggregate_line(agg: Aggregate) -> str:
+    head = f"{_renamed(agg.series, '_agg')},window={agg.window}"
     if agg.count == 1:
         # One reading in the window (a fleet reporting every 10 s): every statistic is that value.
         v = repr(agg.min)
         fields = f"count=1i,min={v},max={v},mean={v},sum={v},first={v},last={v}"
         for q, _ in agg.quantiles:
-            fields += f",{quantile_field(q)}={v}"
-        return f"{_renamed(agg.series, '_agg')},window={agg.window} {fields} {agg.start_ns}"
-    # Every statistic is a float here (the window's values are an array of doubles): repr is their exact
-    # shortest form, as _float would give, without a call per field.
-    fields = f"count={agg.count}i,min={agg.min!r},max={agg.max!r},mean={agg.mean!r},"
-    if agg.sum is not None:
-        fields += f"sum={agg.sum!r},"
-    fields += f"first={agg.first!r},last={agg.last!r}"
-    if agg.stddev is not None:
-        fields += f",stddev={agg.stddev!r}"
-    for q, value in agg.quantiles:
-        fields += f",{quantile_field(q)}={value!r}"
-    return f"{_renamed(agg.series, '_agg')},window={agg.window} {fields} {agg.start_ns}"
+            fields += f",{_quantile_field(q)}={v}"
+        return f"{head} {fields} {agg.start_ns}"
+    total, stddev, quantiles = agg.sum, agg.stddev, agg.quantiles
+    values = [agg.min, agg.max, agg.mean, agg.first, agg.last]
+    if total is not None:
+        values.append(total)
+    if stddev is not None:
+        values.append(stddev)
+    values += [value for _, value in quantiles]
+    text = _dumps(values).decode()[1:-1].split(",")
+    fields = f"count={agg.count}i,min={text[0]},max={text[1]},mean={text[2]},"
+    at = 5
+    if total is not None:
+        fields += f"sum={text[at]},"
+        at += 1
+    fields += f"first={text[3]},last={text[4]}"
+    if stddev is not None:
+        fields += f",stddev={text[at]}"
+        at += 1
+    for q, _ in quantiles:
+        fields += f",{_quantile_field(q)}={text[at]}"
+        at += 1
+    return f"{head} {fields} {agg.start_ns}"
 
 
 def raw_line(reading: Reading) -> str:
