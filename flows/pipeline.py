@@ -137,6 +137,8 @@ class _AlertInputs:
     readings: Stream[tuple[str, list[Reading]]] | None = None
     windows: Stream[tuple[str, WindowResult]] | None = None
     log_rates: Stream[tuple[str, list[LogRate]]] | None = None
+    # Whether some rule watches windows: only then does the close of a window written early give its aggregate.
+    window_rules: bool = False
 
 
 def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
@@ -146,7 +148,9 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
     influx_streams: list[Stream[tuple[str, list[str]]]] = []
     es_streams: list[Stream[tuple[str, list[Record]]]] = []
     dead_streams: list[Stream[list[DeadLetter]]] = []
-    watched = _AlertInputs()
+    rules = load_rules(cfg.alerts)
+    matcher = RuleMatcher(rules) if rules else None
+    watched = _AlertInputs(window_rules=matcher is not None and "window" in matcher.targets)
 
     if cfg.mqtt.subscriptions or options.source is not None:
         lines, dead = _readings(flow, cfg, options, watched)
@@ -156,9 +160,8 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
         rate_lines, records = _logs(flow, cfg, options, watched)
         influx_streams.append(rate_lines)
         es_streams.append(records)
-    rules = load_rules(cfg.alerts)
-    if rules:
-        alert_lines, alert_records = _alerts(flow, cfg, options, watched, RuleMatcher(rules))
+    if matcher is not None:
+        alert_lines, alert_records = _alerts(flow, cfg, options, watched, matcher)
         influx_streams.append(alert_lines)
         es_streams.append(alert_records)
 
@@ -281,6 +284,7 @@ def _readings(
             max_series=shard_max_series,
             format_line=schema.aggregate_line,
             write_early=cfg.windows.write_early,
+            closed_written=watched.window_rules,
         )
 
     windowed = op.stateful_batch("windows", keyed, build_windows)
@@ -305,9 +309,7 @@ def _readings(
     dead = op.merge("dead_letters_and_refused", dead, op.filter_map("series_limit", windowed, refused_series))
 
     def to_lines(result: WindowResult) -> list[str] | None:
-        stats = health.counters()
-        stats.windows_closed += len(result.aggregates)
-        stats.late_readings += len(result.late)
+        health.counters().late_readings += len(result.late)  # (the window step counts its closes)
         lines = list(result.lines)  # (the windows' lines, formatted by the window step: see build_windows)
         lines += [schema.late_line(r) for r in result.late]
         return lines or None

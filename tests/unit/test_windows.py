@@ -296,6 +296,35 @@ def test_a_reading_after_a_window_was_written_early_has_the_close_write_it_again
     assert health.counters().windows_rewritten == rewritten + 1
 
 
+def test_without_window_rules_the_close_of_a_window_written_early_only_counts_it() -> None:
+    """closed_written=False (no alert rule watches windows): a window written early and unchanged since gives no
+    aggregate at its close, but is counted in windows_closed; a window a late reading changed is still written
+    again, with its aggregate."""
+    clock = Clock(T0 + 1 * S)
+    logic = WindowLogic(
+        [WindowSpec.tumbling(timedelta(seconds=10))],
+        timedelta(seconds=2),
+        [0.5],
+        clock=clock,
+        format_line=schema.aggregate_line,
+        closed_written=False,
+    )
+    other = "readings,device=d2,metric=t"
+    collect(logic, [reading(1, 1), reading(5, 1, other)])
+    clock.now = T0 + 10 * S + 500_000_000
+    [early] = logic.on_notify()[0]
+    assert len(early.lines) == 2
+    clock.now = T0 + 11 * S
+    collect(logic, [reading(6, 8)])  # changes d1's window after it was written
+    closed = health.counters().windows_closed
+    aggregates, lines, _ = close_all(logic, clock, T0 + 12 * S)
+    [changed] = aggregates
+    assert (changed.series, changed.count, changed.max) == ("readings,device=d1,metric=t", 2, 6.0)
+    assert lines == [schema.aggregate_line(changed)]
+    assert health.counters().windows_closed == closed + 2
+    assert logic.state.series["readings,device=d1,metric=t"].windows == {}
+
+
 def test_several_lengths_and_sliding_windows_at_once() -> None:
     clock = Clock(T0)
     specs = [
