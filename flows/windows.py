@@ -458,7 +458,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         ``closed_written``: whether results carry the aggregate of a window written early and unchanged since, at
         its close (what alert rules on windows evaluate). Without it such a close is only counted: the pipeline
         turns it off when no rule watches windows, since the aggregate would be made again for nothing (at a
-        fleet boundary of 100,000 windows that was a tenth of the window step's time)."""
+        fleet boundary of 100,000 windows, aggregates made at closes took 14 % of the worker's time)."""
         self.specs = tuple(specs)
         self.format_line = format_line
         self.closed_written = closed_written
