@@ -73,16 +73,6 @@ def _float(value: float) -> str:
 # deviations beyond a double out), so orjson never writes its null.
 _dumps = orjson.dumps
 
-# The field of each configured quantile (p50, p99_9, ...), made once.
-_quantile_fields: dict[float, str] = {}
-
-
-def _quantile_field(q: float) -> str:
-    name = _quantile_fields.get(q)
-    if name is None:
-        name = _quantile_fields[q] = quantile_field(q)
-    return name
-
 
 def aggregate_line(agg: Aggregate) -> str:
     head = f"{_renamed(agg.series, '_agg')},window={agg.window}"
@@ -91,7 +81,7 @@ def aggregate_line(agg: Aggregate) -> str:
         v = repr(agg.min)
         fields = f"count=1i,min={v},max={v},mean={v},sum={v},first={v},last={v}"
         for q, _ in agg.quantiles:
-            fields += f",{_quantile_field(q)}={v}"
+            fields += f",{quantile_field(q)}={v}"
         return f"{head} {fields} {agg.start_ns}"
     total, stddev, quantiles = agg.sum, agg.stddev, agg.quantiles
     values = [agg.min, agg.max, agg.mean, agg.first, agg.last]
@@ -111,7 +101,7 @@ def aggregate_line(agg: Aggregate) -> str:
         fields += f",stddev={text[at]}"
         at += 1
     for q, _ in quantiles:
-        fields += f",{_quantile_field(q)}={text[at]}"
+        fields += f",{quantile_field(q)}={text[at]}"
         at += 1
     return f"{head} {fields} {agg.start_ns}"
 
