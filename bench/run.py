@@ -579,6 +579,8 @@ def run_pipeline(
     except subprocess.TimeoutExpired:
         proc.kill()
     influxql("", f'DROP DATABASE "{unique}"')
+    # The rung's recovery state is up to a few hundred MB at fleet scale; its logs and config stay for a look.
+    shutil.rmtree(tmp / "recovery", ignore_errors=True)
     sustained = drained_in is not None and drained_in <= 2.0 and sent_seconds <= SECONDS * 1.05
     return {
         "pipeline": name,
@@ -740,6 +742,8 @@ def restart_at_scale(series: int, rate: int) -> dict:
     except subprocess.TimeoutExpired:
         proc.kill()
     influxql("", f'DROP DATABASE "{unique}"')
+    # The rung's recovery state is up to a few hundred MB at fleet scale; its logs and config stay for a look.
+    shutil.rmtree(tmp / "recovery", ignore_errors=True)
     return {
         "restart_at_scale": True,
         "series": series,

@@ -78,6 +78,8 @@ FLOW_ID = "fleetwatch"
 WINDOWS_STEP_ID = f"{FLOW_ID}.windows"
 # The alerts step, whose snapshots at fleet scale are markers into the alert state log.
 ALERTS_STEP_ID = f"{FLOW_ID}.alerts"
+# The InfluxDB sink, whose snapshots with recovery on are markers into its log of pending lines.
+INFLUXDB_STEP_ID = f"{FLOW_ID}.influxdb"
 
 
 def window_specs(cfg: Config) -> list[WindowSpec]:
@@ -193,7 +195,12 @@ def build_flow(cfg: Config, options: FlowOptions | None = None) -> Dataflow:
     if cfg.influxdb.enabled and influx_streams:
         lines = influx_streams[0] if len(influx_streams) == 1 else op.merge("influx_lines", *influx_streams)
         influx = InfluxDBSink(
-            cfg.influxdb, on_rejected, options.writer_factory, partitions=options.total_workers, plan=plan_or_none(cfg)
+            cfg.influxdb,
+            on_rejected,
+            options.writer_factory,
+            partitions=options.total_workers,
+            plan=plan_or_none(cfg),
+            recovery_dir=cfg.recovery.dir if options.recovery else None,
         )
         op.output("influxdb", lines, influx)
     return flow

@@ -38,7 +38,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +105,7 @@ class WindowLog:
         try:
             data = path.read_bytes()
         except FileNotFoundError as exc:
-            raise WindowLogError(f"window state log {path} is missing; the snapshot refers to it") from exc
+            raise WindowLogError(f"state log {path} is missing; the snapshot refers to it") from exc
         pos, last = 0, None
         while pos + _FRAME.size <= len(data):
             frame_seq, length, crc = _FRAME.unpack_from(data, pos)
@@ -113,12 +113,12 @@ class WindowLog:
             if frame_seq > seq:
                 break
             if end > len(data) or zlib.crc32(data[start:end]) != crc:
-                raise WindowLogError(f"window state log {path}: frame {frame_seq} is damaged")
+                raise WindowLogError(f"state log {path}: frame {frame_seq} is damaged")
             last = frame_seq
             yield data[start:end]
             pos = end
         if last != seq:
-            raise WindowLogError(f"window state log {path} ends at frame {last}, the snapshot refers to frame {seq}")
+            raise WindowLogError(f"state log {path} ends at frame {last}, the snapshot refers to frame {seq}")
         self.seq = self.current_seq = seq
 
     # -- writing
@@ -145,6 +145,27 @@ class WindowLog:
         self._fd = self._create(self.generation)
         self.seq += 1
         self.generation_bytes = _write_synced(self._fd, self._frame(full_state))
+        self.current_seq = self.seq
+        self._sync_directory()
+        self._next_collect = 0.0
+        return self.seq
+
+    def write_generation(self, payloads: Iterable[bytes]) -> int:
+        """Write a new generation of one frame per payload, fsynced once at the end: a state that replaces the
+        previous one whole at every snapshot, written in parts so that it is never joined into one large buffer.
+        There must be at least one payload. Returns the last frame's sequence number, which a marker names."""
+        self._abandon_next()
+        self.generation = self._new_generation_number()
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = self._create(self.generation)
+        self.generation_bytes = 0
+        for payload in payloads:
+            self.seq += 1
+            self.generation_bytes += _write_all(self._fd, self._frame(payload))
+        if not self.generation_bytes:
+            raise WindowLogError("write_generation without a payload")
+        os.fsync(self._fd)
         self.current_seq = self.seq
         self._sync_directory()
         self._next_collect = 0.0
@@ -275,11 +296,16 @@ class WindowLog:
 
 def _write_synced(fd: int, frame: bytes) -> int:
     """Write a whole frame and fsync it; returns its length."""
+    _write_all(fd, frame)
+    os.fsync(fd)
+    return len(frame)
+
+
+def _write_all(fd: int, frame: bytes) -> int:
     view = memoryview(frame)
     while view:
         written = os.write(fd, view)
         view = view[written:]
-    os.fsync(fd)
     return len(frame)
 
 

@@ -26,6 +26,7 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
@@ -36,6 +37,7 @@ from fleetwatch.config import InfluxDBConfig
 from fleetwatch.record import DeadLetter
 from fleetwatch.retention import LineRouter, Tier, TierPlan
 from flows import health
+from flows.sinks.pending_log import PendingLog, PendingSnapshot, is_marker
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch
 
 log = logging.getLogger(__name__)
@@ -538,7 +540,7 @@ class InfluxWriterThread(BatchWriterThread[str]):
         self._writer.close()
 
 
-class InfluxDBSink(FixedPartitionedSink[list[str], list[str]]):
+class InfluxDBSink(FixedPartitionedSink[list[str], PendingSnapshot]):
     """Bytewax sink of keyed line-protocol batches ``(key, list[str])``, one partition (and writer) per
     worker.
 
@@ -548,6 +550,8 @@ class InfluxDBSink(FixedPartitionedSink[list[str], list[str]]):
     While InfluxDB answers, the snapshot holds whatever waits, up to the whole buffer (a window boundary at
     fleet scale hands over a line per series at once). While it is failing and more than
     ``SNAPSHOT_MAX_PENDING`` lines wait, the snapshot waits for them to be written instead of copying them.
+    With recovery on (``recovery_dir``), the lines go to a log file beside Bytewax's partitions and the snapshot
+    is a marker to it (``flows.sinks.pending_log``), so that Bytewax does not pickle a boundary's worth of lines.
     """
 
     def __init__(
@@ -557,12 +561,14 @@ class InfluxDBSink(FixedPartitionedSink[list[str], list[str]]):
         writer_factory: Callable[[InfluxDBConfig, TierPlan | None], LineWriter] = make_writer,
         partitions: int = 1,
         plan: TierPlan | None = None,
+        recovery_dir: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.on_rejected = on_rejected
         self.writer_factory = writer_factory
         self.partitions = partitions
         self.plan = plan
+        self.recovery_dir = recovery_dir
 
     def list_parts(self) -> list[str]:
         return [f"influxdb-{i}" for i in range(self.partitions)]
@@ -570,11 +576,24 @@ class InfluxDBSink(FixedPartitionedSink[list[str], list[str]]):
     def part_fn(self, item_key: str) -> int:
         return zlib.crc32(item_key.encode())
 
-    def build_part(self, step_id: str, for_part: str, resume_state: list[str] | None) -> _InfluxPartition:
-        partition = _InfluxPartition(self, int(for_part.rsplit("-", 1)[1]))
-        if resume_state:
-            log.info("%s: writing %d lines left unwritten at the last snapshot", for_part, len(resume_state))
-            partition.write_batch([resume_state])
+    def build_part(self, step_id: str, for_part: str, resume_state: PendingSnapshot | None) -> _InfluxPartition:
+        pending_log: PendingLog | None = None
+        lines: list[str] | None = None
+        if is_marker(resume_state):
+            if self.recovery_dir is None:
+                raise ValueError("an InfluxDB sink snapshot that refers to the sink's log needs the recovery directory")
+            pending_log = PendingLog(self.recovery_dir, step_id, resume_state)
+            lines = pending_log.load(resume_state)
+        elif resume_state is None or isinstance(resume_state, list):
+            lines = resume_state
+            if self.recovery_dir is not None:
+                pending_log = PendingLog(self.recovery_dir, step_id)
+        else:
+            raise ValueError(f"InfluxDB sink snapshot of an unknown format {resume_state[0]!r}")
+        partition = _InfluxPartition(self, int(for_part.rsplit("-", 1)[1]), pending_log)
+        if lines:
+            log.info("%s: writing %d lines left unwritten at the last snapshot", for_part, len(lines))
+            partition.write_batch([lines])
         return partition
 
 
@@ -598,8 +617,9 @@ class HealthReport:
 SNAPSHOT_MAX_PENDING = 20_000
 
 
-class _InfluxPartition(StatefulSinkPartition[list[str], list[str]]):
-    def __init__(self, sink: InfluxDBSink, index: int) -> None:
+class _InfluxPartition(StatefulSinkPartition[list[str], PendingSnapshot]):
+    def __init__(self, sink: InfluxDBSink, index: int, pending_log: PendingLog | None) -> None:
+        self._pending_log = pending_log
         # Built on the worker's thread: these are the counters its operators add to.
         report = HealthReport(health.counters())
 
@@ -619,8 +639,15 @@ class _InfluxPartition(StatefulSinkPartition[list[str], list[str]]):
         else:
             self._thread.put([line for lines in items for line in lines])
 
-    def snapshot(self) -> list[str]:
-        return pending_for_epoch(self._thread, SNAPSHOT_MAX_PENDING, limit_while_answering=self._thread.buffer.capacity)
+    def snapshot(self) -> PendingSnapshot:
+        pending = pending_for_epoch(
+            self._thread, SNAPSHOT_MAX_PENDING, limit_while_answering=self._thread.buffer.capacity
+        )
+        if self._pending_log is None:
+            return pending
+        return self._pending_log.save(pending, time.time_ns())
 
     def close(self) -> None:
         self._thread.close()
+        if self._pending_log is not None:
+            self._pending_log.close()

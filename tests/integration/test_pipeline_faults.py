@@ -7,6 +7,7 @@ import contextlib
 import json
 import signal
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.conftest import INFLUX_AUTH_TOML, INFLUX_URL, MQTT_HOST, MQTT_PORT, es_docs, influx_rows
+from tests.conftest import INFLUX_AUTH_TOML, INFLUX_URL, MQTT_HOST, MQTT_PORT, REPO, es_docs, influx_rows
 from tests.integration.harness import Pipeline
 
 S = 1_000_000_000
@@ -530,3 +531,35 @@ def test_a_dead_letter_of_an_epoch_a_kill_cuts_off_is_stored_once(
     docs = es_docs(f"{unique}-dead-letters*")
     assert [(d["source"], d["raw"]) for d in docs] == [(f"mqtt:{topic}", "not json")]
     pipeline.stop(signal.SIGTERM)
+
+
+def test_kill_9_while_influxdb_is_down_writes_the_closed_windows_from_the_sinks_log(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """InfluxDB is down when a window closes: its lines wait in the sink, and each snapshot keeps them in the
+    sink's log beside the recovery partitions (the closed window is gone from the window state). Killed -9 then,
+    the pipeline restarts once InfluxDB is back, writes those lines from the log, and every reading is counted
+    once."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    since = time.time_ns() - 20 * S
+    pipeline = Pipeline(config)
+    thread, published = publish_for(unique, 20.0, 500, devices=20)
+    stack = str(REPO / "scripts" / "stack.sh")
+    time.sleep(3.0)
+    subprocess.run([stack, "down", "influxdb"], check=True)
+    try:
+        closed = pipeline.counters().get("windows_closed", 0)
+        # A 10 s window and 2 s of lateness: within 14 s at least one boundary's windows close into the sink.
+        pipeline.wait_for("windows_closed", closed + 20, timeout=20)
+        time.sleep(1.5)  # three epochs: their snapshots hold the closed windows' lines
+        logged = list((tmp_path / "recovery" / "sink-log").iterdir())
+        assert logged, "no pending lines in the sink's log while InfluxDB is down"
+        pipeline.kill()
+    finally:
+        subprocess.run([stack, "up", "influxdb"], check=True)
+    pipeline = Pipeline(config)
+    thread.join(60)
+    total = wait_counted(influx_db, since, published[0])
+    assert "lines left unwritten at the last snapshot" in pipeline.log_text(), pipeline.tail()
+    pipeline.stop(signal.SIGTERM)
+    assert total == published[0]
