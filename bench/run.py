@@ -630,20 +630,23 @@ class _CpuSpan:
 
 
 def _snapshot_figures(before: dict, after: dict) -> dict:
-    """fleetwatch's window snapshots during the measured part: per epoch, the bytes handed to Bytewax, the
-    bytes encoded anew (the series that changed) and the time taken."""
+    """fleetwatch's snapshots during the measured part: per epoch, the window state's bytes written, bytes
+    encoded anew (the series that changed) and time taken, and the same for the InfluxDB sink's pending lines."""
     epochs = after.get("window_snapshots", 0) - before.get("window_snapshots", 0)
     if epochs <= 0:
         return {}
 
-    def per_epoch(name: str) -> float:
-        return (after.get(name, 0) - before.get(name, 0)) / epochs
+    def per_epoch(name: str, count: str = "window_snapshots") -> float:
+        return (after.get(name, 0) - before.get(name, 0)) / max(1, after.get(count, 0) - before.get(count, 0))
 
     return {
         "snapshot_epochs": epochs,
         "snapshot_bytes_per_epoch": round(per_epoch("window_snapshot_bytes")),
         "snapshot_encoded_bytes_per_epoch": round(per_epoch("window_snapshot_encoded_bytes")),
         "snapshot_ms_per_epoch": round(per_epoch("window_snapshot_seconds") * 1000, 2),
+        # The InfluxDB sink's lines waiting for the store, written to its log at each epoch (per sink partition).
+        "sink_snapshot_bytes_per_epoch": round(per_epoch("sink_snapshot_bytes", "sink_snapshots")),
+        "sink_snapshot_ms_per_epoch": round(per_epoch("sink_snapshot_seconds", "sink_snapshots") * 1000, 2),
         "series_held": after.get("window_series", 0),
     }
 

@@ -74,6 +74,11 @@ class Counters:
     window_snapshot_bytes: int = 0
     window_snapshot_encoded_bytes: int = 0
     window_snapshot_seconds: float = 0.0
+    # The InfluxDB sink's snapshots with recovery on (one per partition and epoch): bytes of pending lines written
+    # to its log (flows.sinks.pending_log), and the time they took.
+    sink_snapshots: int = 0
+    sink_snapshot_bytes: int = 0
+    sink_snapshot_seconds: float = 0.0
     # Gauges
     # Series whose window state is held (open windows, or a clock kept for stragglers).
     window_series: int = 0

@@ -18,7 +18,8 @@
   ``syslog_tcp_refused``, ``syslog_tcp_idle_closed``, ``sink_queue_depth``, ``lag_seconds``,
   ``log_events``, ``log_parse_failures``, ``late_log_events``, ``docs_indexed``, ``es_duplicates``,
   ``es_rejected``, ``es_retries``, ``es_queue_depth``, ``window_snapshots``, ``window_snapshot_bytes``,
-  ``window_snapshot_encoded_bytes``, ``window_snapshot_seconds``, ``window_series``; time = write time.
+  ``window_snapshot_encoded_bytes``, ``window_snapshot_seconds``, ``window_series``, ``sink_snapshots``,
+  ``sink_snapshot_bytes``, ``sink_snapshot_seconds``; time = write time.
 
 - ``sparkplug_state`` (Sparkplug B edge nodes, ``flows.sparkplug``): tags ``group``, ``node``, ``device`` (absent
   for the node itself), ``metric`` (``online``, ``seq_gaps``); field ``value`` (online 1/0, or the node's sequence

@@ -621,7 +621,7 @@ class _InfluxPartition(StatefulSinkPartition[list[str], PendingSnapshot]):
     def __init__(self, sink: InfluxDBSink, index: int, pending_log: PendingLog | None) -> None:
         self._pending_log = pending_log
         # Built on the worker's thread: these are the counters its operators add to.
-        report = HealthReport(health.counters())
+        report = self._report = HealthReport(health.counters())
 
         def on_rejected(letters: list[DeadLetter]) -> None:
             # Points InfluxDB refused are dead letters of this worker, counted as the parser's are.
@@ -645,7 +645,13 @@ class _InfluxPartition(StatefulSinkPartition[list[str], PendingSnapshot]):
         )
         if self._pending_log is None:
             return pending
-        return self._pending_log.save(pending, time.time_ns())
+        started = time.perf_counter()
+        snapshot = self._pending_log.save(pending, time.time_ns())
+        stats = self._report.counters
+        stats.sink_snapshots += 1
+        stats.sink_snapshot_bytes += self._pending_log.saved_bytes
+        stats.sink_snapshot_seconds += time.perf_counter() - started
+        return snapshot
 
     def close(self) -> None:
         self._thread.close()

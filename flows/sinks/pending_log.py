@@ -42,6 +42,8 @@ class PendingLog:
         # newer one is committed.
         name = resume_from[2] if resume_from is not None else None
         self._log = WindowLog(recovery_dir, step_id, name, PENDING_LOG_FOLDER)
+        # Bytes the last save wrote.
+        self.saved_bytes = 0
 
     def load(self, marker: LogMarker) -> list[str]:
         """The lines a marker refers to, in the order they were pending."""
@@ -55,8 +57,10 @@ class PendingLog:
         """The snapshot for ``pending``: a marker to a new generation holding it, or the empty list."""
         self._log.collect()
         if not pending:
+            self.saved_bytes = 0
             return []
         self._log.write_generation(_frames(pending))
+        self.saved_bytes = self._log.generation_bytes
         return self._log.marker(taken_ns)
 
     def close(self) -> None:

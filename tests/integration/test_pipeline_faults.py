@@ -554,6 +554,7 @@ def test_kill_9_while_influxdb_is_down_writes_the_closed_windows_from_the_sinks_
         time.sleep(1.5)  # three epochs: their snapshots hold the closed windows' lines
         logged = list((tmp_path / "recovery" / "sink-log").iterdir())
         assert logged, "no pending lines in the sink's log while InfluxDB is down"
+        assert pipeline.counters().get("sink_snapshot_bytes", 0) > 0
         pipeline.kill()
     finally:
         subprocess.run([stack, "up", "influxdb"], check=True)

@@ -48,8 +48,10 @@ def test_a_boundarys_lines_go_to_the_log_and_the_snapshot_is_a_small_marker(tmp_
     """100,000 pending lines (a boundary at 100,000 series): Bytewax gets a marker of a few dozen bytes, and a
     restart reads back every line, in order, byte for byte."""
     lines = _lines(100_000)
-    snapshot = PendingLog(tmp_path, STEP).save(lines, 1)
+    log = PendingLog(tmp_path, STEP)
+    snapshot = log.save(lines, 1)
     assert is_marker(snapshot)
+    assert log.saved_bytes >= sum(len(line.encode()) for line in lines)
     assert len(pickle.dumps(snapshot)) < 200
     stored_marker: LogMarker = pickle.loads(pickle.dumps(snapshot))
     assert PendingLog(tmp_path, STEP, stored_marker).load(stored_marker) == lines
