@@ -304,6 +304,10 @@ class SlidingWindowConfig(Section):
         return self
 
 
+# The statistics a window's line can carry (``windows.statistics``), in the order they are written.
+WINDOW_STATISTICS = ("count", "min", "max", "mean", "sum", "first", "last", "stddev")
+
+
 class WindowsConfig(Section):
     """Event-time windows over every series."""
 
@@ -322,6 +326,12 @@ class WindowsConfig(Section):
     # Readings older than this (vs. receive time) are dead letters; 0 accepts any age (history replay).
     max_age: Duration = timedelta(days=30)
     quantiles: list[float] = Field(default_factory=lambda: [0.5, 0.95, 0.99])
+    # The statistics each window's InfluxDB line carries besides the quantiles, as Telegraf's basicstats `stats`:
+    # any of count, min, max, mean, sum, first, last, stddev; count is required (a window's weight). Every field is
+    # work for the store at every boundary, a field per series: at 100,000 series InfluxDB 1.6 spends most of the
+    # time a boundary takes (BENCHMARKS.md run AE). The provisioned dashboards read count, mean, min, max and last.
+    # Alert rules see every statistic whatever is written.
+    statistics: list[str] = Field(default_factory=lambda: list(WINDOW_STATISTICS))
     # At most this many series hold window state (about 1.5 KB each); a reading of a new series past it is a
     # dead letter (series_limit) until silent series are forgotten (an hour after their last window closed).
     # Each shard of the series (8 per worker with several workers) holds its share. 0: no limit.
@@ -336,6 +346,18 @@ class WindowsConfig(Section):
             if (length.total_seconds() * 1000) % 1:
                 raise ValueError("window lengths must be whole milliseconds")
         return lengths
+
+    @field_validator("statistics")
+    @classmethod
+    def _statistics(cls, names: list[str]) -> list[str]:
+        unknown = [name for name in names if name not in WINDOW_STATISTICS]
+        if unknown:
+            raise ValueError(f"unknown statistics {unknown}: expected any of {', '.join(WINDOW_STATISTICS)}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"statistics must not repeat a name (got {names})")
+        if "count" not in names:
+            raise ValueError("statistics must include count, every window's weight")
+        return names
 
     @field_validator("quantiles")
     @classmethod

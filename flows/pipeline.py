@@ -289,7 +289,7 @@ def _readings(
             recovery_dir=log_dir,
             step_id=WINDOWS_STEP_ID,
             max_series=shard_max_series,
-            format_line=schema.aggregate_line,
+            format_line=schema.aggregate_formatter(cfg.windows.statistics),
             write_early=cfg.windows.write_early,
             closed_written=watched.window_rules,
         )

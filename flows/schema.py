@@ -5,7 +5,8 @@
 - ``<m>_agg`` (window aggregates): tags = template tags + ``metric`` + ``window``; fields ``count`` (int),
   ``min``, ``max``, ``mean``, ``sum`` (not beyond a double), ``first``, ``last``, ``stddev`` (only when count > 1
   and not beyond a double), ``p50``,
-  ``p95``, ``p99``; time = window start.
+  ``p95``, ``p99``; time = window start. ``windows.statistics`` and ``windows.quantiles`` choose among them
+  (``count`` always).
 - ``<m>_late`` (late readings, raw): tags as raw readings; field ``value``; time = event time.
 - ``fleetwatch_health`` (the pipeline's own health): tag ``worker``; fields ``messages_in``, ``readings``,
   ``parse_errors``, ``dead_letters``, ``late_readings``, ``windows_closed``, ``windows_rewritten``, ``points_written``,
@@ -37,10 +38,12 @@ Each measurement is written to its retention tier (``fleetwatch.retention``) whe
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 import orjson
 
+from fleetwatch.config import WINDOW_STATISTICS
 from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.record import LogRate, Reading, escape_tag
 from flows.windows import Aggregate
@@ -105,6 +108,37 @@ def aggregate_line(agg: Aggregate) -> str:
         fields += f",{quantile_field(q)}={text[at]}"
         at += 1
     return f"{head} {fields} {agg.start_ns}"
+
+
+def aggregate_formatter(statistics: Sequence[str]) -> Callable[[Aggregate], str]:
+    """The line of a window carrying ``statistics`` (``windows.statistics``) and the quantiles:
+    ``aggregate_line`` itself when that is every statistic."""
+    if set(statistics) >= set(WINDOW_STATISTICS):
+        return aggregate_line
+    names = tuple(name for name in WINDOW_STATISTICS[1:] if name in statistics)
+
+    def line(agg: Aggregate) -> str:
+        return _chosen_statistics_line(agg, names)
+
+    return line
+
+
+def _chosen_statistics_line(agg: Aggregate, names: tuple[str, ...]) -> str:
+    written: list[str] = []
+    values: list[float] = []
+    for name in names:
+        value = getattr(agg, name)
+        if value is not None:  # a sum or stddev beyond a double, the stddev of one value: no field
+            written.append(name)
+            values.append(value)
+    for q, value in agg.quantiles:
+        written.append(quantile_field(q))
+        values.append(value)
+    fields = f"count={agg.count}i"
+    if values:
+        text = _dumps(values).decode()[1:-1].split(",")
+        fields += "," + ",".join([f"{name}={number}" for name, number in zip(written, text, strict=True)])
+    return f"{_renamed(agg.series, '_agg')},window={agg.window} {fields} {agg.start_ns}"
 
 
 def raw_line(reading: Reading) -> str:

@@ -737,3 +737,32 @@ def test_a_live_window_is_written_early_and_its_close_writes_the_late_reading_in
     assert (counters["windows_rewritten"], counters["late_readings"]) == (1, 0)
     pub.close()
     pipeline.stop()
+
+
+def test_windows_statistics_choose_the_fields_stored(tmp_path: Path, unique: str, influx_db: str) -> None:
+    """`windows.statistics` and `quantiles`, as Telegraf's basicstats `stats`: InfluxDB gets those fields and
+    no others, with the window's values."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    windows = 'tumbling = ["10s", "1m"]\nallowed_lateness = "2s"\nmax_age = "0s"'
+    chosen = 'tumbling = ["1s"]\nallowed_lateness = "500ms"\nstatistics = ["count", "max", "stddev"]\nquantiles = [0.9]'
+    config.write_text(config.read_text().replace(windows, chosen))
+    pipeline = Pipeline(config)
+    pub = Publisher()
+    start_ns = (time.time_ns() // S + 1) * S
+    time.sleep(max(0.0, (start_ns - time.time_ns()) / S) + 0.05)
+    for offset_ms, value in ((100, 1.0), (200, 2.0), (300, 4.0)):
+        at_ms = start_ns // 1_000_000 + offset_ms
+        pub.send(f"fwtest/{unique}/d1/temp", json.dumps({"ts": at_ms, "v": value}).encode())
+    pub.close()
+    pipeline.wait_for("windows_closed", 1, timeout=20)
+    query = f'SELECT * FROM "readings_agg" WHERE time = {start_ns}'
+    deadline = time.monotonic() + 10
+    while not (rows := influx_rows(influx_db, query)):
+        assert time.monotonic() < deadline, "the window never reached InfluxDB"
+        time.sleep(0.1)
+    pipeline.stop()
+    fields = influxql(influx_db, 'SHOW FIELD KEYS FROM "readings_agg"')["series"][0]["values"]
+    assert sorted(name for name, _ in fields) == ["count", "max", "p90", "stddev"]
+    (row,) = rows
+    assert (row["count"], row["max"]) == (3, 4.0)
+    assert math.isclose(row["p90"], 3.6) and math.isclose(row["stddev"], math.sqrt(7 / 3))

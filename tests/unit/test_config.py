@@ -76,6 +76,12 @@ def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path
         ),
         ('[windows]\nsliding = [{ length = "1m", offset = "7s" }]\n', "windows.sliding[0]"),
         ("[windows]\nquantiles = [1.5]\n", "windows.quantiles"),
+        (
+            '[windows]\nstatistics = ["count", "median"]\n',
+            "windows.statistics: unknown statistics ['median']: expected any of count, min, max",
+        ),
+        ('[windows]\nstatistics = ["mean", "max"]\n', "windows.statistics: statistics must include count"),
+        ('[windows]\nstatistics = ["count", "max", "max"]\n', "windows.statistics: statistics must not"),
         ('[influxdb]\nurl = "localhost:8086"\n', "influxdb.url"),
         ('[influxdb]\napi = "v3"\n', "influxdb.api"),
         ('[mqtt.tls]\ncert_file = "c.pem"\n', "mqtt.tls"),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from fleetwatch.config import WINDOW_STATISTICS
 from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.record import Reading
 from flows import health, schema, window_log
@@ -402,6 +403,52 @@ def test_aggregate_line_protocol() -> None:
         f"last=3.0,stddev=1.4142135623730951,p50=2.0 {T0}"
     )
     assert schema.late_line(reading(1.5, 0)) == f"readings_late,device=d1,metric=t value=1.5 {T0}"
+
+
+def test_windows_statistics_choose_the_fields_of_a_window_line() -> None:
+    """As Telegraf's basicstats `stats`: the chosen statistics and the quantiles, in the order of the full line,
+    with the same digits; a statistic a window has no value for (the stddev of one reading) is left out."""
+    two = Aggregate(
+        "readings",
+        "readings,device=d1,metric=t",
+        "10s",
+        T0,
+        T0 + 10 * S,
+        2,
+        1.0,
+        3.0,
+        2.0,
+        4.0,
+        1.0,
+        3.0,
+        0.1 + 0.2,
+        ((0.5, 2.0), (0.99, 2.98)),
+    )
+    one = two._replace(
+        count=1,
+        min=5.5,
+        max=5.5,
+        mean=5.5,
+        sum=5.5,
+        first=5.5,
+        last=5.5,
+        stddev=None,
+        quantiles=((0.5, 5.5), (0.99, 5.5)),
+    )
+    basic = schema.aggregate_formatter(["stddev", "count", "mean", "sum", "min", "max"])
+    assert basic(two) == (
+        "readings_agg,device=d1,metric=t,window=10s count=2i,min=1.0,max=3.0,mean=2.0,sum=4.0,"
+        f"stddev=0.30000000000000004,p50=2.0,p99=2.98 {T0}"
+    )
+    assert (
+        basic(one)
+        == f"readings_agg,device=d1,metric=t,window=10s count=1i,min=5.5,max=5.5,mean=5.5,sum=5.5,p50=5.5,p99=5.5 {T0}"
+    )
+    assert schema.aggregate_formatter(["count"])(two._replace(quantiles=())) == (
+        f"readings_agg,device=d1,metric=t,window=10s count=2i {T0}"
+    )
+    # Every statistic: the full line's own formatter.
+    assert schema.aggregate_formatter(list(reversed(WINDOW_STATISTICS))) is schema.aggregate_line
 
 
 def test_a_stop_keeps_open_windows_in_the_snapshot_instead_of_emitting_them_half_full() -> None:
