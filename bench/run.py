@@ -74,6 +74,11 @@ SERIES_RATES = {
     1_000_000: [5_000, 10_000, 15_000, 20_000],
 }
 WARM_UP_RATE = 10_000
+# What a window's line carries, for fleetwatch and Telegraf alike: Telegraf's basicstats with these stats (it says
+# "stdev") and its quantile aggregator with fleetwatch's default quantiles (p50, p95, p99). Every field is work for
+# InfluxDB at each boundary, so both write the same nine. Before run AE fleetwatch wrote its default eleven (first
+# and last too).
+STATISTICS = ["count", "min", "max", "mean", "sum", "stddev"]
 TELEGRAF_VERSION = "v1.37.2"
 TELEGRAF = BUILD / "telegraf"
 TELEGRAF_TAGS = (
@@ -303,6 +308,7 @@ timestamp_unit = "ms"
 tumbling = {windows}
 allowed_lateness = "{ALLOWED_LATENESS_S}s"
 max_age = "0s"
+statistics = {json.dumps(STATISTICS)}
 [recovery]
 dir = "{tmp / "recovery"}"
 [retention]
@@ -361,7 +367,7 @@ def _telegraf_aggregators(windows: list[str]) -> str:
     for window in windows:
         period = window.replace("1m", "60s")
         for kind, options in (
-            ("basicstats", 'stats = ["count", "min", "max", "mean", "sum", "stdev"]'),
+            ("basicstats", f"stats = {json.dumps([s.replace('stddev', 'stdev') for s in STATISTICS])}"),
             # t-digest: 1.37.2's exact algorithms index past the end of a window holding one value
             # (a fleet reporting every 10 s) and the process panics.
             ("quantile", 'quantiles = [0.5, 0.95, 0.99]\n  algorithm = "t-digest"'),
