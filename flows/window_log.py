@@ -138,17 +138,7 @@ class WindowLog:
 
     def start_generation(self, full_state: bytes) -> int:
         """Write the whole state as the first frame of a new generation; returns its sequence number."""
-        self._abandon_next()
-        self.generation = self._new_generation_number()
-        if self._fd >= 0:
-            os.close(self._fd)
-        self._fd = self._create(self.generation)
-        self.seq += 1
-        self.generation_bytes = _write_synced(self._fd, self._frame(full_state))
-        self.current_seq = self.seq
-        self._sync_directory()
-        self._next_collect = 0.0
-        return self.seq
+        return self.write_generation([full_state])
 
     def write_generation(self, payloads: Iterable[bytes]) -> int:
         """Write a new generation of one frame per payload, fsynced once at the end: a state that replaces the
