@@ -71,11 +71,14 @@ SERIES_LADDER = [int(s) for s in os.environ.get("BENCH_SERIES", "1000,100000,100
 # Each climbs until a rate is not sustained: to the rates where fleetwatch failed in earlier runs, so that the
 # ratio of the two best rates (issue 11, target 1) is one of limits, not of where a ladder ended.
 SERIES_RATES = {
-    1_000: [20_000, 40_000, 60_000, 80_000, 100_000, 120_000, 150_000],
-    100_000: [10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000],
+    1_000: [20_000, 40_000, 60_000, 80_000, 100_000, 120_000, 150_000, 180_000, 210_000],
+    100_000: [10_000, 20_000, 30_000, 40_000, 50_000, 60_000, 80_000, 100_000, 120_000, 150_000],
     1_000_000: [5_000, 10_000, 15_000, 20_000],
 }
 WARM_UP_RATE = 10_000
+# Telegraf climbs the cardinality ladder up to this many series: issue 11 asks for it at 1,000 and 100,000. At
+# 100,000 series it peaked at 5.8 GB (run AF); a million would hold ten times the series on a 24 GiB machine.
+TELEGRAF_MAX_SERIES = int(os.environ.get("BENCH_TELEGRAF_MAX_SERIES", "100000"))
 # What a window's line carries, for fleetwatch and Telegraf alike: Telegraf's basicstats with these stats (it says
 # "stdev") and its quantile aggregator with fleetwatch's default quantiles (p50, p95, p99). Every field is work for
 # InfluxDB at each boundary, so both write the same nine. Before run AE fleetwatch wrote its default eleven (first
@@ -682,6 +685,7 @@ def cardinality_ladder(pipelines: list[tuple[str, Launcher]], rows: list[dict]) 
         best = {
             name: climb(name, launch, 0, rates, rows, devices=series, windows='["10s", "1m"]', warm_up=True)
             for name, launch in pipelines
+            if name != "telegraf" or series <= TELEGRAF_MAX_SERIES
         }
         summary.append({"series": series, **{f"best_{k}": v for k, v in best.items()}})
         print(json.dumps(summary[-1]), flush=True)
