@@ -8,6 +8,7 @@ import logging
 import os
 import resource
 import signal
+import sqlite3
 import threading
 import time
 from dataclasses import asdict
@@ -15,6 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource
+from bytewax.outputs import FixedPartitionedSink
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
@@ -59,6 +63,41 @@ def prepare_recovery(cfg: Config, partitions: int, process_id: int | None = None
         if removed:
             log.info("fleetwatch: removed %d state log file(s) no snapshot refers to", removed)
     return RecoveryConfig(str(directory), backup_interval=cfg.recovery.backup_interval)
+
+
+def unknown_stored_partitions(recovery_dir: Path, flow: Dataflow) -> dict[str, list[str]]:
+    """Per input or output step, the partitions the recovery state holds that ``flow`` does not list.
+
+    Bytewax resumes each stored partition on the worker its routing map gives it, and panics (a Rust backtrace
+    from a worker thread) on one it does not know: the state of an input that was renamed or removed, or of a
+    worker that a smaller worker count no longer has. Read before the dataflow starts, the same mismatch is a
+    start-up error that says what to do."""
+    listed: dict[str, set[str]] = {}
+    steps = list(flow.substeps)
+    while steps:
+        step = steps.pop()
+        steps.extend(step.substeps)
+        partitioned = getattr(step, "source", None) or getattr(step, "sink", None)
+        if isinstance(partitioned, FixedPartitionedSource | FixedPartitionedSink):
+            listed[step.step_id] = set(partitioned.list_parts())
+    if not listed:
+        return {}
+    unknown: dict[str, set[str]] = {}
+    marks = ",".join("?" * len(listed))
+    # The newest snapshot of each partition; one whose state was discarded (NULL) is not resumed.
+    query = f"""
+        SELECT step_id, state_key FROM snaps AS s
+        WHERE step_id IN ({marks}) AND ser_change IS NOT NULL AND snap_epoch = (
+            SELECT MAX(snap_epoch) FROM snaps WHERE step_id = s.step_id AND state_key = s.state_key)"""
+    for part in sorted(recovery_dir.glob("part-*.sqlite3")):
+        connection = sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=5)
+        try:
+            for step_id, key in connection.execute(query, list(listed)):
+                if key not in listed[step_id]:
+                    unknown.setdefault(step_id, set()).add(key)
+        finally:
+            connection.close()
+    return {step_id: sorted(keys) for step_id, keys in sorted(unknown.items())}
 
 
 def _status(cfg: Config) -> dict[str, object]:
@@ -243,6 +282,22 @@ def run_pipeline(
     flow = build_flow(
         cfg, FlowOptions(total_workers=total_workers, recovery=recovery is not None, process_id=process_id)
     )
+    if recovery is not None:
+        try:
+            unknown = unknown_stored_partitions(cfg.recovery.dir, flow)
+        except sqlite3.Error as exc:
+            log.error("fleetwatch: recovery.dir: cannot read the recovery state in %s: %s", cfg.recovery.dir, exc)
+            return 2
+        if unknown:
+            log.error(
+                "fleetwatch: the recovery state in %s was written by a config with other inputs or outputs, or "
+                "more workers (%d now): it holds %s. Restore the config and worker count, or start with an empty "
+                "recovery.dir (what that state had not yet written is then lost); exiting with status 2",
+                cfg.recovery.dir,
+                max(1, total_workers),
+                "; ".join(f"{step_id}: {', '.join(keys)}" for step_id, keys in unknown.items()),
+            )
+            return 2
     stopper = _Stopper()
     stopper.install()
     # A failure stops the dataflow as a signal does (lifecycle.fail); the watchdog bounds that path too.
