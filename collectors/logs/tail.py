@@ -79,6 +79,7 @@ import codecs
 import contextlib
 import fnmatch
 import glob
+import json
 import logging
 import os
 import re
@@ -841,6 +842,10 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         assert self._container is not None
         split, join = self._container
         record = split(raw)
+        if record is None and join is _docker_join:
+            compact = _docker_compact(raw)
+            if compact is not None:
+                raw, record = compact, split(compact)
         if record is not None and len(raw) > self._limit:
             # Past max_event_bytes: the content is cut, the record kept whole (so that it still is one).
             raw, truncated = _fit_record(raw, record, self._limit, join is _docker_join), True
@@ -1078,6 +1083,29 @@ def _docker_split(raw: bytes) -> _Record | None:
     stream_end = raw.find(b'"', end + len(_DOCKER_LOG_END))
     content = raw[len(_DOCKER_HEAD) : end]
     return _Record(raw[end + len(_DOCKER_LOG_END) : stream_end], not _ends_with_newline_escape(content), content)
+
+
+def _docker_compact(raw: bytes) -> bytes | None:
+    """A json-file record in another layout (spaces after the separators, keys in another order: the file as a
+    tool wrote it back) in the driver's own, so that a line split into partial records is joined all the same.
+    None when ``raw`` is no such record."""
+    if not raw.lstrip().startswith(b"{"):
+        return None
+    try:
+        record = json.loads(raw)
+    except ValueError:  # not JSON, or not UTF-8
+        return None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("log"), str)
+        or not isinstance(record.get("stream"), str)
+    ):
+        return None
+    ordered = {"log": record.pop("log"), "stream": record.pop("stream"), **record}
+    try:
+        return json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate escaped in the record: kept escaped
+        return json.dumps(ordered, separators=(",", ":")).encode()
 
 
 def _ends_with_newline_escape(body: bytes) -> bool:

@@ -399,6 +399,28 @@ def test_docker_json_lines_split_at_16k_are_joined_into_one_record(tmp_path: Pat
     part.close()
 
 
+def test_docker_records_written_back_with_spaces_or_other_key_order_are_joined_too(tmp_path: Path) -> None:
+    """The file as a tool that re-serializes JSON writes it: the records are still the driver's, and a line it
+    split is still one event."""
+    log = tmp_path / "abc-json.log"
+    records = [
+        json.dumps({"log": "first part \u00e9 <b>, ", "stream": "stdout", "time": T_CRI.format(1)}),
+        json.dumps({"time": T_CRI.format(1), "stream": "stdout", "log": "end\n"}),
+        json.dumps({"log": "whole\n", "stream": "stderr", "time": T_CRI.format(2)}, ensure_ascii=False),
+        '{"log": 5, "stream": "stdout"}',
+        "not a record",
+    ]
+    write(log, text(records))
+    events = drain(build(config([log], parser={"kind": "docker"})), quiet=1.3)
+    assert [json.loads(e.text) if e.text.startswith("{") else e.text for e in events] == [
+        {"log": "first part \u00e9 <b>, end\n", "stream": "stdout", "time": T_CRI.format(1)},
+        {"log": "whole\n", "stream": "stderr", "time": T_CRI.format(2)},
+        {"log": 5, "stream": "stdout"},
+        "not a record",
+    ]
+    assert [e.flags for e in events] == [(), (), (), ()]
+
+
 def test_a_joined_docker_record_cut_at_the_size_limit_stays_json(tmp_path: Path) -> None:
     """The joined "log" passes max_event_bytes: it is cut, and never inside an escape sequence."""
     limit = 256
