@@ -261,6 +261,31 @@ def test_a_fleet_boundary_is_written_while_its_lateness_runs_and_closes_in_bigge
     assert early_rounds == [_CLOSE_PER_CALL * _FORMAT_COST] * (6_000 // (_CLOSE_PER_CALL * _FORMAT_COST))
 
 
+def test_where_windows_of_several_lengths_end_together_the_shorter_ones_are_written_first() -> None:
+    """At a minute boundary with 10 s and 1 min windows, every 10 s window's line is handed on before any 1 min
+    window's, though the 1 min windows opened first (and their spec is listed first)."""
+    fleet = [f"readings,device=d{i},metric=t" for i in range(3_000)]
+    clock = Clock(T0 + 5 * S)
+    logic = WindowLogic(
+        [WindowSpec.tumbling(timedelta(minutes=1)), WindowSpec.tumbling(timedelta(seconds=10))],
+        timedelta(seconds=2),
+        [0.5],
+        clock=clock,
+        format_line=schema.aggregate_line,
+    )
+    collect(logic, [reading(1.0, 5, series) for series in fleet])
+    # The 10 s windows of 0-10 s are written and closed.
+    clock.now = T0 + 10 * S
+    while (due := logic.notify_at()) is not None and (due_ns := int(due.timestamp() * S)) < T0 + 50 * S:
+        clock.now = max(clock.now + _YIELD_NS, due_ns + 1_000)
+        logic.on_notify()
+    clock.now = T0 + 55 * S
+    collect(logic, [reading(2.0, 55, series) for series in fleet])
+    lines, _ = write_early(logic, clock, T0 + 60 * S + 250_000_000, T0 + 62 * S)
+    windows = [line.split(",window=", 1)[1].split(" ", 1)[0] for line in lines]
+    assert windows == ["10s"] * 3_000 + ["1m"] * 3_000
+
+
 def test_a_reading_after_a_window_was_written_early_has_the_close_write_it_again() -> None:
     """A reading that arrives within the allowed lateness, after the window was written early, changes it: the
     close writes it again with the reading in (the same point: the store keeps the final values), and counts
