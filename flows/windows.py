@@ -90,11 +90,6 @@ _EARLY_PER_CALL = 1_000
 # window a second write. Below _EARLY_MIN_LATENESS_NS of lateness every window is written at its close.
 _EARLY_START_FRACTION = 8
 _EARLY_MIN_LATENESS_NS = 200_000_000
-# Where windows of several lengths end together (every minute with 10 s and 1 min windows), the shorter ones are
-# written first: at 100,000 series a store takes such a boundary's 200,000 lines over several seconds, and a few
-# seconds are a large part of a 10 s window's period (a dashboard or an alert on it waits that long for its next
-# point) and a small part of a minute's. In the order the windows opened, every 1 min window came before the 10 s
-# windows that end with it (BENCHMARKS.md run AB).
 # _Window.written: not written yet; written early and unchanged since; written early and changed since.
 _NOT_WRITTEN, _WRITTEN, _CHANGED = 0, 1, 2
 # Window sizes whose quantile positions are kept (each a few tuples).
@@ -498,7 +493,10 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # spec; how long before its deadline that is (0: not at all).
         self._early: list[dict[int, _DueBucket]] = [{} for _ in self.specs]
         self._early_heap: list[list[int]] = [[] for _ in self.specs]
-        # Spec indexes, shortest windows first: the order in which due early writes are made.
+        # Spec indexes, shortest windows first: the order in which due early writes are made. Where windows of
+        # several lengths end together (10 s and 1 min windows, every minute), a store takes the boundary's lines
+        # over seconds at fleet scale, and those seconds are a large part of a 10 s window's period and a small part
+        # of a minute's. In the order the windows opened, every 1 min window went first (BENCHMARKS.md run AH).
         self._early_order = sorted(range(len(self.specs)), key=lambda i: self.specs[i].length_ns)
         lateness = self.lateness_ns
         early = format_line is not None and write_early and lateness >= _EARLY_MIN_LATENESS_NS
