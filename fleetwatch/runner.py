@@ -282,7 +282,9 @@ def run_pipeline(
     flow = build_flow(
         cfg, FlowOptions(total_workers=total_workers, recovery=recovery is not None, process_id=process_id)
     )
-    if recovery is not None:
+    # Process 0 checks for the cluster (every process builds the same flow): it made the partitions' tables before
+    # this, while another process may get here before they exist.
+    if recovery is not None and process_id in (None, 0):
         try:
             unknown = unknown_stored_partitions(cfg.recovery.dir, flow)
         except sqlite3.Error as exc:
