@@ -256,37 +256,34 @@ class VisibilityPoller:
     def _run(self) -> None:
         while not self.stop.wait(0.1):
             now = time.time_ns()
-            rows = influxql(
-                self.db,
-                f'SELECT count("{self.count_field}") FROM "readings_agg" WHERE time >= {self.since_ns} '
-                f"AND \"window\" = '10s'{self.sample} GROUP BY time(10s)",
-            )
-            for start, count in rows[0]["values"] if rows else []:
-                if not count:
-                    continue
-                before = self.seen.get(start, 0)
-                if count > before:
-                    latency = (now - (start + self.end_offset_ns)) / S
-                    self.by_window.setdefault(start, []).extend([latency] * (count - before))
-                    self.seen[start] = count
-                    self.last_seen = time.monotonic()
+            self._poll(now, "10s", f"time >= {self.since_ns}", self.end_offset_ns, self.seen, self.by_window)
             if self.minute:
-                self._poll_minute(now)
+                # The 1 min windows that end after the measured readings began (fleetwatch stamps a window's start).
+                offset_ns = 0 if self.stamp_is_window_end else 60 * S
+                since = f"time > {self.since_ns - offset_ns}"
+                self._poll(now, "1m", since, offset_ns, self.seen_minute, self.by_minute_window)
 
-    def _poll_minute(self, now: int) -> None:
-        # The 1 min windows that end after the measured readings began (fleetwatch stamps a window's start).
-        end_offset_ns = 0 if self.stamp_is_window_end else 60 * S
+    def _poll(
+        self,
+        now: int,
+        window: str,
+        since: str,
+        end_offset_ns: int,
+        seen: dict[int, int],
+        by_window: dict[int, list[float]],
+    ) -> None:
+        """One count of the sampled points of ``window`` per window start; what is new became visible ``now``."""
         rows = influxql(
             self.db,
-            f'SELECT count("{self.count_field}") FROM "readings_agg" WHERE time > {self.since_ns - end_offset_ns} '
-            f"AND \"window\" = '1m'{self.sample} GROUP BY time(1m)",
+            f'SELECT count("{self.count_field}") FROM "readings_agg" WHERE {since} '
+            f"AND \"window\" = '{window}'{self.sample} GROUP BY time({window})",
         )
         for start, count in rows[0]["values"] if rows else []:
-            before = self.seen_minute.get(start, 0)
+            before = seen.get(start, 0)
             if count and count > before:
                 latency = (now - (start + end_offset_ns)) / S
-                self.by_minute_window.setdefault(start, []).extend([latency] * (count - before))
-                self.seen_minute[start] = count
+                by_window.setdefault(start, []).extend([latency] * (count - before))
+                seen[start] = count
                 self.last_seen = time.monotonic()
 
     def wait_quiet(self, after_ns: int, quiet_s: float, deadline: float) -> None:
