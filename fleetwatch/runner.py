@@ -28,9 +28,16 @@ from fleetwatch.retention import plan_or_none
 from flows import clock, health, lifecycle
 from flows.alerts.engine import ALERT_LOG_FOLDER
 from flows.alerts.sink import notification_stats
-from flows.pipeline import ALERTS_STEP_ID, INFLUXDB_STEP_ID, WINDOWS_STEP_ID, FlowOptions, build_flow
+from flows.pipeline import (
+    ALERTS_STEP_ID,
+    ELASTICSEARCH_STEP_ID,
+    INFLUXDB_STEP_ID,
+    WINDOWS_STEP_ID,
+    FlowOptions,
+    build_flow,
+)
 from flows.sinks.dead_letters import DeadLetterFile
-from flows.sinks.elasticsearch import make_client
+from flows.sinks.elasticsearch import PENDING_DOCS_FOLDER, make_client
 from flows.sinks.es_retention import RetentionJob, kind_retention
 from flows.sinks.influxdb import InfluxWriterThread, make_writer
 from flows.sinks.pending_log import PENDING_LOG_FOLDER
@@ -60,6 +67,7 @@ def prepare_recovery(cfg: Config, partitions: int, process_id: int | None = None
         removed = remove_unreferenced(directory, WINDOWS_STEP_ID)
         removed += remove_unreferenced(directory, ALERTS_STEP_ID, ALERT_LOG_FOLDER)
         removed += remove_unreferenced(directory, INFLUXDB_STEP_ID, PENDING_LOG_FOLDER)
+        removed += remove_unreferenced(directory, ELASTICSEARCH_STEP_ID, PENDING_DOCS_FOLDER)
         if removed:
             log.info("fleetwatch: removed %d state log file(s) no snapshot refers to", removed)
     return RecoveryConfig(str(directory), backup_interval=cfg.recovery.backup_interval)

@@ -80,6 +80,8 @@ WINDOWS_STEP_ID = f"{FLOW_ID}.windows"
 ALERTS_STEP_ID = f"{FLOW_ID}.alerts"
 # The InfluxDB sink, whose snapshots with recovery on are markers into its log of pending lines.
 INFLUXDB_STEP_ID = f"{FLOW_ID}.influxdb"
+# The Elasticsearch sink, whose snapshots with recovery on are markers into its log of pending documents.
+ELASTICSEARCH_STEP_ID = f"{FLOW_ID}.elasticsearch"
 
 
 def window_specs(cfg: Config) -> list[WindowSpec]:

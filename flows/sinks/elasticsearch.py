@@ -57,6 +57,7 @@ from flows import health
 from flows.alerts.notify import alert_doc, alert_mappings, rfc3339
 from flows.recovery_progress import AfterCommit
 from flows.sinks.es_retention import expired_index, lifecycle_body
+from flows.sinks.pending_log import PendingLog, PendingSnapshot, is_marker
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch, retry_forever
 
 log = logging.getLogger(__name__)
@@ -915,14 +916,22 @@ class ElasticHealthReport:
 
 # Above this many unindexed documents, a snapshot waits for Elasticsearch instead of holding them.
 SNAPSHOT_MAX_PENDING = 10_000
+# With recovery on, the unindexed documents go to a log in this folder of the recovery directory, and the snapshot
+# is a marker to it (flows.sinks.pending_log).
+PENDING_DOCS_FOLDER = "es-sink-log"
+# Documents per frame of that log. A log document carries its whole message (up to the line limit of its
+# source), so a frame is kept to a few hundred of them.
+_DOCS_PER_FRAME = 256
 
 
-class ElasticsearchSink(FixedPartitionedSink[list[Record], list[Record]]):
+class ElasticsearchSink(FixedPartitionedSink[list[Record], PendingSnapshot[Record]]):
     """Bytewax sink of keyed record batches ``(key, list[Record])``, one partition (and writer) per worker.
 
     Stateful, as the InfluxDB sink: a snapshot holds the documents not yet indexed, and a resumed partition
     sends them again (the server answers 409 for those that made it). Above ``SNAPSHOT_MAX_PENDING`` the
-    snapshot waits for them to be indexed instead.
+    snapshot waits for them to be indexed instead. With recovery on, the documents go to a log file beside
+    Bytewax's partitions and the snapshot is a marker to it, so that Bytewax does not pickle up to
+    ``SNAPSHOT_MAX_PENDING`` documents into its store at every epoch while Elasticsearch is slow.
 
     With recovery on (``recovery_dir``), a batch of dead letters waits until the epoch that made it is
     committed. Stored before, a dead letter whose message comes back after a crash (the MQTT broker redelivers
@@ -951,17 +960,36 @@ class ElasticsearchSink(FixedPartitionedSink[list[Record], list[Record]]):
     def part_fn(self, item_key: str) -> int:
         return zlib.crc32(item_key.encode())
 
-    def build_part(self, step_id: str, for_part: str, resume_state: list[Record] | None) -> _ElasticPartition:
-        partition = _ElasticPartition(self, for_part)
-        if resume_state:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: PendingSnapshot[Record] | None
+    ) -> _ElasticPartition:
+        pending_log: PendingLog[Record] | None = None
+        documents: list[Record] | None = None
+        if is_marker(resume_state):
+            if self.recovery_dir is None:
+                raise ValueError(
+                    "an Elasticsearch sink snapshot that refers to the sink's log needs the recovery directory"
+                )
+            pending_log = PendingLog(self.recovery_dir, step_id, resume_state, PENDING_DOCS_FOLDER, _DOCS_PER_FRAME)
+            documents = pending_log.load(resume_state)
+        elif resume_state is None or isinstance(resume_state, list):
+            # (a list: a snapshot taken without recovery's log, by an earlier fleetwatch)
+            documents = resume_state
+            if self.recovery_dir is not None:
+                pending_log = PendingLog(self.recovery_dir, step_id, None, PENDING_DOCS_FOLDER, _DOCS_PER_FRAME)
+        else:
+            raise ValueError(f"Elasticsearch sink snapshot of an unknown format {resume_state[0]!r}")
+        partition = _ElasticPartition(self, for_part, pending_log)
+        if documents:
             # Dead letters among them too: they are in a committed snapshot, so their epoch is committed.
-            log.info("%s: indexing %d documents left unindexed at the last snapshot", for_part, len(resume_state))
-            partition.writer.put(resume_state)
+            log.info("%s: indexing %d documents left unindexed at the last snapshot", for_part, len(documents))
+            partition.writer.put(documents)
         return partition
 
 
-class _ElasticPartition(StatefulSinkPartition[list[Record], list[Record]]):
-    def __init__(self, sink: ElasticsearchSink, name: str) -> None:
+class _ElasticPartition(StatefulSinkPartition[list[Record], PendingSnapshot[Record]]):
+    def __init__(self, sink: ElasticsearchSink, name: str, pending_log: PendingLog[Record] | None) -> None:
+        self._pending_log = pending_log
         # Built on the worker's thread: these are the counters its operators add to.
         report = ElasticHealthReport(health.counters())
         self.writer = ElasticWriterThread(
@@ -979,14 +1007,17 @@ class _ElasticPartition(StatefulSinkPartition[list[Record], list[Record]]):
             else:
                 self.writer.put(records)
 
-    def snapshot(self) -> list[Record]:
+    def snapshot(self) -> PendingSnapshot[Record]:
         if self._gate is None:
             return pending_for_epoch(self.writer, SNAPSHOT_MAX_PENDING)
         self._gate.end_epoch(self._letters)
         self._letters = []
         # Waiting ones first: one released meanwhile is then in both lists, never in neither.
         letters = self._gate.waiting()
-        return pending_for_epoch(self.writer, SNAPSHOT_MAX_PENDING) + letters
+        pending = pending_for_epoch(self.writer, SNAPSHOT_MAX_PENDING) + letters
+        if self._pending_log is None:
+            return pending
+        return self._pending_log.save(pending, time.time_ns())
 
     def close(self) -> None:
         # A stop: the last snapshot holds what waits still, so that a crash in the stop loses none of it; the
@@ -996,6 +1027,8 @@ class _ElasticPartition(StatefulSinkPartition[list[Record], list[Record]]):
             self.writer.put(self._letters)
             self._letters = []
         self.writer.close()
+        if self._pending_log is not None:
+            self._pending_log.close()
 
 
 def wait_until_searchable(es: Elasticsearch, index: str, expected: int, timeout: float) -> int:

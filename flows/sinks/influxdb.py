@@ -540,7 +540,7 @@ class InfluxWriterThread(BatchWriterThread[str]):
         self._writer.close()
 
 
-class InfluxDBSink(FixedPartitionedSink[list[str], PendingSnapshot]):
+class InfluxDBSink(FixedPartitionedSink[list[str], PendingSnapshot[str]]):
     """Bytewax sink of keyed line-protocol batches ``(key, list[str])``, one partition (and writer) per
     worker.
 
@@ -576,8 +576,8 @@ class InfluxDBSink(FixedPartitionedSink[list[str], PendingSnapshot]):
     def part_fn(self, item_key: str) -> int:
         return zlib.crc32(item_key.encode())
 
-    def build_part(self, step_id: str, for_part: str, resume_state: PendingSnapshot | None) -> _InfluxPartition:
-        pending_log: PendingLog | None = None
+    def build_part(self, step_id: str, for_part: str, resume_state: PendingSnapshot[str] | None) -> _InfluxPartition:
+        pending_log: PendingLog[str] | None = None
         lines: list[str] | None = None
         if is_marker(resume_state):
             if self.recovery_dir is None:
@@ -617,8 +617,8 @@ class HealthReport:
 SNAPSHOT_MAX_PENDING = 20_000
 
 
-class _InfluxPartition(StatefulSinkPartition[list[str], PendingSnapshot]):
-    def __init__(self, sink: InfluxDBSink, index: int, pending_log: PendingLog | None) -> None:
+class _InfluxPartition(StatefulSinkPartition[list[str], PendingSnapshot[str]]):
+    def __init__(self, sink: InfluxDBSink, index: int, pending_log: PendingLog[str] | None) -> None:
         self._pending_log = pending_log
         # Built on the worker's thread: these are the counters its operators add to.
         report = self._report = HealthReport(health.counters())
@@ -639,7 +639,7 @@ class _InfluxPartition(StatefulSinkPartition[list[str], PendingSnapshot]):
         else:
             self._thread.put([line for lines in items for line in lines])
 
-    def snapshot(self) -> PendingSnapshot:
+    def snapshot(self) -> PendingSnapshot[str]:
         pending = pending_for_epoch(
             self._thread, SNAPSHOT_MAX_PENDING, limit_while_answering=self._thread.buffer.capacity
         )

@@ -6,18 +6,22 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import pickle
 import socket
+import sqlite3
 import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from bytewax.recovery import init_db_dir
 
 from fleetwatch.config import ElasticsearchConfig
 from fleetwatch.record import DeadLetter, LogEvent
 from flows.sinks import elasticsearch as es_sink
 from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Record
+from flows.sinks.pending_log import is_marker
 from tests.conftest import ES_URL, INFLUX_AUTH_TOML, INFLUX_URL, REPO, es_docs, http, influx_rows
 from tests.integration.harness import FLEETWATCH, Pipeline
 
@@ -782,6 +786,40 @@ def test_a_clean_start_logs_no_warning_and_installs_the_templates_once(
     assert len(es_docs(f"{unique}-logs*")) == 1 and len(es_docs(f"{unique}-dead-letters*")) == 1
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert sorted(_template_puts(caplog)) == sorted(f"{unique}-{kind}" for kind in es_sink.KINDS)
+    assert unstorable == []
+
+
+def test_documents_unindexed_at_a_snapshot_wait_in_the_sinks_log_and_a_resumed_partition_indexes_them(
+    unique: str, es_index: str, tmp_path: Path
+) -> None:
+    """With recovery on, an epoch that ends while Elasticsearch is unreachable: Bytewax is handed a marker of a
+    few dozen bytes, not the documents; the documents wait in the sink's log in the recovery directory, and a
+    partition resumed from the marker (after a crash, Elasticsearch back) indexes every one of them."""
+    init_db_dir(tmp_path, 1)
+    # What Bytewax records when a run starts (its first execution, from epoch 1): the dead-letter gate reads it.
+    with sqlite3.connect(tmp_path / "part-0.sqlite3") as partitions:
+        partitions.execute("INSERT INTO exs (ex_num, worker_count, resume_epoch) VALUES (0, 1, 1)")
+    unstorable: list[DeadLetter] = []
+    # Nothing listens on port 1: every request fails, so every document is still pending at the snapshot.
+    down = ElasticsearchSink(_es_config(unique, hosts=["http://127.0.0.1:1"]), unstorable.extend, recovery_dir=tmp_path)
+    events = [_event(f"doc-{i}", {"message": f"line {i} " + "x" * 300}, second=i % 60) for i in range(1_200)]
+    partition = down.build_part("fleetwatch.elasticsearch", "elasticsearch-0", None)
+    partition.write_batch([events[:700], events[700:]])
+    marker = partition.snapshot()
+    partition.writer.close(0.5)  # the crash: the documents never reached Elasticsearch
+    assert is_marker(marker)
+    assert len(pickle.dumps(marker)) < 200
+    assert [p.parent.name for p in tmp_path.glob("*/*")] == [es_sink.PENDING_DOCS_FOLDER]
+
+    stored_marker = pickle.loads(pickle.dumps(marker))
+    resumed = ElasticsearchSink(_es_config(unique), unstorable.extend, recovery_dir=tmp_path).build_part(
+        "fleetwatch.elasticsearch", "elasticsearch-0", stored_marker
+    )
+    assert resumed.writer.flush(60) and resumed.writer.alive()
+    resumed.close()
+    docs = es_docs(f"{unique}-logs*")
+    assert sorted(d["_id"] for d in docs) == sorted(e.doc_id for e in events)
+    assert {d["_id"]: d["message"] for d in docs} == {e.doc_id: e.doc["message"] for e in events}
     assert unstorable == []
 
 
