@@ -67,6 +67,7 @@ bench: venv stack-up
 	if [ "$${BENCH_LOGS:-1}" != 0 ]; then $(BIN)/python -m bench.logs.run; fi
 	if [ "$${BENCH_ALERTS:-1}" != 0 ]; then $(BIN)/python -m bench.alerts; fi
 	if [ "$${BENCH_ALERTS:-1}" != 0 ]; then BENCH_ALERT_SERIES=100000 BENCH_ALERT_FLEET_RULES=1 BENCH_ALERT_PROBES=120 $(BIN)/python -m bench.alerts; fi
+	if [ "$${BENCH_ALERTS:-1}" != 0 ]; then BENCH_ALERT_SERIES=100000 BENCH_ALERT_FLEET_RULES=1 BENCH_ALERT_PROBES=120 BENCH_ALERT_WARM_UP=1 $(BIN)/python -m bench.alerts; fi
 
 ## Steady load for SOAK_MINUTES (30): readings and rotated log lines together; memory must level off and no queue
 ## may grow (bench/soak.py; results in RELIABILITY.md).
