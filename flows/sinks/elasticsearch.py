@@ -57,7 +57,7 @@ from flows import health
 from flows.alerts.notify import alert_doc, alert_mappings, rfc3339
 from flows.recovery_progress import AfterCommit
 from flows.sinks.es_retention import expired_index, lifecycle_body
-from flows.sinks.pending_log import PendingLog, PendingSnapshot, is_marker
+from flows.sinks.pending_log import PendingLog, PendingSnapshot, resume_pending
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch, retry_forever
 
 log = logging.getLogger(__name__)
@@ -963,22 +963,9 @@ class ElasticsearchSink(FixedPartitionedSink[list[Record], PendingSnapshot[Recor
     def build_part(
         self, step_id: str, for_part: str, resume_state: PendingSnapshot[Record] | None
     ) -> _ElasticPartition:
-        pending_log: PendingLog[Record] | None = None
-        documents: list[Record] | None = None
-        if is_marker(resume_state):
-            if self.recovery_dir is None:
-                raise ValueError(
-                    "an Elasticsearch sink snapshot that refers to the sink's log needs the recovery directory"
-                )
-            pending_log = PendingLog(self.recovery_dir, step_id, resume_state, PENDING_DOCS_FOLDER, _DOCS_PER_FRAME)
-            documents = pending_log.load(resume_state)
-        elif resume_state is None or isinstance(resume_state, list):
-            # (a list: a snapshot taken without recovery's log, by an earlier fleetwatch)
-            documents = resume_state
-            if self.recovery_dir is not None:
-                pending_log = PendingLog(self.recovery_dir, step_id, None, PENDING_DOCS_FOLDER, _DOCS_PER_FRAME)
-        else:
-            raise ValueError(f"Elasticsearch sink snapshot of an unknown format {resume_state[0]!r}")
+        pending_log, documents = resume_pending(
+            "an Elasticsearch sink", self.recovery_dir, step_id, resume_state, PENDING_DOCS_FOLDER, _DOCS_PER_FRAME
+        )
         partition = _ElasticPartition(self, for_part, pending_log)
         if documents:
             # Dead letters among them too: they are in a committed snapshot, so their epoch is committed.

@@ -37,7 +37,7 @@ from fleetwatch.config import InfluxDBConfig
 from fleetwatch.record import DeadLetter
 from fleetwatch.retention import LineRouter, Tier, TierPlan
 from flows import health
-from flows.sinks.pending_log import PendingLog, PendingSnapshot, is_marker
+from flows.sinks.pending_log import PendingLog, PendingSnapshot, resume_pending
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch
 
 log = logging.getLogger(__name__)
@@ -577,19 +577,7 @@ class InfluxDBSink(FixedPartitionedSink[list[str], PendingSnapshot[str]]):
         return zlib.crc32(item_key.encode())
 
     def build_part(self, step_id: str, for_part: str, resume_state: PendingSnapshot[str] | None) -> _InfluxPartition:
-        pending_log: PendingLog[str] | None = None
-        lines: list[str] | None = None
-        if is_marker(resume_state):
-            if self.recovery_dir is None:
-                raise ValueError("an InfluxDB sink snapshot that refers to the sink's log needs the recovery directory")
-            pending_log = PendingLog(self.recovery_dir, step_id, resume_state)
-            lines = pending_log.load(resume_state)
-        elif resume_state is None or isinstance(resume_state, list):
-            lines = resume_state
-            if self.recovery_dir is not None:
-                pending_log = PendingLog(self.recovery_dir, step_id)
-        else:
-            raise ValueError(f"InfluxDB sink snapshot of an unknown format {resume_state[0]!r}")
+        pending_log, lines = resume_pending("an InfluxDB sink", self.recovery_dir, step_id, resume_state)
         partition = _InfluxPartition(self, int(for_part.rsplit("-", 1)[1]), pending_log)
         if lines:
             log.info("%s: writing %d lines left unwritten at the last snapshot", for_part, len(lines))

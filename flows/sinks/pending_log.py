@@ -80,6 +80,29 @@ class PendingLog(Generic[T]):
         self._log.close()
 
 
+def resume_pending(
+    sink: str,
+    recovery_dir: Path | None,
+    step_id: str,
+    resume_state: PendingSnapshot[T] | None,
+    folder: str = PENDING_LOG_FOLDER,
+    items_per_frame: int = LINES_PER_FRAME,
+) -> tuple[PendingLog[T] | None, list[T]]:
+    """For a sink partition's ``build_part``: its log (with recovery on) and the items its snapshot left pending.
+    ``resume_state`` is a marker into the log, or a list (a snapshot without the log, or by an earlier fleetwatch);
+    ``sink`` names the sink in errors."""
+    if is_marker(resume_state):
+        if recovery_dir is None:
+            raise ValueError(f"{sink} snapshot that refers to the sink's log needs the recovery directory")
+        pending_log: PendingLog[T] = PendingLog(recovery_dir, step_id, resume_state, folder, items_per_frame)
+        return pending_log, pending_log.load(resume_state)
+    if resume_state is not None and not isinstance(resume_state, list):
+        raise ValueError(f"{sink} snapshot of an unknown format {resume_state[0]!r}")
+    if recovery_dir is None:
+        return None, resume_state or []
+    return PendingLog(recovery_dir, step_id, None, folder, items_per_frame), resume_state or []
+
+
 def _frames(items: list[T], per_frame: int) -> Iterator[bytes]:
     # Lines are pickled too, not joined with newlines: a string field of a line may hold a newline.
     for start in range(0, len(items), per_frame):
