@@ -771,7 +771,7 @@ def test_a_clean_start_logs_no_warning_and_installs_the_templates_once(
 ) -> None:
     """The sink's partition and the dead-letter writer start as `fleetwatch run` starts them: no node marked failed
     by the data-stream probe, each index template PUT once per process, and the documents stored."""
-    caplog.set_level(logging.INFO)
+    _capture_requests(caplog)
     cfg = _es_config(unique)
     unstorable: list[DeadLetter] = []
     dead_letters = ElasticWriterThread(cfg, unstorable.extend, "es-dead-letters")
@@ -823,6 +823,14 @@ def test_documents_unindexed_at_a_snapshot_wait_in_the_sinks_log_and_a_resumed_p
     assert unstorable == []
 
 
+def _capture_requests(caplog: pytest.LogCaptureFixture) -> None:
+    """Capture INFO records, the Elasticsearch client's requests included. ``fleetwatch`` commands set that
+    client's logger to WARNING (a line per request is noise), and a command run earlier in the same process
+    leaves it so: the root level alone would then capture no request."""
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="elastic_transport")
+
+
 def _template_puts(caplog: pytest.LogCaptureFixture) -> list[str]:
     """The index templates written, by name. The client logs every request:
     "PUT http://.../_index_template/<name> [status:200 duration:...]"."""
@@ -835,7 +843,7 @@ def test_a_restart_finds_its_templates_in_place_and_writes_none_a_changed_one_is
 ) -> None:
     """Each template write is a cluster-state update: a process that starts against templates it wrote before
     reads them in one request and writes none. One that differs (here, changed by hand) is written again, alone."""
-    caplog.set_level(logging.INFO)
+    _capture_requests(caplog)
 
     def start(cfg: ElasticsearchConfig) -> list[str]:
         # A new process: nothing of an earlier setup in memory.
