@@ -301,11 +301,10 @@ class VisibilityPoller:
                 return
             time.sleep(0.1)
 
-    def result(self, load_until_ns: int | None = None) -> dict:
-        """The latency figures. With ``load_until_ns`` (when the generators stopped), each window says whether
-        its lines were written under load, that is whether the load still ran when its allowed lateness ended; a
-        20 s rung has one such window boundary (its first), and the next is written once the generators are done,
-        on an idle machine."""
+    def result(self, load_until_ns: int) -> dict:
+        """The latency figures. ``load_until_ns``: when the generators stopped. A window's lines were written under
+        load when the load still ran as its allowed lateness ended; a 20 s rung has one such window boundary (its
+        first), and the next is written once the generators are done, on an idle machine."""
         self.stop.set()
         self.thread.join()
         lat = sorted(latency for window in self.by_window.values() for latency in window)
@@ -313,21 +312,12 @@ class VisibilityPoller:
             return {}
 
         def under_load(start: int) -> bool:
-            end = start + self.end_offset_ns
-            return load_until_ns is not None and end + ALLOWED_LATENESS_S * S <= load_until_ns
+            return start + self.end_offset_ns + ALLOWED_LATENESS_S * S <= load_until_ns
 
-        loaded = sorted(latency for start, window in self.by_window.items() if under_load(start) for latency in window)
-        idle = sorted(
-            latency for start, window in self.by_window.items() if not under_load(start) for latency in window
-        )
-        load_figures = (
-            {
-                "latency_p99_under_load_s": _p99(loaded) if loaded else None,
-                "latency_p99_after_load_s": _p99(idle) if idle else None,
-            }
-            if load_until_ns is not None
-            else {}
-        )
+        by_load: dict[bool, list[float]] = {True: [], False: []}
+        for start, window in self.by_window.items():
+            by_load[under_load(start)].extend(window)
+        loaded, idle = sorted(by_load[True]), sorted(by_load[False])
         minute = sorted(latency for window in self.by_minute_window.values() for latency in window)
         # A 1 min window ends inside a 20 s rung in some runs and not in others.
         minute_figures = (
@@ -344,14 +334,16 @@ class VisibilityPoller:
             "latency_p50_s": lat[len(lat) // 2],
             "latency_p99_s": _p99(lat),
             "latency_points": len(lat),
-            # Per window, by its start (seconds past the minute) in time order: p99 and the sampled points.
-            **load_figures,
+            "latency_p99_under_load_s": _p99(loaded) if loaded else None,
+            "latency_p99_after_load_s": _p99(idle) if idle else None,
+            # Per window, by its start (seconds past the minute) in time order: p99, the sampled points, and whether
+            # its lines were written under load.
             "latency_p99_by_window": [
                 {
                     "start_s": start // S % 60,
                     "p99_s": round(_p99(sorted(window)), 3),
                     "points": len(window),
-                    **({"under_load": under_load(start)} if load_until_ns is not None else {}),
+                    "under_load": under_load(start),
                 }
                 for start, window in sorted(self.by_window.items())
             ],
