@@ -117,6 +117,11 @@ def _same_ns(ns: int) -> int:
     return ns
 
 
+# An Aggregate made by tuple.__new__ directly: calling the NamedTuple class runs its generated Python __new__, a
+# frame of interpreted code for each window even in the compiled module.
+_new_tuple = tuple.__new__
+
+
 class Aggregate(NamedTuple):
     """One closed window of one series. A named tuple, not a frozen dataclass: at fleet scale a window
     boundary builds a hundred thousand of them at once, and a frozen dataclass's constructor costs several
@@ -1052,7 +1057,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             v = values[0]
             quantiles = tuple((q, v) for q in self.quantiles)
             end = start + spec.length_ns
-            return Aggregate(series.measurement, key, spec.label, start, end, 1, v, v, v, v, v, v, None, quantiles)
+            fields = (series.measurement, key, spec.label, start, end, 1, v, v, v, v, v, v, None, quantiles)
+            return _new_tuple(Aggregate, fields)
         ordered = sorted(values)
         total: float | None
         stddev: float | None
@@ -1071,19 +1077,22 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             positions = tuple((q, *_quantile_position(count, q)) for q in self.quantiles)
             if len(self._positions) < _POSITIONS_KEPT:
                 self._positions[count] = positions
-        return Aggregate(
-            series.measurement,
-            key,
-            spec.label,
-            start,
-            start + spec.length_ns,
-            count,
-            ordered[0],
-            ordered[-1],
-            mean,
-            total,
-            window.first_v,
-            window.last_v,
-            stddev,
-            tuple([(q, _between(ordered[lo], ordered[hi], frac)) for q, lo, hi, frac in positions]),
+        return _new_tuple(
+            Aggregate,
+            (
+                series.measurement,
+                key,
+                spec.label,
+                start,
+                start + spec.length_ns,
+                count,
+                ordered[0],
+                ordered[-1],
+                mean,
+                total,
+                window.first_v,
+                window.last_v,
+                stddev,
+                tuple([(q, _between(ordered[lo], ordered[hi], frac)) for q, lo, hi, frac in positions]),
+            ),
         )

@@ -44,6 +44,9 @@ from flows import health
 log = logging.getLogger(__name__)
 
 _scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+# A Reading made by tuple.__new__ directly: calling the NamedTuple class runs its generated Python __new__, a frame
+# of interpreted code for every reading even in the compiled module.
+_new_tuple = tuple.__new__
 
 # Topics seen are cached, and per topic the series key of each field name. Fleets have many topics, but a
 # careless or hostile client can send endless new topics (up to 65,535 bytes each) or JSON keys: past
@@ -384,7 +387,7 @@ class MQTTParser:
                     except ValueError:
                         value = math.nan
                     if value - value == 0.0 and b"_" not in payload:  # finite, and no "1_000"
-                        reading = Reading(info.measurement, series, value, received_ns)
+                        reading = _new_tuple(Reading, (info.measurement, series, value, received_ns))
                         append(reading)
                         if info.write_raw:
                             raw.append(reading)
@@ -430,7 +433,7 @@ class MQTTParser:
                                         series = self._series(info, Sample(key, 0.0))
                                         first_metric = info.first_metric  # (the call may have set them)
                                         more_metrics = info.more_metrics
-                                found.append(Reading(info.measurement, series, number, ts))
+                                found.append(_new_tuple(Reading, (info.measurement, series, number, ts)))
                             elif kind is not str and field is not None and key not in info.skip:
                                 break  # nested, boolean or list: general decoder
                         else:

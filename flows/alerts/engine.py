@@ -125,6 +125,11 @@ def _same_ns(ns: int) -> int:
     return ns
 
 
+# An Observation made by tuple.__new__ directly: calling the NamedTuple class runs its generated Python __new__, a
+# frame of interpreted code for each one even in the compiled module (one per reading under a fleet-wide rule).
+_new_tuple = tuple.__new__
+
+
 class Observation(NamedTuple):
     """One value a rule can look at. ``target`` is "reading", "window" or "log_rate"; ``series`` is the series key
     (``flows.alerts.rules`` describes each target's form); ``stat_key`` the statistic ("value" for readings)."""
@@ -153,7 +158,7 @@ def log_rate_series(service: str) -> str:
 def observations_from_readings(readings: Iterable[Reading], matcher: RuleMatcher | None = None) -> list[Observation]:
     """One observation per reading; with a matcher, only readings of series some rule watches (a dict lookup each)."""
     if matcher is None:
-        return [Observation("reading", r.series, "value", r.value, r.ts_ns) for r in readings]
+        return [_new_tuple(Observation, ("reading", r.series, "value", r.value, r.ts_ns)) for r in readings]
     known = matcher.cache("reading").get
     out: list[Observation] = []
     for _, series, value, ts in readings:
@@ -161,7 +166,7 @@ def observations_from_readings(readings: Iterable[Reading], matcher: RuleMatcher
         if rules is None:
             rules = matcher.rules_for("reading", series)
         if rules:
-            out.append(Observation("reading", series, "value", value, ts))
+            out.append(_new_tuple(Observation, ("reading", series, "value", value, ts)))
     return out
 
 
@@ -204,7 +209,7 @@ def observations_from_aggregates(
         for stat in stats:
             value = _aggregate_stat(agg, stat)
             if value is not None:
-                out.append(Observation("window", series, stat, value, agg.start_ns))
+                out.append(_new_tuple(Observation, ("window", series, stat, value, agg.start_ns)))
     return out
 
 
