@@ -8,8 +8,6 @@ the topic belongs to, its tags, its series key) is cached per topic, so a messag
 from __future__ import annotations
 
 import functools
-import json
-import json.scanner
 import logging
 import math
 import sys
@@ -19,6 +17,8 @@ from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
+
+import orjson
 
 from collectors.mqtt.payloads import (
     PayloadError,
@@ -43,7 +43,11 @@ from flows import health
 
 log = logging.getLogger(__name__)
 
-_scan_json = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+# The flat-JSON fast path's decoder: orjson takes the payload's bytes as they are (checking the UTF-8) and builds
+# the dict in about half the time of the standard library's C scanner with the decode before it. What it refuses
+# (NaN, Infinity, lone surrogates, a byte order mark, UTF-16) goes to the general decoder, which judges it as
+# before. It reads an integer beyond 64 bits as the float the general decoder would make of it.
+_loads_json = orjson.loads
 # A Reading made by tuple.__new__ directly: calling the NamedTuple class runs its generated Python __new__, a frame
 # of interpreted code for every reading even in the compiled module.
 _new_tuple = tuple.__new__
@@ -396,11 +400,8 @@ class MQTTParser:
                     # A flat JSON object of numbers (the common device payload), inline; anything else
                     # (nesting, booleans, strings, errors) takes the general decoder below.
                     try:
-                        text = payload.decode()
-                        doc, end = _scan_json(text, 0)  # the C scanner, without json.loads' Python layers
-                        if end != len(text):
-                            doc = None  # trailing data or whitespace: let the general decoder judge
-                    except (ValueError, StopIteration, RecursionError):
+                        doc = _loads_json(payload)
+                    except ValueError:  # (orjson.JSONDecodeError, also for nesting past its depth limit)
                         doc = None
                     ts = received_ns
                     if type(doc) is dict and info.ts_field is not None:

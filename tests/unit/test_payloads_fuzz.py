@@ -22,6 +22,7 @@ import json
 import math
 from typing import Any
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -270,6 +271,45 @@ def test_the_parser_reads_a_json_object_as_the_decoder_does(doc: dict[str, Any],
     # trailing backslashes (see fleetwatch.record).
     expected = [(metric.rstrip("\\"), value) for metric, value in expected]
     assert [(parse_series(r.series)[1].get("metric", ""), r.value) for r in parsed.readings] == expected * 2
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"v": 2.5 } \n',  # whitespace around the object
+        b'\xef\xbb\xbf{"v": 1}',  # a byte order mark
+        b'\xff\xfe{\x00"\x00v\x00"\x00:\x001\x00}\x00',  # UTF-16
+        b'{"v": 1} x',  # data after the object
+        b'{"v": 1, "v": 2}',  # a name twice: the last value
+        b'{"v": NaN}',
+        b'{"v": -Infinity}',
+        b'{"v": 1e400}',
+        b'{"v": 18446744073709551617}',  # beyond 64 bits
+        b'{"v": -9223372036854775809}',
+        b'{"v": 1, "s": "\\ud800"}',  # a lone surrogate, escaped
+        b'{"\\ud83d\\ude00": 3}',  # a surrogate pair, escaped: one character
+        b'{"v": 1, "s": "\xed\xa0\x80"}',  # a lone surrogate's UTF-8 bytes
+        b'{"a": ' * 30 + b"1" + b"}" * 30,  # nested (max_payload_bytes is 256 here)
+        b"{}",
+        b"",
+        b"[]",
+    ],
+)
+def test_the_parser_judges_odd_json_bytes_as_the_decoder_does(payload: bytes) -> None:
+    """The parser's inline decoder for flat JSON (orjson) leaves what it refuses to decode_json: whatever the bytes,
+    the readings or the dead letter reason are the decoder's."""
+    parsed = _parser().parse(MessageBatch(1_767_225_600_000_000_000, [("j/d1", payload)]))
+    try:
+        expected = [(s.metric.rstrip("\\"), s.value) for s in decode_json(payload, None, "auto", frozenset(), None)]
+    except PayloadError as err:
+        if not payload:
+            assert parsed.empty_payloads == 1 and parsed.dead_letters == []  # (counted, not a dead letter)
+        else:
+            assert [d.reason for d in parsed.dead_letters] == [err.reason]
+        assert parsed.readings == []
+        return
+    assert parsed.dead_letters == []
+    assert [(parse_series(r.series)[1].get("metric", ""), r.value) for r in parsed.readings] == expected
 
 
 # ------------------------------------------------------------------------------------------- series keys
