@@ -18,6 +18,12 @@ import json
 import re
 from typing import NamedTuple
 
+# tuple.__new__, for making the named tuples below (Reading, and Aggregate and Observation in flows) in the per-reading
+# hot path: new_tuple(Reading, (measurement, series, value, ts_ns)). Calling a NamedTuple class runs its generated
+# __new__, a frame of interpreted Python for each record, even from the modules compiled with mypyc (BENCHMARKS.md
+# run AL).
+new_tuple = tuple.__new__
+
 
 class Reading(NamedTuple):
     measurement: str

@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 from bytewax.operators import StatefulBatchLogic
 
 from fleetwatch.labels import duration_label, duration_ns
-from fleetwatch.record import Reading
+from fleetwatch.record import Reading, new_tuple
 from flows import clock as pipeline_clock
 from flows import health, lifecycle
 from flows.window_log import LOG_FORMAT, LogMarker, WindowLog
@@ -115,11 +115,6 @@ class WindowSpec(NamedTuple):
 
 def _same_ns(ns: int) -> int:
     return ns
-
-
-# An Aggregate made by tuple.__new__ directly: calling the NamedTuple class runs its generated Python __new__, a
-# frame of interpreted code for each window even in the compiled module.
-_new_tuple = tuple.__new__
 
 
 class Aggregate(NamedTuple):
@@ -1111,7 +1106,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             quantiles = tuple((q, v) for q in self.quantiles)
             end = start + spec.length_ns
             fields = (series.measurement, key, spec.label, start, end, 1, v, v, v, v, v, v, None, quantiles)
-            return _new_tuple(Aggregate, fields)
+            return new_tuple(Aggregate, fields)
         ordered = sorted(values)
         total: float | None
         stddev: float | None
@@ -1130,7 +1125,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             positions = tuple((q, *_quantile_position(count, q)) for q in self.quantiles)
             if len(self._positions) < _POSITIONS_KEPT:
                 self._positions[count] = positions
-        return _new_tuple(
+        return new_tuple(
             Aggregate,
             (
                 series.measurement,

@@ -38,7 +38,7 @@ from collectors.mqtt.sparkplug import (
 from collectors.mqtt.topics import TopicTemplate, topic_matches
 from fleetwatch.config import MQTTConfig, SubscriptionConfig, WindowsConfig
 from fleetwatch.devices import Inventory, InventoryError, load_devices
-from fleetwatch.record import DeadLetter, Reading, series_key
+from fleetwatch.record import DeadLetter, Reading, new_tuple, series_key
 from flows import health
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,6 @@ log = logging.getLogger(__name__)
 # (NaN, Infinity, lone surrogates, a byte order mark, UTF-16) goes to the general decoder, which judges it as
 # before. It reads an integer beyond 64 bits as the float the general decoder would make of it.
 _loads_json = orjson.loads
-# A Reading made by tuple.__new__ directly: calling the NamedTuple class runs its generated Python __new__, a frame
-# of interpreted code for every reading even in the compiled module.
-_new_tuple = tuple.__new__
 
 # Topics seen are cached, and per topic the series key of each field name. Fleets have many topics, but a
 # careless or hostile client can send endless new topics (up to 65,535 bytes each) or JSON keys: past
@@ -391,7 +388,7 @@ class MQTTParser:
                     except ValueError:
                         value = math.nan
                     if value - value == 0.0 and b"_" not in payload:  # finite, and no "1_000"
-                        reading = _new_tuple(Reading, (info.measurement, series, value, received_ns))
+                        reading = new_tuple(Reading, (info.measurement, series, value, received_ns))
                         append(reading)
                         if info.write_raw:
                             raw.append(reading)
@@ -434,7 +431,7 @@ class MQTTParser:
                                         series = self._series(info, Sample(key, 0.0))
                                         first_metric = info.first_metric  # (the call may have set them)
                                         more_metrics = info.more_metrics
-                                found.append(_new_tuple(Reading, (info.measurement, series, number, ts)))
+                                found.append(new_tuple(Reading, (info.measurement, series, number, ts)))
                             elif kind is not str and field is not None and key not in info.skip:
                                 break  # nested, boolean or list: general decoder
                         else:

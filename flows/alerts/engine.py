@@ -77,6 +77,7 @@ from fleetwatch.record import (
     Reading,
     escape_measurement,
     escape_tag,
+    new_tuple,
     parse_series,
     series_key,
 )
@@ -125,11 +126,6 @@ def _same_ns(ns: int) -> int:
     return ns
 
 
-# An Observation made by tuple.__new__ directly: calling the NamedTuple class runs its generated Python __new__, a
-# frame of interpreted code for each one even in the compiled module (one per reading under a fleet-wide rule).
-_new_tuple = tuple.__new__
-
-
 class Observation(NamedTuple):
     """One value a rule can look at. ``target`` is "reading", "window" or "log_rate"; ``series`` is the series key
     (``flows.alerts.rules`` describes each target's form); ``stat_key`` the statistic ("value" for readings)."""
@@ -158,7 +154,7 @@ def log_rate_series(service: str) -> str:
 def observations_from_readings(readings: Iterable[Reading], matcher: RuleMatcher | None = None) -> list[Observation]:
     """One observation per reading; with a matcher, only readings of series some rule watches (a dict lookup each)."""
     if matcher is None:
-        return [_new_tuple(Observation, ("reading", r.series, "value", r.value, r.ts_ns)) for r in readings]
+        return [new_tuple(Observation, ("reading", r.series, "value", r.value, r.ts_ns)) for r in readings]
     known = matcher.cache("reading").get
     out: list[Observation] = []
     for _, series, value, ts in readings:
@@ -166,7 +162,7 @@ def observations_from_readings(readings: Iterable[Reading], matcher: RuleMatcher
         if rules is None:
             rules = matcher.rules_for("reading", series)
         if rules:
-            out.append(_new_tuple(Observation, ("reading", series, "value", value, ts)))
+            out.append(new_tuple(Observation, ("reading", series, "value", value, ts)))
     return out
 
 
@@ -209,7 +205,7 @@ def observations_from_aggregates(
         for stat in stats:
             value = _aggregate_stat(agg, stat)
             if value is not None:
-                out.append(_new_tuple(Observation, ("window", series, stat, value, agg.start_ns)))
+                out.append(new_tuple(Observation, ("window", series, stat, value, agg.start_ns)))
     return out
 
 
