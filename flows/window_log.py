@@ -187,6 +187,16 @@ class WindowLog:
         self._base_done += len(part)
         return part
 
+    def append_next(self, payload: bytes) -> None:
+        """Write a frame to the next generation only that is not a part of the state: one its parts and the
+        frames of changes after it refer to (the windows' series numbers)."""
+        if self._next_fd < 0:
+            raise WindowLogError("append_next without begin_generation")
+        self.seq += 1
+        frame_bytes = _write_synced(self._next_fd, self._frame(payload))
+        self._next_bytes += frame_bytes
+        self.base_bytes += frame_bytes
+
     def append_base(self, payload: bytes) -> bool:
         """Write a part of the state to the next generation only. True when it was the last part: the next
         generation is then the current one (``base_bytes`` is the size of its state)."""

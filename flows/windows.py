@@ -249,6 +249,7 @@ class _Series:
         "first_end",
         "max_ts",
         "measurement",
+        "number",
         "recent0",
         "recent0_start",
         "recent1",
@@ -259,8 +260,11 @@ class _Series:
 
     # (The default is for pickle, which makes the object before __setstate__ fills it: compiled, the class
     # calls __init__ there too.)
-    def __init__(self, measurement: str = "") -> None:
+    def __init__(self, measurement: str = "", number: int = 0) -> None:
         self.measurement = measurement
+        # What the window state log's frames call the series (see _NumberedReadings); the shard numbers its series
+        # again when it is restored.
+        self.number = number
         self.max_ts = _NO_TIME
         self.sys_at_max = 0
         # window_key(spec index, window start) -> window
@@ -298,6 +302,7 @@ class _Series:
 
     def __setstate__(self, state: tuple[str, int, int, dict[Any, _Window]]) -> None:
         self.measurement, self.max_ts, self.sys_at_max, self.windows = state
+        self.number = 0
         self.first_end = _NO_TIME
         self._forget_recent()
 
@@ -381,9 +386,31 @@ _FRAME_OPS = b"O"
 # A part of the state, as series records, written to the next generation while it is being written: each
 # record replaces its series whole (whatever the operations before it built there); nothing else is cleared.
 _FRAME_SERIES = b"S"
+# The numbers of the series held when a generation starts: after its records, or before its first part. The
+# operations name a series by its number (a series created since comes with its key, in the operation that adds
+# its first reading), so a generation's frames resolve every number on their own.
+_FRAME_NUMBERS = b"N"
+# Operations name series by key in logs written before series were numbered (replayed still, after an upgrade).
 _OP_READINGS, _OP_CLOSES, _OP_FORGETS, _OP_SHIFT, _OP_QUIET_CLOSES = 0, 1, 2, 3, 4
+_OP_NUMBERED_READINGS, _OP_NUMBERED_CLOSES, _OP_NUMBERED_FORGETS, _OP_NUMBERED_QUIET_CLOSES = 5, 6, 7, 8
 # (kind, ...): the fields after the kind depend on it, see _encode_ops and WindowLogic._replay_ops.
 _Op = tuple[Any, ...]
+
+
+class _NumberedReadings:
+    """A batch's readings as the window state log names their series: by number, in an array of ints. With each
+    reading's series key instead, pickling and writing the keys was most of a snapshot's cost at 100,000 series,
+    where a key seldom comes twice in an epoch, and the log grew three times as fast (so its next generation was
+    written as much more often). The series the batch created come with their keys, numbered from ``first`` in
+    order."""
+
+    __slots__ = ("first", "keys", "measurements", "numbers")
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.keys: list[str] = []
+        self.measurements: list[str] = []
+        self.numbers: list[int] = []
 
 
 def _carry_clock(series: _Series, now: int) -> None:
@@ -405,14 +432,17 @@ def _no_schedule(deadline: int, key: str, index: int, start: int) -> None:
 def _encode_ops(ops: list[_Op]) -> bytes:
     encoded: list[_Op] = []
     for op in ops:
-        if op[0] == _OP_READINGS:
-            readings = [r for batch in op[2] for r in batch]
+        if op[0] == _OP_NUMBERED_READINGS:
+            _, now, numbered, batches = op
+            readings = [r for batch in batches for r in batch]
             encoded.append(
                 (
-                    _OP_READINGS,
-                    op[1],
-                    [r[0] for r in readings],
-                    [r[1] for r in readings],
+                    _OP_NUMBERED_READINGS,
+                    now,
+                    numbered.first,
+                    numbered.keys,
+                    numbered.measurements,
+                    array("q", numbered.numbers),
                     array("d", [r[2] for r in readings]),
                     array("q", [r[3] for r in readings]),
                 )
@@ -420,6 +450,13 @@ def _encode_ops(ops: list[_Op]) -> bytes:
         else:
             encoded.append(op)
     return _FRAME_OPS + pickle.dumps(encoded, protocol=5)
+
+
+def _numbers_frame(keys: list[str], series_map: dict[str, _Series]) -> bytes:
+    """The numbers of the series of ``keys`` (_FRAME_NUMBERS)."""
+    held = [series_map[key] for key in keys]
+    numbers = array("q", [series.number for series in held])
+    return _FRAME_NUMBERS + pickle.dumps((numbers, keys, [series.measurement for series in held]), protocol=5)
 
 
 def _tombstone(key: str) -> bytes:
@@ -511,6 +548,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # what changed and joins the rest as bytes (see ``snapshot``).
         self._blobs: dict[str, bytes] = {}
         self._dirty: set[str] = set()
+        # The number the next new series gets (see _NumberedReadings).
+        self._next_number = 0
         # The size of the live state, against which the log's growth is measured (the records kept, or the
         # last whole-state frame written to the log).
         self._live_bytes = 0
@@ -562,6 +601,10 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             self.state = self._replay(taken_ns, self._log.replay(generation, seq))
         else:
             raise ValueError(f"window snapshot of an unknown format {resume[0]!r}")
+        # Numbered again from 0: a restored log starts a new generation, whose frames name series afresh.
+        for number, series in enumerate(self.state.series.values()):
+            series.number = number
+        self._next_number = len(self.state.series)
         if recovery_dir is not None and self._log is None:
             self._log = WindowLog(recovery_dir, step_id)
         if self._log is not None:
@@ -592,6 +635,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         """The state from the window state log's frames: whole-state records, then operations in order."""
         self.state = WindowState({}, [], taken_ns)
         series_map = self.state.series
+        # (series number -> measurement and key, as the generation's frames declare them)
+        numbered: dict[int, tuple[str, str]] = {}
         for frame in frames:
             kind, body = frame[:1], frame[1:]
             if kind == _FRAME_RECORDS:
@@ -605,32 +650,43 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     if series is not None:
                         series_map[key] = series
                 self._live_bytes += len(frame)
+            elif kind == _FRAME_NUMBERS:
+                numbers, keys, measurements = pickle.loads(body)
+                numbered.update(zip(numbers, zip(measurements, keys, strict=True), strict=True))
             elif kind == _FRAME_OPS:
-                self._replay_ops(pickle.loads(body))
+                self._replay_ops(pickle.loads(body), numbered)
             else:
                 raise ValueError(f"window state log frame of an unknown kind {kind!r}")
         self._schedule_open_windows(series_map)
         return self.state
 
-    def _replay_ops(self, ops: list[_Op]) -> None:
+    def _replay_ops(self, ops: list[_Op], numbered: dict[int, tuple[str, str]]) -> None:
         series_map = self.state.series
         for op in ops:
             kind = op[0]
-            if kind == _OP_READINGS:
+            if kind == _OP_NUMBERED_READINGS:
+                _, now, first, new_keys, new_measurements, numbers, values, stamps = op
+                numbered.update(enumerate(zip(new_measurements, new_keys, strict=True), first))
+                named = [numbered[number] for number in numbers]
+                readings = [Reading(m, key, v, ts) for (m, key), v, ts in zip(named, values, stamps, strict=True)]
+                self._add(readings, now, [], {}, [], _no_schedule, None, None)
+            elif kind == _OP_READINGS:
                 _, now, measurements, keys, values, stamps = op
-                self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule, None)
-            elif kind in (_OP_CLOSES, _OP_QUIET_CLOSES):
+                self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule, None, None)
+            elif kind in (_OP_CLOSES, _OP_QUIET_CLOSES, _OP_NUMBERED_CLOSES, _OP_NUMBERED_QUIET_CLOSES):
                 # (a wall-time close also carries its series' clock to the moment of the close)
-                quiet_at = op[1] if kind == _OP_QUIET_CLOSES else None
+                quiet_at = op[1] if kind in (_OP_QUIET_CLOSES, _OP_NUMBERED_QUIET_CLOSES) else None
                 spec_count = len(self.specs)
-                for key, index, start in zip(*op[-3:], strict=True):
+                named_by, indexes, starts = op[-3:]
+                keys = named_by if kind in (_OP_CLOSES, _OP_QUIET_CLOSES) else [numbered[n][1] for n in named_by]
+                for key, index, start in zip(keys, indexes, starts, strict=True):
                     series = series_map.get(key)
                     if series is not None:
                         series.pop_window(index, start, spec_count)
                         if quiet_at is not None:
                             _carry_clock(series, quiet_at)
-            elif kind == _OP_FORGETS:
-                for key in op[1]:
+            elif kind in (_OP_FORGETS, _OP_NUMBERED_FORGETS):
+                for key in op[1] if kind == _OP_FORGETS else [numbered[n][1] for n in op[1]]:
                     series_map.pop(key, None)
             elif kind == _OP_SHIFT:
                 for series in series_map.values():
@@ -647,38 +703,39 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 end = start + self.specs[index].length_ns
                 self._schedule(series.sys_at_max + (end + self.lateness_ns - series.max_ts), key, index, start)
 
-    def _log_close(self, key: str, index: int, start: int) -> None:
+    def _log_close(self, series: _Series, index: int, start: int) -> None:
         ops = self._ops
         if ops is None:
             return
-        if ops and ops[-1][0] == _OP_CLOSES:
+        if ops and ops[-1][0] == _OP_NUMBERED_CLOSES:
             last = ops[-1]
-            last[1].append(key)
+            last[1].append(series.number)
             last[2].append(index)
             last[3].append(start)
         else:
-            ops.append((_OP_CLOSES, [key], array("i", [index]), array("q", [start])))
+            ops.append((_OP_NUMBERED_CLOSES, array("q", [series.number]), array("i", [index]), array("q", [start])))
 
-    def _log_quiet_close(self, key: str, index: int, start: int, now: int) -> None:
+    def _log_quiet_close(self, series: _Series, index: int, start: int, now: int) -> None:
         ops = self._ops
         if ops is None:
             return
-        if ops and ops[-1][0] == _OP_QUIET_CLOSES and ops[-1][1] == now:
+        if ops and ops[-1][0] == _OP_NUMBERED_QUIET_CLOSES and ops[-1][1] == now:
             last = ops[-1]
-            last[2].append(key)
+            last[2].append(series.number)
             last[3].append(index)
             last[4].append(start)
         else:
-            ops.append((_OP_QUIET_CLOSES, now, [key], array("i", [index]), array("q", [start])))
+            numbers, indexes, starts = array("q", [series.number]), array("i", [index]), array("q", [start])
+            ops.append((_OP_NUMBERED_QUIET_CLOSES, now, numbers, indexes, starts))
 
-    def _log_forget(self, key: str) -> None:
+    def _log_forget(self, series: _Series) -> None:
         ops = self._ops
         if ops is None:
             return
-        if ops and ops[-1][0] == _OP_FORGETS:
-            ops[-1][1].append(key)
+        if ops and ops[-1][0] == _OP_NUMBERED_FORGETS:
+            ops[-1][1].append(series.number)
         else:
-            ops.append((_OP_FORGETS, [key]))
+            ops.append((_OP_NUMBERED_FORGETS, array("q", [series.number])))
 
     def _schedule(self, deadline: int, key: str, index: int, start: int) -> None:
         """A new window's deadline, and when it is written early."""
@@ -715,8 +772,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         late_counts: dict[str, int] = {}
         closing: list[str] = []
         refused: list[Reading] = []
+        numbered = _NumberedReadings(self._next_number) if self._ops is not None else None
         for readings in values:
-            self._add(readings, now, late, late_counts, closing, self._schedule, refused)
+            self._add(readings, now, late, late_counts, closing, self._schedule, refused, numbered)
         if self._ops is not None:
             if refused:
                 # The log holds what was added, and a replay adds it all: it must not decide again with the
@@ -724,7 +782,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 # or with a max_series changed since.
                 gone = {id(r) for r in refused}
                 values = [[r for r in readings if id(r) not in gone] for readings in values]
-            self._ops.append((_OP_READINGS, now, values))
+            self._ops.append((_OP_NUMBERED_READINGS, now, numbered, values))
         aggregates: list[Aggregate] = []
         lines: list[str] = []
         series_map = self.state.series
@@ -757,11 +815,13 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         closing: list[str],
         schedule: Callable[[int, str, int, int], None],
         refused: list[Reading] | None,
+        numbered: _NumberedReadings | None,
     ) -> None:
         """Add readings that arrived at ``now`` to their series' open windows (the state change a replay of the
         window state log repeats, with the same clock). ``closing`` gets the series whose newer event time
         brought their watermark to a window's end (a series may be there more than once); ``refused`` the
-        readings of new series past ``max_series`` (None: a replay, which adds every reading)."""
+        readings of new series past ``max_series`` (None: a replay, which adds every reading); ``numbered`` (with
+        the log) the added readings' series numbers, for the log's frame."""
         series_map = self.state.series
         lateness = self.lateness_ns
         spec_count = len(self.specs)
@@ -769,6 +829,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         # Without the log, the series changed since the last snapshot are encoded again; with it, the log's
         # frames say what changed, and a set of the series a batch touched would be work for nothing.
         dirty = self._dirty if self._ops is None else None
+        numbers = numbered.numbers if numbered is not None else None
         max_series = self.max_series if refused is not None else sys.maxsize
         for reading in readings:
             key = reading.series
@@ -779,8 +840,14 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     assert refused is not None  # (None only in a replay, which has no limit)
                     refused.append(reading)
                     continue
-                series = series_map[key] = _Series(reading.measurement)
-            if dirty is not None:
+                series = series_map[key] = _Series(reading.measurement, self._next_number)
+                self._next_number += 1
+                if numbered is not None:
+                    numbered.keys.append(key)
+                    numbered.measurements.append(reading.measurement)
+            if numbers is not None:
+                numbers.append(series.number)
+            elif dirty is not None:
                 dirty.add(key)
             if ts > series.max_ts:
                 series.max_ts = ts
@@ -849,7 +916,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             for index, start in sorted(split_window_key(w, spec_count) for w in series.windows):
                 window = series.windows[window_key(index, start, spec_count)]
                 self._emit(key, series, index, start, window, aggregates, lines)
-                self._log_close(key, index, start)
+                self._log_close(series, index, start)
             series.clear_windows()
             self._dirty.add(key)
         self._due.clear()
@@ -901,11 +968,13 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         state_log, ops = self._log, self._ops
         assert state_log is not None and ops is not None
         written = 0
+        series_map = self.state.series
         if state_log.generation < 0:
             spec_count = len(self.specs)
-            frame = _FRAME_RECORDS + b"".join(_encode_series(k, s, spec_count) for k, s in self.state.series.items())
-            state_log.start_generation(frame)
-            self._live_bytes = written = len(frame)
+            frame = _FRAME_RECORDS + b"".join(_encode_series(k, s, spec_count) for k, s in series_map.items())
+            numbers = _numbers_frame(list(series_map), series_map)
+            state_log.write_generation([frame, numbers])
+            self._live_bytes = written = len(frame) + len(numbers)
         else:
             if ops:
                 frame = _encode_ops(ops)
@@ -914,7 +983,11 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             if not state_log.writing_next and state_log.needs_new_generation(self._live_bytes):
                 # The series as they stand after the frame above: the operations after it go to both
                 # generations, so each series' record in the next one may be written at any later snapshot.
-                state_log.begin_generation(list(self.state.series))
+                keys = list(series_map)
+                state_log.begin_generation(keys)
+                numbers = _numbers_frame(keys, series_map)
+                state_log.append_next(numbers)
+                written += len(numbers)
             if state_log.writing_next:
                 written += self._write_base_part(state_log)
         ops.clear()
@@ -995,7 +1068,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 window = series.pop_window(index, start, spec_count)
                 assert window is not None  # (a key of windows)
                 self._emit(key, series, index, start, window, out, lines)
-                self._log_close(key, index, start)
+                self._log_close(series, index, start)
             elif end < first_end:
                 first_end = end
         series.first_end = first_end
@@ -1027,7 +1100,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     budget -= self._emit(key, series, index, start, window, out, lines)
                     if self._ops is None:
                         self._dirty.add(key)
-                    self._log_quiet_close(key, index, start, now)
+                    self._log_quiet_close(series, index, start, now)
                     _carry_clock(series, now)
                 else:
                     _add_to_bucket(self._due, heap, due, key, index, start)  # (a later bucket: due > now)
@@ -1042,9 +1115,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         if now - self._last_sweep > _SWEEP_EVERY_NS:
             self._last_sweep = now
             for key in [k for k, s in series_map.items() if not s.windows and now - s.sys_at_max > _FORGET_NS]:
-                del series_map[key]
+                self._log_forget(series_map.pop(key))
                 self._dirty.add(key)
-                self._log_forget(key)
 
     def _write_early(self, now: int, budget: int, lines: list[str]) -> None:
         """Write early the lines of up to ``budget`` windows whose allowed lateness has begun (a fraction of it

@@ -7,6 +7,7 @@ import pickle
 import random
 import shutil
 import sqlite3
+from array import array
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -786,6 +787,56 @@ def test_with_the_state_log_an_epoch_writes_what_changed_not_what_is_held(tmp_pa
     resumed = _log_logic(tmp_path, clock, pickle.loads(pickle.dumps(second)))
     sums = _open_aggregates(resumed)
     assert len(sums) == 10_000 and sums[_series(7)] == (2, 12.0) and sums[_series(9_999)] == (1, 9_999.0)
+
+
+def test_an_epoch_frame_names_each_series_by_number_not_by_key(tmp_path: Path) -> None:
+    """At fleet scale a series seldom has two readings in one epoch, so a frame that spelled each reading's series
+    key grew with the key's length (about 60 bytes a reading). A reading costs its value, its time and its series'
+    number; a new series' key comes once, with the epoch that created it."""
+    clock = Clock(T0 + 5 * S)
+    logic = _log_logic(tmp_path, clock)
+    keys = [f"readings,device=device-{i:05d},metric=temperature,site=warehouse-{i % 7}" for i in range(5_000)]
+    stats = health.counters()
+    collect(logic, [reading(float(i), 1, key) for i, key in enumerate(keys)])
+    logic.snapshot()  # the generation's start: every series' record and number
+    collect(logic, [reading(float(i), 2, key) for i, key in enumerate(keys)])
+    before = replace(stats)
+    marker = logic.snapshot()
+    written = stats.window_snapshot_bytes - before.window_snapshot_bytes
+    assert written < 5_000 * 30, written
+    sums = _open_aggregates(_log_logic(tmp_path, clock, marker))
+    assert len(sums) == 5_000 and sums[keys[4_321]] == (2, 2 * 4_321.0)
+
+
+def test_a_log_written_before_series_were_numbered_still_replays(tmp_path: Path) -> None:
+    """Operations that name series by key, as logs written before series numbers hold them: after an upgrade the
+    first start replays them."""
+    from flows import windows
+
+    clock = Clock(T0 + 30 * S)
+    state_log = window_log.WindowLog(tmp_path, "fleetwatch.windows")
+    a, b, c = _series(1), _series(2), _series(3)
+    records = windows._FRAME_RECORDS  # no series held when the generation started
+    state_log.write_generation([records])
+    opened = T0 + 5 * S
+    ops = [
+        (
+            windows._OP_READINGS,
+            opened,
+            ["readings"] * 4,
+            [a, b, c, a],
+            array("d", [1, 2, 3, 4]),
+            array("q", [T0 + S] * 4),
+        ),
+        (windows._OP_CLOSES, [b], array("i", [0]), array("q", [T0])),
+        (windows._OP_FORGETS, [c]),
+    ]
+    seq = state_log.append(windows._FRAME_OPS + pickle.dumps(ops, protocol=5))
+    state_log.close()
+    marker = (window_log.LOG_FORMAT, T0 + 6 * S, state_log.name, state_log.generation, seq)
+    resumed = _log_logic(tmp_path, clock, marker)
+    assert sorted(resumed.state.series) == [a, b]
+    assert _open_aggregates(resumed) == {a: (2, 5.0)}
 
 
 def test_frames_written_after_the_committed_marker_are_not_restored(tmp_path: Path) -> None:
