@@ -172,6 +172,17 @@ def _file_stamp(path: Path | None) -> tuple[int, int] | None:
 MAX_SERIES_KEY_BYTES = 65_535 - 64
 
 
+def _scaled(stamp: int, ns_per_unit: int) -> int:
+    """``stamp * ns_per_unit``, in parts. Compiled, a product with a factor of 2**30 or more (a millisecond epoch is
+    about 2**41) is computed on boxed ints: about 2 % of the worker's time at 100,000 series. The parts here stay
+    below that for stamps in seconds, milliseconds and microseconds of this millennium (any other stamp still gets
+    the exact product, by that general path)."""
+    if ns_per_unit == 1:
+        return stamp
+    high = (stamp >> 30) * ns_per_unit
+    return (high << 30) + (stamp & 0x3FFFFFFF) * ns_per_unit
+
+
 def _encodable(series: str) -> str:
     """A series key that can be written: JSON escapes such as ``"\\ud800"`` give lone surrogates, which
     no store accepts and which would make the writer refuse a whole batch; and it fits InfluxDB's limit."""
@@ -405,7 +416,7 @@ class MQTTParser:
                         raw_ts = doc.get(info.ts_field)
                         # Only integer epochs in a fixed unit here; the general decoder handles the rest.
                         if type(raw_ts) is int and info.ts_scale:
-                            ts = raw_ts * info.ts_scale
+                            ts = _scaled(raw_ts, info.ts_scale)
                         else:
                             doc = None
                     if type(doc) is dict and oldest_ok <= ts <= newest_ok:

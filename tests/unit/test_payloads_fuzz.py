@@ -26,7 +26,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from collectors.mqtt.parse import MessageBatch, MQTTParser
+from collectors.mqtt.parse import MessageBatch, MQTTParser, _scaled
 from collectors.mqtt.payloads import (
     PayloadError,
     Sample,
@@ -454,3 +454,16 @@ def test_every_message_of_a_batch_ends_as_readings_or_one_dead_letter(messages: 
     together = parser.parse(MessageBatch(received_ns, messages))
     assert together.messages == len(messages)
     assert (len(together.readings), len(together.dead_letters)) == (readings, dead)
+
+
+@given(
+    st.one_of(st.integers(-(2**80), 2**80), st.integers(0, 2**53)),
+    st.sampled_from([1, 1_000, 1_000_000, 1_000_000_000]),
+)
+@example(1_767_225_600_123, 1_000_000)
+@example(-1, 1_000_000)
+@example(2**63 // 1_000_000 + 1, 1_000_000)
+def test_a_json_timestamp_is_scaled_to_nanoseconds_exactly(stamp: int, ns_per_unit: int) -> None:
+    """The flat-JSON path scales an integer timestamp in parts (a product computed on boxed ints was slow,
+    compiled): it must be the exact product for any integer a device sends, past 64 bits too."""
+    assert _scaled(stamp, ns_per_unit) == stamp * ns_per_unit
