@@ -1175,13 +1175,15 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             end = start + spec.length_ns
             fields = (series.measurement, key, spec.label, start, end, 1, v, v, v, v, v, v, None, quantiles)
             return new_tuple(Aggregate, fields)
-        ordered = sorted(values)
+        # (a list of the values, sorted in place: sorted() took them from the array one by one, as an iterator)
+        ordered: list[float] = values.tolist()
+        ordered.sort()
         total: float | None
         stddev: float | None
         try:
             total = math.fsum(ordered)
             mean = total / count
-            stddev = math.sqrt(math.fsum([(v - mean) ** 2 for v in ordered]) / (count - 1))
+            stddev = math.sqrt(math.fsum([(v - mean) * (v - mean) for v in ordered]) / (count - 1))
             if stddev == math.inf:
                 raise OverflowError
         except OverflowError:
