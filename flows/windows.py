@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from bytewax.operators import StatefulBatchLogic
 
@@ -47,13 +47,13 @@ from flows.window_log import LOG_FORMAT, LogMarker, WindowLog
 
 log = logging.getLogger(__name__)
 
-_NO_TIME = -(2**63)
-_NO_END = 2**63 - 1
+_NO_TIME: Final = -9_223_372_036_854_775_808  # -(2**63)
+_NO_END: Final = 9_223_372_036_854_775_807  # 2**63 - 1
 # Series without open windows are forgotten after an hour of silence; checked once a minute.
-_FORGET_NS = 3600 * 1_000_000_000
+_FORGET_NS: Final = 3600 * 1_000_000_000
 # Window deadlines are kept in buckets of this width: a window closes at most this much after its deadline.
-_DUE_BUCKET_NS = 50_000_000
-_SWEEP_EVERY_NS = 60 * 1_000_000_000
+_DUE_BUCKET_NS: Final = 50_000_000
+_SWEEP_EVERY_NS: Final = 60 * 1_000_000_000
 # Windows closed by one callback at most. At fleet scale a window boundary is due for every series at once
 # (100,000 windows and more); closed in one go, that held the worker for seconds, and nothing was read
 # meanwhile. The rest stay due, and the step is called back shortly (_YIELD_NS), after the input. A round must
@@ -62,13 +62,13 @@ _SWEEP_EVERY_NS = 60 * 1_000_000_000
 # window, a round of 1,000 took 20-40 ms, so reading paused for 0.4-0.8 s there, and alerts waited as long;
 # with 500, the alerts' p99 went from 0.8-0.9 s to about 0.5 s (BENCHMARKS.md, run P). With 10,000 a round,
 # reading had paused for 2-4 s.
-_CLOSE_PER_CALL = 500
+_CLOSE_PER_CALL: Final = 500
 # When closes are still due after a callback (its budget ran out), the step asks to be called back this much
 # later rather than at the overdue moment. Bytewax calls a step whose notify_at is in the past again at once;
 # it ran about twenty rounds in a row at every epoch's end, and more around it, before it polled the input
 # again: at a fleet boundary reading paused for 0.4-1.5 s (and with it every alert), and the batch read
 # afterwards was large enough to pause it again. A wake-up slightly ahead lets the input run between rounds.
-_YIELD_NS = 5_000_000
+_YIELD_NS: Final = 5_000_000
 # A window is written early (WindowLogic(write_early=True), the pipeline's default): once a fraction of its
 # allowed lateness has passed, the step formats its line and hands it to the store, in rounds, while the rest of
 # the lateness runs (see WindowLogic._write_early). Dashboards then see a window a fraction of the lateness after its
@@ -80,20 +80,22 @@ _YIELD_NS = 5_000_000
 # round's budget counts a window written early as a third of one formatted at its close. One thing an overwrite
 # cannot do is remove a field: if a late reading takes a window's sum or stddev beyond a double (values near
 # 1e308), the value written early stays in InfluxDB beside the final count, min, max and quantiles.
-_FORMAT_COST = 3
-_CLOSE_UNITS = _CLOSE_PER_CALL * _FORMAT_COST
+_FORMAT_COST: Final = 3
+_CLOSE_UNITS: Final = _CLOSE_PER_CALL * _FORMAT_COST
 # Windows written early by one callback at most: a boundary of 100,000 windows is written within 2 s of
 # lateness, and a round (about 12 ms) leaves the input its turns.
-_EARLY_PER_CALL = 1_000
+_EARLY_PER_CALL: Final = 1_000
 # Writing early starts this fraction of the allowed lateness after the window's end, when the readings that
 # were on their way at the end (in the broker, in the flow) have been added; a reading after that costs the
 # window a second write. Below _EARLY_MIN_LATENESS_NS of lateness every window is written at its close.
-_EARLY_START_FRACTION = 8
-_EARLY_MIN_LATENESS_NS = 200_000_000
+_EARLY_START_FRACTION: Final = 8
+_EARLY_MIN_LATENESS_NS: Final = 200_000_000
 # _Window.written: not written yet; written early and unchanged since; written early and changed since.
-_NOT_WRITTEN, _WRITTEN, _CHANGED = 0, 1, 2
+_NOT_WRITTEN: Final = 0
+_WRITTEN: Final = 1
+_CHANGED: Final = 2
 # Window sizes whose quantile positions are kept (each a few tuples).
-_POSITIONS_KEPT = 10_000
+_POSITIONS_KEPT: Final = 10_000
 
 
 class WindowSpec(NamedTuple):
@@ -241,7 +243,7 @@ def split_window_key(key: int, spec_count: int) -> tuple[int, int]:
 
 
 # No window: what a series' recent-window slots hold when empty (a window of its own, never in a series' dict).
-_NO_WINDOW = _Window()
+_NO_WINDOW: Final = _Window()
 
 
 class _Series:
@@ -365,12 +367,12 @@ class WindowState(NamedTuple):
 #
 # With recovery on, the records go to the window state log instead (``flows.window_log``), and the snapshot is
 # its marker: only the series that changed are written at an epoch.
-_SNAPSHOT_FORMAT = "series-records-1"
+_SNAPSHOT_FORMAT: Final = "series-records-1"
 WindowSnapshot = tuple[str, int, bytes] | LogMarker
 _SERIES_HEAD = struct.Struct("<IIqqI")
 _WINDOW_HEAD = struct.Struct("<iqqdqdI")
 # The measurement length of a tombstone: the record of a series that was forgotten.
-_TOMBSTONE = 0xFFFFFFFF
+_TOMBSTONE: Final = 0xFFFFFFFF
 
 
 # The window state log's frames (``flows.window_log``): the whole state as series records, written when a log
@@ -381,18 +383,25 @@ _TOMBSTONE = 0xFFFFFFFF
 # back the state exactly, since adding a reading depends only on the state and the batch's clock.
 # Encoding an epoch's readings in columns costs about 0.5 µs a reading; encoding every changed series again
 # cost about 6 µs a reading at 100,000 series (each reading changes a series, and so does each window close).
-_FRAME_RECORDS = b"R"
-_FRAME_OPS = b"O"
+_FRAME_RECORDS: Final = b"R"
+_FRAME_OPS: Final = b"O"
 # A part of the state, as series records, written to the next generation while it is being written: each
 # record replaces its series whole (whatever the operations before it built there); nothing else is cleared.
-_FRAME_SERIES = b"S"
+_FRAME_SERIES: Final = b"S"
 # The numbers of the series held when a generation starts: after its records, or before its first part. The
 # operations name a series by its number (a series created since comes with its key, in the operation that adds
 # its first reading), so a generation's frames resolve every number on their own.
-_FRAME_NUMBERS = b"N"
+_FRAME_NUMBERS: Final = b"N"
 # Operations name series by key in logs written before series were numbered (replayed still, after an upgrade).
-_OP_READINGS, _OP_CLOSES, _OP_FORGETS, _OP_SHIFT, _OP_QUIET_CLOSES = 0, 1, 2, 3, 4
-_OP_NUMBERED_READINGS, _OP_NUMBERED_CLOSES, _OP_NUMBERED_FORGETS, _OP_NUMBERED_QUIET_CLOSES = 5, 6, 7, 8
+_OP_READINGS: Final = 0
+_OP_CLOSES: Final = 1
+_OP_FORGETS: Final = 2
+_OP_SHIFT: Final = 3
+_OP_QUIET_CLOSES: Final = 4
+_OP_NUMBERED_READINGS: Final = 5
+_OP_NUMBERED_CLOSES: Final = 6
+_OP_NUMBERED_FORGETS: Final = 7
+_OP_NUMBERED_QUIET_CLOSES: Final = 8
 # (kind, ...): the fields after the kind depend on it, see _numbered_readings_op, WindowLogic._log_close and the
 # others, and WindowLogic._replay_ops.
 _Op = tuple[Any, ...]

@@ -360,6 +360,8 @@ class MQTTParser:
         dead: list[DeadLetter] = []
         max_payload = self._max_payload
         append = readings.append
+        # (locals: compiled, a module-level name is looked up in the module's dict at every use, per message here)
+        make, reading_type, loads_json = new_tuple, Reading, _loads_json
         if self._devices.file is not None:
             self._reload_inventory_if_changed()
         unknown_devices = 0
@@ -399,7 +401,7 @@ class MQTTParser:
                     except ValueError:
                         value = math.nan
                     if value - value == 0.0 and b"_" not in payload:  # finite, and no "1_000"
-                        reading = new_tuple(Reading, (info.measurement, series, value, received_ns))
+                        reading = make(reading_type, (info.measurement, series, value, received_ns))
                         append(reading)
                         if info.write_raw:
                             raw.append(reading)
@@ -408,7 +410,7 @@ class MQTTParser:
                     # A flat JSON object of numbers (the common device payload), inline; anything else
                     # (nesting, booleans, strings, errors) takes the general decoder below.
                     try:
-                        doc = _loads_json(payload)
+                        doc = loads_json(payload)
                     except ValueError:  # (orjson.JSONDecodeError, also for nesting past its depth limit)
                         doc = None
                     ts = received_ns
@@ -442,7 +444,7 @@ class MQTTParser:
                                         series = self._series(info, Sample(key, 0.0))
                                         first_metric = info.first_metric  # (the call may have set them)
                                         more_metrics = info.more_metrics
-                                found.append(new_tuple(Reading, (info.measurement, series, number, ts)))
+                                found.append(make(reading_type, (info.measurement, series, number, ts)))
                             elif kind is not str and field is not None and key not in info.skip:
                                 break  # nested, boolean or list: general decoder
                         else:
