@@ -658,7 +658,7 @@ def test_a_downtime_is_left_out_once_even_across_a_second_restart() -> None:
 def test_a_snapshot_in_the_earlier_one_pickle_format_still_resumes() -> None:
     from flows.windows import WindowState, _Series, _Window
 
-    series = _Series("readings")
+    series = _Series(measurement="readings")
     window = _Window()
     window.add(2.0, T0 + S)
     series.windows[(0, T0)] = window
