@@ -419,9 +419,9 @@ _Op = tuple[Any, ...]
 class _NumberedReadings:
     """A batch's readings as the window state log names their series: by number, in an array of ints. With each
     reading's series key instead, pickling and writing the keys was most of a snapshot's cost at 100,000 series,
-    where a key seldom comes twice in an epoch, and the log grew three times as fast (so its next generation was
-    written as much more often). The series the batch created come with their keys, numbered from ``first`` in
-    order."""
+    where a key seldom comes twice in an epoch, and the log grew about twice as fast (52 against 26-28 bytes a
+    reading, BENCHMARKS.md run AM), so its next generation was written as much more often. The series the batch
+    created come with their keys, numbered from ``first`` in order."""
 
     __slots__ = ("first", "keys", "measurements", "numbers")
 
@@ -450,8 +450,8 @@ def _no_schedule(deadline: int, series: _Series, index: int, start: int) -> None
 
 def _numbered_readings_op(now: int, numbered: _NumberedReadings, batches: list[list[Reading]]) -> _Op:
     """The operation that adds a batch's readings, in columns. Made as the batch is added, while its readings are
-    in the CPU's caches: held until the epoch's snapshot instead, the readings were cold by then, and taking
-    their values and freeing them cost twice as much at 100,000 series."""
+    in the CPU's caches: held until the epoch's snapshot instead, the readings were cold by then (at 100,000 series
+    and 150,000 readings/s a snapshot took 70-76 ms, 51-56 ms since, BENCHMARKS.md run AM)."""
     readings = [r for batch in batches for r in batch]
     return (
         _OP_NUMBERED_READINGS,

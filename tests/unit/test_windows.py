@@ -809,8 +809,8 @@ def test_an_epoch_frame_names_each_series_by_number_not_by_key(tmp_path: Path) -
 
 
 def test_a_log_written_before_series_were_numbered_still_replays(tmp_path: Path) -> None:
-    """Operations that name series by key, as logs written before series numbers hold them: after an upgrade the
-    first start replays them."""
+    """A log written before series were numbered names them by key in its operations: the first start after an
+    upgrade replays it."""
     from flows import windows
 
     clock = Clock(T0 + 30 * S)
