@@ -202,10 +202,7 @@ class WindowLog:
         generation is then the current one (``base_bytes`` is the size of its state)."""
         if self._next_fd < 0:
             raise WindowLogError("append_base without begin_generation")
-        self.seq += 1
-        frame_bytes = _write_synced(self._next_fd, self._frame(payload))
-        self._next_bytes += frame_bytes
-        self.base_bytes += frame_bytes
+        self.append_next(payload)
         if self._base_done < len(self._base_keys):
             return False
         self._finish_generation()
