@@ -183,7 +183,7 @@ def test_births_aliases_restart_gap_deaths_and_the_offline_rule(
     assert sorted(r.get("device") or "" for r in offline) == ["", "press"]
     assert {r["rule"] for r in offline} == {"sparkplug-offline"}
     assert {r["severity"] for r in offline} == {"critical"}
-    assert any(r["summary"] == f"Sparkplug {group}/edge1 press is offline" for r in offline)
+    assert any(r["summary"] == f"Sparkplug {group}/edge1 press is offline" for r in offline), offline
     assert sorted(r.get("device") or "" for r in resolved) == ["", "press"]
 
     letters = dead_letters(dead_path)
