@@ -465,10 +465,10 @@ def _numbered_readings_op(now: int, numbered: _NumberedReadings, batches: list[l
     )
 
 
-def _numbers_frame(keys: list[str], series_map: dict[str, _Series]) -> bytes:
-    """The numbers of the series of ``keys`` (_FRAME_NUMBERS)."""
-    held = [series_map[key] for key in keys]
+def _numbers_frame(held: list[_Series]) -> bytes:
+    """The numbers of the series ``held``, with their keys and measurements (_FRAME_NUMBERS)."""
     numbers = array("q", [series.number for series in held])
+    keys = [series.key for series in held]
     return _FRAME_NUMBERS + pickle.dumps((numbers, keys, [series.measurement for series in held]), protocol=5)
 
 
@@ -931,7 +931,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         for key, series in self.state.series.items():
             for index, start in sorted(split_window_key(w, spec_count) for w in series.windows):
                 window = series.windows[window_key(index, start, spec_count)]
-                self._emit(key, series, index, start, window, aggregates, lines)
+                self._emit(series, index, start, window, aggregates, lines)
                 self._log_close(series, index, start)
             series.clear_windows()
             self._dirty.add(key)
@@ -988,7 +988,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         if state_log.generation < 0:
             spec_count = len(self.specs)
             frame = _FRAME_RECORDS + b"".join(_encode_series(k, s, spec_count) for k, s in series_map.items())
-            numbers = _numbers_frame(list(series_map), series_map)
+            numbers = _numbers_frame(list(series_map.values()))
             state_log.write_generation([frame, numbers])
             self._live_bytes = written = len(frame) + len(numbers)
         else:
@@ -999,9 +999,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             if not state_log.writing_next and state_log.needs_new_generation(self._live_bytes):
                 # The series as they stand after the frame above: the operations after it go to both
                 # generations, so each series' record in the next one may be written at any later snapshot.
-                keys = list(series_map)
-                state_log.begin_generation(keys)
-                numbers = _numbers_frame(keys, series_map)
+                held = list(series_map.values())
+                state_log.begin_generation([series.key for series in held])
+                numbers = _numbers_frame(held)
                 state_log.append_next(numbers)
                 written += len(numbers)
             if state_log.writing_next:
@@ -1050,7 +1050,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
     # -- closing
 
     def _emit(
-        self, key: str, series: _Series, index: int, start: int, window: _Window, out: list[Aggregate], lines: list[str]
+        self, series: _Series, index: int, start: int, window: _Window, out: list[Aggregate], lines: list[str]
     ) -> int:
         """A closed window's aggregate, and its line when the step formats them, unless it was written early and
         is unchanged since (only counted then without ``closed_written``). Returns its cost in a closing round's
@@ -1059,9 +1059,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         written = window.written
         if written == _WRITTEN:
             if self.closed_written:
-                out.append(self._aggregate(key, series, index, start, window))
+                out.append(self._aggregate(series, index, start, window))
             return 1
-        aggregate = self._aggregate(key, series, index, start, window)
+        aggregate = self._aggregate(series, index, start, window)
         out.append(aggregate)
         if self.format_line is not None:
             lines.append(self.format_line(aggregate))
@@ -1073,7 +1073,6 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         watermark = series.max_ts + (now - series.sys_at_max) - self.lateness_ns
         if watermark < series.first_end:
             return
-        key = series.key
         windows = series.windows
         specs = self.specs
         spec_count = len(specs)
@@ -1084,7 +1083,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             if end <= watermark:
                 window = series.pop_window(index, start, spec_count)
                 assert window is not None  # (a key of windows)
-                self._emit(key, series, index, start, window, out, lines)
+                self._emit(series, index, start, window, out, lines)
                 self._log_close(series, index, start)
             elif end < first_end:
                 first_end = end
@@ -1107,15 +1106,14 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 taken += 1
                 if start * spec_count + index not in series.windows:
                     continue  # closed earlier by event time (or the series was forgotten since)
-                key = series.key
                 end = start + self.specs[index].length_ns
                 due = series.sys_at_max + (end + self.lateness_ns - series.max_ts)
                 if due <= now:
                     window = series.pop_window(index, start, spec_count)
                     assert window is not None  # (in windows, above)
-                    budget -= self._emit(key, series, index, start, window, out, lines)
+                    budget -= self._emit(series, index, start, window, out, lines)
                     if self._ops is None:
-                        self._dirty.add(key)
+                        self._dirty.add(series.key)
                     self._log_quiet_close(series, index, start, now)
                     _carry_clock(series, now)
                 else:
@@ -1175,11 +1173,11 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                     # (its series' clock was moved on by a downtime left out: not yet; a later bucket)
                     _add_to_bucket(buckets, heap, early_at, series, index, start)
                     continue
-                lines.append(format_line(self._aggregate(series.key, series, index, start, window)))
+                lines.append(format_line(self._aggregate(series, index, start, window)))
                 window.written = _WRITTEN
         return budget
 
-    def _aggregate(self, key: str, series: _Series, index: int, start: int, window: _Window) -> Aggregate:
+    def _aggregate(self, series: _Series, index: int, start: int, window: _Window) -> Aggregate:
         spec = self.specs[index]
         values = window.values
         count = len(values)
@@ -1189,7 +1187,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             v = values[0]
             quantiles = tuple((q, v) for q in self.quantiles)
             end = start + spec.length_ns
-            fields = (series.measurement, key, spec.label, start, end, 1, v, v, v, v, v, v, None, quantiles)
+            fields = (series.measurement, series.key, spec.label, start, end, 1, v, v, v, v, v, v, None, quantiles)
             return new_tuple(Aggregate, fields)
         # (a list of the values, sorted in place: sorted() took them from the array one by one, as an iterator)
         ordered: list[float] = values.tolist()
@@ -1215,7 +1213,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             Aggregate,
             (
                 series.measurement,
-                key,
+                series.key,
                 spec.label,
                 start,
                 start + spec.length_ns,
