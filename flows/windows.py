@@ -465,10 +465,10 @@ def _numbered_readings_op(now: int, numbered: _NumberedReadings, batches: list[l
     )
 
 
-def _numbers_frame(held: list[_Series]) -> bytes:
-    """The numbers of the series ``held``, with their keys and measurements (_FRAME_NUMBERS)."""
+def _numbers_frame(held: list[_Series], keys: list[str]) -> bytes:
+    """The numbers of the series ``held``, with their ``keys`` (in the same order) and measurements
+    (_FRAME_NUMBERS)."""
     numbers = array("q", [series.number for series in held])
-    keys = [series.key for series in held]
     return _FRAME_NUMBERS + pickle.dumps((numbers, keys, [series.measurement for series in held]), protocol=5)
 
 
@@ -988,7 +988,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         if state_log.generation < 0:
             spec_count = len(self.specs)
             frame = _FRAME_RECORDS + b"".join(_encode_series(k, s, spec_count) for k, s in series_map.items())
-            numbers = _numbers_frame(list(series_map.values()))
+            numbers = _numbers_frame(list(series_map.values()), list(series_map))
             state_log.write_generation([frame, numbers])
             self._live_bytes = written = len(frame) + len(numbers)
         else:
@@ -1000,8 +1000,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 # The series as they stand after the frame above: the operations after it go to both
                 # generations, so each series' record in the next one may be written at any later snapshot.
                 held = list(series_map.values())
-                state_log.begin_generation([series.key for series in held])
-                numbers = _numbers_frame(held)
+                keys = [series.key for series in held]
+                state_log.begin_generation(keys)
+                numbers = _numbers_frame(held, keys)
                 state_log.append_next(numbers)
                 written += len(numbers)
             if state_log.writing_next:
