@@ -1084,3 +1084,189 @@ def test_values_near_the_largest_double_close_their_window_with_finite_statistic
         assert agg.sum is None
     line = schema.aggregate_line(agg)
     assert "inf" not in line and "nan" not in line, line
+
+
+# -- nested windows: a 1 min window made from its 10 s windows
+
+
+def _keyed_line(aggregate: Aggregate) -> str:
+    """A store line that says which point it writes (series, window, start) and holds every statistic."""
+    return f"{aggregate.series}|{aggregate.window}|{aggregate.start_ns}|{aggregate!r}"
+
+
+class _Outputs:
+    """What a logic handed on: the aggregates of its closes, and the store its lines leave (the last line
+    written for a point wins, as in InfluxDB)."""
+
+    def __init__(self) -> None:
+        self.aggregates: list[Aggregate] = []
+        self.store: dict[str, str] = {}
+        self.late: list[Reading] = []
+
+    def take(self, results: object) -> None:
+        for result in results:  # type: ignore[attr-defined]
+            self.aggregates += result.aggregates
+            self.late += result.late
+            for line in result.lines:
+                self.store[line.rsplit("|", 1)[0]] = line
+
+
+def _drive(logic: WindowLogic, outputs: _Outputs, batch: list[Reading]) -> None:
+    if batch:
+        outputs.take(logic.on_batch([batch])[0])
+    # (as notify_while_due; a wake-up a few milliseconds ahead that closes nothing yet waits for the next batch)
+    while (due := logic.notify_at()) is not None and int(due.timestamp() * S) <= logic._now() + _YIELD_NS + 1_000:  # type: ignore[operator]
+        results = list(logic.on_notify()[0])
+        if not results and int(due.timestamp() * S) > logic._now():
+            break
+        outputs.take(results)
+
+
+def _fleet_batches(rng: random.Random, clock: Clock, steps: int) -> list[tuple[int, list[Reading]]]:
+    """(clock, batch) pairs: 30 series, each stamping its readings a fixed delay behind the clock, so that the
+    newest event time of a series follows the clock (the watermark is then the same for any set of window
+    lengths); and stragglers up to 15 s older than a series' newest reading: in order, out of order, late for a
+    10 s window but not for its 1 min window, or for both. Values from a small set, so that ties are broken by
+    value. Pauses of up to 14 s let windows close on wall time."""
+    delays = [rng.randint(0, 3000) * 1_000_000 for _ in range(30)]
+    newest: dict[int, int] = {}
+    batches = []
+    now = clock.now
+    for _ in range(steps):
+        now += rng.randint(0, 700) * 1_000_000 if rng.random() < 0.9 else rng.randint(3, 14) * S
+        batch = []
+        for _ in range(rng.randint(0, 12)):
+            i = rng.randrange(30)
+            if i in newest and rng.random() < 0.35:
+                ts = newest[i] - rng.randint(0, 15_000) * 1_000_000
+            else:
+                ts = newest[i] = now - delays[i]
+            batch.append(Reading("readings", _series(i), rng.randint(0, 20) / 4, ts))
+        batches.append((now, batch))
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nested_windows_give_the_aggregates_and_lines_of_windows_kept_apart(tmp_path: Path, seed: int) -> None:
+    """10 s and 1 min windows in one logic, where a reading goes to its 10 s window and the 1 min window is made
+    from them as they close (and, while the allowed lateness runs, written early with the open ones), against each
+    length in a logic of its own, where every reading goes to its window directly: the same aggregates bit for
+    bit, and the same points in the store. The nested logic is restarted from its window state log along the
+    way."""
+    rng = random.Random(seed)
+    clock = Clock(T0)
+    lengths = [WindowSpec.tumbling(timedelta(seconds=10)), WindowSpec.tumbling(timedelta(minutes=1))]
+    lateness = timedelta(seconds=2)
+
+    def build(specs: list[WindowSpec], resume: object = None, recovery: Path | None = None) -> WindowLogic:
+        return WindowLogic(
+            specs, lateness, [0.5, 0.9], resume, clock=clock, recovery_dir=recovery, format_line=_keyed_line
+        )  # type: ignore[arg-type]
+
+    nested, nested_out = build(lengths, recovery=tmp_path), _Outputs()
+    assert nested._nested == ((1, 60 * S),)
+    apart = [build([spec]) for spec in lengths]
+    apart_out = [_Outputs(), _Outputs()]
+    for step, (now, batch) in enumerate(_fleet_batches(rng, clock, 400)):
+        clock.now = now
+        _drive(nested, nested_out, batch)
+        for logic, out in zip(apart, apart_out, strict=True):
+            _drive(logic, out, batch)
+        if step % 37 == 36:
+            marker = nested.snapshot()
+            nested = build(lengths, pickle.loads(pickle.dumps(marker)), tmp_path)
+    clock.now += 120 * S
+    _drive(nested, nested_out, [])
+    nested_out.take(nested.on_eof()[0])
+    for logic, out in zip(apart, apart_out, strict=True):
+        _drive(logic, out, [])
+        out.take(logic.on_eof()[0])
+
+    def ordered(aggregates: list[Aggregate]) -> list[Aggregate]:
+        return sorted(aggregates, key=lambda a: (a.series, a.window, a.start_ns))
+
+    assert ordered(nested_out.aggregates) == ordered(apart_out[0].aggregates + apart_out[1].aggregates)
+    assert nested_out.store == {**apart_out[0].store, **apart_out[1].store}
+    # (a reading late for its 1 min window is late for its 10 s window too; some are late for the 10 s one only)
+    assert sorted(nested_out.late) == sorted(apart_out[0].late)
+    assert len(apart_out[0].late) > len(apart_out[1].late) > 0
+    one_minute = [a for a in nested_out.aggregates if a.window == "1m"]
+    assert len(one_minute) > 100 and max(a.count for a in one_minute) > 10
+
+
+def _unnested_state(
+    clock: Clock, batches: list[tuple[int, list[Reading]]]
+) -> tuple[list[WindowLogic], dict[str, object]]:
+    """Two logics, of 10 s and of 1 min windows, fed ``batches``; and their series joined as fleetwatch held them
+    before windows were nested: each 1 min window holds every reading of its open 10 s windows too."""
+    from flows.windows import _Series
+
+    apart = [
+        WindowLogic([WindowSpec.tumbling(length)], timedelta(seconds=2), [0.5], clock=clock)
+        for length in (timedelta(seconds=10), timedelta(minutes=1))
+    ]
+    for now, batch in batches:
+        clock.now = now
+        for logic in apart:
+            _drive(logic, _Outputs(), batch)
+    joined: dict[str, object] = {}
+    for key, short in apart[0].state.series.items():
+        series = _Series(key, short.measurement)
+        series.max_ts, series.sys_at_max = short.max_ts, short.sys_at_max
+        for index, logic in enumerate(apart):
+            held = logic.state.series.get(key)
+            for wkey, window in (held.windows if held is not None else {}).items():
+                series.windows[wkey * 2 + index] = window  # (window_key for two specs: start * 2 + index)
+        joined[key] = series
+    return apart, joined
+
+
+@pytest.mark.parametrize("kind", ["snapshot", "snapshot-twice", "log"])
+def test_a_state_held_before_windows_were_nested_resumes_without_counting_a_reading_twice(
+    tmp_path: Path, kind: str
+) -> None:
+    """After an upgrade, the restored 1 min windows already hold the readings of their open 10 s windows: when
+    those close, their values must not go to the 1 min window a second time, and their new readings must still
+    reach it. Resumed from a snapshot of records, from that snapshot taken again by the new logic and resumed
+    once more, and from a window state log: the aggregates of the logics kept apart, bit for bit."""
+    from flows.windows import _FRAME_RECORDS, _encode_series, _numbers_frame
+
+    rng = random.Random(7)
+    clock = Clock(T0)
+    batches = _fleet_batches(rng, clock, 300)
+    apart, joined = _unnested_state(clock, batches[:150])
+    records = b"".join(_encode_series(key, series, 2) for key, series in joined.items())  # type: ignore[arg-type]
+    specs = [WindowSpec.tumbling(timedelta(seconds=10)), WindowSpec.tumbling(timedelta(minutes=1))]
+    resume: object
+    if kind == "log":
+        state_log = window_log.WindowLog(tmp_path, "fleetwatch.windows")
+        held = list(joined.values())
+        state_log.write_generation([_FRAME_RECORDS + records, _numbers_frame(held, list(joined))])  # type: ignore[arg-type]
+        state_log.close()
+        resume = (window_log.LOG_FORMAT, clock.now, state_log.name, state_log.generation, state_log.seq)
+    else:
+        resume = ("series-records-1", clock.now, records)
+
+    def build(resume: object, recovery: Path | None) -> WindowLogic:
+        return WindowLogic(specs, timedelta(seconds=2), [0.5], resume, clock=clock, recovery_dir=recovery)  # type: ignore[arg-type]
+
+    nested = build(resume, tmp_path if kind == "log" else None)
+    nested_out, apart_out = _Outputs(), _Outputs()
+    for step, (now, batch) in enumerate(batches[150:]):
+        clock.now = now
+        _drive(nested, nested_out, batch)
+        for logic in apart:
+            _drive(logic, apart_out, batch)
+        if kind == "snapshot-twice" and step == 0:
+            again = nested.snapshot()
+            assert again[0] == "series-records-2"
+            nested = build(pickle.loads(pickle.dumps(again)), None)
+    clock.now += 120 * S
+    for logic, out in [(nested, nested_out), *((logic, apart_out) for logic in apart)]:
+        _drive(logic, out, [])
+        out.take(logic.on_eof()[0])
+    ordered = sorted(nested_out.aggregates, key=lambda a: (a.series, a.window, a.start_ns))
+    assert ordered == sorted(apart_out.aggregates, key=lambda a: (a.series, a.window, a.start_ns))
+    restored_at = batches[149][0]
+    assert any(a.window == "1m" and a.start_ns < restored_at < a.end_ns for a in ordered)
+    assert any(a.window == "10s" and a.start_ns < restored_at < a.end_ns for a in ordered)
