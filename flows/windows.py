@@ -979,10 +979,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                         wkey = start * spec_count + index  # window_key, inline: once per reading and length
                         found = windows.get(wkey)
                         if found is None:
-                            window = windows[wkey] = _Window()
-                            schedule(series.sys_at_max + (end + lateness - series.max_ts), series, index, start)
-                            if end < series.first_end:
-                                series.first_end = end
+                            window = self._open_window(series, index, start, schedule)
                             if index == base_index:
                                 self._open_nesting(series, start, schedule)
                         else:
@@ -1018,14 +1015,9 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         windows, spec_count = series.windows, len(self.specs)
         for index, length in self._nested:
             outer = start - start % length
-            wkey = outer * spec_count + index
-            nesting = windows.get(wkey)
+            nesting = windows.get(outer * spec_count + index)
             if nesting is None:
-                windows[wkey] = _Window()
-                end = outer + length
-                schedule(series.sys_at_max + (end + self.lateness_ns - series.max_ts), series, index, outer)
-                if end < series.first_end:
-                    series.first_end = end
+                self._open_window(series, index, outer, schedule)
             elif nesting.written:
                 nesting.written = _CHANGED
 
@@ -1036,17 +1028,24 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         found = []
         for index, length in self._nested:
             outer = start - start % length
-            wkey = outer * spec_count + index
-            nesting = windows.get(wkey)
+            nesting = windows.get(outer * spec_count + index)
             if nesting is None and open_missing:
-                nesting = windows[wkey] = _Window()
-                end = outer + length
-                self._schedule(series.sys_at_max + (end + self.lateness_ns - series.max_ts), series, index, outer)
-                if end < series.first_end:
-                    series.first_end = end
+                nesting = self._open_window(series, index, outer, self._schedule)
             if nesting is not None:
                 found.append(nesting)
         return found
+
+    def _open_window(
+        self, series: _Series, index: int, start: int, schedule: Callable[[int, _Series, int, int], None]
+    ) -> _Window:
+        """Open a window of ``series`` and schedule its close: its end plus the allowed lateness, by the series'
+        clock (its newest event time, at the wall time it arrived)."""
+        window = series.windows[start * len(self.specs) + index] = _Window()
+        end = start + self.specs[index].length_ns
+        schedule(series.sys_at_max + (end + self.lateness_ns - series.max_ts), series, index, start)
+        if end < series.first_end:
+            series.first_end = end
+        return window
 
     def _take(self, series: _Series, index: int, start: int) -> _Window | None:
         """Take an open window out of its series to close it (None if the series holds no such window). A base
@@ -1227,27 +1226,29 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
 
     def _close_due(self, series: _Series, now: int, out: list[Aggregate], lines: list[str]) -> None:
         watermark = series.max_ts + (now - series.sys_at_max) - self.lateness_ns
-        if watermark < series.first_end:
-            return
         windows = series.windows
         specs = self.specs
         spec_count = len(specs)
-        first_end = _NO_END
-        for wkey in list(windows):
-            start, index = divmod(wkey, spec_count)  # split_window_key, inline
-            end = start + specs[index].length_ns
-            if end <= watermark:
-                if wkey not in windows:
-                    continue  # a base window, closed before its nesting window (below)
-                if self._nesting_length[index]:
-                    self._close_base_windows(series, index, start, None, out, lines)
-                window = self._take(series, index, start)
-                assert window is not None  # (a key of windows)
-                self._emit(series, index, start, window, out, lines)
-                self._log_close(series, index, start)
-            elif end < first_end:
-                first_end = end
-        series.first_end = first_end
+        # Another pass when a window that _take opened (a window length added to the config since its base window
+        # opened) is due already.
+        while watermark >= series.first_end:
+            first_end = series.first_end = _NO_END  # (a window _take opens sets it again)
+            for wkey in list(windows):
+                start, index = divmod(wkey, spec_count)  # split_window_key, inline
+                end = start + specs[index].length_ns
+                if end <= watermark:
+                    if wkey not in windows:
+                        continue  # a base window, closed before its nesting window (below)
+                    if self._nesting_length[index]:
+                        self._close_base_windows(series, index, start, None, out, lines)
+                    window = self._take(series, index, start)
+                    assert window is not None  # (a key of windows)
+                    self._emit(series, index, start, window, out, lines)
+                    self._log_close(series, index, start)
+                elif end < first_end:
+                    first_end = end
+            if first_end < series.first_end:
+                series.first_end = first_end
 
     def _close_base_windows(
         self, series: _Series, index: int, start: int, quiet_at: int | None, out: list[Aggregate], lines: list[str]

@@ -1270,3 +1270,28 @@ def test_a_state_held_before_windows_were_nested_resumes_without_counting_a_read
     restored_at = batches[149][0]
     assert any(a.window == "1m" and a.start_ns < restored_at < a.end_ns for a in ordered)
     assert any(a.window == "10s" and a.start_ns < restored_at < a.end_ns for a in ordered)
+
+
+def test_a_window_length_added_to_the_config_closes_with_the_windows_it_is_made_from() -> None:
+    """A state held with 10 s windows only, resumed with 1 min windows added: the 1 min window a held 10 s window
+    opens as it closes is already due when event time has passed its end, and closes in the same step, by event
+    time, as it would in a logic that had both lengths from the start (not seconds later, on wall time)."""
+    clock = Clock(T0)
+    ten_s = [WindowSpec.tumbling(timedelta(seconds=10))]
+    both = [*ten_s, WindowSpec.tumbling(timedelta(minutes=1))]
+    held = WindowLogic(ten_s, timedelta(seconds=2), [0.5], clock=clock)
+    from_start = WindowLogic(both, timedelta(seconds=2), [0.5], clock=clock)
+    first = [reading(1, 1), reading(2, 5)]
+    collect(held, first)
+    collect(from_start, first)
+    resumed = WindowLogic(
+        both, timedelta(seconds=2), [0.5], resume=pickle.loads(pickle.dumps(held.snapshot())), clock=clock
+    )
+    # The next reading is a minute later (a device that sends once a minute): its watermark, 60.01 s, has passed
+    # the end of [0, 10) and of [0, 1 min). (The 1 min window's wall-time deadline, 10 ms ago, is in a deadline
+    # bucket that is not due yet: only the event-time close can close it in this step.)
+    clock.now = T0 + 1_020_000_000
+    after = [reading(3, 62.01)]
+    closed = [(a.window, a.start_ns - T0, a.count, a.sum) for a in collect(resumed, after)[0]]
+    assert closed == [(a.window, a.start_ns - T0, a.count, a.sum) for a in collect(from_start, after)[0]]
+    assert closed == [("10s", 0, 2, 3.0), ("1m", 0, 2, 3.0)]
