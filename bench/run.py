@@ -628,15 +628,16 @@ def run_pipeline(
     if history:  # event time must move on to close the last replayed windows
         publish(qos, 1000, devices / 1000, unique, event_start + 10_000_000, devices)
     counted = 0.0
-    settle = time.monotonic() + 40
     if poller is not None:
         # The count below reads every series' aggregates: at 100,000 series a query of about 0.3 s on both
         # cores, every 0.5 s. Run while the last windows are still being written, it slowed their writes and so
         # the latency measured for them; it waits until the last window is due and the sampled series have
-        # had nothing new for a while.
+        # had nothing new for a while. The count has its own budget after that wait: sharing one, a slow rung
+        # (1,000,000 series at 20,000/s, run AO) spent it all on the wait and was never counted.
         # (the last window with readings ends at the next 10 s boundary)
         last_end_ns = (published_until_ns // (10 * S) + 1) * 10 * S
-        poller.wait_quiet(last_end_ns + ALLOWED_LATENESS_S * S, 2.0, settle)
+        poller.wait_quiet(last_end_ns + ALLOWED_LATENESS_S * S, 2.0, time.monotonic() + 60)
+    settle = time.monotonic() + 40
     window_filter = f"WHERE \"window\" = '10s' AND time >= {measured_from_ns}"
     if history:
         window_filter += f" AND time < {(event_start + 5_000_000) * 10**6}"
