@@ -1275,7 +1275,7 @@ def test_a_state_held_before_windows_were_nested_resumes_without_counting_a_read
 def test_a_window_length_added_to_the_config_closes_with_the_windows_it_is_made_from() -> None:
     """A state held with 10 s windows only, resumed with 1 min windows added: the 1 min window a held 10 s window
     opens as it closes is already due when event time has passed its end, and closes in the same step, by event
-    time, as it would in a logic that had both lengths from the start (not seconds later, on wall time)."""
+    time, as it would in a logic that had both lengths from the start (not later, on its wall-time deadline)."""
     clock = Clock(T0)
     ten_s = [WindowSpec.tumbling(timedelta(seconds=10))]
     both = [*ten_s, WindowSpec.tumbling(timedelta(minutes=1))]
