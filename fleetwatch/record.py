@@ -116,6 +116,18 @@ _UNESCAPED = {",": ",", "=": "=", " ": " ", "\\": "\\", "n": "\n", "r": "\r"}
 
 def parse_series(series: str) -> tuple[str, dict[str, str]]:
     """Split a series key back into measurement and tags (alerts and tests need the tags)."""
+    if "\\" not in series:
+        # Most keys escape nothing: split them whole. The alerts match every new series of a fleet by its tags,
+        # 100,000 at a window boundary, and the loop below takes 6 us a key.
+        measurement, *pairs = series.split(",")
+        tags: dict[str, str] = {}
+        for pair in pairs:
+            key, equals, value = pair.partition("=")
+            if not equals:
+                break  # not a key of series_key's making: the loop below reads it as it always has
+            tags[key] = value
+        else:
+            return measurement, tags
     parts: list[list[str]] = [[]]  # measurement, then alternating tag keys and values
     escaped = False
     for ch in series:

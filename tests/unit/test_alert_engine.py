@@ -652,6 +652,55 @@ def test_many_states_go_to_the_alert_state_log_and_resume_exactly(tmp_path: Path
     )
 
 
+def test_an_ok_window_state_is_recorded_when_it_changes_not_at_every_window(tmp_path: Path) -> None:
+    """At a fleet's 10 s boundary a window rule sees every series, and nearly all stay ok. Those observations
+    change only the state's newest event time, which a window rule does not need after a restart (a series'
+    windows close once each, in order): the epoch's frame in the alert state log holds no record for them, while a
+    reading rule's states are recorded at every reading. A logic resumed from that epoch's marker evaluates the
+    windows after it exactly as the one that went on: the same transitions, and the same phases."""
+    clock = Clock(T0)
+    rules = [
+        rule(name="hot_window", target="window", window="10s", stat="mean", warning=80),
+        rule(name="hot", warning=80),
+    ]
+    fleet = [f"readings_agg,device=d{i},metric=temperature,window=10s" for i in range(3000)]
+    readings = [f"readings,device=d{i},metric=temperature" for i in range(3000)]
+
+    def window(at_s: int, hot: frozenset[int] = frozenset()) -> list[Observation]:
+        return [
+            Observation("window", s, "mean", 90.0 if i in hot else 50.0, T0 + at_s * S) for i, s in enumerate(fleet)
+        ]
+
+    def build(resume: Any = None) -> AlertLogic:
+        return AlertLogic(rules, resume, clock=clock, recovery_dir=tmp_path, step_id="flow.alerts")
+
+    logic = build()
+    feed(logic, window(0))
+    logic.snapshot()
+    assert logic._log is not None
+    before = logic._log.generation_bytes
+    feed(logic, window(10, hot=frozenset({7})))  # one series fires, 2,999 stay ok
+    marker = logic.snapshot()
+    window_frame = logic._log.generation_bytes - before
+    assert 0 < window_frame < 1000, f"one state's record, not {window_frame} bytes"
+
+    feed(logic, [obs(50.0, 10, series=s) for s in readings])  # new states: recorded
+    logic.snapshot()
+    before = logic._log.generation_bytes
+    feed(logic, [obs(51.0, 20, series=s) for s in readings])  # still ok: recorded again (readings can be late)
+    logic.snapshot()
+    assert logic._log.generation_bytes - before > 3000 * 50
+
+    resumed = build(pickle.loads(pickle.dumps(marker)))
+    later = [window(20, frozenset({7, 8})), window(30, frozenset({8, 9})), window(40)]
+    expected = [brief(feed(logic, batch)) for batch in later]
+    assert expected[0] == [("firing", "warning", 90.0, 80.0)]  # d8; d7 stays firing
+    assert [brief(feed(resumed, batch)) for batch in later] == expected
+    assert {s: st.phase for s, st in resumed.states["hot_window"].items()} == {
+        s: st.phase for s, st in logic.states["hot_window"].items()
+    }
+
+
 def test_a_log_generation_written_in_parts_resumes_on_its_own_to_the_exact_states(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
