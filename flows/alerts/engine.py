@@ -40,7 +40,8 @@ leaves a window rule's state ok changes only its newest event time, which a wind
 (see ``_Rule``): it is not recorded, and a new window state is recorded once it is pending or firing. With recovery on,
 a logic holding many states (a rule on every series of a fleet shard) writes them to a log of its own beside Bytewax's
 partitions instead, as the windows do (``flows.window_log``): each epoch appends the states that changed (and tombstones
-of forgotten ones), and the snapshot Bytewax stores is a marker into the log. After a resume, firing stays firing
+of forgotten ones), an ok state that changed only in its newest event time as that time alone, and the snapshot
+Bytewax stores is a marker into the log. After a resume, firing stays firing
 (nothing is re-sent) and pending keeps its ``started_ns``. States of rules no longer configured are dropped. A stop
 (``flows.lifecycle.stopping``) ends the input like a finite one; ``on_eof`` emits nothing either way and keeps every
 state for the snapshot.
@@ -65,6 +66,7 @@ import operator
 import pickle
 import struct
 import time
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,7 +121,9 @@ _LOG_MIN_STATES = 1_000
 # The folder of the alert state logs in the recovery directory (flows.window_log).
 ALERT_LOG_FOLDER = "alert-log"
 # The log's frames: every state (the first frame of a generation), or the changes since the frame before. Both
-# are {rule name: (state records joined, series whose state was forgotten)}, pickled.
+# are {rule name: (state records joined, series whose state was forgotten)}, pickled; a frame of changes may add
+# to a rule's tuple the series whose state changed only in its newest event time, and those times (int64, native
+# order), which replay sets on the states it holds.
 _FRAME_ALL = b"R"
 _FRAME_CHANGES = b"O"
 
@@ -293,6 +297,7 @@ class _Rule:
     """A rule prepared for evaluation."""
 
     __slots__ = (
+        "advanced",
         "deadman",
         "deadman_rank",
         "dirty",
@@ -317,6 +322,10 @@ class _Rule:
         # snapshot: a snapshot encodes only those and joins the rest (see AlertLogic.snapshot).
         self.records: dict[str, bytes] = {}
         self.dirty: set[str] = set()
+        # Series whose ok state changed only in its newest event time since the last snapshot (a reading rule's
+        # state at nearly every reading): the alert state log takes the time alone for them, not a whole record.
+        # With a rule on every reading of 100,000 series, whole records were 0.6 us a reading.
+        self.advanced: set[str] = set()
         self.stat = rule.stat
         self.deadman = rule.kind == "deadman"
         self.deadman_rank = 2 if rule.critical is not None else 1
@@ -486,11 +495,19 @@ def _replay_log(frames: Iterable[bytes]) -> dict[str, dict[str, _State]]:
             by_rule.clear()
         elif kind != _FRAME_CHANGES:
             raise ValueError(f"alert state log frame of an unknown kind {kind!r}")
-        for name, (records, gone) in pickle.loads(body).items():
+        for name, change in pickle.loads(body).items():
             states = by_rule.setdefault(name, {})
-            states.update(_decode_states(records))
-            for series in gone:
+            states.update(_decode_states(change[0]))
+            for series in change[1]:
                 states.pop(series, None)
+            if len(change) > 2:
+                times = array("q")
+                times.frombytes(change[3])
+                for series, ts in zip(change[2], times, strict=True):
+                    # (a state missing here is in a part of a new generation still to come, with this time)
+                    st = states.get(series)
+                    if st is not None:
+                        st.last_ts = ts
     return by_rule
 
 
@@ -663,6 +680,9 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
         by_rule: dict[str, bytes] = {}
         for name, rule in self._rules.items():
             states, records = self.states[name], rule.records
+            if rule.advanced:  # (the snapshot keeps whole records: a few states, see _LOG_MIN_STATES)
+                rule.dirty |= rule.advanced
+                rule.advanced.clear()
             for series in rule.dirty:
                 st = states.get(series)
                 if st is None:
@@ -688,20 +708,30 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
             state_log.start_generation(frame)
             self._live_bytes = len(frame)
         else:
-            changes: dict[str, tuple[bytes, list[str]]] = {}
+            changes: dict[str, tuple[bytes, list[str]] | tuple[bytes, list[str], list[str], bytes]] = {}
             for name, rule in self._rules.items():
-                if not rule.dirty:
+                if not rule.dirty and not rule.advanced:
                     continue
-                states = self.states[name]
+                states, dirty = self.states[name], rule.dirty
                 records: list[bytes] = []
                 gone: list[str] = []
-                for series in rule.dirty:
+                for series in dirty:
                     st = states.get(series)
                     if st is None:
                         gone.append(series)
                     else:
                         records.append(_state_record(series, st))
-                changes[name] = (b"".join(records), gone)
+                advanced: list[str] = []
+                times = array("q")
+                for series in rule.advanced:
+                    if series not in dirty:
+                        st = states.get(series)
+                        if st is not None:
+                            advanced.append(series)
+                            times.append(st.last_ts)
+                changes[name] = (
+                    (b"".join(records), gone, advanced, times.tobytes()) if advanced else (b"".join(records), gone)
+                )
             if changes:
                 state_log.append(_FRAME_CHANGES + pickle.dumps(changes, protocol=5))
             if not state_log.writing_next and state_log.needs_new_generation(self._live_bytes):
@@ -711,6 +741,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
                 self._write_base_part(state_log)
         for rule in self._rules.values():
             rule.dirty.clear()
+            rule.advanced.clear()
         state_log.collect()
         return state_log.marker(self._now())
 
@@ -808,8 +839,12 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
         if st is None:
             st = states[series] = _State()
             self._count += 1
-        if rule.records_each_observation:
-            rule.dirty.add(series)
+            if rule.records_each_observation:
+                rule.dirty.add(series)
+        elif rule.rate:
+            rule.dirty.add(series)  # (its previous value changes too)
+        elif rule.records_each_observation:
+            rule.advanced.add(series)  # (its newest event time: recorded whole too if found to change below)
         st.sys_seen = now  # alive, even if the observation is out of order (sys_seen is not restored)
         if ts < st.last_ts or value != value:  # out of order, or NaN
             return
