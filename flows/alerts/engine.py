@@ -308,6 +308,7 @@ class _Rule:
         "rate",
         "records",
         "records_each_observation",
+        "records_time_alone",
         "renotify_ns",
         "rule",
         "silent_ns",
@@ -322,10 +323,11 @@ class _Rule:
         # snapshot: a snapshot encodes only those and joins the rest (see AlertLogic.snapshot).
         self.records: dict[str, bytes] = {}
         self.dirty: set[str] = set()
-        # Series whose ok state changed only in its newest event time since the last snapshot (a reading rule's
-        # state at nearly every reading): the alert state log takes the time alone for them, not a whole record.
-        # With a rule on every reading of 100,000 series, whole records were 0.6 us a reading.
-        self.advanced: set[str] = set()
+        # Series whose state changed in its newest event time since the last snapshot, and that time (a reading
+        # rule's state at nearly every reading): for those not in ``dirty`` the alert state log takes the time
+        # alone, not a whole record. With a rule on every reading of 100,000 series, whole records were 0.6 us a
+        # reading.
+        self.advanced: dict[str, int] = {}
         self.stat = rule.stat
         self.deadman = rule.kind == "deadman"
         self.deadman_rank = 2 if rule.critical is not None else 1
@@ -340,6 +342,8 @@ class _Rule:
         # worker, in the way of every alert behind them). Readings can come out of order, and a rate of change
         # keeps its previous value: those states are recorded every time.
         self.records_each_observation = self.rate or rule.target != "window"
+        # (a rate of change keeps its previous value too: recorded whole)
+        self.records_time_alone = self.records_each_observation and not self.rate
         self.for_ns = _ns(rule.for_)
         self.silent_ns = _ns(rule.silent_for)
         self.renotify_ns = _ns(rule.renotify)
@@ -681,7 +685,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
         for name, rule in self._rules.items():
             states, records = self.states[name], rule.records
             if rule.advanced:  # (the snapshot keeps whole records: a few states, see _LOG_MIN_STATES)
-                rule.dirty |= rule.advanced
+                rule.dirty.update(rule.advanced)
                 rule.advanced.clear()
             for series in rule.dirty:
                 st = states.get(series)
@@ -712,26 +716,21 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
             for name, rule in self._rules.items():
                 if not rule.dirty and not rule.advanced:
                     continue
-                states, dirty = self.states[name], rule.dirty
+                states, dirty, advanced = self.states[name], rule.dirty, rule.advanced
                 records: list[bytes] = []
                 gone: list[str] = []
                 for series in dirty:
+                    advanced.pop(series, None)  # (a whole record, or forgotten)
                     st = states.get(series)
                     if st is None:
                         gone.append(series)
                     else:
                         records.append(_state_record(series, st))
-                advanced: list[str] = []
-                times = array("q")
-                for series in rule.advanced:
-                    if series not in dirty:
-                        st = states.get(series)
-                        if st is not None:
-                            advanced.append(series)
-                            times.append(st.last_ts)
-                changes[name] = (
-                    (b"".join(records), gone, advanced, times.tobytes()) if advanced else (b"".join(records), gone)
-                )
+                if advanced:
+                    times = array("q", advanced.values())
+                    changes[name] = (b"".join(records), gone, list(advanced), times.tobytes())
+                else:
+                    changes[name] = (b"".join(records), gone)
             if changes:
                 state_log.append(_FRAME_CHANGES + pickle.dumps(changes, protocol=5))
             if not state_log.writing_next and state_log.needs_new_generation(self._live_bytes):
@@ -843,12 +842,12 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
                 rule.dirty.add(series)
         elif rule.rate:
             rule.dirty.add(series)  # (its previous value changes too)
-        elif rule.records_each_observation:
-            rule.advanced.add(series)  # (its newest event time: recorded whole too if found to change below)
         st.sys_seen = now  # alive, even if the observation is out of order (sys_seen is not restored)
         if ts < st.last_ts or value != value:  # out of order, or NaN
             return
         st.last_ts = ts
+        if rule.records_time_alone:
+            rule.advanced[series] = ts  # (recorded whole instead if it changes more, below)
         if rule.rate:
             prev_ts, prev_value = st.prev_ts, st.prev_value
             if ts == prev_ts:
