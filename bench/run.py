@@ -70,6 +70,9 @@ PUBLISHERS = int(os.environ.get("BENCH_PUBLISHERS", "2"))
 RESTART_SERIES = [int(s) for s in os.environ.get("BENCH_RESTART_SERIES", "100000").split(",") if s]
 RESTART_RATE = int(os.environ.get("BENCH_RESTART_RATE", "5000"))
 SERIES_LADDER = [int(s) for s in os.environ.get("BENCH_SERIES", "1000,100000,1000000").split(",") if s]
+# BENCH_FLEET_RULES=1: every fleetwatch rung also evaluates a threshold rule on every reading and one on every 10 s
+# window (never crossed), as bench/alerts.py's fleet rules: what the alert states cost at a rung's rate and series.
+FLEET_RULES = os.environ.get("BENCH_FLEET_RULES", "0") != "0"
 # Each climbs until a rate is not sustained: to the rates where fleetwatch failed in earlier runs, so that the
 # ratio of the two best rates (issue 11, target 1) is one of limits, not of where a ladder ended. At 1,000 series
 # the two generators could not publish 280,000/s while fleetwatch read (23.1 s for 20 s, BENCHMARKS.md run AI):
@@ -386,6 +389,27 @@ database = "{unique}"
 [dead_letters]
 path = "{tmp / "dead.jsonl"}"
 """)
+    if FLEET_RULES:
+        config.write_text(
+            config.read_text()
+            + f"""
+[alerts]
+mqtt_topic_prefix = "{unique}-alerts"
+journal = "{tmp / "journal.jsonl"}"
+[[alerts.rules]]
+name = "fleet_reading"
+target = "reading"
+condition = ">"
+warning = 1e12
+[[alerts.rules]]
+name = "fleet_window"
+target = "window"
+window = "10s"
+stat = "mean"
+condition = ">"
+warning = 1e12
+"""
+        )
     return config
 
 
