@@ -25,7 +25,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from bench.installed import fleetwatch_command
 from bench.logs import es as eslib
-from bench.run import PUBLISHER, REPO, RESULTS, Peer, _warm_up, build_publisher, influxql
+from bench.run import PUBLISHER, REPO, RESULTS, Peer, _warm_up, build_publisher, fleet_rules_toml, influxql
 from bench.stack_credentials import INFLUX_AUTH_TOML
 
 BACKGROUND_RATE = int(os.environ.get("BENCH_ALERT_LOAD", "10000"))
@@ -46,24 +46,6 @@ EPOCH_INTERVAL = os.environ.get("BENCH_ALERT_EPOCH_INTERVAL", "")
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-FLEET_RULE_TOML = """
-[[alerts.rules]]
-name = "fleet_reading"
-target = "reading"
-metric = "v"
-condition = ">"
-warning = 1e12
-[[alerts.rules]]
-name = "fleet_window"
-target = "window"
-window = "10s"
-stat = "mean"
-metric = "v"
-condition = ">"
-warning = 1e12
-"""
 
 
 def main() -> None:
@@ -151,7 +133,7 @@ target = "reading"
 metric = "trigger"
 condition = ">"
 warning = 0.5
-{FLEET_RULE_TOML if FLEET_RULES else ""}""")
+{fleet_rules_toml("v") if FLEET_RULES else ""}""")
         status = Path(tmp) / "status.json"
         pipeline = subprocess.Popen(
             fleetwatch_command("run", "-c", str(config), "--status-file", str(status)),

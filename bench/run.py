@@ -396,21 +396,31 @@ path = "{tmp / "dead.jsonl"}"
 [alerts]
 mqtt_topic_prefix = "{unique}-alerts"
 journal = "{tmp / "journal.jsonl"}"
+"""
+            # (the rungs' topics name their metric: every series is watched)
+            + fleet_rules_toml()
+        )
+    return config
+
+
+def fleet_rules_toml(metric: str | None = None) -> str:
+    """The fleet rules: a threshold rule on every reading and one on every 10 s window (on the mean), never crossed,
+    so that they cost what watching every series costs without notifying; ``metric`` narrows both to one metric."""
+    only = f'metric = "{metric}"\n' if metric else ""
+    return f"""
 [[alerts.rules]]
 name = "fleet_reading"
 target = "reading"
-condition = ">"
+{only}condition = ">"
 warning = 1e12
 [[alerts.rules]]
 name = "fleet_window"
 target = "window"
 window = "10s"
 stat = "mean"
-condition = ">"
+{only}condition = ">"
 warning = 1e12
 """
-        )
-    return config
 
 
 Launcher = Callable[[Path, Path, str, int], subprocess.Popen[bytes]]
