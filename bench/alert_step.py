@@ -1,7 +1,9 @@
 """The alert step alone, outside Bytewax: what a reading costs a rule on every reading at a given number of series.
 
 ``python -m bench.alert_step`` drives one ``AlertLogic`` with a threshold rule on every reading (never crossed, as
-the fleet rules of ``bench/alerts.py``) and the alert state log on, with a simulated clock: BENCH_ALERT_STEP_RATE
+the fleet rules of ``bench/alerts.py``) and the alert state log on, with a simulated clock. Each batch of readings
+goes through the pipeline's two steps: ``watched_readings`` (the series some rule watches) and the logic's
+``on_batch`` (timed together as "on_batch"). BENCH_ALERT_STEP_RATE
 readings/s of simulated time for BENCH_ALERT_STEP_SECONDS, round-robin over BENCH_ALERT_STEP_SERIES series, in
 batches of 1,000, after one reading per series (the states exist, as in a running pipeline). A snapshot is taken
 per simulated second, as the pipeline's epoch does. Prints the CPU time per reading, for the batches and for the
@@ -22,9 +24,11 @@ from bench.installed import use_installed_modules
 use_installed_modules()
 
 from fleetwatch.alerts_config import AlertRule  # noqa: E402  (after use_installed_modules: the wheel's modules)
+from fleetwatch.record import Reading  # noqa: E402
 from fleetwatch.runner import GC_THRESHOLDS  # noqa: E402
 from flows.alerts import engine  # noqa: E402
-from flows.alerts.engine import AlertLogic, Observation  # noqa: E402
+from flows.alerts.engine import AlertLogic, watched_readings  # noqa: E402
+from flows.alerts.rules import RuleMatcher  # noqa: E402
 
 SERIES = [int(s) for s in os.environ.get("BENCH_ALERT_STEP_SERIES", "1000,100000").split(",")]
 RATE = int(os.environ.get("BENCH_ALERT_STEP_RATE", "200000"))
@@ -36,13 +40,19 @@ S = 1_000_000_000
 def run(series: int) -> dict[str, float]:
     keys = [f"readings,device=dev{i // 10},metric=m{i % 10},site=site{i % 100}" for i in range(series)]
     rule = AlertRule.model_validate({"name": "fleet_reading", "target": "reading", "condition": ">", "warning": 1e12})
+    matcher = RuleMatcher([rule])
     start_ns = time.time_ns()
     clock = [start_ns]
     logic = AlertLogic(
-        [rule], clock=lambda: clock[0], recovery_dir=Path(tempfile.mkdtemp(prefix="fw-alert-step")), step_id="alerts"
+        matcher, clock=lambda: clock[0], recovery_dir=Path(tempfile.mkdtemp(prefix="fw-alert-step")), step_id="alerts"
     )
+
+    def step(readings: list[Reading]) -> None:
+        watched = watched_readings(readings, matcher)
+        logic.on_batch([watched] if watched is not None else [])
+
     for first in range(0, series, BATCH):
-        logic.on_batch([[Observation("reading", key, "value", 1.0, start_ns) for key in keys[first : first + BATCH]]])
+        step([Reading("readings", key, 1.0, start_ns) for key in keys[first : first + BATCH]])
     logic.snapshot()
     spent = {"on_batch": 0.0, "snapshot": 0.0}
     total = RATE * SECONDS // BATCH
@@ -51,10 +61,10 @@ def run(series: int) -> dict[str, float]:
     for b in range(total):
         ts = start_ns + 1 + b * BATCH * S // RATE
         clock[0] = ts
-        batch = [Observation("reading", keys[(n + i) % series], "value", 1.0, ts) for i in range(BATCH)]
+        batch = [Reading("readings", keys[(n + i) % series], 1.0, ts) for i in range(BATCH)]
         n += BATCH
         t0 = time.process_time()
-        logic.on_batch([batch])
+        step(batch)
         spent["on_batch"] += time.process_time() - t0
         if ts >= next_epoch:
             t0 = time.process_time()

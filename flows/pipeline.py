@@ -57,9 +57,10 @@ from flows.alerts.engine import (
     AlertLogic,
     AlertSnapshot,
     Observation,
+    WatchedReadings,
     observations_from_aggregates,
     observations_from_log_rates,
-    observations_from_readings,
+    watched_readings,
 )
 from flows.alerts.notify import alert_line
 from flows.alerts.rules import RuleMatcher, load_rules
@@ -395,14 +396,12 @@ def _alerts(
     flow: Dataflow, cfg: Config, options: FlowOptions, watched: _AlertInputs, matcher: RuleMatcher
 ) -> tuple[Stream[tuple[str, list[str]]], Stream[tuple[str, list[Record]]]]:
     """Alert rules on what the rules watch; transitions to the notifiers, InfluxDB and Elasticsearch."""
-    observed: list[Stream[tuple[str, list[Observation]]]] = []
+    observed: list[Stream[tuple[str, list[Observation] | WatchedReadings]]] = []
     # Readings and windows stay keyed by shard, so a series always meets the same alert state; series no
     # rule watches are dropped here with one cached lookup.
     if watched.readings is not None and "reading" in matcher.targets:
         observed.append(
-            op.filter_map_value(
-                "alert_readings", watched.readings, lambda rs: observations_from_readings(rs, matcher) or None
-            )
+            op.filter_map_value("alert_readings", watched.readings, lambda rs: watched_readings(rs, matcher))
         )
     if watched.windows is not None and "window" in matcher.targets:
         observed.append(

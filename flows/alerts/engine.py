@@ -1,7 +1,8 @@
 """The alert state machine: one Bytewax stateful operator evaluating every rule on every series of its key.
 
-Input: lists of ``Observation`` (made from readings, window aggregates and log rates by the
-``observations_from_*`` helpers, which drop series and stats no rule needs). Output: lists of
+Input: lists of ``Observation`` (made from window aggregates and log rates by the ``observations_from_*``
+helpers, which drop series and stats no rule needs), and ``WatchedReadings``: the readings themselves, as the
+parser made them (``watched_readings`` drops the series no rule watches). Output: lists of
 ``AlertTransition``. The lead keys observations so that a series always meets the same logic (the readings' shard
 key; log rates by service); a logic holds the state of every (rule, series) pair of its key.
 
@@ -157,19 +158,28 @@ def log_rate_series(service: str) -> str:
     return series_key("log_rates", {"service": service})
 
 
-def observations_from_readings(readings: Iterable[Reading], matcher: RuleMatcher | None = None) -> list[Observation]:
-    """One observation per reading; with a matcher, only readings of series some rule watches (a dict lookup each)."""
-    if matcher is None:
-        return [new_tuple(Observation, ("reading", r.series, "value", r.value, r.ts_ns)) for r in readings]
+class WatchedReadings(NamedTuple):
+    """Readings for the alert step as the parser made them: each is an observation of its series' value (target
+    "reading", stat "value"). At a rule on every reading, an ``Observation`` made per reading cost more than the
+    rule's evaluation."""
+
+    readings: list[Reading]
+
+
+def watched_readings(readings: list[Reading], matcher: RuleMatcher) -> WatchedReadings | None:
+    """The readings of series some rule watches (a dict lookup each), or None when there are none. The list
+    itself when every reading is watched: nothing is copied."""
     known = matcher.cache("reading").get
-    out: list[Observation] = []
-    for _, series, value, ts in readings:
-        rules = known(series)
+    kept: list[Reading] = []
+    for reading in readings:
+        rules = known(reading.series)
         if rules is None:
-            rules = matcher.rules_for("reading", series)
+            rules = matcher.rules_for("reading", reading.series)
         if rules:
-            out.append(new_tuple(Observation, ("reading", series, "value", value, ts)))
-    return out
+            kept.append(reading)
+    if not kept:
+        return None
+    return WatchedReadings(readings if len(kept) == len(readings) else kept)
 
 
 @functools.lru_cache(maxsize=64)
@@ -323,11 +333,11 @@ class _Rule:
         # snapshot: a snapshot encodes only those and joins the rest (see AlertLogic.snapshot).
         self.records: dict[str, bytes] = {}
         self.dirty: set[str] = set()
-        # Series whose state changed in its newest event time since the last snapshot, and that time (a reading
-        # rule's state at nearly every reading): for those not in ``dirty`` the alert state log takes the time
-        # alone, not a whole record. With a rule on every reading of 100,000 series, whole records were 0.6 us a
-        # reading.
-        self.advanced: dict[str, int] = {}
+        # The states that changed in their newest event time since the last snapshot (a reading rule's state at
+        # nearly every reading), each once: for those not in ``dirty`` the alert state log takes the series and
+        # the time alone, not a whole record. With a rule on every reading of 100,000 series, whole records were
+        # 0.6 us a reading. (A list of the watches, flagged, not a dict by series: one more lookup per reading.)
+        self.advanced: list[_Watch] = []
         self.stat = rule.stat
         self.deadman = rule.kind == "deadman"
         self.deadman_rank = 2 if rule.critical is not None else 1
@@ -458,11 +468,37 @@ class _State:
         self.queued_at = None
 
 
-_Entry = tuple[_Rule, dict[str, _State]]
+class _Watch:
+    """One rule watching one series, with the series' state under the rule once it has one: an observation finds
+    its rules and their states with one lookup of the series in a logic's cache (at 100,000 series each lookup is
+    a cache miss, and a reading took four). Invariant: ``state is states.get(series)``. A state is only made
+    through its watch, and one forgotten drops its series' watches from the cache, so none outlives its state."""
+
+    __slots__ = ("advanced", "rule", "series", "state", "states")
+
+    def __init__(self, rule: _Rule, states: dict[str, _State], series: str) -> None:
+        self.rule = rule
+        self.states = states
+        self.series = series
+        self.state = states.get(series)
+        self.advanced = False  # in rule.advanced (see _Rule)
+
+    def new_state(self) -> _State:
+        st = self.state = self.states[self.series] = _State()
+        return st
 
 
-class _Caches(dict[str, dict[str, tuple[_Entry, ...]]]):
-    def __missing__(self, target: str) -> dict[str, tuple[_Entry, ...]]:
+def _take_advanced(rule: _Rule) -> list[_Watch]:
+    """The rule's watches whose state advanced since the last snapshot; the rule starts a new list."""
+    advanced = rule.advanced
+    rule.advanced = []
+    for watch in advanced:
+        watch.advanced = False
+    return advanced
+
+
+class _Caches(dict[str, dict[str, tuple[_Watch, ...]]]):
+    def __missing__(self, target: str) -> dict[str, tuple[_Watch, ...]]:
         raise ValueError(f"unknown alert target {target!r} (expected one of {', '.join(TARGETS)})")
 
 
@@ -521,7 +557,7 @@ def _replay_log(frames: Iterable[bytes]) -> dict[str, dict[str, _State]]:
 AlertSnapshot = dict[str, Any] | LogMarker
 
 
-class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], AlertSnapshot | bytes]):
+class AlertLogic(StatefulBatchLogic[list[Observation] | WatchedReadings, list[AlertTransition], AlertSnapshot | bytes]):
     """Alert states of one key. ``rules`` may be a shared ``RuleMatcher`` (its series cache then serves every
     logic of the process). ``clock``: system-time ns for deadman rules and idle states (tests move it by hand;
     by default the pipeline clock). ``idle_after`` and ``max_states``: ``alerts.state_idle_after`` and
@@ -615,22 +651,27 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
 
     # -- Bytewax callbacks
 
-    def on_batch(self, values: list[list[Observation]]) -> tuple[Iterable[list[AlertTransition]], bool]:
+    def on_batch(
+        self, values: list[list[Observation] | WatchedReadings]
+    ) -> tuple[Iterable[list[AlertTransition]], bool]:
         now = self._now()
         out: list[AlertTransition] = []
         caches = self._caches
-        for observations in values:
-            for target, series, stat, value, ts in observations:
-                entries = caches[target].get(series)
-                if entries is None:
-                    entries = self._entries(target, series)
-                for rule, states in entries:
-                    if rule.stat != stat:
+        for batch in values:
+            if isinstance(batch, WatchedReadings):
+                self._observe_readings(batch.readings, now, out)
+                continue
+            for target, series, stat, value, ts in batch:
+                watches = caches[target].get(series)
+                if watches is None:
+                    watches = self._watches(target, series)
+                for watch in watches:
+                    if watch.rule.stat != stat:
                         continue
-                    if rule.deadman:
-                        self._seen(rule, states, series, ts, now, out)
+                    if watch.rule.deadman:
+                        self._seen(watch, ts, now, out)
                     else:
-                        self._observe(rule, states, series, value, ts, now, out)
+                        self._observe(watch, value, ts, now, out)
         if self._deadlines and self._deadlines[0][0] <= now:
             self._pop_due(now, out)
         # After the batch, not while a state is being evaluated: only states whose phase is final are weighed.
@@ -685,8 +726,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
         for name, rule in self._rules.items():
             states, records = self.states[name], rule.records
             if rule.advanced:  # (the snapshot keeps whole records: a few states, see _LOG_MIN_STATES)
-                rule.dirty.update(rule.advanced)
-                rule.advanced.clear()
+                rule.dirty.update(watch.series for watch in _take_advanced(rule))
             for series in rule.dirty:
                 st = states.get(series)
                 if st is None:
@@ -716,19 +756,24 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
             for name, rule in self._rules.items():
                 if not rule.dirty and not rule.advanced:
                     continue
-                states, dirty, advanced = self.states[name], rule.dirty, rule.advanced
+                states, dirty = self.states[name], rule.dirty
                 records: list[bytes] = []
                 gone: list[str] = []
                 for series in dirty:
-                    advanced.pop(series, None)  # (a whole record, or forgotten)
                     st = states.get(series)
                     if st is None:
                         gone.append(series)
                     else:
                         records.append(_state_record(series, st))
+                advanced: list[str] = []
+                times = array("q")
+                for watch in _take_advanced(rule):
+                    st = watch.state
+                    if st is not None and watch.series not in dirty:  # (dirty: a whole record, or forgotten)
+                        advanced.append(watch.series)
+                        times.append(st.last_ts)
                 if advanced:
-                    times = array("q", advanced.values())
-                    changes[name] = (b"".join(records), gone, list(advanced), times.tobytes())
+                    changes[name] = (b"".join(records), gone, advanced, times.tobytes())
                 else:
                     changes[name] = (b"".join(records), gone)
             if changes:
@@ -740,7 +785,7 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
                 self._write_base_part(state_log)
         for rule in self._rules.values():
             rule.dirty.clear()
-            rule.advanced.clear()
+            _take_advanced(rule)
         state_log.collect()
         return state_log.marker(self._now())
 
@@ -816,38 +861,47 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
 
     # -- evaluation
 
-    def _entries(self, target: str, series: str) -> tuple[_Entry, ...]:
+    def _watches(self, target: str, series: str) -> tuple[_Watch, ...]:
         cache = self._caches[target]
-        entries = tuple((self._rules[r.name], self.states[r.name]) for r in self.matcher.rules_for(target, series))
+        watches = tuple(
+            _Watch(self._rules[r.name], self.states[r.name], series) for r in self.matcher.rules_for(target, series)
+        )
         if len(cache) >= _CACHE_MAX:
             cache.clear()
-        cache[series] = entries
-        return entries
+        cache[series] = watches
+        return watches
 
-    def _observe(
-        self,
-        rule: _Rule,
-        states: dict[str, _State],
-        series: str,
-        value: float,
-        ts: int,
-        now: int,
-        out: list[AlertTransition],
-    ) -> None:
-        st = states.get(series)
+    def _observe_readings(self, readings: list[Reading], now: int, out: list[AlertTransition]) -> None:
+        """Each reading as an observation of stat "value" of its series (what target "reading" watches)."""
+        cache = self._caches["reading"]
+        for _, series, value, ts in readings:
+            watches = cache.get(series)
+            if watches is None:
+                watches = self._watches("reading", series)
+            for watch in watches:
+                if watch.rule.deadman:
+                    self._seen(watch, ts, now, out)
+                else:
+                    self._observe(watch, value, ts, now, out)
+
+    def _observe(self, watch: _Watch, value: float, ts: int, now: int, out: list[AlertTransition]) -> None:
+        rule = watch.rule
+        st = watch.state
         if st is None:
-            st = states[series] = _State()
+            st = watch.new_state()
             self._count += 1
             if rule.records_each_observation:
-                rule.dirty.add(series)
+                rule.dirty.add(watch.series)
         elif rule.rate:
-            rule.dirty.add(series)  # (its previous value changes too)
+            rule.dirty.add(watch.series)  # (its previous value changes too)
         st.sys_seen = now  # alive, even if the observation is out of order (sys_seen is not restored)
         if ts < st.last_ts or value != value:  # out of order, or NaN
             return
         st.last_ts = ts
-        if rule.records_time_alone:
-            rule.advanced[series] = ts  # (recorded whole instead if it changes more, below)
+        if rule.records_time_alone and not watch.advanced:
+            watch.advanced = True  # (recorded whole instead if it changes more, below)
+            rule.advanced.append(watch)
+        series = watch.series
         if rule.rate:
             prev_ts, prev_value = st.prev_ts, st.prev_value
             if ts == prev_ts:
@@ -889,13 +943,12 @@ class AlertLogic(StatefulBatchLogic[list[Observation], list[AlertTransition], Al
                 st.phase, st.notified_ns = _FIRING, ts
                 self._emit(out, rule, series, "firing", st.rank, value, _reported(level.threshold, value), st, ts)
 
-    def _seen(
-        self, rule: _Rule, states: dict[str, _State], series: str, ts: int, now: int, out: list[AlertTransition]
-    ) -> None:
+    def _seen(self, watch: _Watch, ts: int, now: int, out: list[AlertTransition]) -> None:
         """A deadman rule's series sent something."""
-        st = states.get(series)
+        rule, series = watch.rule, watch.series
+        st = watch.state
         if st is None:
-            st = states[series] = _State()
+            st = watch.new_state()
             self._count += 1
         elif ts < st.last_ts:
             return

@@ -458,10 +458,7 @@ def _put_template(es: Elasticsearch, cfg: ElasticsearchConfig, name: str, body: 
             raise RetryableError(f"Elasticsearch answered {exc.status_code} to index template {name!r}") from exc
         hint = ""
         if exc.status_code in (401, 403):
-            hint = (
-                " (check [elasticsearch] username/password or api_key, and that the user may manage index"
-                " templates)"
-            )
+            hint = " (check [elasticsearch] username/password or api_key, and that the user may manage index templates)"
         raise ElasticsearchSetupError(
             f"Elasticsearch at {cfg.shown_hosts} refused index template {name!r}: "
             f"HTTP {exc.status_code} {_api_reason(exc)}{hint}"

@@ -18,11 +18,12 @@ from flows.alerts.engine import (
     ALERT_LOG_FOLDER,
     AlertLogic,
     Observation,
+    WatchedReadings,
     aggregate_series,
     notification_id,
     observations_from_aggregates,
     observations_from_log_rates,
-    observations_from_readings,
+    watched_readings,
 )
 from flows.alerts.rules import AlertRule, RuleMatcher
 from flows.window_log import LOG_FORMAT
@@ -331,15 +332,25 @@ def test_glob_matching_selects_series_and_readings_conversion_skips_the_rest() -
         Reading("readings", "readings,device=x1,metric=temperature,site=s2", 85.0, T0),
         Reading("readings", "readings,device=d7,metric=temp_core,site=s2", 85.0, T0),
     ]
-    observations = observations_from_readings(readings, matcher)
-    assert [o.series for o in observations] == [SERIES, "readings,device=d7,metric=temp_core,site=s2"]
-    assert len(observations_from_readings(readings)) == 5
-    logic = AlertLogic(matcher)
-    fired = feed(logic, observations_from_readings(readings))  # the logic filters as well
-    assert [(t.series, t.tags["device"]) for t in fired] == [
-        (SERIES, "d1"),
-        ("readings,device=d7,metric=temp_core,site=s2", "d7"),
-    ]
+    watched = watched_readings(readings, matcher)
+    assert watched is not None
+    assert [r.series for r in watched.readings] == [SERIES, "readings,device=d7,metric=temp_core,site=s2"]
+    assert watched_readings(readings[1:4], matcher) is None
+    every = readings[:1] + readings[4:]
+    kept = watched_readings(every, RuleMatcher([rule(metric="temp*", warning=80)]))
+    assert kept is not None and kept.readings is every  # every reading watched: the batch itself, not a copy
+    fired_by_logic: list[list[AlertTransition]] = []
+    for given in (
+        WatchedReadings(readings),
+        [Observation("reading", r.series, "value", r.value, r.ts_ns) for r in readings],
+    ):
+        out, _ = AlertLogic(matcher).on_batch([given])  # the logic filters as well, readings or observations
+        fired_by_logic.append([t for batch in out for t in batch])
+    for fired in fired_by_logic:
+        assert [(t.series, t.tags["device"]) for t in fired] == [
+            (SERIES, "d1"),
+            ("readings,device=d7,metric=temp_core,site=s2", "d7"),
+        ]
 
 
 def test_deadman_fires_on_silence_in_system_time_renotifies_and_resolves() -> None:
@@ -569,6 +580,12 @@ def test_idle_states_are_forgotten_after_idle_after_and_an_empty_key_is_discarde
         ("quiet", series_of(9)),
     }
     assert logic.evicted == 2
+    # d9 again: a new "hot" state; its "quiet" state is the one held (forgetting one rule's state of a series
+    # drops the series' cached watches, and the watch made again finds the state still held).
+    quiet = logic.states["quiet"][series_of(9)]
+    feed(logic, [obs(20, 3600, series_of(9))])
+    assert logic.state_count() == 3 and logic.states["quiet"][series_of(9)] is quiet
+    assert quiet.last_ts == T0 + 3600 * S
     # A log-rate key (one service): once nothing is left, the key itself is dropped from Bytewax's state.
     service = AlertLogic([rule(name="errors", target="log_rate", stat="errors", warning=5)], clock=clock)
     feed(service, [Observation("log_rate", "log_rates,service=api", "errors", 1.0, T0)])
