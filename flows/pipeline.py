@@ -32,6 +32,7 @@ Every stream item is a batch (a list), never a single record: per-item overhead 
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 import zlib
@@ -54,11 +55,11 @@ from fleetwatch.record import DeadLetter, LogEvent, LogLine, LogRate, Reading
 from fleetwatch.retention import plan_or_none
 from flows import health, schema
 from flows.alerts.engine import (
+    AlertInput,
     AlertLogic,
     AlertSnapshot,
-    Observation,
+    WatchedAggregates,
     WatchedReadings,
-    observations_from_aggregates,
     observations_from_log_rates,
     watched_readings,
 )
@@ -396,19 +397,26 @@ def _alerts(
     flow: Dataflow, cfg: Config, options: FlowOptions, watched: _AlertInputs, matcher: RuleMatcher
 ) -> tuple[Stream[tuple[str, list[str]]], Stream[tuple[str, list[Record]]]]:
     """Alert rules on what the rules watch; transitions to the notifiers, InfluxDB and Elasticsearch."""
-    observed: list[Stream[tuple[str, list[Observation] | WatchedReadings]]] = []
-    # Readings and windows stay keyed by shard, so a series always meets the same alert state; series no
-    # rule watches are dropped here with one cached lookup.
+    observed: list[Stream[tuple[str, AlertInput]]] = []
+    # Readings and windows stay keyed by shard, so a series always meets the same alert state.
     if watched.readings is not None and "reading" in matcher.targets:
-        observed.append(
-            op.filter_map_value("alert_readings", watched.readings, lambda rs: watched_readings(rs, matcher))
-        )
+        only_watched: Callable[[list[Reading]], WatchedReadings | None]
+        if options.total_workers == 1:
+            # Nothing to spare between workers: the alert step's own lookup of each series skips the readings
+            # no rule watches, and a lookup here would be a second one.
+            only_watched = WatchedReadings
+        else:
+            # The readings go to the alert step's worker (the windows' exchange is its own): only those of
+            # series some rule watches, found with one cached lookup each.
+            only_watched = functools.partial(watched_readings, matcher=matcher)
+        observed.append(op.filter_map_value("alert_readings", watched.readings, only_watched))
     if watched.windows is not None and "window" in matcher.targets:
+        # The windows' results are on the alert step's worker already: the step skips what no rule watches.
         observed.append(
             op.filter_map_value(
                 "alert_windows",
                 watched.windows,
-                lambda result: observations_from_aggregates(result.aggregates, matcher) or None,
+                lambda result: WatchedAggregates(result.aggregates) if result.aggregates else None,
             )
         )
     if watched.log_rates is not None and "log_rate" in matcher.targets:

@@ -1,8 +1,8 @@
 """The alert state machine: one Bytewax stateful operator evaluating every rule on every series of its key.
 
-Input: lists of ``Observation`` (made from window aggregates and log rates by the ``observations_from_*``
-helpers, which drop series and stats no rule needs), and ``WatchedReadings``: the readings themselves, as the
-parser made them (``watched_readings`` drops the series no rule watches). Output: lists of
+Input: ``WatchedReadings`` and ``WatchedAggregates``, the readings and the closed windows as the parser and the
+window step made them (``watched_readings`` drops the series no rule watches), and lists of ``Observation``
+(log rates, made by ``observations_from_log_rates``, which drops the figures no rule needs). Output: lists of
 ``AlertTransition``. The lead keys observations so that a series always meets the same logic (the readings' shard
 key; log rates by service); a logic holds the state of every (rule, series) pair of its key.
 
@@ -82,7 +82,6 @@ from fleetwatch.record import (
     Reading,
     escape_measurement,
     escape_tag,
-    new_tuple,
     parse_series,
     series_key,
 )
@@ -188,6 +187,7 @@ def _quantile_stat(q: float) -> str:
 
 
 def _aggregate_stat(agg: Aggregate, stat: str) -> float | None:
+    """The window's ``stat``; None when it lacks it (the stddev of one value, a quantile it does not compute)."""
     if stat in _AGGREGATE_FIELDS:
         value = getattr(agg, stat)
         return None if value is None else float(value)
@@ -200,29 +200,12 @@ def _aggregate_stat(agg: Aggregate, stat: str) -> float | None:
 _AGGREGATE_FIELDS = frozenset(WINDOW_STATS[:8])  # count .. stddev
 
 
-def observations_from_aggregates(
-    aggregates: Iterable[Aggregate], matcher: RuleMatcher | None = None
-) -> list[Observation]:
-    """One observation per stat of each aggregate, at the window start (its time in InfluxDB). With a matcher,
-    only the stats that rules watching the aggregate's series need; without, every stat. A stat the window lacks
-    (stddev of one value) gives no observation."""
-    out: list[Observation] = []
-    windows = None if matcher is None else matcher.windows
-    for agg in aggregates:
-        if windows is not None and agg.window not in windows:
-            continue
-        series = aggregate_series(agg)
-        if matcher is None:
-            stats: Iterable[str] = (*WINDOW_STATS[:8], *(_quantile_stat(q) for q, _ in agg.quantiles))
-        else:
-            stats = matcher.stats_for("window", series)  # sorted: a stable order, so the output order is too
-            if not stats:
-                continue
-        for stat in stats:
-            value = _aggregate_stat(agg, stat)
-            if value is not None:
-                out.append(new_tuple(Observation, ("window", series, stat, value, agg.start_ns)))
-    return out
+class WatchedAggregates(NamedTuple):
+    """Closed windows for the alert step as the window step made them: each gives the stat a window rule watches
+    (see ``_aggregate_stat``), at the window start (its time in InfluxDB), as an observation of the aggregate's
+    series (``aggregate_series``). Windows of a length no rule watches are skipped there."""
+
+    aggregates: list[Aggregate]
 
 
 def _log_rate_stat(rate: LogRate, stat: str) -> float:
@@ -557,7 +540,11 @@ def _replay_log(frames: Iterable[bytes]) -> dict[str, dict[str, _State]]:
 AlertSnapshot = dict[str, Any] | LogMarker
 
 
-class AlertLogic(StatefulBatchLogic[list[Observation] | WatchedReadings, list[AlertTransition], AlertSnapshot | bytes]):
+# What the alert step takes: see the module docstring.
+AlertInput = WatchedReadings | WatchedAggregates | list[Observation]
+
+
+class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnapshot | bytes]):
     """Alert states of one key. ``rules`` may be a shared ``RuleMatcher`` (its series cache then serves every
     logic of the process). ``clock``: system-time ns for deadman rules and idle states (tests move it by hand;
     by default the pipeline clock). ``idle_after`` and ``max_states``: ``alerts.state_idle_after`` and
@@ -651,15 +638,16 @@ class AlertLogic(StatefulBatchLogic[list[Observation] | WatchedReadings, list[Al
 
     # -- Bytewax callbacks
 
-    def on_batch(
-        self, values: list[list[Observation] | WatchedReadings]
-    ) -> tuple[Iterable[list[AlertTransition]], bool]:
+    def on_batch(self, values: list[AlertInput]) -> tuple[Iterable[list[AlertTransition]], bool]:
         now = self._now()
         out: list[AlertTransition] = []
         caches = self._caches
         for batch in values:
             if isinstance(batch, WatchedReadings):
                 self._observe_readings(batch.readings, now, out)
+                continue
+            if isinstance(batch, WatchedAggregates):
+                self._observe_aggregates(batch.aggregates, now, out)
                 continue
             for target, series, stat, value, ts in batch:
                 watches = caches[target].get(series)
@@ -883,6 +871,26 @@ class AlertLogic(StatefulBatchLogic[list[Observation] | WatchedReadings, list[Al
                     self._seen(watch, ts, now, out)
                 else:
                     self._observe(watch, value, ts, now, out)
+
+    def _observe_aggregates(self, aggregates: list[Aggregate], now: int, out: list[AlertTransition]) -> None:
+        """Each closed window as an observation, at its start, of the stat each rule watching its series needs."""
+        windows = self.matcher.windows
+        cache = self._caches["window"]
+        for agg in aggregates:
+            if agg.window not in windows:
+                continue
+            series = aggregate_series(agg)
+            watches = cache.get(series)
+            if watches is None:
+                watches = self._watches("window", series)
+            for watch in watches:
+                value = _aggregate_stat(agg, watch.rule.stat)
+                if value is None:
+                    continue
+                if watch.rule.deadman:
+                    self._seen(watch, agg.start_ns, now, out)
+                else:
+                    self._observe(watch, value, agg.start_ns, now, out)
 
     def _observe(self, watch: _Watch, value: float, ts: int, now: int, out: list[AlertTransition]) -> None:
         rule = watch.rule

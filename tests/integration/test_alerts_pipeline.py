@@ -240,3 +240,58 @@ def test_a_fleets_alert_states_come_back_from_the_alert_state_log_after_a_kill(
     cleaner.connect(MQTT_HOST, MQTT_PORT)
     cleaner.publish(f"fwalerts/{unique}/hot/readings/d0/temp", b"", qos=1, retain=True).wait_for_publish(5)
     cleaner.disconnect()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_window_rule_fires_on_the_closed_window_beside_a_reading_rule(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str, webhook: Webhook, workers: int
+) -> None:
+    """A rule on the 10 s windows' max and the reading rule, together: each notifies once, the window rule when
+    its window closes (event time past its end plus the allowed lateness), on the window's InfluxDB series and
+    at its start. With two workers the readings of a series go to the alert step's worker, the windows' results
+    are already there, and a series' states meet one logic."""
+    config = write_config(tmp_path, unique, influx_db, webhook.url)
+    config.write_text(
+        config.read_text()
+        + """
+[[alerts.rules]]
+name = "hot_window"
+target = "window"
+window = "10s"
+stat = "max"
+metric = "temp"
+condition = ">"
+warning = 33.0
+"""
+    )
+    pipeline = Pipeline(config, workers=workers)
+    pub = Publisher()
+    for device in ("d1", "d2", "d3", "d4"):
+        for at_s, value in enumerate([20.0, 25.0, 22.0]):
+            send(pub, unique, device, at_s, value)
+    send(pub, unique, "d3", 3, 35.0)  # the reading rule fires (over 30), and d3's window's max is over 33
+    pub.flush()
+    # (two workers each take some of the messages: the later ones must not overtake these)
+    pipeline.wait_for("messages_in", 13)
+    for device in ("d1", "d2", "d3", "d4"):
+        # Event time past 10 s + 2 s: the first windows close. d3's reading resolves the reading rule.
+        send(pub, unique, device, 20, 21.0)
+    pub.flush()
+    wait_until(lambda: len(webhook.bodies) >= 3)
+    time.sleep(1.0)
+    pipeline.stop()
+    pub.close()
+
+    fired = sorted((b["rule"], b["state"], b["series"], b["value"], b["at"]) for b in webhook.bodies)
+    window_start = "2026-01-01T00:00:00.000000Z"
+    assert [f[:4] for f in fired] == [
+        ("hot", "firing", "readings,device=d3,metric=temp", 35.0),
+        ("hot", "resolved", "readings,device=d3,metric=temp", 21.0),
+        ("hot_window", "firing", "readings_agg,device=d3,metric=temp,window=10s", 35.0),
+    ]
+    assert fired[2][4] == window_start
+    cleaner = paho.Client(CallbackAPIVersion.VERSION2)
+    cleaner.connect(MQTT_HOST, MQTT_PORT)
+    for retained in ("hot/readings/d3/temp", "hot_window/readings_agg/d3/temp"):
+        cleaner.publish(f"fwalerts/{unique}/{retained}", b"", qos=1, retain=True).wait_for_publish(5)
+    cleaner.disconnect()

@@ -18,10 +18,10 @@ from flows.alerts.engine import (
     ALERT_LOG_FOLDER,
     AlertLogic,
     Observation,
+    WatchedAggregates,
     WatchedReadings,
     aggregate_series,
     notification_id,
-    observations_from_aggregates,
     observations_from_log_rates,
     watched_readings,
 )
@@ -48,6 +48,11 @@ def rule(**fields: Any) -> AlertRule:
 
 def obs(value: float, at_s: float, series: str = SERIES) -> Observation:
     return Observation("reading", series, "value", value, T0 + int(at_s * S))
+
+
+def feed_aggregates(logic: AlertLogic, aggregates: list[Aggregate]) -> list[AlertTransition]:
+    out, _ = logic.on_batch([WatchedAggregates(aggregates)])
+    return [t for batch in out for t in batch]
 
 
 def feed(logic: AlertLogic, observations: list[Observation]) -> list[AlertTransition]:
@@ -270,7 +275,7 @@ def test_rate_of_change_per_window_on_aggregates() -> None:
     logic = AlertLogic(matcher)
     out: list[AlertTransition] = []
     for i, mean in enumerate([10, 12, 20, 21]):
-        out += feed(logic, observations_from_aggregates([aggregate(mean, 60 * i)], matcher))
+        out += feed_aggregates(logic, [aggregate(mean, 60 * i)])
     agg_series = "readings_agg,device=d1,metric=temperature,site=s1,window=1m"
     assert [(t.state, t.value, t.series, t.at_ns) for t in out] == [
         ("firing", 8.0, agg_series, T0 + 120 * S),
@@ -287,12 +292,15 @@ def test_window_target_on_aggregates_only_produces_the_stats_rules_need() -> Non
     matcher = RuleMatcher([r])
     other = "readings,device=d2,metric=humidity,site=s1"
     aggs = [aggregate(50, 0, p95=120), aggregate(50, 0, window="10s", p95=120), aggregate(50, 0, p95=120, series=other)]
-    observations = observations_from_aggregates(aggs, matcher)
-    assert observations == [Observation("window", aggregate_series(aggs[0]), "p95", 120.0, T0)]
-    assert len(observations_from_aggregates(aggs[:1])) == 8  # without a matcher: every stat (no stddev of 3 here)
     logic = AlertLogic(matcher)
-    (fired,) = feed(logic, observations)
+    # Only the 1 min window of the series the rule watches makes a state, and only its p95 is looked at.
+    (fired,) = feed_aggregates(logic, aggs)
     assert (fired.state, fired.severity, fired.value, fired.summary) == ("firing", "critical", 120.0, "d1: p95 120")
+    assert (fired.series, fired.at_ns) == (aggregate_series(aggs[0]), T0)
+    assert {name: list(states) for name, states in logic.states.items()} == {"r": [aggregate_series(aggs[0])]}
+    # A window without the stat gives no observation: a stddev rule on one value makes no state.
+    sd = AlertLogic([rule(name="sd", target="window", window="1m", stat="stddev", warning=1)])
+    assert feed_aggregates(sd, [aggregate(50, 0)]) == [] and sd.state_count() == 0
 
 
 def test_log_rate_target_on_log_rates() -> None:
