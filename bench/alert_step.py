@@ -2,8 +2,9 @@
 
 ``python -m bench.alert_step`` drives one ``AlertLogic`` with a threshold rule on every reading (never crossed, as
 the fleet rules of ``bench/alerts.py``) and the alert state log on, with a simulated clock. Each batch of readings
-goes through the pipeline's two steps: ``watched_readings`` (the series some rule watches) and the logic's
-``on_batch`` (timed together as "on_batch"). BENCH_ALERT_STEP_RATE
+goes through ``watched_readings`` (the series some rule watches, as a pipeline of several workers looks them up
+before the alert step; with one worker the step's own lookup is the only one) and the logic's ``on_batch``, timed
+together as "on_batch". BENCH_ALERT_STEP_RATE
 readings/s of simulated time for BENCH_ALERT_STEP_SECONDS, round-robin over BENCH_ALERT_STEP_SERIES series, in
 batches of 1,000, after one reading per series (the states exist, as in a running pipeline). A snapshot is taken
 per simulated second, as the pipeline's epoch does. Prints the CPU time per reading, for the batches and for the
