@@ -545,12 +545,13 @@ AlertInput = WatchedReadings | WatchedAggregates | list[Observation]
 
 
 class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnapshot | bytes]):
-    """Alert states of one key. ``rules`` may be a shared ``RuleMatcher`` (its series cache then serves every
-    logic of the process). ``clock``: system-time ns for deadman rules and idle states (tests move it by hand;
-    by default the pipeline clock). ``idle_after`` and ``max_states``: ``alerts.state_idle_after`` and
-    ``alerts.max_states`` (see the module docstring). ``recovery_dir``: Bytewax's recovery directory, where the
-    alert state log goes once the logic holds many states; None keeps every state in the snapshot (recovery
-    off, tests). ``step_id``: the Bytewax step whose snapshots hold the log's markers."""
+    """Alert states of one key. ``rules`` may be a shared ``RuleMatcher`` (the logic keeps its series' rules itself,
+    with their states, and asks the matcher once per series without its cache). ``clock``: system-time ns for
+    deadman rules and idle states (tests move it by hand; by default the pipeline clock). ``idle_after`` and
+    ``max_states``: ``alerts.state_idle_after`` and ``alerts.max_states`` (see the module docstring).
+    ``recovery_dir``: Bytewax's recovery directory, where the alert state log goes once the logic holds many
+    states; None keeps every state in the snapshot (recovery off, tests). ``step_id``: the Bytewax step whose
+    snapshots hold the log's markers."""
 
     def __init__(
         self,
@@ -852,7 +853,7 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
     def _watches(self, target: str, series: str) -> tuple[_Watch, ...]:
         cache = self._caches[target]
         watches = tuple(
-            _Watch(self._rules[r.name], self.states[r.name], series) for r in self.matcher.rules_for(target, series)
+            _Watch(self._rules[r.name], self.states[r.name], series) for r in self.matcher.match(target, series)
         )
         if len(cache) >= _CACHE_MAX:
             cache.clear()

@@ -124,17 +124,23 @@ class RuleMatcher:
             raise ValueError(f"unknown alert target {target!r} (expected one of {', '.join(TARGETS)})")
         found = cache.get(series)
         if found is None:
-            selectors = self._selectors[target]
-            if selectors:
-                measurement, tags = parse_series(series)
-                found = tuple(s.rule for s in selectors if s.matches(target, measurement, tags))
-                found = self._sets.setdefault(tuple(r.name for r in found), found)
-            else:
-                found = ()
+            found = self.match(target, series)
             if len(cache) >= _CACHE_MAX:
                 cache.clear()
             cache[series] = found
         return found
+
+    def match(self, target: str, series: str) -> tuple[AlertRule, ...]:
+        """``rules_for`` without the cache, for a caller that keeps the answer itself (an alert logic keeps each
+        series' rules with their states: an entry here as well would be a second one, about 50 bytes a series)."""
+        selectors = self._selectors.get(target)
+        if selectors is None:
+            raise ValueError(f"unknown alert target {target!r} (expected one of {', '.join(TARGETS)})")
+        if not selectors:
+            return ()
+        measurement, tags = parse_series(series)
+        found = tuple(s.rule for s in selectors if s.matches(target, measurement, tags))
+        return self._sets.setdefault(tuple(r.name for r in found), found)
 
     def stats_for(self, target: str, series: str) -> tuple[str, ...]:
         """The stats some rule needs from the series (window and log-rate targets), sorted, each once."""

@@ -557,6 +557,7 @@ def test_churning_series_stay_under_the_cap_and_active_alerts_survive() -> None:
         assert logic.state_count() <= 10_000 + 2_000  # the cap, plus the batch that went over it
     assert logic.state_count() <= 10_000
     assert logic.evicted == 2 * 100_001 - logic.state_count()
+    assert not logic.matcher.cache("reading")  # the logic keeps its series' rules: no second copy in the matcher
     # The firing one and the pending one were never forgotten: the next reading resolves and cancels them.
     assert [(t.rule, t.state) for t in feed(logic, [obs(20, 200_000, series_of(0))])] == [
         ("hot", "resolved"),

@@ -187,6 +187,7 @@ def test_globs_on_metric_measurement_and_tags() -> None:
     # Cached: the same tuple object, and a target without rules answers ().
     assert matcher.rules_for("reading", SERIES) is matcher.rules_for("reading", SERIES)
     assert matcher.cache("reading")[SERIES] == matcher.rules_for("reading", SERIES)
+    assert matcher.match("reading", SERIES) is matcher.rules_for("reading", SERIES)  # one shared tuple per rule set
     assert matcher.rules_for("log_rate", "log_rates,service=x") == ()
     with pytest.raises(ValueError, match="unknown alert target"):
         matcher.rules_for("metrics", SERIES)
