@@ -480,8 +480,13 @@ def _take_advanced(rule: _Rule) -> list[_Watch]:
     return advanced
 
 
-class _Caches(dict[str, dict[str, tuple[_Watch, ...]]]):
-    def __missing__(self, target: str) -> dict[str, tuple[_Watch, ...]]:
+# What a logic's cache holds for a series: the one rule watching it (at fleet scale nearly always one), or the rules
+# watching it (none: the empty tuple). A tuple around a single watch was 48 bytes a (rule, series).
+_Watches = _Watch | tuple[_Watch, ...]
+
+
+class _Caches(dict[str, dict[str, _Watches]]):
+    def __missing__(self, target: str) -> dict[str, _Watches]:
         raise ValueError(f"unknown alert target {target!r} (expected one of {', '.join(TARGETS)})")
 
 
@@ -654,13 +659,9 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
                 watches = caches[target].get(series)
                 if watches is None:
                     watches = self._watches(target, series)
-                for watch in watches:
-                    if watch.rule.stat != stat:
-                        continue
-                    if watch.rule.deadman:
-                        self._seen(watch, ts, now, out)
-                    else:
-                        self._observe(watch, value, ts, now, out)
+                for watch in (watches,) if isinstance(watches, _Watch) else watches:
+                    if watch.rule.stat == stat:
+                        self._take(watch, value, ts, now, out)
         if self._deadlines and self._deadlines[0][0] <= now:
             self._pop_due(now, out)
         # After the batch, not while a state is being evaluated: only states whose phase is final are weighed.
@@ -850,15 +851,22 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
 
     # -- evaluation
 
-    def _watches(self, target: str, series: str) -> tuple[_Watch, ...]:
+    def _watches(self, target: str, series: str) -> _Watches:
         cache = self._caches[target]
-        watches = tuple(
+        each = tuple(
             _Watch(self._rules[r.name], self.states[r.name], series) for r in self.matcher.match(target, series)
         )
+        watches: _Watches = each[0] if len(each) == 1 else each
         if len(cache) >= _CACHE_MAX:
             cache.clear()
         cache[series] = watches
         return watches
+
+    def _take(self, watch: _Watch, value: float, ts: int, now: int, out: list[AlertTransition]) -> None:
+        if watch.rule.deadman:
+            self._seen(watch, ts, now, out)
+        else:
+            self._observe(watch, value, ts, now, out)
 
     def _observe_readings(self, readings: list[Reading], now: int, out: list[AlertTransition]) -> None:
         """Each reading as an observation of stat "value" of its series (what target "reading" watches)."""
@@ -867,11 +875,11 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
             watches = cache.get(series)
             if watches is None:
                 watches = self._watches("reading", series)
-            for watch in watches:
-                if watch.rule.deadman:
-                    self._seen(watch, ts, now, out)
-                else:
-                    self._observe(watch, value, ts, now, out)
+            if isinstance(watches, _Watch):
+                self._take(watches, value, ts, now, out)
+            else:
+                for watch in watches:
+                    self._take(watch, value, ts, now, out)
 
     def _observe_aggregates(self, aggregates: list[Aggregate], now: int, out: list[AlertTransition]) -> None:
         """Each closed window as an observation, at its start, of the stat each rule watching its series needs."""
@@ -884,14 +892,10 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
             watches = cache.get(series)
             if watches is None:
                 watches = self._watches("window", series)
-            for watch in watches:
+            for watch in (watches,) if isinstance(watches, _Watch) else watches:
                 value = _aggregate_stat(agg, watch.rule.stat)
-                if value is None:
-                    continue
-                if watch.rule.deadman:
-                    self._seen(watch, agg.start_ns, now, out)
-                else:
-                    self._observe(watch, value, agg.start_ns, now, out)
+                if value is not None:
+                    self._take(watch, value, agg.start_ns, now, out)
 
     def _observe(self, watch: _Watch, value: float, ts: int, now: int, out: list[AlertTransition]) -> None:
         rule = watch.rule

@@ -361,6 +361,41 @@ def test_glob_matching_selects_series_and_readings_conversion_skips_the_rest() -
         ]
 
 
+def test_readings_meet_the_same_states_as_observations_under_one_rule_and_under_several() -> None:
+    """A logic's cache holds a series' one watch as it is and several in a tuple: fed as readings or as
+    observations, one rule or three on a series (a deadman among them), the transitions and states are the same."""
+    single = "readings,device=d2,metric=humidity,site=s1"  # one rule watches it; three watch SERIES (device d1)
+    several = [
+        rule(name="hot", warning=80, match={"device": "d1"}),
+        rule(name="hotter", critical=90, match={"device": "d1"}),
+        rule(name="quiet", kind="deadman", silent_for="1h"),
+    ]
+    values = [(85.0, 0), (95.0, 10), (70.0, 20), (92.0, 5)]  # the last is out of order
+    readings = [Reading("readings", series, v, T0 + at * S) for v, at in values for series in (SERIES, single)]
+    fed: list[tuple[list[tuple[str, str, str, str]], dict[str, dict[str, tuple[int, int]]]]] = []
+    observations = [Observation("reading", r.series, "value", r.value, r.ts_ns) for r in readings]
+    for batch in (WatchedReadings(readings), observations):
+        logic = AlertLogic(several, clock=Clock(T0))
+        out, _ = logic.on_batch([batch])
+        transitions = [(t.rule, t.series, t.state, t.severity) for b in out for t in b]
+        states = {name: {k: (st.phase, st.last_ts) for k, st in by.items()} for name, by in logic.states.items()}
+        fed.append((transitions, states))
+    assert fed[0] == fed[1]
+    transitions, states = fed[0]
+    assert transitions == [
+        ("hot", SERIES, "firing", "warning"),
+        ("hotter", SERIES, "firing", "critical"),
+        ("hot", SERIES, "resolved", "warning"),
+        ("hotter", SERIES, "resolved", "critical"),
+    ]
+    assert {name: sorted(by) for name, by in states.items()} == {
+        "hot": [SERIES],
+        "hotter": [SERIES],
+        "quiet": sorted([SERIES, single]),
+    }
+    assert states["hot"][SERIES][1] == T0 + 20 * S  # the reading out of order changed nothing
+
+
 def test_deadman_fires_on_silence_in_system_time_renotifies_and_resolves() -> None:
     clock = Clock(T0 + 1000 * S)  # system time; event times (T0 + ...) are behind it, as they may be
     dead = rule(kind="deadman", silent_for="60s", renotify="30s", critical=0)
