@@ -96,6 +96,7 @@ from flows.alerts.rules import (
     RuleMatcher,
     Threshold,
     render_summary,
+    unknown_target,
 )
 from flows.window_log import LOG_FORMAT, LogMarker, WindowLog
 from flows.windows import Aggregate
@@ -487,7 +488,7 @@ _Watches = _Watch | tuple[_Watch, ...]
 
 class _Caches(dict[str, dict[str, _Watches]]):
     def __missing__(self, target: str) -> dict[str, _Watches]:
-        raise ValueError(f"unknown alert target {target!r} (expected one of {', '.join(TARGETS)})")
+        raise unknown_target(target)
 
 
 # ------------------------------------------------------------------------------------------- the logic

@@ -92,6 +92,11 @@ class _Selector:
         return all(glob(tags.get(key, "")) for key, glob in self.tags)
 
 
+def unknown_target(target: str) -> ValueError:
+    """The error for a target that is not one of ``TARGETS`` (one wording wherever a target is looked up)."""
+    return ValueError(f"unknown alert target {target!r} (expected one of {', '.join(TARGETS)})")
+
+
 class RuleMatcher:
     """Which rules watch a series. The answer is cached per (target, series): the hot path is one dict lookup,
     and most series match no rule. Thread-safe enough to share between the logics of one process (entries are
@@ -121,7 +126,7 @@ class RuleMatcher:
         """The rules watching ``series`` (a series key: see the module docstring for each target's form)."""
         cache = self._caches.get(target)
         if cache is None:
-            raise ValueError(f"unknown alert target {target!r} (expected one of {', '.join(TARGETS)})")
+            raise unknown_target(target)
         found = cache.get(series)
         if found is None:
             found = self.match(target, series)
@@ -135,7 +140,7 @@ class RuleMatcher:
         series' rules with their states: an entry here as well would be a second one, about 50 bytes a series)."""
         selectors = self._selectors.get(target)
         if selectors is None:
-            raise ValueError(f"unknown alert target {target!r} (expected one of {', '.join(TARGETS)})")
+            raise unknown_target(target)
         if not selectors:
             return ()
         measurement, tags = parse_series(series)
