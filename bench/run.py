@@ -12,7 +12,9 @@ For each QoS, in the same run, on the same stream and the same InfluxDB:
 Then the cardinality ladder (BENCH_SERIES, default 1,000, 100,000 and 1,000,000 series, 10 s + 1 min windows,
 quantiles on): fleetwatch and Telegraf at rising rates per series count, each run after a warm-up that sends
 one reading per series (a fleet's series are known to the store and the pipeline before the measured load, as
-in steady operation; without it a 20 s run at 100,000 series mostly measures the store creating series).
+in steady operation; without it a 20 s run at 100,000 series mostly measures the store creating series). At
+100,000 series fleetwatch climbs once more with the fleet rules on (a threshold rule on every reading and one on
+every 10 s window, as in the alerts bench; BENCH_FLEET_RULES_SERIES, BENCH_FLEET_RULES_RATES).
 
 The load comes from bench/publisher.c (libmosquitto), a separate process. A rate is *sustained* when the
 pipeline has received everything within 2 s of the publisher's end (the backlog did not grow). *Lost* is
@@ -73,6 +75,16 @@ SERIES_LADDER = [int(s) for s in os.environ.get("BENCH_SERIES", "1000,100000,100
 # BENCH_FLEET_RULES=1: every fleetwatch rung also evaluates a threshold rule on every reading and one on every 10 s
 # window (never crossed), as bench/alerts.py's fleet rules: what the alert states cost at a rung's rate and series.
 FLEET_RULES = os.environ.get("BENCH_FLEET_RULES", "0") != "0"
+# The cardinality ladder climbs fleetwatch once more with the fleet rules at these series counts (issue 11, target 4:
+# with one rule on every reading and one on every window at 100,000 series, target 1 still holds), from the lowest
+# of these rates; BENCH_FLEET_RULES_SERIES= (empty) leaves it out.
+FLEET_RULES_SERIES = [int(s) for s in os.environ.get("BENCH_FLEET_RULES_SERIES", "100000").split(",") if s]
+FLEET_RULES_RATES = [
+    int(r)
+    for r in os.environ.get("BENCH_FLEET_RULES_RATES", "40000,60000,80000,100000,120000,150000,180000,200000").split(
+        ","
+    )
+]
 # Each climbs until a rate is not sustained: to the rates where fleetwatch failed in earlier runs, so that the
 # ratio of the two best rates (issue 11, target 1) is one of limits, not of where a ladder ended. At 1,000 series
 # the two generators could not publish 280,000/s while fleetwatch read (23.1 s for 20 s, BENCHMARKS.md run AI):
@@ -359,7 +371,7 @@ def _p99(ordered: list[float]) -> float:
     return ordered[int(len(ordered) * 0.99)]
 
 
-def bench_config(tmp: Path, unique: str, qos: int, windows: str = '["10s"]') -> Path:
+def bench_config(tmp: Path, unique: str, qos: int, windows: str = '["10s"]', rules: bool = FLEET_RULES) -> Path:
     config = tmp / "bench.toml"
     config.write_text(f"""
 [mqtt]
@@ -389,7 +401,7 @@ database = "{unique}"
 [dead_letters]
 path = "{tmp / "dead.jsonl"}"
 """)
-    if FLEET_RULES:
+    if rules:
         config.write_text(
             config.read_text()
             + f"""
@@ -609,13 +621,15 @@ def run_pipeline(
     devices: int = DEVICES,
     windows: str = '["10s"]',
     warm_up: bool = False,
+    rules: bool = FLEET_RULES,
 ) -> dict:
-    """One rung: start the pipeline, optionally warm it up, publish `rate` for SECONDS, then measure."""
+    """One rung: start the pipeline, optionally warm it up, publish `rate` for SECONDS, then measure. ``rules``:
+    fleetwatch also evaluates the fleet rules (``fleet_rules_toml``)."""
     peer = PEERS.get(name, Peer())
     unique = f"bench{uuid.uuid4().hex[:8]}"
     tmp = Path(tempfile.mkdtemp(prefix="fwbench"))
     influxql("", f'CREATE DATABASE "{unique}"')
-    config = bench_config(tmp, unique, qos, windows)
+    config = bench_config(tmp, unique, qos, windows, rules and name == "fleetwatch")
     (tmp / "windows.json").write_text(windows)
     status = tmp / "status.json"
     proc = launch(config, status, unique, qos)
@@ -695,6 +709,7 @@ def run_pipeline(
     sustained = drained_in is not None and drained_in <= 2.0 and sent_seconds <= SECONDS * 1.05
     return {
         "pipeline": name,
+        "fleet_rules": rules and name == "fleetwatch",
         "qos": qos,
         "rate": rate,
         "history": history,
@@ -782,11 +797,16 @@ def cardinality_ladder(pipelines: list[tuple[str, Launcher]], rows: list[dict]) 
     summary = []
     for series in SERIES_LADDER:
         rates = SERIES_RATES.get(series) or [10_000, 20_000, 40_000]
+        fleet_shape = {"devices": series, "windows": '["10s", "1m"]', "warm_up": True}
         best = {
-            name: climb(name, launch, 0, rates, rows, devices=series, windows='["10s", "1m"]', warm_up=True)
+            name: climb(name, launch, 0, rates, rows, **fleet_shape)
             for name, launch in pipelines
             if name != "telegraf" or series <= TELEGRAF_MAX_SERIES
         }
+        if series in FLEET_RULES_SERIES and not FLEET_RULES:
+            best["fleetwatch_rules"] = climb(
+                "fleetwatch", launch_fleetwatch, 0, FLEET_RULES_RATES, rows, rules=True, **fleet_shape
+            )
         summary.append({"series": series, **{f"best_{k}": v for k, v in best.items()}})
         print(json.dumps(summary[-1]), flush=True)
     return summary
