@@ -754,7 +754,7 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
             state_log.start_generation(frame)
             self._live_bytes = len(frame)
         else:
-            changes: dict[str, tuple[bytes, list[str]] | tuple[bytes, list[str], list[str], bytes]] = {}
+            changes: dict[str, tuple[bytes, list[str]] | tuple[bytes, list[str], str | list[str], bytes]] = {}
             for name, rule in self._rules.items():
                 if not rule.dirty and not rule.advanced:
                     continue
