@@ -774,7 +774,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 for key, index, start in zip(keys, indexes, starts, strict=True):
                     series = series_map.get(key)
                     if series is not None:
-                        self._take(series, index, start)
+                        self._take(series, index, start, _no_schedule)
                         if quiet_at is not None:
                             _carry_clock(series, quiet_at)
             elif kind in (_OP_FORGETS, _OP_NUMBERED_FORGETS):
@@ -1021,16 +1021,22 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             elif nesting.written:
                 nesting.written = _CHANGED
 
-    def _nesting_windows(self, series: _Series, start: int, open_missing: bool = False) -> list[_Window]:
+    def _nesting_windows(
+        self,
+        series: _Series,
+        start: int,
+        open_missing: bool = False,
+        schedule: Callable[[int, _Series, int, int], None] | None = None,
+    ) -> list[_Window]:
         """The open nesting windows of the base window at ``start``; with ``open_missing``, those not open are
-        opened (with their deadlines)."""
+        opened, their deadlines given to ``schedule`` (by default, scheduled)."""
         windows, spec_count = series.windows, len(self.specs)
         found = []
         for index, length in self._nested:
             outer = start - start % length
             nesting = windows.get(outer * spec_count + index)
             if nesting is None and open_missing:
-                nesting = self._open_window(series, index, outer, self._schedule)
+                nesting = self._open_window(series, index, outer, schedule or self._schedule)
             if nesting is not None:
                 found.append(nesting)
         return found
@@ -1047,13 +1053,20 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             series.first_end = end
         return window
 
-    def _take(self, series: _Series, index: int, start: int) -> _Window | None:
+    def _take(
+        self,
+        series: _Series,
+        index: int,
+        start: int,
+        schedule: Callable[[int, _Series, int, int], None] | None = None,
+    ) -> _Window | None:
         """Take an open window out of its series to close it (None if the series holds no such window). A base
         window's values go to its nesting windows, opened if they are not (a window length added to the config
-        since the base window opened)."""
+        since the base window opened); ``schedule`` takes their deadlines (a replay's ``_no_schedule``: the
+        deadlines of every open window are made once it is done)."""
         window = series.pop_window(index, start, len(self.specs))
         if window is not None and index == self._base and not window.written & _IN_NESTING:
-            for nesting in self._nesting_windows(series, start, open_missing=True):
+            for nesting in self._nesting_windows(series, start, open_missing=True, schedule=schedule):
                 nesting.merge(window)
         return window
 

@@ -1272,6 +1272,33 @@ def test_a_state_held_before_windows_were_nested_resumes_without_counting_a_read
     assert any(a.window == "10s" and a.start_ns < restored_at < a.end_ns for a in ordered)
 
 
+def test_a_window_a_replayed_close_opens_gets_one_deadline(tmp_path: Path) -> None:
+    """A window state log written with 10 s windows only, resumed with 1 min windows added: replaying the close of
+    a held 10 s window opens its 1 min window, and that window is due once (the replay schedules nothing; the
+    deadlines of the open windows are made after it), then closes once with the 10 s window's readings."""
+    clock = Clock(T0)
+    lateness = timedelta(seconds=2)
+    ten_s = [WindowSpec.tumbling(timedelta(seconds=10))]
+    both = [*ten_s, WindowSpec.tumbling(timedelta(minutes=1))]
+    held = WindowLogic(ten_s, lateness, [0.5], clock=clock, recovery_dir=tmp_path)
+    collect(held, [reading(1, 1), reading(2, 5)])
+    held.snapshot()  # the first generation: the series with its open 10 s window
+    clock.now = T0 + 13 * S  # the series is quiet: [0, 10) closes on wall time, a close in the log
+    assert [(a.window, a.count) for a in notify_while_due(held)] == [("10s", 2)]
+    marker = held.snapshot()
+
+    resumed = WindowLogic(both, lateness, [0.5], pickle.loads(pickle.dumps(marker)), clock=clock, recovery_dir=tmp_path)
+    entries = [
+        (index, start - T0)
+        for bucket in resumed._due.values()
+        for series, index, start in bucket.entries()
+        if start * len(both) + index in series.windows
+    ]
+    assert entries == [(1, 0)], entries
+    clock.now = T0 + 63 * S
+    assert [(a.window, a.start_ns - T0, a.count, a.sum) for a in notify_while_due(resumed)] == [("1m", 0, 2, 3.0)]
+
+
 def test_a_window_length_added_to_the_config_closes_with_the_windows_it_is_made_from() -> None:
     """A state held with 10 s windows only, resumed with 1 min windows added: the 1 min window a held 10 s window
     opens as it closes is already due when event time has passed its end, and closes in the same step, by event
