@@ -123,8 +123,8 @@ _LOG_MIN_STATES = 1_000
 ALERT_LOG_FOLDER = "alert-log"
 # The log's frames: every state (the first frame of a generation), or the changes since the frame before. Both
 # are {rule name: (state records joined, series whose state was forgotten)}, pickled; a frame of changes may add
-# to a rule's tuple the series whose state changed only in its newest event time (_joined_keys), and those times
-# (int64, native order), which replay sets on the states it holds.
+# to a rule's tuple the series whose state changed only in its newest event time, and those times (int64, native
+# order), which replay sets on the states it holds.
 _FRAME_ALL = b"R"
 _FRAME_CHANGES = b"O"
 
@@ -515,14 +515,6 @@ def _state_record(series: str, st: _State) -> bytes:
     return _KEY_LENGTH.pack(len(key)) + key + _STATE_FIELDS.pack(*st.__getstate__())
 
 
-def _joined_keys(series: list[str]) -> str | list[str]:
-    """Series keys as one string, a line each, or the list itself when a key holds a line break (line protocol
-    escapes it in every key the pipeline makes). At 100,000 series nearly every ok reading state advances in an
-    epoch, and pickling one string costs a fraction of pickling 100,000 (each is encoded and memoized apart)."""
-    joined = "\n".join(series)
-    return joined if joined.count("\n") == len(series) - 1 else series
-
-
 def _replay_log(frames: Iterable[bytes]) -> dict[str, dict[str, _State]]:
     """Every rule's states from the alert state log's frames, applied in order."""
     by_rule: dict[str, dict[str, _State]] = {}
@@ -540,10 +532,7 @@ def _replay_log(frames: Iterable[bytes]) -> dict[str, dict[str, _State]]:
             if len(change) > 2:
                 times = array("q")
                 times.frombytes(change[3])
-                advanced = change[2]
-                for series, ts in zip(
-                    advanced.split("\n") if isinstance(advanced, str) else advanced, times, strict=True
-                ):
+                for series, ts in zip(change[2], times, strict=True):
                     # (a state missing here is in a part of a new generation still to come, with this time)
                     st = states.get(series)
                     if st is not None:
@@ -754,7 +743,7 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
             state_log.start_generation(frame)
             self._live_bytes = len(frame)
         else:
-            changes: dict[str, tuple[bytes, list[str]] | tuple[bytes, list[str], str | list[str], bytes]] = {}
+            changes: dict[str, tuple[bytes, list[str]] | tuple[bytes, list[str], list[str], bytes]] = {}
             for name, rule in self._rules.items():
                 if not rule.dirty and not rule.advanced:
                     continue
@@ -777,7 +766,7 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
                         advanced.append(watch.series)
                         times.append(st.last_ts)
                 if advanced:
-                    changes[name] = (b"".join(records), gone, _joined_keys(advanced), times.tobytes())
+                    changes[name] = (b"".join(records), gone, advanced, times.tobytes())
                 else:
                     changes[name] = (b"".join(records), gone)
             if changes:
