@@ -105,8 +105,14 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
-# Keys the json kind maps to ECS fields; everything else must come back under "fields" as it was.
-MAPPED = {"timestamp", "level", "message", "service", "service.name", "host", "host.name"}
+# Keys the json kind maps to ECS fields; everything else must come back under "fields" as it was. Besides the
+# configured keys, the json kind reads the usual other names of a time, a level and a message when the configured
+# one is absent (collectors/logs/parsers.py, _FALLBACK_KEYS; "log" for a nested "log.level").
+MAPPED = {"timestamp", "level", "message", "service", "service.name", "host", "host.name"} | {
+    *("@timestamp", "time", "ts", "@t"),
+    *("log", "log.level", "severity", "levelname", "lvl", "loglevel", "@l"),
+    *("msg", "@m", "event"),
+}
 
 
 def as_stored(value: Any) -> Any:
