@@ -758,9 +758,7 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
                         records.append(_state_record(series, st))
                 advanced: list[str] = []
                 times = array("q")
-                watches, rule.advanced = rule.advanced, []  # (_take_advanced, in the same pass)
-                for watch in watches:
-                    watch.advanced = False
+                for watch in _take_advanced(rule):
                     st = watch.state
                     if st is not None and watch.series not in dirty:  # (dirty: a whole record, or forgotten)
                         advanced.append(watch.series)
@@ -778,8 +776,7 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
                 self._write_base_part(state_log)
         for rule in self._rules.values():
             rule.dirty.clear()
-            if rule.advanced:  # (a first generation: every state is in its frame)
-                _take_advanced(rule)
+            _take_advanced(rule)
         state_log.collect()
         return state_log.marker(self._now())
 
