@@ -79,12 +79,8 @@ FLEET_RULES = os.environ.get("BENCH_FLEET_RULES", "0") != "0"
 # with one rule on every reading and one on every window at 100,000 series, target 1 still holds), from the lowest
 # of these rates; BENCH_FLEET_RULES_SERIES= (empty) leaves it out.
 FLEET_RULES_SERIES = [int(s) for s in os.environ.get("BENCH_FLEET_RULES_SERIES", "100000").split(",") if s]
-FLEET_RULES_RATES = [
-    int(r)
-    for r in os.environ.get("BENCH_FLEET_RULES_RATES", "40000,60000,80000,100000,120000,150000,180000,200000").split(
-        ","
-    )
-]
+_FLEET_RULES_RATES_DEFAULT = "40000,60000,80000,100000,120000,150000,180000,200000"
+FLEET_RULES_RATES = [int(r) for r in os.environ.get("BENCH_FLEET_RULES_RATES", _FLEET_RULES_RATES_DEFAULT).split(",")]
 # Each climbs until a rate is not sustained: to the rates where fleetwatch failed in earlier runs, so that the
 # ratio of the two best rates (issue 11, target 1) is one of limits, not of where a ladder ended. At 1,000 series
 # the two generators could not publish 280,000/s while fleetwatch read (23.1 s for 20 s, BENCHMARKS.md run AI):
