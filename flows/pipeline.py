@@ -71,7 +71,7 @@ from flows.sinks.buffer import saturated
 from flows.sinks.dead_letters import DeadLetterFile, DeadLetterSink
 from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Record
 from flows.sinks.es_retention import kind_retention
-from flows.sinks.influxdb import InfluxDBSink, LineWriter, make_writer
+from flows.sinks.influxdb import AfterCommitLines, InfluxDBSink, LineWriter, make_writer
 from flows.sparkplug import SparkplugLogic, SparkplugResult
 from flows.windows import WindowLogic, WindowResult, WindowSnapshot, WindowSpec
 
@@ -247,9 +247,7 @@ def _readings(
     # More shards than workers keeps the load even; one shard when there is one worker.
     sharder = Sharder(1 if options.total_workers == 1 else options.total_workers * 8)
     keyed = op.flat_map("shard", parsed, lambda p: sharder.split(p.readings))
-    raw_lines = op.filter_map(
-        "raw_lines", parsed, lambda p: ("raw", [schema.raw_line(r) for r in p.raw]) if p.raw else None
-    )
+    raw_lines = op.flat_map("raw_lines", parsed, _raw_lines)
     if cfg.mqtt.sparkplug_subscriptions():
         sparkplug = _sparkplug(cfg, parsed)
         # Sparkplug readings join the others by shard; their online state goes to InfluxDB raw and to the
@@ -265,7 +263,11 @@ def _readings(
             op.filter_map(
                 "sparkplug_raw_lines",
                 sparkplug,
-                lambda r: ("raw", [schema.raw_line(x) for x in r.raw + r.state]) if r.raw or r.state else None,
+                # Some carry their receive time (a death; a metric without a timestamp): written after the commit,
+                # as are the few others with them.
+                lambda r: ("raw", AfterCommitLines(schema.raw_line(x) for x in r.raw + r.state))
+                if r.raw or r.state
+                else None,
             ),
         )
         dead = op.merge(
@@ -328,6 +330,25 @@ def _readings(
     # Lines stay keyed (by shard; raw readings by "raw") so the stateful InfluxDB sink can partition them.
     window_lines = op.filter_map_value("window_lines", windowed, to_lines)
     return op.merge("reading_lines", window_lines, raw_lines), dead
+
+
+def _raw_lines(parsed: ParsedBatch) -> list[tuple[str, list[str]]]:
+    """The raw lines of a batch's write_raw readings, keyed "raw" for the InfluxDB sink. A reading stamped with its
+    message's receive time (the payload had no time) is in ``AfterCommitLines``, written once its epoch commits:
+    its messages' receive times are ``received_ns`` onwards, a nanosecond apart (``MQTTParser.parse``)."""
+    if not parsed.raw:
+        return []
+    first, end = parsed.received_ns, parsed.received_ns + parsed.messages
+    stamped: list[str] = []
+    received: list[str] = []
+    for reading in parsed.raw:
+        (received if first <= reading.ts_ns < end else stamped).append(schema.raw_line(reading))
+    out: list[tuple[str, list[str]]] = []
+    if stamped:
+        out.append(("raw", stamped))
+    if received:
+        out.append(("raw", AfterCommitLines(received)))
+    return out
 
 
 def _sparkplug(cfg: Config, parsed: Stream[ParsedBatch]) -> Stream[SparkplugResult]:

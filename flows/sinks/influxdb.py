@@ -9,7 +9,10 @@ does not lose data. Points the server refuses (400: a field type conflict, a bad
 with the server's answer.
 
 Writes are idempotent: points carry deterministic timestamps and tags (a window's start, a reading's event
-time), so a batch written twice after a restart lands on the same points.
+time), so a batch written twice after a restart lands on the same points. The exception is a raw reading whose
+payload had no time of its own: it is stamped with its receive time, which a redelivery after a crash changes.
+Those lines come as ``AfterCommitLines`` and, with recovery on, wait until the epoch that read them is committed
+(as dead letters do, ``flows.sinks.elasticsearch``).
 
 Retention tiers (``[retention]``, ``fleetwatch.retention``): each line goes to its tier's retention policy
 (1.x) or bucket (2.x), which ``prepare`` creates at start, or changes to the configured duration; a server or
@@ -37,6 +40,7 @@ from fleetwatch.config import InfluxDBConfig
 from fleetwatch.record import DeadLetter
 from fleetwatch.retention import LineRouter, Tier, TierPlan
 from flows import health
+from flows.recovery_progress import AfterCommit
 from flows.sinks.pending_log import PendingLog, PendingSnapshot, resume_pending
 from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch
 
@@ -540,6 +544,14 @@ class InfluxWriterThread(BatchWriterThread[str]):
         self._writer.close()
 
 
+class AfterCommitLines(list[str]):
+    """Lines stamped with their receive time (raw readings of payloads without a time): with recovery on, the
+    sink writes them once the epoch that made them is committed. Written before, such a line would be written
+    again under another time when the broker redelivers its message after a crash: a second point."""
+
+    __slots__ = ()
+
+
 class InfluxDBSink(FixedPartitionedSink[list[str], PendingSnapshot[str]]):
     """Bytewax sink of keyed line-protocol batches ``(key, list[str])``, one partition (and writer) per
     worker.
@@ -619,8 +631,22 @@ class _InfluxPartition(StatefulSinkPartition[list[str], PendingSnapshot[str]]):
         self._thread = InfluxWriterThread(
             sink.cfg, sink.writer_factory(sink.cfg, sink.plan), on_rejected, f"influx-writer-{index}", report
         )
+        # Lines stamped with their receive time, of the current epoch; then, with recovery on, they wait in the
+        # gate for its commit (AfterCommitLines).
+        self._after_commit: list[str] = []
+        self._gate = (
+            AfterCommit(sink.recovery_dir, f"influxdb-{index}", self._thread.put) if sink.recovery_dir else None
+        )
 
     def write_batch(self, items: list[list[str]]) -> None:
+        if self._gate is not None:
+            gated = [lines for lines in items if isinstance(lines, AfterCommitLines)]
+            if gated:
+                for lines in gated:
+                    self._after_commit += lines
+                items = [lines for lines in items if not isinstance(lines, AfterCommitLines)]
+                if not items:
+                    return
         # One put per call: with windows kept per series, a batch holds many short lists.
         if len(items) == 1:
             self._thread.put(items[0])
@@ -628,9 +654,17 @@ class _InfluxPartition(StatefulSinkPartition[list[str], PendingSnapshot[str]]):
             self._thread.put([line for lines in items for line in lines])
 
     def snapshot(self) -> PendingSnapshot[str]:
+        waiting: list[str] = []
+        if self._gate is not None:
+            self._gate.end_epoch(self._after_commit)
+            self._after_commit = []
+            # Waiting ones first: one released meanwhile is then in both lists, never in neither.
+            waiting = self._gate.waiting()
         pending = pending_for_epoch(
             self._thread, SNAPSHOT_MAX_PENDING, limit_while_answering=self._thread.buffer.capacity
         )
+        if waiting:
+            pending = pending + waiting
         if self._pending_log is None:
             return pending
         started = time.perf_counter()
@@ -642,6 +676,11 @@ class _InfluxPartition(StatefulSinkPartition[list[str], PendingSnapshot[str]]):
         return snapshot
 
     def close(self) -> None:
+        # A stop: the last snapshot holds what waits still; it is written now all the same, at the times the
+        # snapshot has (a replay writes the same points).
+        if self._gate is not None:
+            self._thread.put(self._gate.close() + self._after_commit)
+            self._after_commit = []
         self._thread.close()
         if self._pending_log is not None:
             self._pending_log.close()

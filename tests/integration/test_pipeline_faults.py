@@ -533,6 +533,44 @@ def test_a_dead_letter_of_an_epoch_a_kill_cuts_off_is_stored_once(
     pipeline.stop(signal.SIGTERM)
 
 
+def test_a_raw_reading_stamped_at_receipt_in_an_epoch_a_kill_cuts_off_is_written_once(
+    tmp_path: Path, unique: str, influx_db: str, es_index: str
+) -> None:
+    """A bare number has no time of its own: it is stamped with its receive time, and with write_raw its raw
+    point is written. The pipeline is killed -9 before the epoch that read it commits; the broker redelivers the
+    message, which the restarted pipeline receives at another time. The raw point must be there once, not once
+    per receive time: it waits for its epoch's commit."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    with config.open("a") as f:
+        f.write(f"""
+[[mqtt.subscriptions]]
+topic = "fwraw/{unique}/+/+"
+qos = 1
+template = "fwraw/+/{{device}}/{{metric}}"
+format = "number"
+measurement = "bare"
+write_raw = true
+""")
+    pipeline = Pipeline(config)
+    time.sleep(2.0)  # a few epochs committed: the recovery partitions exist
+    with recovery_writes_stalled(tmp_path / "recovery"):
+        pub = Publisher()
+        pub.send(f"fwraw/{unique}/d1/temp", b"21.5")
+        pub.close()
+        pipeline.wait_for("readings", 1)
+        time.sleep(1.5)  # three epochs: time enough to write it, had it not waited
+        pipeline.kill()
+    pipeline = Pipeline(config)
+    pipeline.wait_for("readings", 1)  # read again from the redelivery
+    deadline = time.monotonic() + 30
+    while not (rows := influx_rows(influx_db, 'SELECT "value" FROM "bare"')) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    time.sleep(2.0)  # a second point would be there by now
+    rows = influx_rows(influx_db, 'SELECT "value", "device" FROM "bare"')
+    pipeline.stop(signal.SIGTERM)
+    assert [(row["device"], row["value"]) for row in rows] == [("d1", 21.5)]
+
+
 def test_kill_9_while_influxdb_is_down_writes_the_closed_windows_from_the_sinks_log(
     tmp_path: Path, unique: str, influx_db: str, es_index: str
 ) -> None:
