@@ -383,13 +383,16 @@ class MQTTParser:
                 if info.unknown_device:
                     unknown_devices += 1
                 if len(payload) > max_payload:
+                    # Its first max_payload_bytes only: a client that publishes 80 MB must not make an 80 MB dead
+                    # letter (held in memory, indexed, written to the dead-letter file).
                     dead.append(
                         DeadLetter(
                             "oversized",
                             f"mqtt:{topic}",
-                            payload,
+                            payload[:max_payload],
                             received_ns,
-                            f"payload of {len(payload)} bytes exceeds max_payload_bytes {max_payload}",
+                            f"payload of {len(payload)} bytes exceeds max_payload_bytes {max_payload}; raw holds its "
+                            f"first {max_payload} bytes",
                         )
                     )
                     continue

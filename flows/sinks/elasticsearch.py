@@ -647,6 +647,14 @@ def encode_batch(
             continue
         if len(body) > max_doc_bytes:
             if isinstance(record, DeadLetter):
+                log.warning(
+                    "a dead letter (%s, from %s) is %d bytes as a document, more than the %d bytes one request to "
+                    "this server may carry; kept in the dead-letter file",
+                    record.reason,
+                    _clean(record.source[:200]),
+                    len(body),
+                    max_doc_bytes,
+                )
                 unstorable.append(record)
                 continue
             kept = min(_OVERSIZED_RAW_KEPT, max_doc_bytes // 4)

@@ -55,8 +55,18 @@ def test_a_payload_at_max_payload_bytes_is_read_and_one_byte_more_is_a_dead_lett
     )
     assert [r.value for r in parsed.readings] == [21.5, 21.5]
     [dead] = parsed.dead_letters
-    assert (dead.reason, dead.raw) == ("oversized", at_limit + b" ")
-    assert "1001 bytes exceeds max_payload_bytes 1000" in dead.detail
+    # The dead letter keeps the first max_payload_bytes: a huge payload does not make a huge dead letter.
+    assert (dead.reason, dead.raw) == ("oversized", at_limit)
+    assert "1001 bytes exceeds max_payload_bytes 1000; raw holds its first 1000 bytes" in dead.detail
+
+
+def test_a_huge_payload_makes_a_dead_letter_of_max_payload_bytes() -> None:
+    parser = make_parser(max_payload_bytes=1_000)
+    huge = b"3" * 20_000_000
+    [dead] = parser.parse(MessageBatch(time.time_ns(), [("s/a/d1/temp", huge)])).dead_letters
+    assert dead.reason == "oversized"
+    assert dead.raw == huge[:1_000]
+    assert "20000000 bytes" in dead.detail
 
 
 def test_a_65535_byte_topic_is_read_in_full_or_refused_as_a_dead_letter() -> None:
