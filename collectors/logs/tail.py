@@ -53,9 +53,10 @@ Lifecycle contract:
 - **Size limit.** An event longer than ``max_event_bytes`` is cut there (on a UTF-8 character boundary) and
   flagged "truncated"; the rest of it is skipped. Files are read in chunks, and a line is never held in
   memory beyond the limit, however long it is: an overlong line is emitted as soon as it passes the limit.
-- **Encoding.** UTF-8, UTF-16 (LE or BE: lines end with the two bytes of ``\\n`` at an even offset, the
-  byte-order mark is left out, an odd last byte waits for its pair) or a single-byte ``encoding`` (Latin-1,
-  Windows-1252, ...: lines are split on the byte ``\\n``).
+- **Encoding.** UTF-8 (a byte-order mark at the file's start is left out of its first line), UTF-16 (LE or BE:
+  lines end with the two bytes of ``\\n`` at an even offset, the byte-order mark is left out, an odd last byte
+  waits for its pair) or a single-byte ``encoding`` (Latin-1, Windows-1252, ...: lines are split on the byte
+  ``\\n``).
 - **Never raises.** Invalid UTF-8 is replaced and flagged "invalid_utf8" (bytes another encoding has no
   character for: "invalid_encoding"); files that cannot be opened or
   read are logged (once) and retried at the next poll.
@@ -773,8 +774,12 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                     tf.partial.clear()
                 if raw.endswith(cr):
                     raw = raw[:-cr_len]
-                if wide and tf.line_start == 0 and raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
-                    raw = raw[2:]
+                if tf.line_start == 0:
+                    # A file's byte-order mark is not part of its first line (Windows programs write one).
+                    if wide and raw[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+                        raw = raw[2:]
+                    elif raw[:3] == codecs.BOM_UTF8 and self._encoding == "utf-8":
+                        raw = raw[3:]
                 if len(raw) > limit:
                     self._line(tf, self._cut(raw, limit), tf.line_start, True)
                 elif not single:

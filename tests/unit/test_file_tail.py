@@ -605,6 +605,19 @@ def test_a_multiline_start_pattern_reads_lines_in_the_files_encoding(tmp_path: P
     assert [e.text for e in drain(build(cfg), quiet=0.3)] == ["Änderung 1\n  detail", "Änderung 2"]
 
 
+@pytest.mark.parametrize("multiline", [None, {"start_pattern": "^[0-9]", "flush_timeout": 0.1}])
+def test_a_utf8_byte_order_mark_is_left_out_of_the_first_line(tmp_path: Path, multiline: dict | None) -> None:
+    """Notepad and .NET's File.AppendAllText write one: every parser (regex, logfmt, access logs, cri) would
+    otherwise see it as part of the first line's first key or value. Only the file's start is a mark; the same
+    bytes later in a file are text."""
+    log = tmp_path / "app.log"
+    write(log, codecs.BOM_UTF8 + "1 first\n2 second \ufeff\n".encode())
+    cfg = config([log], multiline=multiline) if multiline else config([log])
+    events = drain(build(cfg), quiet=0.3)
+    assert [e.text for e in events] == ["1 first", "2 second \ufeff"]
+    assert events[0].doc_id.endswith("-0")
+
+
 @pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
 def test_utf16_files_as_windows_writes_them(tmp_path: Path, encoding: str) -> None:
     """SQL Server's ERRORLOG, PowerShell transcripts: a byte-order mark, CRLF, characters beyond the BMP, a
