@@ -1,8 +1,8 @@
 """Payload decoders for MQTT messages, chosen per subscription (``format``).
 
 - ``number``: a bare value, as ESPHome and Home Assistant state topics publish (``21.5``).
-- ``json``: an object of numeric fields, nested objects flattened by path with ``_`` (Telegraf's
-  convention), booleans as 0/1, strings ignored. Covers Tasmota ``tele/<dev>/SENSOR`` and Zigbee2MQTT.
+- ``json``: an object of numeric fields, nested objects flattened by path with ``_`` and arrays by index
+  (Telegraf's convention: ``ENERGY_Voltage_0``), booleans as 0/1, strings and nulls ignored. Covers Tasmota ``tele/<dev>/SENSOR`` and Zigbee2MQTT.
   An optional timestamp field (epoch s/ms/us/ns or RFC 3339) gives the event time.
 - ``influx_line``: InfluxDB line protocol, one point per line, with its own measurement and tags.
 - ``telegraf_json``: Telegraf's JSON serializer (its ``outputs.mqtt`` with ``data_format = "json"``):
@@ -146,7 +146,11 @@ def _flatten(obj: dict[str, Any], prefix: str, skip: frozenset[str], ts: int | N
             out.append(Sample(name, 1.0 if value else 0.0, ts))
         elif kind is dict:
             _flatten(value, f"{name}_", skip, ts, out)
-        # Strings, lists and nulls are not readings (Tasmota's "TempUnit", Zigbee2MQTT's "update").
+        elif kind is list:
+            # By index, as Telegraf flattens them: a three-phase Tasmota meter's "Voltage":[230,231,229] is
+            # ENERGY_Voltage_0, _1 and _2.
+            _flatten(dict(zip(map(str, range(len(value))), value, strict=True)), f"{name}_", skip, ts, out)
+        # Strings and nulls are not readings (Tasmota's "TempUnit", Zigbee2MQTT's "update").
 
 
 def finite_float(value: float, name: str) -> float:

@@ -69,6 +69,27 @@ def test_tasmota_sensor_payload() -> None:
     assert {s.ts_ns for s in samples} == {T0 + 10 * 10**9}
 
 
+def test_tasmota_three_phase_energy_arrays_are_flattened_by_index() -> None:
+    """Tasmota's ENERGY of a three-phase meter has a value per phase in an array: each is a reading, named as
+    Telegraf's JSON flattener names it. Strings and nulls inside arrays are skipped as elsewhere."""
+    payload = (
+        b'{"Time":"2026-01-01T00:00:10","ENERGY":{"TotalStartTime":"2025-01-01T00:00:00","Total":12.345,'
+        b'"Power":[100,200,300],"Voltage":[230,231,229],"Factor":[0.91,null,"x"],"Phases":[{"Current":0.4}]}}'
+    )
+    samples = decode_json(payload, "Time", "rfc3339", frozenset({"ENERGY_Voltage_1"}), None)
+    assert {s.metric: s.value for s in samples} == {
+        "ENERGY_Total": 12.345,
+        "ENERGY_Power_0": 100.0,
+        "ENERGY_Power_1": 200.0,
+        "ENERGY_Power_2": 300.0,
+        "ENERGY_Voltage_0": 230.0,
+        "ENERGY_Voltage_2": 229.0,  # (ENERGY_Voltage_1 in ignore_fields)
+        "ENERGY_Factor_0": 0.91,
+        "ENERGY_Phases_0_Current": 0.4,
+    }
+    assert {s.ts_ns for s in samples} == {T0 + 10 * 10**9}
+
+
 def test_zigbee2mqtt_payload() -> None:
     payload = (
         b'{"battery":97,"humidity":48.2,"linkquality":120,"temperature":22.5,"voltage":3000,'

@@ -106,7 +106,8 @@ JSON_OBJECTS = st.dictionaries(JSON_KEYS, JSON_VALUES, min_size=1, max_size=6)
 
 
 def flattened(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
-    """The README's rule: nested objects by path with ``_``, booleans as 0/1, strings, lists and nulls left out."""
+    """The README's rule: nested objects by path with ``_``, arrays by index, booleans as 0/1, strings and nulls
+    left out."""
     out: list[tuple[str, float]] = []
     for key, value in obj.items():
         name = prefix + key
@@ -114,6 +115,8 @@ def flattened(obj: dict[str, Any], prefix: str = "") -> list[tuple[str, float]]:
             out.append((name, float(value)))
         elif isinstance(value, dict):
             out += flattened(value, name + "_")
+        elif isinstance(value, list):
+            out += flattened({str(i): item for i, item in enumerate(value)}, name + "_")
     return out
 
 
@@ -142,6 +145,8 @@ def test_a_json_object_gives_the_readings_of_its_flattened_numbers(doc: dict[str
 def _numbers(value: Any) -> list[int]:
     if isinstance(value, dict):
         return [n for v in value.values() for n in _numbers(v)]
+    if isinstance(value, list):
+        return [n for v in value for n in _numbers(v)]
     return [value] if type(value) is int else []
 
 
