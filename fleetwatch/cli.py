@@ -123,7 +123,7 @@ def run(
     addresses: Annotated[
         str | None, typer.Option("--addresses", "-a", help="Cluster: host:port of every process, comma-separated.")
     ] = None,
-    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    duration: Annotated[float | None, typer.Option(min=0, help="Stop after this many seconds.")] = None,
     status_file: Annotated[
         Path | None, typer.Option(help="Write progress counters here (JSON, 4 times a second).")
     ] = None,
@@ -200,7 +200,7 @@ def demo(
             show_default=False,
         ),
     ] = None,
-    duration: Annotated[float, typer.Option(help="Seconds to run.")] = 60.0,
+    duration: Annotated[float, typer.Option(min=0, help="Seconds to run.")] = 60.0,
 ) -> None:
     """Run the simulator and the pipeline with live progress, then summarise what landed where."""
     if config is None:

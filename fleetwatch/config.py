@@ -36,7 +36,15 @@ from pydantic import (
 )
 
 from fleetwatch.alerts_config import AlertsConfig, load_rules
-from fleetwatch.config_base import Duration, Section, parse_duration, read_secret_file, url_without_secrets
+from fleetwatch.config_base import (
+    Duration,
+    PositiveDuration,
+    Section,
+    is_special_file,
+    parse_duration,
+    read_secret_file,
+    url_without_secrets,
+)
 from fleetwatch.devices import InventoryError, load_devices
 from fleetwatch.labels import duration_label, quantile_field
 from fleetwatch.topic_template import TopicTemplate
@@ -340,6 +348,9 @@ class WindowsConfig(Section):
     @field_validator("tumbling")
     @classmethod
     def _positive(cls, lengths: list[timedelta]) -> list[timedelta]:
+        if len(set(lengths)) < len(lengths):
+            # Each would be computed and written twice, to the same points.
+            raise ValueError("a window length is listed twice")
         for length in lengths:
             if length <= timedelta(0):
                 raise ValueError("window lengths must be > 0")
@@ -379,10 +390,10 @@ class RecoveryConfig(Section):
 
 class FlowConfig(Section):
     # Bytewax epoch length: state snapshots and MQTT acknowledgements happen once per epoch.
-    epoch_interval: Duration = timedelta(seconds=1)
+    epoch_interval: PositiveDuration = timedelta(seconds=1)
     workers: int = Field(default=1, ge=1, le=64)
     # The pipeline's own health is written this often.
-    health_interval: Duration = timedelta(seconds=10)
+    health_interval: PositiveDuration = timedelta(seconds=10)
 
 
 # ------------------------------------------------------------------------------------------- stores
@@ -410,7 +421,7 @@ class InfluxDBConfig(Section):
     api: Literal["v1", "v2"] = "v1"
     url: str = "http://127.0.0.1:8086"
     # v1
-    database: str = "fleetwatch"
+    database: str = Field(default="fleetwatch", min_length=1)
     retention_policy: str | None = None
     username: str | None = None
     password: SecretStr | None = None
@@ -430,12 +441,12 @@ class InfluxDBConfig(Section):
     # flight made each window boundary's points take both cores, and the flow fell behind (BENCHMARKS.md, run
     # S). Raise it when InfluxDB has cores of its own.
     concurrent_requests: int = Field(default=1, ge=1, le=16)
-    flush_interval: Duration = timedelta(milliseconds=250)
+    flush_interval: PositiveDuration = timedelta(milliseconds=250)
     # "auto": gzip'd unless InfluxDB is on this machine's loopback, where compressing costs CPU on both ends
     # and saves nothing (on the 2-core bench machine it decided whether 100,000 series kept up at 60,000
     # readings/s: BENCHMARKS.md, run S).
     gzip: bool | Literal["auto"] = "auto"
-    timeout: Duration = timedelta(seconds=10)
+    timeout: PositiveDuration = timedelta(seconds=10)
     retry_max_delay: Duration = timedelta(seconds=30)
     # Points held in memory while InfluxDB is slow or down; beyond it the flow waits (backpressure).
     buffer_max_points: int = Field(default=200_000, ge=1)
@@ -510,8 +521,8 @@ class ElasticsearchConfig(Section):
     # Bulk requests in flight at once, each sent by a thread of its own (one request keeps one server write
     # thread busy, and the server is not idle while the next request is encoded).
     concurrent_requests: int = Field(default=2, ge=1, le=16)
-    flush_interval: Duration = timedelta(milliseconds=250)
-    timeout: Duration = timedelta(seconds=30)
+    flush_interval: PositiveDuration = timedelta(milliseconds=250)
+    timeout: PositiveDuration = timedelta(seconds=30)
     retry_max_delay: Duration = timedelta(seconds=30)
     # Documents held in memory while Elasticsearch is slow or down; beyond it the flow waits.
     buffer_max_docs: int = Field(default=50_000, ge=1)
@@ -728,7 +739,7 @@ class FileInputConfig(Section):
     dataset: str | None = None
     # Longer events are cut to this size and flagged "truncated".
     max_event_bytes: int = Field(default=65536, ge=256)
-    poll_interval: Duration = timedelta(milliseconds=100)
+    poll_interval: PositiveDuration = timedelta(milliseconds=100)
     # The files' character encoding: UTF-8, UTF-16 ("utf-16-le", as Windows writes it, or "utf-16-be"), or a
     # single-byte one ("latin-1", "cp1252", "iso-8859-15", ...).
     encoding: str = "utf-8"
@@ -882,7 +893,7 @@ class RetentionConfig(Section):
     # The pipeline's own health points (InfluxDB fleetwatch_health and fleetwatch_process).
     health: Duration = timedelta(days=30)
     # How often fleetwatch deletes expired daily Elasticsearch indices (when the server has no lifecycle).
-    check_interval: Duration = timedelta(hours=1)
+    check_interval: PositiveDuration = timedelta(hours=1)
 
     @model_validator(mode="after")
     def _long_enough(self) -> RetentionConfig:
@@ -1154,6 +1165,9 @@ def load(path: Path | str, env: Mapping[str, str] | None = None) -> Config:
     """Read and validate a TOML file; raise ``ConfigError`` naming every bad key."""
     path = Path(path)
     try:
+        if is_special_file(path):
+            # A FIFO or a device: reading it could block the start for ever.
+            raise ConfigError(str(path), ["not a regular file"])
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(str(path), ["file not found"]) from None

@@ -5,12 +5,13 @@ can use them without importing the whole configuration."""
 from __future__ import annotations
 
 import re
+import stat
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, SecretStr
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -55,6 +56,17 @@ def _seconds(seconds: float, given: Any) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 
 
+def _above_zero(duration: timedelta) -> timedelta:
+    if duration <= timedelta(0):
+        raise ValueError("expected a duration > 0")
+    return duration
+
+
+# An interval or a timeout: "0s" would mean a busy loop (an epoch or a health point per iteration) or an
+# immediate failure.
+PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_above_zero)]
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -76,11 +88,33 @@ def url_without_secrets(url: str) -> str:
     return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
 
 
+def is_special_file(path: Path) -> bool:
+    """A FIFO, socket or device (not a regular file, a directory or a missing path, which opening reports)."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+# A password, token or API key is far shorter; a longer file is the wrong file (or /dev/zero).
+_SECRET_FILE_MAX_BYTES = 64 * 1024
+
+
 def read_secret_file(path: Path | None, key: str) -> SecretStr | None:
     if path is None:
         return None
+    if is_special_file(path):
+        # A FIFO would block the start until something writes to it; a device may never end.
+        raise ValueError(f"{key}: cannot read secret file {path}: not a regular file")
     try:
-        return SecretStr(path.read_text(encoding="utf-8").strip())
+        with path.open("rb") as f:
+            data = f.read(_SECRET_FILE_MAX_BYTES + 1)
+        if len(data) > _SECRET_FILE_MAX_BYTES:
+            raise OverflowError
+        return SecretStr(data.decode("utf-8").strip())
+    except OverflowError:
+        raise ValueError(f"{key}: secret file {path} is longer than {_SECRET_FILE_MAX_BYTES} bytes") from None
     except OSError as exc:
         raise ValueError(f"{key}: cannot read secret file {path}: {exc.strerror}") from exc
     except ValueError as exc:

@@ -2,7 +2,8 @@
 
 - ``number``: a bare value, as ESPHome and Home Assistant state topics publish (``21.5``).
 - ``json``: an object of numeric fields, nested objects flattened by path with ``_`` and arrays by index
-  (Telegraf's convention: ``ENERGY_Voltage_0``), booleans as 0/1, strings and nulls ignored. Covers Tasmota ``tele/<dev>/SENSOR`` and Zigbee2MQTT.
+  (Telegraf's convention: ``ENERGY_Voltage_0``), booleans as 0/1, strings and nulls ignored. Covers Tasmota
+  ``tele/<dev>/SENSOR`` and Zigbee2MQTT.
   An optional timestamp field (epoch s/ms/us/ns or RFC 3339) gives the event time.
 - ``influx_line``: InfluxDB line protocol, one point per line, with its own measurement and tags.
 - ``telegraf_json``: Telegraf's JSON serializer (its ``outputs.mqtt`` with ``data_format = "json"``):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,16 @@ def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path
         ('[mqtt]\n"" = 1\n', 'mqtt."": unknown key'),
         ('[mqtt]\n"max payload" = 1\n', 'mqtt."max payload": unknown key'),
         ("[mqtt]\ntopic_cache_max_bytes = 1000\n", "mqtt.topic_cache_max_bytes: Input should be greater"),
+        # Found by a review: accepted, then 80,000 health points a second, or a store call that never succeeds.
+        ('[flow]\nhealth_interval = "0s"\n', "flow.health_interval: expected a duration > 0"),
+        ('[flow]\nepoch_interval = "0s"\n', "flow.epoch_interval: expected a duration > 0"),
+        ('[influxdb]\ntimeout = "0s"\n', "influxdb.timeout: expected a duration > 0"),
+        ('[influxdb]\nflush_interval = "0ms"\n', "influxdb.flush_interval: expected a duration > 0"),
+        ('[elasticsearch]\ntimeout = "0s"\n', "elasticsearch.timeout: expected a duration > 0"),
+        # check-config passed it; the start then failed on CREATE DATABASE "".
+        ('[influxdb]\ndatabase = ""\n', "influxdb.database: String should have at least 1 character"),
+        # Each window would be computed and written twice.
+        ('[windows]\ntumbling = ["10s", "10s"]\n', "windows.tumbling: a window length is listed twice"),
     ],
 )
 def test_rejects_broken_values(tmp_path: Path, toml: str, key: str) -> None:
@@ -372,6 +383,27 @@ def test_an_unreadable_secret_file_is_a_config_error_naming_the_key(tmp_path: Pa
     ]
     # A store that is off needs no credentials.
     config.from_dict({"elasticsearch": {"enabled": False, "password_file": str(missing)}}, env={})
+
+
+def test_a_secret_file_that_never_ends_or_blocks_is_refused_at_once(tmp_path: Path) -> None:
+    """/dev/zero named by mistake was read until memory ran out; a FIFO blocked the start. The config file
+    itself too: a FIFO as the config path hung check-config."""
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict({"influxdb": {"username": "fw", "password_file": "/dev/zero"}}, env={})
+    assert err.value.problems == ["influxdb.password_file: cannot read secret file /dev/zero: not a regular file"]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict({"influxdb": {"username": "fw", "password_file": str(fifo)}}, env={})
+    assert err.value.problems == [f"influxdb.password_file: cannot read secret file {fifo}: not a regular file"]
+    with pytest.raises(config.ConfigError) as err:
+        config.load(fifo, env={})
+    assert err.value.problems == ["not a regular file"]
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"x" * 100_000)
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict({"influxdb": {"username": "fw", "password_file": str(huge)}}, env={})
+    assert err.value.problems == [f"influxdb.password_file: secret file {huge} is longer than 65536 bytes"]
 
 
 def test_the_influxdb_password_file_can_come_from_the_environment(tmp_path: Path) -> None:
