@@ -109,6 +109,10 @@ def check_config(
         highlight=False,
         soft_wrap=True,
     )
+    from fleetwatch.retention import dashboard_windows_missing
+
+    if (warning := dashboard_windows_missing(cfg)) is not None:
+        console.print(f"[yellow]warning:[/yellow] {escape(warning)}", highlight=False, soft_wrap=True)
 
 
 @app.command()

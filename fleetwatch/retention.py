@@ -96,6 +96,24 @@ class TierPlan:
         return LineRouter(self)
 
 
+def dashboard_windows_missing(cfg: Config) -> str | None:
+    """When the configuration does not compute a tumbling window the committed dashboards read (they are
+    generated for the default windows, ``dashboards/generate.py``), what to tell the user: those panel targets
+    and variables would fail with "retention policy not found", or draw nothing."""
+    if not cfg.influxdb.enabled:
+        return None
+    wanted = {t.window for t in TierPlan.from_config(Config()).window_tiers() if t.window is not None}
+    missing = sorted(wanted - computed_windows(cfg), key=window_length)
+    if not missing:
+        return None
+    tiers = ", ".join(window_tier(label) for label in missing)
+    return (
+        f"the provisioned Grafana dashboards read the {', '.join(missing)} windows (tiers {tiers}), which "
+        f"windows.tumbling does not compute: their panels fail or stay empty until it includes "
+        f"{' and '.join(missing)}, or the dashboards are generated for these windows (README.md, Dashboards)"
+    )
+
+
 def _plan(retention: RetentionConfig, windows: set[str]) -> TierPlan:
     tiers = [Tier(RAW, retention.raw)]
     ordered = sorted(windows, key=lambda label: (window_length(label), label))

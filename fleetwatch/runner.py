@@ -24,7 +24,7 @@ from bytewax.run import cli_main
 
 from collectors.syslog.source import listen_problems
 from fleetwatch.config import Config
-from fleetwatch.retention import plan_or_none
+from fleetwatch.retention import dashboard_windows_missing, plan_or_none
 from flows import clock, health, lifecycle
 from flows.alerts.engine import ALERT_LOG_FOLDER
 from flows.alerts.sink import notification_stats
@@ -336,6 +336,8 @@ def run_pipeline(
         timer = threading.Timer(duration, _stop_after_duration, args=(duration,))
         timer.daemon = True
         timer.start()
+    if (warning := dashboard_windows_missing(cfg)) is not None:
+        log.warning("fleetwatch: %s", warning)
     log.info(
         "fleetwatch: %d worker(s) x %d process(es), recovery %s",
         workers,

@@ -14,7 +14,7 @@ from dashboards.generate import PLAN, tier_conditions
 from fleetwatch import config as config_mod
 from fleetwatch.config import ConfigError
 from fleetwatch.record import LogRate, Reading
-from fleetwatch.retention import TierPlan, plan_or_none, qualified
+from fleetwatch.retention import TierPlan, dashboard_windows_missing, plan_or_none, qualified
 from flows import schema
 from flows.alerts.notify import alert_line
 from flows.sinks.elasticsearch import KINDS, IndexLayout, apply_lifecycles
@@ -207,3 +207,17 @@ def test_a_daily_index_expires_once_its_whole_day_is_past_the_retention() -> Non
         "fw-logs-2026.11.01",
         "fw-logs-2026.11.02",
     ]
+
+
+def test_a_configuration_without_a_window_the_dashboards_read_is_warned_about() -> None:
+    """The committed dashboards read the default windows' tiers (dashboards/generate.py's PLAN): with only 10 s
+    windows computed, every panel target and variable reading agg_1m fails ("retention policy not found")."""
+    assert {t.window for t in PLAN.window_tiers()} == {"10s", "1m"}
+    assert dashboard_windows_missing(_cfg()) is None
+    assert dashboard_windows_missing(_cfg(windows={"tumbling": ["10s", "1m", "1h"]})) is None
+    warning = dashboard_windows_missing(_cfg(windows={"tumbling": ["10s"]}))
+    assert warning is not None and "read the 1m windows (tiers agg_1m)" in warning
+    warning = dashboard_windows_missing(_cfg(windows={"tumbling": ["5m"]}))
+    assert warning is not None and "read the 10s, 1m windows (tiers agg_10s, agg_1m)" in warning
+    # No InfluxDB, no dashboards reading it.
+    assert dashboard_windows_missing(_cfg(windows={"tumbling": ["10s"]}, influxdb={"enabled": False})) is None
