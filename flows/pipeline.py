@@ -265,9 +265,9 @@ def _readings(
                 sparkplug,
                 # Some carry their receive time (a death; a metric without a timestamp): written after the commit,
                 # as are the few others with them.
-                lambda r: ("raw", AfterCommitLines(schema.raw_line(x) for x in r.raw + r.state))
-                if r.raw or r.state
-                else None,
+                lambda r: (
+                    ("raw", AfterCommitLines(schema.raw_line(x) for x in r.raw + r.state)) if r.raw or r.state else None
+                ),
             ),
         )
         dead = op.merge(

@@ -238,6 +238,7 @@ def _bare_json_value(doc: Any, metric: str | None) -> Sample:
 
 # --- tags ---------------------------------------------------------------------------------------
 
+
 def _check_tags(tags: dict[str, str], where: str) -> None:
     """Tags fleetwatch's series carry of their own (``metric``, the field's name; ``window``, on aggregates)
     are not a payload's: its tag would be overwritten, or make every aggregate of the series a line InfluxDB
