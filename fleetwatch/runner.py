@@ -41,7 +41,7 @@ from flows.sinks.elasticsearch import PENDING_DOCS_FOLDER, make_client
 from flows.sinks.es_retention import RetentionJob, kind_retention
 from flows.sinks.influxdb import InfluxWriterThread, make_writer
 from flows.sinks.pending_log import PENDING_LOG_FOLDER
-from flows.sinks.writer import flush_all_writers, writers_alive, writers_written
+from flows.sinks.writer import flush_all_writers, writers_alive, writers_failing, writers_written
 from flows.window_log import remove_unreferenced
 
 log = logging.getLogger(__name__)
@@ -131,8 +131,16 @@ def _process_gauges() -> dict[str, int]:
     so fewer alive than registered means it is on its way out), and alert notifications dropped because a
     target stayed down longer than its queue lasts."""
     alive, registered = writers_alive()
-    dropped = sum(stats.get("dropped", 0) for stats in notification_stats().values())
-    return {"writers_alive": alive, "writers": registered, "notifications_dropped": dropped}
+    notifiers = notification_stats().values()
+    return {
+        "writers_alive": alive,
+        "writers": registered,
+        # Writers whose last attempt failed: a store down, a webhook answering 500 (the log says which).
+        "writers_failing": writers_failing(),
+        "notifications_dropped": sum(stats.get("dropped", 0) for stats in notifiers),
+        "notifications_pending": sum(stats.get("pending", 0) for stats in notifiers),
+        "notification_retries": sum(stats.get("retries", 0) for stats in notifiers),
+    }
 
 
 def _process_fields() -> str:
@@ -202,6 +210,9 @@ def _status_writer(cfg: Config, path: Path, stop: threading.Event, interval: flo
 # committed), and how long the sinks then get to flush. A supervisor's grace period must exceed both.
 STOP_TIMEOUT = 30.0
 FLUSH_TIMEOUT = 30.0
+# How long the flush waits for a writer whose store or target is failing, with recovery on (what it holds is in
+# the last snapshot, and the next start sends it); without recovery it gets the whole FLUSH_TIMEOUT.
+FAILING_FLUSH_GRACE = 2.0
 
 
 def _stop_after_duration(duration: float) -> None:
@@ -376,7 +387,7 @@ def run_pipeline(
             health_writer.stop()
         if retention_job is not None:
             retention_job.stop()
-        left = flush_all_writers(timeout=FLUSH_TIMEOUT)
+        left = flush_all_writers(timeout=FLUSH_TIMEOUT, failing_grace=FAILING_FLUSH_GRACE if recovery else None)
         stop.set()
         if status_thread is not None:
             # Both write the status file through the same temporary file: the last word is the final status.

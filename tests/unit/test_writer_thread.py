@@ -11,7 +11,14 @@ from collections.abc import Iterator
 import pytest
 
 from flows import clock, lifecycle
-from flows.sinks.writer import BatchWriterThread, RetryableError, SetupError, pending_for_epoch
+from flows.sinks.writer import (
+    BatchWriterThread,
+    RetryableError,
+    SetupError,
+    flush_all_writers,
+    pending_for_epoch,
+    writers_failing,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -231,3 +238,28 @@ def test_lanes_keep_several_batches_in_flight_and_a_snapshot_holds_each_until_it
         release.set()
         writer.close(5.0)
     assert not writer.alive()
+
+
+def test_a_stop_flushes_the_answering_writers_first_and_waits_briefly_for_a_failing_one() -> None:
+    """A webhook that answers 500 held every stop for the whole flush timeout (30 s), and a writer registered
+    after it got what was left of that time: none. The answering writer goes first and is flushed; the failing
+    one, with a grace, is waited for only that long (with recovery on, what it holds is in the last snapshot)."""
+    failing = SlowStore(down=True)
+    failing.put(["lost"])
+    deadline = time.monotonic() + 5
+    while not failing.failing:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    answering = SlowStore(delay=0.2)
+    answering.put([f"item{i}" for i in range(30)])
+    try:
+        assert writers_failing() >= 1
+        started = time.monotonic()
+        left = flush_all_writers(timeout=10.0, failing_grace=0.3)
+        took = time.monotonic() - started
+        assert answering.stored == [f"item{i}" for i in range(30)]
+        assert left.get("test-writer") == 1  # (both are "test-writer": the failing one's count is what is left)
+        assert took < 2.0, f"the stop waited {took:.1f} s for a writer whose store is down"
+    finally:
+        failing.close(0.1)
+        answering.close(1.0)
