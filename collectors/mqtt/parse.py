@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from datetime import UTC, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
@@ -181,6 +181,26 @@ def _scaled(stamp: int, ns_per_unit: int) -> int:
         return stamp
     high = (stamp >> 30) * ns_per_unit
     return (high << 30) + (stamp & 0x3FFFFFFF) * ns_per_unit
+
+
+def _event_time_text(ts_ns: int) -> str:
+    """An event time for a person: RFC 3339, or how far out of range it is (a 1e300 timestamp has 300 digits)."""
+    if -(2**63) <= ts_ns < 2**63:  # what a time in nanoseconds can be at all (1677 to 2262)
+        seconds, ns = divmod(ts_ns, 1_000_000_000)
+        return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}.{ns:09d}Z"
+    return "a time after the year 2262" if ts_ns > 0 else "a time before the year 1677"
+
+
+def _out_of_range_detail(outside: list[tuple[Sample, int]], total: int, now_ns: int) -> str:
+    """Which readings of a message were refused for their event time, and against which bound."""
+    sample, ts = outside[0]
+    bound = "max_future_skew" if ts > now_ns else "max_age"
+    name = f"{sample.measurement}.{sample.metric}" if sample.measurement else sample.metric
+    first = f"{name!r} at {_event_time_text(ts)} (past windows.{bound})"
+    if total == 1:
+        return f"event time out of range: {first}"
+    kept = total - len(outside)
+    return f"{len(outside)} of {total} readings have an event time out of range, {kept} kept; the first: {first}"
 
 
 def _encodable(series: str) -> str:
@@ -474,28 +494,24 @@ class MQTTParser:
                         continue
                     dead.append(DeadLetter(err.reason, f"mqtt:{topic}", payload, received_ns, err.detail))
                     continue
+                # Each reading on its own, as InfluxDB's /write takes the good lines of a request: one line of
+                # a line-protocol payload (or one item of a buffered JSON array) outside the accepted range
+                # costs that reading, not the message's others. The message is then one dead letter too.
+                outside: list[tuple[Sample, int]] = []
                 for sample in samples:
                     ts = received_ns if sample.ts_ns is None else sample.ts_ns
                     if not oldest_ok <= ts <= newest_ok:
-                        dead.append(
-                            DeadLetter(
-                                "timestamp_out_of_range",
-                                f"mqtt:{topic}",
-                                payload,
-                                received_ns,
-                                f"event time {ts} ns is outside the accepted skew",
-                            )
-                        )
-                        break
-                else:
-                    for sample in samples:
-                        ts = received_ns if sample.ts_ns is None else sample.ts_ns
-                        reading = Reading(
-                            sample.measurement or info.measurement, self._series(info, sample), sample.value, ts
-                        )
-                        append(reading)
-                        if info.write_raw:
-                            raw.append(reading)
+                        outside.append((sample, ts))
+                        continue
+                    reading = Reading(
+                        sample.measurement or info.measurement, self._series(info, sample), sample.value, ts
+                    )
+                    append(reading)
+                    if info.write_raw:
+                        raw.append(reading)
+                if outside:
+                    detail = _out_of_range_detail(outside, len(samples), now_ns)
+                    dead.append(DeadLetter("timestamp_out_of_range", f"mqtt:{topic}", payload, received_ns, detail))
             except PayloadError as err:
                 dead.append(DeadLetter(err.reason, f"mqtt:{topic}", payload, received_ns, err.detail))
             except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
@@ -287,6 +288,31 @@ def test_parser_dead_letters_timestamps_outside_the_skew() -> None:
         time_mod.time_ns = real
     assert [d.reason for d in parsed.dead_letters] == ["timestamp_out_of_range"] * 2
     assert len(parsed.readings) == 1 and not math.isnan(parsed.readings[0].value)
+    assert parsed.dead_letters[0].detail == (
+        "event time out of range: 'v' at 2025-12-31T22:00:00.000000000Z (past windows.max_age)"
+    )
+    assert "past windows.max_future_skew" in parsed.dead_letters[1].detail
+
+
+def test_one_line_out_of_range_costs_that_line_not_the_messages_others() -> None:
+    """A gateway's line-protocol payload with one line 40 days old: InfluxDB's /write stores the ten others and
+    refuses that one. So does the parser: ten readings, and the message as a dead letter naming the line."""
+    cfg = from_dict(
+        {"mqtt": {"subscriptions": [{"topic": "lp/#", "format": "influx_line", "template": "lp/{site}/#"}]}},
+        env={},
+    )
+    parser = MQTTParser(cfg.mqtt, cfg.windows)  # (max_age 30 days)
+    now = time.time_ns()
+    second = 10**9
+    lines = [f"gw,dev=d{i} v={i} {now - i * second}" for i in range(10)]
+    lines.append(f"gw,dev=old v=99 {now - 40 * 86400 * second}")
+    payload = "\n".join(lines).encode()
+    parsed = parser.parse(MessageBatch(now, [("lp/s1/x", payload)]))
+    assert sorted(r.value for r in parsed.readings) == [float(i) for i in range(10)]
+    [dead] = parsed.dead_letters
+    assert (dead.reason, dead.raw) == ("timestamp_out_of_range", payload)
+    assert dead.detail.startswith("1 of 11 readings have an event time out of range, 10 kept; the first: 'gw.v' at ")
+    assert dead.detail.endswith("(past windows.max_age)")
 
 
 @pytest.mark.parametrize(
