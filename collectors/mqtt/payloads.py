@@ -289,6 +289,8 @@ def _line_value(raw: str, field: str) -> float | None:
         kind = "an integer (int64)" if suffix == "i" else "an unsigned integer (uint64)"
         raise PayloadError("undecodable", f"field {field!r} is not {kind}: {raw[:40]!r}")
     if not _LP_FLOAT.match(raw):
+        if _NON_FINITE_TEXT.match(raw):  # (line protocol has no NaN or infinity; a device meant one all the same)
+            raise PayloadError("non_finite", f"field {field!r} is {raw[:40]!r}")
         raise PayloadError("undecodable", f"field {field!r} has no valid value ({raw[:40]!r})")
     value = float(raw)
     if not math.isfinite(value):
@@ -297,7 +299,8 @@ def _line_value(raw: str, field: str) -> float | None:
 
 
 def decode_line_protocol(payload: bytes) -> list[Sample]:
-    text = to_text(payload)
+    # (a byte-order mark would otherwise start the first measurement's name)
+    text = to_text(payload).removeprefix("\ufeff")
     samples: list[Sample] = []
     for line in text.split("\n"):
         line = line.strip(" \t\r")
@@ -310,7 +313,10 @@ def decode_line_protocol(payload: bytes) -> list[Sample]:
         tags: dict[str, str] = {}
         if head[2]:
             for tag in _LP_TAG.finditer(head[2]):
-                tags[_NAME_ESCAPE.sub(r"\1", tag[1])] = _NAME_ESCAPE.sub(r"\1", tag[2])
+                key = _NAME_ESCAPE.sub(r"\1", tag[1])
+                if key in tags:  # InfluxDB refuses the line too ("duplicate tags")
+                    raise PayloadError("undecodable", f"line protocol: tag {key[:40]!r} is given twice")
+                tags[key] = _NAME_ESCAPE.sub(r"\1", tag[2])
             _check_tags(tags, "line protocol")
         pos = head.end()
         fields: list[tuple[str, str]] = []
@@ -330,7 +336,9 @@ def decode_line_protocol(payload: bytes) -> list[Sample]:
             ts = int(rest[1])
             if not -(2**63) <= ts < 2**63:
                 raise PayloadError("bad_timestamp", f"line protocol timestamp {rest[1][:40]!r} is out of range")
-        for key, raw in fields:
+        # A field given twice: the last value, as InfluxDB stores it (each would otherwise be a reading of the
+        # windows, and the aggregates would count a value the raw point does not have).
+        for key, raw in dict(fields).items():
             number = _line_value(raw, key)
             if number is not None:
                 samples.append(Sample(key, number, ts, measurement, tags))

@@ -348,6 +348,9 @@ def test_line_protocol_reads_names_by_the_published_escaping_rules(
         ("m,host=a,window=5m v=1", "undecodable"),
         ("m v=1 \u0661\u0662", "bad_timestamp"),  # Arabic-Indic digits, which int() takes
         ("m v=1 9223372036854775808", "bad_timestamp"),
+        ("m,h=a,h=b v=1", "undecodable"),  # InfluxDB: "duplicate tags"
+        ("m v=NaN", "non_finite"),
+        ("m v=-inf", "non_finite"),
     ],
 )
 def test_line_protocol_refuses_what_its_rules_do_not_allow(line: str, reason: str) -> None:
@@ -355,6 +358,13 @@ def test_line_protocol_refuses_what_its_rules_do_not_allow(line: str, reason: st
     with pytest.raises(PayloadError) as err:
         decode_line_protocol(line.encode())
     assert err.value.reason == reason
+
+
+def test_line_protocol_as_influxdb_stores_it_a_repeated_field_and_a_byte_order_mark() -> None:
+    """A field given twice is stored with its last value by InfluxDB: one reading of that value, not two (the
+    aggregates would count a value the raw point does not have). A byte-order mark is not the measurement's."""
+    samples = decode_line_protocol("\ufeffm1,h=e v=1,w=5,v=2 1767225600000000000".encode())
+    assert [(s.measurement, s.metric, s.value) for s in samples] == [("m1", "v", 2.0), ("m1", "w", 5.0)]
 
 
 def test_a_json_string_holding_a_lone_surrogate_is_not_a_number() -> None:
