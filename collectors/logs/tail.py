@@ -31,7 +31,9 @@ Lifecycle contract:
   its dev/ino (``app.log.1``), even if that name does not match the glob. The new file at the path is read
   from the start.
 - **copytruncate.** Same inode, but smaller than what was read, or a different first line: ``generation``
-  goes up and reading restarts at 0 with a new fingerprint, so the new content gets new ids.
+  goes up and reading restarts at 0 with a new fingerprint, so the new content gets new ids. After a restart,
+  also when the bytes just before the saved offset changed (``FileState.before_offset``): a file deleted and
+  created again while not running, with its inode reused and the same header line.
 - **Lines.** Split on ``\\n``, one trailing ``\\r`` stripped. A last line without its newline is *not*
   emitted while the file may still grow, even after a timeout: writers that buffer (stdout redirected to a
   file) flush in 4-8 KiB blocks, mid-line, minutes apart, and a timed flush would split each such line in
@@ -115,6 +117,8 @@ MAX_BATCH_LINES_AFTER_WAIT = 40_000
 MAX_BATCH_BYTES_AFTER_WAIT = 32 * 1024 * 1024
 _CHUNK = 128 * 1024
 _FINGERPRINT_BYTES = 256
+# How many bytes before a file's saved offset its snapshot keeps a digest of (FileState.before_offset).
+_BEFORE_OFFSET_BYTES = 64
 # Fingerprints of finished files remembered per input, the oldest forgotten first. They are in every snapshot
 # of the input (about 50 bytes each); a collision needs a reused inode and the same first line.
 _FINISHED_KEPT = 1_000
@@ -178,6 +182,10 @@ class FileState:
     generation: int = 0
     # Just after the last line of the last event emitted whole.
     offset: int = 0
+    # Hex digest of the bytes just before ``offset`` (at most 64): a file deleted and created again while not
+    # running can get the same inode and the same first line (a header); its content up to the offset tells it
+    # apart. "" when not known (offset 0, a snapshot of an older version).
+    before_offset: str = ""
 
 
 @dataclass
@@ -298,10 +306,15 @@ class _File:
         "skipping",
         "source",
         "state",
+        "tail_digest",
+        "tail_offset",
     )
 
     def __init__(self, state: FileState, fd: int, size: int, now: float) -> None:
         self.state = state
+        # The digest of the bytes before tail_offset, as the last snapshot took it (FileState.before_offset).
+        self.tail_offset = state.offset
+        self.tail_digest = state.before_offset
         self.fd = fd
         self.source = f"file:{state.path}"
         self.size = size
@@ -447,13 +460,17 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             _close(fd)
             return False
         state = FileState(path, entry.dev, entry.ino, entry.fingerprint, entry.fingerprint_len, entry.generation)
-        state.offset = entry.offset
+        state.offset, state.before_offset = entry.offset, entry.before_offset
         tf = _File(state, fd, st.st_size, now)
         self._files[key] = tf
         if st.st_size < entry.offset:
             self._restart_file(tf, f"truncated to {st.st_size} bytes while not running (copytruncate?)")
         elif entry.fingerprint and not self._same_head(tf):
             self._restart_file(tf, "first line changed while not running (copytruncate or inode reuse)")
+        elif entry.before_offset and self._digest_before(tf, entry.offset) not in (entry.before_offset, None):
+            # Same inode, same first line, at least as long: a new file all the same (deleted and created again,
+            # its inode reused, starting with the same header), or the old one rewritten in place.
+            self._restart_file(tf, "content before the saved offset changed while not running (a new file?)")
         else:
             log.info("%s: resuming %s at offset %d (generation %d)", self._name, path, entry.offset, entry.generation)
         return True
@@ -569,6 +586,17 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if len(finished) > _FINISHED_KEPT:
             del finished[next(iter(finished))]
 
+    def _digest_before(self, tf: _File, offset: int) -> str | None:
+        """The digest of the (at most 64) bytes before ``offset``: "" at 0, None if unreadable now."""
+        n = min(offset, _BEFORE_OFFSET_BYTES)
+        if n == 0:
+            return ""
+        try:
+            data = os.pread(tf.fd, n, offset - n)
+        except OSError:
+            return None
+        return blake2b(data, digest_size=8).hexdigest()
+
     def _same_head(self, tf: _File) -> bool:
         head = self._read_head(tf, tf.state.fingerprint_len)
         if head is None:
@@ -581,8 +609,9 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         self._finish(tf)
         state = tf.state
         state.generation += 1
-        state.offset = tf.read_pos = tf.line_start = 0
+        state.offset = tf.read_pos = tf.line_start = tf.tail_offset = 0
         state.fingerprint, state.fingerprint_len = "", 0
+        state.before_offset = tf.tail_digest = ""
         self._take_fingerprint(tf)
         log.info(
             "%s: %s %s; reading it again from the start (generation %d)",
@@ -1030,8 +1059,14 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         files = []
         for tf in self._files.values():
             s = tf.state
+            committed = tf.committed()
+            if committed != tf.tail_offset:  # (one short read per file that moved on, per epoch)
+                digest = self._digest_before(tf, committed)
+                tf.tail_offset, tf.tail_digest = committed, digest or ""
             files.append(
-                FileState(s.path, s.dev, s.ino, s.fingerprint, s.fingerprint_len, s.generation, tf.committed())
+                FileState(
+                    s.path, s.dev, s.ino, s.fingerprint, s.fingerprint_len, s.generation, committed, tf.tail_digest
+                )
             )
         files += [FileState(**vars(entry)) for entry in self._parked]
         return TailState(files, dict(self._finished))

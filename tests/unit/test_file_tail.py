@@ -249,6 +249,35 @@ def test_content_replaced_in_place_while_not_running_is_read_again(tmp_path: Pat
     part.close()
 
 
+def test_a_new_file_with_the_old_ones_inode_and_header_while_not_running_is_read_from_its_start(
+    tmp_path: Path,
+) -> None:
+    """Deleted and written again while fleetwatch was stopped, a log can get the same inode back (ext4 reuses a
+    freed one at once) and, with a header line, the same first line. Longer than the saved offset, it was
+    resumed there: its first lines were lost without a word. The bytes before the saved offset tell it apart.
+    (Rewritten in place here: the same inode for certain.)"""
+    log = tmp_path / "app.log"
+    header = "#Fields: date time cs-method cs-uri-stem sc-status"
+    write(log, text([header, *lines("old", 0, 10)]))
+    part = build(config([log]))
+    old_ids = {e.doc_id for e in drain(part)}
+    state = pickle.loads(pickle.dumps(part.snapshot()))
+    part.close()
+    with log.open("r+b") as f:
+        f.write(text([header, *lines("new", 0, 30)]).encode())
+    part = build(config([log]), state)
+    events = drain(part)
+    assert [e.text for e in events] == [header, *lines("new", 0, 30)]
+    assert not {e.doc_id for e in events} & old_ids
+    # The same file, unchanged and then grown, resumes where it was: nothing twice.
+    state = pickle.loads(pickle.dumps(part.snapshot()))
+    part.close()
+    write(log, text(lines("more", 0, 3)))
+    part = build(config([log]), state)
+    assert [e.text for e in drain(part)] == lines("more", 0, 3)
+    part.close()
+
+
 PYTHON_TRACE = [
     "2024-05-01 10:00:01 ERROR request failed",
     "Traceback (most recent call last):",
