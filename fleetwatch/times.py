@@ -15,10 +15,14 @@ _LEAP_SECOND = re.compile(r"(?<=\d\d:\d\d:)60(?!\d)")
 
 
 def from_iso(text: str) -> datetime:
-    """``datetime.fromisoformat``, but second 60 is the first second of the next minute. Raises ValueError."""
+    """``datetime.fromisoformat``, but second 60 is the first second of the next minute, and a lower-case "t" or
+    "z" is read as RFC 3339 allows. Raises ValueError."""
     try:
         return datetime.fromisoformat(text)
     except ValueError:
+        if text != text.upper():
+            # RFC 3339 (section 5.6) allows a lower-case "t" and "z", which fromisoformat refuses.
+            return from_iso(text.upper())
         leap = _LEAP_SECOND.search(text)
         if leap is None:
             raise

@@ -120,6 +120,11 @@ def test_zigbee2mqtt_payload() -> None:
         ("1767225600000", "ms", T0),
         ("2025-12-31T23:59:60Z", "rfc3339", T0),  # a leap second: the first second of the next minute
         ("2025-12-31T23:59:60.250Z", "auto", T0 + 250_000_000),
+        ("2026-01-01t00:00:00.5z", "rfc3339", T0 + 500_000_000),  # RFC 3339 allows lower case
+        # A float epoch to the microsecond, exactly: times 1e6 in doubles gave ...123000064 ns.
+        (1_767_225_600_123.0, "ms", T0 + 123_000_000),
+        (1_767_225_600.123456, "s", T0 + 123_456_000),
+        (1_767_225_600_123.0, "auto", T0 + 123_000_000),
     ],
 )
 def test_timestamps(value: object, unit: str, expected: int) -> None:
