@@ -210,7 +210,11 @@ _BSD_TS_ALONE = re.compile(_BSD_TS + r"\Z")
 
 _QUOTED = r'"((?:[^"\\]|\\.)*)"'
 _COMMON = re.compile(rf"(\S+) (\S+) (\S+) \[([^\]]+)\] {_QUOTED} (\d{{3}}|-) (\d+|-)")
-_COMBINED = re.compile(rf"(\S+) (\S+) (\S+) \[([^\]]+)\] {_QUOTED} (\d{{3}}|-) (\d+|-) {_QUOTED} {_QUOTED}")
+# The referrer and user agent are optional, as in Fluent Bit's apache2 parser: one server's vhosts may log in
+# Common Log Format beside Combined ones.
+_COMBINED = re.compile(
+    rf"(\S+) (\S+) (\S+) \[([^\]]+)\] {_QUOTED} (\d{{3}}|-) (\d+|-)(?: {_QUOTED} {_QUOTED})?"
+)
 # Kubernetes' container runtimes: "<RFC 3339 time> <stream> <tags> <content>", tags "P" or "F" (":"-separated).
 _CRI_RECORD = re.compile(r"(\S+) (stdout|stderr) [^ ]+(?: (.*))?\Z", re.DOTALL)
 _CLF_TS = re.compile(r"(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z")
@@ -1065,7 +1069,7 @@ class LogParser:
         if response:
             http["response"] = response
         if self._access is _COMBINED:
-            referrer, agent = match.group(8, 9)
+            referrer, agent = match.group(8, 9)  # (None, None): a Common Log Format line
             if referrer != "-" and referrer:
                 http.setdefault("request", {})["referrer"] = _unescape_quoted(referrer)
             if agent != "-" and agent:
@@ -1167,12 +1171,12 @@ def _is_byte(value: object) -> bool:
 
 # The keys a json or logfmt line's time, level and message are looked for under when the *_field setting is left
 # at its default and that key is absent: logrus, bunyan, pino and slog write "time", zap "ts", Serilog's CLEF
-# "@t"/"@l"/"@m", ECS "@timestamp" and "log.level", Google Cloud "severity", python-json-logger "levelname",
+# "@t"/"@l"/"@m" (and "@mt", its message template, which CompactJsonFormatter writes instead of "@m"), ECS "@timestamp" and "log.level", Google Cloud "severity", python-json-logger "levelname",
 # structlog "event" (taken only when it is a string: ECS's event is an object).
 _FALLBACK_KEYS: dict[str, tuple[str, ...]] = {
     "timestamp": ("@timestamp", "time", "ts", "@t"),
     "level": ("log.level", "severity", "levelname", "lvl", "loglevel", "@l"),
-    "message": ("msg", "@m", "event"),
+    "message": ("msg", "@m", "event", "@mt"),
 }
 
 

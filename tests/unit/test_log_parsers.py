@@ -655,13 +655,32 @@ def test_access_log_odd_request_lines() -> None:
     "text",
     [
         "not an access log line",
-        '127.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.0" 200 2326',  # combined without its fields
         '127.0.0.1 - - 10/Oct/2000:13:55:36 "GET / HTTP/1.0" 200 1 "-" "-"',
     ],
 )
 def test_malformed_access_log(text: str) -> None:
     event = parse(file_parser("combined"), text)
     assert failed(event) and event.doc["error"] == {"message": "not a combined access log line"}
+
+
+def test_a_common_log_format_line_read_as_combined_has_no_referrer_or_agent() -> None:
+    """One server's vhosts may log in Common Log Format beside Combined ones (Fluent Bit's apache2 parser
+    takes both): the line is read, not a parse failure."""
+    event = parse(file_parser("combined"), '127.0.0.1 - - [10/Oct/2000:13:55:36 -0700] "GET / HTTP/1.0" 200 2326')
+    assert not failed(event)
+    assert event.doc["http"] == {
+        "request": {"method": "GET"},
+        "version": "1.0",
+        "response": {"status_code": 200, "body": {"bytes": 2326}},
+    }
+    assert "user_agent" not in event.doc and event.ts_ns == 971_211_336 * S
+
+
+def test_a_clef_line_without_a_rendered_message_has_its_template_as_message() -> None:
+    """Serilog's CompactJsonFormatter writes "@mt" (the template) and no "@m" unless asked to render."""
+    event = parse(file_parser("json"), '{"@t":"2026-01-01T00:00:00Z","@mt":"Order {Id} placed","Id":42}')
+    assert event.doc["message"] == "Order {Id} placed"
+    assert event.doc["fields"] == {"Id": 42}
 
 
 def test_access_log_bad_timestamp() -> None:

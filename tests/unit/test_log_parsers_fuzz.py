@@ -111,7 +111,7 @@ JSON_VALUES = st.recursive(
 MAPPED = {"timestamp", "level", "message", "service", "service.name", "host", "host.name"} | {
     *("@timestamp", "time", "ts", "@t"),
     *("log", "log.level", "severity", "levelname", "lvl", "loglevel", "@l"),
-    *("msg", "@m", "event"),
+    *("msg", "@m", "event", "@mt"),
 }
 
 
