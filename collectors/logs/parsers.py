@@ -1171,8 +1171,9 @@ def _is_byte(value: object) -> bool:
 
 # The keys a json or logfmt line's time, level and message are looked for under when the *_field setting is left
 # at its default and that key is absent: logrus, bunyan, pino and slog write "time", zap "ts", Serilog's CLEF
-# "@t"/"@l"/"@m" (and "@mt", its message template, which CompactJsonFormatter writes instead of "@m"), ECS "@timestamp" and "log.level", Google Cloud "severity", python-json-logger "levelname",
-# structlog "event" (taken only when it is a string: ECS's event is an object).
+# "@t"/"@l"/"@m" (and "@mt", its message template, which CompactJsonFormatter writes instead of "@m"), ECS
+# "@timestamp" and "log.level", Google Cloud "severity", python-json-logger "levelname", structlog "event" (taken
+# only when it is a string: ECS's event is an object).
 _FALLBACK_KEYS: dict[str, tuple[str, ...]] = {
     "timestamp": ("@timestamp", "time", "ts", "@t"),
     "level": ("log.level", "severity", "levelname", "lvl", "loglevel", "@l"),
