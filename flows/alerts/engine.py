@@ -385,11 +385,16 @@ class _Rule:
             )
         else:
             stat = f"change per {rule.rate_per}" if self.rate else rule.stat
-            cond = f"{rule.condition} {_show(self.level(_SEVERITIES.index(severity)).threshold)}"
+            level = self.level(_SEVERITIES.index(severity))
+            cond = f"{rule.condition} {_show(level.threshold)}"
             if state == "resolved":
                 what = f"{stat} {value:g}, cleared ({threshold:g})"
             elif state == "ok":
                 what = f"{stat} {value:g}, no longer {cond}"
+            elif not self.test(value, level.threshold):
+                # Held by hysteresis (back from critical to warning, say): the value does not pass the level's
+                # threshold, only its clear one; "29 > 30" would be false.
+                what = f"{stat} {value:g} {rule.condition} {_show(level.clear)}, held until it clears (fires at {cond})"
             else:
                 what = f"{stat} {value:g} {cond}"
         return f"[{head}] {self.name}: {what} on {series}"

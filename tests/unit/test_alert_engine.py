@@ -207,6 +207,16 @@ def test_hysteresis_per_severity() -> None:
     ]
 
 
+def test_a_level_held_by_hysteresis_says_so_not_that_the_value_passes_its_threshold() -> None:
+    """From critical back to warning at 29, with warning > 30 and warning_clear 28: the warning holds, and its
+    summary said "value 29 > 30", which is false."""
+    logic = AlertLogic([rule(warning=30, warning_clear=28, critical=40)])
+    out = feed(logic, [obs(41, 0), obs(29, 10)])
+    assert [(t.state, t.severity) for t in out] == [("firing", "critical"), ("firing", "warning")]
+    assert "value 41 > 40 on" in out[0].summary
+    assert "value 29 > 28, held until it clears (fires at > 30) on" in out[1].summary
+
+
 def test_for_pending_then_firing_and_pending_cancelled() -> None:
     logic = AlertLogic([rule(warning=80, **{"for": "30s"})])
     out = feed(logic, [obs(85, 0), obs(86, 10)]) + feed(logic, [obs(87, 30)])
