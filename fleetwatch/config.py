@@ -193,6 +193,24 @@ class SubscriptionConfig(Section):
             and (self.template is None or "{metric}" not in self.template)
         ):
             raise ValueError("format 'number' needs {metric} in template or a metric name")
+        if self.format in ("number", "influx_line"):
+            # Settings of JSON payloads: accepted here, they would do nothing (a forgotten format = "json").
+            unused = [
+                key
+                for key, given in (
+                    ("timestamp_field", self.timestamp_field is not None),
+                    ("timestamp_unit", self.timestamp_unit != "auto"),
+                    ("timestamp_timezone", self.timestamp_timezone != "UTC"),
+                    ("ignore_fields", bool(self.ignore_fields)),
+                )
+                if given
+            ]
+            if unused:
+                what = "a bare value, without fields or a time" if self.format == "number" else "line protocol"
+                raise ValueError(
+                    f"format {self.format!r} reads {what}: {', '.join(unused)} would do nothing "
+                    "(format = \"json\"?)"
+                )
         return self
 
     def _sparkplug_fits(self) -> SubscriptionConfig:

@@ -227,8 +227,11 @@ class MQTTParser:
         self._subs = mqtt.subscriptions
         self._templates = [TopicTemplate.parse(s.template) if s.template else None for s in self._subs]
         # Per subscription, shared by its topics' cache entries (one set per topic was 200 bytes a series).
+        # The timestamp is no reading; nested ("params.ts"), it is flattened as "params_ts".
         self._skips = [
-            frozenset(s.ignore_fields) | ({s.timestamp_field} if s.timestamp_field else frozenset()) for s in self._subs
+            frozenset(s.ignore_fields)
+            | ({s.timestamp_field, s.timestamp_field.replace(".", "_")} if s.timestamp_field else frozenset())
+            for s in self._subs
         ]
         self._scales = [{"s": 10**9, "ms": 10**6, "us": 10**3, "ns": 1}.get(s.timestamp_unit, 0) for s in self._subs]
         self._max_payload = mqtt.max_payload_bytes

@@ -99,7 +99,7 @@ def timestamp_ns(value: Any, unit: str, zone: tzinfo = UTC) -> int:
         # To the microsecond, then exactly to ns: a double holds a millisecond epoch times 1,000 exactly, not
         # times 1,000,000 (1796657511455.0 ms would be ...455000064 ns). No float epoch is finer than that.
         micros = value * (_UNIT_NS[unit] / 1000)
-        if not math.isfinite(micros):  # 1e300 s is finite, but not in nanoseconds
+        if not abs(micros) < 2**63 / 1000:  # 1e300 s is finite, but no time in nanoseconds (nor is NaN)
             raise PayloadError("bad_timestamp", f"timestamp {value!r} {unit} is out of range")
         return round(micros) * 1000
     if isinstance(value, str):
@@ -218,14 +218,26 @@ def _json_object(
     ts: int | None = None
     if timestamp_field is not None:
         raw_ts = doc.get(timestamp_field)
+        if raw_ts is None and "." in timestamp_field:
+            raw_ts = _nested(doc, timestamp_field)
         if raw_ts is None:
-            raise PayloadError("bad_timestamp", f"timestamp field {timestamp_field!r} is missing")
+            raise PayloadError("bad_timestamp", f"timestamp field {timestamp_field!r} is missing or null")
         ts = timestamp_ns(raw_ts, timestamp_unit, zone)
     samples: list[Sample] = []
     _flatten(doc, "", skip, ts, samples)
     if not samples:
         raise PayloadError("no_numeric_fields", "JSON object has no numeric fields")
     return samples
+
+
+def _nested(doc: dict[str, Any], path: str) -> Any:
+    """The value at a dotted path ("params.ts": Shelly Gen2's NotifyStatus), or None."""
+    value: Any = doc
+    for key in path.split("."):
+        if type(value) is not dict:
+            return None
+        value = value.get(key)
+    return value
 
 
 def _bare_json_value(doc: Any, metric: str | None) -> Sample:

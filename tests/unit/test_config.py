@@ -126,6 +126,15 @@ def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path
         ('[elasticsearch]\ntimeout = "0s"\n', "elasticsearch.timeout: expected a duration > 0"),
         # check-config passed it; the start then failed on CREATE DATABASE "".
         ('[influxdb]\ndatabase = ""\n', "influxdb.database: String should have at least 1 character"),
+        # JSON settings on a bare-value or line-protocol subscription did nothing (a forgotten format = "json").
+        (
+            '[[mqtt.subscriptions]]\ntopic = "s/+/+"\ntemplate = "s/{device}/{metric}"\ntimestamp_field = "ts"\n',
+            "mqtt.subscriptions[0]: format 'number' reads a bare value, without fields or a time: timestamp_field",
+        ),
+        (
+            '[[mqtt.subscriptions]]\ntopic = "lp/#"\nformat = "influx_line"\nignore_fields = ["x"]\n',
+            "mqtt.subscriptions[0]: format 'influx_line' reads line protocol: ignore_fields would do nothing",
+        ),
         # Each window would be computed and written twice.
         ('[windows]\ntumbling = ["10s", "10s"]\n', "windows.tumbling: a window length is listed twice"),
     ],

@@ -91,6 +91,42 @@ def test_tasmota_three_phase_energy_arrays_are_flattened_by_index() -> None:
     assert {s.ts_ns for s in samples} == {T0 + 10 * 10**9}
 
 
+def test_a_nested_timestamp_field_by_its_dotted_path_shelly_gen2() -> None:
+    """Shelly Gen2's NotifyStatus carries its time in params.ts (seconds, a float); the time is no reading."""
+    payload = (
+        b'{"src":"shellyplus1pm-a8032ab1","dst":"user_1","method":"NotifyStatus",'
+        b'"params":{"ts":1767225600.25,"switch:0":{"id":0,"apower":12.5,"temperature":{"tC":41.2,"tF":106.2}}}}'
+    )
+    cfg = from_dict(
+        {
+            "mqtt": {
+                "subscriptions": [
+                    {
+                        "topic": "shellies/+/events/rpc",
+                        "template": "shellies/{device}/#",
+                        "format": "json",
+                        "timestamp_field": "params.ts",
+                    }
+                ]
+            },
+            "windows": {"max_age": "0s", "max_future_skew": "1000d"},
+        },
+        env={},
+    )
+    parsed = MQTTParser(cfg.mqtt, cfg.windows).parse(MessageBatch(T0, [("shellies/sp1/events/rpc", payload)]))
+    assert not parsed.dead_letters
+    got = {parse_series(r.series)[1]["metric"]: (r.value, r.ts_ns) for r in parsed.readings}
+    assert got == {
+        "params_switch:0_id": (0.0, T0 + 250_000_000),
+        "params_switch:0_apower": (12.5, T0 + 250_000_000),
+        "params_switch:0_temperature_tC": (41.2, T0 + 250_000_000),
+        "params_switch:0_temperature_tF": (106.2, T0 + 250_000_000),
+    }
+    with pytest.raises(PayloadError) as err:
+        decode_json(b'{"params":{"ts":null},"v":1}', "params.ts", "auto", frozenset(), None)
+    assert err.value.detail == "timestamp field 'params.ts' is missing or null"
+
+
 def test_zigbee2mqtt_payload() -> None:
     payload = (
         b'{"battery":97,"humidity":48.2,"linkquality":120,"temperature":22.5,"voltage":3000,'
