@@ -212,9 +212,7 @@ _QUOTED = r'"((?:[^"\\]|\\.)*)"'
 _COMMON = re.compile(rf"(\S+) (\S+) (\S+) \[([^\]]+)\] {_QUOTED} (\d{{3}}|-) (\d+|-)")
 # The referrer and user agent are optional, as in Fluent Bit's apache2 parser: one server's vhosts may log in
 # Common Log Format beside Combined ones.
-_COMBINED = re.compile(
-    rf"(\S+) (\S+) (\S+) \[([^\]]+)\] {_QUOTED} (\d{{3}}|-) (\d+|-)(?: {_QUOTED} {_QUOTED})?"
-)
+_COMBINED = re.compile(rf"(\S+) (\S+) (\S+) \[([^\]]+)\] {_QUOTED} (\d{{3}}|-) (\d+|-)(?: {_QUOTED} {_QUOTED})?")
 # Kubernetes' container runtimes: "<RFC 3339 time> <stream> <tags> <content>", tags "P" or "F" (":"-separated).
 _CRI_RECORD = re.compile(r"(\S+) (stdout|stderr) [^ ]+(?: (.*))?\Z", re.DOTALL)
 _CLF_TS = re.compile(r"(\d\d)/([A-Z][a-z]{2})/(\d{4}):(\d\d):(\d\d):(\d\d) ([+-])(\d\d)(\d\d)\Z")

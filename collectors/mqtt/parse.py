@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from collectors.mqtt.payloads import (
+    PartlyInvalidUTF8,
     PayloadError,
     Sample,
     decode_json,
@@ -491,6 +492,10 @@ class MQTTParser:
                     continue
                 try:
                     samples = self._decode(info, payload)
+                except PartlyInvalidUTF8 as err:
+                    # A dead letter, and its readings all the same (the bad bytes were in strings).
+                    dead.append(DeadLetter(err.reason, f"mqtt:{topic}", payload, received_ns, err.detail))
+                    samples = err.samples
                 except PayloadError as err:
                     if not payload:  # (looked at here, off the fast paths, which an empty payload fails)
                         empty_payloads += 1

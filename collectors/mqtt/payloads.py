@@ -32,6 +32,16 @@ class PayloadError(Exception):
         self.detail = detail
 
 
+class PartlyInvalidUTF8(PayloadError):
+    """A JSON payload that is not valid UTF-8 only where it holds no reading (a Latin-1 "°C" in a unit string,
+    a device name): the message is a dead letter ``invalid_utf8`` all the same, but its readings, read with the
+    bad bytes replaced, are kept, as Telegraf keeps them."""
+
+    def __init__(self, detail: str, samples: list[Sample]) -> None:
+        super().__init__("invalid_utf8", detail)
+        self.samples = samples
+
+
 class Sample(NamedTuple):
     metric: str
     value: float
@@ -196,7 +206,44 @@ def decode_json(
     """``skip`` must include ``timestamp_field``; ``zone``: that of timestamps written without one. A JSON
     array of objects is several readings at once (a device sending what it buffered, each object with its own
     timestamp), read object by object; one bad object refuses the whole message."""
-    doc = _load_json(payload)
+    try:
+        doc = _load_json(payload)
+    except PayloadError as err:
+        if err.reason != "invalid_utf8":
+            raise
+        samples = _readings_despite_invalid_utf8(payload, timestamp_field, timestamp_unit, skip, metric, zone)
+        if not samples:
+            raise
+        raise PartlyInvalidUTF8(
+            f"{err.detail}; no reading's name or value has the bad bytes: its {len(samples)} readings were kept",
+            samples,
+        ) from None
+    return _json_doc(doc, timestamp_field, timestamp_unit, skip, metric, zone)
+
+
+def _readings_despite_invalid_utf8(
+    payload: bytes,
+    timestamp_field: str | None,
+    timestamp_unit: str,
+    skip: frozenset[str],
+    metric: str | None,
+    zone: tzinfo,
+) -> list[Sample]:
+    """The readings of a JSON payload whose invalid UTF-8 is only in strings that are not readings; none if any
+    reading's name would carry a replaced byte, or the payload is no JSON even so."""
+    try:
+        doc = json.loads(payload.decode("utf-8", errors="replace"))
+        samples = _json_doc(doc, timestamp_field, timestamp_unit, skip, metric, zone)
+    except (ValueError, RecursionError, PayloadError):
+        return []
+    if any("\ufffd" in sample.metric for sample in samples):
+        return []
+    return samples
+
+
+def _json_doc(
+    doc: Any, timestamp_field: str | None, timestamp_unit: str, skip: frozenset[str], metric: str | None, zone: tzinfo
+) -> list[Sample]:
     if type(doc) is list and doc:
         if timestamp_field is None and len(doc) > 1:
             # Their readings would all have the message's receive time: one point in the store per series.

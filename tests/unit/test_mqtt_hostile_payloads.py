@@ -8,7 +8,7 @@ import pytest
 
 from collectors.mqtt.parse import MessageBatch, MQTTParser
 from fleetwatch.config import from_dict
-from fleetwatch.record import escape_tag, series_key
+from fleetwatch.record import escape_tag, parse_series, series_key
 
 
 def _parser(**mqtt: object) -> MQTTParser:
@@ -48,8 +48,8 @@ HOSTILE = [
     ("ts/d1", b'{"ts": ' + b"9" * 400 + b', "v": 1}', "timestamp_out_of_range"),
     ("j/d1", b'{"\\ud800": 1}', "invalid_utf8"),
     ("j/d1", b'{"a": {"\\udfff": 1}}', "invalid_utf8"),
-    # The UTF-8 bytes of a lone surrogate in a string: not UTF-8 either.
-    ("j/d1", b'{"v": 1, "s": "\xed\xa0\x80"}', "invalid_utf8"),
+    # The UTF-8 bytes of a lone surrogate in a key: not UTF-8 either (in a string value, see below).
+    ("j/d1", b'{"v\xed\xa0\x80": 1}', "invalid_utf8"),
     # Names that line protocol would write empty (a tag's trailing backslashes are left out) or as fleetwatch's
     # own tag: no reading without its metric tag, no aggregate InfluxDB refuses for a duplicate tag.
     ("j/d1", b'{"\\\\": 5}', "undecodable"),
@@ -75,6 +75,28 @@ def test_a_hostile_payload_is_a_dead_letter_and_the_batch_goes_on(topic: str, pa
     # Every reading the parser lets through can be written as UTF-8 line protocol.
     for reading in parsed.readings:
         reading.series.encode("utf-8")
+
+
+def test_invalid_utf8_only_in_a_string_is_a_dead_letter_and_the_readings_are_kept() -> None:
+    """A device that writes its unit in Latin-1 ("\xb0C") or a lone surrogate's bytes in a name string: the
+    message is a dead letter (invalid_utf8, with its bytes), and its numbers are readings all the same, as
+    Telegraf reads them. Bad bytes in a reading's own name refuse the message."""
+    parser = _parser()
+    latin1 = b'{"temperature": 21.5, "unit": "\xb0C", "humidity": 40}'
+    surrogate = b'{"v": 1, "s": "\xed\xa0\x80"}'
+    in_a_name = b'{"temp\xb0": 21.5}'
+    parsed = parser.parse(MessageBatch(1, [("j/d0", latin1), ("j/d1", surrogate), ("j/d2", in_a_name)]))
+    assert [(d.reason, d.raw) for d in parsed.dead_letters] == [
+        ("invalid_utf8", latin1),
+        ("invalid_utf8", surrogate),
+        ("invalid_utf8", in_a_name),
+    ]
+    assert "its 2 readings were kept" in parsed.dead_letters[0].detail
+    assert [(parse_series(r.series)[1]["metric"], r.value) for r in parsed.readings] == [
+        ("temperature", 21.5),
+        ("humidity", 40.0),
+        ("v", 1.0),
+    ]
 
 
 def test_a_number_after_a_byte_order_mark_keeps_its_topics_metric() -> None:

@@ -11,8 +11,8 @@
 - Topic filters match as the MQTT spec says (checked against a plain level-by-level reading of it), and a
   template gives back the levels a topic was built from.
 - Through MQTTParser, every message of a batch of arbitrary topics and payloads ends as readings or as exactly
-  one dead letter with a known reason (readings out of range: the message's others, and one dead letter): none
-  vanishes, and nothing raises.
+  one dead letter with a known reason (readings out of range, or invalid UTF-8 in strings: the message's other
+  readings, and one dead letter): none vanishes, and nothing raises.
 
 FLEETWATCH_FUZZ_EXAMPLES sets the number of examples of each property (a few hundred by default).
 """
@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 from collectors.mqtt.parse import MessageBatch, MQTTParser, _scaled
 from collectors.mqtt.payloads import (
+    PartlyInvalidUTF8,
     PayloadError,
     Sample,
     decode_json,
@@ -313,7 +314,11 @@ def test_the_parser_judges_odd_json_bytes_as_the_decoder_does(payload: bytes) ->
             assert parsed.empty_payloads == 1 and parsed.dead_letters == []  # (counted, not a dead letter)
         else:
             assert [d.reason for d in parsed.dead_letters] == [err.reason]
-        assert parsed.readings == []
+        # Invalid UTF-8 only in strings that are no readings: a dead letter, and the readings kept.
+        kept = err.samples if isinstance(err, PartlyInvalidUTF8) else []
+        assert [(parse_series(r.series)[1].get("metric", ""), r.value) for r in parsed.readings] == [
+            (s.metric.rstrip("\\"), s.value) for s in kept
+        ]
         return
     assert parsed.dead_letters == []
     assert [(parse_series(r.series)[1].get("metric", ""), r.value) for r in parsed.readings] == expected
@@ -445,8 +450,9 @@ def test_every_message_of_a_batch_ends_as_readings_or_one_dead_letter(messages: 
         alone = parser.parse(MessageBatch(received_ns, [(topic, payload)]))
         if alone.dead_letters:
             [letter] = alone.dead_letters
-            # Readings out of range cost only themselves: the message's others are kept.
-            assert not alone.readings or letter.reason == "timestamp_out_of_range"
+            # Readings out of range cost only themselves, and invalid UTF-8 in strings no reading: the message's
+            # other readings are kept.
+            assert not alone.readings or letter.reason in ("timestamp_out_of_range", "invalid_utf8")
             assert letter.reason in REASONS, letter.reason
             assert letter.detail
             # (an oversized payload keeps its first max_payload_bytes)
