@@ -208,8 +208,7 @@ class SubscriptionConfig(Section):
             if unused:
                 what = "a bare value, without fields or a time" if self.format == "number" else "line protocol"
                 raise ValueError(
-                    f"format {self.format!r} reads {what}: {', '.join(unused)} would do nothing "
-                    "(format = \"json\"?)"
+                    f'format {self.format!r} reads {what}: {", ".join(unused)} would do nothing (format = "json"?)'
                 )
         return self
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, SecretStr, ValidationInfo, field_validator
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|us|s|m|h|d)")
 _DURATION_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -69,6 +69,20 @@ PositiveDuration = Annotated[timedelta, BeforeValidator(parse_duration), AfterVa
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _typed_as_toml_types_them(cls, value: Any, info: ValidationInfo) -> Any:
+        """A switch or a count written as text is a mistake, not a value: pydantic's lax mode took
+        ``write_raw = "yes"`` and ``enabled = "false"`` (as true and false), and ``qos = "1"``."""
+        if info.field_name is None:
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if annotation is bool and not isinstance(value, bool):
+            raise ValueError(f"expected true or false (got {value!r})")
+        if annotation is int and (isinstance(value, str | bool | float)):
+            raise ValueError(f"expected an integer (got {value!r})")
+        return value
 
 
 def url_without_secrets(url: str) -> str:

@@ -106,12 +106,11 @@ def timestamp_ns(value: Any, unit: str, zone: tzinfo = UTC) -> int:
             unit = "s" if magnitude < 1e11 else "ms" if magnitude < 1e14 else "us" if magnitude < 1e17 else "ns"
         if isinstance(value, int):
             return value * _UNIT_NS[unit]
+        if not math.isfinite(value * _UNIT_NS[unit]):  # 1e300 s is finite, but not in nanoseconds
+            raise PayloadError("bad_timestamp", f"timestamp {value!r} {unit} is out of range")
         # To the microsecond, then exactly to ns: a double holds a millisecond epoch times 1,000 exactly, not
         # times 1,000,000 (1796657511455.0 ms would be ...455000064 ns). No float epoch is finer than that.
-        micros = value * (_UNIT_NS[unit] / 1000)
-        if not abs(micros) < 2**63 / 1000:  # 1e300 s is finite, but no time in nanoseconds (nor is NaN)
-            raise PayloadError("bad_timestamp", f"timestamp {value!r} {unit} is out of range")
-        return round(micros) * 1000
+        return round(value * (_UNIT_NS[unit] / 1000)) * 1000
     if isinstance(value, str):
         text = value.strip()
         if unit not in ("auto", "rfc3339"):
