@@ -490,12 +490,13 @@ class MQTTParser:
                     message = self._sparkplug(info, info.sparkplug, topic, payload, received_ns)
                     sparkplug.setdefault(info.sparkplug.node_key, []).append(message)
                     continue
+                partly = False
                 try:
                     samples = self._decode(info, payload)
                 except PartlyInvalidUTF8 as err:
                     # A dead letter, and its readings all the same (the bad bytes were in strings).
                     dead.append(DeadLetter(err.reason, f"mqtt:{topic}", payload, received_ns, err.detail))
-                    samples = err.samples
+                    samples, partly = err.samples, True
                 except PayloadError as err:
                     if not payload:  # (looked at here, off the fast paths, which an empty payload fails)
                         empty_payloads += 1
@@ -519,7 +520,10 @@ class MQTTParser:
                         raw.append(reading)
                 if outside:
                     detail = _out_of_range_detail(outside, len(samples), now_ns)
-                    dead.append(DeadLetter("timestamp_out_of_range", f"mqtt:{topic}", payload, received_ns, detail))
+                    if partly:  # one dead letter a message: the invalid UTF-8 one says this too
+                        dead[-1] = dead[-1]._replace(detail=f"{dead[-1].detail}; {detail}")
+                    else:
+                        dead.append(DeadLetter("timestamp_out_of_range", f"mqtt:{topic}", payload, received_ns, detail))
             except PayloadError as err:
                 dead.append(DeadLetter(err.reason, f"mqtt:{topic}", payload, received_ns, err.detail))
             except Exception as exc:

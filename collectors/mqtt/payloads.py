@@ -214,7 +214,7 @@ def decode_json(
         if not samples:
             raise
         raise PartlyInvalidUTF8(
-            f"{err.detail}; no reading's name or value has the bad bytes: its {len(samples)} readings were kept",
+            f"{err.detail}; no reading's name or value has the bad bytes: its {len(samples)} readings were read",
             samples,
         ) from None
     return _json_doc(doc, timestamp_field, timestamp_unit, skip, metric, zone)

@@ -91,7 +91,7 @@ def test_invalid_utf8_only_in_a_string_is_a_dead_letter_and_the_readings_are_kep
         ("invalid_utf8", surrogate),
         ("invalid_utf8", in_a_name),
     ]
-    assert "its 2 readings were kept" in parsed.dead_letters[0].detail
+    assert "its 2 readings were read" in parsed.dead_letters[0].detail
     assert [(parse_series(r.series)[1]["metric"], r.value) for r in parsed.readings] == [
         ("temperature", 21.5),
         ("humidity", 40.0),
