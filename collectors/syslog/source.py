@@ -33,7 +33,8 @@ Design, and why:
 - **No replay.** ``snapshot()`` returns None: UDP syslog is at-most-once (the kernel drops datagrams when
   the receive buffer is full, and nothing is acknowledged), and TCP syslog loses, at a crash, what was
   received but not yet committed in a Bytewax epoch (senders consider it delivered once written). So
-  document ids need only be unique: ``blake2b(input:peer:received_ns:seq)``.
+  document ids need only be unique: ``blake2b(input:peer:received_ns:seq)``. A stop first takes what the
+  sockets already hold (a connection's unterminated last message too), then ends the input.
 - **Bound address.** ``listen`` may use port 0; the bound address is ``partition.address`` and also
   ``BOUND_ADDRESSES[input name]``, for tests and logs that cannot reach the partition object.
 """
@@ -281,6 +282,8 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
         self._source_prefix = f"syslog:{cfg.protocol}:"
         self._seq = 0
         self._idle = False
+        # A stop's last batch (what the sockets held) was handed on: the next call ends the input.
+        self._stop_drained = False
         self._max_connections = cfg.max_connections
         self._idle_timeout = cfg.idle_timeout.total_seconds()
         self._next_sweep = time.monotonic() + min(_IDLE_SWEEP_SECONDS, self._idle_timeout)
@@ -435,6 +438,24 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
             health.counters().syslog_tcp_idle_closed += 1
             log.info("syslog %s: %s closed after %s without data", self.cfg.name, conn.peer, self.cfg.idle_timeout)
 
+    def _drain_at_stop(self) -> list[LogLine]:
+        """What the sockets hold at a stop: every connection's buffered bytes, its unterminated last message
+        too (as when the peer closes), then the connection is closed; the datagrams queued."""
+        received_ns = time.time_ns()
+        out: list[LogLine] = []
+        if self._udp:
+            self._read_datagrams(out, received_ns, 16 * self._max_batch)
+        for conn in list(self._connections.values()):
+            self._read_stream(conn, out, received_ns)
+            if conn.sock.fileno() >= 0:  # (still open: the peer did not close it)
+                messages: list[tuple[bytes, bool]] = []
+                frame(conn, self._limit, True, messages)
+                self._emit(conn, messages, out, received_ns)
+                self._drop(conn)
+        if out:
+            log.info("syslog %s: stopping; %d message(s) already received taken", self.cfg.name, len(out))
+        return out
+
     def _drop(self, conn: _Connection) -> None:
         self._connections.pop(conn.sock.fileno(), None)
         with contextlib.suppress(KeyError, ValueError):
@@ -445,9 +466,15 @@ class SyslogPartition(StatefulSourcePartition[list[LogLine], None]):
 
     def next_batch(self) -> Iterable[list[LogLine]]:
         if lifecycle.stopping():
-            # End of input. What senders have not delivered yet is theirs to resend: TCP senders reconnect
-            # to the next start, and UDP has no resend (see the module docstring).
-            raise StopIteration
+            # End of input, once what the kernel already holds for this receiver is taken: a TCP sender's data
+            # was acknowledged to it when it reached the socket, and its send succeeded. What senders have not
+            # delivered yet is theirs to resend: TCP senders reconnect to the next start, and UDP has no resend
+            # (see the module docstring).
+            if self._stop_drained:
+                raise StopIteration
+            self._stop_drained = True
+            held = self._drain_at_stop()
+            return [held] if held else []
         received_ns = time.time_ns()
         now = time.monotonic()
         # After a wait for Bytewax (collectors.polling) the socket holds more: take it before the kernel drops.

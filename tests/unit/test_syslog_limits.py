@@ -16,7 +16,7 @@ import pytest
 from collectors.syslog.source import SyslogPartition, SyslogSource
 from fleetwatch.config import ConfigError, SyslogInputConfig, from_dict
 from fleetwatch.record import LogLine
-from flows import health
+from flows import health, lifecycle
 
 LIMIT = 1024
 
@@ -172,6 +172,24 @@ def test_a_silent_connection_is_closed_after_idle_timeout_and_its_last_message_k
     finally:
         silent.close()
         talking.close()
+
+
+def test_a_stop_takes_what_the_sockets_already_hold_then_ends_the_input(tcp: SyslogPartition) -> None:
+    """A TCP sender's send succeeded once its bytes reached the receiver's socket: a stop (SIGTERM) dropped them
+    with the connection. They are taken first, an unterminated last message too, as when the peer closes."""
+    sender = socket.create_connection(tcp.address, timeout=2)
+    try:
+        collect_until(tcp, lambda got: False, timeout=0.2)  # accepted
+        sender.sendall(b"<13>sent before the stop\n<13>half at the stop")
+        time.sleep(0.1)  # in the receiver's socket, not read yet
+        lifecycle.request_stop()
+        assert [line.text for line in lines(tcp)] == ["<13>sent before the stop", "<13>half at the stop"]
+        with pytest.raises(StopIteration):
+            tcp.next_batch()
+        assert closed_by_peer(sender)
+    finally:
+        lifecycle.reset()
+        sender.close()
 
 
 def test_a_slow_drip_sender_holds_up_no_other_sender(tcp: SyslogPartition) -> None:
