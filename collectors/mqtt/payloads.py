@@ -250,7 +250,7 @@ def _json_doc(
         samples = []
         for i, item in enumerate(doc):
             if type(item) is not dict:
-                raise PayloadError("not_a_number", f"JSON array item {i} is a {type(item).__name__}, not an object")
+                raise PayloadError("not_a_number", f"JSON array item {i} is not an object: {_json_kind(item)}")
             samples += _json_object(item, timestamp_field, timestamp_unit, skip, zone)
         return samples
     if type(doc) is not dict:
@@ -276,6 +276,12 @@ def _json_object(
     return samples
 
 
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words ("null", not Python's "NoneType")."""
+    kinds = {type(None): "null", bool: "boolean", int: "number", float: "number", str: "string", list: "array"}
+    return kinds.get(type(value), "object")
+
+
 def _nested(doc: dict[str, Any], path: str) -> Any:
     """The value at a dotted path ("params.ts": Shelly Gen2's NotifyStatus), or None."""
     value: Any = doc
@@ -292,7 +298,7 @@ def _bare_json_value(doc: Any, metric: str | None) -> Sample:
         # escape such as "\ud800" gives a lone surrogate, which UTF-8 cannot encode.)
         return Sample(metric or "value", number_text(doc, "JSON string"))
     if isinstance(doc, bool) or not isinstance(doc, int | float):
-        raise PayloadError("not_a_number", f"JSON {type(doc).__name__} is not a reading")
+        raise PayloadError("not_a_number", f"a JSON {_json_kind(doc)} is not a reading")
     return Sample(metric or "value", finite_float(doc, metric or "value"))
 
 
@@ -431,7 +437,7 @@ def decode_telegraf_json(payload: bytes, timestamp_unit: str, skip: frozenset[st
 
 def _telegraf_metric(metric: Any, timestamp_unit: str, skip: frozenset[str]) -> list[Sample]:
     if type(metric) is not dict:
-        raise PayloadError("undecodable", f"Telegraf JSON metric is a {type(metric).__name__}, not an object")
+        raise PayloadError("undecodable", f"Telegraf JSON metric is not an object: {_json_kind(metric)}")
     name, fields, tags = metric.get("name"), metric.get("fields"), metric.get("tags", {})
     if type(name) is not str or not name.rstrip("\\"):
         raise PayloadError("undecodable", "Telegraf JSON metric without a 'name'")

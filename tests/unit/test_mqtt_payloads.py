@@ -582,7 +582,7 @@ def test_a_json_array_of_objects_is_several_readings_each_with_its_own_time() ->
     readings = [(parse_series(r.series)[1]["metric"], r.value, r.ts_ns) for r in parsed.readings]
     assert readings == [("temp", 20.5, T0), ("temp", 21.0, T0 + 10 * 10**9), ("temp_battery", 90.0, T0 + 10 * 10**9)]
     assert [(d.reason, d.detail) for d in parsed.dead_letters] == [
-        ("not_a_number", "JSON array item 1 is a int, not an object")
+        ("not_a_number", "JSON array item 1 is not an object: number")
     ]
 
 
