@@ -974,7 +974,12 @@ class ElasticsearchSink(FixedPartitionedSink[list[Record], PendingSnapshot[Recor
         partition = _ElasticPartition(self, for_part, pending_log)
         if documents:
             # Dead letters among them too: they are in a committed snapshot, so their epoch is committed.
-            log.info("%s: indexing %d documents left unindexed at the last snapshot", for_part, len(documents))
+            log.info(
+                "%s: indexing %d documents left unindexed at the last snapshot (again, if the stop's flush indexed "
+                "them: the server answers 409)",
+                for_part,
+                len(documents),
+            )
             partition.writer.put(documents)
         return partition
 

@@ -592,7 +592,12 @@ class InfluxDBSink(FixedPartitionedSink[list[str], PendingSnapshot[str]]):
         pending_log, lines = resume_pending("an InfluxDB sink", self.recovery_dir, step_id, resume_state)
         partition = _InfluxPartition(self, int(for_part.rsplit("-", 1)[1]), pending_log)
         if lines:
-            log.info("%s: writing %d lines left unwritten at the last snapshot", for_part, len(lines))
+            # (A stop's flush may have written some after that snapshot: they land on the same points.)
+            log.info(
+                "%s: writing %d lines left unwritten at the last snapshot (again, if the stop's flush wrote them)",
+                for_part,
+                len(lines),
+            )
             partition.write_batch([lines])
         return partition
 
