@@ -195,16 +195,7 @@ class SubscriptionConfig(Section):
             raise ValueError("format 'number' needs {metric} in template or a metric name")
         if self.format in ("number", "influx_line"):
             # Settings of JSON payloads: accepted here, they would do nothing (a forgotten format = "json").
-            unused = [
-                key
-                for key, given in (
-                    ("timestamp_field", self.timestamp_field is not None),
-                    ("timestamp_unit", self.timestamp_unit != "auto"),
-                    ("timestamp_timezone", self.timestamp_timezone != "UTC"),
-                    ("ignore_fields", bool(self.ignore_fields)),
-                )
-                if given
-            ]
+            unused = self._changed("timestamp_field", "timestamp_unit", "timestamp_timezone", "ignore_fields")
             if unused:
                 what = "a bare value, without fields or a time" if self.format == "number" else "line protocol"
                 raise ValueError(
@@ -212,19 +203,14 @@ class SubscriptionConfig(Section):
                 )
         return self
 
+    def _changed(self, *keys: str) -> list[str]:
+        """Of ``keys``, the settings given a value other than their default (settings another format would read)."""
+        fields = type(self).model_fields
+        return [key for key in keys if getattr(self, key) != fields[key].get_default(call_default_factory=True)]
+
     def _sparkplug_fits(self) -> SubscriptionConfig:
         # The topic names the group, edge node and device, and the payload names each metric and its time.
-        unused = [
-            key
-            for key, given in (
-                ("template", self.template is not None),
-                ("metric", self.metric is not None),
-                ("timestamp_field", self.timestamp_field is not None),
-                ("timestamp_unit", self.timestamp_unit != "auto"),
-                ("timestamp_timezone", self.timestamp_timezone != "UTC"),
-            )
-            if given
-        ]
+        unused = self._changed("template", "metric", "timestamp_field", "timestamp_unit", "timestamp_timezone")
         if unused:
             raise ValueError(
                 f"format 'sparkplug_b' takes its tags, metric names and times from the Sparkplug topic and "

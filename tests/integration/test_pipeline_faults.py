@@ -505,6 +505,24 @@ def test_kill_9_while_commits_are_stalled_loses_nothing(
     assert total == published[0]
 
 
+def killed_before_the_commit_and_restarted(config: Path, topic: str, payload: bytes, counter: str) -> Pipeline:
+    """One QoS 1 message read while the recovery store takes no writes (``counter`` shows it was read), then
+    kill -9 before its epoch commits, three epochs later: time enough to store what it made, had that not waited.
+    Returns the restarted pipeline once it has read the broker's redelivery."""
+    pipeline = Pipeline(config)
+    time.sleep(2.0)  # a few epochs committed: the recovery partitions exist
+    with recovery_writes_stalled(config.parent / "recovery"):
+        pub = Publisher()
+        pub.send(topic, payload)
+        pub.close()
+        pipeline.wait_for(counter, 1)
+        time.sleep(1.5)
+        pipeline.kill()
+    pipeline = Pipeline(config)
+    pipeline.wait_for(counter, 1)  # read again from the redelivery
+    return pipeline
+
+
 def test_a_dead_letter_of_an_epoch_a_kill_cuts_off_is_stored_once(
     tmp_path: Path, unique: str, influx_db: str, es_index: str
 ) -> None:
@@ -512,18 +530,8 @@ def test_a_dead_letter_of_an_epoch_a_kill_cuts_off_is_stored_once(
     The broker redelivers the message to the restarted pipeline, which makes the dead letter again, with a new
     receive time and so a new id. It must be stored once: a dead letter waits for its epoch's commit."""
     config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
-    pipeline = Pipeline(config)
-    time.sleep(2.0)  # a few epochs committed: the recovery partitions exist
     topic = f"fwfault/{unique}/d1/temp"
-    with recovery_writes_stalled(tmp_path / "recovery"):
-        pub = Publisher()
-        pub.send(topic, b"not json")
-        pub.close()
-        pipeline.wait_for("dead_letters", 1)
-        time.sleep(1.5)  # three epochs: time enough to store it, had it not waited
-        pipeline.kill()
-    pipeline = Pipeline(config)
-    pipeline.wait_for("dead_letters", 1)  # made again from the redelivery
+    pipeline = killed_before_the_commit_and_restarted(config, topic, b"not json", "dead_letters")
     deadline = time.monotonic() + 30
     while not (docs := es_docs(f"{unique}-dead-letters*")) and time.monotonic() < deadline:
         time.sleep(0.3)
@@ -551,17 +559,7 @@ format = "number"
 measurement = "bare"
 write_raw = true
 """)
-    pipeline = Pipeline(config)
-    time.sleep(2.0)  # a few epochs committed: the recovery partitions exist
-    with recovery_writes_stalled(tmp_path / "recovery"):
-        pub = Publisher()
-        pub.send(f"fwraw/{unique}/d1/temp", b"21.5")
-        pub.close()
-        pipeline.wait_for("readings", 1)
-        time.sleep(1.5)  # three epochs: time enough to write it, had it not waited
-        pipeline.kill()
-    pipeline = Pipeline(config)
-    pipeline.wait_for("readings", 1)  # read again from the redelivery
+    pipeline = killed_before_the_commit_and_restarted(config, f"fwraw/{unique}/d1/temp", b"21.5", "readings")
     deadline = time.monotonic() + 30
     while not (rows := influx_rows(influx_db, 'SELECT "value" FROM "bare"')) and time.monotonic() < deadline:
         time.sleep(0.3)
