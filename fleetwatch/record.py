@@ -60,34 +60,38 @@ class DeadLetter(NamedTuple):
 
 
 # Line protocol has no escape for a line break: one in a name would end the line and make the server refuse
-# the whole batch. It is written as the two characters backslash and n, which the server keeps as they are.
+# the whole batch. It is written as the two characters backslash and n, which the server keeps as they are (as
+# Telegraf writes it; a name holding those two characters reads the same).
 _TAG_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n", "\r": r"\r"})
 
 
-# A backslash is itself in line protocol, except where it would be read as an escape: before a character
-# that is escaped, before another backslash, and (for parse_series, which reads the two characters backslash n
-# back as a line break) before n or r. There it is doubled, which line protocol reads as one backslash.
-# At the end of a name it cannot be written at all: it escapes the separator after it, and doubled it still
-# does in InfluxDB 1.x (which refuses such a tag, and takes the tags after such a measurement as part of its
-# name). It is left out there, as Telegraf leaves it out.
-_BACKSLASH = re.compile(r"\\(?=[\\,= \n\rnr])")
+# InfluxDB 1.x and 2.x read a backslash as an escape only before a character that is escaped (a comma, an equals
+# sign or a space in a tag; a comma or a space in a measurement) and store every other backslash as it is:
+# C:\temp\new is written as it is, and stored so (doubling its backslashes stored C:\temp\\new). Only a run of
+# backslashes before an escaped character is doubled, or its last backslash would escape that character's own.
+# At the end of a name a backslash cannot be written at all: it escapes the separator after it, and doubled it
+# still does in InfluxDB 1.x (which refuses such a tag, and takes the tags after such a measurement as part of
+# its name). It is left out there, as Telegraf leaves it out.
+_TAG_BACKSLASHES = re.compile(r"\\+(?=[,= ])")
+_MEASUREMENT_BACKSLASHES = re.compile(r"\\+(?=[, ])")
+_DOUBLED = r"\g<0>\g<0>"
 
 
 def escape_tag(text: str) -> str:
     r"""Escape a tag key or value for line protocol.
 
-    >>> print(escape_tag("a b,c=d"), escape_tag("C:\\dir\\"), escape_tag("C:\\dir"))
-    a\ b\,c\=d C:\dir C:\dir
+    >>> print(escape_tag("a b,c=d"), escape_tag("C:\\dir\\"), escape_tag("C:\\temp\\new"), escape_tag("a\\,b"))
+    a\ b\,c\=d C:\dir C:\temp\new a\\\,b
     """
     if "\\" in text:
-        text = _BACKSLASH.sub(r"\\\\", text.rstrip("\\"))
+        text = _TAG_BACKSLASHES.sub(_DOUBLED, text.rstrip("\\"))
     return text.translate(_TAG_ESCAPES)
 
 
 def escape_measurement(text: str) -> str:
     if "\\" in text:
-        text = _BACKSLASH.sub(r"\\\\", text.rstrip("\\"))
+        text = _MEASUREMENT_BACKSLASHES.sub(_DOUBLED, text.rstrip("\\"))
     return text.translate(_MEASUREMENT_ESCAPES)
 
 
@@ -110,8 +114,9 @@ def series_key(measurement: str, tags: dict[str, str]) -> str:
     return ",".join(parts)
 
 
-# What a backslash escapes in a series key, and what it stands for.
-_UNESCAPED = {",": ",", "=": "=", " ": " ", "\\": "\\", "n": "\n", "r": "\r"}
+# What a backslash escapes in a series key's measurement, and in its tag keys and values (see escape_tag).
+_ESCAPED_IN_MEASUREMENT = ", "
+_ESCAPED_IN_TAG = ",= "
 
 
 def parse_series(series: str) -> tuple[str, dict[str, str]]:
@@ -129,19 +134,30 @@ def parse_series(series: str) -> tuple[str, dict[str, str]]:
         else:
             return measurement, tags
     parts: list[list[str]] = [[]]  # measurement, then alternating tag keys and values
-    escaped = False
-    for ch in series:
-        if escaped:
-            if ch not in _UNESCAPED:
-                parts[-1].append("\\")  # a backslash before anything else is itself
-            parts[-1].append(_UNESCAPED.get(ch, ch))
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == "," or (ch == "=" and len(parts) % 2 == 0):
+    at, end = 0, len(series)
+    while at < end:
+        ch = series[at]
+        if ch == "\\":
+            after = at + 1
+            while after < end and series[after] == "\\":
+                after += 1
+            run = after - at
+            escaped = _ESCAPED_IN_MEASUREMENT if len(parts) == 1 else _ESCAPED_IN_TAG
+            if after < end and series[after] in escaped:
+                # escape_tag doubled the run and escaped the character: half the run is the name's own.
+                parts[-1].append("\\" * (run // 2))
+                if run % 2:
+                    parts[-1].append(series[after])
+                    after += 1
+            else:
+                parts[-1].append("\\" * run)  # backslashes before anything else are themselves
+            at = after
+            continue
+        if ch == "," or (ch == "=" and len(parts) % 2 == 0):
             parts.append([])
         else:
             parts[-1].append(ch)
+        at += 1
     words = ["".join(p) for p in parts]
     return words[0], dict(zip(words[1::2], words[2::2], strict=True))
 

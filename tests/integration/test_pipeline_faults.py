@@ -144,6 +144,8 @@ def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
     pub.send(f"fwfault/{unique}/d2/temp", json.dumps({"ts": (start + S) // 1_000_000, "te\nmp": 5}).encode())
     # A backslash at the end of a name cannot be written to InfluxDB 1.x (it refused the point): left out.
     pub.send(f"fwfault/{unique}/d2/temp", json.dumps({"ts": (start + S) // 1_000_000, "x\\": 6}).encode())
+    # A backslash inside a name is stored as it is (written doubled, InfluxDB 1.x kept both).
+    pub.send(f"fwfault/{unique}/d2/temp", json.dumps({"ts": (start + S) // 1_000_000, "dir\\new": 7}).encode())
     # Finite values near the largest double: their window's sum is beyond a double, its mean is not.
     huge = [1.7e308, 1.7e308, -1.7e308, 1e308]
     for i, value in enumerate(huge):
@@ -152,15 +154,20 @@ def test_hostile_payloads_are_dead_letters_and_the_pipeline_keeps_counting(
     for device in ("d1", "d2", "d3"):
         pub.send(*reading(unique, device, 0.0, start + 50 * S))
     pub.close()
-    pipeline.wait_for("messages_in", len(hostile) + good + len(huge) + 5)
-    expected = good + 2 + len(huge)
+    pipeline.wait_for("messages_in", len(hostile) + good + len(huge) + 6)
+    expected = good + 3 + len(huge)
     assert wait_counted(influx_db, start, expected, timeout=20, until_ns=start + 40 * S) == expected
     by_metric = influx_rows(
         influx_db,
         f'SELECT sum("count") FROM "readings_agg" WHERE time >= {start} AND time < {start + 40 * S} GROUP BY "metric"',
     )
     # The template names the metric (temp): the JSON fields are read under it (collectors.mqtt.parse).
-    assert {r["metric"]: r["sum"] for r in by_metric} == {"temp_v": good + len(huge), "temp_te\\nmp": 1, "temp_x": 1}
+    assert {r["metric"]: r["sum"] for r in by_metric} == {
+        "temp_v": good + len(huge),
+        "temp_te\\nmp": 1,
+        "temp_x": 1,
+        "temp_dir\\new": 1,
+    }
     (near_max,) = influx_rows(
         influx_db,
         f'SELECT "count", "sum", "mean", "max" FROM "readings_agg" WHERE "device" = \'d3\' AND time = {start}',

@@ -431,6 +431,16 @@ def test_a_series_key_with_backslashes_reads_back_and_a_hash_name_is_refused() -
     assert err.value.reason == "undecodable"
 
 
+def test_a_backslash_inside_a_name_is_written_as_influxdb_stores_it() -> None:
+    """InfluxDB 1.x reads a backslash as an escape only before a comma, an equals sign or a space, and keeps every
+    other one: doubled before n or another backslash, C:\\temp\\new was stored with two backslashes before new."""
+    tags = {"path": "C:\\temp\\new", "share": "\\\\srv\\x", "metric": "a\\,b", "line": "a\nb"}
+    key = series_key("readings", tags)
+    assert key == "readings,line=a\\nb,metric=a\\\\\\,b,path=C:\\temp\\new,share=\\\\srv\\x"
+    # A line break has no escape in line protocol: it reads back as the two characters, as InfluxDB stores it.
+    assert parse_series(key) == ("readings", {**tags, "line": "a\\nb"})
+
+
 def test_each_field_of_a_json_topic_keeps_its_own_series_whatever_the_fields_of_each_message() -> None:
     """A topic's series keys are cached by field name (the first name apart from the others): fields that
     come and go between messages, in any order, and through either JSON decoder, each name their own series."""

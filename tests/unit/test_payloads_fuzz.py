@@ -60,6 +60,12 @@ REASONS = {
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 
 
+def as_written(name: str) -> str:
+    """A name as a series key gives it back: without trailing backslashes (line protocol cannot write them),
+    and with its line breaks as backslash n and backslash r (it has no escape for them), as InfluxDB stores it."""
+    return name.rstrip("\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
 def decodes_or_refuses(decode: Any, payload: bytes) -> list[Sample] | None:
     """The samples, all finite, or None after a PayloadError with a known reason and a detail."""
     try:
@@ -263,7 +269,7 @@ def test_any_text_as_line_protocol_gives_samples_or_a_dead_letter_reason(text: s
 @given(doc=JSON_OBJECTS, spaced=st.booleans())
 def test_the_parser_reads_a_json_object_as_the_decoder_does(doc: dict[str, Any], spaced: bool) -> None:
     """MQTTParser reads flat JSON objects inline, without decode_json: both must give the same readings (a
-    metric name with a line break is written escaped in the series key, and read back by parse_series)."""
+    metric name with a line break is written escaped in the series key, and read back as backslash n)."""
     payload = json.dumps(doc, indent=1 if spaced else None).encode()
     parser = _parser()
     parsed = parser.parse(MessageBatch(1_767_225_600_000_000_000, [("j/d1", payload), ("j/d1", payload)]))
@@ -277,7 +283,7 @@ def test_the_parser_reads_a_json_object_as_the_decoder_does(doc: dict[str, Any],
         return
     # An empty name is left out of the series key (line protocol cannot carry an empty tag value), and so are
     # trailing backslashes (see fleetwatch.record).
-    expected = [(metric.rstrip("\\"), value) for metric, value in expected]
+    expected = [(as_written(metric), value) for metric, value in expected]
     assert [(parse_series(r.series)[1].get("metric", ""), r.value) for r in parsed.readings] == expected * 2
 
 
@@ -317,7 +323,7 @@ def test_the_parser_judges_odd_json_bytes_as_the_decoder_does(payload: bytes) ->
         # Invalid UTF-8 only in strings that are no readings: a dead letter, and the readings kept.
         kept = err.samples if isinstance(err, PartlyInvalidUTF8) else []
         assert [(parse_series(r.series)[1].get("metric", ""), r.value) for r in parsed.readings] == [
-            (s.metric.rstrip("\\"), s.value) for s in kept
+            (as_written(s.metric), s.value) for s in kept
         ]
         return
     assert parsed.dead_letters == []
@@ -334,24 +340,24 @@ NAMES = st.text(st.characters(codec="utf-8"), min_size=1, max_size=8)
 @example(measurement="m", tags={"metric": "\\", "site": "s1"})  # a trailing backslash escaped the comma after it
 @example(measurement="m\\", tags={"k": "C:\\new"})
 def test_a_series_key_reads_back_as_its_measurement_and_tags(measurement: str, tags: dict[str, str]) -> None:
-    """The series key is the line protocol of a point's measurement and tags: parse_series gives them back,
-    and so does a line protocol reader by the published rules (but for line breaks, which line protocol
-    cannot carry and fleetwatch writes as backslash n)."""
+    """The series key is the line protocol of a point's measurement and tags: parse_series gives them back
+    (line breaks, which line protocol cannot carry, as backslash n and r), and so does a line protocol reader
+    by the published rules (but for two backslashes in a row, which they read as one and InfluxDB 1.x keeps)."""
     key = series_key(measurement, tags)
     # Trailing backslashes cannot be written (see fleetwatch.record): names read back without them, and
     # keys and values that were nothing else are left out, as is a key that then repeats the one before.
-    measurement = measurement.rstrip("\\")
+    measurement = as_written(measurement)
     named: dict[str, str] = {}
     for k in sorted(tags):
-        if k.rstrip("\\") and tags[k].rstrip("\\") and k.rstrip("\\") not in named:
-            named[k.rstrip("\\")] = tags[k].rstrip("\\")
+        if as_written(k) and as_written(tags[k]) and as_written(k) not in named:
+            named[as_written(k)] = as_written(tags[k])
     assert parse_series(key) == (measurement, named)
     # A line starting with "#" is a comment and leading blanks are skipped: such measurements are not
     # written (a Telegraf JSON name starting with "#" is a dead letter).
     readable = measurement[:1] not in ("", "#", " ", "\t")
     # A line-protocol payload may not name fleetwatch's own tags (metric, window): hypothesis drew {"window": "0"}.
     readable = readable and not set(named) & RESERVED_TAGS
-    if readable and not any(c in "\n\r" for c in measurement + "".join(named) + "".join(named.values())):
+    if readable and "\\\\" not in key:
         [sample] = decode_line_protocol(f"{key} value=1".encode())
         assert (sample.measurement, sample.tags) == (measurement, named)
 
