@@ -1,6 +1,7 @@
 """Payload decoders for MQTT messages, chosen per subscription (``format``).
 
-- ``number``: a bare value, as ESPHome and Home Assistant state topics publish (``21.5``).
+- ``number``: a bare value, as ESPHome and Home Assistant state topics publish (``21.5``); a switch's
+  ``ON``/``OFF`` or ``true``/``false`` is 1/0.
 - ``json``: an object of numeric fields, nested objects flattened by path with ``_`` and arrays by index
   (Telegraf's convention: ``ENERGY_Voltage_0``), booleans as 0/1, strings and nulls ignored. Covers Tasmota
   ``tele/<dev>/SENSOR`` and Zigbee2MQTT.
@@ -70,8 +71,16 @@ def decode_number(payload: bytes) -> float:
     return number_text(text, "payload")
 
 
+# A switch's state, as relays and binary sensors publish it on their own topic (Tasmota and ESPHome "ON"/"OFF",
+# Shelly Gen1 and Home Assistant "on"/"off"): 1 and 0, as booleans are in a JSON object.
+_SWITCH_STATES = {"on": 1.0, "off": 0.0, "true": 1.0, "false": 0.0}
+
+
 def number_text(text: str, what: str) -> float:
-    """``text`` as a finite reading, or the dead-letter reason why not."""
+    """``text`` as a finite reading (a switch's on/off or true/false as 1/0), or the dead-letter reason why not."""
+    state = _SWITCH_STATES.get(text.strip(" \t\r\n").lower()) if len(text) < 16 else None
+    if state is not None:
+        return state
     if _NON_FINITE_TEXT.match(text):
         raise PayloadError("non_finite", f"{what} {text[:80]!r} is not finite")
     if not _NUMBER_TEXT.match(text):
@@ -297,7 +306,9 @@ def _bare_json_value(doc: Any, metric: str | None) -> Sample:
         # Home Assistant publishes some states as JSON strings: "21.5". (Not encoded back to bytes: a JSON
         # escape such as "\ud800" gives a lone surrogate, which UTF-8 cannot encode.)
         return Sample(metric or "value", number_text(doc, "JSON string"))
-    if isinstance(doc, bool) or not isinstance(doc, int | float):
+    if isinstance(doc, bool):
+        return Sample(metric or "value", 1.0 if doc else 0.0)  # as inside an object
+    if not isinstance(doc, int | float):
         raise PayloadError("not_a_number", f"a JSON {_json_kind(doc)} is not a reading")
     return Sample(metric or "value", finite_float(doc, metric or "value"))
 

@@ -474,8 +474,9 @@ def test_influxdb_outage_of_30s_under_load_loses_nothing(
 
 
 def test_real_device_formats_through_the_broker(tmp_path: Path, unique: str, influx_db: str) -> None:
-    """ESPHome/Home Assistant bare values, Tasmota SENSOR JSON, Zigbee2MQTT JSON, line protocol and Telegraf's
-    JSON output, each on its own subscription, published to the real broker and read back raw from InfluxDB."""
+    """ESPHome/Home Assistant bare values (a switch's ON too), Tasmota SENSOR JSON, Zigbee2MQTT JSON, line protocol
+    and Telegraf's JSON output, each on its own subscription, published to the real broker and read back raw from
+    InfluxDB."""
     config = tmp_path / "fleetwatch.toml"
     config.write_text(f"""
 [mqtt]
@@ -484,6 +485,12 @@ shared_group = "{unique}"
 [[mqtt.subscriptions]]
 topic = "{unique}/esphome/+/sensor/+/state"
 template = "+/esphome/{{device}}/sensor/{{metric}}/state"
+format = "number"
+measurement = "home"
+write_raw = true
+[[mqtt.subscriptions]]
+topic = "{unique}/esphome/+/switch/+/state"
+template = "+/esphome/{{device}}/switch/{{metric}}/state"
 format = "number"
 measurement = "home"
 write_raw = true
@@ -530,6 +537,7 @@ path = "{tmp_path / "dead.jsonl"}"
     pipeline = Pipeline(config)
     pub = Publisher()
     pub.send(f"{unique}/esphome/kitchen/sensor/temperature/state", b"21.5")
+    pub.send(f"{unique}/esphome/kitchen/switch/relay/state", b"ON")  # a switch's state is 1 or 0
     pub.send(
         f"{unique}/tele/plug1/SENSOR",
         b'{"Time":"2026-01-01T00:00:10","ENERGY":{"Power":12,"Voltage":231},"AM2301":{"Temperature":19.2}}',
@@ -545,7 +553,7 @@ path = "{tmp_path / "dead.jsonl"}"
         b'"timestamp":1767225620}',
     )
     pub.close()
-    pipeline.wait_for("readings", 12)
+    pipeline.wait_for("readings", 13)
     time.sleep(1.0)
     pipeline.stop()
 
@@ -553,7 +561,10 @@ path = "{tmp_path / "dead.jsonl"}"
         rows = influx_rows(influx_db, f'SELECT * FROM "{measurement}"')
         return {tuple(sorted((k, v) for k, v in r.items() if k != "time" and v is not None)) for r in rows}
 
-    assert raw("home") == {(("device", "kitchen"), ("metric", "temperature"), ("value", 21.5))}
+    assert raw("home") == {
+        (("device", "kitchen"), ("metric", "temperature"), ("value", 21.5)),
+        (("device", "kitchen"), ("metric", "relay"), ("value", 1)),
+    }
     assert raw("tasmota") == {
         (("device", "plug1"), ("metric", "ENERGY_Power"), ("value", 12)),
         (("device", "plug1"), ("metric", "ENERGY_Voltage"), ("value", 231)),

@@ -63,6 +63,37 @@ def test_number_payloads() -> None:
         assert err.value.reason == reason
 
 
+def test_a_switch_state_is_one_or_zero() -> None:
+    """Relays and binary sensors publish their state on their own topic: Tasmota's stat/<dev>/POWER and ESPHome's
+    switch state "ON"/"OFF", Shelly Gen1's relay "on"/"off", Home Assistant's JSON "on" and JSON booleans. A
+    dashboard charts them as 1 and 0, as a boolean inside a JSON object already is."""
+    states = [decode_number(p) for p in (b"ON", b"OFF", b"on\n", b" off", b"true", b"False")]
+    assert states == [1, 0, 1, 0, 1, 0]
+    for payload, expected in [(b'"on"', 1.0), (b"true", 1.0), (b"false", 0.0), (b'{"occupancy": true}', 1.0)]:
+        [sample] = decode_json(payload, None, "auto", frozenset(), None)
+        assert sample.value == expected
+    for payload in (b"onn", b"o n", b"yes", b"ON OFF", b"\xef\xbb\xbfopen"):
+        with pytest.raises(PayloadError) as err:
+            decode_number(payload)
+        assert err.value.reason == "not_a_number"
+    cfg = from_dict(
+        {
+            "mqtt": {
+                "subscriptions": [{"topic": "stat/+/+", "template": "stat/{device}/{metric}", "format": "number"}]
+            },
+            "windows": {"max_age": "0s"},
+        },
+        env={},
+    )
+    batch = MessageBatch(T0, [("stat/plug1/POWER", b"ON"), ("stat/plug1/POWER", b"OFF")])
+    parsed = MQTTParser(cfg.mqtt, cfg.windows).parse(batch)
+    assert parsed.dead_letters == []
+    assert [(r.series, r.value) for r in parsed.readings] == [
+        ("readings,device=plug1,metric=POWER", 1.0),
+        ("readings,device=plug1,metric=POWER", 0.0),
+    ]
+
+
 def test_tasmota_sensor_payload() -> None:
     payload = b'{"Time":"2026-01-01T00:00:10","AM2301":{"Temperature":21.3,"Humidity":45.1},"TempUnit":"C"}'
     samples = decode_json(payload, "Time", "rfc3339", frozenset(), None)
