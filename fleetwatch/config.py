@@ -82,7 +82,7 @@ class TLSConfig(Section):
         return self
 
 
-TopicFormat = Literal["number", "json", "influx_line", "telegraf_json", "sparkplug_b"]
+TopicFormat = Literal["number", "json", "influx_line", "telegraf_json", "senml", "sparkplug_b"]
 # Sparkplug B topics: spBv1.0/<group>/<type>/<node>[/<device>] (collectors/mqtt/sparkplug).
 SPARKPLUG_NAMESPACE = "spBv1.0"
 TimestampUnit = Literal["auto", "s", "ms", "us", "ns", "rfc3339"]
@@ -111,7 +111,7 @@ class SubscriptionConfig(Section):
     qos: int = 1
     # Topic levels to tags, Telegraf topic_parsing style: "sensors/{site}/{device}/{metric}".
     # "+" skips a level, "#" (last) swallows the rest. {metric} names the reading's metric; without it the
-    # metric comes from the payload's field names (json, influx_line, telegraf_json) or from `metric`. With it,
+    # metric comes from the payload's field names (json, influx_line, telegraf_json, senml) or from `metric`. With it,
     # a JSON object's field "value" (or one named like the metric) is that metric, and any other numeric field
     # is "<metric>_<field>".
     template: str | None = None
@@ -193,6 +193,14 @@ class SubscriptionConfig(Section):
             and (self.template is None or "{metric}" not in self.template)
         ):
             raise ValueError("format 'number' needs {metric} in template or a metric name")
+        if self.format == "senml":
+            # A SenML record names its reading and gives its time (RFC 8428).
+            unused = self._changed("metric", "timestamp_field", "timestamp_unit", "timestamp_timezone")
+            if self.template is not None and "{metric}" in self.template:
+                unused.insert(0, "{metric} in template")
+            if unused:
+                what = ", ".join(unused)
+                raise ValueError(f"format 'senml' names each reading and its time: {what} would do nothing")
         if self.format in ("number", "influx_line"):
             # Settings of JSON payloads: accepted here, they would do nothing (a forgotten format = "json").
             unused = self._changed("timestamp_field", "timestamp_unit", "timestamp_timezone", "ignore_fields")

@@ -335,12 +335,13 @@ def _readings(
 def _raw_lines(parsed: ParsedBatch) -> list[tuple[str, list[str]]]:
     """The raw lines of a batch's write_raw readings, keyed "raw" for the InfluxDB sink. A reading stamped with its
     message's receive time (the payload had no time) is in ``AfterCommitLines``, written once its epoch commits:
-    its messages' receive times are ``received_ns`` onwards, a nanosecond apart (``MQTTParser.parse``)."""
-    if not parsed.raw:
+    its messages' receive times are ``received_ns`` onwards, a nanosecond apart (``MQTTParser.parse``). So are
+    those whose time counts from the receive time (``ParsedBatch.raw_from_receipt``)."""
+    if not parsed.raw and not parsed.raw_from_receipt:
         return []
     first, end = parsed.received_ns, parsed.received_ns + parsed.messages
     stamped: list[str] = []
-    received: list[str] = []
+    received: list[str] = [schema.raw_line(reading) for reading in parsed.raw_from_receipt or ()]
     for reading in parsed.raw:
         (received if first <= reading.ts_ns < end else stamped).append(schema.raw_line(reading))
     out: list[tuple[str, list[str]]] = []

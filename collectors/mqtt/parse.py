@@ -27,6 +27,7 @@ from collectors.mqtt.payloads import (
     decode_json,
     decode_line_protocol,
     decode_number,
+    decode_senml,
     decode_telegraf_json,
 )
 from collectors.mqtt.sparkplug import (
@@ -95,6 +96,9 @@ class ParsedBatch(NamedTuple):
     # Empty payloads: what a client publishes to delete a retained message (and Home Assistant to remove a
     # device), which subscribers receive too. No reading, and no bad input.
     empty_payloads: int = 0
+    # write_raw readings whose time counts from their message's receive time (SenML's relative times), which a
+    # redelivery would stamp anew: written after the commit, as those stamped with the receive time itself.
+    raw_from_receipt: list[Reading] | None = None
 
 
 class _Refusal(NamedTuple):
@@ -381,6 +385,7 @@ class MQTTParser:
         oldest_ok = now_ns - self._max_age_ns if self._max_age_ns else -(2**63)
         readings: list[Reading] = []
         raw: list[Reading] = []
+        raw_from_receipt: list[Reading] = []
         dead: list[DeadLetter] = []
         max_payload = self._max_payload
         append = readings.append
@@ -492,7 +497,7 @@ class MQTTParser:
                     continue
                 partly = False
                 try:
-                    samples = self._decode(info, payload)
+                    samples = self._decode(info, payload, received_ns)
                 except PartlyInvalidUTF8 as err:
                     # A dead letter, and its readings all the same (the bad bytes were in strings).
                     dead.append(DeadLetter(err.reason, f"mqtt:{topic}", payload, received_ns, err.detail))
@@ -517,7 +522,7 @@ class MQTTParser:
                     )
                     append(reading)
                     if info.write_raw:
-                        raw.append(reading)
+                        (raw_from_receipt if sample.from_receipt else raw).append(reading)
                 if outside:
                     detail = _out_of_range_detail(outside, len(samples), now_ns)
                     if partly:  # one dead letter a message: the invalid UTF-8 one says this too
@@ -542,6 +547,7 @@ class MQTTParser:
             list(sparkplug.items()) if sparkplug else None,
             sparkplug_ignored,
             empty_payloads,
+            raw_from_receipt,
         )
 
     @staticmethod
@@ -596,7 +602,7 @@ class MQTTParser:
         self._cache_bytes = 0
         log.info("device inventory %s read again: %d devices", path, len(inventory))
 
-    def _decode(self, info: _TopicInfo, payload: bytes) -> list[Sample]:
+    def _decode(self, info: _TopicInfo, payload: bytes, received_ns: int) -> list[Sample]:
         sub = info.sub
         assert sub is not None
         if sub.format == "number":
@@ -607,4 +613,6 @@ class MQTTParser:
             return decode_json(payload, sub.timestamp_field, sub.timestamp_unit, info.skip, info.metric, zone)
         if sub.format == "telegraf_json":
             return decode_telegraf_json(payload, sub.timestamp_unit, info.skip)
+        if sub.format == "senml":
+            return decode_senml(payload, received_ns, info.skip)
         return decode_line_protocol(payload)

@@ -7,6 +7,8 @@
   ``tele/<dev>/SENSOR`` and Zigbee2MQTT.
   An optional timestamp field (epoch s/ms/us/ns or RFC 3339) gives the event time.
 - ``influx_line``: InfluxDB line protocol, one point per line, with its own measurement and tags.
+- ``senml``: SenML's JSON (RFC 8428), a pack of records: each value, boolean or sum is a reading named by the
+  record's ``n``, its base name ``bn`` the tag ``base_name``; base values, sums and times apply as the RFC says.
 - ``telegraf_json``: Telegraf's JSON serializer (its ``outputs.mqtt`` with ``data_format = "json"``):
   ``{"name": …, "tags": {…}, "fields": {…}, "timestamp": …}``, or a batch ``{"metrics": [ … ]}``. As line
   protocol: ``name`` is the measurement, ``tags`` are tags, each numeric field is a metric.
@@ -47,9 +49,11 @@ class Sample(NamedTuple):
     metric: str
     value: float
     ts_ns: int | None = None
-    # Only line protocol carries these.
+    # Only line protocol and Telegraf JSON carry a measurement; they and SenML (its base name) carry tags.
     measurement: str | None = None
     tags: dict[str, str] | None = None
+    # ts_ns counts from the message's receive time (a SenML relative time): a redelivery stamps it anew.
+    from_receipt: bool = False
 
 
 def to_text(payload: bytes) -> str:
@@ -471,3 +475,90 @@ def _telegraf_metric(metric: Any, timestamp_unit: str, skip: frozenset[str]) -> 
         elif kind is bool:
             samples.append(Sample(field, 1.0 if value else 0.0, ts, name, tags))
     return samples
+
+
+# --- SenML (RFC 8428) -----------------------------------------------------------------------------
+
+# A record's time below 2**28 s is relative to now (RFC 8428 4.5.3): negative in the past, 0 "roughly now".
+_SENML_RELATIVE_S = 2**28
+_SENML_VERSION = 10
+_SENML_FIELDS = frozenset(("bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"))
+
+
+def decode_senml(payload: bytes, received_ns: int, skip: frozenset[str] = frozenset()) -> list[Sample]:
+    """A SenML JSON pack: an array of records (one record alone, as an object, is read too). The base fields of a
+    record apply to it and to the records after it until one sets them anew. Each record's value ``v`` (plus the
+    base value), boolean ``vb`` (1/0) and sum ``s`` (plus the base sum, as ``<n>_sum``) is a reading; string and
+    data values are not readings. A record's name is ``bn`` + ``n``: ``n`` is the metric, and ``bn`` (the device,
+    by convention: ``urn:dev:mac:...:``) the tag ``base_name``, so one metric of many devices is one name. The
+    time is ``bt`` + ``t`` seconds: since the Unix epoch, or below 2**28 relative to the receive time. One bad
+    record refuses the pack, as RFC 8428 has it."""
+    doc = _load_json(payload)
+    records = [doc] if type(doc) is dict else doc
+    if type(records) is not list or not records:
+        raise PayloadError("undecodable", f"a SenML pack is an array of records, not a JSON {_json_kind(doc)}")
+    base_name, base_time, base_value, base_sum = "", 0.0, 0.0, 0.0
+    samples: list[Sample] = []
+    for i, record in enumerate(records):
+        if type(record) is not dict:
+            raise PayloadError("undecodable", f"SenML record {i} is not an object: {_json_kind(record)}")
+        unknown = [key for key in record if key not in _SENML_FIELDS and key.endswith("_")]
+        if unknown:  # RFC 8428 4.4: a field whose name ends in "_" must be understood, or the pack refused
+            raise PayloadError("undecodable", f"SenML record {i}: field {unknown[0]!r} must be understood")
+        if "bver" in record:
+            version = record["bver"]
+            if type(version) is not int or version > _SENML_VERSION:
+                raise PayloadError("undecodable", f"SenML record {i}: version {version!r} (fleetwatch reads 10)")
+        if "bn" in record:
+            base_name = _senml_text(record["bn"], "bn", i)
+        if "bt" in record:
+            base_time = _senml_number(record["bt"], "bt", i, "bad_timestamp")
+        if "bv" in record:
+            base_value = _senml_number(record["bv"], "bv", i, "not_a_number")
+        if "bs" in record:
+            base_sum = _senml_number(record["bs"], "bs", i, "not_a_number")
+        name = _senml_text(record["n"], "n", i) if "n" in record else ""
+        values: list[tuple[str, float]] = []
+        if "v" in record:
+            values.append(("", base_value + _senml_number(record["v"], "v", i, "not_a_number")))
+        if "vb" in record:
+            if type(record["vb"]) is not bool:
+                raise PayloadError("not_a_number", f"SenML record {i}: vb is a JSON {_json_kind(record['vb'])}")
+            values.append(("", 1.0 if record["vb"] else 0.0))
+        if "s" in record:
+            values.append(("_sum", base_sum + _senml_number(record["s"], "s", i, "not_a_number")))
+        if not values:
+            continue  # base fields only, or a string or data value
+        metric, tags = (name, {"base_name": base_name}) if name and base_name else (name or base_name, None)
+        if not metric.rstrip("\\"):
+            raise PayloadError("undecodable", f"SenML record {i} has no name (bn + n)")
+        seconds = base_time + (_senml_number(record["t"], "t", i, "bad_timestamp") if "t" in record else 0.0)
+        ts: int | None = None  # "roughly now": the receive time
+        from_receipt = False
+        if seconds >= _SENML_RELATIVE_S:
+            ts = timestamp_ns(seconds, "s")
+        elif seconds:
+            ts, from_receipt = received_ns + round(seconds * 1_000_000) * 1_000, True
+        for suffix, value in values:
+            if metric + suffix in skip:
+                continue
+            if value - value != 0:  # a base value plus a value beyond a double
+                raise PayloadError("non_finite", f"SenML record {i}: {metric + suffix!r} is {value}")
+            samples.append(Sample(metric + suffix, value, ts, None, tags, from_receipt))
+    if not samples:
+        raise PayloadError("no_numeric_fields", "SenML pack has no numeric or boolean value")
+    return samples
+
+
+def _senml_text(value: Any, field: str, i: int) -> str:
+    if type(value) is not str:
+        raise PayloadError("undecodable", f"SenML record {i}: {field} is a JSON {_json_kind(value)}, not a string")
+    return value
+
+
+def _senml_number(value: Any, field: str, i: int, reason: str) -> float:
+    if type(value) is not int and type(value) is not float:
+        raise PayloadError(reason, f"SenML record {i}: {field} is a JSON {_json_kind(value)}, not a number")
+    if reason == "bad_timestamp" and value - value != 0:
+        raise PayloadError(reason, f"SenML record {i}: {field} is {value}")
+    return finite_float(value, f"SenML record {i} {field}")

@@ -474,8 +474,8 @@ def test_influxdb_outage_of_30s_under_load_loses_nothing(
 
 
 def test_real_device_formats_through_the_broker(tmp_path: Path, unique: str, influx_db: str) -> None:
-    """ESPHome/Home Assistant bare values (a switch's ON too), Tasmota SENSOR JSON, Zigbee2MQTT JSON, line protocol
-    and Telegraf's JSON output, each on its own subscription, published to the real broker and read back raw from
+    """ESPHome/Home Assistant bare values (a switch's ON too), Tasmota SENSOR JSON, Zigbee2MQTT JSON, line protocol,
+    SenML and Telegraf's JSON output, each on its own subscription, published to the real broker and read back raw from
     InfluxDB."""
     config = tmp_path / "fleetwatch.toml"
     config.write_text(f"""
@@ -515,6 +515,12 @@ template = "+/lp/{{site}}/#"
 format = "influx_line"
 write_raw = true
 [[mqtt.subscriptions]]
+topic = "{unique}/senml/+"
+template = "+/senml/{{site}}"
+format = "senml"
+measurement = "senml"
+write_raw = true
+[[mqtt.subscriptions]]
 topic = "{unique}/telegraf/#"
 template = "+/telegraf/{{site}}/#"
 format = "telegraf_json"
@@ -548,12 +554,17 @@ path = "{tmp_path / "dead.jsonl"}"
     )
     pub.send(f"{unique}/lp/lyon/x", b"weather,station=roof temp=5.5,hum=80i 1767225600000000000")
     pub.send(
+        f"{unique}/senml/nice",
+        b'[{"bn":"urn:dev:mac:0024befffe804ff1:","bt":1767225630,"n":"temp","u":"Cel","v":23.5},'
+        b'{"n":"door","t":1,"vb":true},{"n":"label","vs":"hall"}]',
+    )
+    pub.send(
         f"{unique}/telegraf/paris/h1/cpu",
         b'{"fields":{"usage_idle":97.5,"usage_user":1.5},"name":"cpu","tags":{"cpu":"cpu-total","host":"h1"},'
         b'"timestamp":1767225620}',
     )
     pub.close()
-    pipeline.wait_for("readings", 13)
+    pipeline.wait_for("readings", 15)
     time.sleep(1.0)
     pipeline.stop()
 
@@ -586,6 +597,12 @@ path = "{tmp_path / "dead.jsonl"}"
         for m, v in [("usage_idle", 97.5), ("usage_user", 1.5)]
     }
     assert {r["time"] for r in influx_rows(influx_db, 'SELECT * FROM "cpu"')} == {"2026-01-01T00:00:20Z"}
+    # SenML: each record's n the metric, the base name a tag, the base time carried over to the next record.
+    senml = influx_rows(influx_db, 'SELECT * FROM "senml"')
+    assert {(r["time"], r["base_name"], r["metric"], r["site"], r["value"]) for r in senml} == {
+        ("2026-01-01T00:00:30Z", "urn:dev:mac:0024befffe804ff1:", "temp", "nice", 23.5),
+        ("2026-01-01T00:00:31Z", "urn:dev:mac:0024befffe804ff1:", "door", "nice", 1),
+    }
 
 
 def test_the_device_inventory_tags_readings_and_is_read_again_when_it_changes(

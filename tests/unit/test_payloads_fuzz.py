@@ -35,6 +35,7 @@ from collectors.mqtt.payloads import (
     decode_json,
     decode_line_protocol,
     decode_number,
+    decode_senml,
     decode_telegraf_json,
 )
 from collectors.mqtt.topics import TopicTemplate, topic_matches
@@ -168,6 +169,25 @@ def test_any_bytes_as_json_give_finite_readings_or_a_dead_letter_reason(payload:
     decodes_or_refuses(lambda p: decode_json(p, None, "auto", frozenset(), None), payload)
     decodes_or_refuses(lambda p: decode_json(p, "ts", "auto", frozenset({"ts"}), "m"), payload)
     decodes_or_refuses(lambda p: decode_telegraf_json(p, "auto"), payload)
+    decodes_or_refuses(lambda p: decode_senml(p, 1_767_225_600_000_000_000), payload)
+
+
+SENML_RECORDS = st.lists(
+    st.dictionaries(
+        st.sampled_from(["bn", "bt", "bv", "bs", "bver", "n", "v", "vb", "vs", "s", "t", "x_"]),
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+    ),
+    max_size=4,
+)
+
+
+@FUZZ
+@given(records=SENML_RECORDS)
+def test_any_senml_records_give_finite_readings_or_a_dead_letter_reason(records: list[dict[str, Any]]) -> None:
+    samples = decodes_or_refuses(lambda p: decode_senml(p, 1_767_225_600_000_000_000), json.dumps(records).encode())
+    for sample in samples or []:
+        assert sample.metric.rstrip("\\")
+        assert sample.ts_ns is None or isinstance(sample.ts_ns, int)
 
 
 # ------------------------------------------------------------------------------------------- line protocol
