@@ -881,15 +881,16 @@ class LogParser:
         if level_raw is None and self._level_fallbacks:
             level_raw = _pop_first(obj, self._level_fallbacks)[1]
         message = obj.pop(self._msg_field, None)
+        msg_key = self._msg_field
         if message is None and "." in self._msg_field:
             message = _pop_path(obj, self._msg_field)
         if message is None and self._msg_fallbacks:
-            message = _pop_first(obj, self._msg_fallbacks)[1]
+            msg_key, message = _pop_first(obj, self._msg_fallbacks)
         if message is None:
             message = text
         elif type(message) is not str:
             # journald's JSON export (its key MESSAGE) writes a message that is not valid UTF-8 as its bytes.
-            if self._msg_field == "MESSAGE" and type(message) is list and all(_is_byte(b) for b in message):
+            if msg_key == "MESSAGE" and type(message) is list and all(_is_byte(b) for b in message):
                 message = bytes(message).decode("utf-8", errors="replace")
             else:
                 message = _dumps(message)
@@ -1171,11 +1172,12 @@ def _is_byte(value: object) -> bool:
 # at its default and that key is absent: logrus, bunyan, pino and slog write "time", zap "ts", Serilog's CLEF
 # "@t"/"@l"/"@m" (and "@mt", its message template, which CompactJsonFormatter writes instead of "@m"), ECS
 # "@timestamp" and "log.level", Google Cloud "severity", python-json-logger "levelname", structlog "event" (taken
-# only when it is a string: ECS's event is an object).
+# only when it is a string: ECS's event is an object), and journald's JSON export (`journalctl -o json`:
+# "__REALTIME_TIMESTAMP" in microseconds, "PRIORITY" a syslog severity, "MESSAGE").
 _FALLBACK_KEYS: dict[str, tuple[str, ...]] = {
-    "timestamp": ("@timestamp", "time", "ts", "@t"),
-    "level": ("log.level", "severity", "levelname", "lvl", "loglevel", "@l"),
-    "message": ("msg", "@m", "event", "@mt"),
+    "timestamp": ("@timestamp", "time", "ts", "@t", "__REALTIME_TIMESTAMP"),
+    "level": ("log.level", "severity", "levelname", "lvl", "loglevel", "@l", "PRIORITY"),
+    "message": ("msg", "@m", "event", "@mt", "MESSAGE"),
 }
 
 

@@ -1092,6 +1092,23 @@ def test_service_and_host_fields_and_nested_keys() -> None:
     assert "fields" not in parse(nested, '{"log": {"level": null}}').doc
 
 
+def test_journald_json_export_needs_no_settings_for_its_time_level_and_message() -> None:
+    """`journalctl -o json` lines: the time in microseconds under __REALTIME_TIMESTAMP, the syslog severity under
+    PRIORITY and the message under MESSAGE (its bytes when not UTF-8) are read as the usual loggers' keys are.
+    Before, the whole line was the message, stamped with the time it was read."""
+    parser = file_parser("json")
+    line = (
+        '{"__CURSOR": "s=1", "__REALTIME_TIMESTAMP": "1767225600000000", "PRIORITY": "3", '
+        '"SYSLOG_IDENTIFIER": "sshd", "MESSAGE": "error: kex_exchange_identification"}'
+    )
+    event = parse(parser, line)
+    assert (event.ts_ns, event.level, event.doc["message"]) == (R, "error", "error: kex_exchange_identification")
+    assert event.doc["fields"] == {"__CURSOR": "s=1", "SYSLOG_IDENTIFIER": "sshd"}
+    assert parse(parser, '{"MESSAGE": [104, 105, 255]}').doc["message"] == "hi\ufffd"
+    # The usual keys come first: a line with both "msg" and "MESSAGE" keeps "MESSAGE" as a field.
+    assert parse(parser, '{"msg": "a", "MESSAGE": "b"}').doc["fields"] == {"MESSAGE": "b"}
+
+
 # ------------------------------------------------------------------------------------------- CRI
 
 
