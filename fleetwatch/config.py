@@ -201,6 +201,8 @@ class SubscriptionConfig(Section):
             if unused:
                 what = ", ".join(unused)
                 raise ValueError(f"format 'senml' names each reading and its time: {what} would do nothing")
+            if self.template is not None and "{base_name}" in self.template:
+                raise ValueError("format 'senml' writes a record's bn to the tag base_name: name the level otherwise")
         if self.format in ("number", "influx_line"):
             # Settings of JSON payloads: accepted here, they would do nothing (a forgotten format = "json").
             unused = self._changed("timestamp_field", "timestamp_unit", "timestamp_timezone", "ignore_fields")

@@ -137,6 +137,9 @@ class _TopicInfo:
     unknown_device: bool = False
     # format "sparkplug_b": the topic's group, message type, edge node and device.
     sparkplug: SparkplugTopic | None = None
+    # Two of the topic's field names have one series ("value" and the topic's metric; "t" and "t\\", whose trailing
+    # backslash is left out): a message's readings are then reduced to one per series (_last_of_each_point).
+    aliased: bool = False
 
 
 @functools.lru_cache(maxsize=64)
@@ -210,7 +213,10 @@ def _out_of_range_detail(outside: list[tuple[Sample, int]], total: int, now_ns: 
 
 def _encodable(series: str) -> str:
     """A series key that can be written: JSON escapes such as ``"\\ud800"`` give lone surrogates, which
-    no store accepts and which would make the writer refuse a whole batch; and it fits InfluxDB's limit."""
+    no store accepts and which would make the writer refuse a whole batch; and it fits InfluxDB's limit. A NUL
+    (``"\\u0000"`` in a JSON key) is refused as it is in a topic: InfluxDB would store it, and no query names it."""
+    if "\x00" in series:
+        raise PayloadError("undecodable", f"name {series!r} holds a NUL character")
     size = len(series)
     if not series.isascii():
         try:
@@ -223,6 +229,18 @@ def _encodable(series: str) -> str:
             f"series key of {size} bytes ({series[:100]!r}...): InfluxDB takes at most {MAX_SERIES_KEY_BYTES} for it",
         )
     return series
+
+
+def _last_of_each_point(kept: list[tuple[Reading, bool]]) -> list[tuple[Reading, bool]]:
+    """A message's readings, the last of each series and time only. Two readings of one message can be one point:
+    JSON names that flatten alike ({"a_0": 1, "a": [5]}), a name and itself with a trailing backslash, "value"
+    and the topic's metric, two SenML records. InfluxDB stores the last as the point; the windows take only that
+    one too, or the aggregates would count a value the raw point does not have."""
+    last = {(reading.series, reading.ts_ns): i for i, (reading, _) in enumerate(kept)}
+    if len(last) == len(kept):
+        return kept
+    chosen = set(last.values())
+    return [item for i, item in enumerate(kept) if i in chosen]
 
 
 class MQTTParser:
@@ -362,6 +380,8 @@ class MQTTParser:
         if series is None:
             metric = name if info.topic_metric is None else json_field_metric(info.topic_metric, name)
             series = _encodable(series_key(info.measurement, {**info.tags, "metric": metric}))
+            if series == info.first_series or (more is not None and series in more.values()):
+                info.aliased = True
             if self._names >= self.name_cache_limit or self._cache_bytes >= self.cache_bytes_limit:
                 self._forget()  # (this message's topic is resolved again with the next message)
             name = sys.intern(name)  # as the metric above: one string per name, shared by every topic
@@ -481,6 +501,8 @@ class MQTTParser:
                                 break  # nested, boolean or list: general decoder
                         else:
                             if found:
+                                if info.aliased and len(found) > 1:
+                                    found = [r for r, _ in _last_of_each_point([(r, False) for r in found])]
                                 readings.extend(found)
                                 if info.write_raw:
                                     raw.extend(found)
@@ -512,6 +534,7 @@ class MQTTParser:
                 # a line-protocol payload (or one item of a buffered JSON array) outside the accepted range
                 # costs that reading, not the message's others. The message is then one dead letter too.
                 outside: list[tuple[Sample, int]] = []
+                kept: list[tuple[Reading, bool]] = []
                 for sample in samples:
                     ts = received_ns if sample.ts_ns is None else sample.ts_ns
                     if not oldest_ok <= ts <= newest_ok:
@@ -520,9 +543,11 @@ class MQTTParser:
                     reading = Reading(
                         sample.measurement or info.measurement, self._series(info, sample), sample.value, ts
                     )
+                    kept.append((reading, sample.from_receipt))
+                for reading, from_receipt in _last_of_each_point(kept) if len(kept) > 1 else kept:
                     append(reading)
                     if info.write_raw:
-                        (raw_from_receipt if sample.from_receipt else raw).append(reading)
+                        (raw_from_receipt if from_receipt else raw).append(reading)
                 if outside:
                     detail = _out_of_range_detail(outside, len(samples), now_ns)
                     if partly:  # one dead letter a message: the invalid UTF-8 one says this too

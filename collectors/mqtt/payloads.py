@@ -82,7 +82,8 @@ _SWITCH_STATES = {"on": 1.0, "off": 0.0, "true": 1.0, "false": 0.0}
 
 def number_text(text: str, what: str) -> float:
     """``text`` as a finite reading (a switch's on/off or true/false as 1/0), or the dead-letter reason why not."""
-    state = _SWITCH_STATES.get(text.strip(" \t\r\n").lower()) if len(text) < 16 else None
+    word = text.strip(" \t\r\n")
+    state = _SWITCH_STATES.get(word.lower()) if len(word) <= 5 else None
     if state is not None:
         return state
     if _NON_FINITE_TEXT.match(text):
@@ -482,7 +483,8 @@ def _telegraf_metric(metric: Any, timestamp_unit: str, skip: frozenset[str]) -> 
 # A record's time below 2**28 s is relative to now (RFC 8428 4.5.3): negative in the past, 0 "roughly now".
 _SENML_RELATIVE_S = 2**28
 _SENML_VERSION = 10
-_SENML_FIELDS = frozenset(("bn", "bt", "bu", "bv", "bs", "bver", "n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"))
+_SENML_BASE_FIELDS = frozenset(("bn", "bt", "bu", "bv", "bs", "bver"))
+_SENML_FIELDS = _SENML_BASE_FIELDS | {"n", "u", "v", "vs", "vb", "vd", "s", "t", "ut"}
 
 
 def decode_senml(payload: bytes, received_ns: int, skip: frozenset[str] = frozenset()) -> list[Sample]:
@@ -518,17 +520,25 @@ def decode_senml(payload: bytes, received_ns: int, skip: frozenset[str] = frozen
         if "bs" in record:
             base_sum = _senml_number(record["bs"], "bs", i, "not_a_number")
         name = _senml_text(record["n"], "n", i) if "n" in record else ""
+        given = [key for key in ("v", "vb", "vs", "vd") if key in record]
+        if len(given) > 1:
+            raise PayloadError("undecodable", f"SenML record {i} has {' and '.join(given)}: one value field at most")
+        if not given and "s" not in record:
+            if name or set(record) - _SENML_BASE_FIELDS:
+                # A value under a name SenML does not know ("V"), or none at all: the RFC refuses such a record.
+                raise PayloadError("undecodable", f"SenML record {i} has no value field (v, vb, vs, vd) and no sum")
+            continue  # base fields only: they apply to the records after it
         values: list[tuple[str, float]] = []
         if "v" in record:
             values.append(("", base_value + _senml_number(record["v"], "v", i, "not_a_number")))
-        if "vb" in record:
+        elif "vb" in record:
             if type(record["vb"]) is not bool:
                 raise PayloadError("not_a_number", f"SenML record {i}: vb is a JSON {_json_kind(record['vb'])}")
             values.append(("", 1.0 if record["vb"] else 0.0))
         if "s" in record:
             values.append(("_sum", base_sum + _senml_number(record["s"], "s", i, "not_a_number")))
         if not values:
-            continue  # base fields only, or a string or data value
+            continue  # a string or data value: not a reading
         metric, tags = (name, {"base_name": base_name}) if name and base_name else (name or base_name, None)
         if not metric.rstrip("\\"):
             raise PayloadError("undecodable", f"SenML record {i} has no name (bn + n)")

@@ -94,6 +94,61 @@ def test_a_switch_state_is_one_or_zero() -> None:
     ]
 
 
+def test_names_of_one_message_that_write_one_point_are_one_reading_the_last() -> None:
+    """Found by a review: {"a_0": 1, "a": [5]} flattens both to a_0, "t" and "t\\" are one tag (its trailing
+    backslash is left out), "value" and the topic's metric are one metric. InfluxDB stored the last as the point,
+    and the windows counted both (count 2, sum 6 for a raw point of 5). Through the inline flat-JSON path and the
+    general decoder alike; readings of one series at different times (a buffered array) stay apart."""
+    cfg = from_dict(
+        {
+            "mqtt": {
+                "subscriptions": [
+                    {"topic": "j/+", "template": "j/{device}", "format": "json", "write_raw": True},
+                    {"topic": "m/+/+", "template": "m/{device}/{metric}", "format": "json"},
+                    {"topic": "a/+", "template": "a/{device}", "format": "json", "timestamp_field": "ts"},
+                ]
+            },
+            "windows": {"max_age": "0s"},
+        },
+        env={},
+    )
+    batch = [
+        ("j/d1", b'{"a_0": 1, "a": [5]}'),
+        ("j/d2", b'{"t": 1, "t\\\\": 5, "u": 7}'),
+        ("j/d2", b'{"t": 2, "t\\\\": 6}'),  # the inline path, its names now cached
+        ("m/d3/temp", b'{"value": 20.5, "temp": 21.5}'),
+        ("a/d4", b'[{"ts": 1767225600, "v": 1}, {"ts": 1767225610, "v": 2}]'),
+    ]
+    parsed = MQTTParser(cfg.mqtt, cfg.windows).parse(MessageBatch(T0, batch))
+    assert parsed.dead_letters == []
+    got = [(parse_series(r.series)[1]["device"], parse_series(r.series)[1]["metric"], r.value) for r in parsed.readings]
+    assert got == [
+        ("d1", "a_0", 5.0),
+        ("d2", "t", 5.0),
+        ("d2", "u", 7.0),
+        ("d2", "t", 6.0),
+        ("d3", "temp", 21.5),
+        ("d4", "v", 1.0),
+        ("d4", "v", 2.0),
+    ]
+    assert [r.value for r in parsed.raw] == [5.0, 5.0, 7.0, 6.0]
+
+
+def test_a_nul_in_a_json_name_is_refused_as_in_a_topic() -> None:
+    cfg = from_dict(
+        {
+            "mqtt": {"subscriptions": [{"topic": "j/+", "template": "j/{device}", "format": "json"}]},
+            "windows": {"max_age": "0s"},
+        },
+        env={},
+    )
+    parsed = MQTTParser(cfg.mqtt, cfg.windows).parse(MessageBatch(T0, [("j/d1", b'{"a\\u0000b": 1, "c": 2}')]))
+    assert [(d.reason, d.detail) for d in parsed.dead_letters] == [
+        ("undecodable", "name 'readings,device=d1,metric=a\\x00b' holds a NUL character")
+    ]
+    assert parsed.readings == []
+
+
 def test_tasmota_sensor_payload() -> None:
     payload = b'{"Time":"2026-01-01T00:00:10","AM2301":{"Temperature":21.3,"Humidity":45.1},"TempUnit":"C"}'
     samples = decode_json(payload, "Time", "rfc3339", frozenset(), None)

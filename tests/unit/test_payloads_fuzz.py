@@ -61,6 +61,13 @@ REASONS = {
 FINITE = st.floats(allow_nan=False, allow_infinity=False)
 
 
+def one_per_point(readings: list[tuple[str, float]]) -> list[tuple[str, float]]:
+    """A message's readings as the parser keeps them: of two with one name as written (one series at one time,
+    one point in InfluxDB), the last."""
+    last = {name: i for i, (name, _) in enumerate(readings)}
+    return [reading for i, reading in enumerate(readings) if last[reading[0]] == i]
+
+
 def as_written(name: str) -> str:
     """A name as a series key gives it back: without trailing backslashes (line protocol cannot write them),
     and with its line breaks as backslash n and backslash r (it has no escape for them), as InfluxDB stores it."""
@@ -301,9 +308,12 @@ def test_the_parser_reads_a_json_object_as_the_decoder_does(doc: dict[str, Any],
     except PayloadError as err:
         assert [d.reason for d in parsed.dead_letters] == [err.reason] * 2
         return
+    if any("\x00" in metric for metric, _ in expected):  # refused, as a NUL in a topic is
+        assert [d.reason for d in parsed.dead_letters] == ["undecodable"] * 2 and not parsed.readings
+        return
     # An empty name is left out of the series key (line protocol cannot carry an empty tag value), and so are
     # trailing backslashes (see fleetwatch.record).
-    expected = [(as_written(metric), value) for metric, value in expected]
+    expected = one_per_point([(as_written(metric), value) for metric, value in expected])
     assert [(parse_series(r.series)[1].get("metric", ""), r.value) for r in parsed.readings] == expected * 2
 
 
