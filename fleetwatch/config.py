@@ -602,7 +602,7 @@ REGEX_PATTERNS: dict[str, str] = {
     # 1.2.3.4:5678] AH00126: ...") and 2.2 ("[Thu Jan 01 00:00:00 2026] [error] [client 1.2.3.4] ...").
     "apache_error": (
         r"^\[(?P<timestamp>[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d(?:\.\d+)? \d{4})\] "
-        r"\[(?:(?P<module>[^:\]\s]+):)?(?P<level>[a-z]+\d?)\] (?:\[pid (?P<pid>\d+)(?::tid (?P<tid>\d+))?\] )?"
+        r"\[(?:(?P<module>[^:\]\s]*):)?(?P<level>[a-z]+\d?)\] (?:\[pid (?P<pid>\d+)(?::tid (?P<tid>\d+))?\] )?"
         r"(?:\[client (?P<client>[^\]]+)\] )?(?P<message>(?s:.*))"
     ),
     # Kubernetes components and other Go programs using klog/glog: "I1205 10:00:00.123456    1234 main.go:42] message".
@@ -623,7 +623,8 @@ REGEX_PATTERNS: dict[str, str] = {
     # "2026-12-05 10:00:00.123 UTC [4242] app@shop ERROR:  message". The level is the severity (LOG, ERROR,
     # FATAL, ...); DETAIL, HINT, STATEMENT and CONTEXT lines continue the line before (README: multiline).
     "postgresql": (
-        r"^(?P<timestamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z]{1,6}) \[(?P<pid>\d+)\] "
+        r"^(?P<timestamp>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? (?:[A-Za-z]{1,6}|[+-]\d\d(?::?\d\d)?)) "
+        r"\[(?P<pid>\d+)\] "
         r"(?:(?P<user>[^@\s]*)@(?P<database>\S*) )?(?P<level>[A-Z][A-Z0-9]*):  (?P<message>(?s:.*))"
     ),
 }

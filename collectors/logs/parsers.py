@@ -268,6 +268,9 @@ def _rfc2822_ns(text: str) -> int | None:
 _SLASHED_DATE = re.compile(r"\d{4}/\d\d/\d\d[ T]\d\d:\d\d")
 # An ISO 8601 time followed by a zone word, as PostgreSQL's %m and Rails write it: "2026-12-05 10:00:00.123 UTC".
 _ISO_ZONE_WORD = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?) ([A-Za-z]{1,6})\Z")
+# The same with a numeric offset after the space: PostgreSQL's %m writes a zone without an abbreviation so
+# ("2026-12-07 15:30:09.000 -03" in America/Sao_Paulo, "+0545" in Asia/Kathmandu).
+_ISO_SPACED_OFFSET = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?) ([+-]\d\d)(?::?(\d\d))?\Z")
 
 
 def _zone_named(name: str, naive: datetime, tz: ZoneInfo | None) -> tzinfo | None:
@@ -703,6 +706,12 @@ class LogParser:
                 zoned = _ISO_ZONE_WORD.match(text)
                 if zoned is not None:
                     return self._iso_zone_word_ns(zoned)
+                offset = _ISO_SPACED_OFFSET.match(text)
+                if offset is not None:
+                    try:
+                        return _dt_ns(from_iso(f"{offset[1]}{offset[2]}:{offset[3] or '00'}"))
+                    except ValueError:
+                        return None
                 if _SLASHED_DATE.match(text) is not None:
                     # Go's log package and many C programs: "2026/12/05 10:00:00.123456", no zone.
                     return self._text_ns_uncached(f"{text[:4]}-{text[5:7]}-{text[8:]}", received_ns)
@@ -911,6 +920,8 @@ class LogParser:
                 host = _take_name(obj, "host") if "host" in obj or "host.name" in obj else None
             if host is None and type(obj.get("hostname")) is str and obj["hostname"]:
                 host = obj.pop("hostname")  # bunyan's and pino's key
+            elif host is None and type(obj.get("_HOSTNAME")) is str and obj["_HOSTNAME"]:
+                host = obj.pop("_HOSTNAME")  # journald's
         else:
             service = self._named_by_field(obj, self._service_field, "service")
             host = self._named_by_field(obj, self._host_field, "host")

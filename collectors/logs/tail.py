@@ -186,6 +186,10 @@ class FileState:
     # running can get the same inode and the same first line (a header); its content up to the offset tells it
     # apart. "" when not known (offset 0, a snapshot of an older version).
     before_offset: str = ""
+    # Container logs: the stream ("stdout"/"stderr") whose records after ``offset``, up to and including its first
+    # whole one, end a line already emitted (the offset is the start of the other stream's split line, which
+    # was still waiting; see _Event.skip_stream). "" when there are none.
+    skip_stream: str = ""
 
 
 @dataclass
@@ -263,6 +267,7 @@ class _Event:
         "nbytes",
         "nlines",
         "other",
+        "skip_stream",
         "start",
         "stream",
         "truncated",
@@ -287,6 +292,11 @@ class _Event:
         # The other stream's run, when both streams split a line at once (a container writing long lines to
         # stdout and stderr); it started after this one, and its line is held with the others when it ends.
         self.other: _Event | None = None
+        # Set on the other stream's run once this one ended first and was emitted: that run waits now, and the
+        # committed offset is its start, but this stream's records after it, up to the one that ended the line,
+        # are in the emitted event. A restart reads them again and must leave them out, or the line's end is
+        # stored a second time as an event of its own.
+        self.skip_stream = b""
 
 
 class _File:
@@ -303,6 +313,7 @@ class _File:
         "quiet_since",
         "read_pos",
         "size",
+        "skip_stream",
         "skipping",
         "source",
         "state",
@@ -327,6 +338,9 @@ class _File:
         self.partial = bytearray()
         # The current line passed max_event_bytes and was handed on: drop the rest of it.
         self.skipping = False
+        # Resumed from a snapshot whose offset was inside a container line already emitted: that line's records
+        # of this stream are read again, and dropped up to its last (FileState.skip_stream).
+        self.skip_stream = state.skip_stream.encode("latin-1")
         self.pending: _Event | None = None
         # At a path one of the globs matches (else rotated away or deleted).
         self.globbed = True
@@ -460,7 +474,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             _close(fd)
             return False
         state = FileState(path, entry.dev, entry.ino, entry.fingerprint, entry.fingerprint_len, entry.generation)
-        state.offset, state.before_offset = entry.offset, entry.before_offset
+        state.offset, state.before_offset, state.skip_stream = entry.offset, entry.before_offset, entry.skip_stream
         tf = _File(state, fd, st.st_size, now)
         self._files[key] = tf
         if st.st_size < entry.offset:
@@ -612,6 +626,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         state.offset = tf.read_pos = tf.line_start = tf.tail_offset = 0
         state.fingerprint, state.fingerprint_len = "", 0
         state.before_offset = tf.tail_digest = ""
+        tf.skip_stream = b""
         self._take_fingerprint(tf)
         log.info(
             "%s: %s %s; reading it again from the start (generation %d)",
@@ -883,6 +898,13 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if record is not None and len(raw) > self._limit:
             # Past max_event_bytes: the content is cut, the record kept whole (so that it still is one).
             raw, truncated = _fit_record(raw, record, self._limit, join is _docker_join), True
+        if tf.skip_stream and record is not None and record.stream == tf.skip_stream:
+            # Read again after a restart: part of a line emitted before the snapshot (FileState.skip_stream).
+            if not record.partial:
+                tf.skip_stream = b""
+                if tf.pending is not None:  # (the run read again from the offset: its snapshot leaves them out)
+                    tf.pending.skip_stream = record.stream
+            return
         pending = tf.pending
         if pending is not None:
             run = None if record is None else pending if record.stream == pending.stream else pending.other
@@ -892,6 +914,8 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                     joined = join(run.lines[0], run.lines[1:], True)
                     if run is pending:
                         tf.pending = pending.other
+                        if tf.pending is not None:
+                            tf.pending.skip_stream = pending.stream
                         self._emit(tf, joined, pending.start, pending.truncated, 1)
                         self._emit_deferred(tf, pending)
                     else:
@@ -1063,9 +1087,18 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             if committed != tf.tail_offset:  # (one short read per file that moved on, per epoch)
                 digest = self._digest_before(tf, committed)
                 tf.tail_offset, tf.tail_digest = committed, digest or ""
+            skip = tf.skip_stream or (tf.pending.skip_stream if tf.pending is not None else b"")
             files.append(
                 FileState(
-                    s.path, s.dev, s.ino, s.fingerprint, s.fingerprint_len, s.generation, committed, tf.tail_digest
+                    s.path,
+                    s.dev,
+                    s.ino,
+                    s.fingerprint,
+                    s.fingerprint_len,
+                    s.generation,
+                    committed,
+                    tf.tail_digest,
+                    skip.decode("latin-1"),
                 )
             )
         files += [FileState(**vars(entry)) for entry in self._parked]

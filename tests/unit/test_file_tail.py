@@ -559,6 +559,47 @@ def test_runs_of_both_streams_at_once_are_each_joined_whole_and_a_restart_betwee
     again.close()
 
 
+@pytest.mark.parametrize("kind", ["cri", "docker"])
+def test_a_restart_while_the_younger_run_waits_does_not_store_the_older_lines_end_again(
+    tmp_path: Path, kind: str
+) -> None:
+    """Found by a review: stdout's split line ended (and was emitted) while stderr's still waited. The committed
+    offset is then stderr's first record, before stdout's last ones: a restart read those again and stored the
+    end of the stdout line a second time, as an event of its own (3 documents for 2 lines)."""
+    log = tmp_path / "pod_app-0.log"
+    cfg = config([log], parser={"kind": kind})
+
+    def record(stream: str, content: str, partial: bool) -> str:
+        if kind == "docker":
+            return _docker(content if partial else content + "\n", stream)
+        return f"{T_CRI.format(1)} {stream} {'P' if partial else 'F'} {content}"
+
+    write(log, text([record("stdout", "A1-", True), record("stderr", "B1-", True), record("stdout", "A2", False)]))
+    write(log, text([record("stderr", "B2-", True)]))
+    part = build(cfg)
+    first = drain(part)
+    assert [e.text.rsplit(" ", 1)[-1] if kind == "cri" else json.loads(e.text)["log"] for e in first] == (
+        ["A1-A2"] if kind == "cri" else ["A1-A2\n"]
+    )
+    state = part.snapshot()  # stderr's run waits: the offset is its start
+    part.close()
+    assert state.files[0].skip_stream == "stdout"
+    # Restarted twice before stderr's line ends: the snapshot between keeps leaving stdout's end out.
+    again = build(cfg, state)
+    write(log, text([record("stdout", "A3", False), record("stderr", "B3-", True)]))
+    assert drain(again) == []  # stdout's A3 is held behind stderr's run, as before the restart
+    state = again.snapshot()
+    again.close()
+    third = build(cfg, state)
+    write(log, text([record("stderr", "Bend", False)]))
+    events = drain(third)
+    third.close()
+    contents = [e.text.split(" ", 3)[-1] if kind == "cri" else json.loads(e.text)["log"] for e in events]
+    expected = ["B1-B2-B3-Bend", "A3"] if kind == "cri" else ["B1-B2-B3-Bend\n", "A3\n"]
+    assert contents == expected
+    assert first[0].doc_id not in {e.doc_id for e in events}
+
+
 def test_a_run_of_the_other_stream_that_never_ends_is_emitted_partial_after_the_older_run(tmp_path: Path) -> None:
     log = tmp_path / "pod_app-0.log"
     write(

@@ -440,7 +440,7 @@ def test_regex_builtin_rsyslog_traditional() -> None:
 
 # The start pattern README gives for PostgreSQL's log: DETAIL, HINT, STATEMENT, ... lines continue an event.
 POSTGRESQL_START = (
-    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? [A-Za-z]+ \[\d+\] "
+    r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)? (?:[A-Za-z]+|[+-]\d+) \[\d+\] "
     r"(?!(?:\S*@\S* )?(?:DETAIL|HINT|STATEMENT|CONTEXT|QUERY|LOCATION):  )"
 )
 
@@ -472,6 +472,17 @@ def test_regex_builtin_postgresql_reads_the_default_log_line_prefix_and_its_cont
     assert (fatal.level, fatal.ts_ns, fatal.doc["fields"]) == ("critical", R + 2 * S, {"pid": "78"})
     # The start pattern tested here is the one README gives.
     assert f"start_pattern = '{POSTGRESQL_START}'" in (REPO / "README.md").read_text(encoding="utf-8")
+    # A log_timezone without an abbreviation (America/Sao_Paulo, Asia/Kathmandu) writes a numeric zone: found by a
+    # review, such lines failed the pattern (and, with the start pattern, joined the event before them).
+    numeric = [
+        "2025-12-31 20:00:03.000 -03 [79] LOG:  checkpoint starting: time",
+        "2025-12-31 20:00:04.000 -03 [79] HINT:  Consider increasing max_wal_size.",
+        "2026-01-01 05:44:05.000 +0545 [80] ERROR:  canceling statement due to statement timeout",
+    ]
+    assert [re.search(POSTGRESQL_START, line) is not None for line in numeric] == [True, False, True]
+    sao_paulo, kathmandu = parse(parser, numeric[0]), parse(parser, numeric[2])
+    assert (sao_paulo.ts_ns, sao_paulo.level, "tags" in sao_paulo.doc) == (R - 3600 * S + 3 * S, "info", False)
+    assert (kathmandu.ts_ns, kathmandu.level, "tags" in kathmandu.doc) == (R - 55 * S, "error", False)
 
 
 def test_an_iso_time_followed_by_a_zone_word_is_recognised_without_a_format() -> None:
@@ -536,6 +547,9 @@ def test_regex_builtin_apache_error_reads_both_httpd_formats() -> None:
     assert (old.ts_ns, old.level, old.doc["fields"]) == (R + S, "warn", {"client": "10.0.0.2"})
     traced = parse(parser, "[Thu Jan 01 01:00:02.000001 2026] [ssl:trace3] [pid 5] ssl handshake")
     assert (traced.level, traced.ts_ns) == ("trace", R + 2 * S + 1_000)
+    # mod_php and ModSecurity write no module name: "[:error]" (found by a review: a parse failure).
+    security = parse(parser, "[Thu Jan 01 01:00:03.000000 2026] [:error] [pid 6] [client 10.0.0.3:1] ModSecurity: no")
+    assert (security.level, security.ts_ns, security.doc["message"]) == ("error", R + 3 * S, "ModSecurity: no")
 
 
 def test_ctime_and_rfc2822_dates_are_recognised() -> None:
@@ -1099,11 +1113,12 @@ def test_journald_json_export_needs_no_settings_for_its_time_level_and_message()
     parser = file_parser("json")
     line = (
         '{"__CURSOR": "s=1", "__REALTIME_TIMESTAMP": "1767225600000000", "PRIORITY": "3", '
-        '"SYSLOG_IDENTIFIER": "sshd", "MESSAGE": "error: kex_exchange_identification"}'
+        '"SYSLOG_IDENTIFIER": "sshd", "_HOSTNAME": "node-7", "MESSAGE": "error: kex_exchange_identification"}'
     )
     event = parse(parser, line)
     assert (event.ts_ns, event.level, event.doc["message"]) == (R, "error", "error: kex_exchange_identification")
     assert event.doc["fields"] == {"__CURSOR": "s=1", "SYSLOG_IDENTIFIER": "sshd"}
+    assert event.doc["host"] == {"name": "node-7"}
     assert parse(parser, '{"MESSAGE": [104, 105, 255]}').doc["message"] == "hi\ufffd"
     # The usual keys come first: a line with both "msg" and "MESSAGE" keeps "MESSAGE" as a field.
     assert parse(parser, '{"msg": "a", "MESSAGE": "b"}').doc["fields"] == {"MESSAGE": "b"}
