@@ -8,6 +8,15 @@ logging. A window is emitted once, when the watermark passes its end, as a ``Log
 Late events (their window already emitted) are still stored in Elasticsearch by the logs path; they are
 only left out of the rate, and counted in the pipeline's health as ``late_log_events``.
 
+Several sources of one service (the files of one input: rotated ones, a pod's replicas; told apart by their
+events' ids) each keep a clock of their own, and a window closes only once every source that sent something in
+the last ``SOURCE_IDLE`` has passed it. A backlog is read file by file, a batch at a time: with one clock per
+service, the file read first moved it minutes ahead, and the others' events were late (a third of a catch-up
+of three replicas was counted). A source that sends nothing for ``SOURCE_IDLE`` (a file read to its end)
+holds no window open any more. A source not seen yet cannot hold a window: so a window of the past (its end
+``SOURCE_IDLE`` and more before now, a backlog's) stays open at least ``SOURCE_IDLE`` after it opened, time for
+the tail to reach the other files (a first start reading ``app.log`` before ``app.log.1``).
+
 Stops and restarts. A stop (``flows.lifecycle.stopping``) ends the input the way a finite input ends, but it
 is a pause: ``on_eof`` then emits nothing and keeps the open windows, which the last snapshot holds. A snapshot
 records the pipeline clock; on resume the wall-time mark of the newest event is moved forward by the time
@@ -43,8 +52,11 @@ from flows import health, lifecycle
 
 log = logging.getLogger(__name__)
 
-# (service, newest event time, pipeline time it was seen, open windows, pipeline time of the snapshot).
-RateState = tuple[str, int, int, dict[int, dict[str, int]], int]
+# (service, newest event time, pipeline time it was seen, open windows, pipeline time of the snapshot, and each
+# source's [newest event time, pipeline time it was seen, pipeline time of its last event]).
+RateState = tuple[str, int, int, dict[int, dict[str, int]], int, dict[str, list[int]]]
+# Before the sources were recorded; still resumed (without them).
+_RateStateWithoutSources = tuple[str, int, int, dict[int, dict[str, int]], int]
 # The format before the snapshot time was recorded; still resumed (without the shift).
 _OldRateState = tuple[str, int, int, dict[int, dict[str, int]]]
 
@@ -53,6 +65,9 @@ _SECOND = 1_000_000_000
 _NO_TIME = -(2**63)
 # A forgotten-over-the-cap report at most this often (seconds of monotonic time).
 _CAP_LOG_INTERVAL = 60.0
+# How long a source that sends nothing still holds its service's windows open (pipeline time). Longer than the
+# tail leaves a file unread while it reads the others' backlogs, a batch each in turn.
+SOURCE_IDLE = 30 * _SECOND
 
 
 def _same_ns(ns: int) -> int:
@@ -160,7 +175,7 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         self,
         window: timedelta,
         allowed_lateness: timedelta,
-        resume: RateState | _OldRateState | None = None,
+        resume: RateState | _RateStateWithoutSources | _OldRateState | None = None,
         clock: Callable[[], int] | None = None,
         limits: ServiceLimits | None = None,
     ) -> None:
@@ -173,14 +188,24 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         self._limits = limits or _DEFAULT_LIMITS
         now = self._now()
         open_windows: dict[int, dict[str, int]]
+        # Per source (the part of an event's id before its last "-": a file's generation): see the module doc.
+        self._sources: dict[str, list[int]] = {}
         if resume is None:
             self.service, self.max_ts, self.sys_at_max, open_windows = "", _NO_TIME, 0, {}
         else:
             self.service, self.max_ts, self.sys_at_max, open_windows = resume[:4]
             if len(resume) > 4:
                 # Downtime is not quiet time: the mark moves by the time since the snapshot.
-                self.sys_at_max += now - resume[4]
+                down = now - resume[4]
+                self.sys_at_max += down
+                if len(resume) > 5:
+                    self._sources = {
+                        source: [newest, at + down, seen + down]
+                        for source, (newest, at, seen) in resume[5].items()
+                    }
         self.windows: dict[int, dict[str, int]] = {start: dict(counts) for start, counts in open_windows.items()}
+        # Pipeline time each window opened (the restored ones: now, as a restart reads their backlog again).
+        self._opened = dict.fromkeys(self.windows, now)
         # Last time the service sent anything (late events too); a restart counts as a sign of life.
         self._seen_at = now
         self._key = id(self)
@@ -190,7 +215,16 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
             self._set_idle()
 
     def _watermark(self, now: int) -> int:
-        return self.max_ts + (now - self.sys_at_max) - self.lateness_ns
+        mark = self.max_ts + (now - self.sys_at_max)
+        if len(self._sources) > 1:
+            for newest, at, seen in self._sources.values():
+                if now - seen < SOURCE_IDLE:
+                    mark = min(mark, newest + (now - at))
+        return mark - self.lateness_ns
+
+    def _forget_idle_sources(self, now: int) -> None:
+        if len(self._sources) > 1 and any(now - seen >= SOURCE_IDLE for _, _, seen in self._sources.values()):
+            self._sources = {k: clock for k, clock in self._sources.items() if now - clock[2] < SOURCE_IDLE}
 
     def _set_idle(self) -> None:
         if not self._idle:
@@ -211,6 +245,7 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         # Lines without a time of their own read before the service has a clock (a file's banner before its
         # first stamped line): counted once the batch gives the clock, else at their receive time.
         waiting: list[LogEvent] = []
+        sources = self._sources
         for events in values:
             for event in events:
                 self.service = event.service
@@ -223,8 +258,17 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
                     # where its service's clock stands: in a backlog, among the lines around it. Its receive
                     # time would move the clock to now, and every older line after it would be late.
                     ts = self.max_ts + (now - self.sys_at_max)
-                elif ts > self.max_ts:
-                    self.max_ts, self.sys_at_max = ts, now
+                else:
+                    if ts > self.max_ts:
+                        self.max_ts, self.sys_at_max = ts, now
+                    source = event.doc_id.rpartition("-")[0]
+                    source_clock = sources.get(source)
+                    if source_clock is None:
+                        sources[source] = [ts, now, now]
+                    else:
+                        if ts > source_clock[0]:
+                            source_clock[0], source_clock[1] = ts, now
+                        source_clock[2] = now
                 late += self._count(ts, event.level, now)
                 if waiting:
                     clock = self.max_ts + (now - self.sys_at_max)
@@ -236,7 +280,8 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
             late += self._count(event.ts_ns, event.level, now)
         if late:
             health.counters().late_log_events += late
-        out = self._close(self._watermark(now))
+        self._forget_idle_sources(now)
+        out = self._close(self._watermark(now), now)
         if not self.windows:
             self._set_idle()
         return out, StatefulBatchLogic.RETAIN
@@ -245,15 +290,19 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         """Count an event at ``ts`` in its window; 1 if that window was closed already (a late event)."""
         window_ns = self.window_ns
         start = ts - ts % window_ns
-        if start not in self.windows and start + window_ns <= self._watermark(now):
-            return 1
-        counts = self.windows.setdefault(start, {})
+        counts = self.windows.get(start)
+        if counts is None:
+            if start + window_ns <= self._watermark(now):
+                return 1
+            counts = self.windows[start] = {}
+            self._opened[start] = now
         counts[level] = counts.get(level, 0) + 1
         return 0
 
     def on_notify(self) -> tuple[Iterable[list[LogRate]], bool]:
         now = self._now()
-        out = self._close(self._watermark(now))
+        self._forget_idle_sources(now)
+        out = self._close(self._watermark(now), now)
         if out and self.sys_at_max < now:
             # Closed on wall time: carry the clock forward as it stands, so that an event newer than the last one
             # cannot move the watermark back and open a window written already (its second count would replace
@@ -275,19 +324,34 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
             # A stop, not the end of the data: the open windows stay in state for the last snapshot, and the
             # restart closes them when their time comes, with the events still to be re-read.
             return [], StatefulBatchLogic.RETAIN
-        return self._close(2**62), StatefulBatchLogic.RETAIN
+        return self._close(2**62, None), StatefulBatchLogic.RETAIN
 
-    def _close(self, watermark: int) -> list[list[LogRate]]:
+    def _close(self, watermark: int, now: int | None) -> list[list[LogRate]]:
+        """The windows the watermark has passed; with ``now``, those of the past only once SOURCE_IDLE old."""
         due = sorted(start for start in self.windows if start + self.window_ns <= watermark)
+        if now is not None:
+            due = [start for start in due if not self._held(start, now)]
         if not due:
             return []
+        for start in due:
+            self._opened.pop(start, None)
         return [[LogRate(self.service, start, self.window_ns, self.windows.pop(start)) for start in due]]
+
+    def _held(self, start: int, now: int) -> bool:
+        """A window of the past that opened less than SOURCE_IDLE ago (see the module doc)."""
+        return start + self.window_ns + SOURCE_IDLE <= now and now - self._opened.get(start, now) < SOURCE_IDLE
 
     def notify_at(self) -> datetime | None:
         if self.windows:
-            # Pipeline time at which the earliest window closes if the service stays quiet.
+            # Pipeline time at which the earliest window closes if the service stays quiet: once each source
+            # has passed it too, or has gone idle.
             end = min(self.windows) + self.window_ns
             due_ns = self.sys_at_max + (end + self.lateness_ns - self.max_ts)
+            if len(self._sources) > 1:
+                for newest, at, seen in self._sources.values():
+                    due_ns = max(due_ns, min(at + (end + self.lateness_ns - newest), seen + SOURCE_IDLE))
+            if self._held(end - self.window_ns, self._now()):
+                due_ns = max(due_ns, self._opened[end - self.window_ns] + SOURCE_IDLE)
         elif self._limits.must_go(self._key):
             due_ns = self._now()
         else:
@@ -303,4 +367,5 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
             self.sys_at_max,
             {start: dict(counts) for start, counts in self.windows.items()},
             self._now(),
+            {source: list(clock) for source, clock in self._sources.items()},
         )

@@ -314,3 +314,50 @@ def health_late() -> int:
     from flows import health
 
     return health.counters().late_log_events
+
+
+def from_file(source: str, at_s: float, level: str = "info") -> LogEvent:
+    """An event of a file (its id: the file's key, "-", the offset), as collectors.logs.tail names them."""
+    return LogEvent(f"{source}-{int(at_s * 1000):x}", T0 + int(at_s * S), level, "api", {})
+
+
+def test_a_backlog_of_several_files_of_one_service_is_counted_whole() -> None:
+    """Found by a review: three replicas' files caught up after downtime, or rotated files read at a first start,
+    are read a batch of one file at a time. With one clock per service, the file read first moved it minutes
+    ahead and the others' events were late: 2,000 a minute counted of 6,000. Each file has its own clock now,
+    and a window waits for every file that is still being read."""
+    clock = Clock()
+    clock.now = T0 + 3600 * S  # an hour after the events: a backlog
+    logic = LogRateLogic(timedelta(seconds=60), timedelta(seconds=5), clock=clock)
+    rates: list[LogRate] = []
+    for chunk in range(3):  # 100 s of each file in turn, a batch each, as the tail reads a backlog
+        for source in ("a", "b", "c"):
+            rates += closed(logic.on_batch([[from_file(source, chunk * 100 + i) for i in range(100)]]))
+            clock.now += S // 10
+    # Windows of the past wait SOURCE_IDLE after they opened: time for the tail to reach the other files (file
+    # "a" is read first, and "b" and "c" were not known yet when its first batch came).
+    assert rates == []
+    clock.now += 31 * S  # the files are read to their end and quiet since: every window closes, each whole
+    rates = closed(logic.on_notify())
+    assert {rate.window_start_ns: rate.total for rate in rates} == {T0 + m * 60 * S: 180 for m in range(5)}
+    assert logic.windows == {}
+
+
+def test_a_file_read_to_its_end_holds_the_windows_only_while_it_moves_on_or_until_it_is_idle() -> None:
+    """A quiet file's clock moves on with pipeline time, as a quiet service's does; after SOURCE_IDLE it holds
+    nothing. Its clock survives a snapshot."""
+    clock = Clock()
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), clock=clock)
+    logic.on_batch([[from_file("old", i) for i in range(10)]])  # a rotated file, read to its end at 9 s
+    start = clock.now
+    assert closed(logic.on_batch([[from_file("new", 10 + i) for i in range(50)]])) == []  # held by "old"
+    assert logic.notify_at() == datetime.fromtimestamp((start + 3 * S) / 1e9, UTC)  # "old" at 9 + 3 s = 10 + 2 s
+    resumed = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), logic.snapshot(), clock=clock)
+    clock.now = start + 3 * S
+    assert [rate.window_start_ns for rate in closed(resumed.on_notify())] == [T0]
+    assert resumed.notify_at() == datetime.fromtimestamp((start + 13 * S) / 1e9, UTC)
+    clock.now = start + 20 * S  # "old" at 29 - 2 s: [10, 20) closes; "new" (at 79 s by now) holds nothing
+    assert [rate.window_start_ns for rate in closed(resumed.on_notify())] == [T0 + 10 * S]
+    clock.now = start + 30 * S  # "old" quiet for SOURCE_IDLE: it holds nothing any more
+    assert [rate.window_start_ns for rate in closed(resumed.on_notify())] == [T0 + s * S for s in (20, 30, 40, 50)]
+    assert resumed.windows == {}
