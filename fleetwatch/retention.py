@@ -106,9 +106,10 @@ def dashboard_windows_missing(cfg: Config) -> str | None:
     missing = sorted(wanted - computed_windows(cfg), key=window_length)
     if not missing:
         return None
-    tiers = ", ".join(window_tier(label) for label in missing)
+    # The tiers are retention policies: with retention off, everything is in the database's default one.
+    tiers = f" (tiers {', '.join(window_tier(label) for label in missing)})" if cfg.retention.enabled else ""
     return (
-        f"the provisioned Grafana dashboards read the {', '.join(missing)} windows (tiers {tiers}), which "
+        f"the provisioned Grafana dashboards read the {', '.join(missing)} windows{tiers}, which "
         f"windows.tumbling does not compute: their panels fail or stay empty until it includes "
         f"{' and '.join(missing)}, or the dashboards are generated for these windows (README.md, Dashboards)"
     )

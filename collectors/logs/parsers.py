@@ -87,11 +87,11 @@ LEVELS: tuple[str, ...] = get_args(LogLevelName)
 
 # Besides the usual names: .NET's console logger abbreviations (trce, dbug, fail, crit), Serilog's (vrb),
 # Apache's trace1-8, PostgreSQL's debug1-5, Java's finest/finer/fine/severe, zap's dpanic (a panic in
-# development builds only), MySQL's note, structlog's exception.
+# development builds only), MySQL's note and system (MySQL 8's start and stop messages), structlog's exception.
 _ALIASES: dict[str, tuple[str, ...]] = {
     "trace": ("trace", "trc", "trce", "vrb", "verbose", "v", "finest", "finer", *(f"trace{n}" for n in range(1, 9))),
     "debug": ("debug", "dbg", "dbug", "d", "fine", "debug1", "debug2", "debug3", "debug4", "debug5"),
-    "info": ("info", "inf", "i", "information", "informational", "log"),
+    "info": ("info", "inf", "i", "information", "informational", "log", "system"),
     "notice": ("notice", "ntc", "n", "note"),
     "warn": ("warn", "warning", "wrn", "w"),
     "error": ("error", "err", "eror", "e", "severe", "fail", "exception"),
@@ -268,6 +268,21 @@ def _rfc2822_ns(text: str) -> int | None:
 _SLASHED_DATE = re.compile(r"\d{4}/\d\d/\d\d[ T]\d\d:\d\d")
 # An ISO 8601 time followed by a zone word, as PostgreSQL's %m and Rails write it: "2026-12-05 10:00:00.123 UTC".
 _ISO_ZONE_WORD = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?) ([A-Za-z]{1,6})\Z")
+# Java's ZonedDateTime and RFC 9557: an ISO 8601 time followed by its zone's name in brackets,
+# "2026-12-07T18:00:00.123+01:00[Europe/Berlin]" (the offset rules; without one, the named zone does).
+_BRACKETED_ZONE = re.compile(r"(\d{4}-\d\d-\d\d[T ][^\[\]]+)\[([A-Za-z0-9_+\-/]{1,64})\]\Z")
+
+
+def _bracketed_zone_ns(moment_text: str, zone_name: str) -> int | None:
+    try:
+        moment = from_iso(moment_text)
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC if zone_name in ("UTC", "Z") else ZoneInfo(zone_name))
+    except (ValueError, KeyError, OSError):  # (ZoneInfoNotFoundError is a KeyError; "Europe" a directory)
+        return None
+    return _dt_ns(moment)
+
+
 # The same with a numeric offset after the space: PostgreSQL's %m writes a zone without an abbreviation so
 # ("2026-12-07 15:30:09.000 -03" in America/Sao_Paulo, "+0545" in Asia/Kathmandu).
 _ISO_SPACED_OFFSET = re.compile(r"(\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?) ([+-]\d\d)(?::?(\d\d))?\Z")
@@ -706,6 +721,9 @@ class LogParser:
                 zoned = _ISO_ZONE_WORD.match(text)
                 if zoned is not None:
                     return self._iso_zone_word_ns(zoned)
+                bracketed = _BRACKETED_ZONE.match(text)
+                if bracketed is not None:
+                    return _bracketed_zone_ns(bracketed[1], bracketed[2])
                 offset = _ISO_SPACED_OFFSET.match(text)
                 if offset is not None:
                     try:
@@ -1184,9 +1202,10 @@ def _is_byte(value: object) -> bool:
 # "@t"/"@l"/"@m" (and "@mt", its message template, which CompactJsonFormatter writes instead of "@m"), ECS
 # "@timestamp" and "log.level", Google Cloud "severity", python-json-logger "levelname", structlog "event" (taken
 # only when it is a string: ECS's event is an object), and journald's JSON export (`journalctl -o json`:
-# "__REALTIME_TIMESTAMP" in microseconds, "PRIORITY" a syslog severity, "MESSAGE").
+# "__REALTIME_TIMESTAMP" in microseconds, "PRIORITY" a syslog severity, "MESSAGE"), and Grafana's logfmt "t"
+# (taken only when it is a string, as "event").
 _FALLBACK_KEYS: dict[str, tuple[str, ...]] = {
-    "timestamp": ("@timestamp", "time", "ts", "@t", "__REALTIME_TIMESTAMP"),
+    "timestamp": ("@timestamp", "time", "ts", "@t", "__REALTIME_TIMESTAMP", "t"),
     "level": ("log.level", "severity", "levelname", "lvl", "loglevel", "@l", "PRIORITY"),
     "message": ("msg", "@m", "event", "@mt", "MESSAGE"),
 }
@@ -1194,13 +1213,13 @@ _FALLBACK_KEYS: dict[str, tuple[str, ...]] = {
 
 def _pop_first(obj: dict[str, Any], keys: tuple[str, ...]) -> tuple[str, Any]:
     """The first of ``keys`` (a dotted one also nested) present with a value, taken out of ``obj``: (key,
-    value), or ("", None). "event" counts only as a string."""
+    value), or ("", None). "event" and "t" count only as strings."""
     for key in keys:
         value = obj.get(key)
         nested = value is None and "." in key
         if nested:
             value = _get_path(obj, key)
-        if value is None or value is _MISSING or (key == "event" and type(value) is not str):
+        if value is None or value is _MISSING or ((key == "event" or key == "t") and type(value) is not str):
             continue
         if nested:
             _pop_path(obj, key)

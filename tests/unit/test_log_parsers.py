@@ -1124,6 +1124,22 @@ def test_journald_json_export_needs_no_settings_for_its_time_level_and_message()
     assert parse(parser, '{"msg": "a", "MESSAGE": "b"}').doc["fields"] == {"MESSAGE": "b"}
 
 
+def test_java_zoned_times_grafanas_t_and_mysqls_system_level() -> None:
+    """Found by a review: Java's ZonedDateTime writes the zone's name in brackets after the time (RFC 9557), and
+    such times were invalid; Grafana's own logfmt lines name the time "t"; MySQL 8 writes [System] messages."""
+    parser = file_parser("json")
+    assert parser.timestamp_ns("2026-01-01T01:00:00.250+01:00[Europe/Berlin]", R) == R + 250_000_000
+    assert parser.timestamp_ns("2025-12-31T23:00:00Z[UTC]", R) == R - 3600 * S
+    assert parser.timestamp_ns("2026-01-01T01:00:00[Europe/Berlin]", R) == R  # no offset: the named zone's
+    assert parser.timestamp_ns("2026-01-01T00:00:00[Europe]", R) is None
+    grafana = parse(file_parser("logfmt"), 't=2025-12-31T23:59:59.5+00:00 level=info msg="HTTP Server Listen"')
+    assert (grafana.ts_ns, grafana.level, grafana.doc["message"]) == (R - S // 2, "info", "HTTP Server Listen")
+    assert "fields" not in grafana.doc
+    # Only a string is a time under "t": a number there is the line's own field.
+    assert parse(parser, '{"t": 21.5, "msg": "x"}').doc["fields"] == {"t": 21.5}
+    assert normalize_level("System") == "info"
+
+
 # ------------------------------------------------------------------------------------------- CRI
 
 

@@ -112,7 +112,7 @@ MAPPED = {"timestamp", "level", "message", "service", "service.name", "host", "h
     *("@timestamp", "time", "ts", "@t"),
     *("log", "log.level", "severity", "levelname", "lvl", "loglevel", "@l"),
     *("msg", "@m", "event", "@mt"),
-    *("__REALTIME_TIMESTAMP", "PRIORITY", "MESSAGE", "hostname", "_HOSTNAME"),  # journald's, bunyan's
+    *("__REALTIME_TIMESTAMP", "PRIORITY", "MESSAGE", "hostname", "_HOSTNAME", "t"),  # journald's, Grafana's
 }
 
 

@@ -221,3 +221,6 @@ def test_a_configuration_without_a_window_the_dashboards_read_is_warned_about() 
     assert warning is not None and "read the 10s, 1m windows (tiers agg_10s, agg_1m)" in warning
     # No InfluxDB, no dashboards reading it.
     assert dashboard_windows_missing(_cfg(windows={"tumbling": ["10s"]}, influxdb={"enabled": False})) is None
+    # With retention off there are no tiers to name (found by a review: "tiers agg_1m" with retention disabled).
+    warning = dashboard_windows_missing(_cfg(windows={"tumbling": ["10s"]}, retention={"enabled": False}))
+    assert warning is not None and "read the 1m windows, which windows.tumbling does not compute" in warning
