@@ -86,12 +86,13 @@ def _check_threshold(condition: str, value: Threshold) -> None:
         if not isinstance(value, tuple):
             raise ValueError(f"condition {condition!r} needs a [low, high] pair (got {value!r})")
         low, high = value
-        if math.isnan(low) or math.isnan(high) or low > high:
-            raise ValueError(f"expected a [low, high] pair with low <= high (got [{low}, {high}])")
+        if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+            raise ValueError(f"expected a [low, high] pair of finite numbers with low <= high (got [{low}, {high}])")
     elif isinstance(value, tuple):
         raise ValueError(f"condition {condition!r} needs a single number (got {list(value)})")
-    elif math.isnan(value):
-        raise ValueError("expected a number (got nan)")
+    elif not math.isfinite(value):
+        # inf passed: a rule that can never fire (> inf), or always fires (< inf).
+        raise ValueError(f"expected a finite number (got {value})")
 
 
 def _more_severe(condition: str, critical: Threshold, warning: Threshold) -> bool:
@@ -277,6 +278,14 @@ class AlertRule(Section):
         if kind is not None and kind != "deadman" and silent_for is not None:
             raise ValueError("only for kind 'deadman'")
         return silent_for
+
+    @field_validator("renotify")
+    @classmethod
+    def _renotify(cls, renotify: timedelta) -> timedelta:
+        # A notification to every channel per series this often while firing: under a second floods them.
+        if timedelta(0) < renotify < timedelta(seconds=1):
+            raise ValueError(f"expected 0 (off) or at least 1s (got {renotify.total_seconds()}s)")
+        return renotify
 
     @field_validator("rate_per")
     @classmethod

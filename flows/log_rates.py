@@ -6,14 +6,18 @@ advanced by pipeline wall time while the service is quiet, so a window closes ev
 logging. A window is emitted once, when the watermark passes its end, as a ``LogRate``.
 
 Late events (their window already emitted) are still stored in Elasticsearch by the logs path; they are
-only left out of the rate, and counted in the pipeline's health as ``late_log_events``.
+only left out of the rate, and counted in the pipeline's health as ``late_log_events``. When a service goes
+quiet, the window after its last one is written too, with no events, and then none until it logs again.
 
 Several sources of one service (the files of one input: rotated ones, a pod's replicas; told apart by their
-events' ids) each keep a clock of their own, and a window closes only once every source that sent something in
-the last ``SOURCE_IDLE`` has passed it. A backlog is read file by file, a batch at a time: with one clock per
-service, the file read first moved it minutes ahead, and the others' events were late (a third of a catch-up
-of three replicas was counted). A source that sends nothing for ``SOURCE_IDLE`` (a file read to its end)
-holds no window open any more. A source not seen yet cannot hold a window: so a window of the past (its end
+events' ids) each keep a clock of their own. Once the service's clock has passed a window, the window also
+waits for every source that sent something in the last ``SOURCE_IDLE`` to pass it, for at most ``SOURCE_IDLE``.
+A backlog is read file by file, a batch at a time: with one clock per service, the file read first moved it
+minutes ahead, and the others' events were late (a third of a catch-up of three replicas was counted); read
+that fast, the others pass the window within seconds. A source that sends nothing for ``SOURCE_IDLE`` (a file
+read to its end) holds nothing, and one stamped minutes behind the others (a wrong zone) holds a live window
+``SOURCE_IDLE`` at most: its older lines are late. A window once written never opens again (``closed_until``):
+a new source's lines for it are late too. A source not seen yet cannot hold a window: so a window of the past (its end
 ``SOURCE_IDLE`` and more before now, a backlog's) stays open at least ``SOURCE_IDLE`` after it opened, time for
 the tail to reach the other files (a first start reading ``app.log`` before ``app.log.1``).
 
@@ -52,9 +56,10 @@ from flows import health, lifecycle
 
 log = logging.getLogger(__name__)
 
-# (service, newest event time, pipeline time it was seen, open windows, pipeline time of the snapshot, and each
-# source's [newest event time, pipeline time it was seen, pipeline time of its last event]).
-RateState = tuple[str, int, int, dict[int, dict[str, int]], int, dict[str, list[int]]]
+# (service, newest event time, pipeline time it was seen, open windows, pipeline time of the snapshot, each
+# source's [newest event time, pipeline time it was seen, pipeline time of its last event], and the end of the
+# newest window written).
+RateState = tuple[str, int, int, dict[int, dict[str, int]], int, dict[str, list[int]], int]
 # Before the sources were recorded; still resumed (without them).
 _RateStateWithoutSources = tuple[str, int, int, dict[int, dict[str, int]], int]
 # The format before the snapshot time was recorded; still resumed (without the shift).
@@ -190,6 +195,8 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         open_windows: dict[int, dict[str, int]]
         # Per source (the part of an event's id before its last "-": a file's generation): see the module doc.
         self._sources: dict[str, list[int]] = {}
+        # The end of the newest window written: no window before it opens again.
+        self._closed_until = _NO_TIME
         if resume is None:
             self.service, self.max_ts, self.sys_at_max, open_windows = "", _NO_TIME, 0, {}
         else:
@@ -198,14 +205,17 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
                 # Downtime is not quiet time: the mark moves by the time since the snapshot.
                 down = now - resume[4]
                 self.sys_at_max += down
-                if len(resume) > 5:
+                if len(resume) > 6:
                     self._sources = {
                         source: [newest, at + down, seen + down]
                         for source, (newest, at, seen) in resume[5].items()
                     }
+                    self._closed_until = resume[6]
         self.windows: dict[int, dict[str, int]] = {start: dict(counts) for start, counts in open_windows.items()}
-        # Pipeline time each window opened (the restored ones: now, as a restart reads their backlog again).
+        # Pipeline time each window opened (the restored ones: now, as a restart reads their backlog again), and
+        # when the service's clock passed it (from then on its sources have SOURCE_IDLE to pass it too).
         self._opened = dict.fromkeys(self.windows, now)
+        self._passed: dict[int, int] = {}
         # Last time the service sent anything (late events too); a restart counts as a sign of life.
         self._seen_at = now
         self._key = id(self)
@@ -214,7 +224,11 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         if resume is not None and not self.windows:
             self._set_idle()
 
+    def _service_watermark(self, now: int) -> int:
+        return self.max_ts + (now - self.sys_at_max) - self.lateness_ns
+
     def _watermark(self, now: int) -> int:
+        """The service's watermark, held back to the slowest source that sent something in the last SOURCE_IDLE."""
         mark = self.max_ts + (now - self.sys_at_max)
         if len(self._sources) > 1:
             for newest, at, seen in self._sources.values():
@@ -281,7 +295,7 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         if late:
             health.counters().late_log_events += late
         self._forget_idle_sources(now)
-        out = self._close(self._watermark(now), now)
+        out = self._close(now)
         if not self.windows:
             self._set_idle()
         return out, StatefulBatchLogic.RETAIN
@@ -292,7 +306,7 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         start = ts - ts % window_ns
         counts = self.windows.get(start)
         if counts is None:
-            if start + window_ns <= self._watermark(now):
+            if start + window_ns <= self._closed_until or start + window_ns <= self._watermark(now):
                 return 1
             counts = self.windows[start] = {}
             self._opened[start] = now
@@ -302,7 +316,7 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
     def on_notify(self) -> tuple[Iterable[list[LogRate]], bool]:
         now = self._now()
         self._forget_idle_sources(now)
-        out = self._close(self._watermark(now), now)
+        out = self._close(now)
         if out and self.sys_at_max < now:
             # Closed on wall time: carry the clock forward as it stands, so that an event newer than the last one
             # cannot move the watermark back and open a window written already (its second count would replace
@@ -324,18 +338,40 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
             # A stop, not the end of the data: the open windows stay in state for the last snapshot, and the
             # restart closes them when their time comes, with the events still to be re-read.
             return [], StatefulBatchLogic.RETAIN
-        return self._close(2**62, None), StatefulBatchLogic.RETAIN
+        return self._close(None), StatefulBatchLogic.RETAIN
 
-    def _close(self, watermark: int, now: int | None) -> list[list[LogRate]]:
-        """The windows the watermark has passed; with ``now``, those of the past only once SOURCE_IDLE old."""
-        due = sorted(start for start in self.windows if start + self.window_ns <= watermark)
-        if now is not None:
-            due = [start for start in due if not self._held(start, now)]
+    def _close(self, now: int | None) -> list[list[LogRate]]:
+        """The windows due (see the module doc); every open one with ``now`` None (the end of a finite input)."""
+        due = sorted(self.windows) if now is None else [s for s in sorted(self.windows) if self._due(s, now)]
         if not due:
             return []
         for start in due:
             self._opened.pop(start, None)
-        return [[LogRate(self.service, start, self.window_ns, self.windows.pop(start)) for start in due]]
+            self._passed.pop(start, None)
+        rates = [LogRate(self.service, start, self.window_ns, self.windows.pop(start)) for start in due]
+        if now is not None and not self.windows and rates[-1].by_level:
+            # The service went quiet: the window after its last one is written too, empty, so that the rates
+            # drop to zero and a rule on them resolves (an error burst, then silence, would page forever).
+            # An empty window opens none after it.
+            quiet = due[-1] + self.window_ns
+            self.windows[quiet] = {}
+            self._opened[quiet] = now
+            if self._due(quiet, now):
+                del self.windows[quiet], self._opened[quiet]
+                self._passed.pop(quiet, None)
+                rates.append(LogRate(self.service, quiet, self.window_ns, {}))
+        self._closed_until = max(self._closed_until, rates[-1].window_start_ns + self.window_ns)
+        return [rates]
+
+    def _due(self, start: int, now: int) -> bool:
+        """Past the service's watermark, and past every active source's or SOURCE_IDLE after the service's; a
+        window of the past only once SOURCE_IDLE old (see the module doc)."""
+        end = start + self.window_ns
+        if end > self._service_watermark(now) or self._held(start, now):
+            return False
+        if end <= self._watermark(now):
+            return True
+        return now - self._passed.setdefault(start, now) >= SOURCE_IDLE
 
     def _held(self, start: int, now: int) -> bool:
         """A window of the past that opened less than SOURCE_IDLE ago (see the module doc)."""
@@ -345,13 +381,16 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
         if self.windows:
             # Pipeline time at which the earliest window closes if the service stays quiet: once each source
             # has passed it too, or has gone idle.
-            end = min(self.windows) + self.window_ns
+            first = min(self.windows)
+            end = first + self.window_ns
             due_ns = self.sys_at_max + (end + self.lateness_ns - self.max_ts)
             if len(self._sources) > 1:
+                sources_pass = due_ns
                 for newest, at, seen in self._sources.values():
-                    due_ns = max(due_ns, min(at + (end + self.lateness_ns - newest), seen + SOURCE_IDLE))
-            if self._held(end - self.window_ns, self._now()):
-                due_ns = max(due_ns, self._opened[end - self.window_ns] + SOURCE_IDLE)
+                    sources_pass = max(sources_pass, min(at + (end + self.lateness_ns - newest), seen + SOURCE_IDLE))
+                due_ns = min(sources_pass, self._passed.get(first, due_ns) + SOURCE_IDLE)
+            if self._held(first, self._now()):
+                due_ns = max(due_ns, self._opened[first] + SOURCE_IDLE)
         elif self._limits.must_go(self._key):
             due_ns = self._now()
         else:
@@ -368,4 +407,5 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
             {start: dict(counts) for start, counts in self.windows.items()},
             self._now(),
             {source: list(clock) for source, clock in self._sources.items()},
+            self._closed_until,
         )

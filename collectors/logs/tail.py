@@ -186,10 +186,11 @@ class FileState:
     # running can get the same inode and the same first line (a header); its content up to the offset tells it
     # apart. "" when not known (offset 0, a snapshot of an older version).
     before_offset: str = ""
-    # Container logs: the stream ("stdout"/"stderr") whose records after ``offset``, up to and including its first
-    # whole one, end a line already emitted (the offset is the start of the other stream's split line, which
-    # was still waiting; see _Event.skip_stream). "" when there are none.
+    # Container logs: the stream ("stdout"/"stderr") whose records after ``offset`` and starting before
+    # ``skip_until`` are in a line already emitted (the offset is the start of the other stream's split line,
+    # which was still waiting; see _Event.skip_stream). "" when there are none.
     skip_stream: str = ""
+    skip_until: int = 0
 
 
 @dataclass
@@ -263,11 +264,13 @@ class _Event:
     __slots__ = (
         "deferred",
         "deferred_bytes",
+        "last",
         "lines",
         "nbytes",
         "nlines",
         "other",
         "skip_stream",
+        "skip_until",
         "start",
         "stream",
         "truncated",
@@ -292,11 +295,14 @@ class _Event:
         # The other stream's run, when both streams split a line at once (a container writing long lines to
         # stdout and stderr); it started after this one, and its line is held with the others when it ends.
         self.other: _Event | None = None
-        # Set on the other stream's run once this one ended first and was emitted: that run waits now, and the
-        # committed offset is its start, but this stream's records after it, up to the one that ended the line,
-        # are in the emitted event. A restart reads them again and must leave them out, or the line's end is
-        # stored a second time as an event of its own.
+        # Set on the other stream's run once this one was emitted first (ended, or flushed unfinished): that
+        # run waits now, and the committed offset is its start, but this stream's records after it that start
+        # before skip_until are in the emitted event. A restart reads them again and must leave them out, or
+        # the line's end is stored a second time as an event of its own.
         self.skip_stream = b""
+        self.skip_until = 0
+        # Where the run's latest record starts.
+        self.last = start
 
 
 class _File:
@@ -314,6 +320,7 @@ class _File:
         "read_pos",
         "size",
         "skip_stream",
+        "skip_until",
         "skipping",
         "source",
         "state",
@@ -339,8 +346,9 @@ class _File:
         # The current line passed max_event_bytes and was handed on: drop the rest of it.
         self.skipping = False
         # Resumed from a snapshot whose offset was inside a container line already emitted: that line's records
-        # of this stream are read again, and dropped up to its last (FileState.skip_stream).
+        # of this stream are read again, and dropped (FileState.skip_stream, skip_until).
         self.skip_stream = state.skip_stream.encode("latin-1")
+        self.skip_until = state.skip_until
         self.pending: _Event | None = None
         # At a path one of the globs matches (else rotated away or deleted).
         self.globbed = True
@@ -474,7 +482,8 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             _close(fd)
             return False
         state = FileState(path, entry.dev, entry.ino, entry.fingerprint, entry.fingerprint_len, entry.generation)
-        state.offset, state.before_offset, state.skip_stream = entry.offset, entry.before_offset, entry.skip_stream
+        state.offset, state.before_offset = entry.offset, entry.before_offset
+        state.skip_stream, state.skip_until = entry.skip_stream, entry.skip_until
         tf = _File(state, fd, st.st_size, now)
         self._files[key] = tf
         if st.st_size < entry.offset:
@@ -626,7 +635,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         state.offset = tf.read_pos = tf.line_start = tf.tail_offset = 0
         state.fingerprint, state.fingerprint_len = "", 0
         state.before_offset = tf.tail_digest = ""
-        tf.skip_stream = b""
+        tf.skip_stream, tf.skip_until = b"", 0
         self._take_fingerprint(tf)
         log.info(
             "%s: %s %s; reading it again from the start (generation %d)",
@@ -898,24 +907,18 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
         if record is not None and len(raw) > self._limit:
             # Past max_event_bytes: the content is cut, the record kept whole (so that it still is one).
             raw, truncated = _fit_record(raw, record, self._limit, join is _docker_join), True
-        if tf.skip_stream and record is not None and record.stream == tf.skip_stream:
-            # Read again after a restart: part of a line emitted before the snapshot (FileState.skip_stream).
-            if not record.partial:
-                tf.skip_stream = b""
-                if tf.pending is not None:  # (the run read again from the offset: its snapshot leaves them out)
-                    tf.pending.skip_stream = record.stream
-            return
+        if record is not None and start < tf.skip_until and record.stream == tf.skip_stream:
+            return  # read again after a restart: part of a line emitted before the snapshot (FileState.skip_stream)
         pending = tf.pending
         if pending is not None:
             run = None if record is None else pending if record.stream == pending.stream else pending.other
             if record is not None and run is not None:
                 self._extend_run(run, record, truncated, join is _docker_join)
+                run.last = start
                 if not record.partial:
                     joined = join(run.lines[0], run.lines[1:], True)
                     if run is pending:
-                        tf.pending = pending.other
-                        if tf.pending is not None:
-                            tf.pending.skip_stream = pending.stream
+                        self._promote_other(tf, pending)
                         self._emit(tf, joined, pending.start, pending.truncated, 1)
                         self._emit_deferred(tf, pending)
                     else:
@@ -935,6 +938,14 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             tf.pending = _Event(start, raw, truncated, record.stream, time.monotonic())
             return
         self._emit(tf, raw, start, truncated, 1)
+
+    @staticmethod
+    def _promote_other(tf: _File, emitted: _Event) -> None:
+        """The other stream's run waits on alone once ``emitted`` is out: its start is the committed offset now,
+        before ``emitted``'s last records, which a restart must not read into an event again."""
+        tf.pending = emitted.other
+        if tf.pending is not None:
+            tf.pending.skip_stream, tf.pending.skip_until = emitted.stream, emitted.last + 1
 
     def _extend_run(self, run: _Event, record: _Record, truncated: bool, escaped: bool) -> None:
         """Adds a record's content to the run of its stream (cut at max_event_bytes)."""
@@ -1001,7 +1012,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             # A run of partial records whose last record never came (the container stopped mid-line, or the
             # flush timeout): what there is, one line, flagged "partial". The other stream's run, if any, waits
             # on.
-            tf.pending = pending.other
+            self._promote_other(tf, pending)
             joined = self._container[1](pending.lines[0], pending.lines[1:], False)
             self._emit(tf, joined, pending.start, pending.truncated, 1, partial=True)
             self._emit_deferred(tf, pending)
@@ -1087,7 +1098,12 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
             if committed != tf.tail_offset:  # (one short read per file that moved on, per epoch)
                 digest = self._digest_before(tf, committed)
                 tf.tail_offset, tf.tail_digest = committed, digest or ""
-            skip = tf.skip_stream or (tf.pending.skip_stream if tf.pending is not None else b"")
+            # What a restart from the committed offset must leave out (_Event.skip_stream).
+            skip, until = b"", 0
+            if tf.pending is not None and tf.pending.skip_until > committed:
+                skip, until = tf.pending.skip_stream, tf.pending.skip_until
+            elif tf.skip_until > committed:
+                skip, until = tf.skip_stream, tf.skip_until
             files.append(
                 FileState(
                     s.path,
@@ -1099,6 +1115,7 @@ class FileTailPartition(StatefulSourcePartition[list[LogLine], TailState]):
                     committed,
                     tf.tail_digest,
                     skip.decode("latin-1"),
+                    until,
                 )
             )
         files += [FileState(**vars(entry)) for entry in self._parked]

@@ -625,10 +625,22 @@ class AlertLogic(StatefulBatchLogic[AlertInput, list[AlertTransition], AlertSnap
             )
 
     def _resume(self, by_rule: dict[str, dict[str, _State]], now: int) -> None:
-        """Take over the states of a snapshot; states of rules no longer configured are dropped."""
+        """Take over the states of a snapshot; states of rules no longer configured are dropped (said in the log
+        when some were firing: nothing resolves them, and their retained MQTT topics keep the firing state)."""
         for name, states in by_rule.items():
             if name in self._rules:
                 self.states[name] = states
+                continue
+            firing = sum(1 for st in states.values() if st.phase == _FIRING)
+            if firing:
+                log.warning(
+                    "alert rule %r is no longer configured: %d of its series were firing, and no resolved "
+                    "notification will be sent for them (their retained MQTT topics <prefix>/%s/# keep that state "
+                    "until cleared)",
+                    name,
+                    firing,
+                    name,
+                )
         for name, states in self.states.items():
             rule = self._rules[name]
             rule.dirty.update(states)  # sys_seen is set below

@@ -44,6 +44,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from hashlib import blake2b
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -545,10 +546,15 @@ def make_mqtt_client(cfg: MQTTConfig, client_id: str, **kwargs: Any) -> paho.Cli
 
 def _topic_level(text: str) -> str:
     # Wildcards are not allowed in a topic name, "/" would add a level, NUL is forbidden, and an empty
-    # level is legal but unreadable in a filter.
+    # level is legal but unreadable in a filter. A level so changed gets a digest of what it was, or "a/b" and
+    # "a_b" would share one retained topic, and one series' state would overwrite the other's.
+    clean = text
     for ch in "+#/\0":
-        text = text.replace(ch, "_")
-    return text or "_"
+        clean = clean.replace(ch, "_")
+    if clean and clean == text:
+        return text
+    digest = blake2b(text.encode("utf-8", "surrogatepass"), digest_size=3).hexdigest()
+    return f"{clean or '_'}~{digest}"
 
 
 def alert_topic(prefix: str, t: AlertTransition) -> str:
@@ -556,7 +562,8 @@ def alert_topic(prefix: str, t: AlertTransition) -> str:
     ``fleetwatch/alerts/high_temp/readings/dev1/temperature/site1`` for
     ``readings,device=dev1,metric=temperature,site=site1``. Built from the series key, which is canonical,
     so one alert of one series always has one topic. Levels are sanitised: ``+``, ``#``, ``/`` and NUL
-    become ``_``, and an empty level becomes ``_``."""
+    become ``_``, an empty level ``_``, and such a level ends in ``~`` and 6 hex digits of a digest of what it
+    was."""
     measurement, tags = parse_series(t.series)
     levels = [_topic_level(t.rule), _topic_level(measurement)]
     levels += [_topic_level(tags[key]) for key in sorted(tags)]

@@ -148,7 +148,7 @@ def test_mqtt_topics_of_other_series_and_odd_tags(prefix: str, mqtt_cfg: MQTTCon
         got = sub.wait_for(2)
         assert sorted(m.topic for m in got) == [
             f"{prefix}/errors/log_rates/checkout",
-            f"{prefix}/high_temp/readings/a_b/x_y/_",
+            f"{prefix}/high_temp/readings/a_b~6258e1/x_y~04c4de/_~c10c04",
         ]
     finally:
         sub.close()

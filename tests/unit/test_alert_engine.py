@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import time
 from collections.abc import Iterator
@@ -339,6 +340,11 @@ def test_log_rate_target_on_log_rates() -> None:
         ("r", "log_rates,service=checkout", "resolved", "warning", 0.0),
     ]
     assert out[1].tags == {"service": "checkout"}
+    # A service gone quiet: the empty window flows.log_rates writes after its last resolves what still fires.
+    quiet = feed(logic, observations_from_log_rates([LogRate("search", T0 + 60 * S, 60 * S, {})], matcher))
+    assert [(t.rule, t.series, t.state, t.value) for t in quiet] == [
+        ("errors", "log_rates,service=search", "resolved", 0.0)
+    ]
 
 
 def test_glob_matching_selects_series_and_readings_conversion_skips_the_rest() -> None:
@@ -460,7 +466,7 @@ def test_deadman_ignores_out_of_order_data_and_other_series() -> None:
     assert [(t.state, t.series) for t in notify(logic)] == [("firing", SERIES)]
 
 
-def test_snapshot_and_resume_keep_firing_and_pending() -> None:
+def test_snapshot_and_resume_keep_firing_and_pending(caplog: pytest.LogCaptureFixture) -> None:
     clock = Clock(T0)
     rules = [
         rule(name="hot", warning=80, renotify="10m"),
@@ -486,9 +492,15 @@ def test_snapshot_and_resume_keep_firing_and_pending() -> None:
         ("hot", "resolved"),
         ("quiet", "resolved"),
     ]
-    # A rule dropped from the config drops its state; the others carry on.
-    trimmed = AlertLogic(rules[:1], snapshot, clock=clock)
+    # A rule dropped from the config drops its state; the others carry on. The log says which were firing
+    # (found by a review: nothing resolves them, and their retained topics stay "firing").
+    with caplog.at_level(logging.WARNING, logger="flows.alerts.engine"):
+        trimmed = AlertLogic(rules[:1], snapshot, clock=clock)
     assert list(trimmed.states) == ["hot"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "alert rule 'quiet' is no longer configured: 1 of its series were firing, and no resolved notification "
+        "will be sent for them (their retained MQTT topics <prefix>/quiet/# keep that state until cleared)"
+    ]
     assert values(trimmed, (70, 30)) == [("resolved", "warning", 70, 80)]
 
 

@@ -155,7 +155,10 @@ def test_alert_line_is_unique_per_state_and_keeps_clashing_tags() -> None:
 def test_alert_topic_layout_and_sanitising() -> None:
     assert alert_topic("fleet/alerts/", transition()) == "fleet/alerts/high_temp/readings/d1/temperature/s 1"
     odd = transition(series="readings,device=a+b,metric=x/y,site=#", rule="r")
-    assert alert_topic("p", odd) == "p/r/readings/a_b/x_y/_"
+    assert alert_topic("p", odd) == "p/r/readings/a_b~6258e1/x_y~04c4de/_~c10c04"
+    # Found by a review: "a/b" and "a_b" shared one retained topic, and one series' state overwrote the other's.
+    plain = transition(series="readings,device=a_b,metric=x_y,site=_", rule="r")
+    assert alert_topic("p", plain) == "p/r/readings/a_b/x_y/_"
     assert alert_topic("p", transition(series="log_rates,service=checkout")) == "p/high_temp/log_rates/checkout"
     # Escaped characters are part of the value, not separators.
     assert alert_topic("p", transition(series="m\\,1,k=v\\=w")) == "p/high_temp/m,1/v=w"

@@ -63,6 +63,10 @@ def test_defaults_and_normalisation() -> None:
         ({"condition": "outside", "warning": 5}, "warning", "needs a [low, high] pair"),
         ({"condition": "outside", "warning": [5, 1]}, "warning", "low <= high"),
         ({"warning": [1, 2]}, "warning", "needs a single number"),
+        # Found by a review: a rule that can never fire (> inf) was accepted, and a renotify of 1ms floods.
+        ({"warning": float("inf")}, "warning", "expected a finite number (got inf)"),
+        ({"condition": "outside", "warning": [float("-inf"), 5]}, "warning", "pair of finite numbers"),
+        ({"warning": 1, "renotify": "1ms"}, "renotify", "expected 0 (off) or at least 1s (got 0.001s)"),
         ({"kind": "deadman"}, "silent_for", "kind 'deadman' needs silent_for"),
         ({"kind": "deadman", "silent_for": "1m", "for": "1m"}, "for", "use silent_for"),
         ({"kind": "deadman", "silent_for": "1m", "condition": "<"}, "condition", "not used by kind 'deadman'"),

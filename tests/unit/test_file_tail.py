@@ -583,7 +583,8 @@ def test_a_restart_while_the_younger_run_waits_does_not_store_the_older_lines_en
     )
     state = part.snapshot()  # stderr's run waits: the offset is its start
     part.close()
-    assert state.files[0].skip_stream == "stdout"
+    a2_starts = len(text([record("stdout", "A1-", True), record("stderr", "B1-", True)]))
+    assert (state.files[0].skip_stream, state.files[0].skip_until) == ("stdout", a2_starts + 1)
     # Restarted twice before stderr's line ends: the snapshot between keeps leaving stdout's end out.
     again = build(cfg, state)
     write(log, text([record("stdout", "A3", False), record("stderr", "B3-", True)]))
@@ -598,6 +599,44 @@ def test_a_restart_while_the_younger_run_waits_does_not_store_the_older_lines_en
     expected = ["B1-B2-B3-Bend", "A3"] if kind == "cri" else ["B1-B2-B3-Bend\n", "A3\n"]
     assert contents == expected
     assert first[0].doc_id not in {e.doc_id for e in events}
+
+
+@pytest.mark.parametrize("kind", ["cri", "docker"])
+def test_a_restart_after_a_waiting_line_was_flushed_unfinished_does_not_store_its_end_again(
+    tmp_path: Path, kind: str
+) -> None:
+    """Found by a review: stdout's split line waited a second without its last record and was emitted unfinished,
+    while stderr's still waited; a restart from stderr's start read stdout's last record again and stored it
+    as an event of its own. Only the records of the emitted line are left out: stdout's next line is read."""
+    log = tmp_path / "pod_app-0.log"
+    cfg = config([log], parser={"kind": kind})
+
+    def record(stream: str, content: str, partial: bool) -> str:
+        if kind == "docker":
+            return _docker(content if partial else content + "\n", stream)
+        return f"{T_CRI.format(1)} {stream} {'P' if partial else 'F'} {content}"
+
+    def content(event: LogLine) -> str:
+        return event.text.split(" ", 3)[-1] if kind == "cri" else json.loads(event.text)["log"].rstrip("\n")
+
+    write(log, text([record("stdout", "X1|", True), record("stderr", "Y1|", True), record("stdout", "X2|", True)]))
+    part = build(cfg)
+    first: list[LogLine] = []
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline and not first:  # stderr keeps coming; stdout's line waits a second
+        write(log, text([record("stderr", "Y|", True)]))
+        first += batch(part)
+        time.sleep(0.2)
+    assert [(content(e), e.flags) for e in first] == [("X1|X2|", ("partial",))]
+    state = part.snapshot()
+    part.close()
+    again = build(cfg, state)
+    write(log, text([record("stderr", "Yend", False), record("stdout", "X3end", False)]))
+    events = drain(again)
+    again.close()
+    assert [content(e) for e in events][-1] == "X3end"
+    assert not any(content(e) == "X2|" for e in events)
+    assert [content(e).startswith("Y1|") for e in events] == [True, False]
 
 
 def test_a_run_of_the_other_stream_that_never_ends_is_emitted_partial_after_the_older_run(tmp_path: Path) -> None:

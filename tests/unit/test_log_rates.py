@@ -11,7 +11,7 @@ import pytest
 
 from fleetwatch.record import LogEvent, LogRate
 from flows import clock as pipeline_clock
-from flows import lifecycle
+from flows import health, lifecycle
 from flows.log_rates import LogRateLogic, ServiceLimits
 from flows.schema import log_rate_line
 
@@ -58,6 +58,10 @@ def test_a_quiet_service_closes_its_window_by_wall_time_and_state_survives_a_sna
     assert closed(resumed.on_notify()) == []
     clock.now += 1 * S + 1
     assert closed(resumed.on_notify()) == [LogRate("api", T0, 10 * S, {"error": 1, "critical": 1})]
+    # The service is quiet: the next window is written empty (rates drop to zero, a rule on errors resolves).
+    assert resumed.notify_at() == datetime.fromtimestamp((clock.now + 10 * S) / 1e9, UTC)
+    clock.now += 10 * S
+    assert closed(resumed.on_notify()) == [LogRate("api", T0 + 10 * S, 10 * S, {})]
     # Nothing more to write: it wakes up only to see whether it is to be forgotten (see the memory tests below).
     assert resumed.notify_at() == datetime.fromtimestamp((clock.now + 30 * S) / 1e9, UTC)
     assert closed(resumed.on_notify()) == []
@@ -71,7 +75,10 @@ def test_a_window_closed_on_wall_time_never_opens_again() -> None:
     logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), clock=clock)
     logic.on_batch([[event(1, "info"), event(4, "error")]])
     clock.now += 30 * S
-    assert closed(logic.on_notify()) == [LogRate("api", T0, 10 * S, {"info": 1, "error": 1})]
+    assert closed(logic.on_notify()) == [
+        LogRate("api", T0, 10 * S, {"info": 1, "error": 1}),
+        LogRate("api", T0 + 10 * S, 10 * S, {}),  # the quiet window after it, past too
+    ]
     assert closed(logic.on_batch([[event(5, "info"), event(9, "warn")]])) == []
     assert logic.windows == {}
     # An event newer than the quiet service's clock opens its window as always.
@@ -222,14 +229,16 @@ def test_churning_services_are_forgotten_once_idle_and_capped_least_recently_see
     assert limits.live() == len(flow.logics)
     assert most > 500 - 1  # the cap was reached and held, not avoided
     # Every window was written once, with its count: forgetting a service never loses its open window.
-    flow.advance(clock.now + 12 * S)
-    assert len(flow.emitted) == 20_000 and {r.total for r in flow.emitted} == {1}
+    flow.advance(clock.now + 22 * S)
+    # (and the quiet window after each, empty)
+    assert len(flow.emitted) == 40_000 and sorted({r.total for r in flow.emitted}) == [0, 1]
+    assert sum(r.total for r in flow.emitted) == 20_000
     # The most recently seen services are the ones kept: a late event for one of them is still late.
     kept = sorted(flow.logics, key=lambda name: int(name.split("-")[1]))
     assert kept and kept[-1] == "svc-19999" and int(kept[0].split("-")[1]) >= 20_000 - 500 - 300
     flow.send([event(19_999 / 10, "error", service="svc-19999")])
     flow.advance(clock.now + 60 * S)
-    assert len(flow.emitted) == 20_000  # left out of the rate, not a second window
+    assert len(flow.emitted) == 40_000  # left out of the rate, not a second window
     assert limits.evicted_over_cap > 0
     # After idle_after every idle service is forgotten, and each one was counted.
     flow.advance(clock.now + 11 * 60 * S)
@@ -340,7 +349,7 @@ def test_a_backlog_of_several_files_of_one_service_is_counted_whole() -> None:
     clock.now += 31 * S  # the files are read to their end and quiet since: every window closes, each whole
     rates = closed(logic.on_notify())
     assert {rate.window_start_ns: rate.total for rate in rates} == {T0 + m * 60 * S: 180 for m in range(5)}
-    assert logic.windows == {}
+    assert logic.windows == {T0 + 300 * S: {}}  # the quiet window after them, itself a window of the past
 
 
 def test_a_file_read_to_its_end_holds_the_windows_only_while_it_moves_on_or_until_it_is_idle() -> None:
@@ -359,5 +368,38 @@ def test_a_file_read_to_its_end_holds_the_windows_only_while_it_moves_on_or_unti
     clock.now = start + 20 * S  # "old" at 29 - 2 s: [10, 20) closes; "new" (at 79 s by now) holds nothing
     assert [rate.window_start_ns for rate in closed(resumed.on_notify())] == [T0 + 10 * S]
     clock.now = start + 30 * S  # "old" quiet for SOURCE_IDLE: it holds nothing any more
-    assert [rate.window_start_ns for rate in closed(resumed.on_notify())] == [T0 + s * S for s in (20, 30, 40, 50)]
+    closing = [T0 + s * S for s in (20, 30, 40, 50, 60)]  # and [60, 70): quiet, past too
+    assert [rate.window_start_ns for rate in closed(resumed.on_notify())] == closing
     assert resumed.windows == {}
+
+
+def test_a_window_written_never_opens_again_for_a_new_file() -> None:
+    """Found by a review: a file appearing with lines for a window already written (a new pod, a buffered writer)
+    held the watermark back, and the window opened again and was written a second time with only the new lines'
+    count, replacing the first in InfluxDB. Those lines are late."""
+    clock = Clock()
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), clock=clock)
+    assert [r.total for r in closed(logic.on_batch([[from_file("a", i) for i in range(15)]]))] == [10]
+    clock.now += S
+    late_before = health.counters().late_log_events
+    assert closed(logic.on_batch([[from_file("b", 5 + i / 10, "error") for i in range(5)]])) == []
+    assert health.counters().late_log_events - late_before == 5
+    assert logic.windows.keys() == {T0 + 10 * S}
+
+
+def test_a_file_stamped_behind_the_others_holds_a_live_window_source_idle_at_most() -> None:
+    """Found by a review: a file stamped 120 s behind the others (a wrong zone) held every window of the service
+    until it passed it: the live rates came 127 s after the window's end. It holds a window SOURCE_IDLE at most
+    after the service's clock passed it."""
+    clock = Clock()
+    clock.now = T0 + 5 * S  # live: the events are as old as the pipeline clock says
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), clock=clock)
+    written: dict[int, int] = {}
+    for second in range(5, 90):
+        out = closed(logic.on_batch([[from_file("now", second), from_file("behind", second - 120)]]))
+        clock.now += S
+        out += closed(logic.on_notify())
+        written |= {r.window_start_ns - T0: clock.now - T0 for r in out if r.window_start_ns >= T0}
+    # Each live window of the "now" file: out 2 s (the lateness) + 30 s (SOURCE_IDLE) after its end at most.
+    assert sorted(written) == [w * S for w in (0, 10, 20, 30, 40)]  # (up to 89 s: [50, 60) is due at 92 s)
+    assert all(at - (start + 10 * S) <= 33 * S for start, at in written.items())
