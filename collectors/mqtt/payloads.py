@@ -548,6 +548,8 @@ def decode_senml(payload: bytes, received_ns: int, skip: frozenset[str] = frozen
         if seconds >= _SENML_RELATIVE_S:
             ts = timestamp_ns(seconds, "s")
         elif seconds:
+            if seconds < -_SENML_RELATIVE_S:  # (-1e308 s would not even be a number of nanoseconds)
+                raise PayloadError("bad_timestamp", f"SenML record {i}: relative time {seconds} s is out of range")
             ts, from_receipt = received_ns + round(seconds * 1_000_000) * 1_000, True
         for suffix, value in values:
             if metric + suffix in skip:

@@ -93,6 +93,7 @@ def test_base_values_sums_and_booleans_and_what_is_not_a_reading() -> None:
         (b'[{"n":"a","bv":1.7e308,"v":1.7e308}]', "non_finite", "inf"),
         (b'[{"n":"a","t":"now","v":1}]', "bad_timestamp", "t is a JSON string"),
         (b'[{"n":"a","bt":Infinity,"v":1}]', "bad_timestamp", "bt is inf"),
+        (b'[{"n":"a","bt":-1e308,"v":1}]', "bad_timestamp", "relative time -1e+308 s is out of range"),
         (b'[{"n":"a","v":1,"new_":2}]', "undecodable", "'new_' must be understood"),
         (b'[{"bver":11,"n":"a","v":1}]', "undecodable", "version 11"),
         (b'[{"n":5,"v":1}]', "undecodable", "n is a JSON number"),
