@@ -137,8 +137,8 @@ class _TopicInfo:
     unknown_device: bool = False
     # format "sparkplug_b": the topic's group, message type, edge node and device.
     sparkplug: SparkplugTopic | None = None
-    # Two of the topic's field names have one series ("value" and the topic's metric; "t" and "t\\", whose trailing
-    # backslash is left out): a message's readings are then reduced to one per series (_last_of_each_point).
+    # Two of the topic's field names may have one series ("value" and the topic's metric; "t" and "t\\", whose
+    # trailing backslash is left out): a message's readings are then reduced to one per series (_last_of_each_point).
     aliased: bool = False
 
 
@@ -380,7 +380,10 @@ class MQTTParser:
         if series is None:
             metric = name if info.topic_metric is None else json_field_metric(info.topic_metric, name)
             series = _encodable(series_key(info.measurement, {**info.tags, "metric": metric}))
-            if series == info.first_series or (more is not None and series in more.values()):
+            if "\\" in name or "\n" in name or "\r" in name or (metric == info.topic_metric and name != metric):
+                # Its series may be another name's (a trailing backslash is left out, a line break is written as
+                # backslash n, "value" is the topic's metric): checked by name, not by a scan of the topic's
+                # series, which would cost a payload of thousands of names a scan for each.
                 info.aliased = True
             if self._names >= self.name_cache_limit or self._cache_bytes >= self.cache_bytes_limit:
                 self._forget()  # (this message's topic is resolved again with the next message)

@@ -117,6 +117,7 @@ def test_names_of_one_message_that_write_one_point_are_one_reading_the_last() ->
         ("j/d2", b'{"t": 1, "t\\\\": 5, "u": 7}'),
         ("j/d2", b'{"t": 2, "t\\\\": 6}'),  # the inline path, its names now cached
         ("m/d3/temp", b'{"value": 20.5, "temp": 21.5}'),
+        ("j/d5", b'{"a\\nb": 1, "a\\\\nb": 2}'),  # a line break and backslash n: one tag value
         ("a/d4", b'[{"ts": 1767225600, "v": 1}, {"ts": 1767225610, "v": 2}]'),
     ]
     parsed = MQTTParser(cfg.mqtt, cfg.windows).parse(MessageBatch(T0, batch))
@@ -128,10 +129,11 @@ def test_names_of_one_message_that_write_one_point_are_one_reading_the_last() ->
         ("d2", "u", 7.0),
         ("d2", "t", 6.0),
         ("d3", "temp", 21.5),
+        ("d5", "a\\nb", 2.0),
         ("d4", "v", 1.0),
         ("d4", "v", 2.0),
     ]
-    assert [r.value for r in parsed.raw] == [5.0, 5.0, 7.0, 6.0]
+    assert [r.value for r in parsed.raw] == [5.0, 5.0, 7.0, 6.0, 2.0]
 
 
 def test_a_nul_in_a_json_name_is_refused_as_in_a_topic() -> None:
