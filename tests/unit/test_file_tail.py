@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import json
 import os
@@ -395,6 +396,13 @@ def _docker(log: str, stream: str = "stdout", at: int = 1) -> str:
     return json.dumps({"log": log, "stream": stream, "time": T_CRI.format(at)}, separators=(",", ":"))
 
 
+def _container_record(kind: str, stream: str, content: str, partial: bool) -> str:
+    """One record of a container runtime's log file: CRI's "<time> <stream> <P|F> <content>", or Docker's JSON."""
+    if kind == "docker":
+        return _docker(content if partial else content + "\n", stream)
+    return f"{T_CRI.format(1)} {stream} {'P' if partial else 'F'} {content}"
+
+
 def test_docker_json_lines_split_at_16k_are_joined_into_one_record(tmp_path: Path) -> None:
     log = tmp_path / "abc-json.log"
     records = [
@@ -568,11 +576,7 @@ def test_a_restart_while_the_younger_run_waits_does_not_store_the_older_lines_en
     end of the stdout line a second time, as an event of its own (3 documents for 2 lines)."""
     log = tmp_path / "pod_app-0.log"
     cfg = config([log], parser={"kind": kind})
-
-    def record(stream: str, content: str, partial: bool) -> str:
-        if kind == "docker":
-            return _docker(content if partial else content + "\n", stream)
-        return f"{T_CRI.format(1)} {stream} {'P' if partial else 'F'} {content}"
+    record = functools.partial(_container_record, kind)
 
     write(log, text([record("stdout", "A1-", True), record("stderr", "B1-", True), record("stdout", "A2", False)]))
     write(log, text([record("stderr", "B2-", True)]))
@@ -610,11 +614,7 @@ def test_a_restart_after_a_waiting_line_was_flushed_unfinished_does_not_store_it
     as an event of its own. Only the records of the emitted line are left out: stdout's next line is read."""
     log = tmp_path / "pod_app-0.log"
     cfg = config([log], parser={"kind": kind})
-
-    def record(stream: str, content: str, partial: bool) -> str:
-        if kind == "docker":
-            return _docker(content if partial else content + "\n", stream)
-        return f"{T_CRI.format(1)} {stream} {'P' if partial else 'F'} {content}"
+    record = functools.partial(_container_record, kind)
 
     def content(event: LogLine) -> str:
         return event.text.split(" ", 3)[-1] if kind == "cri" else json.loads(event.text)["log"].rstrip("\n")
