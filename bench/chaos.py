@@ -35,7 +35,9 @@ Then the load stops, everything drains, and the run reconciles exactly (any diff
 - dead letters: one per bad input (count and distinct sources);
 - alert notifications: two per episode, each delivered once. A duplicate is a second delivery of a
   notification id: a second POST with the same `X-Fleetwatch-Notification-Id` at the webhook receiver, or a
-  second `sent` line for a channel and id in the journal. The webhook receiver's ids, the journal's `sent`
+  second `sent` line for a channel and id in the journal. Delivery is at least once (README, *Alerts*), so a
+  second POST with a kill -9 between the two, or a failed attempt logged between them, is reported as a repeat
+  (`webhook_repeats`), not counted as a duplicate. The webhook receiver's ids, the journal's `sent`
   ids of every channel and the firing/resolved documents of the alert history must all be the same set;
 - the pipeline's log: no traceback, no dead thread, no CRITICAL line; its status never showed a dead writer.
 
@@ -75,6 +77,7 @@ from bench.installed import FLEETWATCH
 from bench.run import REPO, RESULTS, _status, http, influxql
 from bench.soak import rss_mb
 from bench.stack_credentials import INFLUX_AUTH_TOML
+from bench.webhook_repeats import webhook_failures, webhook_repeats
 from tests.integration.harness import crash_lines
 
 ES_URL = "http://127.0.0.1:9200"
@@ -405,17 +408,18 @@ class SyslogSender(threading.Thread):
 
 
 class WebhookReceiver:
-    """Records every POST's notification id and state; answers 200."""
+    """Records every POST's notification id, state and wall-clock time; answers 200."""
 
     def __init__(self) -> None:
-        self.posts: list[tuple[str, str]] = []
+        self.posts: list[tuple[str, str, float]] = []
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 state = str(json.loads(body).get("state", ""))
-                receiver.posts.append((self.headers.get("X-Fleetwatch-Notification-Id", ""), state))
+                notification_id = self.headers.get("X-Fleetwatch-Notification-Id", "")
+                receiver.posts.append((notification_id, state, time.time()))
                 self.send_response(200)
                 self.end_headers()
 
@@ -443,6 +447,8 @@ class Supervised:
         self.unexpected_exits: list[int] = []
         self.dead_writer_seen = 0
         self.peak_rss_mb = 0.0
+        # Wall-clock times of each kill -9: what a webhook received just before one may come again after it.
+        self.kills: list[float] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.status = workdir / "status-0.json"
         self.start()
@@ -473,6 +479,7 @@ class Supervised:
     def kill_and_restart(self) -> float:
         with self.lock:
             assert self.proc is not None
+            self.kills.append(time.time())
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(30)
             return self.start()
@@ -731,7 +738,7 @@ def main() -> None:
             and (es_count(f"{unique}-logs*", app_lines()) or 0) >= writer.written
             and (es_count(f"{unique}-logs*", syslog_lines()) or 0) >= syslog.sent
             and (es_count(f"{unique}-dead-letters*", {"match_all": {}}) or 0) >= bad
-            and len({i for i, _ in hook.posts}) >= expected_notifications
+            and len({i for i, _, _ in hook.posts}) >= expected_notifications
         )
 
     # The last windows close ALLOWED_LATENESS after their end: a count taken earlier would miss them (and a
@@ -750,7 +757,8 @@ def main() -> None:
     syslog_check = lines_check(sys_hits, syslog.sent, lambda s: int(str(s["message"]).rsplit(" ", 1)[1]))
     dead = es_hits(f"{unique}-dead-letters*", {"match_all": {}}, ["source", "reason"])
     dead_sources = Counter(str(h["_source"]["source"]) for h in dead)
-    posts = Counter(i for i, _ in hook.posts)
+    posts = Counter(i for i, _, _ in hook.posts)
+    repeats = webhook_repeats(hook.posts, pipeline.kills, webhook_failures(pipeline.log_path))
     journal = journal_sent(tmp / "alerts-sent.jsonl")
     history = es_hits(f"{unique}-alerts*", {"terms": {"state": ["firing", "resolved"]}}, ["state"])
     history_ids = {h["_id"] for h in history}
@@ -773,7 +781,7 @@ def main() -> None:
         "dead_letters_unexpected": len(set(dead_sources) - set(load.bad_sources)),
         "webhook_missing": max(0, expected_notifications - len(posts)),
         "webhook_extra": max(0, len(posts) - expected_notifications),
-        "webhook_duplicate_deliveries": sum(n - 1 for n in posts.values()),
+        "webhook_duplicate_deliveries": sum(1 for r in repeats if r["explained_by"] is None),
         "alert_history_missing": max(0, expected_notifications - len(history_ids)),
         "alert_history_not_delivered": len(history_ids - set(posts)),
         "journal_channels_missing": max(0, 2 - len(channels)),
@@ -808,7 +816,12 @@ def main() -> None:
             "log_lines": app,
             "syslog_lines": syslog_check,
             "dead_letters": {"documents": len(dead), "distinct_sources": len(dead_sources)},
-            "webhook": {"posts": sum(posts.values()), "distinct_ids": len(posts)},
+            "webhook": {
+                "posts": sum(posts.values()),
+                "distinct_ids": len(posts),
+                "repeated_across_a_kill": sum(1 for r in repeats if r["explained_by"] == "kill"),
+                "repeated_after_a_failed_attempt": sum(1 for r in repeats if r["explained_by"] == "failed_attempt"),
+            },
             "journal_sent_distinct": {c: len(journal[c]) for c in channels},
             "alert_history_firing_resolved": len(history_ids),
         },
@@ -830,6 +843,7 @@ def main() -> None:
         for w in sorted(set(load.per_window) | set(stored_per_window))
         if load.per_window.get(w, 0) != stored_per_window.get(w, 0)
     ][:50]
+    summary["webhook_repeats"] = repeats[:50]
     summary["dead_letters_duplicated_sources"] = sorted(k for k, n in dead_sources.items() if n > 1)[:50]
     summary["ok"] = not summary["discrepancies"] and drained
     RESULTS.mkdir(parents=True, exist_ok=True)
