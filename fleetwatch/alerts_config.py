@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 
-from fleetwatch.config_base import Duration, Section, parse_duration, url_without_secrets
+from fleetwatch.config_base import Duration, Section, check_url_port, parse_duration, url_without_secrets
 from fleetwatch.labels import duration_label
 
 Kind = Literal["threshold", "deadman", "rate_of_change"]
@@ -319,6 +319,11 @@ class AlertRule(Section):
 # ------------------------------------------------------------------------------------------- config
 
 
+# RFC 9110 field names are tokens; a value may not hold CR, LF or NUL (a line break would start a new header).
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_HEADER_VALUE_FORBIDDEN = re.compile(r"[\r\n\x00]")
+
+
 class WebhookConfig(Section):
     url: str
     # "generic": the AlertTransition as JSON; "slack": a Slack incoming-webhook message.
@@ -334,7 +339,20 @@ class WebhookConfig(Section):
     def _url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL (got {url_without_secrets(url)!r}...)")
+        check_url_port(url)
         return url
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        # Checked here, not by the HTTP client at the first alert: a pasted token's trailing line break would
+        # otherwise stop the notifier then, with the value in the error. Messages name the header, never its value.
+        for name, value in headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header name {name[:64]!r}: expected letters, digits and !#$%&'*+-.^_`|~ only")
+            if _HEADER_VALUE_FORBIDDEN.search(value.get_secret_value()):
+                raise ValueError(f"header {name}: its value has a line break or a NUL, which no HTTP header may hold")
+        return headers
 
     @field_validator("timeout", "max_retry_delay")
     @classmethod
@@ -447,6 +465,8 @@ def load_rules(cfg: AlertsConfig) -> list[AlertRule]:
         raise ValueError(f"{where}: file not found") from None
     except OSError as exc:
         raise ValueError(f"{where}: cannot read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{where}: expected UTF-8 text (byte {exc.start} is not)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{where}: not valid TOML: {exc}") from None
     problems = [f"{where}: {key}: unknown key (expected [[rules]] tables)" for key in sorted(data) if key != "rules"]

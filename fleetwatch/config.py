@@ -40,6 +40,7 @@ from fleetwatch.config_base import (
     Duration,
     PositiveDuration,
     Section,
+    check_url_port,
     is_special_file,
     parse_duration,
     read_secret_file,
@@ -51,16 +52,6 @@ from fleetwatch.topic_template import TopicTemplate
 
 # The base types live in config_base so that section models elsewhere can share them.
 __all__ = ["Config", "ConfigError", "Duration", "Section", "from_dict", "load", "parse_duration"]
-
-
-def _check_url_port(url: str) -> None:
-    try:
-        parts = urlsplit(url)
-        valid = bool(parts.hostname) and (parts.port is None or parts.port > 0)
-    except ValueError:  # a port past 65535, or not a number
-        valid = False
-    if not valid:
-        raise ValueError(f"expected a host and a port from 1 to 65535 (got {url_without_secrets(url)!r})")
 
 
 # ------------------------------------------------------------------------------------------- MQTT
@@ -149,6 +140,12 @@ class SubscriptionConfig(Section):
     @field_validator("topic")
     @classmethod
     def _topic_filter(cls, topic: str) -> str:
+        if topic.startswith(("$share/", "$queue/")):
+            # fleetwatch shares the subscription itself (mqtt.shared_group); inside another $share/ it would
+            # subscribe to a filter no topic matches.
+            raise ValueError(
+                f"expected a plain topic filter; name the group in mqtt.shared_group instead (got {topic!r})"
+            )
         levels = topic.split("/")
         for i, level in enumerate(levels):
             if "#" in level and (level != "#" or i != len(levels) - 1):
@@ -258,6 +255,10 @@ class DevicesConfig(Section):
         return self
 
 
+# The shortest pause between retries of a connection or a write: less would spin while a server is down.
+_MIN_RETRY_DELAY = timedelta(milliseconds=10)
+
+
 class MQTTConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
@@ -288,10 +289,48 @@ class MQTTConfig(Section):
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
     devices: DevicesConfig = DevicesConfig()
 
+    @field_validator("host")
+    @classmethod
+    def _host(cls, host: str) -> str:
+        # A URL here would be looked up as a host name, and fail at every reconnect for good.
+        if not host or "://" in host or "/" in host:
+            raise ValueError(f"expected a host name or address, without scheme or path (got {host!r})")
+        return host
+
+    @field_validator("keepalive")
+    @classmethod
+    def _keepalive(cls, keepalive: timedelta) -> timedelta:
+        # Whole seconds on the wire, at most 65535; under a second would be sent as 0, which turns it off.
+        if not timedelta(seconds=1) <= keepalive <= timedelta(seconds=65535):
+            raise ValueError(f"expected from 1s to 65535s (got {keepalive.total_seconds():g}s)")
+        return keepalive
+
+    @field_validator("session_expiry")
+    @classmethod
+    def _session_expiry(cls, expiry: timedelta) -> timedelta:
+        if expiry > timedelta(seconds=2**32 - 1):
+            raise ValueError(f"expected at most 4294967295s, MQTT 5's limit (got {expiry.total_seconds():g}s)")
+        return expiry
+
+    @field_validator("shared_group")
+    @classmethod
+    def _shared_group(cls, group: str | None) -> str | None:
+        # The group is one topic level of $share/<group>/<filter>: a "/" would move the filter's start, and a
+        # wildcard makes the broker refuse the subscription.
+        if group and any(c in group for c in "/+#"):
+            raise ValueError(f"expected a name without '/', '+' or '#' (got {group!r})")
+        return group
+
     @model_validator(mode="after")
     def _checks(self) -> MQTTConfig:
         if self.reconnect_min_delay > self.reconnect_max_delay:
             raise ValueError("reconnect_min_delay must not exceed reconnect_max_delay")
+        if self.reconnect_min_delay < _MIN_RETRY_DELAY:
+            # Zero would reconnect in a busy loop while the broker is down, a log line each time.
+            raise ValueError(f"reconnect_min_delay: expected at least {_MIN_RETRY_DELAY.total_seconds():g}s")
+        if self.persistent_session and self.protocol == "5" and self.session_expiry < timedelta(seconds=1):
+            # MQTT 5 ends a session of expiry 0 at the disconnect: what was published meanwhile would be lost.
+            raise ValueError("session_expiry: expected at least 1s with persistent_session = true")
         first: dict[str, int] = {}
         for i, sub in enumerate(self.subscriptions):
             if sub.topic in first:
@@ -300,6 +339,21 @@ class MQTTConfig(Section):
                     f"subscriptions[{i}]: the same topic filter {sub.topic!r} as subscriptions[{first[sub.topic]}]"
                 )
             first[sub.topic] = i
+        if self.devices.file is not None and self.subscriptions:
+            # Tags of influx_line, telegraf_json and Sparkplug B payloads are the devices' own: any may be it.
+            # SenML's one tag is base_name.
+            tagged = [
+                s
+                for s in self.subscriptions
+                if s.format in ("influx_line", "telegraf_json", "sparkplug_b")
+                or (s.format == "senml" and self.devices.key == "base_name")
+                or (s.template is not None and f"{{{self.devices.key}}}" in s.template)
+            ]
+            if not tagged:
+                raise ValueError(
+                    f"devices.key: expected a tag of a subscription's template, such as {{{self.devices.key}}} "
+                    f"(got {self.devices.key!r}, which no template has: no reading would find its device)"
+                )
         return self
 
     def resolved_password(self) -> SecretStr | None:
@@ -408,6 +462,14 @@ class FlowConfig(Section):
     # The pipeline's own health is written this often.
     health_interval: PositiveDuration = timedelta(seconds=10)
 
+    @field_validator("health_interval")
+    @classmethod
+    def _health_interval(cls, interval: timedelta) -> timedelta:
+        # Each report is a point in InfluxDB and a line of the log: more than one a second is a flood.
+        if interval < timedelta(seconds=1):
+            raise ValueError(f"expected at least 1s (got {interval.total_seconds():g}s)")
+        return interval
+
 
 # ------------------------------------------------------------------------------------------- stores
 
@@ -476,7 +538,7 @@ class InfluxDBConfig(Section):
     def _url(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL (got {url_without_secrets(url)!r}...)")
-        _check_url_port(url)
+        check_url_port(url)
         return url.rstrip("/")
 
     @field_validator("gzip", mode="before")
@@ -486,6 +548,15 @@ class InfluxDBConfig(Section):
         if value is True or value is False or value == "auto":
             return value
         raise ValueError(f'expected true, false or "auto" (got {value!r})')
+
+    @field_validator("retry_max_delay")
+    @classmethod
+    def _retry_delay(cls, delay: timedelta) -> timedelta:
+        # Zero would retry in a busy loop while the server is down, a log line each time.
+        if delay < _MIN_RETRY_DELAY:
+            least = _MIN_RETRY_DELAY.total_seconds()
+            raise ValueError(f"expected at least {least:g}s (got {delay.total_seconds():g}s)")
+        return delay
 
     def compresses(self) -> bool:
         """Whether write requests are gzip'd: ``gzip`` as set, or for "auto", when the server is not on loopback."""
@@ -551,13 +622,20 @@ class ElasticsearchConfig(Section):
         for host in hosts:
             if not host.startswith(("http://", "https://")):
                 raise ValueError(f"expected http:// or https:// URLs (got {url_without_secrets(host)!r}...)")
-            _check_url_port(host)
+            check_url_port(host)
         return [h.rstrip("/") for h in hosts]
 
     @model_validator(mode="after")
     def _one_auth(self) -> ElasticsearchConfig:
         if (self.api_key or self.api_key_file) and self.username:
             raise ValueError("give either api_key or username/password, not both")
+        if self.ca_file is not None:
+            plain = [url_without_secrets(h) for h in self.hosts if h.startswith("http://")]
+            if plain:
+                # The client refuses TLS options for a plain-HTTP node.
+                raise ValueError(f"ca_file: expected https:// hosts only with a CA file (got {', '.join(plain)})")
+        if self.retry_max_delay < _MIN_RETRY_DELAY:
+            raise ValueError(f"retry_max_delay: expected at least {_MIN_RETRY_DELAY.total_seconds():g}s")
         return self
 
     def resolved_api_key(self) -> SecretStr | None:
@@ -876,6 +954,12 @@ class LogsConfig(Section):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"input names must be unique (repeated: {', '.join(duplicates)})")
+        listeners: dict[tuple[str, str], int] = {}
+        for i, syslog in enumerate(self.syslog):
+            # Two listeners of one protocol on one address: the second could not bind it.
+            first = listeners.setdefault((syslog.protocol, syslog.listen), i)
+            if first != i:
+                raise ValueError(f"syslog[{i}].listen: {syslog.protocol} {syslog.listen} is syslog[{first}]'s already")
         if self.rate_window <= timedelta(0):
             raise ValueError("rate_window must be > 0")
         if self.rate_idle_after <= timedelta(0):
@@ -1012,6 +1096,10 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
 _SECRET_KEYS = frozenset({"password", "token", "api_key", "headers"})
 
 
+# Keys whose values are URLs, which may carry a password or a webhook's secret path.
+_URL_KEYS = frozenset({"url", "hosts", "host"})
+
+
 def _describe(error: Any) -> str:
     key = _dotted(tuple(p for p in error["loc"] if not str(p).startswith("function-")))
     kind = error["type"]
@@ -1021,8 +1109,21 @@ def _describe(error: Any) -> str:
     # A secret given with the wrong type is still a secret: the message names the key, not the value.
     secret = any(str(part) in _SECRET_KEYS for part in error["loc"])
     if kind not in ("value_error", "assertion_error") and "input" in error and not secret:
-        message += f" (got {error['input']!r})"
+        message += f" (got {_shown_input(error['input'], error['loc'])})"
     return f"{key}: {message}"
+
+
+def _shown_input(value: Any, loc: tuple[Any, ...]) -> str:
+    """A wrong value as a message may show it. A table or list given in place of something else is named, not
+    printed: it may hold a password, a token or a webhook URL (``[alerts.webhooks]`` for ``[[...]]``). A URL
+    is shown without its user info, path and query."""
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    if isinstance(value, str) and any(str(part) in _URL_KEYS for part in loc):
+        return repr(url_without_secrets(value))
+    return repr(value)
 
 
 def from_dict(data: dict[str, Any], source: str = "config", env: Mapping[str, str] | None = None) -> Config:
@@ -1032,11 +1133,15 @@ def from_dict(data: dict[str, Any], source: str = "config", env: Mapping[str, st
     merged: dict[str, Any] = {
         section: dict(value) if isinstance(value, dict) else value for section, value in data.items()
     }
-    for var, (section, key) in SECRET_ENV.items():
+    # The *_FILE variables first: a secret given itself in the environment wins over any file, from the
+    # config or the environment (``resolved_password`` reads the file first when there is one).
+    for var, (section, key) in sorted(SECRET_ENV.items(), key=lambda item: not item[1][1].endswith("_file")):
         if env.get(var):
             target = merged.setdefault(section, {})
             if isinstance(target, dict):
                 target[key] = env[var]
+                if not key.endswith("_file"):
+                    target.pop(f"{key}_file", None)
     try:
         cfg = Config.model_validate(merged)
     except ValidationError as exc:
@@ -1069,6 +1174,8 @@ def secret_file_problems(cfg: Config) -> list[str]:
             ("elasticsearch.password_file", cfg.elasticsearch.password_file),
             ("elasticsearch.api_key_file", cfg.elasticsearch.api_key_file),
         ]
+    if cfg.alerts.grafana is not None:
+        files.append(("alerts.grafana.token_file", cfg.alerts.grafana.token_file))
     problems = []
     for key, path in files:
         try:
@@ -1099,7 +1206,45 @@ def tls_file_problems(cfg: Config) -> list[str]:
                 pass
         except OSError as exc:
             problems.append(f"{key}: expected a readable file (got {str(path)!r}: {exc.strerror})")
+    if not problems:
+        problems += _tls_load_problems(cfg)
     return problems
+
+
+def _tls_load_problems(cfg: Config) -> list[str]:
+    """Readable certificate files that TLS cannot load (not PEM, a key of another certificate): found at start,
+    as the first connection would find them."""
+    import ssl
+
+    cas: list[tuple[str, Path]] = []
+    tls = cfg.mqtt.tls
+    if tls.enabled and tls.ca_file is not None:
+        cas.append(("mqtt.tls.ca_file", tls.ca_file))
+    for key, store in (("influxdb", cfg.influxdb), ("elasticsearch", cfg.elasticsearch)):
+        if store.enabled and store.ca_file is not None:
+            cas.append((f"{key}.ca_file", store.ca_file))
+    problems = []
+    for key, ca_file in cas:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=ca_file)
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(f"{key}: expected PEM certificates TLS can load (got {_ssl_reason(exc)})")
+    if tls.enabled and tls.cert_file is not None and tls.key_file is not None:
+        try:
+            # An empty password, not OpenSSL's prompt on the terminal: an encrypted key (which the MQTT client
+            # cannot use either) is reported, not waited on.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(tls.cert_file, tls.key_file, password=b"")
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(
+                "mqtt.tls.cert_file and key_file: expected a PEM certificate and its own unencrypted PEM key "
+                f"(got {_ssl_reason(exc)})"
+            )
+    return problems
+
+
+def _ssl_reason(exc: OSError) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc.strerror or exc)
 
 
 def run_problems(cfg: Config) -> list[str]:

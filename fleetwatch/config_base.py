@@ -87,19 +87,34 @@ class Section(BaseModel):
 
 def url_without_secrets(url: str) -> str:
     """What a message may say about a URL: scheme, host and port. A user and password may be in it, and the
-    path or query of an incoming-webhook URL (Slack's, most any) is its secret.
+    path, query or fragment of an incoming-webhook URL (Slack's, most any) is its secret.
 
     >>> url_without_secrets("https://user:pw@hooks.example.com:8443/services/T0/B0/XyZ?token=abc")
     'https://hooks.example.com:8443'
+    >>> url_without_secrets("localhost:3000?token=abc"), url_without_secrets("http://admin:pa/ss@db:8086/x")
+    ('localhost:3000', 'http://(host not shown)')
     """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        scheme, rest = "", url
+    # The query and fragment are never shown; what is left is user info, host and path.
+    head = re.split(r"[?#]", rest, maxsplit=1)[0]
+    user_info, at, after = head.rpartition("@")
+    # An "@" after a "/" is a password with a "/" in it, or an "@" in the path: which part is the host cannot be
+    # told, and either reading could show a piece of a secret.
+    host = "(host not shown)" if at and "/" in user_info else after.split("/", 1)[0]
+    return f"{scheme}://{host}" if separator else host
+
+
+def check_url_port(url: str) -> None:
+    """Raise ValueError unless the URL has a host and, if it names one, a port from 1 to 65535."""
     try:
         parts = urlsplit(url)
-    except ValueError:
-        return "(an unparseable URL)"
-    if not parts.scheme or not parts.netloc:
-        # No scheme: urlsplit sees a path. The part before the first "/" is the host, less any user info.
-        return url.split("/", 1)[0].rsplit("@", 1)[-1]
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}"
+        valid = bool(parts.hostname) and (parts.port is None or parts.port > 0)
+    except ValueError:  # a port past 65535, or not a number
+        valid = False
+    if not valid:
+        raise ValueError(f"expected a host and a port from 1 to 65535 (got {url_without_secrets(url)!r})")
 
 
 def is_special_file(path: Path) -> bool:

@@ -291,11 +291,23 @@ def run_pipeline(
     folders = {"dead_letters.path": cfg.dead_letters.path.parent}
     if cfg.recovery.enabled:
         folders["recovery.dir"] = cfg.recovery.dir
+    files = {"dead_letters.path": cfg.dead_letters.path}
+    if cfg.alerts.rules or cfg.alerts.rules_file is not None:
+        folders["alerts.journal"] = cfg.alerts.journal.parent
+        files["alerts.journal"] = cfg.alerts.journal
     for key, folder in folders.items():
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             log.error("fleetwatch: %s: cannot create the folder %s: %s", key, folder, exc.strerror)
+            return 2
+    for key, path in files.items():
+        # Found here, not at the first dead letter or alert, where the flow would stop with a traceback.
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            log.error("fleetwatch: %s: cannot append to %s: %s", key, path, exc.strerror)
             return 2
     recovery = prepare_recovery(cfg, max(1, total_workers), process_id)
     flow = build_flow(

@@ -27,6 +27,10 @@ _NAME = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_.-]*)\}$")
 Level = tuple[str, str]
 
 
+# Tag names the stores keep for themselves.
+_STORE_RESERVED = frozenset({"time", "_field", "_measurement"})
+
+
 @dataclass(frozen=True)
 class TopicTemplate:
     levels: tuple[Level, ...]
@@ -56,6 +60,10 @@ class TopicTemplate:
                     raise ValueError(
                         f"tag {{window}} in template {template!r} is fleetwatch's own tag; name it otherwise"
                     )
+                if name in _STORE_RESERVED:
+                    # InfluxDB refuses a tag key "time" in every point, and 2.x reads _field and _measurement as
+                    # its own columns.
+                    raise ValueError(f"tag {{{name}}} in template {template!r} is a name InfluxDB reserves")
                 seen.add(name)
                 levels.append(("tag", name))
             elif "{" in text or "}" in text or "+" in text:

@@ -207,8 +207,7 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
                 self.sys_at_max += down
                 if len(resume) > 6:
                     self._sources = {
-                        source: [newest, at + down, seen + down]
-                        for source, (newest, at, seen) in resume[5].items()
+                        source: [newest, at + down, seen + down] for source, (newest, at, seen) in resume[5].items()
                     }
                     self._closed_until = resume[6]
         self.windows: dict[int, dict[str, int]] = {start: dict(counts) for start, counts in open_windows.items()}

@@ -140,7 +140,7 @@ class V1Writer:
         (missing ones are created, ones with another duration altered, others left alone)."""
         if self._cfg.create_database:
             hint = "the user may not create databases: create it as an admin and set influxdb.create_database = false"
-            self._statement(f'CREATE DATABASE "{self._cfg.database}"', hint)
+            self._statement(f"CREATE DATABASE {influxql_identifier(self._cfg.database)}", hint)
         if self.plan is None:
             return
         existing = self._retention_policies()
@@ -150,12 +150,18 @@ class V1Writer:
                 continue
             verb = "CREATE" if duration is None else "ALTER"
             statement = (
-                f'{verb} RETENTION POLICY "{tier.name}" ON "{self._cfg.database}" DURATION {tier.influx_duration}'
+                f"{verb} RETENTION POLICY {influxql_identifier(tier.name)} ON {influxql_identifier(self._cfg.database)}"
+                f" DURATION {tier.influx_duration}"
             )
             if verb == "CREATE":
                 statement += " REPLICATION 1"
             self._statement(statement, _v1_tier_hint(self._cfg.database, self.plan))
-            log.info("InfluxDB: retention policy %s %s (%s)", tier.name, verb.lower() + "d", tier.influx_duration)
+            log.info(
+                "InfluxDB: retention policy %s %s (%s)",
+                tier.name,
+                "created" if verb == "CREATE" else "altered",
+                tier.influx_duration,
+            )
 
     def _query(self, statement: str) -> tuple[int, dict[str, Any] | None, str]:
         """POST one InfluxQL statement; (HTTP status, the statement's result, the answer's text)."""
@@ -193,7 +199,7 @@ class V1Writer:
 
     def _retention_policies(self) -> dict[str, int]:
         """The database's retention policies: name -> duration in seconds (0: forever)."""
-        statement = f'SHOW RETENTION POLICIES ON "{self._cfg.database}"'
+        statement = f"SHOW RETENTION POLICIES ON {influxql_identifier(self._cfg.database)}"
         status, result, text = self._query(statement)
         if status >= 300 or result is None or "error" in result:
             detail = f"HTTP {status} {text}" if status >= 300 else str((result or {}).get("error"))
@@ -234,6 +240,16 @@ class V1Writer:
         self._http.clear()
 
 
+def influxql_identifier(name: str) -> str:
+    """A database or retention policy name as an InfluxQL identifier: double-quoted, with its backslashes and
+    double quotes escaped, so a name is only ever a name (``a"; DROP DATABASE "b`` included).
+
+    >>> influxql_identifier('a"; DROP DATABASE "b')
+    '"a\\\\"; DROP DATABASE \\\\"b"'
+    """
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 def _go_duration_seconds(text: str) -> int:
     """InfluxDB 1.x writes a policy's duration as Go does: ``168h0m0s``, ``0s`` (forever)."""
     total = 0.0
@@ -244,7 +260,8 @@ def _go_duration_seconds(text: str) -> int:
 
 def _v1_tier_hint(database: str, plan: TierPlan | None) -> str:
     statements = "; ".join(
-        f'CREATE RETENTION POLICY "{t.name}" ON "{database}" DURATION {t.influx_duration} REPLICATION 1'
+        f"CREATE RETENTION POLICY {influxql_identifier(t.name)} ON {influxql_identifier(database)}"
+        f" DURATION {t.influx_duration} REPLICATION 1"
         for t in (plan.tiers if plan else ())
     )
     return (

@@ -8,10 +8,20 @@ import time
 
 import pytest
 
-from fleetwatch.config import InfluxDBConfig
+from fleetwatch.config import Config, InfluxDBConfig
 from fleetwatch.record import DeadLetter
+from fleetwatch.retention import TierPlan
 from flows.sinks.influxdb import InfluxWriterThread, V1Writer, V2Writer
-from tests.conftest import INFLUX_PASSWORD_FILE, INFLUX_URL, INFLUX_USER, REPO, VM_URL, influx_rows, vm_export
+from tests.conftest import (
+    INFLUX_PASSWORD_FILE,
+    INFLUX_URL,
+    INFLUX_USER,
+    REPO,
+    VM_URL,
+    influx_rows,
+    influxql,
+    vm_export,
+)
 
 T0 = 1_767_225_600 * 1_000_000_000
 
@@ -90,3 +100,20 @@ def test_v1_writer_sends_from_two_lanes_at_once_and_dead_letters_only_the_bad_li
     # letter (same id), stored once.
     assert rejected[0].received_ns == T0 + 777
     assert writer.written == 1999
+
+
+def test_a_database_name_with_quotes_is_only_ever_a_name(influx_db: str) -> None:
+    """Found by a review: the name went into InfluxQL unescaped, so `x"; DROP DATABASE "victim` created x and
+    dropped another database. Quoted, it is one database of that exact name, with its retention policies."""
+    odd = f'{influx_db}_x"; DROP DATABASE "{influx_db}'
+    cfg = InfluxDBConfig(url=INFLUX_URL, database=odd, username=INFLUX_USER, password_file=INFLUX_PASSWORD_FILE)
+    writer = V1Writer(cfg, TierPlan.from_config(Config()))
+    escaped = odd.replace('"', '\\"')
+    try:
+        writer.prepare()
+        databases = {row["name"] for row in influx_rows("", "SHOW DATABASES")}
+        assert influx_db in databases and odd in databases
+        policies = {row["name"] for row in influx_rows("", f'SHOW RETENTION POLICIES ON "{escaped}"')}
+        assert {t.name for t in TierPlan.from_config(Config()).tiers} <= policies
+    finally:
+        influxql("", f'DROP DATABASE "{escaped}"', "POST")

@@ -206,6 +206,31 @@ def test_an_input_renamed_over_existing_recovery_state_stops_the_start_with_what
     assert "Traceback" not in result.stderr and "panicked" not in result.stderr
 
 
+def test_a_dead_letter_file_or_alert_journal_it_cannot_append_to_stops_the_start_naming_the_key(
+    tmp_path: Path, unique: str, influx_db: str
+) -> None:
+    """Found by a review: a directory as dead_letters.path passed the start, and the first dead letter then
+    stopped the flow with a panic; an alert journal in /proc stopped the start with one."""
+    port = _free_port(socket.SOCK_DGRAM)
+    inputs = f'[[logs.syslog]]\nname = "s"\nlisten = "127.0.0.1:{port}"\n'
+    (tmp_path / "dead").mkdir()
+    cases = {
+        f'[dead_letters]\npath = "{tmp_path / "dead"}"\n': f"dead_letters.path: cannot append to {tmp_path / 'dead'}",
+        '[alerts]\njournal = "/proc/self/fleetwatch/journal.jsonl"\n'
+        '[[alerts.rules]]\nname = "r"\ntarget = "log_rate"\nstat = "error_rate"\nwarning = 1.0\n': (
+            "alerts.journal: cannot create the folder /proc/self/fleetwatch"
+        ),
+    }
+    for extra, message in cases.items():
+        config = write_config(tmp_path, unique, influx_db, inputs, extra)
+        result = subprocess.run(
+            [str(FLEETWATCH), "run", "--config", str(config)], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert message in result.stderr, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr and "panicked" not in result.stderr
+
+
 def test_parsers_multiline_and_log_rates(tmp_path: Path, unique: str, influx_db: str, es_index: str) -> None:
     """Every parser on its own file, malformed lines among them, a multiline stack trace, and the log
     rates per service and level in Elasticsearch and InfluxDB."""

@@ -149,6 +149,48 @@ def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path
         ),
         # Each window would be computed and written twice.
         ('[windows]\ntumbling = ["10s", "10s"]\n', "windows.tumbling: a window length is listed twice"),
+        # Found by a review: accepted, then a crash at the first alert, nothing received, data lost, a busy loop.
+        (
+            '[[alerts.webhooks]]\nurl = "http://h/x"\nheaders = { Authorization = """Bearer t\n""" }\n',
+            "alerts.webhooks[0].headers: header Authorization: its value has a line break or a NUL",
+        ),
+        (
+            '[[alerts.webhooks]]\nurl = "http://h/x"\nheaders = { "Bad Header" = "x" }\n',
+            "alerts.webhooks[0].headers: header name 'Bad Header': expected letters, digits",
+        ),
+        ('[[alerts.webhooks]]\nurl = "http://h:99999/x"\n', "alerts.webhooks[0].url: expected a host and a port"),
+        ('[mqtt]\nshared_group = "a/b"\n', "mqtt.shared_group: expected a name without '/', '+' or '#'"),
+        (
+            '[[mqtt.subscriptions]]\ntopic = "$share/g/s/+"\nmetric = "m"\n',
+            "mqtt.subscriptions[0].topic: expected a plain topic filter; name the group in mqtt.shared_group",
+        ),
+        (
+            '[mqtt]\nprotocol = "5"\nsession_expiry = "0s"\n',
+            "mqtt: session_expiry: expected at least 1s with persistent_session = true",
+        ),
+        ('[mqtt]\nprotocol = "5"\nsession_expiry = "100000d"\n', "mqtt.session_expiry: expected at most"),
+        ('[mqtt]\nkeepalive = "1d"\n', "mqtt.keepalive: expected from 1s to 65535s (got 86400s)"),
+        ('[mqtt]\nkeepalive = "500ms"\n', "mqtt.keepalive: expected from 1s to 65535s (got 0.5s)"),
+        ('[mqtt]\nhost = "mqtt://127.0.0.1"\n', "mqtt.host: expected a host name or address"),
+        (
+            '[mqtt]\nreconnect_min_delay = "0s"\nreconnect_max_delay = "0s"\n',
+            "mqtt: reconnect_min_delay: expected at least 0.01s",
+        ),
+        ('[influxdb]\nretry_max_delay = "0s"\n', "influxdb.retry_max_delay: expected at least 0.01s"),
+        ('[elasticsearch]\nretry_max_delay = "0s"\n', "elasticsearch: retry_max_delay: expected at least 0.01s"),
+        ('[flow]\nhealth_interval = "1us"\n', "flow.health_interval: expected at least 1s"),
+        (
+            '[[mqtt.subscriptions]]\ntopic = "s/+/+"\ntemplate = "s/{time}/{metric}"\n',
+            "mqtt.subscriptions[0]: tag {time} in template 's/{time}/{metric}' is a name InfluxDB reserves",
+        ),
+        (
+            '[[logs.syslog]]\nname = "a"\nprotocol = "tcp"\n[[logs.syslog]]\nname = "b"\nprotocol = "tcp"\n',
+            "logs: syslog[1].listen: tcp 127.0.0.1:5514 is syslog[0]'s already",
+        ),
+        (
+            '[elasticsearch]\nca_file = "/etc/hostname"\n',
+            "elasticsearch: ca_file: expected https:// hosts only with a CA file (got http://127.0.0.1:9200)",
+        ),
     ],
 )
 def test_rejects_broken_values(tmp_path: Path, toml: str, key: str) -> None:
@@ -359,6 +401,14 @@ def test_a_broken_rules_file_names_the_file_and_the_key(tmp_path: Path) -> None:
         {"alerts": {"webhooks": [{"url": "hooks.example/services/T0/B0/url-SECRET-5"}]}},
         {"alerts": {"webhooks": [{"url": "https://hooks.example/x", "headers": {"Authorization": 5_551_234}}]}},
         {"alerts": {"grafana": {"url": "gopher://user:pw-SECRET-6@grafana.example/", "token": 42_424_242}}},
+        # A table or list where another type was expected was printed whole.
+        {"alerts": {"webhooks": {"url": "https://hooks.example/services/T0/B0/url-SECRET-7", "headers": {}}}},
+        {"influxdb": {"database": [{"password": "pw-SECRET-8"}]}},
+        {"elasticsearch": {"hosts": "http://elastic:pw-SECRET-9@127.0.0.1:9200"}},
+        {"influxdb": {"url": ["https://x/services/T0/url-SECRET-10"]}},
+        # A "/" in a password, and a URL without scheme but with a query.
+        {"influxdb": {"url": "ftp://admin:pw-SE/CRET-11@db:8086"}},
+        {"alerts": {"grafana": {"url": "localhost:3000?token=SECRET-12"}}},
     ],
     ids=[
         "mqtt-password",
@@ -369,6 +419,12 @@ def test_a_broken_rules_file_names_the_file_and_the_key(tmp_path: Path) -> None:
         "webhook-no-scheme",
         "webhook-header",
         "grafana",
+        "webhooks-as-table",
+        "influxdb-database-as-list",
+        "es-hosts-as-string",
+        "influx-url-as-list",
+        "password-with-slash",
+        "query-without-scheme",
     ],
 )
 def test_a_config_error_names_the_key_but_never_prints_the_secret(data: dict[str, Any]) -> None:
@@ -435,3 +491,64 @@ def test_the_influxdb_password_file_can_come_from_the_environment(tmp_path: Path
     )
     assert cfg.influxdb.v1_credentials() == ("admin", "from-file")
     assert "from-file" not in repr(cfg)
+
+
+def test_a_secret_in_the_environment_wins_over_a_secret_file(tmp_path: Path) -> None:
+    """As the example config says; the file of the config was read first, so a stale file beat the variable."""
+    stale = tmp_path / "pw"
+    stale.write_text("stale\n")
+    data = {
+        "mqtt": {"password_file": str(stale)},
+        "influxdb": {"username": "admin", "password_file": str(stale)},
+        "elasticsearch": {"password_file": str(stale)},
+    }
+    env = {
+        "FLEETWATCH_MQTT_PASSWORD": "m-env",
+        "FLEETWATCH_INFLUXDB_PASSWORD": "i-env",
+        "FLEETWATCH_ELASTICSEARCH_PASSWORD": "e-env",
+    }
+    cfg = config.from_dict(data, env=env)
+    assert cfg.mqtt.resolved_password().get_secret_value() == "m-env"  # type: ignore[union-attr]
+    assert cfg.influxdb.v1_credentials() == ("admin", "i-env")
+    assert cfg.elasticsearch.resolved_password().get_secret_value() == "e-env"  # type: ignore[union-attr]
+    assert config.from_dict(data, env={}).influxdb.v1_credentials() == ("admin", "stale")
+
+
+def test_tls_files_that_do_not_load_are_refused_at_start(tmp_path: Path) -> None:
+    """A CA file that is not PEM, or a key of another certificate, passed check-config and then stopped the
+    start with an SSLError traceback."""
+    not_pem = tmp_path / "ca.pem"
+    not_pem.write_text("not a certificate\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict({"mqtt": {"tls": {"enabled": True, "ca_file": str(not_pem)}}}, env={})
+    assert err.value.problems == [
+        "mqtt.tls.ca_file: expected PEM certificates TLS can load (got NO_CERTIFICATE_OR_CRL_FOUND)"
+    ]
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict(
+            {"elasticsearch": {"hosts": ["https://es:9200"], "ca_file": str(not_pem)}, "influxdb": {"enabled": False}},
+            env={},
+        )
+    assert err.value.problems[0].startswith("elasticsearch.ca_file: expected PEM certificates TLS can load")
+
+
+def test_a_webhook_header_is_checked_at_start_and_its_value_never_shown() -> None:
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict(
+            {"alerts": {"webhooks": [{"url": "http://h/x", "headers": {"Authorization": "Bearer TOKEN42\r\nX: 1"}}]}},
+            env={},
+        )
+    assert "TOKEN42" not in str(err.value)
+    assert "alerts.webhooks[0].headers: header Authorization" in str(err.value)
+
+
+def test_the_devices_key_must_be_a_tag_some_subscription_has(tmp_path: Path) -> None:
+    inventory = tmp_path / "devices.csv"
+    inventory.write_text("device,model\nd1,m1\n")
+    subscription = {"topic": "s/+/+/+", "template": "s/{site}/{device}/{metric}"}
+    data = {"mqtt": {"subscriptions": [subscription], "devices": {"file": str(inventory), "key": "devce"}}}
+    with pytest.raises(config.ConfigError) as err:
+        config.from_dict(data, env={})
+    assert err.value.problems[0].startswith("mqtt: devices.key: expected a tag of a subscription's template")
+    data["mqtt"]["devices"]["key"] = "device"  # type: ignore[index]
+    config.from_dict(data, env={})
