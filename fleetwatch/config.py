@@ -525,6 +525,8 @@ class InfluxDBConfig(Section):
     retry_max_delay: Duration = timedelta(seconds=30)
     # Points held in memory while InfluxDB is slow or down; beyond it the flow waits (backpressure).
     buffer_max_points: int = Field(default=200_000, ge=1)
+    # And at most this many bytes of line protocol (a count alone lets lines of long topics take gigabytes).
+    buffer_max_bytes: int = Field(default=256 * 1024**2, ge=1024**2)
     verify_tls: bool = True
     ca_file: Path | None = None
 
@@ -610,6 +612,8 @@ class ElasticsearchConfig(Section):
     retry_max_delay: Duration = timedelta(seconds=30)
     # Documents held in memory while Elasticsearch is slow or down; beyond it the flow waits.
     buffer_max_docs: int = Field(default=50_000, ge=1)
+    # And at most about this many bytes of documents (dead letters of large payloads are as large as they are).
+    buffer_max_bytes: int = Field(default=256 * 1024**2, ge=1024**2)
 
     @property
     def shown_hosts(self) -> str:

@@ -4,6 +4,7 @@ health measurement and, where it is data, stored as a dead letter; the log must 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 
@@ -14,13 +15,13 @@ class LogThrottle:
     def __init__(self, interval_s: float = 60.0) -> None:
         self._interval_s = interval_s
         self._lock = threading.Lock()  # (the Elasticsearch sink's lanes count from several threads)
-        self._logged_at = -interval_s
+        self._logged_at = -math.inf  # (the first event is logged, however early after boot it comes)
         self._unlogged = 0
 
-    def count(self) -> int:
-        """Count one event. Returns the events to report now, this one included (0: not yet)."""
+    def count(self, events: int = 1) -> int:
+        """Count ``events`` more. Returns the events to report now, these included (0: not yet)."""
         with self._lock:
-            self._unlogged += 1
+            self._unlogged += events
             now = time.monotonic()
             if now - self._logged_at < self._interval_s:
                 return 0

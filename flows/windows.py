@@ -49,6 +49,7 @@ from typing import Any, Final, NamedTuple
 from bytewax.operators import StatefulBatchLogic
 
 from fleetwatch.labels import duration_label, duration_ns
+from fleetwatch.log_throttle import LogThrottle
 from fleetwatch.record import Reading, new_tuple
 from flows import clock as pipeline_clock
 from flows import health, lifecycle
@@ -619,7 +620,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         self.closed_written = closed_written
         # The most series this shard holds (0: no limit); a reading of another series is refused.
         self.max_series = max_series or sys.maxsize
-        self._refused_logged = -math.inf
+        self._refused_log = LogThrottle(60.0)
         self.lateness_ns = duration_ns(allowed_lateness)
         self.quantiles = tuple(quantiles)
         # Tests drive windows with a clock they move by hand: any callable returning wall-time ns.
@@ -889,14 +890,15 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         return [], StatefulBatchLogic.RETAIN
 
     def _report_refused(self, count: int) -> None:
-        mono = time.monotonic()
-        if mono - self._refused_logged >= 60:
-            self._refused_logged = mono
+        # (every batch's are counted: a line a minute says how many went since the last line)
+        events = self._refused_log.count(count)
+        if events:
             log.warning(
                 "windows: a shard holds %d series, its share of windows.max_series: %d reading(s) of new series "
-                "went to the dead letters (series_limit); silent series are forgotten an hour after their last window",
+                "went to the dead letters (series_limit) since the last such message; silent series are forgotten "
+                "an hour after their last window",
                 len(self.state.series),
-                count,
+                events,
             )
 
     def _add(

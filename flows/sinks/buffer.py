@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -25,12 +25,32 @@ def saturated() -> bool:
 
 
 class BoundedBuffer(Generic[T]):
-    def __init__(self, capacity: int, high_water: float = 0.8) -> None:
+    """At most ``capacity`` items, and with ``max_bytes`` at most that many bytes by ``weigh`` (queued and being
+    written): a count alone lets large items (dead letters of 64 KB payloads, lines of 60 KB topics) take
+    gigabytes. An item larger than ``max_bytes`` still goes in, alone."""
+
+    def __init__(
+        self,
+        capacity: int,
+        high_water: float = 0.8,
+        max_bytes: int | None = None,
+        weigh: Callable[[T], int] | None = None,
+    ) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
+        if (max_bytes is None) != (weigh is None):
+            raise ValueError("max_bytes and weigh go together")
         self.capacity = capacity
         self._high = max(1, int(capacity * high_water))
+        self.max_bytes = max_bytes
+        self._high_bytes = max(1, int(max_bytes * high_water)) if max_bytes is not None else 0
+        self._weigh = weigh
         self._items: deque[T] = deque()
+        # With max_bytes: each queued item's weight (in step with _items), the bytes queued and being written,
+        # and per lane the bytes of the batch it took.
+        self._weights: deque[int] = deque()
+        self._bytes = 0
+        self._taken_bytes: dict[int, int] = {}
         self._cond = threading.Condition()
         # Set by request_flush(): the current take() returns what there is without waiting for a full batch.
         self._flush_requested = False
@@ -47,7 +67,11 @@ class BoundedBuffer(Generic[T]):
         return len(self._items)
 
     def above_high_water(self) -> bool:
-        return len(self._items) >= self._high
+        return len(self._items) >= self._high or (self.max_bytes is not None and self._bytes >= self._high_bytes)
+
+    def bytes(self) -> int:
+        """Bytes queued and being written, by ``weigh`` (0 without ``max_bytes``)."""
+        return self._bytes
 
     def put(self, items: Sequence[T]) -> None:
         """Add items; blocks while the buffer is full. Items larger than the buffer go in part by part."""
@@ -57,13 +81,39 @@ class BoundedBuffer(Generic[T]):
                 room = self.capacity - len(self._items)
                 if self._writer_gone:
                     room = len(items) - pos
+                elif self.max_bytes is not None and self._bytes >= self.max_bytes:
+                    room = 0
                 if room <= 0:
                     self._cond.wait(0.1)
                     continue
                 chunk = items[pos : pos + room]
+                if self._weigh is not None and self.max_bytes is not None:
+                    chunk = self._admit(chunk, self._weigh, self.max_bytes)
+                    if not chunk:  # (the next item does not fit in the bytes left)
+                        self._cond.wait(0.1)
+                        continue
                 self._items.extend(chunk)
                 pos += len(chunk)
                 self._cond.notify_all()
+
+    def _admit(self, chunk: Sequence[T], weigh: Callable[[T], int], max_bytes: int) -> Sequence[T]:
+        """The part of ``chunk`` that fits in the bytes left, counted in; into an empty buffer at least its first
+        item, however large."""
+        each = list(map(weigh, chunk))
+        whole = sum(each)
+        if self._bytes + whole <= max_bytes or self._writer_gone:
+            self._weights.extend(each)
+            self._bytes += whole
+            return chunk
+        total, admitted = self._bytes, 0
+        for weight in each:
+            if total + weight > max_bytes and total > 0:
+                break
+            total += weight
+            admitted += 1
+        self._weights.extend(each[:admitted])
+        self._bytes = total
+        return chunk[:admitted]
 
     def take(self, max_items: int, wait: float, lane: int = 0) -> list[T]:
         """Up to ``max_items`` for sender ``lane``; waits up to ``wait`` seconds for the batch to fill
@@ -79,6 +129,11 @@ class BoundedBuffer(Generic[T]):
             popleft = self._items.popleft
             out = [popleft() for _ in range(count)]
             self._taken[lane] = out
+            if self.max_bytes is not None:
+                # (as _taken, the lane's batch replaces the one before, which done() has let go of)
+                weight = self._weights.popleft
+                self._bytes -= self._taken_bytes.get(lane, 0)
+                self._taken_bytes[lane] = sum(weight() for _ in range(count))
             if not self._items:
                 self._flush_requested = False
             self._cond.notify_all()
@@ -88,6 +143,7 @@ class BoundedBuffer(Generic[T]):
         """The batch ``lane`` took last is stored."""
         with self._cond:
             self._taken.pop(lane, None)
+            self._bytes -= self._taken_bytes.pop(lane, 0)
             self._cond.notify_all()
 
     def _in_flight(self) -> int:

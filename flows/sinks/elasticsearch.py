@@ -121,6 +121,31 @@ def dead_letter_id(letter: DeadLetter) -> str:
     return hashlib.blake2b(key, digest_size=16).hexdigest()
 
 
+# Elasticsearch refuses an _id longer than 512 bytes, and with it the whole bulk request it is in.
+_MAX_ID_BYTES = 512
+
+
+def record_weight(record: Record) -> int:
+    """About the bytes a record holds, for the buffer's bound: a dead letter's raw input and detail, a log
+    event's message (the rest of a document is small beside the largest of them)."""
+    if isinstance(record, DeadLetter):
+        return 256 + len(record.raw) + len(record.detail)
+    if isinstance(record, LogEvent):
+        message = record.doc.get("message")
+        return 512 + (len(message) if isinstance(message, str) else 0)
+    return 512
+
+
+def log_rate_id(rate: LogRate) -> str:
+    """``<service>:<window>:<start>``, or for a service name too long for an ``_id`` (a sender's APP-NAME can be
+    anything) its first 200 characters and a digest of all of it."""
+    doc_id = f"{rate.service}:{rate.window_ns}:{rate.window_start_ns}"
+    if len(doc_id.encode("utf-8", "surrogatepass")) <= _MAX_ID_BYTES:
+        return doc_id
+    digest = hashlib.blake2b(rate.service.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    return f"{rate.service[:200]}~{digest}:{rate.window_ns}:{rate.window_start_ns}"
+
+
 def _clean(text: str) -> str:
     """Text that can be encoded as UTF-8: lone surrogates (file names, broken input) become ``\\udcff``."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -560,8 +585,7 @@ def to_action(record: Record) -> _Action:
     if isinstance(record, LogEvent):
         return _Action(record, LOGS, record.doc_id, record.ts_ns, record.doc)
     if isinstance(record, LogRate):
-        doc_id = f"{record.service}:{record.window_ns}:{record.window_start_ns}"
-        return _Action(record, LOG_RATES, doc_id, record.window_start_ns, log_rate_doc(record))
+        return _Action(record, LOG_RATES, log_rate_id(record), record.window_start_ns, log_rate_doc(record))
     if isinstance(record, AlertTransition):
         return _Action(record, ALERTS, record.notification_id, record.at_ns, alert_doc(record))
     return _Action(record, DEAD_LETTERS, dead_letter_id(record), record.received_ns, dead_letter_doc(record))
@@ -715,6 +739,8 @@ class ElasticWriterThread(BatchWriterThread[Record]):
             # One bulk request keeps one of the server's write threads busy. Each lane takes, encodes and
             # sends its own batches, so the server is never idle while fleetwatch encodes the next request.
             lanes=cfg.concurrent_requests,
+            max_bytes=cfg.buffer_max_bytes,
+            weigh=record_weight,
         )
         self.cfg = cfg
         self._es = client_factory(cfg)
@@ -817,6 +843,12 @@ class ElasticWriterThread(BatchWriterThread[Record]):
                     # alone may not be: send it again in smaller requests, down to one document each.
                     too_large = True
                     again.append(action)
+                elif status == 400 and item.get("request_documents", 1) > 1:
+                    # The server refused the whole request (a 400 for one action it cannot even read, such as an
+                    # _id past 512 bytes): the others are not at fault. Smaller requests, down to one document
+                    # each, find the one to refuse.
+                    too_large = True
+                    again.append(action)
                 else:
                     rejected += 1
                     again.extend(self._reject(action, item))
@@ -837,7 +869,7 @@ class ElasticWriterThread(BatchWriterThread[Record]):
             # filter_path: the errors flag, the status and, for failures, the error of each item.
             answer = self._es.bulk(operations=body, filter_path=_BULK_FILTER)  # type: ignore[arg-type]
         except ApiError as exc:
-            failed = {"status": exc.status_code, "error": str(exc)}
+            failed = {"status": exc.status_code, "error": str(exc), "request_documents": len(part)}
             return [dict(failed) for _ in part]
         if answer.body.get("errors") is False:
             return None

@@ -453,6 +453,8 @@ class InfluxWriterThread(BatchWriterThread[str]):
             # 100,000 points and more at once. Each lane sends its own batches, so several requests are in
             # flight and none waits for the next to be encoded.
             lanes=cfg.concurrent_requests,
+            max_bytes=cfg.buffer_max_bytes,
+            weigh=len,
         )
         self.cfg = cfg
         self._writer = writer

@@ -141,10 +141,12 @@ class BatchWriterThread(ABC, Generic[T]):
         retry_max_delay: float,
         on_progress: Callable[[BatchWriterThread[T]], None] | None = None,
         lanes: int = 1,
+        max_bytes: int | None = None,
+        weigh: Callable[[T], int] | None = None,
     ) -> None:
         self.name = name
         self.lanes = lanes
-        self.buffer: BoundedBuffer[T] = BoundedBuffer(capacity)
+        self.buffer: BoundedBuffer[T] = BoundedBuffer(capacity, max_bytes=max_bytes, weigh=weigh)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.retry_max_delay = retry_max_delay

@@ -18,7 +18,7 @@ import pytest
 from bytewax.recovery import init_db_dir
 
 from fleetwatch.config import ElasticsearchConfig
-from fleetwatch.record import DeadLetter, LogEvent
+from fleetwatch.record import DeadLetter, LogEvent, LogRate
 from flows.sinks import elasticsearch as es_sink
 from flows.sinks.elasticsearch import ElasticsearchSink, ElasticWriterThread, Record
 from flows.sinks.pending_log import is_marker
@@ -829,6 +829,36 @@ def test_a_request_the_server_refuses_as_too_large_is_split_down_to_the_document
     (dead,) = es_docs(f"{unique}-dead-letters*")
     assert dead["reason"] == "too_large" and "413" in dead["detail"]
     assert [(u.reason, len(u.raw) > OVERSIZED) for u in unstorable] == [("too_large", True)]
+
+
+def test_a_request_refused_whole_for_one_document_stores_the_others_and_a_long_service_has_a_short_id(
+    unique: str, es_index: str
+) -> None:
+    """Found by a review: a sender's 600-character APP-NAME made a log-rate _id past Elasticsearch's 512 bytes, the
+    server refused the whole bulk request with a 400, and every document in it became a dead letter, good log
+    lines of other senders included. The rate's id is now short; and a request refused whole is split down to the
+    document, so only a document the server cannot take at all is a dead letter."""
+    unstorable: list[DeadLetter] = []
+    writer = ElasticWriterThread(_es_config(unique, index_mode="daily"), unstorable.extend, "es-test")
+    long_service = "p" * 600
+    try:
+        writer.put(
+            [
+                _event("ok-1", {"message": "a"}),
+                _event("x" * 600, {"message": "an _id Elasticsearch cannot take"}),
+                LogRate(long_service, 1_767_225_600 * 10**9, 60 * 10**9, {"info": 7}),
+                _event("ok-2", {"message": "b"}),
+            ]
+        )
+        assert writer.flush(60) and writer.alive()
+    finally:
+        writer.close(30)
+    assert sorted(d["_id"] for d in es_docs(f"{unique}-logs-*")) == ["ok-1", "ok-2"]
+    (rate,) = es_docs(f"{unique}-log-rates*")
+    assert rate["service"]["name"] == long_service and rate["_id"].startswith("p" * 200 + "~")
+    (dead,) = es_docs(f"{unique}-dead-letters*")
+    assert dead["reason"] == "elasticsearch_rejected" and "x" * 100 in dead["source"]
+    assert unstorable == []
 
 
 def test_a_clean_start_logs_no_warning_and_installs_the_templates_once(

@@ -753,6 +753,38 @@ def test_rfc5424_structured_data_and_procid() -> None:
     assert "msgid" not in event.doc["log"]["syslog"]  # type: ignore[index]
 
 
+@pytest.mark.timeout(30)
+def test_structured_data_full_of_brackets_is_read_in_one_pass() -> None:
+    """Found by a review: a 2.9 KB line of "[a" inside a quoted value held the worker 47 s (every "[" was tried
+    as an element's start, with backtracking); 64 KB of them would take days. Read left to right, it is done at
+    once, and the parameters around the brackets are kept."""
+    value = "[a" * 30_000
+    text = f'<13>1 2026-01-01T00:00:00Z host app 1 ID [x@1 a="{value}" b="2"][y@2 c="]["] msg'
+    event = parse(syslog_parser(), text)
+    assert event.doc["log"]["syslog"]["structured_data"] == {  # type: ignore[index]
+        "x@1": {"a": value, "b": "2"},
+        "y@2": {"c": "]["},
+    }
+    assert event.doc["message"] == "msg" and not failed(event)
+    hostile = '<13>1 2026-01-01T00:00:00Z h a p m ["' + "[a" * 30_000 + '"] probe'
+    assert parse(syslog_parser(), hostile).doc["message"] == "probe"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<13>1 2026-01-01T00:00:00Z host app 1 ID [a b="c] unterminated structured data',
+        "<13>1 2026-01-01T00:",
+        '<13>1 2026-01-01T00:00:00Z host app 1 ID [x@1 a="1"]no space before the message',
+    ],
+)
+def test_a_broken_rfc5424_header_is_a_parse_failure_kept_whole(text: str) -> None:
+    """These were stored as parsed, the header's time, host and app lost into the message, without a tag."""
+    event = parse(syslog_parser(), text)
+    assert failed(event) and event.doc["message"] == text
+    assert "RFC 5424" in event.doc["error"]["message"]  # type: ignore[index]
+
+
 @pytest.mark.parametrize("procid", ["9223372036854775808", "123456789012345678901234567890", "\u00b2", "\u0661"])
 def test_a_procid_that_is_no_long_is_kept_as_written(procid: str) -> None:
     event = parse(syslog_parser(), f"<14>1 2026-01-01T00:00:00Z host app {procid} - - hi")

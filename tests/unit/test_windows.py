@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import pickle
 import random
+import re
 import shutil
 import sqlite3
 from array import array
@@ -717,6 +719,23 @@ def test_past_max_series_readings_of_new_series_are_refused_until_series_are_for
     out, _ = logic.on_batch([[reading(1.0, 3700, _series(i)) for i in (6, 7, 8)]])
     assert [r.series for result in out for r in result.refused] == [_series(8)]
     assert sorted(logic.state.series) == [_series(0), _series(6), _series(7)]
+
+
+def test_the_series_limit_warning_counts_every_refused_reading_since_the_last(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by a review: 50,000 refused readings were logged as 508 and 2, the batches refused within the minute
+    after a line being left out of the next one."""
+    clock = Clock(T0 + 5 * S)
+    spec = [WindowSpec.tumbling(timedelta(seconds=10))]
+    logic = WindowLogic(spec, timedelta(seconds=2), [], clock=clock, max_series=1)
+    with caplog.at_level(logging.WARNING, logger="flows.windows"):
+        for batch in range(3):
+            logic.on_batch([[reading(1.0, 1, _series(batch * 10 + i)) for i in range(4)]])
+        logic._refused_log._logged_at -= 61  # a minute on
+        logic.on_batch([[reading(1.0, 1, _series(100))]])
+    counts = [int(re.findall(r"(\d+) reading\(s\)", m)[0]) for m in caplog.messages if "series_limit" in m]
+    assert counts == [3, 9] and sum(counts) == 12
 
 
 def test_a_replay_adds_what_the_run_added_whatever_max_series_says_then(
