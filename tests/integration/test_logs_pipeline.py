@@ -214,15 +214,18 @@ def test_a_dead_letter_file_or_alert_journal_it_cannot_append_to_stops_the_start
     port = _free_port(socket.SOCK_DGRAM)
     inputs = f'[[logs.syslog]]\nname = "s"\nlisten = "127.0.0.1:{port}"\n'
     (tmp_path / "dead").mkdir()
-    cases = {
-        f'[dead_letters]\npath = "{tmp_path / "dead"}"\n': f"dead_letters.path: cannot append to {tmp_path / 'dead'}",
+    journal_rule = (
         '[alerts]\njournal = "/proc/self/fleetwatch/journal.jsonl"\n'
-        '[[alerts.rules]]\nname = "r"\ntarget = "log_rate"\nstat = "error_rate"\nwarning = 1.0\n': (
-            "alerts.journal: cannot create the folder /proc/self/fleetwatch"
-        ),
+        '[[alerts.rules]]\nname = "r"\ntarget = "log_rate"\nstat = "error_rate"\nwarning = 1.0\n'
+    )
+    cases = {
+        "dead_letters.path": ("", f"dead_letters.path: cannot append to {tmp_path / 'dead'}"),
+        "alerts.journal": (journal_rule, "alerts.journal: cannot create the folder /proc/self/fleetwatch"),
     }
-    for extra, message in cases.items():
+    for key, (extra, message) in cases.items():
         config = write_config(tmp_path, unique, influx_db, inputs, extra)
+        if key == "dead_letters.path":
+            config.write_text(config.read_text().replace(str(tmp_path / "dead.jsonl"), str(tmp_path / "dead")))
         result = subprocess.run(
             [str(FLEETWATCH), "run", "--config", str(config)], capture_output=True, text=True, timeout=120, check=False
         )
