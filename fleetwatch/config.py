@@ -425,6 +425,15 @@ class WindowsConfig(Section):
                 raise ValueError("window lengths must be whole milliseconds")
         return lengths
 
+    @field_validator("sliding")
+    @classmethod
+    def _sliding_once(cls, windows: list[SlidingWindowConfig]) -> list[SlidingWindowConfig]:
+        shapes = [(w.length, w.offset) for w in windows]
+        if len(set(shapes)) < len(shapes):
+            # As a tumbling length listed twice: computed and written twice, to the same points.
+            raise ValueError("a sliding window (length and offset) is listed twice")
+        return windows
+
     @field_validator("statistics")
     @classmethod
     def _statistics(cls, names: list[str]) -> list[str]:
@@ -777,6 +786,9 @@ class ParserConfig(Section):
 
     @model_validator(mode="after")
     def _pattern(self) -> ParserConfig:
+        if self.kind != "regex" and self.pattern is not None:
+            # It would be read past: a forgotten kind = "regex", most likely.
+            raise ValueError(f"pattern is only read by kind 'regex' (got kind {self.kind!r})")
         if self.kind == "regex":
             builtin = ", ".join(f"'{name}'" for name in REGEX_PATTERNS)
             if not self.pattern:
@@ -839,6 +851,13 @@ class FileInputConfig(Section):
     # The files' character encoding: UTF-8, UTF-16 ("utf-16-le", as Windows writes it, or "utf-16-be"), or a
     # single-byte one ("latin-1", "cp1252", "iso-8859-15", ...).
     encoding: str = "utf-8"
+
+    @field_validator("paths")
+    @classmethod
+    def _paths(cls, paths: list[str]) -> list[str]:
+        if any(not path.strip() for path in paths):
+            raise ValueError("expected file paths or globs, not an empty one")
+        return paths
 
     @field_validator("encoding")
     @classmethod

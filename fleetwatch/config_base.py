@@ -82,7 +82,23 @@ class Section(BaseModel):
             raise ValueError(f"expected true or false (got {value!r})")
         if annotation is int and (isinstance(value, str | bool | float)):
             raise ValueError(f"expected an integer (got {value!r})")
+        if annotation in _NUMBERS and _text_or_switch(value):
+            raise ValueError(f"expected a number (got {value!r})")
+        if annotation in _NUMBER_LISTS and isinstance(value, list) and any(_text_or_switch(v) for v in value):
+            raise ValueError(f"expected numbers (got {value!r})")
         return value
+
+
+# Number settings, where a number written as text ("30") or a switch (true) is a mistake as for a count. A
+# threshold's pair of numbers is checked item by item.
+_NUMBERS: tuple[Any, ...] = (float, float | None, float | tuple[float, float], float | tuple[float, float] | None)
+_NUMBER_LISTS: tuple[Any, ...] = (list[float],)
+
+
+def _text_or_switch(value: Any) -> bool:
+    if isinstance(value, list | tuple):
+        return any(_text_or_switch(v) for v in value)
+    return isinstance(value, str | bool)
 
 
 def url_without_secrets(url: str) -> str:

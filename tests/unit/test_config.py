@@ -187,6 +187,18 @@ def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path
             '[[logs.syslog]]\nname = "a"\nprotocol = "tcp"\n[[logs.syslog]]\nname = "b"\nprotocol = "tcp"\n',
             "logs: syslog[1].listen: tcp 127.0.0.1:5514 is syslog[0]'s already",
         ),
+        # Numbers written as text were taken for float settings, as they were refused for counts.
+        ('[[alerts.rules]]\nname = "r"\nwarning = "30"\n', "alerts.rules[0].warning: expected a number (got '30')"),
+        ('[windows]\nquantiles = ["0.5"]\n', "windows.quantiles: expected numbers (got ['0.5'])"),
+        (
+            '[windows]\nsliding = [{ length = "1m", offset = "10s" }, { length = "60s", offset = "10s" }]\n',
+            "windows.sliding: a sliding window (length and offset) is listed twice",
+        ),
+        (
+            '[[logs.files]]\nname = "a"\npaths = ["/l"]\nparser = { kind = "json", pattern = "(?P<level>x)" }\n',
+            "logs.files[0].parser: pattern is only read by kind 'regex' (got kind 'json')",
+        ),
+        ('[[logs.files]]\nname = "a"\npaths = [""]\n', "logs.files[0].paths: expected file paths or globs"),
         (
             '[elasticsearch]\nca_file = "/etc/hostname"\n',
             "elasticsearch: ca_file: expected https:// hosts only with a CA file (got http://127.0.0.1:9200)",
