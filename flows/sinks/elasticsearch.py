@@ -138,12 +138,12 @@ def record_weight(record: Record) -> int:
 
 def log_rate_id(rate: LogRate) -> str:
     """``<service>:<window>:<start>``, or for a service name too long for an ``_id`` (a sender's APP-NAME can be
-    anything) its first 200 characters and a digest of all of it."""
+    anything) its first 100 characters (at most 400 bytes) and a digest of all of it."""
     doc_id = f"{rate.service}:{rate.window_ns}:{rate.window_start_ns}"
     if len(doc_id.encode("utf-8", "surrogatepass")) <= _MAX_ID_BYTES:
         return doc_id
     digest = hashlib.blake2b(rate.service.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
-    return f"{rate.service[:200]}~{digest}:{rate.window_ns}:{rate.window_start_ns}"
+    return f"{rate.service[:100]}~{digest}:{rate.window_ns}:{rate.window_start_ns}"
 
 
 def _clean(text: str) -> str:

@@ -858,7 +858,7 @@ def test_a_request_refused_whole_for_one_document_stores_the_others_and_a_long_s
         writer.close(30)
     assert sorted(d["_id"] for d in es_docs(f"{unique}-logs-*")) == ["ok-1", "ok-2"]
     (rate,) = es_docs(f"{unique}-log-rates*")
-    assert rate["service"]["name"] == long_service and rate["_id"].startswith("p" * 200 + "~")
+    assert rate["service"]["name"] == long_service and rate["_id"].startswith("p" * 100 + "~")
     (dead,) = es_docs(f"{unique}-dead-letters*")
     assert dead["reason"] == "elasticsearch_rejected" and "x" * 100 in dead["source"]
     assert unstorable == []
