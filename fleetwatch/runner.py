@@ -73,6 +73,23 @@ def prepare_recovery(cfg: Config, partitions: int, process_id: int | None = None
     return RecoveryConfig(str(directory), backup_interval=cfg.recovery.backup_interval)
 
 
+def _append_problem(path: Path) -> str | None:
+    """Why a file cannot be appended to, if it cannot. A missing file is not created here: its writer creates
+    it, and makes its directory entry durable then."""
+    if path.is_dir():
+        return "Is a directory"
+    if path.exists():
+        try:
+            with open(path, "ab"):
+                pass
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"cannot create files in {path.parent}"
+    return None
+
+
 def unknown_stored_partitions(recovery_dir: Path, flow: Dataflow) -> dict[str, list[str]]:
     """Per input or output step, the partitions the recovery state holds that ``flow`` does not list.
 
@@ -303,11 +320,9 @@ def run_pipeline(
             return 2
     for key, path in files.items():
         # Found here, not at the first dead letter or alert, where the flow would stop with a traceback.
-        try:
-            with open(path, "ab"):
-                pass
-        except OSError as exc:
-            log.error("fleetwatch: %s: cannot append to %s: %s", key, path, exc.strerror)
+        refusal = _append_problem(path)
+        if refusal:
+            log.error("fleetwatch: %s: cannot append to %s: %s", key, path, refusal)
             return 2
     recovery = prepare_recovery(cfg, max(1, total_workers), process_id)
     flow = build_flow(
