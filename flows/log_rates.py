@@ -246,6 +246,10 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
 
     def on_batch(self, values: list[list[LogEvent]]) -> tuple[Iterable[list[LogRate]], bool]:
         now = self._now()
+        # No clock passes the present (wall time): a line stamped ahead of it (a host whose clock jumped, within
+        # logs.max_future_skew) is counted in its own window, but taken as it was, it moved its service's clock
+        # that far ahead for good, and the service's rightly stamped lines were all late while it kept logging.
+        present = self._to_wall(now)
         self._seen_at = now
         if self._idle:
             self._idle = False
@@ -272,15 +276,16 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
                     # time would move the clock to now, and every older line after it would be late.
                     ts = self.max_ts + (now - self.sys_at_max)
                 else:
-                    if ts > self.max_ts:
-                        self.max_ts, self.sys_at_max = ts, now
+                    clock_ts = ts if ts <= present else present
+                    if clock_ts > self.max_ts:
+                        self.max_ts, self.sys_at_max = clock_ts, now
                     source = event.doc_id.rpartition("-")[0]
                     source_clock = sources.get(source)
                     if source_clock is None:
-                        sources[source] = [ts, now, now]
+                        sources[source] = [clock_ts, now, now]
                     else:
-                        if ts > source_clock[0]:
-                            source_clock[0], source_clock[1] = ts, now
+                        if clock_ts > source_clock[0]:
+                            source_clock[0], source_clock[1] = clock_ts, now
                         source_clock[2] = now
                 late += self._count(ts, event.level, now)
                 if waiting:

@@ -6,7 +6,8 @@ receives whole lists of readings and keeps, per series:
 
 - its own event clock, as Bytewax's ``EventClock`` does per key: the watermark is the newest event time seen
   for the series minus the allowed lateness, advanced by wall time while no newer reading arrives (so
-  windows close when a device goes quiet); it never moves back, so a closed window never opens again;
+  windows close when a device goes quiet); it never moves back, so a closed window never opens again; it
+  never passes the present (wall time), so a reading stamped ahead moves it to the present only;
   time the flow spent stalled (on a store, or unable to complete epochs) does not count (``flows.clock``);
 - its open windows, each holding the values it has seen (quantiles are exact).
 
@@ -58,6 +59,9 @@ from flows.window_log import LOG_FORMAT, LogMarker, WindowLog
 log = logging.getLogger(__name__)
 
 _NO_TIME: Final = -9_223_372_036_854_775_808  # -(2**63)
+# The present of a batch whose series' clocks may take any event time (replays of logs written before clocks were
+# held to the present, see WindowLogic._add).
+_NO_PRESENT: Final = 9_223_372_036_854_775_807  # 2**63 - 1
 _NO_END: Final = 9_223_372_036_854_775_807  # 2**63 - 1
 # Series without open windows are forgotten after an hour of silence; checked once a minute.
 _FORGET_NS: Final = 3600 * 1_000_000_000
@@ -464,6 +468,8 @@ _OP_NUMBERED_READINGS: Final = 5
 _OP_NUMBERED_CLOSES: Final = 6
 _OP_NUMBERED_FORGETS: Final = 7
 _OP_NUMBERED_QUIET_CLOSES: Final = 8
+# _OP_NUMBERED_READINGS with the wall time the batch was added at, to which it held its series' clocks.
+_OP_NUMBERED_READINGS_AT: Final = 9
 # (kind, ...): the fields after the kind depend on it, see _numbered_readings_op, WindowLogic._log_close and the
 # others, and WindowLogic._replay_ops.
 _Op = tuple[Any, ...]
@@ -501,14 +507,16 @@ def _no_schedule(deadline: int, series: _Series, index: int, start: int) -> None
     """Deadlines are rebuilt from the state once a replay is done."""
 
 
-def _numbered_readings_op(now: int, numbered: _NumberedReadings, batches: list[list[Reading]]) -> _Op:
-    """The operation that adds a batch's readings, in columns. Made as the batch is added, while its readings are
-    in the CPU's caches: held until the epoch's snapshot instead, the readings were cold by then (at 100,000 series
-    and 150,000 readings/s a snapshot took 70-76 ms, 51-56 ms since, BENCHMARKS.md run AM)."""
+def _numbered_readings_op(now: int, present: int, numbered: _NumberedReadings, batches: list[list[Reading]]) -> _Op:
+    """The operation that adds a batch's readings at ``now`` (the pipeline clock) and ``present`` (wall time), in
+    columns. Made as the batch is added, while its readings are in the CPU's caches: held until the epoch's snapshot
+    instead, the readings were cold by then (at 100,000 series and 150,000 readings/s a snapshot took 70-76 ms,
+    51-56 ms since, BENCHMARKS.md run AM)."""
     readings = [r for batch in batches for r in batch]
     return (
-        _OP_NUMBERED_READINGS,
+        _OP_NUMBERED_READINGS_AT,
         now,
+        present,
         numbered.first,
         numbered.keys,
         numbered.measurements,
@@ -758,15 +766,20 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         series_map = self.state.series
         for op in ops:
             kind = op[0]
-            if kind == _OP_NUMBERED_READINGS:
-                _, now, first, new_keys, new_measurements, numbers, values, stamps = op
+            if kind in (_OP_NUMBERED_READINGS_AT, _OP_NUMBERED_READINGS):
+                if kind == _OP_NUMBERED_READINGS_AT:
+                    _, now, present, first, new_keys, new_measurements, numbers, values, stamps = op
+                else:  # (written before the clocks were held to the present, which the replay must not do either)
+                    _, now, first, new_keys, new_measurements, numbers, values, stamps = op
+                    present = _NO_PRESENT
                 numbered.update(enumerate(zip(new_measurements, new_keys, strict=True), first))
                 named = [numbered[number] for number in numbers]
                 readings = [Reading(m, key, v, ts) for (m, key), v, ts in zip(named, values, stamps, strict=True)]
-                self._add(readings, now, [], {}, [], _no_schedule, None, None)
+                self._add(readings, now, present, [], {}, [], _no_schedule, None, None)
             elif kind == _OP_READINGS:
                 _, now, measurements, keys, values, stamps = op
-                self._add(map(Reading, measurements, keys, values, stamps), now, [], {}, [], _no_schedule, None, None)
+                readings_then = map(Reading, measurements, keys, values, stamps)
+                self._add(readings_then, now, _NO_PRESENT, [], {}, [], _no_schedule, None, None)
             elif kind in (_OP_CLOSES, _OP_QUIET_CLOSES, _OP_NUMBERED_CLOSES, _OP_NUMBERED_QUIET_CLOSES):
                 # (a wall-time close also carries its series' clock to the moment of the close)
                 quiet_at = op[1] if kind in (_OP_QUIET_CLOSES, _OP_NUMBERED_QUIET_CLOSES) else None
@@ -862,13 +875,14 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
 
     def on_batch(self, values: list[list[Reading]]) -> tuple[Iterable[WindowResult], bool]:
         now = self._now()
+        present = self._to_wall(now)
         late: list[Reading] = []
         late_counts: dict[str, int] = {}
         closing: list[_Series] = []
         refused: list[Reading] = []
         numbered = _NumberedReadings(self._next_number) if self._ops is not None else None
         for readings in values:
-            self._add(readings, now, late, late_counts, closing, self._schedule, refused, numbered)
+            self._add(readings, now, present, late, late_counts, closing, self._schedule, refused, numbered)
         if self._ops is not None:
             if refused:
                 # The log holds what was added, and a replay adds it all: it must not decide again with the
@@ -877,7 +891,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
                 gone = {id(r) for r in refused}
                 values = [[r for r in readings if id(r) not in gone] for readings in values]
             assert numbered is not None  # (made above, with the log)
-            self._ops.append(_numbered_readings_op(now, numbered, values))
+            self._ops.append(_numbered_readings_op(now, present, numbered, values))
         aggregates: list[Aggregate] = []
         lines: list[str] = []
         for series in closing:
@@ -905,6 +919,7 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         self,
         readings: Iterable[Reading],
         now: int,
+        present: int,
         late: list[Reading],
         late_counts: dict[str, int],
         closing: list[_Series],
@@ -913,7 +928,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         numbered: _NumberedReadings | None,
     ) -> None:
         """Add readings that arrived at ``now`` to their series' open windows (the state change a replay of the
-        window state log repeats, with the same clock). ``closing`` gets the series whose newer event time
+        window state log repeats, with the same clock). ``present``: the wall time at ``now``, which no series'
+        clock passes (_NO_PRESENT: no such bound). ``closing`` gets the series whose newer event time
         brought their watermark to a window's end (a series may be there more than once); ``refused`` the
         readings of new series past ``max_series`` (None: a replay, which adds every reading); ``numbered`` (with
         the log) the added readings' series numbers, for the log's frame."""
@@ -951,11 +967,18 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             elif dirty is not None:
                 dirty.add(key)
             if ts > series.max_ts:
-                series.max_ts = ts
-                series.sys_at_max = now
-                # (the series' clock is now ``now``: its watermark is its newest event time minus the lateness)
-                if ts - lateness >= series.first_end:
-                    closing.append(series)
+                # A reading stamped ahead of the present (a device whose clock jumped, within max_future_skew) moves
+                # its series' clock to the present only. Taken as it is, it moved the clock that far ahead for good,
+                # since a quiet series' clock runs on with wall time from there: the device's rightly stamped
+                # readings were all late until the series was forgotten, an hour later. Its own window closes when
+                # wall time passes it, as a quiet series' windows do.
+                clock_ts = ts if ts <= present else present
+                if clock_ts > series.max_ts:
+                    series.max_ts = clock_ts
+                    series.sys_at_max = now
+                    # (the series' clock is now ``now``: its watermark is its newest event time minus the lateness)
+                    if clock_ts - lateness >= series.first_end:
+                        closing.append(series)
             watermark = series.max_ts + (now - series.sys_at_max) - lateness
             windows = series.windows
             is_late = False

@@ -25,7 +25,8 @@ def event(at_s: float, level: str, service: str = "api") -> LogEvent:
 
 class Clock:
     def __init__(self) -> None:
-        self.now = 10**18
+        # (a moment after most events here: no service's clock passes the present)
+        self.now = T0 + 13 * S
 
     def __call__(self) -> int:
         return self.now
@@ -143,13 +144,36 @@ def test_a_test_clock_is_wall_time_and_pipeline_time_at_once(stalled: int) -> No
     assert logic.notify_at() == datetime.fromtimestamp((clock.now + 9 * S) / 1e9, UTC)
 
 
+def test_a_line_stamped_ahead_of_the_present_leaves_its_service_rightly_stamped_lines_on_time() -> None:
+    """A host whose clock jumps 4 minutes ahead for one line (within logs.max_future_skew), then logs rightly
+    stamped lines again: none is late, each window counts its lines, and the line ahead is counted in its own
+    window, written once wall time passes it."""
+    clock = Clock()
+    clock.now = T0 + 10 * S
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), clock=clock)
+    late_before = health_late()
+    rates: list[LogRate] = []
+    for second in range(10, 40):
+        clock.now = T0 + second * S
+        lines = [event(second, "info")] + ([event(second + 240, "error")] if second == 11 else [])
+        rates += closed(logic.on_batch([lines]))
+        rates += closed(logic.on_notify())
+    assert health_late() == late_before
+    assert [(r.window_start_ns - T0, r.by_level) for r in rates] == [(10 * S, {"info": 10}), (20 * S, {"info": 10})]
+    clock.now = T0 + 262 * S  # past [250, 260) and the lateness
+    rates = closed(logic.on_notify())
+    assert (rates[0].window_start_ns - T0, rates[0].by_level) == (30 * S, {"info": 10})
+    assert (rates[-1].window_start_ns - T0, rates[-1].by_level) == (250 * S, {"error": 1})
+
+
 def test_downtime_after_a_snapshot_is_not_silence() -> None:
     clock = Clock()
+    clock.now = T0 + 2 * S
     logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=1), clock=clock)
     logic.on_batch([[event(2, "error")]])
     clock.now += 3 * S  # quiet for 3 s, then stopped: the event clock stands at 5 s of [0, 10)
     snapshot = logic.snapshot()
-    clock.now += 3600 * S  # down for an hour
+    clock.now += 20 * S  # down for 20 s, more than the window's rest plus the lateness
     resumed = LogRateLogic(timedelta(seconds=10), timedelta(seconds=1), snapshot, clock=clock)
     # The window is not closed half full by the downtime: the re-read events are still to come.
     assert closed(resumed.on_notify()) == []
@@ -282,6 +306,7 @@ def test_a_line_without_a_time_of_its_own_counts_where_its_service_clock_stands(
     to now and every older line after it was late; it counts in the window its neighbours are in. A service
     that never gives a time (plain text) counts by receive time."""
     clock = Clock()
+    clock.now = T0 + 400 * S  # (the backlog is older than the present)
     logic = LogRateLogic(timedelta(minutes=1), timedelta(seconds=5), clock=clock)
     failure = LogEvent("bad", clock.now, "", "api", {}, own_time=False)
     backlog = [event(second, "info") for second in range(0, 300, 2)]
@@ -356,19 +381,20 @@ def test_a_file_read_to_its_end_holds_the_windows_only_while_it_moves_on_or_unti
     """A quiet file's clock moves on with pipeline time, as a quiet service's does; after SOURCE_IDLE it holds
     nothing. Its clock survives a snapshot."""
     clock = Clock()
+    clock.now = T0 + 29 * S  # live: "new" below is written up to now
     logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), clock=clock)
     logic.on_batch([[from_file("old", i) for i in range(10)]])  # a rotated file, read to its end at 9 s
     start = clock.now
-    assert closed(logic.on_batch([[from_file("new", 10 + i) for i in range(50)]])) == []  # held by "old"
+    assert closed(logic.on_batch([[from_file("new", 10 + i) for i in range(20)]])) == []  # held by "old"
     assert logic.notify_at() == datetime.fromtimestamp((start + 3 * S) / 1e9, UTC)  # "old" at 9 + 3 s = 10 + 2 s
     resumed = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), logic.snapshot(), clock=clock)
     clock.now = start + 3 * S
     assert [rate.window_start_ns for rate in closed(resumed.on_notify())] == [T0]
     assert resumed.notify_at() == datetime.fromtimestamp((start + 13 * S) / 1e9, UTC)
-    clock.now = start + 20 * S  # "old" at 29 - 2 s: [10, 20) closes; "new" (at 79 s by now) holds nothing
+    clock.now = start + 20 * S  # "old" at 29 - 2 s: [10, 20) closes; "new" (at 49 s by now) holds nothing
     assert [rate.window_start_ns for rate in closed(resumed.on_notify())] == [T0 + 10 * S]
     clock.now = start + 30 * S  # "old" quiet for SOURCE_IDLE: it holds nothing any more
-    closing = [T0 + s * S for s in (20, 30, 40, 50, 60)]  # and [60, 70): quiet, past too
+    closing = [T0 + s * S for s in (20, 30)]  # and [30, 40): quiet, past too
     assert [rate.window_start_ns for rate in closed(resumed.on_notify())] == closing
     assert resumed.windows == {}
 

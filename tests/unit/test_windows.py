@@ -51,6 +51,11 @@ def reading(value: float, at_s: float, series: str = "readings,device=d1,metric=
 
 
 def collect(logic: WindowLogic, batch: list[Reading]) -> tuple[list[Aggregate], list[Reading], dict[str, int]]:
+    """The results of ``batch``, read when its newest reading was stamped: a series' clock does not pass the
+    present, so a test clock that stood still would hold every window that the readings' times close."""
+    clock = logic._now
+    if isinstance(clock, Clock) and batch:
+        clock.now = max(clock.now, max(r.ts_ns for r in batch))
     out, _ = logic.on_batch([batch])
     aggs: list[Aggregate] = []
     late: list[Reading] = []
@@ -105,15 +110,15 @@ def test_tumbling_window_with_out_of_order_and_late_readings() -> None:
 
 
 def test_windows_close_on_wall_time_when_a_series_goes_quiet() -> None:
-    clock = Clock(T0)
+    clock = Clock(T0 + 9 * S)
     logic = WindowLogic([WindowSpec.tumbling(timedelta(seconds=10))], timedelta(seconds=2), [0.5], clock=clock)
     collect(logic, [reading(5, 9)])
-    # Due when the watermark (event time + elapsed wall time - lateness) passes 10 s: wall time + 3 s.
+    # Due when the watermark (event time + elapsed wall time - lateness) passes 10 s: 3 s after the reading came.
     assert logic.notify_at() is not None
-    assert int(logic.notify_at().timestamp() * S) == T0 + 3 * S  # type: ignore[union-attr]
-    clock.now = T0 + 2 * S
+    assert int(logic.notify_at().timestamp() * S) == T0 + 12 * S  # type: ignore[union-attr]
+    clock.now = T0 + 11 * S
     assert logic.on_notify()[0] == []
-    clock.now = T0 + 3 * S
+    clock.now = T0 + 12 * S
     (result,), _ = logic.on_notify()  # type: ignore[misc]
     assert [(a.count, a.mean, a.stddev) for a in result.aggregates] == [(1, 5.0, None)]
 
@@ -134,6 +139,52 @@ def test_a_window_closed_on_wall_time_never_opens_again() -> None:
     collect(logic, [reading(5, 35)])
     (result,), _ = logic.on_eof()  # type: ignore[misc]
     assert [(a.start_ns, a.count) for a in result.aggregates] == [(T0 + 30 * S, 1)]
+
+
+def test_a_reading_stamped_ahead_of_the_present_leaves_its_series_rightly_stamped_readings_on_time(
+    tmp_path: Path,
+) -> None:
+    """A device whose clock jumps 4 minutes ahead for one reading (within max_future_skew), then sends rightly
+    stamped readings again: they fill their windows, none is late, and the reading ahead gets its own window,
+    which closes when wall time passes it. Its series' clock is held to the present, also after a restart from
+    the window state log."""
+    clock = Clock(T0 + 10 * S)
+
+    def build(resume: object = None) -> WindowLogic:
+        return WindowLogic(
+            [WindowSpec.tumbling(timedelta(seconds=10))],
+            timedelta(seconds=2),
+            [],
+            resume,
+            clock=clock,
+            recovery_dir=tmp_path,  # type: ignore[arg-type]
+        )
+
+    logic = build()
+    closed: list[tuple[float, int]] = []
+    late: list[Reading] = []
+
+    def live(at_s: float, value: float, stamped_s: float | None = None) -> None:
+        clock.now = T0 + int(at_s * S)  # (not collect, which reads a batch at its newest stamp)
+        for result in logic.on_batch([[reading(value, at_s if stamped_s is None else stamped_s)]])[0]:
+            closed.extend(((a.start_ns - T0) / S, a.count) for a in result.aggregates)
+            late.extend(result.late)
+        closed.extend(((a.start_ns - T0) / S, a.count) for a in notify_while_due(logic))
+
+    live(10.5, 1)
+    live(11, 99, stamped_s=251)  # 4 minutes ahead
+    for second in range(12, 40):
+        live(second, 1)
+        if second == 25:
+            logic = build(pickle.loads(pickle.dumps(logic.snapshot())))  # a restart, at once
+    assert late == []
+    assert closed == [(10.0, 9), (20.0, 10)]  # [30, 40) is open, and so is [250, 260)
+    clock.now = T0 + 60 * S
+    closed += [((a.start_ns - T0) / S, a.count) for a in notify_while_due(logic)]
+    assert closed == [(10.0, 9), (20.0, 10), (30.0, 10)]
+    clock.now = T0 + 262 * S
+    closed += [((a.start_ns - T0) / S, a.count) for a in notify_while_due(logic)]
+    assert closed == [(10.0, 9), (20.0, 10), (30.0, 10), (250.0, 1)]
 
 
 def test_a_quiet_series_closes_each_window_length_at_its_own_end_on_wall_time() -> None:
@@ -177,7 +228,7 @@ def test_a_boundary_due_for_a_whole_fleet_closes_in_parts_and_misses_nothing() -
     logic = WindowLogic([WindowSpec.tumbling(timedelta(seconds=10))], timedelta(seconds=2), [0.5], clock=clock)
     fleet = [f"readings,device=d{i},metric=t" for i in range(25_000)]
     collect(logic, [reading(i % 7, 5, series) for i, series in enumerate(fleet)])
-    clock.now = T0 + 8 * S
+    clock.now = T0 + 12 * S
     closed: list[Aggregate] = []
     calls = 0
     while (due := logic.notify_at()) is not None:
@@ -858,6 +909,30 @@ def test_a_log_written_before_series_were_numbered_still_replays(tmp_path: Path)
     assert _open_aggregates(resumed) == {a: (2, 5.0)}
 
 
+@pytest.mark.parametrize("held_to_the_present", [False, True])
+def test_a_replay_holds_a_series_clock_to_the_present_as_the_log_says(
+    tmp_path: Path, held_to_the_present: bool
+) -> None:
+    """A reading stamped ahead of the present, in a log written before series' clocks were held to the present,
+    replays as it was added then (its series' clock at its stamp); in a log written since, the operation carries
+    the present it was added at, and the replay holds the clock there again."""
+    from flows import windows
+
+    state_log = window_log.WindowLog(tmp_path, "fleetwatch.windows")
+    state_log.write_generation([windows._FRAME_RECORDS])
+    added_at, stamped = T0 + 5 * S, T0 + 100 * S
+    columns = (0, [_series(1)], ["readings"], array("q", [0]), array("d", [1.0]), array("q", [stamped]))
+    if held_to_the_present:
+        op = (windows._OP_NUMBERED_READINGS_AT, added_at, added_at, *columns)
+    else:
+        op = (windows._OP_NUMBERED_READINGS, added_at, *columns)
+    seq = state_log.append(windows._FRAME_OPS + pickle.dumps([op], protocol=5))
+    state_log.close()
+    marker = (window_log.LOG_FORMAT, added_at, state_log.name, state_log.generation, seq)
+    resumed = _log_logic(tmp_path, Clock(added_at), marker)
+    assert resumed.state.series[_series(1)].max_ts == (added_at if held_to_the_present else stamped)
+
+
 def test_frames_written_after_the_committed_marker_are_not_restored(tmp_path: Path) -> None:
     """A crash after a snapshot was written to the log, before Bytewax committed its epoch: the restart resumes
     from the previous marker, and the readings of the lost epoch (redelivered by the broker) count once."""
@@ -995,7 +1070,15 @@ def _random_epoch(logic: WindowLogic, clock: Clock, rng: random.Random, forget: 
     for _ in range(rng.randint(0, 4)):
         clock.now += rng.randint(0, 600) * 1_000_000
         at = (clock.now - T0) / S
-        batch = [reading(rng.random(), at - rng.uniform(-1, 15), _series(rng.randint(0, 40))) for _ in range(20)]
+        # (now and then a reading stamped minutes ahead, which its series' clock holds to the present)
+        batch = [
+            reading(
+                rng.random(),
+                at + rng.uniform(1, 300) if rng.random() < 0.03 else at - rng.uniform(-1, 15),
+                _series(rng.randint(0, 40)),
+            )
+            for _ in range(20)
+        ]
         logic.on_batch([batch])
         logic.on_notify()
     if forget:
@@ -1302,7 +1385,7 @@ def test_a_window_a_replayed_close_opens_gets_one_deadline(tmp_path: Path) -> No
     held = WindowLogic(ten_s, lateness, [0.5], clock=clock, recovery_dir=tmp_path)
     collect(held, [reading(1, 1), reading(2, 5)])
     held.snapshot()  # the first generation: the series with its open 10 s window
-    clock.now = T0 + 13 * S  # the series is quiet: [0, 10) closes on wall time, a close in the log
+    clock.now = T0 + 17 * S  # the series is quiet: [0, 10) closes on wall time, a close in the log
     assert [(a.window, a.count) for a in notify_while_due(held)] == [("10s", 2)]
     marker = held.snapshot()
 
