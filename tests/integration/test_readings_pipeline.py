@@ -767,6 +767,40 @@ def test_a_live_window_is_written_early_and_its_close_writes_the_late_reading_in
     pipeline.stop()
 
 
+def test_a_reading_stamped_minutes_ahead_leaves_the_devices_other_readings_in_their_windows(
+    tmp_path: Path, unique: str, influx_db: str
+) -> None:
+    """A device sends live readings twice a second, and one of them is stamped 4 minutes ahead (its clock jumped,
+    within max_future_skew). The readings around it fill their 10 s windows, and none is late: the reading ahead
+    moves its series' clock to the present only."""
+    config = write_config(tmp_path / "fleetwatch.toml", unique, influx_db)
+    pipeline = Pipeline(config)
+    pub = Publisher()
+    start_ns = (time.time_ns() // (10 * S) + 1) * 10 * S
+    time.sleep(max(0.0, (start_ns - time.time_ns()) / S) + 0.05)
+
+    def send(at_ns: int, value: float) -> None:
+        pub.send(f"fwtest/{unique}/d1/temp", json.dumps({"ts": at_ns // 1_000_000, "v": value}).encode())
+        pub.flush()
+
+    for i in range(40):
+        at_ns = start_ns + i * S // 2
+        time.sleep(max(0.0, (at_ns - time.time_ns()) / S))
+        send(at_ns, 1.0)
+        if i == 5:
+            send(start_ns + 240 * S, 100.0)
+    pipeline.wait_for("windows_closed", 2, timeout=30)
+    query = (
+        f'SELECT "count", "max" FROM "readings_agg" WHERE "window" = \'10s\' AND time >= {start_ns} '
+        f"AND time < {start_ns + 20 * S}"
+    )
+    assert [(r["count"], r["max"]) for r in influx_rows(influx_db, query)] == [(20, 1.0), (20, 1.0)]
+    assert pipeline.counters()["late_readings"] == 0
+    assert influx_rows(influx_db, 'SELECT count("value") FROM "readings_late"') == []
+    pub.close()
+    pipeline.stop()
+
+
 def test_windows_statistics_choose_the_fields_stored(tmp_path: Path, unique: str, influx_db: str) -> None:
     """`windows.statistics` and `quantiles`, as Telegraf's basicstats `stats`: InfluxDB gets those fields and
     no others, with the window's values."""
