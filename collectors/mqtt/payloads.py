@@ -497,8 +497,10 @@ def decode_senml(payload: bytes, received_ns: int, skip: frozenset[str] = frozen
     record refuses the pack, as RFC 8428 has it."""
     doc = _load_json(payload)
     records = [doc] if type(doc) is dict else doc
-    if type(records) is not list or not records:
+    if type(records) is not list:
         raise PayloadError("undecodable", f"a SenML pack is an array of records, not a JSON {_json_kind(doc)}")
+    if not records:
+        raise PayloadError("undecodable", "an empty SenML pack: no records")
     base_name, base_time, base_value, base_sum = "", 0.0, 0.0, 0.0
     samples: list[Sample] = []
     for i, record in enumerate(records):

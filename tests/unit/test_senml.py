@@ -85,7 +85,7 @@ def test_base_values_sums_and_booleans_and_what_is_not_a_reading() -> None:
     [
         (b'{"v": 1}', "undecodable", "no name"),
         (b"5", "undecodable", "array of records"),
-        (b"[]", "undecodable", "array of records"),
+        (b"[]", "undecodable", "an empty SenML pack"),
         (b'[{"n":"a","v":1}, 5]', "undecodable", "record 1 is not an object: number"),
         (b'[{"n":"a","v":"21.5"}]', "not_a_number", "v is a JSON string"),
         (b'[{"n":"a","vb":"true"}]', "not_a_number", "vb is a JSON string"),
