@@ -246,9 +246,11 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
 
     def on_batch(self, values: list[list[LogEvent]]) -> tuple[Iterable[list[LogRate]], bool]:
         now = self._now()
-        # No clock passes the present (wall time): a line stamped ahead of it (a host whose clock jumped, within
-        # logs.max_future_skew) is counted in its own window, but taken as it was, it moved its service's clock
-        # that far ahead for good, and the service's rightly stamped lines were all late while it kept logging.
+        # A line stamped ahead of the present (wall time: a host whose clock jumped, within logs.max_future_skew)
+        # is counted in its own window, but leaves the clocks where they are (a new one starts at the present).
+        # Taken as it was, it moved its service's clock that far ahead for good, and the service's rightly stamped
+        # lines were all late while it kept logging. Nor does it move them to the present: after a restart or a
+        # stall they run behind wall time while the backlog is read (see flows.windows).
         present = self._to_wall(now)
         self._seen_at = now
         if self._idle:
@@ -276,13 +278,18 @@ class LogRateLogic(StatefulBatchLogic[list[LogEvent], list[LogRate], RateState])
                     # time would move the clock to now, and every older line after it would be late.
                     ts = self.max_ts + (now - self.sys_at_max)
                 else:
-                    clock_ts = ts if ts <= present else present
+                    if ts <= present:
+                        clock_ts = ts
+                    elif self.max_ts == _NO_TIME:
+                        clock_ts = present
+                    else:
+                        clock_ts = _NO_TIME
                     if clock_ts > self.max_ts:
                         self.max_ts, self.sys_at_max = clock_ts, now
                     source = event.doc_id.rpartition("-")[0]
                     source_clock = sources.get(source)
                     if source_clock is None:
-                        sources[source] = [clock_ts, now, now]
+                        sources[source] = [min(ts, present), now, now]
                     else:
                         if clock_ts > source_clock[0]:
                             source_clock[0], source_clock[1] = clock_ts, now

@@ -7,7 +7,7 @@ receives whole lists of readings and keeps, per series:
 - its own event clock, as Bytewax's ``EventClock`` does per key: the watermark is the newest event time seen
   for the series minus the allowed lateness, advanced by wall time while no newer reading arrives (so
   windows close when a device goes quiet); it never moves back, so a closed window never opens again; it
-  never passes the present (wall time), so a reading stamped ahead moves it to the present only;
+  does not follow a reading stamped ahead of the present (wall time);
   time the flow spent stalled (on a store, or unable to complete epochs) does not count (``flows.clock``);
 - its open windows, each holding the values it has seen (quantiles are exact).
 
@@ -59,8 +59,8 @@ from flows.window_log import LOG_FORMAT, LogMarker, WindowLog
 log = logging.getLogger(__name__)
 
 _NO_TIME: Final = -9_223_372_036_854_775_808  # -(2**63)
-# The present of a batch whose series' clocks may take any event time (replays of logs written before clocks were
-# held to the present, see WindowLogic._add).
+# The present of a batch whose readings may all move their series' clocks (replays of logs written before a reading
+# stamped ahead of the present was kept from moving it, see WindowLogic._add).
 _NO_PRESENT: Final = 9_223_372_036_854_775_807  # 2**63 - 1
 _NO_END: Final = 9_223_372_036_854_775_807  # 2**63 - 1
 # Series without open windows are forgotten after an hour of silence; checked once a minute.
@@ -468,7 +468,7 @@ _OP_NUMBERED_READINGS: Final = 5
 _OP_NUMBERED_CLOSES: Final = 6
 _OP_NUMBERED_FORGETS: Final = 7
 _OP_NUMBERED_QUIET_CLOSES: Final = 8
-# _OP_NUMBERED_READINGS with the wall time the batch was added at, to which it held its series' clocks.
+# _OP_NUMBERED_READINGS with the wall time the batch was added at: a reading stamped after it moved no clock.
 _OP_NUMBERED_READINGS_AT: Final = 9
 # (kind, ...): the fields after the kind depend on it, see _numbered_readings_op, WindowLogic._log_close and the
 # others, and WindowLogic._replay_ops.
@@ -928,8 +928,8 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
         numbered: _NumberedReadings | None,
     ) -> None:
         """Add readings that arrived at ``now`` to their series' open windows (the state change a replay of the
-        window state log repeats, with the same clock). ``present``: the wall time at ``now``, which no series'
-        clock passes (_NO_PRESENT: no such bound). ``closing`` gets the series whose newer event time
+        window state log repeats, with the same clock). ``present``: the wall time at ``now``; a reading stamped
+        after it does not move its series' clock (_NO_PRESENT: every reading may). ``closing`` gets the series whose newer event time
         brought their watermark to a window's end (a series may be there more than once); ``refused`` the
         readings of new series past ``max_series`` (None: a replay, which adds every reading); ``numbered`` (with
         the log) the added readings' series numbers, for the log's frame."""
@@ -967,12 +967,19 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
             elif dirty is not None:
                 dirty.add(key)
             if ts > series.max_ts:
-                # A reading stamped ahead of the present (a device whose clock jumped, within max_future_skew) moves
-                # its series' clock to the present only. Taken as it is, it moved the clock that far ahead for good,
-                # since a quiet series' clock runs on with wall time from there: the device's rightly stamped
-                # readings were all late until the series was forgotten, an hour later. Its own window closes when
-                # wall time passes it, as a quiet series' windows do.
-                clock_ts = ts if ts <= present else present
+                # A reading stamped ahead of the present (wall time: a device whose clock jumped, within
+                # max_future_skew) leaves its series' clock where it is, and its window closes when the clock passes
+                # it. Taken as it was, it moved the clock that far ahead for good, since a quiet series' clock runs
+                # on with wall time from there: the device's rightly stamped readings were late until the series
+                # was forgotten, an hour later. Nor does it move the clock to the present: after a restart or a
+                # stall the series' clock runs behind wall time, by design, while the readings the broker held are
+                # read, and those would have been late. A new series' clock starts at the present.
+                if ts <= present:
+                    clock_ts = ts
+                elif series.max_ts == _NO_TIME:
+                    clock_ts = present
+                else:
+                    clock_ts = _NO_TIME
                 if clock_ts > series.max_ts:
                     series.max_ts = clock_ts
                     series.sys_at_max = now

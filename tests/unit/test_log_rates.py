@@ -166,6 +166,31 @@ def test_a_line_stamped_ahead_of_the_present_leaves_its_service_rightly_stamped_
     assert (rates[-1].window_start_ns - T0, rates[-1].by_level) == (250 * S, {"error": 1})
 
 
+def test_a_line_stamped_ahead_in_a_backlog_leaves_the_rest_of_the_backlog_on_time() -> None:
+    """The line stamped ahead comes in the backlog read after 30 s of downtime, while the service's clock runs
+    behind wall time by design: moving that clock to the present made the rest of the backlog late."""
+    clock = Clock()
+    clock.now = T0 + 10 * S
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), clock=clock)
+    rates: list[LogRate] = []
+    for second in range(10, 16):
+        clock.now = T0 + second * S
+        rates += closed(logic.on_batch([[event(second, "info")]]))
+    snapshot = logic.snapshot()
+    clock.now = T0 + 46 * S  # down for 30 s
+    logic = LogRateLogic(timedelta(seconds=10), timedelta(seconds=2), snapshot, clock=clock)
+    late_before = health_late()
+    for second in range(16, 46):
+        lines = [event(second, "info")] + ([event(second + 240, "error")] if second == 20 else [])
+        rates += closed(logic.on_batch([lines]))
+        clock.now += S // 100
+    for second in range(46, 60):
+        clock.now = T0 + second * S
+        rates += closed(logic.on_batch([[event(second, "info")]]))
+    assert health_late() == late_before
+    assert [(r.window_start_ns - T0, r.total) for r in rates] == [(s * S, 10) for s in (10, 20, 30, 40)]
+
+
 def test_downtime_after_a_snapshot_is_not_silence() -> None:
     clock = Clock()
     clock.now = T0 + 2 * S

@@ -187,6 +187,46 @@ def test_a_reading_stamped_ahead_of_the_present_leaves_its_series_rightly_stampe
     assert closed == [(10.0, 9), (20.0, 10), (30.0, 10), (250.0, 1)]
 
 
+def test_a_reading_stamped_ahead_in_a_backlog_leaves_the_rest_of_the_backlog_on_time(tmp_path: Path) -> None:
+    """The reading stamped ahead comes in the backlog the broker held while fleetwatch was down for 30 s: the
+    series' clock then runs behind wall time, by the downtime, while the backlog is read. Moving the clock to the
+    present there made the rest of the backlog late."""
+    clock = Clock(T0 + 10 * S)
+
+    def build(resume: object = None) -> WindowLogic:
+        spec = [WindowSpec.tumbling(timedelta(seconds=10))]
+        return WindowLogic(spec, timedelta(seconds=2), [], resume, clock=clock, recovery_dir=tmp_path)  # type: ignore[arg-type]
+
+    logic = build()
+    closed: list[tuple[float, int]] = []
+    late: list[Reading] = []
+
+    def add(batch: list[Reading]) -> None:
+        for result in logic.on_batch([batch])[0]:
+            closed.extend(((a.start_ns - T0) / S, a.count) for a in result.aggregates)
+            late.extend(result.late)
+        closed.extend(((a.start_ns - T0) / S, a.count) for a in notify_while_due(logic))
+
+    for second in range(10, 16):
+        clock.now = T0 + second * S
+        add([reading(1, second)])
+    marker = pickle.loads(pickle.dumps(logic.snapshot()))
+    clock.now = T0 + 46 * S  # down for 30 s; the device went on publishing, once with its clock 4 min ahead
+    logic = build(marker)
+    for second in range(16, 46):
+        add([reading(1, second)] + ([reading(99, second + 240)] if second == 20 else []))
+        clock.now += S // 100
+    for second in range(46, 60):
+        clock.now = T0 + second * S
+        add([reading(1, second)])
+    assert late == []
+    assert closed == [(10.0, 10), (20.0, 10), (30.0, 10), (40.0, 10)]
+    # (the window ahead closes on the deadline it got as it opened, while the series' clock ran 26 s behind)
+    clock.now = T0 + 299 * S
+    closed += [((a.start_ns - T0) / S, a.count) for a in notify_while_due(logic)]
+    assert closed[4:] == [(50.0, 10), (260.0, 1)]
+
+
 def test_a_quiet_series_closes_each_window_length_at_its_own_end_on_wall_time() -> None:
     """Windows of 10 s and 1 min: each closes on wall time at its own end plus the lateness, once. A reading in
     between opens an earlier-ending window, and moves the series' clock and with it when the minute closes."""
@@ -1070,11 +1110,12 @@ def _random_epoch(logic: WindowLogic, clock: Clock, rng: random.Random, forget: 
     for _ in range(rng.randint(0, 4)):
         clock.now += rng.randint(0, 600) * 1_000_000
         at = (clock.now - T0) / S
-        # (now and then a reading stamped minutes ahead, which its series' clock holds to the present)
+        # (now and then a reading stamped minutes ahead, which does not move its series' clock; drawn from the same
+        # number as the others' offsets, so that the rest of the sequence is as it was)
         batch = [
             reading(
                 rng.random(),
-                at + rng.uniform(1, 300) if rng.random() < 0.03 else at - rng.uniform(-1, 15),
+                at + 240 if (back := rng.uniform(-1, 15)) < -0.97 else at - back,
                 _series(rng.randint(0, 40)),
             )
             for _ in range(20)
