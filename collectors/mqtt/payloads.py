@@ -266,10 +266,19 @@ def _json_doc(
             if type(item) is not dict:
                 raise PayloadError("not_a_number", f"JSON array item {i} is not an object: {_json_kind(item)}")
             samples += _json_object(item, timestamp_field, timestamp_unit, skip, zone)
+        if len(doc) > 1:
+            # Oldest first (a stable sort: readings of one time keep their order), as a device that flushes its
+            # buffer newest first would otherwise have its newest reading move its series' clock past the windows
+            # of the older ones in the same message, which were then late.
+            samples.sort(key=_sample_time)
         return samples
     if type(doc) is not dict:
         return [_bare_json_value(doc, metric)]
     return _json_object(doc, timestamp_field, timestamp_unit, skip, zone)
+
+
+def _sample_time(sample: Sample) -> int:
+    return sample.ts_ns or 0
 
 
 def _json_object(

@@ -684,6 +684,19 @@ def test_a_json_array_of_objects_is_several_readings_each_with_its_own_time() ->
     ]
 
 
+def test_a_json_array_flushed_newest_first_comes_out_oldest_first() -> None:
+    """A device that flushes its buffer newest first: its readings go to the windows oldest first, so that the
+    newest does not move its series' clock past the windows of the older ones in the same message (which were
+    then late). Readings of one time keep their order (the last of a series is the one kept)."""
+    parser = _json_parser("buf/+/+", "buf/{device}/{metric}", timestamp_field="ts")
+    newest_first = (
+        b'[{"ts": 1767225604, "value": 3}, {"ts": 1767225602, "value": 2, "x": 7}, {"ts": 1767225600, "value": 1}]'
+    )
+    parsed = parser.parse(MessageBatch(T0, [("buf/d1/temp", newest_first)]))
+    readings = [(parse_series(r.series)[1]["metric"], r.value, (r.ts_ns - T0) // 10**9) for r in parsed.readings]
+    assert readings == [("temp", 1.0, 0), ("temp", 2.0, 2), ("temp_x", 7.0, 2), ("temp", 3.0, 4)]
+
+
 def test_a_json_array_of_readings_without_a_timestamp_field_is_refused_not_stamped_alike() -> None:
     """Without timestamp_field, every reading of an array would have the message's receive time: one point
     per series in the store, the others written over. The message is a dead letter that says why."""
