@@ -257,6 +257,18 @@ class DevicesConfig(Section):
 
 # The shortest pause between retries of a connection or a write: less would spin while a server is down.
 _MIN_RETRY_DELAY = timedelta(milliseconds=10)
+# The least max_future_skew: every clock is some milliseconds off, and with 0 (which is no "no limit" here, as it
+# is for max_age) a reading or line stamped 1 ms ahead of the receive time was refused.
+_MIN_FUTURE_SKEW = timedelta(seconds=1)
+
+
+def _future_skew(skew: timedelta) -> timedelta:
+    if skew < _MIN_FUTURE_SKEW:
+        raise ValueError(
+            f"expected at least {_MIN_FUTURE_SKEW.total_seconds():g}s: a reading stamped a few milliseconds ahead of "
+            "the receive time, as every clock is now and then, would be refused (a large value accepts any)"
+        )
+    return skew
 
 
 class MQTTConfig(Section):
@@ -411,6 +423,11 @@ class WindowsConfig(Section):
     # dead letter (series_limit) until silent series are forgotten (an hour after their last window closed).
     # Each shard of the series (8 per worker with several workers) holds its share. 0: no limit.
     max_series: int = Field(default=2_000_000, ge=0)
+
+    @field_validator("max_future_skew")
+    @classmethod
+    def _future_skew(cls, skew: timedelta) -> timedelta:
+        return _future_skew(skew)
 
     @field_validator("tumbling")
     @classmethod
@@ -970,6 +987,11 @@ class LogsConfig(Section):
     # without an open window are forgotten first (counted). A service with an open window is never
     # forgotten, so more may hold state while their windows are open.
     rate_max_services: int = Field(default=20_000, ge=1)
+
+    @field_validator("max_future_skew")
+    @classmethod
+    def _future_skew(cls, skew: timedelta) -> timedelta:
+        return _future_skew(skew)
 
     @model_validator(mode="after")
     def _unique_names(self) -> LogsConfig:

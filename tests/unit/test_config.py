@@ -179,6 +179,9 @@ def test_a_qos_2_subscription_is_refused_at_start_with_the_reason(tmp_path: Path
         ('[influxdb]\nretry_max_delay = "0s"\n', "influxdb.retry_max_delay: expected at least 0.01s"),
         ('[elasticsearch]\nretry_max_delay = "0s"\n', "elasticsearch: retry_max_delay: expected at least 0.01s"),
         ('[flow]\nhealth_interval = "1us"\n', "flow.health_interval: expected at least 1s"),
+        # (0 is "no limit" for max_age, and was "nothing ahead at all" here: every clock a millisecond fast refused)
+        ('[windows]\nmax_future_skew = "0s"\n', "windows.max_future_skew: expected at least 1s"),
+        ('[logs]\nmax_future_skew = "500ms"\n', "logs.max_future_skew: expected at least 1s"),
         (
             '[[mqtt.subscriptions]]\ntopic = "s/+/+"\ntemplate = "s/{time}/{metric}"\n',
             "mqtt.subscriptions[0]: tag {time} in template 's/{time}/{metric}' is a name InfluxDB reserves",
