@@ -286,9 +286,8 @@ class WindowLog:
     def _referenced_generations(self) -> list[int]:
         """Generations of this log that Bytewax's stored snapshots (committed, or written for an epoch still
         in progress) refer to."""
-        return [
-            generation for name, generation in referenced_logs(self.recovery_dir, self.step_id) if name == self.name
-        ]
+        referenced = referenced_logs(self.recovery_dir, self.step_id) or []
+        return [generation for name, generation in referenced if name == self.name]
 
 
 def _write_synced(fd: int, frame: bytes) -> int:
@@ -306,9 +305,11 @@ def _write_all(fd: int, frame: bytes) -> int:
     return len(frame)
 
 
-def referenced_logs(recovery_dir: Path, step_id: str) -> list[tuple[str, int]]:
-    """(log name, generation) of every window state log marker in Bytewax's store for ``step_id``."""
+def referenced_logs(recovery_dir: Path, step_id: str) -> list[tuple[str, int]] | None:
+    """(log name, generation) of every window state log marker in Bytewax's store for ``step_id``; None when a
+    part of the store cannot be read, so that nothing is taken for unreferenced (and deleted) on a guess."""
     found = []
+    unreadable = False
     for part in sorted(recovery_dir.glob("part-*.sqlite3")):
         connection = sqlite3.connect(f"file:{part}?mode=ro", uri=True, timeout=5)
         try:
@@ -317,11 +318,12 @@ def referenced_logs(recovery_dir: Path, step_id: str) -> list[tuple[str, int]]:
                 if isinstance(snapshot, tuple) and snapshot[:1] == (LOG_FORMAT,):
                     found.append((str(snapshot[2]), int(snapshot[3])))
         except sqlite3.Error as exc:
-            # Not fatal: an old generation stays until the next check.
+            # Not fatal here: an old generation stays until the next check.
             log.warning("window state log: cannot read %s to find superseded generations: %s", part, exc)
+            unreadable = True
         finally:
             connection.close()
-    return found
+    return None if unreadable else found
 
 
 def remove_unreferenced(recovery_dir: Path, step_id: str, folder: str = "window-log") -> int:
@@ -331,8 +333,15 @@ def remove_unreferenced(recovery_dir: Path, step_id: str, folder: str = "window-
     directory = recovery_dir / folder
     if not directory.is_dir():
         return 0
+    referenced = referenced_logs(recovery_dir, step_id)
+    if referenced is None:
+        # A store that cannot be read now (damaged, locked by a backup) says nothing about what is unreferenced:
+        # deleting on that guess took every state log with it, and the state was lost even once the store was
+        # put back from a backup. The start goes on to the store's own check.
+        log.warning("state logs in %s left in place: the recovery store cannot be read", directory)
+        return 0
     oldest: dict[str, int] = {}
-    for name, generation in referenced_logs(recovery_dir, step_id):
+    for name, generation in referenced:
         oldest[name] = min(generation, oldest.get(name, generation))
     removed = 0
     for path in directory.iterdir():

@@ -1465,3 +1465,16 @@ def test_a_window_length_added_to_the_config_closes_with_the_windows_it_is_made_
     closed = [(a.window, a.start_ns - T0, a.count, a.sum) for a in collect(resumed, after)[0]]
     assert closed == [(a.window, a.start_ns - T0, a.count, a.sum) for a in collect(from_start, after)[0]]
     assert closed == [("10s", 0, 2, 3.0), ("1m", 0, 2, 3.0)]
+
+
+def test_a_recovery_store_that_cannot_be_read_leaves_every_state_log_in_place(tmp_path: Path) -> None:
+    """Found by a review: a damaged part-0.sqlite3 at start was read as "no snapshot refers to any log", and
+    every state log was deleted; putting the store back from a backup could then not resume."""
+    (tmp_path / "part-0.sqlite3").write_bytes(b"SQLite format 3\0" + b"\xff" * 4080)
+    (tmp_path / "window-log").mkdir()
+    kept = tmp_path / "window-log" / "e152ddf0.1"
+    kept.write_bytes(b"frames")
+    assert window_log.remove_unreferenced(tmp_path, "fleetwatch.windows") == 0
+    assert kept.read_bytes() == b"frames"
+    (tmp_path / "part-0.sqlite3").unlink()  # a store that holds no snapshot: the log is unreferenced
+    assert window_log.remove_unreferenced(tmp_path, "fleetwatch.windows") == 1
