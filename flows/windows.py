@@ -929,10 +929,10 @@ class WindowLogic(StatefulBatchLogic[list[Reading], WindowResult, WindowSnapshot
     ) -> None:
         """Add readings that arrived at ``now`` to their series' open windows (the state change a replay of the
         window state log repeats, with the same clock). ``present``: the wall time at ``now``; a reading stamped
-        after it does not move its series' clock (_NO_PRESENT: every reading may). ``closing`` gets the series whose newer event time
-        brought their watermark to a window's end (a series may be there more than once); ``refused`` the
-        readings of new series past ``max_series`` (None: a replay, which adds every reading); ``numbered`` (with
-        the log) the added readings' series numbers, for the log's frame."""
+        after it does not move its series' clock (_NO_PRESENT: every reading may). ``closing`` gets the series
+        whose newer event time brought their watermark to a window's end (a series may be there more than once);
+        ``refused`` the readings of new series past ``max_series`` (None: a replay, which adds every reading);
+        ``numbered`` (with the log) the added readings' series numbers, for the log's frame."""
         series_map = self.state.series
         lateness = self.lateness_ns
         spec_count = len(self.specs)
